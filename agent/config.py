@@ -1,0 +1,247 @@
+"""Site configs: a site's identity, timezone, timetable, rooms and devices.
+
+One YAML per site under `site_configs/`, validated on load against the firmware profiles.
+Errors name the file, the key and the fix (`agent.errors.ConfigError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import ConfigError, ConfigErrors, config_errors_from_validation
+from agent.profiles import Profile, load_profiles, read_yaml
+from agent.timetable import Timetable
+from fleet.protocol import DEVICE_ID_PATTERN, SITE_CODE_PATTERN
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PROFILES_DIR = ROOT / "firmware_profiles"
+DEFAULT_SITES_DIR = ROOT / "site_configs"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteInfo(Strict):
+    code: str = Field(pattern=SITE_CODE_PATTERN)
+    name: str = Field(min_length=1)
+    institution: str = ""
+    country: str = Field(min_length=1)
+    timezone: str
+    vendor: str = "not stated"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not an IANA timezone. Fix: use a name such as "
+                "'Asia/Kathmandu' or 'Africa/Dakar'"
+            ) from None
+        return value
+
+
+class DeviceConfig(Strict):
+    id: str = Field(pattern=DEVICE_ID_PATTERN)
+    profile: str
+    address: str
+    port: int | None = Field(default=None, ge=1, le=65535)
+    name: str = ""
+    community: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not value or " " in value or len(value) > 253:
+                raise ValueError(
+                    f"{value!r} is not an IP address or host name. Fix: write the device's "
+                    "address, e.g. 192.0.2.21"
+                ) from None
+        return value
+
+
+class RoomConfig(Strict):
+    id: str = Field(pattern=DEVICE_ID_PATTERN)
+    name: str = Field(min_length=1)
+    building: str = ""
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+
+class AgentSection(Strict):
+    id: str = Field(default="", max_length=64)
+    poll_concurrency: int = Field(default=64, ge=1, le=2000)
+    batch_size: int = Field(default=50, ge=1, le=1000)
+
+
+class Milestone(Strict):
+    milestone: Literal[
+        "agreement_signed", "equipment_delivered", "installed", "training_done", "in_use"
+    ]
+    planned: date | None = None
+    actual: date | None = None
+    actual_end: date | None = None
+    note: str = ""
+
+
+class PhaseConfig(Strict):
+    phase: int = Field(ge=1)
+    rooms: list[str] = Field(default_factory=list)
+    milestones: list[Milestone] = Field(default_factory=list)
+
+
+class SiteConfig(Strict):
+    site: SiteInfo
+    illustrative: str = ""
+    timetable: Timetable = Timetable()
+    agent: AgentSection = AgentSection()
+    rooms: list[RoomConfig] = Field(default_factory=list)
+    programme: list[PhaseConfig] = Field(default_factory=list)
+
+    @property
+    def code(self) -> str:
+        return self.site.code
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.site.timezone)
+
+    @property
+    def agent_id(self) -> str:
+        return self.agent.id or f"{self.site.code}-agent"
+
+    def devices(self) -> list[tuple[RoomConfig, DeviceConfig]]:
+        return [(room, device) for room in self.rooms for device in room.devices]
+
+
+@dataclass(frozen=True)
+class LoadedSite:
+    """A validated site config with the profiles its devices use."""
+
+    path: Path
+    config: SiteConfig
+    profiles: dict[str, Profile]
+
+    def profile_of(self, device: DeviceConfig) -> Profile:
+        return self.profiles[device.profile]
+
+
+def load_site(path: Path | str, profiles_dir: Path | None = None) -> LoadedSite:
+    path = Path(path)
+    profiles = load_profiles(profiles_dir or _profiles_dir_for(path))
+    return check_site(path, read_yaml(path), profiles)
+
+
+def check_site(path: Path, data: object, profiles: dict[str, Profile]) -> LoadedSite:
+    try:
+        config = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigErrors(config_errors_from_validation(path, exc)) from None
+    errors: list[ConfigError] = []
+    if path.suffix in (".yaml", ".yml") and path.stem != config.site.code:
+        errors.append(
+            ConfigError(
+                path,
+                "site.code",
+                f"code {config.site.code!r} differs from the file name",
+                f"name the file {config.site.code}.yaml or set site.code: {path.stem}",
+            )
+        )
+    seen_rooms: set[str] = set()
+    seen_devices: set[str] = set()
+    seen_addresses: dict[tuple[str, int | None], str] = {}
+    for ri, room in enumerate(config.rooms):
+        if room.id in seen_rooms:
+            errors.append(
+                ConfigError(
+                    path,
+                    f"rooms[{ri}].id",
+                    f"room {room.id!r} is listed twice",
+                    "give each room its own id",
+                )
+            )
+        seen_rooms.add(room.id)
+        for di, device in enumerate(room.devices):
+            key = f"rooms[{ri}].devices[{di}]"
+            if device.id in seen_devices:
+                errors.append(
+                    ConfigError(
+                        path,
+                        f"{key}.id",
+                        f"device {device.id!r} is listed twice",
+                        "give each device its own id",
+                    )
+                )
+            seen_devices.add(device.id)
+            if device.profile not in profiles:
+                known = ", ".join(sorted(profiles)) or "none found"
+                errors.append(
+                    ConfigError(
+                        path,
+                        f"{key}.profile",
+                        f"unknown firmware profile {device.profile!r}",
+                        f"use one of: {known}",
+                    )
+                )
+            where = (device.address, device.port)
+            if where in seen_addresses:
+                errors.append(
+                    ConfigError(
+                        path,
+                        f"{key}.address",
+                        f"address {device.address} is also device {seen_addresses[where]!r}",
+                        "give each device its own address (or port)",
+                    )
+                )
+            seen_addresses[where] = device.id
+    for pi, phase in enumerate(config.programme):
+        for room_id in phase.rooms:
+            if room_id not in seen_rooms:
+                errors.append(
+                    ConfigError(
+                        path,
+                        f"programme[{pi}].rooms",
+                        f"room {room_id!r} is not in rooms",
+                        "list only rooms defined under rooms",
+                    )
+                )
+    if errors:
+        raise ConfigErrors(errors)
+    used = {device.profile for _, device in config.devices()}
+    return LoadedSite(path=path, config=config, profiles={k: profiles[k] for k in used})
+
+
+def load_sites(directory: Path | None = None, profiles_dir: Path | None = None) -> list[LoadedSite]:
+    directory = directory or DEFAULT_SITES_DIR
+    profiles = load_profiles(profiles_dir or DEFAULT_PROFILES_DIR)
+    sites: list[LoadedSite] = []
+    errors: list[ConfigError] = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            sites.append(check_site(path, read_yaml(path), profiles))
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ConfigErrors(errors)
+    return sites
+
+
+def _profiles_dir_for(site_path: Path) -> Path:
+    """firmware_profiles/ beside the site_configs/ folder, else FLEET_PROFILES_DIR, else ours."""
+    env = os.environ.get("FLEET_PROFILES_DIR")
+    if env:
+        return Path(env)
+    sibling = site_path.resolve().parent.parent / "firmware_profiles"
+    return sibling if sibling.is_dir() else DEFAULT_PROFILES_DIR

@@ -1,0 +1,235 @@
+"""Firmware profiles: how a vendor model is read, what it reports, and its limits.
+
+One YAML per model under `firmware_profiles/`. A profile names its protocol; the collector
+registered for that protocol reads the objects listed here and maps them onto a Reading.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError, ConfigErrors, config_errors_from_validation
+
+PROFILE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,63}$"
+OID_PATTERN = r"^1(\.\d+)+$"
+DOC_ENTERPRISE_ARC = "1.3.6.1.4.1.32473"  # RFC 5612: for documentation and simulation
+ENTERPRISES = "1.3.6.1.4.1."
+
+READING_FIELDS = {
+    "power",
+    "input",
+    "temperature_c",
+    "lamp_hours",
+    "filter_hours",
+    "uptime_s",
+    "firmware",
+}
+ERROR_FLAGS = {"fan", "lamp", "temperature", "cover", "filter", "other"}
+FIELD_PATTERN = re.compile(r"^(?:metrics\.[a-z][a-z0-9_]{0,47}|errors\.[a-z]+|[a-z_]+)$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PollSettings(Strict):
+    interval_s: float = Field(default=60, ge=5, le=3600)
+    timeout_s: float = Field(default=2.0, gt=0, le=30)
+    retries: int = Field(default=1, ge=0, le=5)
+
+
+class SnmpObject(Strict):
+    """One OID and how its value becomes a reading field."""
+
+    field: str
+    oid: str = Field(pattern=OID_PATTERN)
+    type: Literal["int", "float", "string", "timeticks"] = "string"
+    scale: float = 1.0
+    # Raw value (as text) -> field value; used for enumerations such as power state.
+    map: dict[str, str] | None = None
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+    @field_validator("field")
+    @classmethod
+    def _known_field(cls, value: str) -> str:
+        if not FIELD_PATTERN.match(value):
+            raise ValueError(
+                f"{value!r} is not a reading field. Fix: use one of "
+                f"{', '.join(sorted(READING_FIELDS))}, errors.<flag> or metrics.<name>"
+            )
+        if value.startswith("errors."):
+            if value.split(".", 1)[1] not in ERROR_FLAGS:
+                raise ValueError(
+                    f"{value!r} is not an error flag. Fix: use errors.<one of "
+                    f"{', '.join(sorted(ERROR_FLAGS))}>"
+                )
+        elif not value.startswith("metrics.") and value not in READING_FIELDS:
+            raise ValueError(
+                f"{value!r} is not a reading field. Fix: use one of "
+                f"{', '.join(sorted(READING_FIELDS))}, errors.<flag> or metrics.<name>"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _vendor_objects_under_doc_arc(self) -> SnmpObject:
+        if self.oid.startswith(ENTERPRISES) and not self.oid.startswith(DOC_ENTERPRISE_ARC + "."):
+            raise ValueError(
+                f"vendor object {self.oid} is under a real enterprise number. Fix: put simulated "
+                f"vendor objects under {DOC_ENTERPRISE_ARC} (RFC 5612); the source material "
+                "gives no vendor MIB"
+            )
+        return self
+
+
+class SnmpSettings(Strict):
+    version: Literal["1", "2c"] = "2c"
+    community: str = "public"
+    objects: list[SnmpObject] = Field(min_length=1)
+    # What a reachable device that reports no power object is taken to be.
+    power_when_reachable: Literal["on", "unknown"] = "unknown"
+
+
+class Thresholds(Strict):
+    temperature_c_max: float | None = None
+    lamp_hours_life: float | None = None
+    filter_hours_life: float | None = None
+
+
+class SimulationHints(Strict):
+    """How `fleet-agent simulate` makes this model behave. Not facts about the product."""
+
+    firmware: str = "1.0.0"
+    temperature_standby_c: float = 28.0
+    temperature_on_c: float = 45.0
+    lamp_hours_start: float | None = None
+    filter_hours_start: float | None = None
+    sys_descr: str = "simulated classroom device"
+    inputs: list[str] = Field(default_factory=lambda: ["hdmi1"])
+
+
+class Profile(Strict):
+    id: str = Field(pattern=PROFILE_ID_PATTERN)
+    vendor: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    kind: Literal["panel", "projector", "device"]
+    protocol: Literal["snmp", "pjlink", "mqtt"]
+    illustrative: bool = True
+    note: str = ""
+    poll: PollSettings = PollSettings()
+    snmp: SnmpSettings | None = None
+    thresholds: Thresholds = Thresholds()
+    firmware_minimum: str | None = None
+    simulation: SimulationHints = SimulationHints()
+
+    @model_validator(mode="after")
+    def _protocol_section(self) -> Profile:
+        if self.protocol == "snmp" and self.snmp is None:
+            raise ValueError(
+                "protocol is snmp but there is no snmp section. Fix: add snmp.objects listing "
+                "each OID read and the reading field it maps to"
+            )
+        return self
+
+
+def load_profile(path: Path) -> Profile:
+    data = _read_yaml(path)
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigErrors(config_errors_from_validation(path, exc)) from None
+    if profile.id != path.stem:
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    path,
+                    "id",
+                    f"id {profile.id!r} differs from the file name",
+                    f"name the file {profile.id}.yaml or set id: {path.stem}",
+                )
+            ]
+        )
+    return profile
+
+
+def load_profiles(directory: Path) -> dict[str, Profile]:
+    if not directory.is_dir():
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    directory,
+                    "",
+                    "the firmware profiles folder does not exist",
+                    "pass --profiles pointing at the firmware_profiles/ folder",
+                )
+            ]
+        )
+    profiles: dict[str, Profile] = {}
+    errors: list[ConfigError] = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            profile = load_profile(path)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        profiles[profile.id] = profile
+    if errors:
+        raise ConfigErrors(errors)
+    return profiles
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    path,
+                    "",
+                    f"cannot read the file ({exc.strerror})",
+                    "check the path and its permissions",
+                )
+            ]
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    path,
+                    "",
+                    f"not valid YAML at {where}: {problem}",
+                    "fix the YAML syntax there (indentation, a missing ':' or quote)",
+                )
+            ]
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    path,
+                    "",
+                    "the document is not a mapping of keys to values",
+                    "start the file with top-level keys such as 'id:' or 'site:'",
+                )
+            ]
+        )
+    return data
+
+
+read_yaml = _read_yaml
