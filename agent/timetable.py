@@ -6,6 +6,7 @@ Time inside the product is UTC; the timetable is the one place a site's local ti
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -60,7 +61,7 @@ class Timetable(BaseModel):
                     key=lambda p: p.start,
                 )
             )
-            for earlier, later in zip(parsed, parsed[1:], strict=False):
+            for earlier, later in pairwise(parsed):
                 if later.start < earlier.end:
                     raise ValueError(
                         f"weekly.{day}: periods overlap. Fix: make each period end before "
