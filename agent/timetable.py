@@ -34,6 +34,14 @@ class Period(BaseModel):
         return cls(start=start, end=end)
 
 
+def _period(value: object) -> Period:
+    if isinstance(value, Period):
+        return value
+    if isinstance(value, dict):  # the form model_dump gives back
+        return Period.model_validate(value)
+    return Period.parse(str(value))
+
+
 class Timetable(BaseModel):
     """Weekly class periods plus days without classes."""
 
@@ -57,7 +65,7 @@ class Timetable(BaseModel):
                 )
             parsed = tuple(
                 sorted(
-                    (p if isinstance(p, Period) else Period.parse(str(p)) for p in periods),
+                    (_period(p) for p in periods),
                     key=lambda p: p.start,
                 )
             )

@@ -1,0 +1,62 @@
+"""Where the MQTT broker is and how to log in, from one URL: mqtt[s]://user:pass@host:port."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+class BrokerUrlError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    # "5" for MQTT v5, "3.1.1" for brokers that speak only that (the demo's embedded amqtt).
+    protocol: str = "3.1.1"
+
+    def display(self) -> str:
+        """The URL without its password, for logs and errors."""
+        scheme = "mqtts" if self.tls else "mqtt"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> BrokerAddress:
+    """Parse `mqtt://[user[:password]@]host[:port][?protocol=5&ca=/path]`.
+
+    The password may also come from FLEET_MQTT_PASSWORD so that it stays out of files.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise BrokerUrlError(
+            f"broker URL {url!r} must start with mqtt:// or mqtts://, e.g. mqtt://127.0.0.1:1883"
+        )
+    if not parts.hostname:
+        raise BrokerUrlError(f"broker URL {url!r} names no host, e.g. mqtt://127.0.0.1:1883")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise BrokerUrlError(f"broker URL {url!r} has a bad port") from None
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    protocol = query.get("protocol", "3.1.1")
+    if protocol not in ("5", "3.1.1"):
+        raise BrokerUrlError(f"broker URL {url!r}: protocol must be 5 or 3.1.1")
+    password = unquote(parts.password) if parts.password else os.environ.get("FLEET_MQTT_PASSWORD")
+    return BrokerAddress(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=password,
+        tls=tls,
+        ca_file=query.get("ca"),
+        protocol=protocol,
+    )

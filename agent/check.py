@@ -1,0 +1,126 @@
+"""`fleet-agent check`: a technician's doctor. Config, broker, each device, clock.
+
+Each check gives ok/warn/fail and, when not ok, what to do. Nothing is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from agent.broker import BrokerAddress
+from agent.config import LoadedSite
+from agent.poller import Poller, build_targets
+from agent.publisher import BrokerError, MqttLink
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str  # ok, warn, fail
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"check": self.name, "status": self.status, "detail": self.detail}
+
+
+async def check_broker(address: BrokerAddress, client_id: str, timeout: float = 5) -> CheckResult:
+    link = MqttLink(address, client_id=client_id)
+    try:
+        await link.start(first_connect_timeout=timeout)
+    except BrokerError as exc:
+        return CheckResult("broker", "fail", str(exc))
+    try:
+        if await link.wait_connected(0.1):
+            return CheckResult(
+                "broker", "ok", f"connected to {address.display()}, credentials accepted"
+            )
+        return CheckResult(
+            "broker",
+            "fail",
+            f"cannot reach {address.display()} within {timeout:.0f} s: check the broker URL, "
+            "that the broker runs, and that the firewall lets TCP "
+            f"{address.port} through. Readings wait in the outbox meanwhile.",
+        )
+    finally:
+        await link.close()
+
+
+async def check_devices(
+    site: LoadedSite, address_map: dict[str, tuple[str, int]] | None
+) -> list[CheckResult]:
+    poller = Poller(build_targets(site, address_map), lambda r: None)
+    try:
+        readings = await poller.poll_all_once()
+    finally:
+        await poller.close()
+    results = []
+    for target, reading in zip(poller.targets, readings, strict=True):
+        name = f"device {target.device.id} ({target.host}:{target.port})"
+        if reading.reachable:
+            parts = [f"power {reading.power.value}"]
+            if reading.firmware:
+                parts.append(f"firmware {reading.firmware}")
+            if reading.temperature_c is not None:
+                parts.append(f"{reading.temperature_c:.1f} °C")
+            results.append(CheckResult(name, "ok", ", ".join(parts)))
+        else:
+            results.append(CheckResult(name, "fail", reading.error or "unreachable"))
+    return results
+
+
+def check_clock(controller_url: str | None, max_skew_s: float = 30) -> CheckResult:
+    """Readings are stamped by the agent's clock: a wrong clock misplaces them in reports."""
+    now = datetime.now(UTC)
+    if not controller_url:
+        return CheckResult(
+            "clock",
+            "warn",
+            f"local clock says {now.isoformat(timespec='seconds')}; pass --controller URL to "
+            "compare it with the controller's, or check that NTP (timedatectl) is synchronised",
+        )
+    try:
+        with urllib.request.urlopen(controller_url.rstrip("/") + "/healthz", timeout=5) as resp:
+            date_header = resp.headers.get("Date")
+    except OSError as exc:
+        return CheckResult("clock", "warn", f"cannot reach the controller to compare: {exc}")
+    if not date_header:
+        return CheckResult("clock", "warn", "the controller sent no Date header to compare with")
+    theirs = email.utils.parsedate_to_datetime(date_header)
+    skew = (now - theirs).total_seconds()
+    if abs(skew) > max_skew_s:
+        return CheckResult(
+            "clock",
+            "fail",
+            f"local clock is {skew:+.0f} s off the controller's: enable NTP "
+            "(timedatectl set-ntp true) so readings land at the right time",
+        )
+    return CheckResult("clock", "ok", f"within {abs(skew):.0f} s of the controller")
+
+
+async def run_checks(
+    site: LoadedSite,
+    broker: BrokerAddress,
+    address_map: dict[str, tuple[str, int]] | None,
+    controller_url: str | None,
+) -> list[CheckResult]:
+    devices = sum(1 for _ in site.config.devices())
+    results = [
+        CheckResult(
+            "config",
+            "ok",
+            f"{site.path}: site {site.config.code}, {devices} devices, "
+            f"timezone {site.config.site.timezone}",
+        )
+    ]
+    broker_result, device_results = await asyncio.gather(
+        check_broker(broker, f"check-{site.config.code}-{datetime.now(UTC).timestamp():.0f}"),
+        check_devices(site, address_map),
+    )
+    results.append(broker_result)
+    results.extend(device_results)
+    results.append(await asyncio.to_thread(check_clock, controller_url))
+    return results

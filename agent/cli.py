@@ -1,0 +1,226 @@
+"""`fleet-agent`: run, check, simulate and status, for a site technician."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent.broker import BrokerAddress, BrokerUrlError, parse_mqtt_url
+from agent.config import LoadedSite, load_site
+from agent.errors import ConfigErrors
+from agent.poller import AddressMapError
+
+app = typer.Typer(
+    help="The classroom-fleet site agent: polls classroom devices, reports to the controller.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", "-c", help="The site config, e.g. site_configs/upm.yaml.")
+]
+MqttOpt = Annotated[
+    str,
+    typer.Option(
+        "--mqtt-url",
+        envvar="FLEET_MQTT_URL",
+        help="Broker URL, mqtt[s]://user@host:port; the password from FLEET_MQTT_PASSWORD.",
+    ),
+]
+DataDirOpt = Annotated[
+    Path,
+    typer.Option("--data-dir", envvar="FLEET_AGENT_DATA_DIR", help="Where the outbox lives."),
+]
+AddressMapOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--address-map",
+        help="JSON map of device id to loopback host:port, written by `fleet-agent simulate`.",
+    ),
+]
+DEFAULT_MQTT = "mqtt://127.0.0.1:1883"
+DEFAULT_DATA_DIR = Path("data/agent")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _load(config: Path) -> LoadedSite:
+    try:
+        return load_site(config)
+    except ConfigErrors as exc:
+        for err in exc.errors:
+            typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _broker(url: str) -> BrokerAddress:
+    try:
+        return parse_mqtt_url(url)
+    except BrokerUrlError as exc:
+        raise _fail(f"{exc}. Fix: pass --mqtt-url or set FLEET_MQTT_URL") from None
+
+
+def _address_map(path: Path | None) -> dict[str, tuple[str, int]] | None:
+    if path is None:
+        return None
+    from agent.simulator import read_address_map
+
+    try:
+        return read_address_map(path)
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot read the address map {path}: {exc}") from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    mqtt_url: MqttOpt = DEFAULT_MQTT,
+    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
+    address_map: AddressMapOpt = None,
+    topic_root: Annotated[str, typer.Option(envvar="FLEET_TOPIC_ROOT")] = "fleet/v1",
+    max_batches_per_s: Annotated[
+        float, typer.Option(help="Drain rate after an outage, batches per second.")
+    ] = 5.0,
+    log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "info",
+) -> None:
+    """Poll the site's devices and publish their health until stopped."""
+    from agent.publisher import BrokerError
+    from agent.runner import AgentOptions, SiteAgent
+
+    _logging(log_level)
+    site = _load(config)
+    broker = _broker(mqtt_url)
+    options = AgentOptions(
+        data_dir=data_dir,
+        address_map=_address_map(address_map),
+        topic_root=topic_root,
+        max_batches_per_s=max_batches_per_s,
+    )
+
+    async def main() -> None:
+        try:
+            agent = SiteAgent(site, broker, options)
+        except AddressMapError as exc:
+            raise _fail(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, agent.stop.set)
+        logging.getLogger("agent").info(
+            "site %s: polling %d devices, publishing to %s",
+            site.config.code,
+            len(agent.poller.targets),
+            broker.display(),
+        )
+        try:
+            await agent.run()
+        except BrokerError as exc:
+            raise _fail(str(exc), code=3) from None
+
+    asyncio.run(main())
+
+
+@app.command()
+def check(
+    config: ConfigOpt,
+    mqtt_url: MqttOpt = DEFAULT_MQTT,
+    address_map: AddressMapOpt = None,
+    controller: Annotated[
+        str | None, typer.Option(help="Controller URL, to compare clocks.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check the config, the broker, each device and the clock. Exit 1 if any check fails."""
+    from agent.check import run_checks
+
+    site = _load(config)
+    broker = _broker(mqtt_url)
+    try:
+        results = asyncio.run(run_checks(site, broker, _address_map(address_map), controller))
+    except AddressMapError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"fleet-agent check: {site.config.code}")
+        for column in ("check", "status", "detail"):
+            table.add_column(column, overflow="fold")
+        colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for r in results:
+            table.add_row(r.name, f"[{colour[r.status]}]{r.status}[/]", r.detail)
+        Console(
+            width=max(100, os.get_terminal_size(0).columns if sys.stdin.isatty() else 140)
+        ).print(table)
+    if any(r.status == "fail" for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def simulate(
+    config: ConfigOpt,
+    address_map_out: Annotated[
+        Path | None,
+        typer.Option("--address-map", help="Where to write the device → loopback port map."),
+    ] = None,
+    seed: int = 0,
+    log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "info",
+) -> None:
+    """Simulated devices for a site, on loopback ports, until stopped."""
+    from agent.simulator import start_site, write_address_map
+
+    _logging(log_level)
+    site = _load(config)
+    out = address_map_out or Path("data") / f"sim-{site.config.code}.json"
+
+    async def main() -> None:
+        simulated = await start_site(site, seed=seed)
+        write_address_map(out, simulated.address_map)
+        typer.echo(
+            f"simulating {len(simulated.address_map)} devices of {site.config.code} on loopback; "
+            f"address map in {out}. Run the agent with --address-map {out}. Ctrl-C stops."
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await simulated.close()
+
+    asyncio.run(main())
+
+
+@app.command()
+def status(config: ConfigOpt, data_dir: DataDirOpt = DEFAULT_DATA_DIR) -> None:
+    """Print the outbox's counters as JSON: taken, acknowledged, waiting, dropped."""
+    from agent.outbox import read_status
+    from agent.runner import outbox_path
+
+    site = _load(config)
+    path = outbox_path(data_dir, site.config.code)
+    if not path.exists():
+        raise _fail(f"no outbox at {path}: has the agent run with --data-dir {data_dir}?")
+    status = read_status(path)
+    typer.echo(json.dumps({"site": site.config.code, **status.as_dict()}, indent=2))
+
+
+def main() -> None:
+    app()

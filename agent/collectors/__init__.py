@@ -1,0 +1,130 @@
+"""Collectors: one small interface per protocol, a device and its profile in, a Reading out.
+
+Each protocol is one module that registers its collector class under the profile's
+`protocol` name (Telegraf-style), so the agent loop knows nothing of SNMP or PJLink. A poll
+never raises for device trouble: an unreachable or misbehaving device gives a Reading with
+`reachable=False` and an `error` a technician can act on.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, TypeVar
+
+from agent.config import DeviceConfig
+from agent.profiles import Profile
+from fleet.protocol import Power, Reading, utcnow
+
+DEFAULT_PORTS = {"snmp": 161, "pjlink": 4352}
+_ERROR_MAX = 500  # Reading.error's limit
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how to poll one device: the config's address, or a simulator's stand-in."""
+
+    device: DeviceConfig
+    profile: Profile
+    host: str
+    port: int
+    community: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def target_for(
+    device: DeviceConfig, profile: Profile, address: tuple[str, int] | None = None
+) -> Target:
+    """The Target for a device; `address` overrides the config's (simulated devices)."""
+    if address is not None:
+        host, port = address
+    else:
+        host = device.address
+        port = device.port or DEFAULT_PORTS.get(profile.protocol, 0)
+    community = device.community or (profile.snmp.community if profile.snmp else "")
+    return Target(device=device, profile=profile, host=host, port=port, community=community)
+
+
+class Collector(Protocol):
+    async def poll(self, target: Target) -> Reading: ...
+
+    async def close(self) -> None: ...
+
+
+class UnknownProtocolError(LookupError):
+    pass
+
+
+_C = TypeVar("_C")
+_REGISTRY: dict[str, Callable[[], Collector]] = {}
+
+
+def register(protocol: str) -> Callable[[type[_C]], type[_C]]:
+    """Class decorator: the collector for profiles whose `protocol` is this name."""
+
+    def decorate(cls: type[_C]) -> type[_C]:
+        _REGISTRY[protocol] = cls  # type: ignore[assignment]
+        return cls
+
+    return decorate
+
+
+def make_collector(protocol: str) -> Collector:
+    """A new collector for `protocol`. Keep one per agent per protocol: it owns shared state
+    (the SNMP engine and its socket), which is what makes polling hundreds of devices cheap."""
+    if protocol not in _REGISTRY:
+        # A protocol's module registers itself on import: agent/collectors/<protocol>.py.
+        try:
+            importlib.import_module(f"{__name__}.{protocol}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{protocol}":
+                raise
+    factory = _REGISTRY.get(protocol)
+    if factory is None:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise UnknownProtocolError(
+            f"no collector for protocol {protocol!r} (collectors: {known}). Fix: use a profile "
+            f"whose protocol has a collector, or add agent/collectors/{protocol}.py"
+        )
+    return factory()
+
+
+class Collectors:
+    """One collector per protocol, made on first use, closed together."""
+
+    def __init__(self) -> None:
+        self._by_protocol: dict[str, Collector] = {}
+
+    def for_protocol(self, protocol: str) -> Collector:
+        collector = self._by_protocol.get(protocol)
+        if collector is None:
+            collector = self._by_protocol[protocol] = make_collector(protocol)
+        return collector
+
+    async def poll(self, target: Target) -> Reading:
+        return await self.for_protocol(target.profile.protocol).poll(target)
+
+    async def close(self) -> None:
+        collectors, self._by_protocol = list(self._by_protocol.values()), {}
+        for collector in collectors:
+            await collector.close()
+
+
+def unreachable(
+    target: Target, problem: str, ts: datetime | None = None, fix: str | None = None
+) -> Reading:
+    """The Reading of a device that could not be read, saying what happened and what to do."""
+    fix = fix or "check the address and the community in the site config"
+    text = f"cannot reach {target.where} ({problem}): {fix}"
+    return Reading(
+        device=target.device.id,
+        ts=ts or utcnow(),
+        reachable=False,
+        power=Power.unknown,
+        error=text[:_ERROR_MAX],
+    )

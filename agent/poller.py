@@ -1,0 +1,139 @@
+"""The poll schedule: one object owns when each device is polled, the concurrency bound and
+the per-poll deadline. Collectors only know how to read one device once."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+
+from agent.collectors import (
+    DEFAULT_PORTS,
+    Collector,
+    Target,
+    make_collector,
+    target_for,
+    unreachable,
+)
+from agent.config import LoadedSite
+from fleet.protocol import Reading
+
+log = logging.getLogger(__name__)
+
+
+class AddressMapError(ValueError):
+    pass
+
+
+def build_targets(
+    site: LoadedSite, address_map: dict[str, tuple[str, int]] | None = None
+) -> list[Target]:
+    """Where each device is polled. With an address map (simulated devices), every device
+    must be in it and on loopback: the config's own addresses are never used then."""
+    targets = []
+    for _room, device in site.config.devices():
+        profile = site.profile_of(device)
+        if profile.protocol not in DEFAULT_PORTS:
+            continue  # MQTT-native devices publish by themselves
+        address = None
+        if address_map is not None:
+            if device.id not in address_map:
+                raise AddressMapError(
+                    f"device {device.id} is not in the address map: start `fleet-agent simulate` "
+                    "with the same site config, or run without --address-map"
+                )
+            address = address_map[device.id]
+            if not ipaddress.ip_address(address[0]).is_loopback:
+                raise AddressMapError(
+                    f"address map sends {device.id} to {address[0]}: only loopback is allowed"
+                )
+        targets.append(target_for(device, profile, address))
+    return targets
+
+
+def deadline_of(target: Target) -> float:
+    poll = target.profile.poll
+    return poll.timeout_s * (poll.retries + 1) + 2.0
+
+
+class Poller:
+    def __init__(
+        self,
+        targets: list[Target],
+        emit: Callable[[Reading], None],
+        *,
+        concurrency: int = 64,
+        initial_spread_s: float = 2.0,
+    ) -> None:
+        self.targets = targets
+        self.emit = emit
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._collectors: dict[str, Collector] = {}
+        self._spread = initial_spread_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.polls = 0
+        self.poll_errors = 0
+
+    def collector_for(self, protocol: str) -> Collector:
+        if protocol not in self._collectors:
+            self._collectors[protocol] = make_collector(protocol)
+        return self._collectors[protocol]
+
+    async def poll(self, target: Target) -> Reading:
+        """One poll under the concurrency bound and a hard deadline; never raises."""
+        async with self._semaphore:
+            collector = self.collector_for(target.profile.protocol)
+            try:
+                reading = await asyncio.wait_for(collector.poll(target), deadline_of(target))
+            except TimeoutError:
+                reading = unreachable(
+                    target,
+                    f"no answer within {deadline_of(target):.0f} s",
+                    fix="check that the device is powered and on the network",
+                )
+            except Exception as exc:  # a collector bug must not stop the site's polling
+                log.exception("collector failed on %s", target.device.id)
+                reading = unreachable(
+                    target, f"agent error while polling ({exc})", fix="report this agent bug"
+                )
+        self.polls += 1
+        if not reading.reachable:
+            self.poll_errors += 1
+        return reading
+
+    async def poll_all_once(self) -> list[Reading]:
+        return list(await asyncio.gather(*(self.poll(t) for t in self.targets)))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        now = time.monotonic()
+        n = max(len(self.targets), 1)
+        queue = [(now + self._spread * i / n, i) for i in range(len(self.targets))]
+        heapq.heapify(queue)
+        while queue and not stop.is_set():
+            due, i = queue[0]
+            wait = due - time.monotonic()
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), wait)
+                    break
+                except TimeoutError:
+                    continue
+            heapq.heappop(queue)
+            target = self.targets[i]
+            # Schedule from the due time, not from now, so the cycle does not drift.
+            heapq.heappush(queue, (due + target.profile.poll.interval_s, i))
+            task = asyncio.create_task(self._poll_and_emit(target))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _poll_and_emit(self, target: Target) -> None:
+        self.emit(await self.poll(target))
+
+    async def close(self) -> None:
+        for collector in self._collectors.values():
+            await collector.close()

@@ -1,0 +1,210 @@
+"""paho-mqtt 2, wrapped once: the rest of the agent sees plain async calls.
+
+paho runs its network loop in its own thread; its callbacks hand results back to the
+asyncio loop. `publish` returns only when the broker has acknowledged (PUBACK), which is
+what lets the outbox delete a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.broker import BrokerAddress
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(Exception):
+    """The broker cannot be used: what happened and what to do."""
+
+
+class NotConnected(BrokerError):
+    pass
+
+
+def _describe_refusal(code: ReasonCode | int, address: BrokerAddress) -> str:
+    text = str(code)
+    value = code.value if isinstance(code, ReasonCode) else code
+    if value in (4, 5, 134, 135):
+        return (
+            f"broker {address.display()} refused the login ({text}): check the MQTT user "
+            "and password (FLEET_MQTT_PASSWORD or the URL), or re-enrol the agent"
+        )
+    return f"broker {address.display()} refused the connection ({text})"
+
+
+class MqttLink:
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        *,
+        will: tuple[str, bytes] | None = None,
+        on_connected: Callable[[], None] | None = None,
+        keepalive: int = 30,
+    ) -> None:
+        self.address = address
+        self.client_id = client_id
+        self._on_connected_hook = on_connected
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self.connected = asyncio.Event()
+        self.disconnected = asyncio.Event()
+        self.last_error: str | None = None
+        self._first_result: asyncio.Future[str | None] | None = None
+        v5 = address.protocol == "5"
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            # MQTT v5 takes clean_start at connect time instead.
+            clean_session=None if v5 else True,
+        )
+        self._keepalive = keepalive
+        if address.username:
+            self._client.username_pw_set(address.username, address.password)
+        if address.tls:
+            context = ssl.create_default_context(cafile=address.ca_file)
+            self._client.tls_set_context(context)
+        if will:
+            self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self, first_connect_timeout: float = 10.0) -> None:
+        """Connect, keep reconnecting in the background. Raises BrokerError only when the
+        broker answered and refused (bad credentials); an unreachable broker is retried."""
+        self._loop = asyncio.get_running_loop()
+        self._first_result = self._loop.create_future()
+        self._client.connect_async(self.address.host, self.address.port, self._keepalive)
+        self._client.loop_start()
+        try:
+            refusal = await asyncio.wait_for(
+                asyncio.shield(self._first_result), first_connect_timeout
+            )
+        except TimeoutError:
+            log.warning(
+                "broker %s not reachable yet; readings wait in the outbox, retrying",
+                self.address.display(),
+            )
+            return
+        if refusal:
+            await self.close()
+            raise BrokerError(refusal)
+
+    async def close(self) -> None:
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        self._fail_pending(NotConnected("link closed"))
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # --- publishing ---------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement (QoS 1: PUBACK)."""
+        if not self.connected.is_set():
+            raise NotConnected(f"not connected to {self.address.display()}")
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        with self._lock:
+            # Held across publish() so that a fast PUBACK cannot arrive before we listen.
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise NotConnected(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+            if qos == 0:
+                return
+            self._pending[info.mid] = future
+        try:
+            await asyncio.wait_for(future, timeout)
+        finally:
+            with self._lock:
+                self._pending.pop(info.mid, None)
+
+    # --- paho callbacks (network thread) ------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        refused = reason.is_failure if isinstance(reason, ReasonCode) else bool(reason)
+        message = _describe_refusal(reason, self.address) if refused else None
+        if message:
+            self.last_error = message
+            log.error("%s", message)
+        else:
+            self.last_error = None
+            log.info("connected to %s", self.address.display())
+        self._call(self._connected_result, message)
+
+    def _connected_result(self, refusal: str | None) -> None:
+        if self._first_result is not None and not self._first_result.done():
+            self._first_result.set_result(refusal)
+        if refusal is None:
+            self.disconnected.clear()
+            self.connected.set()
+            if self._on_connected_hook:
+                self._on_connected_hook()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if self.connected.is_set():
+            log.warning("lost the broker %s (%s); will reconnect", self.address.display(), reason)
+        self._call(self._disconnected)
+
+    def _disconnected(self) -> None:
+        self.connected.clear()
+        self.disconnected.set()
+        # Whatever was in flight is not known to be stored: the outbox will send it again.
+        self._fail_pending(NotConnected("connection lost before the broker acknowledged"))
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
+    ) -> None:
+        with self._lock:
+            future = self._pending.pop(mid, None)
+        if future is not None:
+            self._call(_resolve, future)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,59 @@
+"""The controller's web application. No MQTT here: the CLI adds ingest through the hooks.
+
+Hooks: `lifespan_extras`, callables taking the app and returning a context manager entered at
+startup and left at shutdown (in reverse order); and `app.state.ingest_status`, any object with
+`status() -> dict` (an `Ingest`, or the subscriber), which /healthz reports (`"ok": False` in it
+turns /healthz into 503).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack, asynccontextmanager
+from typing import Any, Protocol
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+import fleet
+from fleet.api.routes import devices, meta, sites
+from fleet.db import make_engine
+from fleet.settings import Settings
+
+LifespanExtra = Callable[[FastAPI], AbstractContextManager[Any]]
+
+
+class StatusSource(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+
+def create_app(
+    settings: Settings,
+    engine: Engine | None = None,
+    *,
+    lifespan_extras: Sequence[LifespanExtra] = (),
+) -> FastAPI:
+    own_engine = engine is None
+    db = engine if engine is not None else make_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with ExitStack() as stack:
+            for extra in lifespan_extras:
+                stack.enter_context(extra(app))
+            yield
+        if own_engine:
+            db.dispose()
+
+    app = FastAPI(
+        title="Classroom fleet controller",
+        version=getattr(fleet, "__version__", "0"),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = db
+    app.state.ingest_status = None  # a StatusSource, set by whoever runs ingest
+    app.include_router(meta.router)
+    app.include_router(sites.router)
+    app.include_router(devices.router)
+    return app

@@ -1,0 +1,89 @@
+"""`fleet`: the controller's commands for ops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent.errors import ConfigErrors
+
+app = typer.Typer(
+    help="The classroom-fleet controller: registry, ingest, alerts, rollouts, reports.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _config_errors(exc: ConfigErrors) -> typer.Exit:
+    for err in exc.errors:
+        typer.echo(f"error: {err}", err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="FLEET_HOST", help="Address to listen on.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(envvar="FLEET_PORT")] = 8000,
+    log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "info",
+) -> None:
+    """Run the controller: API, dashboard and MQTT ingest.
+
+    Configured by FLEET_DATABASE_URL, FLEET_MQTT_URL, FLEET_DATA_DIR and the other FLEET_*
+    variables (see the README).
+    """
+    import uvicorn
+    from pydantic import ValidationError
+
+    from agent.broker import BrokerUrlError
+    from fleet.registry import RegistryError
+    from fleet.service import build_controller
+    from fleet.settings import Settings
+
+    _logging(log_level)
+    try:
+        settings = Settings()
+        controller = build_controller(settings)
+    except ValidationError as exc:
+        typer.echo(f"error: bad FLEET_* setting: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ConfigErrors as exc:
+        raise _config_errors(exc) from None
+    except (BrokerUrlError, RegistryError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(controller.app, host=host, port=port, log_level=log_level.lower())
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its database.")] = Path(
+        "data/demo"
+    ),
+    port: Annotated[int, typer.Option(help="HTTP port; a free one if taken.")] = 8000,
+    log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "warning",
+) -> None:
+    """Everything on one machine: embedded broker, SQLite, controller, agents, simulated
+    devices. Prints the URL; Ctrl-C stops it all."""
+    from fleet.demo import DemoOptions, run_demo
+
+    _logging(log_level)
+    try:
+        asyncio.run(run_demo(DemoOptions(data_dir=data_dir, port=port)))
+    except ConfigErrors as exc:
+        raise _config_errors(exc) from None
+
+
+def main() -> None:
+    app()

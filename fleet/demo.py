@@ -1,0 +1,133 @@
+"""`fleet demo`: the whole product on one machine with nothing installed beyond the package.
+
+SQLite in a data directory, the embedded broker on a free loopback port, the controller,
+one agent per site config and its simulated devices, all in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from agent.broker import parse_mqtt_url
+from agent.config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR, load_sites
+from agent.runner import AgentOptions, SiteAgent
+from agent.simulator import start_site
+from fleet.embedded_broker import EmbeddedBroker, free_port
+from fleet.service import build_controller
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the demo owns Ctrl-C and stops in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class DemoOptions:
+    data_dir: Path = Path("data/demo")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    sites_dir: Path = DEFAULT_SITES_DIR
+    profiles_dir: Path = DEFAULT_PROFILES_DIR
+    seed: int = 0
+    say: Callable[[str], None] = print
+    stop: asyncio.Event | None = None
+    ready: asyncio.Event | None = None
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def run_demo(options: DemoOptions) -> None:
+    stop = options.stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    options.data_dir.mkdir(parents=True, exist_ok=True)
+    sites = load_sites(options.sites_dir, options.profiles_dir)
+
+    broker = EmbeddedBroker()
+    await broker.start()
+    settings = Settings(
+        data_dir=options.data_dir,
+        database_url=f"sqlite:///{options.data_dir / 'fleet.db'}",
+        mqtt_url=broker.url,
+        sites_dir=options.sites_dir,
+        profiles_dir=options.profiles_dir,
+    )
+    controller = await asyncio.to_thread(build_controller, settings)
+    port = options.port if options.port and _port_free(options.host, options.port) else free_port()
+    server = _Server(
+        uvicorn.Config(controller.app, host=options.host, port=port, log_level="warning")
+    )
+    server_task = asyncio.create_task(server.serve(), name="controller")
+    while not server.started:
+        if server_task.done():
+            await server_task  # surfaces why it could not start
+            raise RuntimeError("the controller stopped while starting")
+        await asyncio.sleep(0.05)
+
+    agents: list[SiteAgent] = []
+    simulations = []
+    agent_tasks = []
+    address = parse_mqtt_url(broker.url)
+    for site in sites:
+        simulated = await start_site(site, seed=options.seed)
+        simulations.append(simulated)
+        agent = SiteAgent(
+            site,
+            address,
+            AgentOptions(data_dir=options.data_dir / "agents", address_map=simulated.address_map),
+        )
+        agents.append(agent)
+        agent_tasks.append(asyncio.create_task(agent.run(), name=f"agent-{site.config.code}"))
+
+    base = f"http://{options.host}:{port}"
+    options.urls.update(base=base, broker=broker.url)
+    devices = sum(len(s.address_map) for s in simulations)
+    options.say(
+        f"classroom-fleet demo: {len(sites)} sites, {devices} simulated devices, "
+        f"broker {broker.url}, data in {options.data_dir}\n"
+        f"  controller   {base}/\n"
+        f"  API docs     {base}/docs\n"
+        f"  sites        {base}/api/v1/sites\n"
+        f"  devices      {base}/api/v1/devices\n"
+        "Ctrl-C stops everything."
+    )
+    if options.ready:
+        options.ready.set()
+    try:
+        await stop.wait()
+    finally:
+        options.say("stopping: agents, simulated devices, controller, broker")
+        for agent in agents:
+            agent.stop.set()
+        await asyncio.gather(*agent_tasks, return_exceptions=True)
+        for simulated in simulations:
+            await simulated.close()
+        server.should_exit = True
+        await server_task
+        controller.engine.dispose()
+        await broker.stop()

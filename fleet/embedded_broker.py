@@ -1,0 +1,45 @@
+"""The embedded MQTT broker (amqtt, MQTT 3.1.1) for `fleet demo` and local tests.
+
+Always on loopback, on a free port: never 1883, which a system broker may hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from amqtt.broker import Broker
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class EmbeddedBroker:
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        config: dict[str, Any] = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            },
+        }
+        self._broker = Broker(config)
+        # amqtt logs every connection at INFO; the demo's console is for the product.
+        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        logging.getLogger("transitions").setLevel(logging.WARNING)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self._broker.start()
+
+    async def stop(self) -> None:
+        await self._broker.shutdown()

@@ -1,0 +1,179 @@
+"""Where health enters the controller's storage, independent of MQTT.
+
+`Ingest.handle(group)` stores a group of messages in ONE transaction. Bad input never raises:
+it is counted, logged and dead-lettered, and its outcome says so (the caller acks it). A database
+failure raises, so the caller does not ack and the broker delivers the group again; storing is
+idempotent (msg_id per batch, (device, ts) per sample), so that redelivery stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import DataError, IntegrityError
+
+from fleet.ingest_parse import (
+    IncomingMessage,
+    Outcome,
+    OutcomeStatus,
+    Parsed,
+    RegistrySnapshot,
+    Rejected,
+    RejectReason,
+    SiteEntry,
+    parse_message,
+)
+from fleet.ingest_store import GroupWriter, dead_letter_insert
+from fleet.models import Device, Site
+from fleet.protocol import TOPIC_ROOT, utcnow
+from fleet.registry import timetable_from_json
+
+__all__ = ["IncomingMessage", "Ingest", "Outcome", "OutcomeStatus", "RejectReason"]
+
+log = logging.getLogger(__name__)
+
+REJECTED = Counter(
+    "fleet_ingest_rejected_total", "Messages rejected and dead-lettered, by reason", ["reason"]
+)
+READINGS = Counter("fleet_ingest_readings_total", "Readings accepted into storage")
+MESSAGES = Counter("fleet_ingest_messages_total", "Messages handled, by outcome", ["outcome"])
+GROUP_SECONDS = Histogram("fleet_ingest_group_seconds", "Time to store one group of messages")
+
+# A miss (unknown site or device) reloads the registry from the database at most this often,
+# so a `sync` done by another process is picked up without a flood of reloads on bad input.
+REGISTRY_RELOAD_MIN_S = 10.0
+
+
+class Ingest:
+    def __init__(
+        self,
+        engine: Engine,
+        sites: Mapping[str, Iterable[str]] | None = None,
+        topic_root: str = TOPIC_ROOT,
+    ) -> None:
+        # `sites` (site code -> device ids) pins the registry; by default it comes from the DB.
+        self.engine = engine
+        self.topic_root = topic_root
+        self._pinned = {k: frozenset(v) for k, v in sites.items()} if sites is not None else None
+        self._lock = threading.Lock()
+        self._reloaded_at = 0.0
+        self.registry = RegistrySnapshot()
+        self.rejected: Tally[str] = Tally()
+        self.outcomes: Tally[str] = Tally()
+        self.readings = 0
+        self.last_group_at: datetime | None = None
+        self.refresh_registry()
+
+    def refresh_registry(self) -> None:
+        """Reload sites and devices from the database; call after `sync_registry`."""
+        with self.engine.connect() as conn:
+            site_rows = conn.execute(select(Site.code, Site.timezone, Site.timetable)).all()  # type: ignore[call-overload]
+            device_rows = conn.execute(
+                select(Device.id, Device.site_code, Device.retired_at)  # type: ignore[call-overload]
+            ).all()
+        timetables = {code: (tz, timetable) for code, tz, timetable in site_rows}
+        active: dict[str, set[str]] = {}
+        for device_id, site_code, retired_at in device_rows:
+            if retired_at is None:
+                active.setdefault(site_code, set()).add(device_id)
+        if self._pinned is not None:
+            active = {k: set(v) for k, v in self._pinned.items()}
+            codes: Iterable[str] = self._pinned
+        else:
+            codes = timetables
+        entries = {}
+        for code in codes:
+            tz, timetable = timetables.get(code, ("UTC", {}))
+            entries[code] = SiteEntry(
+                frozenset(active.get(code, ())), timetable_from_json(timetable), ZoneInfo(tz)
+            )
+        self.registry = RegistrySnapshot(
+            sites=entries,
+            device_site={d: s for d, s, _ in device_rows},
+            retired=frozenset(d for d, _, retired_at in device_rows if retired_at is not None),
+        )
+        self._reloaded_at = time.monotonic()
+
+    def handle(self, messages: list[IncomingMessage]) -> list[Outcome]:
+        """Store a group; one outcome per message, in order. Raises only if the database fails."""
+        with self._lock, GROUP_SECONDS.time():
+            parsed = [self._parse(m) for m in messages]
+            try:
+                outcomes = self._store(messages, parsed)
+            except (DataError, IntegrityError) as exc:
+                # One message carries values the database refuses: find it, store the rest.
+                log.warning("group of %d refused (%s); storing one by one", len(messages), exc)
+                outcomes = [self._store_alone(m, p) for m, p in zip(messages, parsed, strict=True)]
+            self._count(messages, outcomes)
+            return outcomes
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "sites": len(self.registry.sites),
+            "readings": self.readings,
+            "outcomes": dict(self.outcomes),
+            "rejected": dict(self.rejected),
+            "last_group_at": self.last_group_at.isoformat() if self.last_group_at else None,
+        }
+
+    def _parse(self, message: IncomingMessage) -> Parsed:
+        try:
+            result = parse_message(message, self.topic_root, self.registry)
+            if self._should_reload(result):
+                self.refresh_registry()
+                result = parse_message(message, self.topic_root, self.registry)
+            return result
+        except Exception as exc:  # a bug must not stop ingest: keep the message to replay
+            log.exception("cannot parse message on %s", message.topic)
+            return Rejected(RejectReason.invalid, f"controller error while parsing: {exc!r}")
+
+    def _should_reload(self, result: Parsed) -> bool:
+        return (
+            self._pinned is None
+            and isinstance(result, Rejected)
+            and result.reason in (RejectReason.unknown_site, RejectReason.unknown_device)
+            and time.monotonic() - self._reloaded_at >= REGISTRY_RELOAD_MIN_S
+        )
+
+    def _store(self, messages: list[IncomingMessage], parsed: list[Parsed]) -> list[Outcome]:
+        with self.engine.begin() as conn:
+            writer = GroupWriter(conn, self.registry, self._in_class)
+            return writer.write(messages, parsed)
+
+    def _store_alone(self, message: IncomingMessage, parsed: Parsed) -> Outcome:
+        try:
+            return self._store([message], [parsed])[0]
+        except (DataError, IntegrityError) as exc:
+            detail = f"the database refused it: {exc.orig or exc}"
+            with self.engine.begin() as conn:
+                conn.execute(dead_letter_insert(message, RejectReason.db_rejected, detail))
+            return Outcome.rejected(RejectReason.db_rejected, detail)
+
+    def _in_class(self, site: str, at: datetime) -> bool:
+        entry = self.registry.sites.get(site)
+        return entry is not None and entry.timetable.in_class(at, entry.tz)
+
+    def _count(self, messages: list[IncomingMessage], outcomes: list[Outcome]) -> None:
+        # Only after commit: a group that raised will come again and be counted then.
+        for message, outcome in zip(messages, outcomes, strict=True):
+            self.outcomes[outcome.status.value] += 1
+            MESSAGES.labels(outcome.status.value).inc()
+            if outcome.status == OutcomeStatus.rejected and outcome.reason is not None:
+                self.rejected[outcome.reason.value] += 1
+                REJECTED.labels(outcome.reason.value).inc()
+                log.warning(
+                    "rejected message on %s (%s): %s", message.topic, outcome.reason, outcome.detail
+                )
+            self.readings += outcome.readings
+            READINGS.inc(outcome.readings)
+        self.last_group_at = utcnow()

@@ -1,0 +1,314 @@
+"""Writes one parsed group of messages through Core statements (no ORM objects on the hot path).
+
+Samples go in with INSERT ... ON CONFLICT DO NOTHING on (device, ts); each device's latest state
+is updated once per group, and only by a reading newer than the one it already shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BindParameter,
+    Connection,
+    Insert,
+    String,
+    Table,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import SQLModel
+
+from fleet.ingest_parse import (
+    AgentNoteMessage,
+    AgentStateMessage,
+    HealthMessage,
+    IncomingMessage,
+    Outcome,
+    OutcomeStatus,
+    Parsed,
+    RegistrySnapshot,
+    Rejected,
+    RejectReason,
+)
+from fleet.models import UtcDateTime
+from fleet.protocol import MAX_PAYLOAD_BYTES, AgentStateValue, Reading
+from fleet.state import DeviceState, derive_state, site_offline_reason
+
+SAMPLES = SQLModel.metadata.tables["sample"]
+DEVICES = SQLModel.metadata.tables["device"]
+INGESTED = SQLModel.metadata.tables["ingested_message"]
+AGENTS = SQLModel.metadata.tables["agent_status"]
+NOTES = SQLModel.metadata.tables["agent_message"]
+DEAD = SQLModel.metadata.tables["dead_letter"]
+
+IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's parameter limit
+DETAIL_MAX = 2000
+
+InClass = Callable[[str, datetime], bool]
+# Order of arrival: (received_at, index in group); rows from earlier groups use index -1.
+Arrival = tuple[datetime, int]
+
+
+@dataclass
+class _Latest:
+    reading: Reading
+    site: str
+    arrival: Arrival
+
+
+def dead_letter_insert(message: IncomingMessage, reason: RejectReason, detail: str) -> Insert:
+    return insert(DEAD).values(_dead_letter_row(message, reason, detail))
+
+
+def _dead_letter_row(message: IncomingMessage, reason: RejectReason, detail: str) -> dict[str, Any]:
+    return {
+        "received_at": message.received_at,
+        "topic": message.topic.replace("\x00", ""),
+        "reason": reason.value,
+        "detail": detail.replace("\x00", "")[:DETAIL_MAX],
+        "payload": message.payload[:MAX_PAYLOAD_BYTES],
+        "size": len(message.payload),
+        "truncated": len(message.payload) > MAX_PAYLOAD_BYTES,
+    }
+
+
+class GroupWriter:
+    def __init__(self, conn: Connection, registry: RegistrySnapshot, in_class: InClass) -> None:
+        self.conn = conn
+        self.registry = registry
+        self.in_class = in_class
+        dialect = conn.dialect.name
+        self.insert: Callable[[Table], Any] = (
+            postgresql.insert if dialect == "postgresql" else sqlite.insert
+        )
+
+    def write(self, messages: list[IncomingMessage], parsed: list[Parsed]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        dead: list[dict[str, Any]] = []
+        samples: dict[tuple[str, datetime], dict[str, Any]] = {}
+        ingested: list[dict[str, Any]] = []
+        notes: list[dict[str, Any]] = []
+        latest: dict[str, _Latest] = {}
+        states: dict[str, tuple[AgentStateMessage, Arrival]] = {}
+        heard: dict[str, tuple[datetime, str]] = {}  # site -> (last received_at, agent_id)
+        offline = self._offline_sites({p.site for p in parsed if isinstance(p, HealthMessage)})
+        seen = self._stored_msg_ids(
+            [p.batch.msg_id for p in parsed if isinstance(p, HealthMessage) and p.batch]
+        )
+
+        for index, (message, item) in enumerate(zip(messages, parsed, strict=True)):
+            arrival = (message.received_at, index)
+            if isinstance(item, Rejected):
+                dead.append(_dead_letter_row(message, item.reason, item.detail))
+                outcomes.append(Outcome.rejected(item.reason, item.detail))
+            elif isinstance(item, HealthMessage):
+                batch = item.batch
+                if batch is not None:
+                    if batch.msg_id in seen:
+                        outcomes.append(Outcome(OutcomeStatus.duplicate, detail="already stored"))
+                        continue
+                    seen.add(batch.msg_id)
+                    ingested.append(
+                        {
+                            "msg_id": batch.msg_id,
+                            "site_code": item.site,
+                            "agent_id": batch.agent_id,
+                            "seq": batch.seq,
+                            "received_at": message.received_at,
+                            "readings": len(batch.readings),
+                        }
+                    )
+                    heard[item.site] = (message.received_at, batch.agent_id)
+                msg_id = batch.msg_id if batch else None
+                for reading in item.readings:
+                    samples[(reading.device, reading.ts)] = _sample_row(
+                        reading, message.received_at, msg_id
+                    )
+                    known = latest.get(reading.device)
+                    if known is None or known.reading.ts <= reading.ts:
+                        latest[reading.device] = _Latest(reading, item.site, arrival)
+                outcomes.append(Outcome(OutcomeStatus.stored, readings=len(item.readings)))
+            elif isinstance(item, AgentStateMessage):
+                states[item.site] = (item, arrival)
+                if item.state.state == AgentStateValue.offline:
+                    offline[item.site] = arrival
+                else:
+                    offline.pop(item.site, None)
+                outcomes.append(Outcome(OutcomeStatus.stored))
+            else:
+                notes.append(_note_row(item, message.received_at))
+                outcomes.append(Outcome(OutcomeStatus.stored))
+
+        if dead:
+            self.conn.execute(insert(DEAD), dead)
+        if samples:
+            stmt = self.insert(SAMPLES).on_conflict_do_nothing(index_elements=["device_id", "ts"])
+            self.conn.execute(stmt, list(samples.values()))
+        if ingested:
+            stmt = self.insert(INGESTED).on_conflict_do_nothing(index_elements=["msg_id"])
+            self.conn.execute(stmt, ingested)
+        if notes:
+            self.conn.execute(insert(NOTES), notes)
+        self._write_agent_states(states)
+        self._write_heard(heard)
+        self._update_devices(latest, offline)
+        return outcomes
+
+    def _stored_msg_ids(self, msg_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(msg_ids):
+            rows = self.conn.execute(select(INGESTED.c.msg_id).where(INGESTED.c.msg_id.in_(chunk)))
+            found.update(rows.scalars())
+        return found
+
+    def _offline_sites(self, sites: set[str]) -> dict[str, Arrival]:
+        if not sites:
+            return {}
+        query = select(AGENTS.c.site_code, AGENTS.c.received_at).where(
+            AGENTS.c.site_code.in_(sorted(sites)), AGENTS.c.state == AgentStateValue.offline.value
+        )
+        return {site: (received_at, -1) for site, received_at in self.conn.execute(query)}
+
+    def _write_agent_states(self, states: dict[str, tuple[AgentStateMessage, Arrival]]) -> None:
+        for site, (item, (received_at, _)) in states.items():
+            state = item.state
+            values = {
+                "agent_id": state.agent_id,
+                "state": state.state.value,
+                "version": state.version,
+                "boot_id": state.boot_id,
+                "ts": state.ts,
+                "received_at": received_at,
+                "last_message_at": received_at,
+            }
+            stmt = self.insert(AGENTS).values(site_code=site, **values)
+            self.conn.execute(stmt.on_conflict_do_update(index_elements=["site_code"], set_=values))
+            if state.state == AgentStateValue.offline:
+                # The link is down, not the devices: never flap them all to unreachable.
+                self.conn.execute(
+                    DEVICES.update()
+                    .where(DEVICES.c.site_code == site, DEVICES.c.retired_at.is_(None))
+                    .values(
+                        state=DeviceState.site_offline.value,
+                        state_reason=site_offline_reason(state.agent_id, received_at),
+                        state_since=case(
+                            (
+                                DEVICES.c.state == DeviceState.site_offline.value,
+                                DEVICES.c.state_since,
+                            ),
+                            else_=literal(received_at, UtcDateTime()),
+                        ),
+                    )
+                )
+
+    def _write_heard(self, heard: dict[str, tuple[datetime, str]]) -> None:
+        for site, (received_at, agent_id) in heard.items():
+            stmt = self.insert(AGENTS).values(
+                site_code=site,
+                agent_id=agent_id,
+                state=AgentStateValue.online.value,  # it is talking, though it never said so
+                ts=received_at,
+                received_at=received_at,
+                last_message_at=received_at,
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["site_code"], set_={"last_message_at": received_at}
+            )
+            self.conn.execute(stmt)
+
+    def _update_devices(self, latest: dict[str, _Latest], offline: dict[str, Arrival]) -> None:
+        rows = []
+        for device, item in latest.items():
+            went_offline = offline.get(item.site)
+            if went_offline is not None and went_offline > item.arrival:
+                continue  # the agent went offline after sending this: site_offline stands
+            reading = item.reading
+            state, reason = derive_state(reading, in_class=self.in_class(item.site, reading.ts))
+            rows.append(
+                {
+                    "b_id": device,
+                    "b_ts": reading.ts,
+                    "b_state": state.value,
+                    "b_reason": reason,
+                    "b_reading": reading.model_dump(mode="json", exclude_none=True),
+                    "b_firmware": reading.firmware,
+                    "b_power": reading.power.value,
+                    "b_reachable": reading.reachable,
+                }
+            )
+        if rows:
+            self.conn.execute(_DEVICE_UPDATE, rows)
+
+
+def _device_update() -> Any:
+    ts = bindparam("b_ts", type_=UtcDateTime())
+    state: BindParameter[str] = bindparam("b_state", type_=String())
+    return (
+        DEVICES.update()
+        .where(
+            DEVICES.c.id == bindparam("b_id"),
+            or_(DEVICES.c.last_seen_at.is_(None), DEVICES.c.last_seen_at <= ts),
+        )
+        .values(
+            state=state,
+            state_reason=bindparam("b_reason"),
+            state_since=case(
+                (DEVICES.c.state == state, func.coalesce(DEVICES.c.state_since, ts)), else_=ts
+            ),
+            last_seen_at=ts,
+            last_reading=bindparam("b_reading", type_=JSON(none_as_null=True)),
+            firmware=func.coalesce(bindparam("b_firmware"), DEVICES.c.firmware),
+            power=bindparam("b_power"),
+            reachable=bindparam("b_reachable"),
+        )
+    )
+
+
+_DEVICE_UPDATE = _device_update()
+
+
+def _sample_row(reading: Reading, received_at: datetime, msg_id: str | None) -> dict[str, Any]:
+    errors = reading.errors
+    return {
+        "device_id": reading.device,
+        "ts": reading.ts,
+        "received_at": received_at,
+        "msg_id": msg_id,
+        "reachable": reading.reachable,
+        "power": reading.power.value,
+        "input": reading.input,
+        "temperature_c": reading.temperature_c,
+        "lamp_hours": reading.lamp_hours,
+        "filter_hours": reading.filter_hours,
+        "uptime_s": reading.uptime_s,
+        "firmware": reading.firmware,
+        "errors": {name: flag.value for name, flag in errors} if errors is not None else None,
+        "error": reading.error,
+        "metrics": reading.metrics or None,
+    }
+
+
+def _note_row(item: AgentNoteMessage, received_at: datetime) -> dict[str, Any]:
+    return {
+        "site_code": item.site,
+        "kind": item.kind,
+        "ts": item.ts,
+        "received_at": received_at,
+        "body": item.body,
+    }
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), IN_CHUNK):
+        yield items[start : start + IN_CHUNK]

@@ -1,0 +1,69 @@
+"""The controller assembled: database, registry, ingest, MQTT subscriber and the web app."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from agent.broker import parse_mqtt_url
+from agent.config import load_sites
+from fleet.api.app import create_app
+from fleet.db import make_engine, migrate
+from fleet.ingest import Ingest
+from fleet.registry import SyncResult, sync_registry
+from fleet.settings import Settings
+from fleet.subscriber import Subscriber
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Controller:
+    settings: Settings
+    engine: Engine
+    ingest: Ingest
+    subscriber: Subscriber
+    app: FastAPI
+    registry: SyncResult
+
+
+def build_controller(settings: Settings) -> Controller:
+    """Migrate, sync the registry from site_configs/, and wire ingest into the app.
+
+    Raises agent.errors.ConfigErrors for a bad site config and BrokerUrlError for a bad URL,
+    both before anything starts.
+    """
+    broker = parse_mqtt_url(settings.mqtt_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    sites = load_sites(settings.sites_dir, settings.profiles_dir)
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    result = sync_registry(engine, sites)
+    log.info("registry: %d sites synced from %s", len(sites), settings.sites_dir)
+    ingest = Ingest(engine, topic_root=settings.topic_root)
+    subscriber = Subscriber(
+        broker,
+        ingest,
+        client_id=settings.mqtt_client_id,
+        topic_root=settings.topic_root,
+        session_expiry_s=settings.mqtt_session_expiry_s,
+        batch_max=settings.ingest_batch_max,
+        batch_wait_s=settings.ingest_batch_wait_ms / 1000,
+    )
+
+    @contextmanager
+    def run_ingest(app: FastAPI) -> Iterator[None]:
+        subscriber.start()
+        try:
+            yield
+        finally:
+            subscriber.stop()
+
+    app = create_app(settings, engine, lifespan_extras=[run_ingest])
+    app.state.ingest_status = subscriber
+    return Controller(settings, engine, ingest, subscriber, app, result)

@@ -1,0 +1,231 @@
+"""The controller's MQTT edge: paho-mqtt 2 wrapped once, feeding `fleet.ingest`.
+
+Messages are acknowledged only after the database committed them (paho's manual ack), on a
+persistent session, so the broker keeps and redelivers what the controller has not stored:
+nothing is lost when the controller or the database goes away. Messages are written in
+groups (one transaction per group) for throughput.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.broker import BrokerAddress
+from fleet.ingest import IncomingMessage, Ingest
+from fleet.protocol import Topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestStatus:
+    connected: bool = False
+    received: int = 0
+    acked: int = 0
+    groups: int = 0
+    db_failures: int = 0
+    last_message_at: datetime | None = None
+    last_error: str | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "connected": self.connected,
+            "received": self.received,
+            "acked": self.acked,
+            "groups": self.groups,
+            "db_failures": self.db_failures,
+            "last_message_at": self.last_message_at.isoformat() if self.last_message_at else None,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True)
+class _Received:
+    message: IncomingMessage
+    mid: int
+    qos: int
+
+
+class Subscriber:
+    def __init__(
+        self,
+        address: BrokerAddress,
+        ingest: Ingest,
+        *,
+        client_id: str = "fleet-controller",
+        topic_root: str = "fleet/v1",
+        session_expiry_s: int = 7 * 24 * 3600,
+        batch_max: int = 500,
+        batch_wait_s: float = 0.05,
+        shared_group: str | None = None,
+    ) -> None:
+        self.address = address
+        self.ingest = ingest
+        self.topics = Topics(topic_root)
+        self.batch_max = batch_max
+        self.batch_wait_s = batch_wait_s
+        self.stats = IngestStatus()
+        self._queue: queue.Queue[_Received] = queue.Queue()
+        self._stop = threading.Event()
+        self._shared_group = shared_group
+        self._v5 = address.protocol == "5"
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            # A persistent session: the broker queues for us while we are down (v5 sets
+            # clean_start and the session expiry at connect time instead).
+            clean_session=None if self._v5 else False,
+            manual_ack=True,
+        )
+        self._connect_properties: Properties | None = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = session_expiry_s
+            props.ReceiveMaximum = 1000
+            self._connect_properties = props
+        if address.username:
+            self._client.username_pw_set(address.username, address.password)
+        if address.tls:
+            self._client.tls_set_context(ssl.create_default_context(cafile=address.ca_file))
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._worker = threading.Thread(target=self._work, name="ingest-writer", daemon=True)
+
+    def status(self) -> dict[str, Any]:
+        """For /healthz: not ok while the broker is unreachable or writes fail."""
+        return {
+            **self.ingest.status(),
+            **self.stats.as_dict(),
+            "ok": self.stats.connected and self.stats.last_error is None,
+            "queued": self._queue.qsize(),
+        }
+
+    def subscriptions(self) -> list[str]:
+        topics = self.topics.subscriptions()
+        if self._shared_group and self._v5:
+            return [f"$share/{self._shared_group}/{t}" for t in topics]
+        return topics
+
+    def start(self) -> None:
+        self._worker.start()
+        kwargs: dict[str, Any] = {}
+        if self._v5:
+            kwargs["clean_start"] = False
+            kwargs["properties"] = self._connect_properties
+        self._client.connect_async(self.address.host, self.address.port, 30, **kwargs)
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop taking messages, write what was received, then disconnect."""
+        self._stop.set()
+        self._worker.join(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def wait_connected(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.stats.connected:
+                return True
+            time.sleep(0.02)
+        return False
+
+    # --- paho callbacks (network thread) ------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self.stats.last_error = f"broker {self.address.display()} refused: {reason}"
+            log.error("%s: check the controller's MQTT credentials", self.stats.last_error)
+            return
+        self.stats.connected = True
+        self.stats.last_error = None
+        log.info("ingest connected to %s", self.address.display())
+        client.subscribe([(t, 1) for t in self.subscriptions()])
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if self.stats.connected:
+            log.warning("ingest lost the broker (%s); reconnecting", reason)
+        self.stats.connected = False
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.stats.received += 1
+        now = datetime.now(UTC)
+        self.stats.last_message_at = now
+        self._queue.put(_Received(IncomingMessage(msg.topic, msg.payload, now), msg.mid, msg.qos))
+
+    # --- the writer thread --------------------------------------------------------------
+
+    def _next_group(self) -> list[_Received]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        group = [first]
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(group) < self.batch_max:
+            remaining = deadline - time.monotonic()
+            try:
+                group.append(
+                    self._queue.get(timeout=max(remaining, 0))
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+        return group
+
+    def _work(self) -> None:
+        while not (self._stop.is_set() and self._queue.empty()):
+            group = self._next_group()
+            if group:
+                self._store(group)
+
+    def _store(self, group: list[_Received]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self.ingest.handle([r.message for r in group])
+                break
+            except Exception as exc:
+                # The database failed, not the input: keep the messages unacknowledged and
+                # try again; if we die meanwhile the broker redelivers them.
+                self.stats.db_failures += 1
+                self.stats.last_error = f"database write failed: {exc}"
+                log.error(
+                    "%s; retrying in %.0f s (messages kept, not acknowledged)",
+                    self.stats.last_error,
+                    delay,
+                )
+                if self._stop.wait(delay) and self._stop.is_set():
+                    log.error(
+                        "stopping with %d messages unstored; the broker will redeliver", len(group)
+                    )
+                    return
+                delay = min(delay * 2, 30)
+        self.stats.groups += 1
+        self.stats.last_error = None
+        for r in group:
+            if r.qos > 0:
+                self._client.ack(r.mid, r.qos)
+        self.stats.acked += len(group)

@@ -1,0 +1,77 @@
+"""Real MQTT brokers for tests: the embedded amqtt (always) and the system Mosquitto
+(127.0.0.1:1883; required when CI=true). Each test gets its own topic root, so tests that
+share the system broker never see each other's messages."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from fleet.embedded_broker import EmbeddedBroker
+from tests.conftest import need
+
+MOSQUITTO = ("127.0.0.1", 1883)
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class BrokerThread:
+    """The embedded broker on its own event loop in a thread, for synchronous tests."""
+
+    def __init__(self) -> None:
+        self.broker = EmbeddedBroker()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.broker.start(), self.loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.broker.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return self.broker.url
+
+
+@dataclass(frozen=True)
+class TestBroker:
+    kind: str
+    url: str
+    topic_root: str
+
+    __test__ = False  # not a test class
+
+
+@pytest.fixture(params=["embedded", "mosquitto"])
+def broker(request: pytest.FixtureRequest) -> Iterator[TestBroker]:
+    root = f"t{uuid.uuid4().hex[:10]}/fleet/v1"
+    if request.param == "mosquitto":
+        if not port_open(*MOSQUITTO):
+            need(
+                "Mosquitto at 127.0.0.1:1883",
+                "start it with `mosquitto -d -c /etc/mosquitto/mosquitto.conf`",
+            )
+        yield TestBroker("mosquitto", "mqtt://127.0.0.1:1883?protocol=5", root)
+        return
+    thread = BrokerThread()
+    thread.start()
+    try:
+        yield TestBroker("embedded", thread.url, root)
+    finally:
+        thread.stop()

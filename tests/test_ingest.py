@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, func, text
+from sqlmodel import Session, col, select
+
+from fleet.ingest import Ingest, OutcomeStatus, RejectReason
+from fleet.models import AgentMessage, AgentStatus, DeadLetter, Device, IngestedMessage, Sample
+from fleet.protocol import MAX_PAYLOAD_BYTES
+from tests.fixtures_db import RECEIVED, agent_state, batch, health, message, reading
+
+T0 = RECEIVED - timedelta(minutes=5)
+UPM = ["upm-sc1-panel-1", "upm-sc1-panel-2", "upm-sc1-pc"]
+
+
+def count(engine: Engine, model: type) -> int:
+    with Session(engine) as session:
+        return session.exec(select(func.count()).select_from(model)).one()
+
+
+def device(engine: Engine, device_id: str) -> Device:
+    with Session(engine) as session:
+        found = session.get(Device, device_id)
+        assert found is not None
+        return found
+
+
+def test_valid_batch_is_stored_and_sets_device_state(ingest: Ingest, registered: Engine) -> None:
+    readings = [reading(d, T0, power="on", input="hdmi1", firmware="3.2.1") for d in UPM]
+    outcomes = ingest.handle([health("upm", readings)])
+
+    assert [o.status for o in outcomes] == [OutcomeStatus.stored]
+    assert outcomes[0].readings == 3
+    assert count(registered, Sample) == 3
+    panel = device(registered, "upm-sc1-panel-1")
+    assert panel.state == "online"
+    assert panel.state_reason == "reachable, power on, input hdmi1"
+    assert panel.last_seen_at == T0  # aware UTC back from the database
+    assert panel.state_since == T0
+    assert panel.firmware == "3.2.1"
+    assert panel.last_reading is not None and panel.last_reading["input"] == "hdmi1"
+    assert ingest.readings == 3
+
+
+def test_batch_stored_once_when_redelivered(ingest: Ingest, registered: Engine) -> None:
+    msg = health("upm", [reading(d, T0) for d in UPM])
+    first = ingest.handle([msg])
+    again = ingest.handle([msg, msg])
+
+    assert first[0].status == OutcomeStatus.stored
+    assert [o.status for o in again] == [OutcomeStatus.duplicate, OutcomeStatus.duplicate]
+    assert count(registered, Sample) == 3
+    assert count(registered, IngestedMessage) == 1
+
+
+def test_same_reading_in_two_batches_is_stored_once(ingest: Ingest, registered: Engine) -> None:
+    same = reading("upm-sc1-panel-1", T0)
+    outcomes = ingest.handle([health("upm", [same]), health("upm", [same])])
+    ingest.handle([health("upm", [same])])
+
+    assert [o.status for o in outcomes] == [OutcomeStatus.stored, OutcomeStatus.stored]
+    assert count(registered, Sample) == 1
+    assert count(registered, IngestedMessage) == 3
+
+
+def test_device_topic_reading_is_idempotent_on_device_and_ts(
+    ingest: Ingest, registered: Engine
+) -> None:
+    msg = message("fleet/v1/upm/devices/upm-sc1-pc/health", reading("upm-sc1-pc", T0))
+    assert ingest.handle([msg, msg])[0].status == OutcomeStatus.stored
+    ingest.handle([msg])
+    assert count(registered, Sample) == 1
+    assert device(registered, "upm-sc1-pc").state == "online"
+
+
+def bad_inputs() -> list[tuple[RejectReason, object]]:
+    good = batch("upm", [reading("upm-sc1-panel-1", T0)])
+    return [
+        (RejectReason.not_json, message("fleet/v1/upm/health", b"{not json")),
+        (RejectReason.oversize, message("fleet/v1/upm/health", b" " * (MAX_PAYLOAD_BYTES + 1))),
+        (RejectReason.invalid, message("fleet/v1/upm/health", {**good, "seq": -1})),
+        (RejectReason.invalid, message("fleet/v1/upm/health", {**good, "readings": [{"x": 1}]})),
+        (RejectReason.topic, message("fleet/v1/upm/nonsense", good)),
+        (RejectReason.topic, message("other/v1/upm/health", good)),
+        (RejectReason.site_mismatch, message("fleet/v1/tuit/health", good)),
+        (RejectReason.unknown_site, message("fleet/v1/nowhere/health", good)),
+        (RejectReason.unknown_device, health("upm", [reading("upm-sc9-ghost", T0)])),
+        (
+            RejectReason.device_mismatch,
+            message("fleet/v1/upm/devices/upm-sc1-pc/health", reading("upm-sc1-panel-1", T0)),
+        ),
+        (RejectReason.invalid, message("fleet/v1/upm/agent/state", {"state": "dozing"})),
+        (RejectReason.invalid, message("fleet/v1/upm/events", {"kind": "party"})),
+    ]
+
+
+def test_each_bad_input_is_dead_lettered_and_the_rest_stored(
+    ingest: Ingest, registered: Engine
+) -> None:
+    cases = bad_inputs()
+    good_before = health("upm", [reading("upm-sc1-panel-1", T0)])
+    good_after = health("upm", [reading("upm-sc1-panel-2", T0)])
+    group = [good_before, *(msg for _, msg in cases), good_after]
+
+    outcomes = ingest.handle(group)  # type: ignore[arg-type]
+
+    assert outcomes[0].status == outcomes[-1].status == OutcomeStatus.stored
+    for (expected, _), outcome in zip(cases, outcomes[1:-1], strict=True):
+        assert outcome.status == OutcomeStatus.rejected
+        assert outcome.reason == expected, outcome.detail
+        assert outcome.detail
+    assert count(registered, Sample) == 2
+    with Session(registered) as session:
+        dead = session.exec(select(DeadLetter).order_by(col(DeadLetter.id))).all()
+    assert [d.reason for d in dead] == [reason.value for reason, _ in cases]
+    oversize = dead[1]
+    assert oversize.size == MAX_PAYLOAD_BYTES + 1
+    assert oversize.truncated and len(oversize.payload) == MAX_PAYLOAD_BYTES
+    assert ingest.rejected[RejectReason.invalid] == 4
+    assert sum(ingest.rejected.values()) == len(cases)
+
+
+def test_reading_for_another_sites_device_is_rejected(ingest: Ingest, registered: Engine) -> None:
+    mixed = health("upm", [reading("upm-sc1-panel-1", T0), reading("tuit-sc1-projector", T0)])
+    [outcome] = ingest.handle([mixed])
+
+    assert outcome.status == OutcomeStatus.rejected
+    assert outcome.reason == RejectReason.unknown_device
+    assert "tuit-sc1-projector belongs to site tuit" in outcome.detail
+    # The whole batch waits in the dead-letter table, so a replay after a fix stores all of it.
+    assert count(registered, Sample) == 0
+    assert count(registered, IngestedMessage) == 0
+
+
+def test_agent_offline_marks_site_offline_not_unreachable(
+    ingest: Ingest, registered: Engine
+) -> None:
+    ingest.handle([health("upm", [reading(d, T0) for d in UPM])])
+    went = RECEIVED + timedelta(minutes=1)
+    ingest.handle([agent_state("upm", "offline", T0, went)])
+
+    with Session(registered) as session:
+        devices = session.exec(select(Device).where(Device.site_code == "upm")).all()
+        status = session.get(AgentStatus, "upm")
+    assert {d.state for d in devices} == {"site_offline"}
+    assert all(d.state_reason.startswith("site agent upm-agent-1 offline since") for d in devices)
+    assert all(d.state_since == went for d in devices)
+    assert status is not None and status.state == "offline"
+    assert device(registered, "tuit-sc1-projector").state == "unknown"  # other sites untouched
+
+    # Back online: each device takes its derived state again with its next reading.
+    later = went + timedelta(minutes=1)
+    ingest.handle(
+        [
+            agent_state("upm", "online", later, later),
+            health("upm", [reading("upm-sc1-panel-1", later, power="standby")], received_at=later),
+        ]
+    )
+    assert device(registered, "upm-sc1-panel-1").state == "standby"
+    assert device(registered, "upm-sc1-panel-2").state == "site_offline"
+
+
+def test_batch_received_before_the_will_does_not_undo_site_offline(
+    ingest: Ingest, registered: Engine
+) -> None:
+    last = health("upm", [reading("upm-sc1-panel-1", T0)], received_at=RECEIVED)
+    will = agent_state("upm", "offline", T0 - timedelta(hours=1), RECEIVED)
+    ingest.handle([last, will])
+    assert device(registered, "upm-sc1-panel-1").state == "site_offline"
+    assert count(registered, Sample) == 1
+
+
+def test_older_reading_does_not_overwrite_newer_state(ingest: Ingest, registered: Engine) -> None:
+    ingest.handle([health("upm", [reading("upm-sc1-panel-1", T0, power="on")])])
+    old = T0 - timedelta(hours=1)
+    ingest.handle([health("upm", [reading("upm-sc1-panel-1", old, reachable=False)])])
+    panel = device(registered, "upm-sc1-panel-1")
+    assert panel.state == "online" and panel.last_seen_at == T0
+    assert count(registered, Sample) == 2
+
+
+def test_events_and_acks_are_kept(ingest: Ingest, registered: Engine) -> None:
+    event = {"kind": "agent_error", "site": "upm", "agent_id": "a", "ts": T0.isoformat()}
+    ack = {"cmd_id": "c1", "site": "upm", "agent_id": "a", "ok": True, "ts": T0.isoformat()}
+    outcomes = ingest.handle(
+        [message("fleet/v1/upm/events", event), message("fleet/v1/upm/cmd/ack", ack)]
+    )
+    assert [o.status for o in outcomes] == [OutcomeStatus.stored] * 2
+    assert count(registered, AgentMessage) == 2
+
+
+def test_seq_beyond_64_bits_is_rejected_not_retried(ingest: Ingest, registered: Engine) -> None:
+    huge_seq = {**batch("upm", [reading("upm-sc1-panel-1", T0)]), "seq": 2**70}
+    group = [message("fleet/v1/upm/health", huge_seq), health("upm", [reading(UPM[1], T0)])]
+    outcomes = ingest.handle(group)
+    assert outcomes[0].reason == RejectReason.invalid
+    assert outcomes[1].status == OutcomeStatus.stored
+
+
+def test_values_the_database_refuses_are_dead_lettered_alone(
+    ingest: Ingest, registered: Engine
+) -> None:
+    # A device deleted behind the registry cache's back: its sample breaks the foreign key.
+    with registered.begin() as conn:
+        conn.execute(text("DELETE FROM device WHERE id = 'upm-sc1-pc'"))
+    group = [health("upm", [reading("upm-sc1-pc", T0)]), health("upm", [reading(UPM[1], T0)])]
+    outcomes = ingest.handle(group)
+    assert outcomes[0].reason == RejectReason.db_rejected
+    assert outcomes[1].status == OutcomeStatus.stored
+    assert count(registered, Sample) == 1
+    assert count(registered, DeadLetter) == 1
+
+
+def test_database_failure_raises_so_the_group_is_not_acked(
+    ingest: Ingest, registered: Engine
+) -> None:
+    with registered.begin() as conn:
+        conn.execute(text("DROP TABLE ingested_message"))
+    with pytest.raises(Exception, match="ingested_message"):
+        ingest.handle([health("upm", [reading("upm-sc1-panel-1", T0)])])
+    assert ingest.readings == 0
