@@ -23,13 +23,13 @@ class EmbeddedBroker:
     def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.host = host
         self.port = port or free_port(host)
-        config: dict[str, Any] = {
+        self._config: dict[str, Any] = {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{self.port}"}},
             "plugins": {
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
             },
         }
-        self._broker = Broker(config)
+        self._broker: Broker | None = None
         # amqtt logs every connection at INFO; the demo's console is for the product.
         logging.getLogger("amqtt").setLevel(logging.WARNING)
         logging.getLogger("transitions").setLevel(logging.WARNING)
@@ -39,7 +39,11 @@ class EmbeddedBroker:
         return f"mqtt://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        # amqtt binds itself to the running loop when constructed.
+        self._broker = Broker(self._config)
         await self._broker.start()
 
     async def stop(self) -> None:
-        await self._broker.shutdown()
+        if self._broker is not None:
+            await self._broker.shutdown()
+            self._broker = None

@@ -1,0 +1,168 @@
+"""Real processes for end-to-end and fault tests: `fleet serve`, `fleet-agent run` and
+`fleet-agent simulate`, started as a user would, with their output kept for the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.config import DEFAULT_SITES_DIR
+from fleet.embedded_broker import free_port
+
+T = TypeVar("T")
+BIN = Path(sys.executable).parent
+
+
+def wait_for(
+    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
+) -> T:
+    """Poll a condition until it gives something truthy; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except Exception as exc:  # the thing is not up yet
+            last_error = exc
+        else:
+            if value:
+                return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} ({last_error})")
+
+
+@dataclass
+class Proc:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        handle = self.log.open("ab")
+        self.popen = subprocess.Popen(
+            self.args, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Stack:
+    """One site's agent, its simulated devices and a controller, all as real processes."""
+
+    tmp: Path
+    broker_url: str
+    topic_root: str
+    database_url: str
+    site: str = "upm"
+    http_port: int = field(default_factory=free_port)
+    client_id: str = field(default_factory=lambda: f"fleet-test-{uuid.uuid4().hex[:8]}")
+    procs: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sites_dir = self.tmp / "site_configs"
+        self.sites_dir.mkdir(exist_ok=True)
+        shutil.copy(DEFAULT_SITES_DIR / f"{self.site}.yaml", self.sites_dir)
+        self.config = self.sites_dir / f"{self.site}.yaml"
+        self.address_map = self.tmp / "address-map.json"
+        self.agent_data = self.tmp / "agent"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+        env.update(
+            FLEET_DATABASE_URL=self.database_url,
+            FLEET_MQTT_URL=self.broker_url,
+            FLEET_TOPIC_ROOT=self.topic_root,
+            FLEET_SITES_DIR=str(self.sites_dir),
+            FLEET_DATA_DIR=str(self.tmp / "controller"),
+            FLEET_MQTT_CLIENT_ID=self.client_id,
+            FLEET_LOG_LEVEL="info",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def _proc(self, name: str, args: list[str], **env: str) -> Proc:
+        proc = Proc(name, args, self.env(**env), self.tmp / f"{name}.log").start()
+        self.procs.append(proc)
+        return proc
+
+    def simulate(self) -> Proc:
+        proc = self._proc(
+            "simulate",
+            [str(BIN / "fleet-agent"), "simulate", "--config", str(self.config),
+             "--address-map", str(self.address_map)],
+        )
+        wait_for(self.address_map.exists, 30, "the simulator's address map")
+        return proc
+
+    def controller(self) -> Proc:
+        proc = self._proc(
+            "controller", [str(BIN / "fleet"), "serve", "--port", str(self.http_port)]
+        )
+        wait_for(lambda: self.get("/healthz") is not None, 60, "the controller's /healthz")
+        return proc
+
+    def agent(self, *extra: str) -> Proc:
+        return self._proc(
+            "agent",
+            [str(BIN / "fleet-agent"), "run", "--config", str(self.config),
+             "--mqtt-url", self.broker_url, "--topic-root", self.topic_root,
+             "--address-map", str(self.address_map), "--data-dir", str(self.agent_data),
+             *extra],
+        )
+
+    def get(self, path: str) -> Any:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=5) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 503:  # /healthz while ingest is still connecting
+                return None
+            raise
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.output()[-4000:]}" for p in self.procs)
