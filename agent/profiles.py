@@ -38,7 +38,7 @@ class Strict(BaseModel):
 
 
 class PollSettings(Strict):
-    interval_s: float = Field(default=60, ge=5, le=3600)
+    interval_s: float = Field(default=60, ge=1, le=3600)
     timeout_s: float = Field(default=2.0, gt=0, le=30)
     retries: int = Field(default=1, ge=0, le=5)
 

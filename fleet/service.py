@@ -16,6 +16,7 @@ from fleet.api.app import create_app
 from fleet.db import make_engine, migrate
 from fleet.ingest import Ingest
 from fleet.registry import SyncResult, sync_registry
+from fleet.scheduler import build_scheduler
 from fleet.settings import Settings
 from fleet.subscriber import Subscriber
 
@@ -64,6 +65,15 @@ def build_controller(settings: Settings) -> Controller:
         finally:
             subscriber.stop()
 
-    app = create_app(settings, engine, lifespan_extras=[run_ingest])
+    @contextmanager
+    def run_schedule(app: FastAPI) -> Iterator[None]:
+        scheduler = build_scheduler(engine, settings)
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.shutdown(wait=True)
+
+    app = create_app(settings, engine, lifespan_extras=[run_ingest, run_schedule])
     app.state.ingest_status = subscriber
     return Controller(settings, engine, ingest, subscriber, app, result)
