@@ -98,6 +98,9 @@ def run(
     max_batches_per_s: Annotated[
         float, typer.Option(help="Drain rate after an outage, batches per second.")
     ] = 5.0,
+    linger: Annotated[
+        float, typer.Option(help="Seconds a part-filled batch waits for more readings.")
+    ] = 5.0,
     log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "info",
 ) -> None:
     """Poll the site's devices and publish their health until stopped."""
@@ -112,6 +115,7 @@ def run(
         address_map=_address_map(address_map),
         topic_root=topic_root,
         max_batches_per_s=max_batches_per_s,
+        linger_s=linger,
     )
 
     async def main() -> None:

@@ -153,11 +153,15 @@ class Outbox:
 
     # --- the publisher's side -----------------------------------------------------------
 
-    def pending_batches(self, limit: int, batch_size: int) -> list[PendingBatch]:
+    def pending_batches(
+        self, limit: int, batch_size: int, partial_before: datetime | None = None
+    ) -> list[PendingBatch]:
         """The oldest batches not yet acknowledged, assigning msg_ids to new ones as needed.
 
         Batches already assigned (sent before a crash or a disconnect) come first and keep
-        their msg_id, so a resend is recognised as the same batch.
+        their msg_id, so a resend is recognised as the same batch. A new batch that would
+        not be full is made only if its oldest reading was taken before `partial_before`:
+        waiting a few seconds for a whole poll cycle sends one message instead of many.
         """
         out: list[PendingBatch] = []
         with self._lock, self._tx():
@@ -175,6 +179,12 @@ class Outbox:
                 ]
                 if not ids:
                     break
+                if len(ids) < batch_size and partial_before is not None:
+                    (oldest,) = self._db.execute(
+                        "SELECT ts FROM reading WHERE id = ?", (ids[0],)
+                    ).fetchone()
+                    if datetime.fromisoformat(oldest) >= partial_before:
+                        break
                 msg_id = str(ULID())
                 seq = self._bump("seq", 1)
                 self._db.execute(

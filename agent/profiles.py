@@ -100,6 +100,43 @@ class SnmpSettings(Strict):
     power_when_reachable: Literal["on", "unknown"] = "unknown"
 
 
+class PjlinkSettings(Strict):
+    """How a PJLink projector is read. Its password belongs to the device (site config)."""
+
+    # Ask FILT, SNUM, SVER and %2INPT when the projector says it is class 2 (CLSS).
+    class2: bool = True
+    # NAME, INF1, INF2, INFO (and SNUM): constant, but cheap, and they show a swapped projector.
+    identity: bool = True
+
+
+class MatchRules(Strict):
+    """How `fleet-agent discover` recognises this model from what a device answers.
+
+    Each rule is a regular expression searched case-insensitively; every rule given must
+    match. An empty section matches any device of the profile's protocol: a fallback."""
+
+    sys_object_id: str | None = None
+    sys_descr: str | None = None
+    pjlink_inf1: str | None = None
+    pjlink_inf2: str | None = None
+
+    @field_validator("sys_object_id", "sys_descr", "pjlink_inf1", "pjlink_inf2")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(
+                    f"{value!r} is not a regular expression ({exc}). Fix: escape special "
+                    "characters such as ( ) . with a backslash"
+                ) from None
+        return value
+
+    def rules(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class Thresholds(Strict):
     temperature_c_max: float | None = None
     lamp_hours_life: float | None = None
@@ -116,6 +153,18 @@ class SimulationHints(Strict):
     filter_hours_start: float | None = None
     sys_descr: str = "simulated classroom device"
     inputs: list[str] = Field(default_factory=lambda: ["hdmi1"])
+    # Error flags the simulated device reports from the start, e.g. {lamp: warning}.
+    faults: dict[str, Literal["warning", "error"]] = Field(default_factory=dict)
+
+    @field_validator("faults")
+    @classmethod
+    def _known_flags(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - ERROR_FLAGS)
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} not error flags. Fix: use {', '.join(sorted(ERROR_FLAGS))}"
+            )
+        return value
 
 
 class Profile(Strict):
@@ -128,6 +177,8 @@ class Profile(Strict):
     note: str = ""
     poll: PollSettings = PollSettings()
     snmp: SnmpSettings | None = None
+    pjlink: PjlinkSettings | None = None
+    match: MatchRules | None = None
     thresholds: Thresholds = Thresholds()
     firmware_minimum: str | None = None
     simulation: SimulationHints = SimulationHints()
@@ -139,6 +190,14 @@ class Profile(Strict):
                 "protocol is snmp but there is no snmp section. Fix: add snmp.objects listing "
                 "each OID read and the reading field it maps to"
             )
+        if self.match is not None:
+            prefix = "sys_" if self.protocol == "snmp" else "pjlink_"
+            foreign = sorted(k for k in self.match.rules() if not k.startswith(prefix))
+            if foreign:
+                raise ValueError(
+                    f"match rules {', '.join(foreign)} cannot apply to a {self.protocol} device. "
+                    "Fix: use sys_descr/sys_object_id for snmp, pjlink_inf1/pjlink_inf2 for pjlink"
+                )
         return self
 
 

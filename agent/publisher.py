@@ -61,6 +61,7 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.disconnected = asyncio.Event()
         self.last_error: str | None = None
+        self._closing = False
         self._first_result: asyncio.Future[str | None] | None = None
         v5 = address.protocol == "5"
         self._client = mqtt.Client(
@@ -107,6 +108,7 @@ class MqttLink:
             raise BrokerError(refusal)
 
     async def close(self) -> None:
+        self._closing = True
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self._fail_pending(NotConnected("link closed"))
@@ -175,7 +177,7 @@ class MqttLink:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._closing:
             log.warning("lost the broker %s (%s); will reconnect", self.address.display(), reason)
         self._call(self._disconnected)
 

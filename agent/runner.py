@@ -12,7 +12,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent import __version__
@@ -41,6 +41,8 @@ class AgentOptions:
     # Batches a second at most when draining a backlog: a metered link is not flooded.
     max_batches_per_s: float = 5.0
     max_inflight: int = 4
+    # How long a part-filled batch waits for more readings before it goes anyway.
+    linger_s: float = 5.0
     outbox_max_readings: int = 500_000
     concurrency: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
@@ -106,6 +108,7 @@ class SiteAgent:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._flush_incoming()
+            await self._drain_before_exit(timeout=5.0)
             await self._say_offline()
             await self.link.close()
             await self.poller.close()
@@ -156,13 +159,16 @@ class SiteAgent:
         while True:
             await self.link.connected.wait()
             await self._report_drops()
+            linger = datetime.now(UTC) - timedelta(seconds=self.options.linger_s)
             batches = await asyncio.to_thread(
-                self.outbox.pending_batches, self.options.max_inflight, batch_size
+                self.outbox.pending_batches, self.options.max_inflight, batch_size, linger
             )
             if not batches:
                 self._wake_sender.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake_sender.wait(), 5)
+                    await asyncio.wait_for(
+                        self._wake_sender.wait(), min(5.0, max(self.options.linger_s, 0.2))
+                    )
                 continue
             started = asyncio.get_running_loop().time()
             results = await asyncio.gather(
@@ -174,6 +180,27 @@ class SiteAgent:
             # Rate limit: at most max_batches_per_s on average.
             spent = asyncio.get_running_loop().time() - started
             await asyncio.sleep(max(0.0, interval * len(batches) - spent))
+
+    async def _drain_before_exit(self, timeout: float) -> None:
+        """On a clean stop, send what is waiting (part-filled batches too), briefly: what
+        does not make it stays in the outbox for the next start."""
+        if not self.link.connected.is_set():
+            return
+        batch_size = self.site.config.agent.batch_size
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            batches = await asyncio.to_thread(
+                self.outbox.pending_batches, self.options.max_inflight, batch_size
+            )
+            if not batches:
+                return
+            try:
+                remaining = deadline - asyncio.get_running_loop().time()
+                await asyncio.wait_for(
+                    asyncio.gather(*(self._send(b) for b in batches)), max(remaining, 0.1)
+                )
+            except (BrokerError, TimeoutError):
+                return
 
     async def _send(self, batch: PendingBatch) -> None:
         payload = batch_payload(self.code, self.agent_id, batch)

@@ -136,6 +136,7 @@ class Subscriber:
         """Stop taking messages, write what was received, then disconnect."""
         self._stop.set()
         self._worker.join(timeout)
+        self.stats.connected = False
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -164,7 +165,7 @@ class Subscriber:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
-        if self.stats.connected:
+        if self.stats.connected and not self._stop.is_set():
             log.warning("ingest lost the broker (%s); reconnecting", reason)
         self.stats.connected = False
 

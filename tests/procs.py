@@ -54,7 +54,10 @@ class Proc:
     def start(self) -> Proc:
         handle = self.log.open("ab")
         self.popen = subprocess.Popen(
-            self.args, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+            self.args,
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         return self
@@ -90,6 +93,7 @@ class Stack:
     topic_root: str
     database_url: str
     site: str = "upm"
+    profiles_dir: Path | None = None
     http_port: int = field(default_factory=free_port)
     client_id: str = field(default_factory=lambda: f"fleet-test-{uuid.uuid4().hex[:8]}")
     procs: list[Proc] = field(default_factory=list)
@@ -116,8 +120,12 @@ class Stack:
             FLEET_DATA_DIR=str(self.tmp / "controller"),
             FLEET_MQTT_CLIENT_ID=self.client_id,
             FLEET_LOG_LEVEL="info",
+            # Sessions of test controllers must not pile up on a shared broker.
+            FLEET_MQTT_SESSION_EXPIRY_S="300",
             PYTHONUNBUFFERED="1",
         )
+        if self.profiles_dir is not None:
+            env["FLEET_PROFILES_DIR"] = str(self.profiles_dir)
         env.update(extra)
         return env
 
@@ -129,8 +137,14 @@ class Stack:
     def simulate(self) -> Proc:
         proc = self._proc(
             "simulate",
-            [str(BIN / "fleet-agent"), "simulate", "--config", str(self.config),
-             "--address-map", str(self.address_map)],
+            [
+                str(BIN / "fleet-agent"),
+                "simulate",
+                "--config",
+                str(self.config),
+                "--address-map",
+                str(self.address_map),
+            ],
         )
         wait_for(self.address_map.exists, 30, "the simulator's address map")
         return proc
@@ -145,11 +159,41 @@ class Stack:
     def agent(self, *extra: str) -> Proc:
         return self._proc(
             "agent",
-            [str(BIN / "fleet-agent"), "run", "--config", str(self.config),
-             "--mqtt-url", self.broker_url, "--topic-root", self.topic_root,
-             "--address-map", str(self.address_map), "--data-dir", str(self.agent_data),
-             *extra],
+            [
+                str(BIN / "fleet-agent"),
+                "run",
+                "--config",
+                str(self.config),
+                "--mqtt-url",
+                self.broker_url,
+                "--topic-root",
+                self.topic_root,
+                "--address-map",
+                str(self.address_map),
+                "--data-dir",
+                str(self.agent_data),
+                *extra,
+            ],
         )
+
+    def agent_status(self) -> dict[str, Any]:
+        """`fleet-agent status`, as a technician would run it beside the running agent."""
+        out = subprocess.run(
+            [
+                str(BIN / "fleet-agent"),
+                "status",
+                "--config",
+                str(self.config),
+                "--data-dir",
+                str(self.agent_data),
+            ],
+            env=self.env(),
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        status: dict[str, Any] = json.loads(out.stdout)
+        return status
 
     def get(self, path: str) -> Any:
         try:
