@@ -58,6 +58,8 @@ class DeviceConfig(Strict):
     port: int | None = Field(default=None, ge=1, le=65535)
     name: str = ""
     community: str | None = None
+    # PJLink password (the spec allows up to 32 bytes); none when the projector asks for none.
+    password: str | None = Field(default=None, min_length=1, max_length=32)
 
     @field_validator("address")
     @classmethod
@@ -93,6 +95,10 @@ class Milestone(Strict):
     planned: date | None = None
     actual: date | None = None
     actual_end: date | None = None
+    # Reached on a date the source does not give (e.g. "training for faculty").
+    reached: bool = False
+    # Evidence for training_done: the source's "over 70 faculty members and students".
+    trained_more_than: int | None = Field(default=None, ge=0)
     note: str = ""
 
 

@@ -17,6 +17,7 @@ from sqlmodel import Session, SQLModel, select
 from agent.config import LoadedSite
 from agent.timetable import Timetable
 from fleet.models import Device, Room, Site
+from fleet.programme.seed import seed_programme
 from fleet.protocol import utcnow
 
 
@@ -29,10 +30,11 @@ class SyncResult:
     created: list[str] = field(default_factory=list)  # "site:upm", "room:..", "device:.."
     updated: list[str] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
+    programme: list[str] = field(default_factory=list)  # "phase:upm/1", "milestone:upm/1/.."
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.updated or self.retired)
+        return bool(self.created or self.updated or self.retired or self.programme)
 
 
 def config_hash(site: LoadedSite) -> str:
@@ -120,6 +122,8 @@ def _sync_site(session: Session, loaded: LoadedSite, now: datetime, result: Sync
         if device.id not in listed:
             device.retired_at = now
             result.retired.append(f"device:{device.id}")
+    session.flush()
+    result.programme.extend(seed_programme(session, loaded, now))
 
 
 def _upsert(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -63,3 +65,108 @@ def _flags(reading: Reading, level: Flag) -> str:
         return ""
     named = [f"{name}={level.value}" for name, flag in reading.errors if flag == level]
     return ", ".join(named)
+
+
+# --- silence: a site agent or a device not heard for too long (pure; the job is fleet.liveness)
+
+SILENCE_POLLS = 3  # polls missed before silence means something
+SITE_SILENCE_MIN = timedelta(minutes=3)  # a fast-polling site still gets a link blip's grace
+
+
+def device_silence_threshold(poll_interval_s: float) -> timedelta:
+    return timedelta(seconds=SILENCE_POLLS * poll_interval_s)
+
+
+def site_silence_threshold(poll_intervals_s: Iterable[float]) -> timedelta:
+    """The agent sends at least once per its slowest poll; missing three of those is silence."""
+    slowest = max(poll_intervals_s, default=0.0)
+    return max(timedelta(seconds=SILENCE_POLLS * slowest), SITE_SILENCE_MIN)
+
+
+@dataclass(frozen=True)
+class AgentFacts:
+    site: str
+    agent_id: str
+    state: str  # AgentStateValue: what the agent (or its will) last said
+    state_received_at: datetime
+    last_message_at: datetime | None  # anything at all from it: health or agent/state
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    id: str
+    site: str
+    state: str
+    state_since: datetime | None
+    last_seen_at: datetime | None  # ts of its newest reading
+    poll_interval_s: float
+
+
+@dataclass(frozen=True)
+class StateChange:
+    device: str
+    state: DeviceState
+    reason: str
+
+
+def site_offline_since(
+    agent: AgentFacts, silence: timedelta, now: datetime
+) -> tuple[datetime, str] | None:
+    """When the site went offline and why, or None while its agent is alive."""
+    if agent.state == "offline":
+        return agent.state_received_at, site_offline_reason(agent.agent_id, agent.state_received_at)
+    heard = agent.last_message_at or agent.state_received_at
+    silent_for = now - heard
+    if silent_for > silence:
+        return heard, site_offline_reason(agent.agent_id, heard, silent_for=silent_for)
+    return None
+
+
+def silence_changes(
+    agents: Mapping[str, AgentFacts], devices: Iterable[DeviceFacts], now: datetime
+) -> list[StateChange]:
+    """Devices whose state silence changes: a silent site's all go `site_offline`; at a live
+    site, a device left behind by its site's other readings goes `unreachable`.
+
+    A site that was never heard from (no agent facts) keeps its devices `unknown`. A will
+    (agent said offline) is already applied by ingest; this repeats it only for stragglers.
+    """
+    by_site: dict[str, list[DeviceFacts]] = {}
+    for device in devices:
+        by_site.setdefault(device.site, []).append(device)
+    changes: list[StateChange] = []
+    for site, members in by_site.items():
+        agent = agents.get(site)
+        if agent is None:
+            continue
+        silence = site_silence_threshold(d.poll_interval_s for d in members)
+        offline = site_offline_since(agent, silence, now)
+        if offline is not None:
+            reason = offline[1]
+            changes += [
+                StateChange(d.id, DeviceState.site_offline, reason)
+                for d in members
+                if d.state != DeviceState.site_offline
+            ]
+            continue
+        changes += _left_behind(members, now)
+    return changes
+
+
+def _left_behind(members: list[DeviceFacts], now: datetime) -> list[StateChange]:
+    # Judged against the site's newest reading as well as the clock: an agent draining its
+    # outbox after an outage sends old readings for every device, and none of them is lagging.
+    newest = max((d.last_seen_at for d in members if d.last_seen_at is not None), default=None)
+    if newest is None:
+        return []
+    out = []
+    for device in members:
+        if device.last_seen_at is None or device.state == DeviceState.unreachable:
+            continue  # never heard stays unknown; a reading-derived reason is more precise
+        limit = device_silence_threshold(device.poll_interval_s)
+        silent_for = now - device.last_seen_at
+        if silent_for > limit and newest - device.last_seen_at > limit:
+            minutes = int(silent_for.total_seconds() // 60)
+            reason = f"no reading for {minutes} min while its site agent reports other devices"
+            out.append(StateChange(device.id, DeviceState.unreachable, reason))
+    return out
