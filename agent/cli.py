@@ -101,6 +101,10 @@ def run(
     linger: Annotated[
         float, typer.Option(help="Seconds a part-filled batch waits for more readings.")
     ] = 5.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port."),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "info",
 ) -> None:
     """Poll the site's devices and publish their health until stopped."""
@@ -117,6 +121,14 @@ def run(
         max_batches_per_s=max_batches_per_s,
         linger_s=linger,
     )
+
+    if metrics_port is not None:
+        from agent.metrics import serve
+
+        try:
+            serve(metrics_port)
+        except OSError as exc:
+            raise _fail(f"cannot serve metrics on 127.0.0.1:{metrics_port} ({exc})") from None
 
     async def main() -> None:
         try:

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from agent import metrics
 from agent.collectors import (
     DEFAULT_PORTS,
     Collector,
@@ -100,8 +101,10 @@ class Poller:
                     target, f"agent error while polling ({exc})", fix="report this agent bug"
                 )
         self.polls += 1
+        metrics.POLLS.labels(target.profile.protocol).inc()
         if not reading.reachable:
             self.poll_errors += 1
+            metrics.POLL_ERRORS.labels(target.device.id).inc()
         return reading
 
     async def poll_all_once(self) -> list[Reading]:

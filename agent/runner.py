@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent import __version__
+from agent import __version__, metrics
 from agent.broker import BrokerAddress
 from agent.config import LoadedSite
 from agent.outbox import Outbox, PendingBatch, batch_payload
@@ -204,13 +204,17 @@ class SiteAgent:
 
     async def _send(self, batch: PendingBatch) -> None:
         payload = batch_payload(self.code, self.agent_id, batch)
-        await self.link.publish(self.topics.health(self.code), payload)
+        with metrics.PUBLISH_SECONDS.time():
+            await self.link.publish(self.topics.health(self.code), payload)
         await asyncio.to_thread(self.outbox.ack, batch.msg_id)
 
     async def _report_drops(self) -> None:
+        metrics.OUTBOX_DEPTH.set(await asyncio.to_thread(self.outbox.depth))
+        metrics.CONNECTED.set(1 if self.link.connected.is_set() else 0)
         dropped = self.outbox.take_dropped_report()
         if not dropped:
             return
+        metrics.OUTBOX_DROPPED.inc(dropped)
         event = AgentEvent(
             kind=EventKind.outbox_dropped,
             site=self.code,
