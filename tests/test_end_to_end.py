@@ -4,13 +4,16 @@ through the embedded broker and through Mosquitto."""
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import load_site
+from fleet.embedded_broker import free_port
 from tests.fixtures_broker import TestBroker
 from tests.procs import Stack, wait_for
 
@@ -20,6 +23,16 @@ def stack(tmp_path: Path, broker: TestBroker, db_url: str) -> Iterator[Stack]:
     s = Stack(tmp_path, broker.url, broker.topic_root, db_url)
     yield s
     s.stop_all()
+
+
+def agent_metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        body = resp.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
 
 
 def all_reported(stack: Stack, expected: set[str]) -> dict[str, Any] | None:
@@ -35,12 +48,16 @@ def test_simulated_values_reach_the_api(stack: Stack) -> None:
     expected = {device.id for _, device in site.config.devices()}
     stack.simulate()
     stack.controller()
-    agent = stack.agent()
+    metrics_port = free_port()
+    agent = stack.agent("--metrics-port", str(metrics_port))
     try:
         devices = wait_for(lambda: all_reported(stack, expected), 45, "every device's reading")
     except TimeoutError:
         pytest.fail(f"not every device reported:\n{stack.logs()}")
     assert agent.alive()
+    scraped = agent_metrics(metrics_port)
+    assert scraped["fleet_agent_polls_total"] >= len(expected)
+    assert scraped["fleet_agent_publish_seconds_count"] >= 1
 
     for _, device in site.config.devices():
         profile = site.profile_of(device)
