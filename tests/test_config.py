@@ -1,0 +1,150 @@
+"""Site configs and firmware profiles: what ships loads, and every mistake is named with the
+file, the key and the fix."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+
+from agent.config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR, load_site, load_sites
+from agent.errors import ConfigErrors
+from agent.profiles import load_profiles
+from agent.timetable import Timetable
+
+SITES_MD_SITES = {"upm", "tribhuvan", "tuit", "ugb", "usthb"}
+
+
+def test_every_shipped_config_and_profile_loads() -> None:
+    sites = load_sites()
+    codes = {s.config.code for s in sites}
+    assert SITES_MD_SITES <= codes
+    dazzleview = [s for s in sites if s.config.site.vendor == "Dazzleview"]
+    assert len(dazzleview) >= 2
+    profiles = load_profiles(DEFAULT_PROFILES_DIR)
+    for wanted in ("seewo-panel", "maxhub-panel", "dazzleview-panel", "weidong-panel",
+                   "snmp-projector", "mib2-device"):
+        assert wanted in profiles
+    for site in sites:
+        assert site.config.illustrative, f"{site.path} must say what in it is illustrative"
+
+
+def test_sites_carry_the_source_facts() -> None:
+    by_code = {s.config.code: s.config for s in load_sites()}
+    assert by_code["upm"].site.timezone == "Asia/Kuala_Lumpur"
+    assert by_code["upm"].site.vendor == "Seewo"
+    assert by_code["tribhuvan"].site.timezone == "Asia/Kathmandu"
+    assert by_code["ugb"].site.vendor == "Weidong"
+    assert by_code["usthb"].site.vendor == "MAXHUB"
+    assert by_code["tuit"].site.vendor == "not stated"
+
+
+def write(tmp_path: Path, name: str, data: object) -> Path:
+    sites = tmp_path / "site_configs"
+    sites.mkdir(exist_ok=True)
+    path = sites / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def upm() -> dict:  # type: ignore[type-arg]
+    data = yaml.safe_load((DEFAULT_SITES_DIR / "upm.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def errors_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigErrors) as caught:
+        load_site(path, DEFAULT_PROFILES_DIR)
+    return [str(e) for e in caught.value.errors]
+
+
+def test_unknown_profile_names_file_key_and_choices(tmp_path: Path) -> None:
+    data = upm()
+    data["rooms"][0]["devices"][1]["profile"] = "seewo-panl"
+    path = write(tmp_path, "upm.yaml", data)
+    [message] = errors_of(path)
+    assert message.startswith(f"{path}: rooms[0].devices[1].profile: unknown firmware profile")
+    assert "Fix: use one of:" in message and "seewo-panel" in message
+
+
+def test_misspelt_key_and_bad_timezone_are_both_reported(tmp_path: Path) -> None:
+    data = upm()
+    data["site"]["timezone"] = "Asia/Kuala Lumpur"
+    data["rooms"][0]["devicez"] = []
+    messages = errors_of(write(tmp_path, "upm.yaml", data))
+    assert any("site.timezone" in m and "IANA timezone" in m for m in messages)
+    assert any("rooms[0].devicez" in m and "remove this key" in m for m in messages)
+
+
+def test_duplicate_device_and_address(tmp_path: Path) -> None:
+    data = upm()
+    devices = data["rooms"][0]["devices"]
+    devices.append(dict(devices[0]))
+    messages = errors_of(write(tmp_path, "upm.yaml", data))
+    assert any("listed twice" in m for m in messages)
+    assert any("is also device" in m for m in messages)
+
+
+def test_bad_class_period_says_how_to_write_it(tmp_path: Path) -> None:
+    data = upm()
+    data["timetable"]["weekly"]["mon"] = ["10:00-08:00"]
+    [message] = errors_of(write(tmp_path, "upm.yaml", data))
+    assert "timetable.weekly" in message and "HH:MM-HH:MM" in message
+
+
+def test_broken_yaml_gives_line_not_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "upm.yaml", "site:\n  code: upm\n  name: [unclosed\n")
+    [message] = errors_of(path)
+    assert "not valid YAML at line" in message and "Fix:" in message
+
+
+def test_file_name_must_match_site_code(tmp_path: Path) -> None:
+    [message] = errors_of(write(tmp_path, "upm-old.yaml", upm()))
+    assert "site.code" in message and "differs from the file name" in message
+
+
+def test_profile_under_a_real_enterprise_number_is_refused(tmp_path: Path) -> None:
+    profiles = tmp_path / "firmware_profiles"
+    profiles.mkdir()
+    data = yaml.safe_load((DEFAULT_PROFILES_DIR / "seewo-panel.yaml").read_text())
+    data["snmp"]["objects"][2]["oid"] = "1.3.6.1.4.1.9.9.1.0"
+    (profiles / "seewo-panel.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigErrors) as caught:
+        load_profiles(profiles)
+    [error] = caught.value.errors
+    assert error.key == "snmp.objects[2]"
+    assert "1.3.6.1.4.1.32473" in error.fix
+
+
+def test_profile_field_must_be_a_reading_field(tmp_path: Path) -> None:
+    profiles = tmp_path / "firmware_profiles"
+    profiles.mkdir()
+    data = yaml.safe_load((DEFAULT_PROFILES_DIR / "mib2-device.yaml").read_text())
+    data["snmp"]["objects"][0]["field"] = "temprature_c"
+    (profiles / "mib2-device.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigErrors) as caught:
+        load_profiles(profiles)
+    [error] = caught.value.errors
+    assert error.key == "snmp.objects[0].field"
+    assert "temperature_c" in error.fix
+
+
+def test_timetable_in_site_local_time_kathmandu() -> None:
+    kathmandu = ZoneInfo("Asia/Kathmandu")
+    timetable = Timetable.model_validate({"weekly": {"mon": ["07:00-09:00"]}})
+    # Monday 01:20 UTC is 07:05 in Kathmandu (UTC+05:45): in class.
+    assert timetable.in_class(datetime(2024, 10, 7, 1, 20, tzinfo=UTC), kathmandu)
+    # 01:10 UTC is 06:55 local: not yet.
+    assert not timetable.in_class(datetime(2024, 10, 7, 1, 10, tzinfo=UTC), kathmandu)
+    end = timetable.last_class_end(datetime(2024, 10, 7, 6, 0, tzinfo=UTC), kathmandu)
+    assert end == datetime(2024, 10, 7, 3, 15, tzinfo=UTC)
+
+
+def test_timetable_round_trips_through_its_json_form() -> None:
+    timetable = Timetable.model_validate({"weekly": {"tue": ["08:00-10:00", "10:30-12:00"]}})
+    again = Timetable.model_validate(timetable.model_dump(mode="json"))
+    assert again == timetable
