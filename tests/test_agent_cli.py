@@ -64,8 +64,16 @@ def test_check_passes_when_broker_and_devices_answer(
     upm_config: Path, simulated: tuple[SimulatorThread, Path], broker: TestBroker
 ) -> None:
     _, address_map = simulated
-    out = fleet_agent("check", "--config", str(upm_config), "--mqtt-url", broker.url,
-                      "--address-map", str(address_map), "--json")
+    out = fleet_agent(
+        "check",
+        "--config",
+        str(upm_config),
+        "--mqtt-url",
+        broker.url,
+        "--address-map",
+        str(address_map),
+        "--json",
+    )
     results = {r["check"]: r for r in json.loads(out.stdout)}
     assert out.returncode == 0, out.stdout + out.stderr
     assert results["broker"]["status"] == "ok"
@@ -80,9 +88,16 @@ def test_check_names_the_dead_device_and_the_unreachable_broker(
     sim, address_map = simulated
     sim.site.device("upm-sc2-projector").alive = False
     closed = free_port()
-    out = fleet_agent("check", "--config", str(upm_config),
-                      "--mqtt-url", f"mqtt://127.0.0.1:{closed}",
-                      "--address-map", str(address_map), "--json")
+    out = fleet_agent(
+        "check",
+        "--config",
+        str(upm_config),
+        "--mqtt-url",
+        f"mqtt://127.0.0.1:{closed}",
+        "--address-map",
+        str(address_map),
+        "--json",
+    )
     assert out.returncode == 1
     results = {r["check"]: r for r in json.loads(out.stdout)}
     assert results["broker"]["status"] == "fail"
@@ -115,7 +130,14 @@ def test_bad_broker_url_and_missing_outbox_are_explained(upm_config: Path, tmp_p
 def test_address_map_missing_a_device_is_refused(upm_config: Path, tmp_path: Path) -> None:
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({"upm-sc1-panel-1": "127.0.0.1:16100"}))
-    out = fleet_agent("check", "--config", str(upm_config), "--address-map", str(partial),
-                      "--mqtt-url", f"mqtt://127.0.0.1:{free_port()}")
+    out = fleet_agent(
+        "check",
+        "--config",
+        str(upm_config),
+        "--address-map",
+        str(partial),
+        "--mqtt-url",
+        f"mqtt://127.0.0.1:{free_port()}",
+    )
     assert out.returncode == 2
     assert "not in the address map" in out.stderr

@@ -21,12 +21,18 @@ SITES_MD_SITES = {"upm", "tribhuvan", "tuit", "ugb", "usthb"}
 def test_every_shipped_config_and_profile_loads() -> None:
     sites = load_sites()
     codes = {s.config.code for s in sites}
-    assert SITES_MD_SITES <= codes
+    assert codes >= SITES_MD_SITES
     dazzleview = [s for s in sites if s.config.site.vendor == "Dazzleview"]
     assert len(dazzleview) >= 2
     profiles = load_profiles(DEFAULT_PROFILES_DIR)
-    for wanted in ("seewo-panel", "maxhub-panel", "dazzleview-panel", "weidong-panel",
-                   "snmp-projector", "mib2-device"):
+    for wanted in (
+        "seewo-panel",
+        "maxhub-panel",
+        "dazzleview-panel",
+        "weidong-panel",
+        "snmp-projector",
+        "mib2-device",
+    ):
         assert wanted in profiles
     for site in sites:
         assert site.config.illustrative, f"{site.path} must say what in it is illustrative"

@@ -34,7 +34,8 @@ def test_demo_shows_every_device_within_30_s_and_stops_on_ctrl_c(tmp_path: Path)
     try:
         url = wait_for(
             lambda: (m := re.search(r"controller\s+(http://\S+)/", demo.output())) and m[1],
-            30, "the demo to print its URL",
+            30,
+            "the demo to print its URL",
         )
         expected = sum(len(s.config.devices()) for s in load_sites())
 
@@ -60,4 +61,3 @@ def test_demo_shows_every_device_within_30_s_and_stops_on_ctrl_c(tmp_path: Path)
     assert code == 0, output
     assert "stopping" in output
     assert "Traceback" not in output
-

@@ -59,7 +59,7 @@ readings = st.fixed_dictionaries(
     {"device": st.sampled_from(DEVICES), "ts": timestamps, "reachable": st.booleans()},
     optional={
         "power": st.sampled_from(["on", "standby", "off", "warming", "exploded", ""]),
-        "temperature_c": st.one_of(st.floats(allow_nan=True), st.integers(-10**20, 10**20)),
+        "temperature_c": st.one_of(st.floats(allow_nan=True), st.integers(-(10**20), 10**20)),
         "lamp_hours": st.one_of(st.floats(), st.text(max_size=5)),
         "firmware": st.text(max_size=80),
         "input": st.text(max_size=80),
@@ -98,7 +98,8 @@ topics = st.one_of(
     st.builds(lambda s: f"{ROOT}/{s}/health", st.sampled_from(SITES)),
     st.builds(lambda s: f"{ROOT}/{s}/agent/state", st.sampled_from(SITES)),
     st.builds(
-        lambda s, d: f"{ROOT}/{s}/devices/{d}/health", st.sampled_from(SITES),
+        lambda s, d: f"{ROOT}/{s}/devices/{d}/health",
+        st.sampled_from(SITES),
         st.sampled_from(DEVICES),
     ),
     st.builds(lambda s: f"{ROOT}/{s}/events", st.sampled_from(SITES)),
@@ -134,8 +135,11 @@ def dead_letters(engine: Engine) -> int:
 @settings(
     max_examples=400,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                           HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.data_too_large,
+    ],
     derandomize=True,
 )
 @given(group=messages, offset=st.integers(min_value=0, max_value=10**6))

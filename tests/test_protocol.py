@@ -35,8 +35,15 @@ def batch(**overrides: object) -> dict[str, object]:
         "agent_id": "upm-agent-1",
         "seq": 7,
         "sent_at": NOW.isoformat(),
-        "readings": [{"device": "upm-sc1-panel-1", "ts": NOW.isoformat(), "reachable": True,
-                      "power": "on", "errors": {"lamp": "warning"}}],
+        "readings": [
+            {
+                "device": "upm-sc1-panel-1",
+                "ts": NOW.isoformat(),
+                "reachable": True,
+                "power": "on",
+                "errors": {"lamp": "warning"},
+            }
+        ],
     }
     data.update(overrides)
     return data
@@ -65,10 +72,22 @@ def test_timestamps_are_utc_and_must_carry_a_zone() -> None:
         ({"schema": 2}, "schema"),
         ({"msg_id": "not-a-ulid"}, "msg_id"),
         ({"site": "UPM"}, "site"),
-        ({"readings": [{"device": "d1", "ts": NOW.isoformat(), "reachable": True,
-                        "power": "exploded"}]}, "readings.0.power"),
-        ({"readings": [{"device": "d1", "ts": NOW.isoformat(), "reachable": True,
-                        "colour": "red"}]}, "readings.0.colour"),
+        (
+            {
+                "readings": [
+                    {"device": "d1", "ts": NOW.isoformat(), "reachable": True, "power": "exploded"}
+                ]
+            },
+            "readings.0.power",
+        ),
+        (
+            {
+                "readings": [
+                    {"device": "d1", "ts": NOW.isoformat(), "reachable": True, "colour": "red"}
+                ]
+            },
+            "readings.0.colour",
+        ),
     ],
 )
 def test_wrong_schema_is_refused_with_where(change: dict[str, object], where: str) -> None:
@@ -89,18 +108,31 @@ def test_topics_and_parsing() -> None:
     assert parse_topic(topics.agent_state("ugb")).kind == TopicKind.agent_state
     native = parse_topic(topics.device_health("usthb", "usthb-sc1-panel-1"))
     assert (native.kind, native.site, native.device) == (
-        TopicKind.device_health, "usthb", "usthb-sc1-panel-1")
+        TopicKind.device_health,
+        "usthb",
+        "usthb-sc1-panel-1",
+    )
     assert parse_topic("t1/fleet/v1/upm/health", root="t1/fleet/v1").site == "upm"
-    for bad in ("fleet/v1/upm/health/extra", "fleet/v2/upm/health", "fleet/v1/UPM/health",
-                "fleet/v1/upm/devices/A B/health", ""):
+    for bad in (
+        "fleet/v1/upm/health/extra",
+        "fleet/v2/upm/health",
+        "fleet/v1/UPM/health",
+        "fleet/v1/upm/devices/A B/health",
+        "",
+    ):
         with pytest.raises(TopicError):
             parse_topic(bad)
 
 
 def test_agent_state_is_the_will_shape() -> None:
     state = AgentState.model_validate(
-        {"state": "offline", "agent_id": "a", "version": "0.1.0", "boot_id": "b",
-         "ts": NOW.isoformat()}
+        {
+            "state": "offline",
+            "agent_id": "a",
+            "version": "0.1.0",
+            "boot_id": "b",
+            "ts": NOW.isoformat(),
+        }
     )
     assert json.loads(state.to_json())["state"] == "offline"
 
@@ -111,6 +143,5 @@ def test_protocol_imports_neither_fastapi_nor_sql() -> None:
         "bad = [m for m in ('fastapi', 'sqlmodel', 'sqlalchemy', 'apscheduler') "
         "if m in sys.modules]; print(','.join(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
