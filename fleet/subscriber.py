@@ -29,6 +29,9 @@ from fleet.protocol import Topics
 
 log = logging.getLogger(__name__)
 
+# A pause this long in the flow closes the group being gathered.
+IDLE_CLOSE_S = 0.003
+
 
 @dataclass
 class IngestStatus:
@@ -148,6 +151,18 @@ class Subscriber:
             time.sleep(0.02)
         return False
 
+    def publish(self, topic: str, payload: bytes, timeout: float = 10.0) -> None:
+        """Publish a command at QoS 1 and wait for the broker's PUBACK; raises ConnectionError
+        when that does not happen (the caller puts the work back for its next turn)."""
+        if not self.stats.connected:
+            raise ConnectionError(f"not connected to the broker {self.address.display()}")
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise ConnectionError(f"the broker did not acknowledge {topic} within {timeout:.0f} s")
+
     # --- paho callbacks (network thread) ------------------------------------------------
 
     def _on_connect(
@@ -178,6 +193,9 @@ class Subscriber:
     # --- the writer thread --------------------------------------------------------------
 
     def _next_group(self) -> list[_Received]:
+        """Up to batch_max messages: wait at most batch_wait for the group to fill, but close
+        it as soon as the flow pauses. The broker sends only so many unacknowledged messages
+        (its inflight window); waiting for more than that would only add latency."""
         try:
             first = self._queue.get(timeout=0.2)
         except queue.Empty:
@@ -186,12 +204,10 @@ class Subscriber:
         deadline = time.monotonic() + self.batch_wait_s
         while len(group) < self.batch_max:
             remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                group.append(
-                    self._queue.get(timeout=max(remaining, 0))
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
+                group.append(self._queue.get(timeout=min(remaining, IDLE_CLOSE_S)))
             except queue.Empty:
                 break
         return group
