@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -19,8 +20,19 @@ class BrokerAddress:
     password: str | None = None
     tls: bool = False
     ca_file: str | None = None
+    # A client certificate (and its key) for brokers that require one (require_certificate).
+    cert_file: str | None = None
+    key_file: str | None = None
     # "5" for MQTT v5, "3.1.1" for brokers that speak only that (the demo's embedded amqtt).
     protocol: str = "3.1.1"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS that checks the broker against `ca` (else the system's CAs), and presents a
+        client certificate when `cert` is given."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
     def display(self) -> str:
         """The URL without its password, for logs and errors."""
@@ -30,7 +42,7 @@ class BrokerAddress:
 
 
 def parse_mqtt_url(url: str) -> BrokerAddress:
-    """Parse `mqtt://[user[:password]@]host[:port][?protocol=5&ca=/path]`.
+    """Parse `mqtt://[user[:password]@]host[:port][?protocol=5&ca=/path&cert=/path&key=/path]`.
 
     The password may also come from FLEET_MQTT_PASSWORD so that it stays out of files.
     """
@@ -58,5 +70,7 @@ def parse_mqtt_url(url: str) -> BrokerAddress:
         password=password,
         tls=tls,
         ca_file=query.get("ca"),
+        cert_file=query.get("cert"),
+        key_file=query.get("key"),
         protocol=protocol,
     )

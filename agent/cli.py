@@ -238,5 +238,111 @@ def status(config: ConfigOpt, data_dir: DataDirOpt = DEFAULT_DATA_DIR) -> None:
     typer.echo(json.dumps({"site": site.config.code, **status.as_dict()}, indent=2))
 
 
+@app.command()
+def discover(
+    config: ConfigOpt,
+    targets: Annotated[
+        list[str],
+        typer.Option(help="Addresses or CIDR ranges to probe (repeat, or comma-separate)."),
+    ],
+    ports: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Ports per protocol, e.g. 'snmp=161 pjlink=4352,40003-40005'. "
+            "Default: snmp=161 pjlink=4352."
+        ),
+    ] = None,
+    community: Annotated[
+        list[str] | None,
+        typer.Option(help="SNMP communities to try (default: those of the site config)."),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 32,
+    timeout: Annotated[float, typer.Option(min=0.1, max=30, help="Seconds per probe.")] = 1.0,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the draft devices section here, not stdout.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Allow ranges of more than 1024 addresses (a /22).")
+    ] = False,
+) -> None:
+    """Find SNMP and PJLink devices on the listed targets; draft a devices section to review."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from agent import discover as discovery
+    from agent.config import profiles_dir_for
+    from agent.profiles import load_profiles
+
+    site = _load(config)
+    try:
+        hosts = discovery.parse_targets(targets, force=force)
+        probes = discovery.plan_probes(hosts, discovery.parse_ports(ports or []))
+    except discovery.DiscoveryError as exc:
+        raise _fail(str(exc)) from None
+    profiles = load_profiles(profiles_dir_for(config))
+    communities, passwords = discovery.site_secrets(site)
+    if community:
+        communities = list(dict.fromkeys(community))
+    # The bar goes to stderr, so that stdout is the draft alone.
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("probing"), BarColumn(), MofNCompleteColumn(), console=console
+    ) as progress:
+        task = progress.add_task("probes", total=len(probes))
+        findings = asyncio.run(
+            discovery.discover(
+                probes,
+                profiles,
+                communities=communities,
+                passwords=passwords,
+                concurrency=concurrency,
+                timeout=timeout,
+                on_done=lambda _probe: progress.advance(task),
+            )
+        )
+    draft = discovery.draft_devices_yaml(findings, site, profiles, targets)
+    if out is None:
+        typer.echo(draft, nl=False)
+    else:
+        out.write_text(draft, encoding="utf-8")
+    console.print(
+        f"{len(findings)} of {len(probes)} probes answered"
+        + (f"; draft written to {out}" if out else "")
+    )
+
+
+@app.command()
+def enroll(
+    controller: Annotated[str, typer.Option(help="The controller's URL, https://fleet.example")],
+    token: Annotated[
+        str, typer.Option(envvar="FLEET_ENROL_TOKEN", help="The one-time enrolment token.")
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", help="Where to write <site>.yaml and <site>.env.")
+    ] = Path("/etc/fleet-agent"),
+    ca: Annotated[
+        str | None, typer.Option(help="CA file for a controller with a private certificate.")
+    ] = None,
+) -> None:
+    """Fetch this site's config and broker credential with a one-time token (mode 0600)."""
+    from agent.enrol import EnrolError, enrol
+
+    try:
+        done = enrol(controller, token, out_dir, ca)
+    except EnrolError as exc:
+        raise _fail(str(exc), code=1) from None
+    except OSError as exc:
+        raise _fail(f"cannot write to {out_dir} ({exc.strerror}): pass --out-dir") from None
+    typer.echo(
+        f"enrolled site {done.site}: config {done.config_path}, credentials {done.env_path}\n"
+        f"run: set -a; . {done.env_path}; set +a; fleet-agent run --config {done.config_path}"
+    )
+    if done.secrets_missing:
+        typer.echo(
+            f"fill in {', '.join(done.secrets_missing)} in {done.env_path} before running",
+            err=True,
+        )
+
+
 def main() -> None:
     app()

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.errors import ConfigError, ConfigErrors, config_errors_from_validation
 from agent.profiles import Profile, load_profiles, read_yaml
+from agent.snmpv3 import SnmpV3Settings
 from agent.timetable import Timetable
 from fleet.protocol import DEVICE_ID_PATTERN, SITE_CODE_PATTERN
 
@@ -57,9 +58,23 @@ class DeviceConfig(Strict):
     address: str
     port: int | None = Field(default=None, ge=1, le=65535)
     name: str = ""
-    community: str | None = None
+    # Secrets: a literal, or `secret:NAME` resolved on the agent (agent/secrets.py).
+    community: str | None = Field(default=None, repr=False)
     # PJLink password (the spec allows up to 32 bytes); none when the projector asks for none.
-    password: str | None = Field(default=None, min_length=1, max_length=32)
+    password: str | None = Field(default=None, min_length=1, max_length=128, repr=False)
+    # SNMPv3 user and keys of this device, instead of its profile's snmp.v3.
+    snmp_v3: SnmpV3Settings | None = None
+
+    @field_validator("password")
+    @classmethod
+    def _pjlink_password_length(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("secret:") and len(value.encode()) > 32:
+            # Says how long, never what: the value is a secret.
+            raise ValueError(
+                f"the PJLink password is {len(value.encode())} bytes; PJLink allows 32. Fix: "
+                "use the projector's password, or secret:NAME with NAME in the secrets file"
+            )
+        return value
 
     @field_validator("address")
     @classmethod
@@ -251,3 +266,6 @@ def _profiles_dir_for(site_path: Path) -> Path:
         return Path(env)
     sibling = site_path.resolve().parent.parent / "firmware_profiles"
     return sibling if sibling.is_dir() else DEFAULT_PROFILES_DIR
+
+
+profiles_dir_for = _profiles_dir_for

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ConfigError, ConfigErrors, config_errors_from_validation
+from agent.snmpv3 import SnmpV3Settings
 
 PROFILE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,63}$"
 OID_PATTERN = r"^1(\.\d+)+$"
@@ -93,11 +94,23 @@ class SnmpObject(Strict):
 
 
 class SnmpSettings(Strict):
-    version: Literal["1", "2c"] = "2c"
-    community: str = "public"
+    version: Literal["1", "2c", "3"] = "2c"
+    # v1/v2c: a literal or `secret:NAME` (agent/secrets.py). repr=False keeps it out of logs.
+    community: str = Field(default="public", repr=False)
+    # v3: the USM user and protocols (keys as `secret:NAME`); a device may override it.
+    v3: SnmpV3Settings | None = None
     objects: list[SnmpObject] = Field(min_length=1)
     # What a reachable device that reports no power object is taken to be.
     power_when_reachable: Literal["on", "unknown"] = "unknown"
+
+    @model_validator(mode="after")
+    def _v3_needs_user(self) -> SnmpSettings:
+        if self.version == "3" and self.v3 is None:
+            raise ValueError(
+                "version is 3 but there is no v3 section. Fix: add v3: {user: ..., "
+                "auth_protocol: SHA, priv_protocol: AES}, the keys as secret:NAME"
+            )
+        return self
 
 
 class PjlinkSettings(Strict):
@@ -155,6 +168,10 @@ class SimulationHints(Strict):
     inputs: list[str] = Field(default_factory=lambda: ["hdmi1"])
     # Error flags the simulated device reports from the start, e.g. {lamp: warning}.
     faults: dict[str, Literal["warning", "error"]] = Field(default_factory=dict)
+    # Firmware updates: the share that fail (bad checksum, no return, back on the old
+    # version) and how long a device is away installing before it answers again.
+    update_failure_share: float = Field(default=0.1, ge=0, le=1)
+    update_reboot_s: float = Field(default=20.0, ge=0, le=3600)
 
     @field_validator("faults")
     @classmethod
@@ -165,6 +182,41 @@ class SimulationHints(Strict):
                 f"{', '.join(unknown)} not error flags. Fix: use {', '.join(sorted(ERROR_FLAGS))}"
             )
         return value
+
+
+UpdateMethodName = Literal["agent", "vendor_cloud", "technician"]
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class UpdateSettings(Strict):
+    """How a model takes new firmware. `agent`: the site agent pushes the artifact;
+    `vendor_cloud` and `technician`: someone else does, the controller only watches the version."""
+
+    method: UpdateMethodName = "technician"
+    # agent method over SNMP: the object a device takes the artifact's local URL on (a SET),
+    # after which it downloads, installs, reboots and comes back reporting its new version.
+    snmp_url_oid: str | None = Field(default=None, pattern=OID_PATTERN)
+    # How long a device may take from the SET to reporting the new version.
+    install_timeout_s: float = Field(default=900, gt=0, le=24 * 3600)
+
+
+class Release(Strict):
+    """One firmware release of a model. Illustrative unless the source material gives it."""
+
+    version: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    size: int = Field(gt=0)
+    # A file name under the controller's artifacts folder (FLEET_ARTIFACTS_DIR), or an
+    # http(s) URL the controller fetches it from.
+    artifact: str = Field(min_length=1)
+    # Versions it may be installed over; empty means any.
+    upgrades_from: tuple[str, ...] = ()
+    # Overrides the profile's update.method for this release.
+    method: UpdateMethodName | None = None
+    note: str = ""
+
+    def applies_to(self, current: str | None) -> bool:
+        return not self.upgrades_from or (current is not None and current in self.upgrades_from)
 
 
 class Profile(Strict):
@@ -181,7 +233,15 @@ class Profile(Strict):
     match: MatchRules | None = None
     thresholds: Thresholds = Thresholds()
     firmware_minimum: str | None = None
+    update: UpdateSettings = UpdateSettings()
+    releases: tuple[Release, ...] = ()
     simulation: SimulationHints = SimulationHints()
+
+    def release(self, version: str) -> Release | None:
+        return next((r for r in self.releases if r.version == version), None)
+
+    def method_of(self, release: Release) -> UpdateMethodName:
+        return release.method or self.update.method
 
     @model_validator(mode="after")
     def _protocol_section(self) -> Profile:
@@ -189,6 +249,15 @@ class Profile(Strict):
             raise ValueError(
                 "protocol is snmp but there is no snmp section. Fix: add snmp.objects listing "
                 "each OID read and the reading field it maps to"
+            )
+        versions = [r.version for r in self.releases]
+        if len(set(versions)) != len(versions):
+            raise ValueError("releases list a version twice. Fix: one entry per version")
+        pushes = any(self.method_of(r) == "agent" for r in self.releases)
+        if pushes and self.protocol == "snmp" and self.update.snmp_url_oid is None:
+            raise ValueError(
+                "a release is updated by the agent but update.snmp_url_oid is not set. Fix: "
+                "name the SNMP object the device takes the artifact URL on, or use another method"
             )
         if self.match is not None:
             prefix = "sys_" if self.protocol == "snmp" else "pjlink_"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -75,14 +74,16 @@ class MqttLink:
         if address.username:
             self._client.username_pw_set(address.username, address.password)
         if address.tls:
-            context = ssl.create_default_context(cafile=address.ca_file)
-            self._client.tls_set_context(context)
+            self._client.tls_set_context(address.ssl_context())
         if will:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        # topic -> callback, (re)subscribed on every connect: our session is not persistent.
+        self._subscriptions: dict[str, Callable[[bytes], None]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -150,6 +151,13 @@ class MqttLink:
             with self._lock:
                 self._pending.pop(info.mid, None)
 
+    def subscribe(self, topic: str, on_message: Callable[[bytes], None]) -> None:
+        """Call `on_message(payload)` on the event loop for each message on `topic` (QoS 1),
+        from the next connect on (and now, if connected)."""
+        self._subscriptions[topic] = on_message
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos=1)
+
     # --- paho callbacks (network thread) ------------------------------------------------
 
     def _on_connect(
@@ -163,6 +171,8 @@ class MqttLink:
         else:
             self.last_error = None
             log.info("connected to %s", self.address.display())
+            for topic in self._subscriptions:
+                client.subscribe(topic, qos=1)
         self._call(self._connected_result, message)
 
     def _connected_result(self, refusal: str | None) -> None:
@@ -194,6 +204,11 @@ class MqttLink:
             future = self._pending.pop(mid, None)
         if future is not None:
             self._call(_resolve, future)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        callback = self._subscriptions.get(msg.topic)
+        if callback is not None:
+            self._call(callback, bytes(msg.payload))
 
     def _fail_pending(self, exc: Exception) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ from agent.config import LoadedSite
 from agent.outbox import Outbox, PendingBatch, batch_payload
 from agent.poller import Poller, build_targets
 from agent.publisher import BrokerError, MqttLink
+from agent.updater import UpdateOptions, Updater
 from fleet.protocol import (
     AgentEvent,
     AgentState,
@@ -67,8 +68,9 @@ class SiteAgent:
         self._wake_writer = asyncio.Event()
         self._wake_sender = asyncio.Event()
         self.stop = asyncio.Event()
+        targets = build_targets(site, options.address_map)
         self.poller = Poller(
-            build_targets(site, options.address_map),
+            targets,
             self._emit,
             concurrency=options.concurrency or site.config.agent.poll_concurrency,
         )
@@ -78,6 +80,16 @@ class SiteAgent:
             will=(self.topics.agent_state(self.code), self._state(AgentStateValue.offline)),
             on_connected=self._wake_sender.set,
         )
+        # Firmware commands from the controller, carried out by the updater.
+        self.updater = Updater(
+            self.code,
+            self.agent_id,
+            targets,
+            self.link.publish,
+            self.topics,
+            UpdateOptions.from_env(options.data_dir),
+        )
+        self.link.subscribe(self.topics.cmd(self.code), self.updater.on_command)
 
     def _state(self, value: AgentStateValue) -> bytes:
         return AgentState(
@@ -94,6 +106,7 @@ class SiteAgent:
 
     async def run(self) -> None:
         """Run until `stop` is set; raises BrokerError if the broker refuses our login."""
+        await self.updater.start()
         await self.link.start()
         tasks = [
             asyncio.create_task(self.poller.run(self.stop), name="poller"),
@@ -109,6 +122,7 @@ class SiteAgent:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._flush_incoming()
             await self._drain_before_exit(timeout=5.0)
+            await self.updater.close()
             await self._say_offline()
             await self.link.close()
             await self.poller.close()

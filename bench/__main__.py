@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.agent_poll", "bench.ingest"]
+BENCHMARKS = ["bench.agent_poll", "bench.ingest", "bench.report_month"]
 
 
 def main(argv: list[str]) -> int:

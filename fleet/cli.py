@@ -85,5 +85,62 @@ def demo(
         raise _config_errors(exc) from None
 
 
+@app.command()
+def programme(
+    as_of: Annotated[
+        str | None, typer.Option(help="Judge lateness on this day (YYYY-MM-DD); default today.")
+    ] = None,
+    csv: Annotated[bool, typer.Option("--csv", help="Print the CSV export instead.")] = False,
+) -> None:
+    """The installation programme: each site's current milestone, the next planned, what is
+    late. Reads the database of FLEET_DATABASE_URL (or FLEET_DATA_DIR)."""
+    from datetime import date
+
+    from rich.console import Console
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import Session
+
+    from fleet.db import make_engine
+    from fleet.programme.csv_records import export_programme_csv
+    from fleet.programme.overview import programme_overview
+    from fleet.programme.table import programme_table
+    from fleet.protocol import utcnow
+    from fleet.settings import Settings
+
+    try:
+        day = date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        typer.echo(f"error: --as-of {as_of!r} is not a date: write YYYY-MM-DD", err=True)
+        raise typer.Exit(2) from None
+    engine = make_engine(Settings().database_url)
+    try:
+        with Session(engine) as session:
+            if csv:
+                typer.echo(export_programme_csv(session), nl=False)
+                return
+            overview = programme_overview(session, utcnow(), day)
+    except SQLAlchemyError as exc:
+        typer.echo(
+            f"error: cannot read the programme from {engine.url!r} ({type(exc).__name__}): "
+            "check FLEET_DATABASE_URL, and run `fleet serve` once to create the schema",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    Console().print(programme_table(overview))
+
+
+def _add_auth_commands() -> None:
+    from fleet.auth.cli import mqtt_auth_app, tokens_app, users_app
+
+    app.add_typer(users_app, name="users")
+    app.add_typer(tokens_app, name="tokens")
+    app.add_typer(mqtt_auth_app, name="mqtt-auth")
+
+
+_add_auth_commands()
+
+
 def main() -> None:
     app()

@@ -21,6 +21,7 @@ from agent.broker import parse_mqtt_url
 from agent.config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR, load_sites
 from agent.runner import AgentOptions, SiteAgent
 from agent.simulator import start_site
+from fleet.auth.demo_users import DEMO_PASSWORD, demo_tokens
 from fleet.embedded_broker import EmbeddedBroker, free_port
 from fleet.service import build_controller
 from fleet.settings import Settings
@@ -48,6 +49,7 @@ class DemoOptions:
     stop: asyncio.Event | None = None
     ready: asyncio.Event | None = None
     urls: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)  # demo user name -> API token
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -78,6 +80,7 @@ async def run_demo(options: DemoOptions) -> None:
         profiles_dir=options.profiles_dir,
     )
     controller = await asyncio.to_thread(build_controller, settings)
+    options.tokens.update(await asyncio.to_thread(demo_tokens, controller.engine))
     port = options.port if options.port and _port_free(options.host, options.port) else free_port()
     server = _Server(
         uvicorn.Config(controller.app, host=options.host, port=port, log_level="warning")
@@ -114,6 +117,9 @@ async def run_demo(options: DemoOptions) -> None:
         f"  API docs     {base}/docs\n"
         f"  sites        {base}/api/v1/sites\n"
         f"  devices      {base}/api/v1/devices\n"
+        + "".join(f"  token        {name}: {token}\n" for name, token in options.tokens.items())
+        + f"  (password of each demo user: {DEMO_PASSWORD}; send 'Authorization: Bearer "
+        "<token>', or log in at POST /api/v1/auth/token)\n"
         "Ctrl-C stops everything."
     )
     if options.ready:

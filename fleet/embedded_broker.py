@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from amqtt.broker import Broker
@@ -17,6 +18,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+class _SnapshotDict(dict[str, Any]):
+    """A dict whose iteration walks a copy of its keys, so it may change meanwhile."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
 
 
 class EmbeddedBroker:
@@ -41,6 +49,9 @@ class EmbeddedBroker:
     async def start(self) -> None:
         # amqtt binds itself to the running loop when constructed.
         self._broker = Broker(self._config)
+        # amqtt iterates its subscriptions across awaits while other clients subscribe
+        # ("dictionary changed size during iteration" when many agents connect at once).
+        self._broker._subscriptions = _SnapshotDict(self._broker._subscriptions)
         await self._broker.start()
 
     async def stop(self) -> None:

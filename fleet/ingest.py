@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,6 +22,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import DataError, IntegrityError
 
 from fleet.ingest_parse import (
+    HealthMessage,
     IncomingMessage,
     Outcome,
     OutcomeStatus,
@@ -37,7 +38,11 @@ from fleet.models import Device, Site
 from fleet.protocol import TOPIC_ROOT, utcnow
 from fleet.registry import timetable_from_json
 
-__all__ = ["IncomingMessage", "Ingest", "Outcome", "OutcomeStatus", "RejectReason"]
+__all__ = ["AfterCommit", "IncomingMessage", "Ingest", "Outcome", "OutcomeStatus", "RejectReason"]
+
+# Called after a group's transaction committed, with the devices whose rows it wrote and the
+# time; e.g. alerts. It runs before the group is acked: keep it to a few bulk queries.
+AfterCommit = Callable[[Engine, list[str], datetime], None]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,13 @@ REJECTED = Counter(
 READINGS = Counter("fleet_ingest_readings_total", "Readings accepted into storage")
 MESSAGES = Counter("fleet_ingest_messages_total", "Messages handled, by outcome", ["outcome"])
 GROUP_SECONDS = Histogram("fleet_ingest_group_seconds", "Time to store one group of messages")
+# How old a reading is when it reaches the controller (received_at - reading ts): seconds
+# normally, hours after a site's link or the broker was down and the agent's outbox drains.
+LAG_SECONDS = Histogram(
+    "fleet_ingest_lag_seconds",
+    "Age of each stored reading on arrival (received_at - reading ts)",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400),
+)
 
 # A miss (unknown site or device) reloads the registry from the database at most this often,
 # so a `sync` done by another process is picked up without a flood of reloads on bad input.
@@ -71,6 +83,9 @@ class Ingest:
         self.outcomes: Tally[str] = Tally()
         self.readings = 0
         self.last_group_at: datetime | None = None
+        self.after_commit: list[AfterCommit] = []
+        self.clock: Callable[[], datetime] = utcnow  # tests pin it
+        self._touched: set[str] = set()
         self.refresh_registry()
 
     def refresh_registry(self) -> None:
@@ -106,6 +121,7 @@ class Ingest:
     def handle(self, messages: list[IncomingMessage]) -> list[Outcome]:
         """Store a group; one outcome per message, in order. Raises only if the database fails."""
         with self._lock, GROUP_SECONDS.time():
+            self._touched = set()
             parsed = [self._parse(m) for m in messages]
             try:
                 outcomes = self._store(messages, parsed)
@@ -114,7 +130,10 @@ class Ingest:
                 log.warning("group of %d refused (%s); storing one by one", len(messages), exc)
                 outcomes = [self._store_alone(m, p) for m, p in zip(messages, parsed, strict=True)]
             self._count(messages, outcomes)
-            return outcomes
+            _observe_lag(messages, parsed, outcomes)
+            touched = sorted(self._touched)
+        self._run_after_commit(touched)
+        return outcomes
 
     def status(self) -> dict[str, Any]:
         return {
@@ -148,7 +167,16 @@ class Ingest:
     def _store(self, messages: list[IncomingMessage], parsed: list[Parsed]) -> list[Outcome]:
         with self.engine.begin() as conn:
             writer = GroupWriter(conn, self.registry, self._in_class)
-            return writer.write(messages, parsed)
+            outcomes = writer.write(messages, parsed)
+        self._touched |= writer.touched
+        return outcomes
+
+    def _run_after_commit(self, touched: list[str]) -> None:
+        for hook in self.after_commit:
+            try:
+                hook(self.engine, touched, self.clock())
+            except Exception:  # the group is stored: a failing hook must not get it redelivered
+                log.exception("after-commit hook %r failed for %d devices", hook, len(touched))
 
     def _store_alone(self, message: IncomingMessage, parsed: Parsed) -> Outcome:
         try:
@@ -177,3 +205,13 @@ class Ingest:
             self.readings += outcome.readings
             READINGS.inc(outcome.readings)
         self.last_group_at = utcnow()
+
+
+def _observe_lag(
+    messages: list[IncomingMessage], parsed: list[Parsed], outcomes: list[Outcome]
+) -> None:
+    for message, result, outcome in zip(messages, parsed, outcomes, strict=True):
+        if outcome.status == OutcomeStatus.stored and isinstance(result, HealthMessage):
+            for reading in result.readings:
+                # A device clock ahead of ours is not negative lag: count it as none.
+                LAG_SECONDS.observe(max((message.received_at - reading.ts).total_seconds(), 0.0))

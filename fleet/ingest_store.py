@@ -88,6 +88,7 @@ class GroupWriter:
         self.conn = conn
         self.registry = registry
         self.in_class = in_class
+        self.touched: set[str] = set()  # devices whose row a reading updated (if newer)
         dialect = conn.dialect.name
         self.insert: Callable[[Table], Any] = (
             postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -249,6 +250,7 @@ class GroupWriter:
             )
         if rows:
             self.conn.execute(_DEVICE_UPDATE, rows)
+            self.touched.update(str(row["b_id"]) for row in rows)
 
 
 def _device_update() -> Any:

@@ -30,7 +30,26 @@ class Job:
 
 def jobs() -> list[Job]:
     """The schedule. Imported late so each domain module stays importable on its own."""
-    return []
+    from fleet.alerts.evaluation import evaluate_alerts
+    from fleet.alerts.webhook import deliver_due
+    from fleet.liveness import mark_silent_devices
+    from fleet.programme.evidence import check_classroom_evidence
+    from fleet.programme.overview import check_overdue_milestones
+    from fleet.reports.rollup import derive_usage, purge_samples
+    from fleet.reports.scheduled import generate_due_reports
+
+    return [
+        Job("liveness", mark_silent_devices, 30),
+        Job("alerts", evaluate_alerts, 30),
+        # Every second, so the webhook's first retries (1 s, 2 s, 4 s) keep their pace.
+        Job("webhook", deliver_due, 1),
+        Job("programme_evidence", check_classroom_evidence, 60),
+        Job("programme_overdue", check_overdue_milestones, 3600),
+        Job("usage_rollup", derive_usage, 60),
+        Job("sample_purge", purge_samples, 3600),
+        # Hourly: a month's reports appear on the 1st (UTC) once FLEET_REPORT_DELAY_H passed.
+        Job("scheduled_reports", generate_due_reports, 3600),
+    ]
 
 
 def _guarded(job: Job, engine: Engine, settings: Settings) -> Callable[[], None]:
@@ -43,8 +62,15 @@ def _guarded(job: Job, engine: Engine, settings: Settings) -> Callable[[], None]
     return run
 
 
-def build_scheduler(engine: Engine, settings: Settings) -> BackgroundScheduler:
+def build_scheduler(
+    engine: Engine, settings: Settings, publish: Callable[[str, bytes], None] | None = None
+) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone=UTC)
+    # The rollout tick's job is kept in the database: a restarted controller finds it there
+    # and carries a running rollout on (its state is in the database too).
+    from fleet.rollouts.schedule import add_tick_job
+
+    add_tick_job(scheduler, engine, settings, publish)
     for job in jobs():
         scheduler.add_job(
             _guarded(job, engine, settings),

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from agent.broker import parse_mqtt_url
 from agent.config import load_sites
+from fleet.alerts.evaluation import after_ingest
 from fleet.api.app import create_app
 from fleet.db import make_engine, migrate
 from fleet.ingest import Ingest
@@ -47,6 +48,7 @@ def build_controller(settings: Settings) -> Controller:
     result = sync_registry(engine, sites)
     log.info("registry: %d sites synced from %s", len(sites), settings.sites_dir)
     ingest = Ingest(engine, topic_root=settings.topic_root)
+    ingest.after_commit.append(after_ingest(settings))
     subscriber = Subscriber(
         broker,
         ingest,
@@ -67,7 +69,7 @@ def build_controller(settings: Settings) -> Controller:
 
     @contextmanager
     def run_schedule(app: FastAPI) -> Iterator[None]:
-        scheduler = build_scheduler(engine, settings)
+        scheduler = build_scheduler(engine, settings, subscriber.publish)
         scheduler.start()
         try:
             yield

@@ -28,9 +28,49 @@ class Settings(BaseSettings):
     # Ingest groups up to this many messages, or waits at most this long, per transaction.
     ingest_batch_max: int = Field(default=500, ge=1, le=100_000)
     ingest_batch_wait_ms: int = Field(default=50, ge=0, le=60_000)
+    # Alerts: a device unreachable this long in class hours raises one.
+    alert_unreachable_after_s: int = Field(default=600, ge=0)
+    # Webhook notifications of alerts opened and resolved (none when the URL is empty); the
+    # body is signed with HMAC-SHA256 under the secret, sent up to this many times.
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    # Reports: raw samples are kept this many days (only once rolled up into usage_hour).
+    sample_retention_days: int = Field(default=90, ge=1)
+    # The longest period one usage report may cover.
+    report_max_days: int = Field(default=93, ge=1, le=3660)
+    # Scheduled reports wait this long after a period closed everywhere, for late outboxes.
+    report_delay_h: int = Field(default=6, ge=0, le=24 * 14)
+    report_weekly: bool = False
+    report_formats: list[str] = ["json", "csv", "xlsx", "html"]
+    # Illustrative power draw when on, by device kind, for after-hours energy (watts).
+    report_power_draw_w: dict[str, float] = {"panel": 200.0, "projector": 300.0, "device": 65.0}
+
+    # Rollouts: firmware artifacts are files here (default <data_dir>/artifacts); agents fetch
+    # them from public_url (this controller as the sites reach it); the tick runs this often,
+    # and a controller keeps the tick's lease this long without renewing it.
+    artifacts_dir: Path | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    rollout_tick_s: float = Field(default=10.0, gt=0, le=3600)
+    rollout_lease_s: float = Field(default=60.0, gt=0, le=3600)
+
+    # Auth: a login token lives this long; an enrolment token at most this long. Agents are
+    # told to reach the broker at agent_mqtt_url (empty: mqtt_url without its user).
+    login_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    enrolment_ttl_s: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
+    agent_mqtt_url: str = ""
 
     @model_validator(mode="after")
     def _default_database_in_data_dir(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'fleet.db'}"
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> Settings:
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError(
+                "FLEET_WEBHOOK_URL is set but FLEET_WEBHOOK_SECRET is empty. Fix: set a secret "
+                "shared with the receiver, which checks X-Fleet-Signature with it"
+            )
         return self

@@ -6,7 +6,12 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_db", "tests.fixtures_broker"]
+pytest_plugins = [
+    "tests.fixtures_db",
+    "tests.fixtures_broker",
+    "tests.fixtures_browser",
+    "tests.fixtures_auth",
+]
 
 
 def need(what: str, reason: str) -> None:

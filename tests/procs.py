@@ -97,6 +97,8 @@ class Stack:
     http_port: int = field(default_factory=free_port)
     client_id: str = field(default_factory=lambda: f"fleet-test-{uuid.uuid4().hex[:8]}")
     procs: list[Proc] = field(default_factory=list)
+    # An ops token for the API, made once the controller has created its schema.
+    ops_token: str | None = None
 
     def __post_init__(self) -> None:
         self.sites_dir = self.tmp / "site_configs"
@@ -154,6 +156,10 @@ class Stack:
             "controller", [str(BIN / "fleet"), "serve", "--port", str(self.http_port)]
         )
         wait_for(lambda: self.get("/healthz") is not None, 60, "the controller's /healthz")
+        if self.ops_token is None:
+            from tests.fixtures_auth import ops_token_for
+
+            self.ops_token = ops_token_for(self.database_url)
         return proc
 
     def agent(self, *extra: str) -> Proc:
@@ -197,7 +203,9 @@ class Stack:
 
     def get(self, path: str) -> Any:
         try:
-            with urllib.request.urlopen(self.base + path, timeout=5) as resp:
+            headers = {"Authorization": f"Bearer {self.ops_token}"} if self.ops_token else {}
+            request = urllib.request.Request(self.base + path, headers=headers)
+            with urllib.request.urlopen(request, timeout=5) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 503:  # /healthz while ingest is still connecting

@@ -14,6 +14,7 @@ from fleet.ingest import Ingest
 from fleet.models import Device, Room, Site
 from fleet.registry import sync_registry
 from fleet.settings import Settings
+from tests.fixtures_auth import ops_headers
 from tests.fixtures_db import RECEIVED, agent_state, health, reading
 
 T0 = RECEIVED - timedelta(hours=1)
@@ -41,7 +42,7 @@ def fed(ingest: Ingest, registered: Engine) -> Engine:
 def client(fed: Engine, tmp_path: object, ingest: Ingest) -> Iterator[TestClient]:
     app = create_app(Settings(database_url=str(fed.url)), engine=fed)
     app.state.ingest_status = ingest
-    with TestClient(app) as client:
+    with TestClient(app, headers=ops_headers(fed)) as client:
         yield client
 
 

@@ -17,8 +17,9 @@ from agent.config import load_sites
 from tests.procs import BIN, Proc, wait_for
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def get_json(url: str, token: str) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
         return json.loads(resp.read())
 
 
@@ -38,9 +39,14 @@ def test_demo_shows_every_device_within_30_s_and_stops_on_ctrl_c(tmp_path: Path)
             "the demo to print its URL",
         )
         expected = sum(len(s.config.devices()) for s in load_sites())
+        token = wait_for(
+            lambda: (m := re.search(r"token\s+demo-ops: (\S+)", demo.output())) and m[1],
+            5,
+            "the demo to print the ops token",
+        )
 
         def all_fresh() -> bool:
-            page = get_json(f"{url}/api/v1/devices?limit={expected + 10}")
+            page = get_json(f"{url}/api/v1/devices?limit={expected + 10}", token)
             seen = [d for d in page["items"] if d["last_seen_at"]]
             fresh = [d for d in seen if datetime.fromisoformat(d["last_seen_at"]) >= started_at]
             return page["total"] == expected and len(fresh) == expected

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar
 
 from agent.config import DeviceConfig
 from agent.profiles import Profile
+from agent.secrets import Secrets, is_reference
+from agent.snmpv3 import SnmpV3Settings
 from fleet.protocol import Power, Reading, utcnow
 
 DEFAULT_PORTS = {"snmp": 161, "pjlink": 4352}
@@ -30,7 +32,10 @@ class Target:
     profile: Profile
     host: str
     port: int
-    community: str
+    # Resolved secrets (agent/secrets.py): repr=False keeps them out of logs and errors.
+    community: str = field(repr=False)
+    # SNMPv3 (when the device or its profile uses version 3): settings with resolved keys.
+    snmp_v3: SnmpV3Settings | None = field(default=None, repr=False)
 
     @property
     def where(self) -> str:
@@ -46,8 +51,42 @@ def target_for(
     else:
         host = device.address
         port = device.port or DEFAULT_PORTS.get(profile.protocol, 0)
-    community = device.community or (profile.snmp.community if profile.snmp else "")
-    return Target(device=device, profile=profile, host=host, port=port, community=community)
+    secrets = default_secrets()
+    community = secrets.resolve(
+        device.community or (profile.snmp.community if profile.snmp else ""),
+        f"the SNMP community of device {device.id}",
+    )
+    if is_reference(device.password):
+        password = secrets.resolve(device.password, f"the PJLink password of device {device.id}")
+        device = device.model_copy(update={"password": password})
+    v3 = device.snmp_v3 or (profile.snmp.v3 if profile.snmp else None)
+    profile_v3 = profile.snmp is not None and profile.snmp.version == "3"
+    uses_v3 = device.snmp_v3 is not None or profile_v3
+    if v3 is not None and uses_v3:
+        v3 = v3.model_copy(
+            update={
+                key: secrets.resolve(getattr(v3, key), f"the SNMPv3 {key} of device {device.id}")
+                for key in ("auth_key", "priv_key")
+            }
+        )
+    return Target(
+        device=device,
+        profile=profile,
+        host=host,
+        port=port,
+        community=community or "",
+        snmp_v3=v3 if uses_v3 else None,
+    )
+
+
+_SECRETS: list[Secrets] = []
+
+
+def default_secrets() -> Secrets:
+    """The agent's secrets (environment, then FLEET_AGENT_SECRETS_FILE), read once."""
+    if not _SECRETS:
+        _SECRETS.append(Secrets.from_environment())
+    return _SECRETS[0]
 
 
 class Collector(Protocol):

@@ -1,4 +1,4 @@
-"""SNMP v1/v2c collector: one GET per poll with every object of the profile.
+"""SNMP v1/v2c/v3 collector: one GET per poll with every object of the profile.
 
 One SnmpEngine (and so one UDP socket) per collector, shared by every target: an engine per
 target costs megabytes and event-loop time. What can be computed once is computed once: the
@@ -29,6 +29,7 @@ from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
 from agent.collectors import Target, register, unreachable
 from agent.profiles import PollSettings, Profile, SnmpObject
+from agent.snmpv3 import KEY_MIN, usm_user_data
 from fleet.protocol import ErrorFlags, Flag, Power, Reading, utcnow
 
 _ABSENT = (NoSuchObject, NoSuchInstance, EndOfMibView)
@@ -52,6 +53,7 @@ class SnmpCollector:
         self._context = ContextData()
         self._plans: dict[int, tuple[Profile, _Plan]] = {}
         self._auth: dict[tuple[str, int], CommunityData] = {}
+        self._v3_auth: dict[tuple[str, ...], Any] = {}
         self._transports: dict[tuple[str, int, float, int], UdpTransportTarget] = {}
 
     async def poll(self, target: Target) -> Reading:
@@ -69,7 +71,9 @@ class SnmpCollector:
         try:
             plan = self._plan(target.profile)
             transport = await self._transport(target.host, target.port, poll)
-            auth = self._community(target.community, plan.mp_model)
+            auth = self._auth_for(target, plan.mp_model)
+            if isinstance(auth, str):
+                return unreachable(target, auth, ts, fix=_V3_FIX)
             objects, var_binds = plan.objects, plan.var_binds
             # SNMPv1 agents answer noSuchName for the whole request when one object is
             # missing: drop that object and ask again, as v2c would have dropped just it.
@@ -98,6 +102,10 @@ class SnmpCollector:
         if error_indication:
             if isinstance(error_indication, errind.RequestTimedOut):
                 problem = f"SNMP timeout after {tries} {'try' if tries == 1 else 'tries'}"
+            elif isinstance(error_indication, _V3_REFUSALS):
+                # The device answered but refused our SNMPv3 credentials: say which part.
+                problem = f"SNMPv3 refused: {_v3_problem(error_indication)}"
+                return unreachable(target, problem, ts, fix=_V3_FIX)
             else:
                 problem = f"SNMP error: {error_indication}"
             return unreachable(target, problem, ts)
@@ -125,6 +133,7 @@ class SnmpCollector:
         engine, self._engine = self._engine, None
         self._transports.clear()
         self._auth.clear()
+        self._v3_auth.clear()
         if engine is not None:
             engine.close_dispatcher()
 
@@ -156,6 +165,21 @@ class SnmpCollector:
             auth = self._auth[key] = CommunityData(community, mpModel=mp_model)
         return auth
 
+    def _auth_for(self, target: Target, mp_model: int) -> Any:
+        """CommunityData for v1/v2c, UsmUserData for v3, or a problem (str) to report."""
+        v3 = target.snmp_v3
+        if v3 is None:
+            return self._community(target.community, mp_model)
+        if not v3.auth_key or not v3.priv_key:
+            return f"SNMPv3 user {v3.user!r} has no auth_key or priv_key (authPriv needs both)"
+        if len(v3.auth_key) < KEY_MIN or len(v3.priv_key) < KEY_MIN:
+            return f"an SNMPv3 key of user {v3.user!r} is shorter than {KEY_MIN} characters"
+        key = (v3.user, v3.auth_protocol, v3.priv_protocol, v3.auth_key, v3.priv_key)
+        auth = self._v3_auth.get(key)
+        if auth is None:
+            auth = self._v3_auth[key] = usm_user_data(v3, v3.auth_key, v3.priv_key)
+        return auth
+
     async def _transport(self, host: str, port: int, poll: PollSettings) -> UdpTransportTarget:
         # Cached: create() resolves the address through the default executor each time.
         key = (host, port, poll.timeout_s, poll.retries)
@@ -166,6 +190,31 @@ class SnmpCollector:
             )
             self._transports[key] = transport
         return transport
+
+
+_V3_REFUSALS = (
+    errind.WrongDigest,
+    errind.AuthenticationFailure,
+    errind.DecryptionError,
+    errind.UnknownUserName,
+    errind.UnknownSecurityName,
+    errind.UnsupportedSecurityLevel,
+)
+_V3_FIX = (
+    "check the SNMPv3 user, protocols (SHA/AES) and keys: the keys come from the "
+    "secrets file or environment named by secret:NAME in the site config"
+)
+
+
+def _v3_problem(indication: object) -> str:
+    # Names the part that is wrong, never the key itself.
+    if isinstance(indication, (errind.WrongDigest, errind.AuthenticationFailure)):
+        return "wrong authentication key or protocol (the message digest did not match)"
+    if isinstance(indication, errind.DecryptionError):
+        return "wrong privacy key or protocol (the device could not decrypt)"
+    if isinstance(indication, (errind.UnknownUserName, errind.UnknownSecurityName)):
+        return "the device does not know this SNMPv3 user"
+    return "the device does not accept authPriv for this user"
 
 
 def _mib_view(engine: SnmpEngine) -> Any:

@@ -1,8 +1,9 @@
 """Simulated classroom devices on loopback, for `fleet-agent simulate`, tests and benchmarks.
 
 `start_site` brings up one SNMP responder per SNMP device of a site config, each on its own
-loopback UDP port; the agent polls them through the address map (`write_address_map`), never
-through the config's documentation addresses.
+loopback UDP port, and one PJLink server per PJLink projector on a loopback TCP port; the agent
+polls them through the address map (`write_address_map`), never through the config's
+documentation addresses.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from agent.config import DeviceConfig, LoadedSite
 from agent.profiles import Profile
 from agent.simulator.address_map import Address, read_address_map, write_address_map
 from agent.simulator.behaviour import Clock, DeviceBehaviour
+from agent.simulator.pjlink_server import PjlinkQuirks, ProjectorServer
 from agent.simulator.snmp_responder import DeviceResponder, ObjectTable, serve_device
 from agent.timetable import Timetable
 from fleet.protocol import utcnow
@@ -25,6 +27,8 @@ from fleet.protocol import utcnow
 __all__ = [
     "DeviceBehaviour",
     "DeviceResponder",
+    "PjlinkQuirks",
+    "ProjectorServer",
     "SimulatedSite",
     "read_address_map",
     "start_devices",
@@ -38,10 +42,18 @@ class SimulatedSite:
     """Running simulated devices; `device(id).alive = False` makes one stop answering."""
 
     responders: dict[str, DeviceResponder] = field(default_factory=dict)
+    projectors: dict[str, ProjectorServer] = field(default_factory=dict)  # PJLink
 
     @property
     def address_map(self) -> dict[str, Address]:
-        return {device_id: r.address for device_id, r in self.responders.items()}
+        addresses = {device_id: r.address for device_id, r in self.responders.items()}
+        return addresses | {device_id: p.address for device_id, p in self.projectors.items()}
+
+    def projector(self, device_id: str) -> ProjectorServer:
+        try:
+            return self.projectors[device_id]
+        except KeyError:
+            raise KeyError(f"no simulated PJLink projector {device_id!r}") from None
 
     def device(self, device_id: str) -> DeviceResponder:
         try:
@@ -52,6 +64,8 @@ class SimulatedSite:
     async def close(self) -> None:
         for responder in self.responders.values():
             responder.close()
+        for projector in self.projectors.values():
+            projector.close()
         await asyncio.sleep(0)  # let the transports finish closing their sockets
 
     async def __aenter__(self) -> SimulatedSite:
@@ -120,15 +134,33 @@ async def start_site(
     clock: Clock | None = None,
     seed: int = 0,
     base_port: int | None = None,
+    pjlink_quirks: PjlinkQuirks | None = None,
 ) -> SimulatedSite:
-    """Responders for every SNMP device of `site` (other protocols are not simulated yet)."""
+    """Responders for every SNMP device of `site`, PJLink servers for its PJLink projectors
+    (MQTT-native devices publish by themselves: not simulated here). `pjlink_quirks`, if
+    given, applies to every projector; by default about a third reply in lowercase."""
     host = _loopback(host)
     clock = clock or utcnow
     config = site.config
     behaviours: list[DeviceBehaviour] = []
+    projectors: list[ProjectorServer] = []
     community_of: dict[str, str] = {}
     for room, device in config.devices():
         profile = site.profile_of(device)
+        if profile.protocol == "pjlink":
+            behaviour = DeviceBehaviour(
+                device,
+                profile,
+                timetable=config.timetable,
+                tz=config.tz,
+                room_name=room.name,
+                clock=clock,
+                rng=random.Random(f"{seed}:{config.code}:{device.id}"),
+            )
+            quirk_rng = random.Random(f"{seed}:{config.code}:{device.id}:pjlink")
+            quirks = pjlink_quirks or PjlinkQuirks(lowercase=quirk_rng.random() < 1 / 3)
+            projectors.append(ProjectorServer(behaviour, device.password, quirks, quirk_rng))
+            continue
         if profile.protocol != "snmp" or profile.snmp is None:
             continue
         behaviours.append(
@@ -144,7 +176,16 @@ async def start_site(
             )
         )
         community_of[device.id] = device.community or profile.snmp.community
-    return await _start(SimulatedSite(), behaviours, community_of, host, base_port)
+    simulated = await _start(SimulatedSite(), behaviours, community_of, host, base_port)
+    try:
+        for index, projector in enumerate(projectors, start=len(behaviours)):
+            port = 0 if base_port is None else base_port + index
+            await projector.start(host, port)
+            simulated.projectors[projector.device_id] = projector
+    except BaseException:
+        await simulated.close()
+        raise
+    return simulated
 
 
 async def start_devices(

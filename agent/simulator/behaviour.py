@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from agent.config import DeviceConfig
-from agent.profiles import Profile, SnmpObject
+from agent.profiles import ERROR_FLAGS, Profile, SnmpObject
 from agent.timetable import Timetable
 from fleet.protocol import Flag, Power, utcnow
 
@@ -31,6 +31,7 @@ LEFT_ON_CHANCE = 0.05  # per device and day: left on after the last class
 OFF_IN_CLASS_CHANCE = 0.03  # per device and class period: not switched on
 FAULT_CHANCE_PER_MIN = 0.0002
 TEMPERATURE_TIME_CONSTANT_S = 600.0
+FOREVER = datetime.max.replace(tzinfo=UTC)
 
 
 class DeviceBehaviour:
@@ -73,7 +74,13 @@ class DeviceBehaviour:
             for obj in (profile.snmp.objects if profile.snmp else [])
             if obj.field.startswith("errors.")
         ]
+        if profile.protocol == "pjlink":
+            self._error_flags = sorted(ERROR_FLAGS)  # ERST reports all six
+        for flag, level in hints.faults.items():
+            self.faults[flag] = (Flag(level), FOREVER)  # set by the profile: never clears
         self._updated = now
+        # Firmware update progress, as the device reports it (metrics.update_status).
+        self.update_status = "idle"
 
     # --- the model ------------------------------------------------------------------------
 
@@ -189,6 +196,8 @@ class DeviceBehaviour:
             return self.profile.simulation.sys_descr
         if name == "sys_location":
             return self.room_name
+        if name == "update_status":
+            return self.update_status
         if name.endswith("_pct"):
             return 80 if self.on else 0
         return 1

@@ -1,4 +1,5 @@
-"""A small SNMP v1/v2c agent for simulated devices: GET and GETNEXT (enough for snmpwalk).
+"""A small SNMP v1/v2c agent for simulated devices: GET and GETNEXT (enough for snmpwalk),
+and SET of the one object that starts a firmware update.
 
 One UDP socket per simulated device, all in one asyncio loop and without an SnmpEngine, so a
 thousand devices cost a thousand sockets and little else. Messages are decoded and encoded with
@@ -21,11 +22,13 @@ from pysnmp.proto.api import verdec
 
 from agent.profiles import Profile, SnmpObject
 from agent.simulator.behaviour import DeviceBehaviour
+from agent.simulator.firmware_update import take_update
 
 log = logging.getLogger(__name__)
 
 OidTuple = tuple[int, ...]
 _NO_SUCH_NAME = 2  # SNMPv1 error-status
+_NOT_WRITABLE = 17  # SNMPv2 error-status
 _INT32 = (-(2**31), 2**31 - 1)
 
 # MIB-II's system group, served by every simulated device whether or not its profile reads
@@ -73,6 +76,7 @@ class DeviceResponder(asyncio.DatagramProtocol):
         # OIDs this device does not have (noSuchObject), for tests of partial answers.
         self.missing: set[str] = set()
         self.requests = 0
+        self.update_task: asyncio.Task[None] | None = None
         self.transport: asyncio.DatagramTransport | None = None
         self.address: tuple[str, int] = ("", 0)
 
@@ -113,6 +117,8 @@ class DeviceResponder(asyncio.DatagramProtocol):
         if bytes(p_mod.apiMessage.get_community(request)) != self.community:
             return None
         pdu = p_mod.apiMessage.get_pdu(request)
+        if pdu.isSameTypeWith(p_mod.SetRequestPDU()):
+            return self._set(p_mod, version, request, pdu)
         if pdu.isSameTypeWith(p_mod.GetRequestPDU()):
             next_ = False
         elif pdu.isSameTypeWith(p_mod.GetNextRequestPDU()):
@@ -142,6 +148,26 @@ class DeviceResponder(asyncio.DatagramProtocol):
                 else:
                     value = p_mod.NoSuchObject()
             var_binds.append((p_mod.ObjectIdentifier(key), value))
+        p_mod.apiPDU.set_varbinds(response_pdu, var_binds)
+        return bytes(encoder.encode(response))
+
+    def _set(self, p_mod: Any, version: int, request: Any, pdu: Any) -> bytes:
+        """SET: only the profile's firmware-URL object is writable; taking it starts an update
+        (download, check, reboot), as a device's own updater would."""
+        response = p_mod.apiMessage.get_response(request)
+        response_pdu = p_mod.apiMessage.get_pdu(response)
+        var_binds = list(p_mod.apiPDU.get_varbinds(pdu))
+        url_oid = self.behaviour.profile.update.snmp_url_oid
+        for index, (oid, _value) in enumerate(var_binds, start=1):
+            if url_oid is None or tuple(oid) != _oid(url_oid):
+                # notWritable (v2c), noSuchName (v1)
+                status = _NO_SUCH_NAME if version == api.SNMP_VERSION_1 else _NOT_WRITABLE
+                p_mod.apiPDU.set_error_status(response_pdu, status)
+                p_mod.apiPDU.set_error_index(response_pdu, index)
+                break
+        else:
+            url = bytes(var_binds[0][1]).decode(errors="replace")
+            self.update_task = asyncio.get_running_loop().create_task(take_update(self, url))
         p_mod.apiPDU.set_varbinds(response_pdu, var_binds)
         return bytes(encoder.encode(response))
 

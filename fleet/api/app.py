@@ -16,7 +16,20 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 import fleet
-from fleet.api.routes import devices, meta, sites
+from fleet import web
+from fleet.api.routes import (
+    alerts,
+    audit,
+    auth,
+    devices,
+    enrolment,
+    firmware,
+    meta,
+    programme,
+    reports,
+    rollouts,
+    sites,
+)
 from fleet.db import make_engine
 from fleet.settings import Settings
 
@@ -56,4 +69,13 @@ def create_app(
     app.include_router(meta.router)
     app.include_router(sites.router)
     app.include_router(devices.router)
+    app.include_router(alerts.router)
+    app.include_router(programme.router)
+    app.include_router(firmware.router)
+    app.include_router(rollouts.router)
+    app.include_router(reports.router)
+    app.include_router(auth.router)
+    app.include_router(enrolment.router)
+    app.include_router(audit.router)
+    web.install(app)  # the dashboard pages at /, last: its 404 handler is for the pages
     return app

@@ -33,6 +33,7 @@ class SiteSummary(Out):
     devices_by_state: dict[str, int]
     agent: AgentStatusOut | None
     last_reported_at: datetime | None  # newest reading of any of its devices
+    open_alerts: int = 0  # open or acknowledged
 
 
 class DeviceOut(Out):

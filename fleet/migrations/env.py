@@ -6,7 +6,12 @@ from alembic import context
 from sqlalchemy import Connection
 from sqlmodel import SQLModel
 
-import fleet.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import fleet.alerts.models
+import fleet.auth.models
+import fleet.models  # registers the tables on SQLModel.metadata (so do the others)
+import fleet.programme.models
+import fleet.reports.models
+import fleet.rollouts.models  # noqa: F401
 from fleet.db import make_engine
 
 target_metadata = SQLModel.metadata

@@ -6,11 +6,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
-from sqlalchemy import func
+from sqlalchemy import ColumnElement, func
 from sqlmodel import col, select
 
 from fleet.api.deps import SessionDep
 from fleet.api.schemas import DeviceDetail, DeviceHealth, DeviceOut, DevicePage, SampleOut
+from fleet.auth.permissions import Allow, Caller
 from fleet.models import Device, Sample
 from fleet.state import DeviceState
 
@@ -30,8 +31,13 @@ def list_devices(
     include_retired: bool = False,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    caller: Annotated[Caller | None, Allow("devices:read")] = None,
 ) -> DevicePage:
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
+    if caller is not None and caller.sites is not None:
+        conditions.append(col(Device.site_code).in_(sorted(caller.sites)))
+    if caller is not None and caller.vendor is not None:
+        conditions.append(func.lower(col(Device.vendor)) == caller.vendor.lower())
     if site is not None:
         conditions.append(col(Device.site_code) == site)
     if vendor is not None:
@@ -52,12 +58,14 @@ def list_devices(
     )
 
 
-@router.get("/{device_id}", response_model=DeviceDetail)
+@router.get("/{device_id}", response_model=DeviceDetail, dependencies=[Allow("devices:read")])
 def get_device(device_id: str, session: SessionDep) -> DeviceDetail:
     return DeviceDetail.model_validate(_device_or_404(session, device_id))
 
 
-@router.get("/{device_id}/health", response_model=DeviceHealth)
+@router.get(
+    "/{device_id}/health", response_model=DeviceHealth, dependencies=[Allow("devices:read")]
+)
 def device_health(
     device_id: str,
     session: SessionDep,

@@ -6,18 +6,25 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleet.api.deps import EngineDep
 from fleet.api.schemas import Health
+from fleet.auth.permissions import Allow
+from fleet.metrics import render_metrics
 
 router = APIRouter(tags=["meta"])
 log = logging.getLogger(__name__)
 
 
-@router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": Health}},
+    dependencies=[Allow("public")],
+)
 def healthz(request: Request, engine: EngineDep) -> JSONResponse:
     database = "ok"
     try:
@@ -33,6 +40,6 @@ def healthz(request: Request, engine: EngineDep) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if healthy else 503)
 
 
-@router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+@router.get("/metrics", include_in_schema=False, dependencies=[Allow("public")])
+def metrics(engine: EngineDep) -> Response:
+    return Response(render_metrics(engine), media_type=CONTENT_TYPE_LATEST)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from fleet.alerts.queries import open_alerts_by_site
 from fleet.api.deps import SessionDep
 from fleet.api.schemas import (
     AgentStatusOut,
@@ -17,14 +19,19 @@ from fleet.api.schemas import (
     SiteDetail,
     SiteSummary,
 )
+from fleet.auth.permissions import Allow, Caller
 from fleet.models import AgentStatus, Device, Room, Site
 
 router = APIRouter(prefix="/api/v1/sites", tags=["sites"])
 
 
 @router.get("", response_model=list[SiteSummary])
-def list_sites(session: SessionDep) -> list[SiteSummary]:
+def list_sites(
+    session: SessionDep, caller: Annotated[Caller | None, Allow("sites:read")] = None
+) -> list[SiteSummary]:
     sites = session.exec(select(Site).order_by(col(Site.code))).all()
+    if caller is not None and caller.sites is not None:
+        sites = [s for s in sites if s.code in caller.sites]  # a technician: their sites only
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     last: dict[str, datetime | None] = {}
     query = (
@@ -38,10 +45,14 @@ def list_sites(session: SessionDep) -> list[SiteSummary]:
         if seen is not None and (newest is None or seen > newest):
             last[site_code] = seen
     agents = {a.site_code: a for a in session.exec(select(AgentStatus))}
-    return [_summary(s, counts[s.code], agents.get(s.code), last.get(s.code)) for s in sites]
+    alerts = open_alerts_by_site(session)
+    return [
+        _summary(s, counts[s.code], agents.get(s.code), last.get(s.code), alerts.get(s.code, 0))
+        for s in sites
+    ]
 
 
-@router.get("/{code}", response_model=SiteDetail)
+@router.get("/{code}", response_model=SiteDetail, dependencies=[Allow("sites:read")])
 def get_site(code: str, session: SessionDep) -> SiteDetail:
     site = session.get(Site, code)
     if site is None:
@@ -58,7 +69,10 @@ def get_site(code: str, session: SessionDep) -> SiteDetail:
         by_room[device.room_id].append(DeviceOut.model_validate(device))
         counts[device.state] += 1
     seen = [d.last_seen_at for d in devices if d.last_seen_at is not None]
-    summary = _summary(site, counts, session.get(AgentStatus, code), max(seen, default=None))
+    alerts = open_alerts_by_site(session).get(code, 0)
+    summary = _summary(
+        site, counts, session.get(AgentStatus, code), max(seen, default=None), alerts
+    )
     return SiteDetail(
         **summary.model_dump(),
         timetable=site.timetable,
@@ -70,7 +84,11 @@ def get_site(code: str, session: SessionDep) -> SiteDetail:
 
 
 def _summary(
-    site: Site, counts: dict[str, int], agent: AgentStatus | None, last: datetime | None
+    site: Site,
+    counts: dict[str, int],
+    agent: AgentStatus | None,
+    last: datetime | None,
+    open_alerts: int = 0,
 ) -> SiteSummary:
     return SiteSummary(
         code=site.code,
@@ -83,4 +101,5 @@ def _summary(
         devices_by_state=dict(counts),
         agent=AgentStatusOut.model_validate(agent) if agent else None,
         last_reported_at=last,
+        open_alerts=open_alerts,
     )

@@ -1,0 +1,160 @@
+"""The site's firmware cache: each artifact crosses the site's (metered) link once, resumes
+where it stopped (HTTP Range) after a dropped link or an agent restart, is checked against
+its SHA-256, and is then served to the site's devices from a small local HTTP endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+_SHA = re.compile(r"^/artifacts/([0-9a-f]{64})$")
+
+
+class ArtifactMismatch(Exception):
+    """The downloaded bytes are not the release's: deleted, never pushed to a device."""
+
+
+class ArtifactCache:
+    def __init__(self, directory: Path, site: str, bytes_per_s: float | None = None) -> None:
+        self.directory = directory
+        self.site = site
+        self.bytes_per_s = bytes_per_s
+        self.received_bytes = 0  # over the site's link, by this process
+        self._locks: dict[str, asyncio.Lock] = {}
+        # A download runs in a thread, which cancelling its task does not stop: this does.
+        self._stopping = threading.Event()
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def path(self, sha256: str) -> Path:
+        return self.directory / sha256
+
+    def partial(self, sha256: str) -> Path:
+        return self.directory / f"{sha256}.part"
+
+    async def fetch(self, url: str, sha256: str, size: int) -> Path:
+        """The artifact's verified file, downloading (the rest of) it first if needed. Every
+        device of the site waits on the same download: one per site, however many devices."""
+        lock = self._locks.setdefault(sha256, asyncio.Lock())
+        async with lock:
+            done = self.path(sha256)
+            if done.is_file() and done.stat().st_size == size:
+                return done  # verified before it was given this name
+            await asyncio.to_thread(self._download, url, sha256, size)
+            return done
+
+    def _download(self, url: str, sha256: str, size: int) -> None:
+        part = self.partial(sha256)
+        have = part.stat().st_size if part.exists() else 0
+        if have > size:
+            part.unlink()
+            have = 0
+        if have < size:
+            self._receive(url, part, have)
+        digest = hashlib.sha256()
+        with part.open("rb") as handle:
+            while chunk := handle.read(1024 * 1024):
+                digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            part.unlink()
+            raise ArtifactMismatch(
+                f"downloaded {size} bytes from {url} with SHA-256 {digest.hexdigest()}, expected "
+                f"{sha256}: deleted, not pushed to any device. The controller's file or the "
+                "link is bad; the next attempt downloads it again"
+            )
+        os.replace(part, self.path(sha256))
+
+    def _receive(self, url: str, part: Path, have: int) -> None:
+        sep = "&" if "?" in url else "?"
+        full = f"{url}{sep}site={urllib.parse.quote(self.site)}"
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        request = urllib.request.Request(full, headers=headers)
+        try:
+            response = urllib.request.urlopen(request, timeout=30)
+        except urllib.error.HTTPError as exc:
+            raise OSError(f"the controller answered {exc.code} for {full}: {exc.reason}") from None
+        with response, part.open("ab") as out:
+            if have and response.status != 206:
+                out.truncate(0)  # the server sent the whole file: start over
+                have = 0
+            log.info("downloading %s from byte %d", full, have)
+            started = time.monotonic()
+            got = 0
+            while chunk := response.read(CHUNK):
+                if self._stopping.is_set():
+                    raise OSError("the agent is stopping; the download resumes at its next start")
+                out.write(chunk)
+                out.flush()
+                got += len(chunk)
+                self.received_bytes += len(chunk)
+                if self.bytes_per_s:
+                    # A metered link is not flooded: stay under the configured rate.
+                    ahead = got / self.bytes_per_s - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            os.fsync(out.fileno())
+
+
+class LocalArtifactServer:
+    """GET /artifacts/<sha256> for the site's devices, from the verified cache only."""
+
+    def __init__(self, cache: ArtifactCache, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.cache = cache
+        self.host = host
+        self.port = port
+        self.served_bytes = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def url(self, sha256: str) -> str:
+        return f"http://{self.host}:{self.port}/artifacts/{sha256}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            match = _SHA.match(path)
+            file = self.cache.path(match.group(1)) if match else None
+            if method != "GET" or file is None or not file.is_file():
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                return
+            size = file.stat().st_size
+            writer.write(
+                f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode()
+            )
+            with file.open("rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    writer.write(chunk)
+                    await writer.drain()
+                    self.served_bytes += len(chunk)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            log.debug("local artifact request failed", exc_info=True)
+        finally:
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            writer.close()

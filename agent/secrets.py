@@ -1,0 +1,132 @@
+"""Device secrets (SNMP communities, SNMPv3 keys, PJLink passwords) kept out of the YAML.
+
+In a site config or profile, a secret is written as a reference, `secret:NAME`. NAME is looked
+up first in the environment, then in the agent's secrets file: KEY=VALUE lines (the format of
+systemd's EnvironmentFile, and of the file `fleet-agent enroll` writes), at the path in
+FLEET_AGENT_SECRETS_FILE. A literal value in the YAML still works, for a lab.
+
+Secrets never appear in logs, API output or error messages: errors name the secret, never
+its value, and the controller hands out site configs with literal secrets replaced by
+references (`redact_site_config`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REF_PREFIX = "secret:"
+SECRETS_FILE_ENV = "FLEET_AGENT_SECRETS_FILE"
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Device keys holding secrets, and the v3 keys inside `snmp_v3`.
+DEVICE_SECRET_KEYS = ("community", "password")
+V3_SECRET_KEYS = ("auth_key", "priv_key")
+
+
+class SecretMissing(LookupError):
+    """A `secret:NAME` reference that neither the environment nor the secrets file answers."""
+
+
+def is_reference(value: str | None) -> bool:
+    return value is not None and value.startswith(REF_PREFIX)
+
+
+def secret_name(device_id: str, key: str) -> str:
+    """The conventional name of a device's secret: upm-sc1-panel-1, community ->
+    UPM_SC1_PANEL_1_COMMUNITY."""
+    return re.sub(r"[^A-Za-z0-9]", "_", f"{device_id}_{key}").upper()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+@dataclass
+class Secrets:
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    file: Path | None = None
+    _file_values: dict[str, str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_environment(cls) -> Secrets:
+        path = os.environ.get(SECRETS_FILE_ENV)
+        return cls(file=Path(path) if path else None)
+
+    def resolve(self, value: str | None, what: str) -> str | None:
+        """The secret behind `value` (a reference or a literal). `what` names it in errors,
+        e.g. "the community of device upm-sc1-panel-1"."""
+        if value is None or not is_reference(value):
+            return value
+        name = value[len(REF_PREFIX) :]
+        if not _NAME_RE.match(name):
+            raise SecretMissing(
+                f"{what} refers to {value!r}, which is not a valid secret name: use letters, "
+                "digits and _ (e.g. secret:UPM_SNMP_COMMUNITY)"
+            )
+        if name in self.environ:
+            return self.environ[name]
+        found = self._from_file().get(name)
+        if found is not None:
+            return found
+        where = (
+            f"the secrets file {self.file}" if self.file else f"a secrets file ({SECRETS_FILE_ENV})"
+        )
+        raise SecretMissing(
+            f"{what} is secret {name}, which is set neither in the environment nor in {where}: "
+            f"add a line {name}=... there"
+        )
+
+    def _from_file(self) -> dict[str, str]:
+        if self._file_values is None:
+            self._file_values = {}
+            if self.file is not None:
+                try:
+                    self._file_values = read_env_file(self.file)
+                except OSError as exc:
+                    raise SecretMissing(
+                        f"cannot read the secrets file {self.file} ({exc.strerror}): check "
+                        f"{SECRETS_FILE_ENV} and the file's permissions"
+                    ) from None
+        return self._file_values
+
+
+def redact_site_config(data: Any) -> tuple[Any, list[str]]:
+    """A site config (as parsed YAML) with every literal device secret replaced by a
+    `secret:NAME` reference, and the names that the agent's secrets file must now give."""
+    needed: list[str] = []
+    for room in data.get("rooms") or [] if isinstance(data, dict) else []:
+        for device in room.get("devices") or []:
+            if not isinstance(device, dict):
+                continue
+            device_id = str(device.get("id", "device"))
+            for key in DEVICE_SECRET_KEYS:
+                needed += _redact(device, key, secret_name(device_id, key))
+            v3 = device.get("snmp_v3")
+            if isinstance(v3, dict):
+                for key in V3_SECRET_KEYS:
+                    needed += _redact(v3, key, secret_name(device_id, key))
+    return data, needed
+
+
+def _redact(holder: dict[str, Any], key: str, name: str) -> list[str]:
+    value = holder.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str) and is_reference(value):
+        return [value[len(REF_PREFIX) :]]
+    holder[key] = REF_PREFIX + name
+    return [name]

@@ -1,0 +1,191 @@
+"""When alerts are judged: after each ingest group for the devices it touched, and on the
+schedule for everything (the time-based kinds: unreachable for long, site offline, left on
+after hours). Both read in bulk, judge with rules.py and write through reconcile.py."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from prometheus_client import Gauge
+from pydantic import ValidationError
+from sqlalchemy import Connection, Engine, func, select
+from sqlmodel import SQLModel
+
+from agent.profiles import Profile
+from fleet.alerts.models import AlertKind, AlertState
+from fleet.alerts.reconcile import ALERTS, Judgement, ReconcileResult, reconcile
+from fleet.alerts.rules import (
+    DEVICE_KINDS,
+    SITE_KINDS,
+    SiteClock,
+    evaluate,
+    evaluate_site,
+    unjudged_kinds,
+)
+from fleet.liveness import load_agent_facts, load_device_facts
+from fleet.profile_book import poll_interval_s, profiles_in
+from fleet.protocol import Reading
+from fleet.registry import timetable_from_json
+from fleet.settings import Settings
+from fleet.state import DeviceFacts, site_silence_threshold
+
+log = logging.getLogger(__name__)
+
+DEVICES = SQLModel.metadata.tables["device"]
+SITES = SQLModel.metadata.tables["site"]
+IN_CHUNK = 500
+
+OPEN_ALERTS = Gauge("fleet_alerts_open", "Alerts open or acknowledged, by kind", ["kind"])
+
+AfterCommit = Callable[[Engine, list[str], datetime], None]
+
+
+def after_ingest(settings: Settings) -> AfterCommit:
+    """The hook for `Ingest.after_commit`: judge the devices a group touched."""
+
+    def run(engine: Engine, device_ids: list[str], now: datetime) -> None:
+        if device_ids:
+            evaluate_devices(engine, settings, now, device_ids)
+
+    return run
+
+
+def evaluate_alerts(engine: Engine, settings: Settings, now: datetime) -> None:
+    """The scheduled job: every device and every site, then the gauge."""
+    evaluate_devices(engine, settings, now)
+    evaluate_sites(engine, settings, now)
+    with engine.connect() as conn:
+        update_gauge(conn)
+
+
+def evaluate_devices(
+    engine: Engine, settings: Settings, now: datetime, device_ids: list[str] | None = None
+) -> ReconcileResult:
+    profiles = profiles_in(settings.profiles_dir)
+    with engine.begin() as conn:
+        clocks = _site_clocks(conn)
+        judgements = []
+        for row in _device_rows(conn, device_ids):
+            judgements.append(_judge_device(row, profiles, clocks, settings, now))
+        result = reconcile(conn, judgements, now, notify=bool(settings.webhook_url))
+    _log(result)
+    return result
+
+
+def evaluate_sites(engine: Engine, settings: Settings, now: datetime) -> ReconcileResult:
+    profiles = profiles_in(settings.profiles_dir)
+    with engine.begin() as conn:
+        agents = load_agent_facts(conn)
+        polls: dict[str, list[float]] = {}
+        for device in load_device_facts(conn, lambda p: poll_interval_s(profiles, p)):
+            polls.setdefault(device.site, []).append(device.poll_interval_s)
+        judgements = []
+        for site in conn.execute(select(SITES.c.code)).scalars():
+            silence = site_silence_threshold(polls.get(site, []))
+            findings = evaluate_site(agents.get(site), silence, now)
+            judgements.append(Judgement(site, None, SITE_KINDS, frozenset(findings)))
+        result = reconcile(conn, judgements, now, notify=bool(settings.webhook_url))
+    _log(result)
+    return result
+
+
+def update_gauge(conn: Connection) -> None:
+    counts: dict[str, int] = dict(
+        conn.execute(
+            select(ALERTS.c.kind, func.count())
+            .where(ALERTS.c.state != AlertState.resolved.value)
+            .group_by(ALERTS.c.kind)
+        ).all()
+    )
+    for kind in AlertKind:
+        OPEN_ALERTS.labels(kind.value).set(counts.get(kind.value, 0))
+
+
+def _judge_device(
+    row: Any,
+    profiles: dict[str, Profile],
+    clocks: dict[str, SiteClock],
+    settings: Settings,
+    now: datetime,
+) -> Judgement:
+    if row["retired_at"] is not None:
+        return Judgement(row["site_code"], row["id"], DEVICE_KINDS, frozenset())
+    facts = DeviceFacts(
+        row["id"],
+        row["site_code"],
+        row["state"],
+        row["state_since"],
+        row["last_seen_at"],
+        poll_interval_s(profiles, row["profile"]),
+    )
+    reading = _reading(row)
+    clock = clocks.get(row["site_code"]) or SiteClock(timetable_from_json({}), ZoneInfo("UTC"))
+    findings = evaluate(
+        facts,
+        reading,
+        profiles.get(row["profile"]),
+        clock,
+        now,
+        unreachable_after=timedelta(seconds=settings.alert_unreachable_after_s),
+    )
+    judged = DEVICE_KINDS - unjudged_kinds(facts, reading, now)
+    return Judgement(row["site_code"], row["id"], frozenset(judged), frozenset(findings))
+
+
+def _reading(row: Any) -> Reading | None:
+    raw = row["last_reading"]
+    if not raw:
+        return None
+    try:
+        reading = Reading.model_validate(raw)
+    except ValidationError:
+        log.warning("device %s: stored last reading no longer validates; skipped", row["id"])
+        return None
+    if reading.firmware is None and row["firmware"] is not None:
+        # Some profiles report firmware only now and then; the device row keeps the last one.
+        reading = reading.model_copy(update={"firmware": row["firmware"]})
+    return reading
+
+
+def _device_rows(conn: Connection, device_ids: list[str] | None) -> list[Any]:
+    columns = [
+        DEVICES.c.id,
+        DEVICES.c.site_code,
+        DEVICES.c.profile,
+        DEVICES.c.state,
+        DEVICES.c.state_since,
+        DEVICES.c.last_seen_at,
+        DEVICES.c.last_reading,
+        DEVICES.c.firmware,
+        DEVICES.c.retired_at,
+    ]
+    if device_ids is None:
+        return list(conn.execute(select(*columns)).mappings())
+    unique = sorted(set(device_ids))
+    rows: list[Any] = []
+    for start in range(0, len(unique), IN_CHUNK):
+        chunk = unique[start : start + IN_CHUNK]
+        rows += conn.execute(select(*columns).where(DEVICES.c.id.in_(chunk))).mappings()
+    return rows
+
+
+def _site_clocks(conn: Connection) -> dict[str, SiteClock]:
+    query = select(SITES.c.code, SITES.c.timezone, SITES.c.timetable)
+    return {
+        code: SiteClock(timetable_from_json(timetable), ZoneInfo(tz))
+        for code, tz, timetable in conn.execute(query)
+    }
+
+
+def _log(result: ReconcileResult) -> None:
+    if result.opened or result.resolved or result.escalated:
+        log.info(
+            "alerts: %d opened, %d escalated, %d resolved",
+            len(result.opened),
+            len(result.escalated),
+            len(result.resolved),
+        )

@@ -1,0 +1,94 @@
+"""Alert tables: the alerts themselves (history kept) and the webhook outbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Text, text
+from sqlmodel import Field, SQLModel
+
+from fleet.models import BigId, utc_column
+
+
+class AlertKind(StrEnum):
+    device_unreachable = "device_unreachable"
+    site_offline = "site_offline"
+    over_temperature = "over_temperature"
+    lamp_hours = "lamp_hours"
+    filter_hours = "filter_hours"
+    device_error = "device_error"
+    left_on_after_hours = "left_on_after_hours"
+    firmware_below_minimum = "firmware_below_minimum"
+
+
+class Severity(StrEnum):
+    warning = "warning"
+    critical = "critical"
+
+
+class AlertState(StrEnum):
+    open = "open"
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+
+
+# The partial unique index that makes "one open alert per subject and kind" hold even when
+# ingest and the scheduler raise the same alert at once; SQLite and PostgreSQL both have them.
+NOT_RESOLVED = "state != 'resolved'"
+
+
+class Alert(SQLModel, table=True):
+    __tablename__ = "alert"
+    __table_args__ = (
+        Index(
+            "uq_alert_open_subject_kind",
+            "subject",
+            "kind",
+            unique=True,
+            sqlite_where=text(NOT_RESOLVED),
+            postgresql_where=text(NOT_RESOLVED),
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    kind: str = Field(index=True)
+    severity: str
+    state: str = Field(index=True)
+    # "device:<id>" or "site:<code>": one key for both, so the unique index needs no NULLs.
+    subject: str
+    site_code: str = Field(foreign_key="site.code", index=True)
+    device_id: str | None = Field(default=None, foreign_key="device.id", index=True)
+    message: str
+    opened_at: datetime = utc_column(nullable=False, index=True)
+    updated_at: datetime = utc_column(nullable=False)
+    acknowledged_at: datetime | None = utc_column()
+    acknowledged_by: str | None = None
+    ack_note: str | None = None
+    resolved_at: datetime | None = utc_column()
+    # None when the condition cleared by itself; who resolved it by hand otherwise.
+    resolved_by: str | None = None
+    resolution: str | None = None
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One notification to send; written in the transaction that opened or resolved the alert,
+    so a controller restart between the two cannot lose it."""
+
+    __tablename__ = "webhook_delivery"
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    delivery_id: str = Field(unique=True)  # X-Fleet-Delivery: the receiver's dedup key
+    alert_id: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("alert.id"), nullable=False, index=True)
+    )
+    event: str  # "alert.opened" or "alert.resolved"
+    # The exact bytes signed and sent, kept as text so every retry sends the same body.
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = utc_column(nullable=False)
+    attempts: int = 0
+    # None once delivered or given up; due deliveries are those with next_attempt_at <= now.
+    next_attempt_at: datetime | None = utc_column(index=True)
+    delivered_at: datetime | None = utc_column()
+    failed_at: datetime | None = utc_column()
+    last_error: str | None = None

@@ -1,0 +1,129 @@
+"""Webhook notifications: the outbox rows reconcile.py writes are sent from here, signed,
+retried with exponential backoff, and marked delivered or failed. Nothing here runs on the
+ingest path: `deliver_due` is a scheduled job.
+
+The receiver verifies `X-Fleet-Signature: sha256=<hex>`, the HMAC-SHA256 of the raw body
+under FLEET_WEBHOOK_SECRET, and may drop a repeated `X-Fleet-Delivery` (a delivery is sent
+again when our record of its success is lost, e.g. on a crash right after the POST).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, select
+
+from fleet.alerts.reconcile import DELIVERIES
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY_S = 1.0
+MAX_RETRY_S = 3600.0
+TIMEOUT_S = 5.0
+BATCH = 50  # per run, so one slow receiver does not hold the scheduler's thread for long
+USER_AGENT = "classroom-fleet-webhook/1"
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """After the n-th failed attempt: 1 s, 2 s, 4 s ... capped at an hour."""
+    return timedelta(seconds=min(FIRST_RETRY_S * 2 ** (attempts - 1), MAX_RETRY_S))
+
+
+def post(url: str, secret: str, delivery_id: str, body: bytes) -> None:
+    """One attempt; raises WebhookError with what the receiver (or the network) said."""
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-Fleet-Delivery": delivery_id,
+            "X-Fleet-Signature": signature(secret, body),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            response.read(1024)
+    except urllib.error.HTTPError as exc:
+        raise WebhookError(f"{url} answered HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise WebhookError(f"cannot reach {url} ({reason})") from None
+
+
+class WebhookError(Exception):
+    pass
+
+
+def deliver_due(engine: Engine, settings: Settings, now: datetime) -> None:
+    """The scheduled job."""
+    send_due(engine, settings, now)
+
+
+def send_due(engine: Engine, settings: Settings, now: datetime) -> int:
+    """Send what is due at `now`; returns how many were delivered."""
+    if not settings.webhook_url:
+        return 0
+    with engine.connect() as conn:
+        due = conn.execute(
+            select(
+                DELIVERIES.c.id, DELIVERIES.c.delivery_id, DELIVERIES.c.body, DELIVERIES.c.attempts
+            )
+            .where(DELIVERIES.c.next_attempt_at <= now)
+            .order_by(DELIVERIES.c.next_attempt_at, DELIVERIES.c.id)
+            .limit(BATCH)
+        ).all()
+    delivered = 0
+    for row_id, delivery_id, body, attempts in due:
+        attempts += 1
+        try:
+            post(settings.webhook_url, settings.webhook_secret, delivery_id, body.encode())
+        except WebhookError as exc:
+            _failed(engine, settings, row_id, delivery_id, attempts, str(exc), now)
+            continue
+        with engine.begin() as conn:
+            conn.execute(
+                DELIVERIES.update()
+                .where(DELIVERIES.c.id == row_id)
+                .values(attempts=attempts, delivered_at=now, next_attempt_at=None, last_error=None)
+            )
+        delivered += 1
+    return delivered
+
+
+def _failed(
+    engine: Engine,
+    settings: Settings,
+    row_id: int,
+    delivery_id: str,
+    attempts: int,
+    error: str,
+    now: datetime,
+) -> None:
+    give_up = attempts >= settings.webhook_max_attempts
+    values: dict[str, object] = {"attempts": attempts, "last_error": error}
+    if give_up:
+        values.update(next_attempt_at=None, failed_at=now)
+        log.error(
+            "webhook delivery %s given up after %d attempts: %s. Fix the receiver, then set "
+            "next_attempt_at on its webhook_delivery row to send it again",
+            delivery_id,
+            attempts,
+            error,
+        )
+    else:
+        values["next_attempt_at"] = now + retry_delay(attempts)
+        log.warning("webhook delivery %s attempt %d failed: %s", delivery_id, attempts, error)
+    with engine.begin() as conn:
+        conn.execute(DELIVERIES.update().where(DELIVERIES.c.id == row_id).values(**values))

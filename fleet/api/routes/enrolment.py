@@ -1,0 +1,156 @@
+"""Agent enrolment: ops or the site's technician makes a one-time token; the agent on site
+trades it (once, before it expires) for its site config and a fresh broker credential.
+
+The token is the agent's only proof, so the redeeming route is open (`agent`): a wrong,
+used or expired token gets 401 and changes nothing. Re-enrolling rotates the credential.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from agent.secrets import redact_site_config
+from fleet.api.deps import SessionDep, SettingsDep
+from fleet.auth.audit import record
+from fleet.auth.mqtt_auth import rotate_site_credential
+from fleet.auth.permissions import Allow, Caller
+from fleet.auth.tokens import TokenRefused, issue_enrolment_token, redeem_enrolment_token
+from fleet.models import Site
+from fleet.protocol import SITE_CODE_PATTERN
+from fleet.settings import Settings
+
+router = APIRouter(prefix="/api/v1/enrolment", tags=["enrolment"])
+
+
+class EnrolmentTokenIn(BaseModel):
+    site: str = Field(pattern=SITE_CODE_PATTERN)
+    ttl_minutes: int | None = Field(default=None, ge=1, le=30 * 24 * 60)
+
+
+class EnrolmentTokenOut(BaseModel):
+    token: str
+    site: str
+    expires_at: datetime
+    command: str
+
+
+class EnrolIn(BaseModel):
+    token: str = Field(max_length=100)
+
+
+class MqttLogin(BaseModel):
+    url: str
+    username: str
+    password: str
+    topic_root: str
+
+
+class EnrolOut(BaseModel):
+    site: str
+    config_yaml: str
+    mqtt: MqttLogin
+    # Secrets the config refers to (secret:NAME) that the agent's secrets file must give.
+    secrets_needed: list[str]
+
+
+@router.post("/tokens", response_model=EnrolmentTokenOut, status_code=201)
+def create_enrolment_token(
+    body: EnrolmentTokenIn,
+    caller: Annotated[Caller, Allow("enrolment:create")],
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> EnrolmentTokenOut:
+    if session.get(Site, body.site) is None:
+        raise HTTPException(404, f"no site {body.site!r}: GET /api/v1/sites lists the codes")
+    ttl = timedelta(seconds=settings.enrolment_ttl_s)
+    if body.ttl_minutes is not None:
+        ttl = min(ttl, timedelta(minutes=body.ttl_minutes))
+    token, row = issue_enrolment_token(session, body.site, caller.name, ttl=ttl)
+    record(
+        session,
+        actor=caller.name,
+        role=caller.role,
+        action="enrolment.token",
+        target=body.site,
+        detail={"token_id": row.id, "expires_at": row.expires_at.isoformat()},
+    )
+    session.commit()
+    base = str(request.base_url).rstrip("/")
+    return EnrolmentTokenOut(
+        token=token,
+        site=body.site,
+        expires_at=row.expires_at,
+        command=f"fleet-agent enroll --controller {base} --token {token}",
+    )
+
+
+@router.post("", response_model=EnrolOut, dependencies=[Allow("agent")])
+def enrol(body: EnrolIn, request: Request, session: SessionDep, settings: SettingsDep) -> EnrolOut:
+    try:
+        row = redeem_enrolment_token(session, body.token)
+    except TokenRefused as exc:
+        session.rollback()
+        record(
+            request.app.state.engine,
+            actor="agent",
+            action="enrol",
+            target=request.client.host if request.client else "",
+            outcome="denied",
+            detail={"reason": exc.reason},
+        )
+        raise HTTPException(401, str(exc)) from None
+    site = session.get(Site, row.site_code)
+    if site is None:  # the site was removed after the token was made
+        session.rollback()
+        raise HTTPException(404, f"site {row.site_code!r} is no longer registered: ask ops")
+    config_yaml, needed = _site_config_for_agent(Path(site.config_path))
+    username, password = rotate_site_credential(session, site.code)
+    record(
+        session,
+        actor=f"agent:{site.code}",
+        action="enrol",
+        target=site.code,
+        detail={"token_id": row.id, "created_by": row.created_by, "mqtt_user": username},
+    )
+    session.commit()
+    return EnrolOut(
+        site=site.code,
+        config_yaml=config_yaml,
+        mqtt=MqttLogin(
+            url=agent_broker_url(settings),
+            username=username,
+            password=password,
+            topic_root=settings.topic_root,
+        ),
+        secrets_needed=needed,
+    )
+
+
+def agent_broker_url(settings: Settings) -> str:
+    """Where agents reach the broker: FLEET_AGENT_MQTT_URL, else the controller's own URL
+    with its user and password removed (each agent logs in as its site)."""
+    if settings.agent_mqtt_url:
+        return settings.agent_mqtt_url
+    parts = urlsplit(settings.mqtt_url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def _site_config_for_agent(path: Path) -> tuple[str, list[str]]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise HTTPException(
+            500, f"cannot read the site config {path.name} ({type(exc).__name__}): tell ops"
+        ) from None
+    data, needed = redact_site_config(data)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True), needed

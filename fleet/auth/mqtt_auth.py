@@ -1,0 +1,104 @@
+"""Broker credentials: one per site, made (and rotated) at enrolment, and their export as a
+Mosquitto password file and ACL file.
+
+A site's credential may publish only its own site's agent topics (never `cmd`) and read only
+its own `cmd`; the controller's credential reads and writes everything under the topic root.
+The controller keeps only Mosquitto's hash of each site's password.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlmodel import Session, col, select
+
+from fleet.auth.models import MqttCredential
+from fleet.auth.passwords import mosquitto_hash
+from fleet.protocol import utcnow
+
+SITE_USER_PREFIX = "site-"
+# What a site agent publishes, under <root>/<site>/ (fleet/protocol.py's Topics).
+SITE_WRITES = ("agent/state", "health", "devices/+/health", "events", "cmd/ack")
+SITE_READS = ("cmd",)
+
+
+class ExportError(ValueError):
+    pass
+
+
+def site_username(site_code: str) -> str:
+    return f"{SITE_USER_PREFIX}{site_code}"
+
+
+def rotate_site_credential(session: Session, site_code: str) -> tuple[str, str]:
+    """A new password for the site's broker user (the old one stops working at the next
+    export). Returns (username, password); the password is not kept. Joins the caller's
+    transaction."""
+    password = secrets.token_urlsafe(24)
+    row = session.get(MqttCredential, site_code)
+    if row is None:
+        row = MqttCredential(
+            site_code=site_code,
+            username=site_username(site_code),
+            password_hash=mosquitto_hash(password),
+            rotated_at=utcnow(),
+        )
+    else:
+        row.password_hash = mosquitto_hash(password)
+        row.rotated_at = utcnow()
+    session.add(row)
+    return row.username, password
+
+
+@dataclass(frozen=True)
+class ControllerLogin:
+    username: str
+    password: str
+
+
+def acl_text(topic_root: str, controller_user: str, site_codes: list[str]) -> str:
+    lines = [
+        "# Written by `fleet mqtt-auth export`: regenerate, do not edit.",
+        "# Anything not granted here is denied (and anonymous access is off).",
+        "",
+        f"user {controller_user}",
+        f"topic readwrite {topic_root}/#",
+    ]
+    for code in site_codes:
+        lines += ["", f"user {site_username(code)}"]
+        lines += [f"topic write {topic_root}/{code}/{suffix}" for suffix in SITE_WRITES]
+        lines += [f"topic read {topic_root}/{code}/{suffix}" for suffix in SITE_READS]
+    return "\n".join(lines) + "\n"
+
+
+def export_mosquitto(
+    session: Session, out_dir: Path, controller: ControllerLogin, topic_root: str
+) -> tuple[Path, Path]:
+    """Write `passwd` and `acl` into out_dir (mode 0600). Returns their paths."""
+    rows = session.exec(select(MqttCredential).order_by(col(MqttCredential.site_code))).all()
+    if any(r.username == controller.username for r in rows):
+        raise ExportError(
+            f"the controller's MQTT user {controller.username!r} is also a site's: pick "
+            "another user name in FLEET_MQTT_URL"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = [f"{controller.username}:{mosquitto_hash(controller.password)}"]
+    entries += [f"{r.username}:{r.password_hash}" for r in rows]
+    passwd = out_dir / "passwd"
+    acl = out_dir / "acl"
+    _write_private(passwd, "\n".join(entries) + "\n")
+    _write_private(acl, acl_text(topic_root, controller.username, [r.site_code for r in rows]))
+    return passwd, acl
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create with mode 0600 from the start: never a moment when others can read it."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)

@@ -1,0 +1,286 @@
+"""Roles, scopes and the one dependency every route declares: `Permission("devices:read")`.
+
+A route says what it needs by name; POLICY says which roles have it. The dependency then
+checks the caller's scope against everything the request names: a site code in the path
+(`{code}`, `{site}`), a device or alert id in the path, and `site`, `vendor` and `device` in
+the query string or a JSON body. Out of scope is 403, except for things whose existence is
+itself a secret (another vendor's device, another site's alert): those are 404, with the
+same words as a real 404. Every refusal is logged and written to the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from fleet.auth.audit import record
+from fleet.auth.tokens import TokenRefused, resolve_api_token
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "fleet_token"
+ANYONE = "anyone"  # no token needed
+ROLES = ("ops", "technician", "vendor")
+
+# Permission -> the roles that hold it. Technicians and vendors hold theirs within their scope.
+POLICY: dict[str, frozenset[str]] = {
+    # Open: probes, Prometheus, login, and what agents fetch with their own proof (an
+    # enrolment token; a firmware artifact named by its SHA-256).
+    "public": frozenset({ANYONE, *ROLES}),
+    "agent": frozenset({ANYONE, *ROLES}),
+    "authenticated": frozenset(ROLES),
+    "fleet:read": frozenset({"ops"}),  # fleet-wide views: overview, programme, firmware
+    "sites:read": frozenset({"ops", "technician"}),
+    "devices:read": frozenset({"ops", "technician", "vendor"}),
+    "alerts:read": frozenset({"ops", "technician"}),
+    "alerts:write": frozenset({"ops", "technician"}),
+    "programme:read": frozenset({"ops", "technician"}),
+    "programme:write": frozenset({"ops"}),
+    "reports:read": frozenset({"ops", "vendor"}),
+    "firmware:read": frozenset({"ops"}),
+    "rollouts:read": frozenset({"ops"}),
+    "rollouts:write": frozenset({"ops"}),
+    "enrolment:create": frozenset({"ops", "technician"}),
+    "audit:read": frozenset({"ops"}),
+}
+
+# Permissions whose every use is written to the audit log (refusals of any are, anyway).
+AUDITED = frozenset({"programme:write", "rollouts:write", "alerts:write", "reports:read"})
+
+# Path parameters that name a site, and query/body keys that name a site, vendor or device.
+_SITE_PATH = ("code", "site", "site_code")
+_SITE_KEYS = ("site", "site_code")
+_VENDOR_KEYS = ("vendor",)
+_DEVICE_KEYS = ("device", "device_id")
+
+bearer_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking. `sites` None means every site; `vendor` None means every vendor."""
+
+    name: str
+    role: str
+    sites: frozenset[str] | None = None
+    vendor: str | None = None
+    token_id: int | None = None
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.role == ANYONE
+
+    def may_see_site(self, code: str) -> bool:
+        if self.role == "vendor":
+            return False  # vendors see devices, never a site's own business
+        return self.sites is None or code in self.sites
+
+    def may_see_vendor(self, vendor: str) -> bool:
+        return self.vendor is None or self.vendor.lower() == vendor.lower()
+
+    def may_see_device(self, site_code: str, vendor: str) -> bool:
+        if self.role == "vendor":
+            return self.may_see_vendor(vendor)
+        return self.sites is None or site_code in self.sites
+
+
+ANONYMOUS = Caller(name="anonymous", role=ANYONE)
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+
+
+class Permission:
+    """The dependency: `caller: Annotated[Caller, Allow("devices:read")]`, or
+    `dependencies=[Allow("rollouts:write")]` when the route needs no Caller."""
+
+    def __init__(self, name: str) -> None:
+        if name not in POLICY:
+            raise ValueError(f"unknown permission {name!r}: add it to POLICY in {__name__}")
+        self.name = name
+        self.roles = POLICY[name]
+
+    def __repr__(self) -> str:
+        return f"Permission({self.name!r})"
+
+    async def __call__(
+        self, request: Request, token: Annotated[str | None, Depends(bearer_scheme)] = None
+    ) -> AsyncIterator[Caller]:
+        if ANYONE in self.roles:
+            request.state.caller = ANONYMOUS
+            yield ANONYMOUS
+            return
+        token = token or request.cookies.get(SESSION_COOKIE)
+        body = await _json_body(request)
+        engine: Engine = request.app.state.engine
+        try:
+            caller = await run_in_threadpool(self._check, engine, request, token, body)
+        except Refused as refusal:
+            await run_in_threadpool(self._refused, engine, request, refusal)
+            headers = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
+            raise HTTPException(refusal.status, refusal.message, headers=headers) from None
+        request.state.caller = caller
+        if self.name not in AUDITED:
+            yield caller
+            return
+        # Changes (and report downloads) are audited once the route has run: who, what, when.
+        try:
+            yield caller
+        except HTTPException as exc:
+            await run_in_threadpool(
+                self._done, engine, request, caller, f"failed {exc.status_code}"
+            )
+            raise
+        await run_in_threadpool(self._done, engine, request, caller, "ok")
+
+    def _done(self, engine: Engine, request: Request, caller: Caller, outcome: str) -> None:
+        route = request.scope.get("route")
+        record(
+            engine,
+            actor=caller.name,
+            role=caller.role,
+            action=f"{self.name.split(':')[0]}.{getattr(route, 'name', 'request')}",
+            target=f"{request.method} {request.url.path}",
+            outcome=outcome,
+            detail={k: str(v) for k, v in request.path_params.items()} or None,
+        )
+
+    def _check(
+        self, engine: Engine, request: Request, token: str | None, body: dict[str, Any] | None
+    ) -> Caller:
+        with Session(engine) as session:
+            try:
+                bearer = resolve_api_token(session, token)
+            except TokenRefused as exc:
+                raise Refused(401, str(exc), exc.reason) from None
+            user = bearer.user
+            caller = Caller(
+                name=user.name,
+                role=user.role,
+                sites=frozenset(user.sites) if user.role == "technician" else None,
+                vendor=user.vendor if user.role == "vendor" else None,
+                token_id=bearer.token.id,
+            )
+            request.state.caller = caller  # so that a refusal below names who was refused
+            if caller.role not in self.roles:
+                raise Refused(
+                    403,
+                    f"a {caller.role} may not use this ({self.name}): ask ops",
+                    "role",
+                )
+            check_scope(session, caller, request, body)
+        return caller
+
+    def _refused(self, engine: Engine, request: Request, refusal: Refused) -> None:
+        caller: Caller = getattr(request.state, "caller", ANONYMOUS)
+        target = f"{request.method} {request.url.path}"
+        log.warning(
+            "refused %s for %s (%s): %s [%s]",
+            target,
+            caller.name,
+            caller.role,
+            refusal.reason,
+            self.name,
+        )
+        record(
+            engine,
+            actor=caller.name,
+            role=caller.role,
+            action=self.name,
+            target=target,
+            outcome="denied",
+            detail={"status": refusal.status, "reason": refusal.reason},
+        )
+
+
+def Allow(name: str) -> Any:
+    return Depends(Permission(name))
+
+
+def check_scope(
+    session: Session, caller: Caller, request: Request, body: dict[str, Any] | None
+) -> None:
+    """Refuse when the request names a site, vendor, device or alert outside the scope."""
+    if caller.sites is None and caller.vendor is None:
+        return
+    named: dict[str, list[str]] = {"site": [], "vendor": [], "device": []}
+    for key in _SITE_PATH:
+        if key in request.path_params:
+            named["site"].append(str(request.path_params[key]))
+    sources: list[dict[str, Any]] = [dict(request.query_params)]
+    if body:
+        sources.append(body)
+    for source in sources:
+        for key, value in source.items():
+            if not isinstance(value, str):
+                continue
+            if key in _SITE_KEYS:
+                named["site"].append(value)
+            elif key in _VENDOR_KEYS:
+                named["vendor"].append(value)
+            elif key in _DEVICE_KEYS:
+                named["device"].append(value)
+    if "device_id" in request.path_params:
+        named["device"].append(str(request.path_params["device_id"]))
+    for site in named["site"]:
+        if not caller.may_see_site(site) and caller.role != "vendor":
+            raise Refused(
+                403, f"{caller.name} may not see site {site!r}: outside your sites", "scope"
+            )
+    for vendor in named["vendor"]:
+        if not caller.may_see_vendor(vendor):
+            raise Refused(
+                403, f"{caller.name} may see {caller.vendor} only, not {vendor!r}", "scope"
+            )
+    for device_id in named["device"]:
+        _check_device(session, caller, device_id)
+    if "alert_id" in request.path_params:
+        _check_alert(session, caller, request.path_params["alert_id"])
+
+
+def _check_device(session: Session, caller: Caller, device_id: str) -> None:
+    from fleet.models import Device
+
+    device = session.get(Device, device_id)
+    if device is not None and not caller.may_see_device(device.site_code, device.vendor):
+        # The same words as a device that does not exist: its existence is not ours to tell.
+        raise Refused(
+            404, f"no device {device_id!r}: GET /api/v1/devices lists the registered ids", "scope"
+        )
+
+
+def _check_alert(session: Session, caller: Caller, alert_id: Any) -> None:
+    from fleet.alerts.models import Alert
+
+    try:
+        alert = session.get(Alert, int(alert_id))
+    except (TypeError, ValueError):
+        return  # the route's own validation answers 422
+    if alert is not None and not caller.may_see_site(alert.site_code):
+        raise Refused(404, f"no alert {alert_id}: GET /api/v1/alerts lists them", "scope")
+
+
+async def _json_body(request: Request) -> dict[str, Any] | None:
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return None
+    if "json" not in request.headers.get("content-type", ""):
+        return None
+    try:
+        data = json.loads(await request.body() or b"null")
+    except ValueError:
+        return None  # the route's validation answers 422
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,160 @@
+"""Bearer tokens and enrolment tokens: random, shown once, stored as SHA-256.
+
+A token carries a prefix saying what it is (`fleet_` for API and login tokens, `enrol_` for
+enrolment), so a token pasted in the wrong place is refused as malformed, not looked up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from fleet.auth.models import ApiToken, EnrolmentToken, User
+from fleet.protocol import utcnow
+
+API_PREFIX = "fleet_"
+ENROL_PREFIX = "enrol_"
+_TOKEN_BYTES = 32  # 43 url-safe characters
+_BODY = r"[A-Za-z0-9_-]{43}"
+API_TOKEN_RE = re.compile(rf"^{API_PREFIX}{_BODY}$")
+ENROL_TOKEN_RE = re.compile(rf"^{ENROL_PREFIX}{_BODY}$")
+LOGIN_TTL = timedelta(hours=1)
+ENROL_TTL = timedelta(hours=24)
+
+
+class TokenRefused(Exception):
+    """Why a token does not let its bearer in; `reason` is one word for logs and the audit."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(prefix: str) -> tuple[str, str]:
+    """A fresh token and its hash; only the hash is kept."""
+    token = prefix + secrets.token_urlsafe(_TOKEN_BYTES)
+    return token, token_hash(token)
+
+
+def issue_api_token(
+    session: Session,
+    user: User,
+    *,
+    ttl: timedelta | None,
+    kind: str = "api",
+    label: str = "",
+    now: datetime | None = None,
+) -> tuple[str, ApiToken]:
+    assert user.id is not None
+    now = now or utcnow()
+    token, digest = new_token(API_PREFIX)
+    row = ApiToken(
+        user_id=user.id,
+        token_hash=digest,
+        kind=kind,
+        label=label,
+        created_at=now,
+        expires_at=now + ttl if ttl is not None else None,
+    )
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return token, row
+
+
+@dataclass(frozen=True)
+class Bearer:
+    user: User
+    token: ApiToken
+
+
+def resolve_api_token(session: Session, token: str | None, now: datetime | None = None) -> Bearer:
+    """The user a bearer token belongs to. Raises TokenRefused saying why not."""
+    if not token:
+        raise TokenRefused(
+            "missing",
+            "no bearer token: send 'Authorization: Bearer <token>' (POST /api/v1/auth/token "
+            "to log in, or `fleet tokens create`)",
+        )
+    if not API_TOKEN_RE.match(token):
+        raise TokenRefused(
+            "malformed", "the bearer token is malformed: it should start with 'fleet_'"
+        )
+    row = session.exec(select(ApiToken).where(ApiToken.token_hash == token_hash(token))).first()
+    if row is None:
+        raise TokenRefused("unknown", "the bearer token is not known: log in again")
+    now = now or utcnow()
+    if row.revoked_at is not None:
+        raise TokenRefused("revoked", "the bearer token was revoked: ask ops for a new one")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise TokenRefused("expired", "the bearer token has expired: log in again")
+    user = session.get(User, row.user_id)
+    if user is None or user.revoked_at is not None:
+        raise TokenRefused("revoked", "the token's user was revoked: ask ops")
+    return Bearer(user, row)
+
+
+def issue_enrolment_token(
+    session: Session,
+    site_code: str,
+    created_by: str,
+    *,
+    ttl: timedelta = ENROL_TTL,
+    now: datetime | None = None,
+) -> tuple[str, EnrolmentToken]:
+    now = now or utcnow()
+    token, digest = new_token(ENROL_PREFIX)
+    row = EnrolmentToken(
+        site_code=site_code,
+        token_hash=digest,
+        created_by=created_by,
+        created_at=now,
+        expires_at=now + ttl,
+    )
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return token, row
+
+
+def redeem_enrolment_token(
+    session: Session, token: str, now: datetime | None = None
+) -> EnrolmentToken:
+    """Mark the token used (in the caller's transaction) and return it, or raise TokenRefused."""
+    if not ENROL_TOKEN_RE.match(token or ""):
+        raise TokenRefused(
+            "malformed", "the enrolment token is malformed: it should start with 'enrol_'"
+        )
+    row = session.exec(
+        select(EnrolmentToken).where(EnrolmentToken.token_hash == token_hash(token))
+    ).first()
+    now = now or utcnow()
+    if row is None:
+        raise TokenRefused("unknown", "the enrolment token is not known: ask for a new one")
+    if row.used_at is not None:
+        raise TokenRefused(
+            "used",
+            "the enrolment token was already used: ask ops or the site's technician for a new one",
+        )
+    if row.expires_at <= now:
+        raise TokenRefused("expired", "the enrolment token has expired: ask for a new one")
+    # Conditional update: of two agents racing with one token, exactly one wins.
+    won = session.execute(
+        update(EnrolmentToken)
+        .where(col(EnrolmentToken.id) == row.id, col(EnrolmentToken.used_at).is_(None))
+        .values(used_at=now)
+    )
+    if won.rowcount != 1:  # type: ignore[attr-defined]
+        raise TokenRefused("used", "the enrolment token was already used: ask for a new one")
+    session.refresh(row)
+    return row

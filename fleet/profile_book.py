@@ -1,0 +1,32 @@
+"""The firmware profiles the controller judges devices by (poll interval, thresholds, minimum
+firmware), read from the profiles folder and read again only when a file there changes."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from agent.profiles import PollSettings, Profile, load_profiles
+
+_lock = threading.Lock()
+_cache: dict[Path, tuple[tuple[tuple[str, int], ...], dict[str, Profile]]] = {}
+
+
+def profiles_in(directory: Path) -> dict[str, Profile]:
+    """Profiles by id. Raises agent.errors.ConfigErrors when a profile does not validate."""
+    directory = directory.resolve()
+    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in directory.glob("*.yaml")))
+    with _lock:
+        cached = _cache.get(directory)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+    profiles = load_profiles(directory)
+    with _lock:
+        _cache[directory] = (stamp, profiles)
+    return profiles
+
+
+def poll_interval_s(profiles: dict[str, Profile], profile_id: str) -> float:
+    profile = profiles.get(profile_id)
+    # A profile gone from the folder: judge its devices by the default poll, not not at all.
+    return profile.poll.interval_s if profile is not None else PollSettings().interval_s

@@ -1,0 +1,186 @@
+"""The programme as CSV, and back: one row per phase, per covered classroom, per milestone.
+
+A row with no milestone declares a phase (no room) or a classroom the phase covers (a room).
+`import_programme_csv(export_programme_csv(...))` into another database gives the same export.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import TypeVar
+
+from sqlmodel import Session, col, select
+
+from fleet.programme.milestones import MilestoneFacts, MilestoneName, position
+from fleet.programme.models import PHASE_ITSELF, MilestoneRecord, Phase, PhaseRoom
+from fleet.programme.records import (
+    MilestoneInput,
+    ProgrammeError,
+    add_rooms,
+    get_site,
+    write_milestone,
+)
+
+COLUMNS = (
+    "site",
+    "phase",
+    "phase_name",
+    "room",
+    "milestone",
+    "planned",
+    "actual",
+    "actual_end",
+    "reached",
+    "note",
+    "evidence",
+    "correction",
+    "recorded_by",
+    "recorded_at",
+)
+
+T = TypeVar("T")
+
+
+def export_programme_csv(session: Session, site_code: str | None = None) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    query = select(Phase).order_by(col(Phase.site_code), col(Phase.number))
+    if site_code is not None:
+        query = query.where(Phase.site_code == site_code)
+    for phase in session.exec(query):
+        base = {"site": phase.site_code, "phase": phase.number, "phase_name": phase.name}
+        writer.writerow(
+            {**base, "recorded_by": phase.recorded_by, "recorded_at": phase.recorded_at.isoformat()}
+        )
+        rooms = session.exec(select(PhaseRoom.room_id).where(PhaseRoom.phase_id == phase.id))
+        for room in sorted(rooms):
+            writer.writerow({**base, "room": room})
+        records = session.exec(select(MilestoneRecord).where(MilestoneRecord.phase_id == phase.id))
+        for r in sorted(records, key=lambda r: (r.room_id, position(MilestoneName(r.milestone)))):
+            writer.writerow(
+                {
+                    **base,
+                    "room": r.room_id,
+                    "milestone": r.milestone,
+                    "planned": _day(r.planned),
+                    "actual": _day(r.actual),
+                    "actual_end": _day(r.actual_end),
+                    "reached": "true" if r.reached else "false",
+                    "note": r.note,
+                    "evidence": json.dumps(r.evidence, sort_keys=True) if r.evidence else "",
+                    "correction": "true" if r.correction else "false",
+                    "recorded_by": r.recorded_by,
+                    "recorded_at": r.recorded_at.isoformat(),
+                }
+            )
+    return out.getvalue()
+
+
+def import_programme_csv(session: Session, text: str, now: datetime) -> int:
+    """Apply an export (create or overwrite); the number of rows applied. Does not commit.
+
+    Raises ProgrammeError naming the line and column at fault; the caller rolls back.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ProgrammeError(
+            "csv", f"line 1: missing columns {', '.join(missing)}: export one to see the layout"
+        )
+    applied = 0
+    for line, row in enumerate(reader, start=2):
+        try:
+            _apply(session, row, now)
+        except ProgrammeError as exc:
+            raise ProgrammeError(exc.field, f"line {line}: {exc.message}", exc.status) from None
+        applied += 1
+    return applied
+
+
+def _apply(session: Session, row: dict[str, str], now: datetime) -> None:
+    site = get_site(session, row["site"].strip())
+    number = _required(row, "phase", int)
+    recorded_at = _parse(row, "recorded_at", _aware) or now
+    recorded_by = row["recorded_by"].strip() or "csv_import"
+    phase = session.exec(
+        select(Phase).where(Phase.site_code == site.code, Phase.number == number)
+    ).first()
+    if phase is None:
+        phase = Phase(
+            site_code=site.code, number=number, recorded_by=recorded_by, recorded_at=recorded_at
+        )
+    phase.name = row["phase_name"]
+    if not row["milestone"] and not row["room"]:
+        phase.recorded_by, phase.recorded_at = recorded_by, recorded_at
+    session.add(phase)
+    session.flush()
+    room = row["room"].strip()
+    if not row["milestone"]:
+        if room:
+            add_rooms(session, phase, [room])
+        return
+    facts = MilestoneFacts(
+        milestone=_required(row, "milestone", MilestoneName),
+        planned=_parse(row, "planned", date.fromisoformat),
+        actual=_parse(row, "actual", date.fromisoformat),
+        actual_end=_parse(row, "actual_end", date.fromisoformat),
+        reached=_parse(row, "reached", _flag) or False,
+    )
+    given = MilestoneInput(
+        facts=facts,
+        note=row["note"],
+        evidence=_parse(row, "evidence", json.loads),
+        correction=_parse(row, "correction", _flag) or False,
+    )
+    record = write_milestone(
+        session,
+        site,
+        phase,
+        room or PHASE_ITSELF,
+        given,
+        recorded_by=recorded_by,
+        now=now,
+        mode="upsert",
+    )
+    record.recorded_at = recorded_at
+    session.add(record)
+
+
+def _required(row: dict[str, str], column: str, parse: Callable[[str], T]) -> T:
+    value = _parse(row, column, parse)
+    if value is None:
+        raise ProgrammeError(column, f"{column} is empty: every row needs one")
+    return value
+
+
+def _parse(row: dict[str, str], column: str, parse: Callable[[str], T]) -> T | None:
+    text = (row.get(column) or "").strip()
+    if not text:
+        return None
+    try:
+        return parse(text)
+    except (ValueError, TypeError) as exc:
+        raise ProgrammeError(column, f"{column} {text!r} cannot be read: {exc}") from None
+
+
+def _flag(text: str) -> bool:
+    lowered = text.lower()
+    if lowered not in ("true", "false"):
+        raise ValueError("write true or false")
+    return lowered == "true"
+
+
+def _aware(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError("give a UTC offset, e.g. 2025-03-03T12:00:00+00:00")
+    return value
+
+
+def _day(value: date | None) -> str:
+    return value.isoformat() if value else ""

@@ -1,0 +1,194 @@
+"""Device evidence: a classroom whose devices have all reported healthy is installed.
+
+A scheduled job (`check_classroom_evidence`), not part of ingest: it reads the samples table
+for the devices of classrooms not yet confirmed, keeps each device's first healthy reading in
+`programme_classroom_evidence`, and when the last device of a classroom comes healthy it
+confirms the classroom's `installed` milestone with that time (or attaches the evidence to the
+milestone already recorded). A classroom that reports without an `installed` milestone, or that
+is in no phase, is marked for review with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from fleet.models import Device, Room, Sample, Site
+from fleet.programme.milestones import MilestoneFacts, MilestoneName
+from fleet.programme.models import ClassroomEvidence, MilestoneRecord, Phase, PhaseRoom
+from fleet.programme.records import MilestoneInput, ProgrammeError, site_today, write_milestone
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEVICE_EVIDENCE = "device_evidence"
+# Ingest stamps received_at before it commits: re-read a margin so a late commit is not missed.
+RESCAN_MARGIN = timedelta(minutes=10)
+SETTLED = ("confirmed", "attached")
+
+
+def is_healthy(reachable: bool, errors: Mapping[str, Any] | None) -> bool:
+    """Reachable, and no PJLink-style flag at `error` (a warning is still a working device)."""
+    return reachable and not any(flag == "error" for flag in (errors or {}).values())
+
+
+def all_healthy_at(devices: list[str], first_healthy: Mapping[str, datetime]) -> datetime | None:
+    """When the last of `devices` first came healthy, or None while one has not."""
+    if not devices or any(d not in first_healthy for d in devices):
+        return None
+    return max(first_healthy[d] for d in devices)
+
+
+def check_classroom_evidence(engine: Engine, settings: Settings, now: datetime) -> None:
+    statuses = update_classroom_evidence(engine, now)
+    flagged = sorted(room for room, status in statuses.items() if status == "review")
+    if flagged:
+        log.info("programme: classrooms to review: %s", ", ".join(flagged))
+
+
+def update_classroom_evidence(engine: Engine, now: datetime) -> dict[str, str]:
+    """Run the check once, in one transaction; the status of each classroom that reported."""
+    with Session(engine) as session:
+        statuses = _update(session, now)
+        session.commit()
+    return statuses
+
+
+def _update(session: Session, now: datetime) -> dict[str, str]:
+    devices_by_room: dict[str, list[Device]] = defaultdict(list)
+    for device in session.exec(select(Device).where(col(Device.retired_at).is_(None))):
+        devices_by_room[device.room_id].append(device)
+    kept = {e.room_id: e for e in session.exec(select(ClassroomEvidence))}
+    pending = {
+        room_id: devices
+        for room_id, devices in devices_by_room.items()
+        if (room_id in kept and kept[room_id].status not in SETTLED)
+        or (room_id not in kept and any(d.last_seen_at is not None for d in devices))
+    }
+    first_seen = _first_healthy_readings(session, pending, kept)
+    statuses = {room_id: e.status for room_id, e in kept.items()}
+    for room_id, devices in sorted(pending.items()):
+        evidence = kept.get(room_id)
+        room = session.get(Room, room_id)
+        if room is None:
+            continue
+        if evidence is None:
+            evidence = ClassroomEvidence(
+                room_id=room_id, site_code=room.site_code, first_healthy={}, checked_at=now
+            )
+        known = {d: datetime.fromisoformat(t) for d, t in (evidence.first_healthy or {}).items()}
+        for device_id, ts in first_seen.get(room_id, {}).items():
+            if device_id not in known or ts < known[device_id]:
+                known[device_id] = ts
+        evidence.first_healthy = {d: t.isoformat() for d, t in sorted(known.items())}
+        evidence.scanned_through = now
+        evidence.checked_at = now
+        evidence.all_healthy_at = all_healthy_at([d.id for d in devices], known)
+        evidence.status, evidence.reason = _judge(session, room, devices, evidence, now)
+        session.add(evidence)
+        statuses[room_id] = evidence.status
+    session.flush()
+    return statuses
+
+
+def _first_healthy_readings(
+    session: Session, pending: Mapping[str, list[Device]], kept: Mapping[str, ClassroomEvidence]
+) -> dict[str, dict[str, datetime]]:
+    """room -> device -> earliest healthy reading among samples received since the last run."""
+    room_of = {d.id: room for room, devices in pending.items() for d in devices}
+    if not room_of:
+        return {}
+    since: dict[str, datetime] = {}
+    for room in pending:
+        scanned = kept[room].scanned_through if room in kept else None
+        if scanned is not None:
+            since[room] = scanned - RESCAN_MARGIN
+    query = select(Sample.device_id, Sample.ts, Sample.errors, Sample.received_at).where(
+        col(Sample.device_id).in_(sorted(room_of)), col(Sample.reachable).is_(True)
+    )
+    if len(since) == len(pending):  # every room was scanned before: read only what is new
+        query = query.where(col(Sample.received_at) > min(since.values()))
+    found: dict[str, dict[str, datetime]] = defaultdict(dict)
+    for device_id, ts, errors, received_at in session.exec(query):
+        room = room_of[device_id]
+        if room in since and received_at <= since[room]:
+            continue
+        if not is_healthy(True, errors):
+            continue
+        seen = found[room].get(device_id)
+        if seen is None or ts < seen:
+            found[room][device_id] = ts
+    return found
+
+
+def _judge(
+    session: Session, room: Room, devices: list[Device], evidence: ClassroomEvidence, now: datetime
+) -> tuple[str, str]:
+    link = session.get(PhaseRoom, room.id)
+    phase = session.get(Phase, link.phase_id) if link else None
+    installed = None
+    if phase is not None:
+        installed = session.exec(
+            select(MilestoneRecord).where(
+                MilestoneRecord.phase_id == phase.id,
+                MilestoneRecord.room_id == room.id,
+                MilestoneRecord.milestone == MilestoneName.installed.value,
+            )
+        ).first()
+    at = evidence.all_healthy_at
+    if at is None:
+        if installed is not None and installed.reached:
+            return "waiting", ""
+        missing = sorted(d.id for d in devices if d.id not in evidence.first_healthy)
+        return "review", (
+            f"classroom {room.id} reports but has no installed milestone, and not every device "
+            f"has been healthy yet (waiting for {', '.join(missing)}): check the installation"
+        )
+    if phase is None:
+        return "review", (
+            f"every device of classroom {room.id} has been healthy since {at.isoformat()}, but "
+            f"the classroom is in no phase: add it to a phase of site {room.site_code}"
+        )
+    proof = {
+        "source": DEVICE_EVIDENCE,
+        "all_healthy_at": at.isoformat(),
+        "devices": dict(evidence.first_healthy),
+    }
+    if installed is not None and installed.reached:
+        installed.evidence = {**(installed.evidence or {}), "devices_healthy": proof}
+        session.add(installed)
+        return "attached", ""
+    site = session.get(Site, room.site_code)
+    assert site is not None
+    planned = installed.planned if installed else None
+    facts = MilestoneFacts(
+        milestone=MilestoneName.installed,
+        planned=planned,
+        actual=site_today(site, at),
+        reached=True,
+    )
+    note = installed.note if installed and installed.note else "confirmed by device readings"
+    given = MilestoneInput(facts=facts, note=note, evidence={"devices_healthy": proof})
+    try:
+        write_milestone(
+            session,
+            site,
+            phase,
+            room.id,
+            given,
+            recorded_by=DEVICE_EVIDENCE,
+            now=now,
+            mode="upsert",
+        )
+    except ProgrammeError as exc:
+        return "review", (
+            f"every device of classroom {room.id} has been healthy since {at.isoformat()}, but "
+            f"installed cannot be confirmed: {exc.message}"
+        )
+    return "confirmed", ""

@@ -1,0 +1,128 @@
+"""Where each site stands: the milestone it has reached, the next one planned, what is late."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from fleet.models import Site
+from fleet.programme.milestones import MilestoneFacts, is_overdue, position
+from fleet.programme.models import ClassroomEvidence, MilestoneRecord, Phase
+from fleet.programme.records import facts_of, site_today
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Located:
+    """One recorded milestone with where it belongs: a phase, or a classroom of a phase."""
+
+    site_code: str
+    phase: int
+    room: str  # "" for the phase itself
+    facts: MilestoneFacts
+    note: str = ""
+
+    @property
+    def subject(self) -> str:
+        return f"{self.site_code} phase {self.phase}" + (f" {self.room}" if self.room else "")
+
+
+@dataclass(frozen=True)
+class SiteProgress:
+    site: Site
+    today: date
+    current: Located | None
+    next: Located | None
+    overdue: list[Located] = field(default_factory=list)
+    review: list[str] = field(default_factory=list)  # classrooms flagged by device evidence
+
+    @property
+    def late(self) -> bool:
+        return bool(self.overdue)
+
+
+def progress(
+    site: Site, milestones: Iterable[Located], review: Iterable[str], today: date
+) -> SiteProgress:
+    """A site's standing from its milestones (pure): the furthest reached, the next planned."""
+    items = list(milestones)
+    reached = [m for m in items if m.facts.reached]
+    current = max(reached, key=_order, default=None)
+    upcoming = [
+        m
+        for m in items
+        if not m.facts.reached
+        and m.facts.planned is not None
+        and (current is None or _order(m) > _order(current))
+    ]
+    upcoming.sort(key=lambda m: (m.facts.planned, _order(m)))
+    overdue = sorted((m for m in items if is_overdue(m.facts, today)), key=_order)
+    return SiteProgress(
+        site=site,
+        today=today,
+        current=current,
+        next=upcoming[0] if upcoming else None,
+        overdue=overdue,
+        review=sorted(review),
+    )
+
+
+def _order(m: Located) -> tuple[int, int, bool]:
+    # A phase's own milestone sorts after its classrooms' of the same name: it sums them up.
+    return (m.phase, position(m.facts.milestone), m.room == "")
+
+
+def located_milestones(session: Session, site_code: str | None = None) -> list[Located]:
+    query = select(MilestoneRecord, Phase).where(MilestoneRecord.phase_id == Phase.id)
+    if site_code is not None:
+        query = query.where(Phase.site_code == site_code)
+    rows = session.exec(query.order_by(col(Phase.site_code), col(Phase.number))).all()
+    located = [
+        Located(phase.site_code, phase.number, record.room_id, facts_of(record), record.note)
+        for record, phase in rows
+    ]
+    return sorted(located, key=lambda m: (m.site_code, *_order(m), m.room))
+
+
+def programme_overview(
+    session: Session, now: datetime, today: date | None = None
+) -> list[SiteProgress]:
+    """Every site's standing; `today` overrides each site's own date (for an "as of" view)."""
+    by_site: dict[str, list[Located]] = defaultdict(list)
+    for m in located_milestones(session):
+        by_site[m.site_code].append(m)
+    review: dict[str, list[str]] = defaultdict(list)
+    flagged = select(ClassroomEvidence).where(ClassroomEvidence.status == "review")
+    for evidence in session.exec(flagged):
+        review[evidence.site_code].append(evidence.room_id)
+    sites = session.exec(select(Site).order_by(col(Site.code))).all()
+    return [
+        progress(site, by_site[site.code], review[site.code], today or site_today(site, now))
+        for site in sites
+    ]
+
+
+def check_overdue_milestones(engine: Engine, settings: Settings, now: datetime) -> None:
+    """The scheduled check. The alerts module has no open/resolve call yet to raise
+    `programme_overdue` through; until it has, overdue milestones are logged here and shown as
+    `late` / `overdue` by GET /api/v1/programme."""
+    with Session(engine) as session:
+        overview = programme_overview(session, now)
+    for site in overview:
+        for m in site.overdue:
+            log.info(
+                "programme_overdue: %s %s was planned for %s and is not reached (today %s at "
+                "the site): record it, or move its planned date",
+                m.subject,
+                m.facts.milestone,
+                m.facts.planned,
+                site.today,
+            )

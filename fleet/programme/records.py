@@ -1,0 +1,245 @@
+"""Writing the programme: phases, their classrooms and milestones, each through the rules.
+
+Every function works inside the caller's session and never commits, so one request (or one
+CSV import) is one transaction: a refusal half-way leaves nothing written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session, col, func, select
+
+from fleet.models import Room, Site
+from fleet.programme.milestones import (
+    MilestoneFacts,
+    MilestoneName,
+    MilestoneRefused,
+    check_recording,
+)
+from fleet.programme.models import PHASE_ITSELF, MilestoneRecord, Phase, PhaseRoom
+
+
+class ProgrammeError(ValueError):
+    """Bad input for the programme; `field` names it, `status` is the HTTP status to answer."""
+
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class MilestoneInput:
+    """One milestone as someone records it."""
+
+    facts: MilestoneFacts
+    note: str = ""
+    evidence: dict[str, Any] | None = None
+    correction: bool = False
+
+
+WriteMode = Literal["create", "update", "upsert"]
+
+
+def site_today(site: Site, now: datetime) -> date:
+    """The date at the site: "planned for the 13th" means the site's 13th."""
+    return now.astimezone(ZoneInfo(site.timezone)).date()
+
+
+def get_site(session: Session, code: str) -> Site:
+    site = session.get(Site, code)
+    if site is None:
+        raise ProgrammeError(
+            "code", f"no site {code!r}: GET /api/v1/sites lists the known codes", 404
+        )
+    return site
+
+
+def get_phase(session: Session, site_code: str, number: int) -> Phase:
+    phase = session.exec(
+        select(Phase).where(Phase.site_code == site_code, Phase.number == number)
+    ).first()
+    if phase is None:
+        raise ProgrammeError(
+            "phase",
+            f"site {site_code!r} has no phase {number}: GET /api/v1/sites/{site_code}/phases "
+            "lists them, POST there creates one",
+            404,
+        )
+    return phase
+
+
+def phases_of(session: Session, site_code: str) -> list[Phase]:
+    query = select(Phase).where(Phase.site_code == site_code).order_by(col(Phase.number))
+    return list(session.exec(query).all())
+
+
+def rooms_of(session: Session, phase: Phase) -> list[str]:
+    query = select(PhaseRoom.room_id).where(PhaseRoom.phase_id == phase.id)
+    return sorted(session.exec(query).all())
+
+
+def milestones_of(session: Session, phase: Phase) -> list[MilestoneRecord]:
+    query = select(MilestoneRecord).where(MilestoneRecord.phase_id == phase.id)
+    return list(session.exec(query).all())
+
+
+def facts_of(record: MilestoneRecord) -> MilestoneFacts:
+    return MilestoneFacts(
+        milestone=MilestoneName(record.milestone),
+        planned=record.planned,
+        actual=record.actual,
+        actual_end=record.actual_end,
+        reached=record.reached,
+    )
+
+
+def create_phase(
+    session: Session,
+    site: Site,
+    *,
+    number: int | None,
+    name: str,
+    rooms: Iterable[str],
+    recorded_by: str,
+    now: datetime,
+) -> Phase:
+    if number is None:
+        last = session.exec(
+            select(func.max(Phase.number)).where(Phase.site_code == site.code)
+        ).one()
+        number = (last or 0) + 1
+    elif number < 1:
+        raise ProgrammeError("phase", f"phase {number}: phases are numbered from 1")
+    exists = session.exec(
+        select(Phase).where(Phase.site_code == site.code, Phase.number == number)
+    ).first()
+    if exists is not None:
+        raise ProgrammeError(
+            "phase", f"site {site.code!r} already has phase {number}: PATCH it instead", 409
+        )
+    phase = Phase(
+        site_code=site.code, number=number, name=name, recorded_by=recorded_by, recorded_at=now
+    )
+    session.add(phase)
+    session.flush()
+    add_rooms(session, phase, rooms)
+    return phase
+
+
+def add_rooms(session: Session, phase: Phase, rooms: Iterable[str]) -> list[str]:
+    """Cover these classrooms by the phase; returns those newly added."""
+    added = []
+    for room_id in rooms:
+        _check_room_of_site(session, phase.site_code, room_id, "rooms")
+        link = session.get(PhaseRoom, room_id)
+        if link is not None and link.phase_id == phase.id:
+            continue
+        if link is not None:
+            other = session.get(Phase, link.phase_id)
+            number = other.number if other else "?"
+            raise ProgrammeError(
+                "rooms",
+                f"classroom {room_id!r} is already covered by phase {number}: a classroom "
+                "belongs to one phase",
+                409,
+            )
+        assert phase.id is not None
+        session.add(PhaseRoom(room_id=room_id, phase_id=phase.id))
+        added.append(room_id)
+    session.flush()
+    return added
+
+
+def write_milestone(
+    session: Session,
+    site: Site,
+    phase: Phase,
+    room_id: str,
+    given: MilestoneInput,
+    *,
+    recorded_by: str,
+    now: datetime,
+    mode: WriteMode,
+) -> MilestoneRecord:
+    """Record (create), change (update) or either (upsert) one milestone of a phase or room."""
+    if room_id != PHASE_ITSELF:
+        _check_room_of_phase(session, phase, room_id)
+    siblings = {
+        r.milestone: r
+        for r in session.exec(
+            select(MilestoneRecord).where(
+                MilestoneRecord.phase_id == phase.id, MilestoneRecord.room_id == room_id
+            )
+        )
+    }
+    existing = siblings.get(given.facts.milestone.value)
+    subject = f"phase {phase.number}" + (f" classroom {room_id}" if room_id else "")
+    if existing is not None and mode == "create":
+        raise ProgrammeError(
+            "milestone",
+            f"{given.facts.milestone} of {subject} is already recorded: PATCH it to change it",
+            409,
+        )
+    if existing is None and mode == "update":
+        raise ProgrammeError(
+            "milestone",
+            f"{given.facts.milestone} of {subject} is not recorded yet: POST it first",
+            404,
+        )
+    try:
+        facts = check_recording(
+            [facts_of(r) for r in siblings.values()],
+            given.facts,
+            today=site_today(site, now),
+            correction=given.correction,
+        )
+    except MilestoneRefused as exc:
+        raise ProgrammeError(exc.field, f"{subject}: {exc.reason}") from None
+    record = existing or MilestoneRecord(
+        phase_id=phase.id or 0,
+        room_id=room_id,
+        milestone=facts.milestone.value,
+        recorded_by=recorded_by,
+        recorded_at=now,
+    )
+    record.planned = facts.planned
+    record.actual = facts.actual
+    record.actual_end = facts.actual_end
+    record.reached = facts.reached
+    record.note = given.note
+    record.evidence = given.evidence or None
+    record.correction = given.correction
+    record.recorded_by = recorded_by
+    record.recorded_at = now
+    session.add(record)
+    session.flush()
+    return record
+
+
+def _check_room_of_site(session: Session, site_code: str, room_id: str, field: str) -> Room:
+    room = session.get(Room, room_id)
+    if room is None or room.site_code != site_code:
+        raise ProgrammeError(
+            field,
+            f"no classroom {room_id!r} at site {site_code!r}: GET /api/v1/sites/{site_code} "
+            "lists its rooms",
+        )
+    return room
+
+
+def _check_room_of_phase(session: Session, phase: Phase, room_id: str) -> None:
+    _check_room_of_site(session, phase.site_code, room_id, "room")
+    link = session.get(PhaseRoom, room_id)
+    if link is None or link.phase_id != phase.id:
+        raise ProgrammeError(
+            "room",
+            f"classroom {room_id!r} is not covered by phase {phase.number}: add it to the "
+            "phase's rooms first",
+        )

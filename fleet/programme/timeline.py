@@ -1,0 +1,196 @@
+"""A site's timeline, planned against actual: JSON for the dashboard, SVG for a person.
+
+The SVG is drawn here as text (no JS, no fonts or scripts fetched): one row per phase and per
+classroom, a hollow diamond where a milestone is planned, a filled mark or bar where it happened.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+from xml.sax.saxutils import escape
+
+from fleet.models import Site
+from fleet.programme.milestones import ORDER, MilestoneName, is_overdue
+from fleet.programme.overview import Located
+
+COLOURS = {
+    MilestoneName.agreement_signed: "#6a3d9a",
+    MilestoneName.equipment_delivered: "#1f78b4",
+    MilestoneName.installed: "#33a02c",
+    MilestoneName.training_done: "#ff7f00",
+    MilestoneName.in_use: "#b15928",
+}
+LATE = "#e31a1c"
+LABEL_W, PLOT_W, ROW_H, TOP, PAD = 190, 680, 34, 40, 10
+
+
+@dataclass(frozen=True)
+class Timeline:
+    site: Site
+    today: date
+    rows: dict[str, list[Located]]  # subject label -> its milestones, in order
+
+    def span(self) -> tuple[date, date]:
+        days = [self.today]
+        for items in self.rows.values():
+            for m in items:
+                days += [d for d in (m.facts.planned, m.facts.actual, m.facts.actual_end) if d]
+        return min(days) - timedelta(days=31), max(days) + timedelta(days=31)
+
+
+def build_timeline(site: Site, milestones: list[Located], today: date) -> Timeline:
+    rows: dict[str, list[Located]] = defaultdict(list)
+    for m in sorted(milestones, key=lambda m: (m.phase, m.room, ORDER.index(m.facts.milestone))):
+        rows[f"phase {m.phase}" + (f" · {m.room}" if m.room else "")].append(m)
+    return Timeline(site=site, today=today, rows=dict(rows))
+
+
+def timeline_json(timeline: Timeline) -> dict[str, Any]:
+    start, end = timeline.span()
+    return {
+        "site": timeline.site.code,
+        "today": timeline.today.isoformat(),
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "rows": [
+            {
+                "subject": subject,
+                "phase": items[0].phase,
+                "room": items[0].room or None,
+                "milestones": [
+                    {
+                        "milestone": m.facts.milestone.value,
+                        "planned": _iso(m.facts.planned),
+                        "actual": _iso(m.facts.actual),
+                        "actual_end": _iso(m.facts.actual_end),
+                        "reached": m.facts.reached,
+                        "overdue": is_overdue(m.facts, timeline.today),
+                        "note": m.note,
+                    }
+                    for m in items
+                ],
+            }
+            for subject, items in timeline.rows.items()
+        ],
+    }
+
+
+def timeline_svg(timeline: Timeline) -> str:
+    start, end = timeline.span()
+    total = max((end - start).days, 1)
+
+    def x(day: date) -> float:
+        return LABEL_W + PLOT_W * (day - start).days / total
+
+    rows = list(timeline.rows.items())
+    height = TOP + ROW_H * max(len(rows), 1) + 76
+    width = LABEL_W + PLOT_W + PAD
+    title = f"{timeline.site.name}: programme, planned against actual (as of {timeline.today})"
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f"<title>{escape(title)}</title>",
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="{PAD}" y="18" font-size="13" font-weight="bold">{escape(title)}</text>',
+    ]
+    bottom = TOP + ROW_H * max(len(rows), 1)
+    for tick in _quarters(start, end):
+        tx = x(tick)
+        out.append(
+            f'<line x1="{tx:.1f}" y1="{TOP - 6}" x2="{tx:.1f}" y2="{bottom}" stroke="#ddd"/>'
+        )
+        out.append(f'<text x="{tx:.1f}" y="{bottom + 14}" text-anchor="middle">{tick:%Y-%m}</text>')
+    for index, (subject, items) in enumerate(rows):
+        y = TOP + ROW_H * index + ROW_H / 2
+        out.append(f'<text x="{PAD}" y="{y + 4:.1f}">{escape(subject)}</text>')
+        out.append(
+            f'<line x1="{LABEL_W}" y1="{y:.1f}" x2="{LABEL_W + PLOT_W}" y2="{y:.1f}" '
+            'stroke="#eee"/>'
+        )
+        undated = []
+        for m in items:
+            out += _marks(m, x, y, timeline.today)
+            if m.facts.reached and m.facts.actual is None:
+                undated.append(m.facts.milestone.value)
+        if undated:
+            out.append(
+                f'<text x="{PAD}" y="{y + 15:.1f}" font-size="9" fill="#555">'
+                f"reached, date not given: {escape(', '.join(undated))}</text>"
+            )
+    tx = x(timeline.today)
+    out.append(
+        f'<line x1="{tx:.1f}" y1="{TOP - 10}" x2="{tx:.1f}" y2="{bottom}" stroke="{LATE}" '
+        'stroke-dasharray="4 3"/>'
+    )
+    out.append(f'<text x="{tx:.1f}" y="{TOP - 12}" text-anchor="middle" fill="{LATE}">today</text>')
+    out += _legend(bottom + 34)
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _marks(m: Located, x: Any, y: float, today: date) -> list[str]:
+    colour = COLOURS[m.facts.milestone]
+    name = escape(m.facts.milestone.value)
+    out = []
+    if m.facts.planned is not None:
+        px = x(m.facts.planned)
+        stroke = LATE if is_overdue(m.facts, today) else colour
+        late = " (late)" if is_overdue(m.facts, today) else ""
+        out.append(
+            f'<path d="M{px:.1f} {y - 6:.1f} L{px + 6:.1f} {y:.1f} L{px:.1f} {y + 6:.1f} '
+            f'L{px - 6:.1f} {y:.1f} Z" fill="white" stroke="{stroke}" stroke-width="2">'
+            f"<title>{name} planned {m.facts.planned}{late}</title></path>"
+        )
+    if m.facts.actual is not None:
+        ax = x(m.facts.actual)
+        end = m.facts.actual_end or m.facts.actual
+        width = max(x(end) - ax, 4.0)
+        span = f"{m.facts.actual}" + (f" to {m.facts.actual_end}" if m.facts.actual_end else "")
+        out.append(
+            f'<rect x="{ax - 2:.1f}" y="{y - 6:.1f}" width="{width:.1f}" height="12" rx="2" '
+            f'fill="{colour}"><title>{name} {span}</title></rect>'
+        )
+        out.append(
+            f'<text x="{ax:.1f}" y="{y - 9:.1f}" font-size="9" fill="{colour}">{name}</text>'
+        )
+    elif m.facts.planned is not None:
+        out.append(
+            f'<text x="{x(m.facts.planned):.1f}" y="{y - 9:.1f}" font-size="9" '
+            f'fill="{colour}">{name}</text>'
+        )
+    return out
+
+
+def _legend(y: float) -> list[str]:
+    out = []
+    lx = float(PAD)
+    for name in ORDER:
+        out.append(
+            f'<rect x="{lx:.0f}" y="{y - 9:.0f}" width="10" height="10" fill="{COLOURS[name]}"/>'
+        )
+        out.append(f'<text x="{lx + 14:.0f}" y="{y:.0f}">{name.value}</text>')
+        lx += 24 + 7 * len(name.value)
+    out.append(
+        f'<text x="{PAD}" y="{y + 16:.0f}">filled: happened · hollow diamond: planned · '
+        "red: planned date passed</text>"
+    )
+    return out
+
+
+def _quarters(start: date, end: date) -> list[date]:
+    month = ((start.month - 1) // 3) * 3 + 1
+    tick = date(start.year, month, 1)
+    ticks = []
+    while tick <= end:
+        if tick >= start:
+            ticks.append(tick)
+        year, month = (tick.year + 1, 1) if tick.month > 9 else (tick.year, tick.month + 3)
+        tick = date(year, month, 1)
+    return ticks
+
+
+def _iso(value: date | None) -> str | None:
+    return value.isoformat() if value else None

@@ -1,0 +1,131 @@
+"""Scheduled reports: each vendor's monthly (and, if configured, weekly) report, stored once.
+
+`generate_due_reports(engine, settings, now)` makes every report of a closed period that is not
+stored yet, from the first month with usage up to `now`. Run every hour, it makes a month's
+reports on the 1st (UTC, after FLEET_REPORT_DELAY_H); run on start, it catches up on months
+missed while the controller was down. A stored report is never rewritten: its bytes and SHA-256
+stay as first made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine, func, select
+from sqlmodel import col
+
+from fleet.models import Device, Site
+from fleet.reports.compute import ReportRequest, build_report
+from fleet.reports.formats import MEDIA_TYPES, ReportFormat, filename, renderer
+from fleet.reports.models import StoredReport, UsageHour
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def months(first: date, last_end: date) -> Iterator[tuple[date, date]]:
+    """Calendar months from the one holding `first` whose last day is before `last_end`."""
+    start = first.replace(day=1)
+    while True:
+        nxt = (start + timedelta(days=32)).replace(day=1)
+        end = nxt - timedelta(days=1)
+        if end >= last_end:
+            return
+        yield start, end
+        start = nxt
+
+
+def weeks(first: date, last_end: date) -> Iterator[tuple[date, date]]:
+    """ISO weeks (Monday to Sunday) from the one holding `first`, ending before `last_end`."""
+    start = first - timedelta(days=first.weekday())
+    while start + timedelta(days=6) < last_end:
+        yield start, start + timedelta(days=6)
+        start += timedelta(days=7)
+
+
+def closed_before(conn: Connection, now: datetime, delay: timedelta) -> date:
+    """The first local date not yet closed everywhere (with the delay for late outboxes):
+    a period ending before it is closed at every site."""
+    zones = [ZoneInfo(tz) for tz in conn.execute(select(col(Site.timezone)).distinct()).scalars()]
+    day = (now - delay).astimezone(UTC).date() + timedelta(days=1)
+    while day > date.min + timedelta(days=2):
+        # `day` is closed once every site has reached the local midnight that ends it.
+        ends = [datetime.combine(day, time(0), tzinfo=tz) for tz in zones or [ZoneInfo("UTC")]]
+        if all(end + delay <= now for end in ends):
+            return day
+        day -= timedelta(days=1)
+    return day
+
+
+def generate_due_reports(engine: Engine, settings: Settings, now: datetime) -> None:
+    """The scheduled job (hourly, and at start): see store_due_reports."""
+    store_due_reports(engine, settings, now)
+
+
+def store_due_reports(engine: Engine, settings: Settings, now: datetime) -> int:
+    """Store every missing report of a closed period; returns how many were stored."""
+    stored = 0
+    with engine.begin() as conn:
+        first = conn.execute(select(func.min(col(UsageHour.local_date)))).scalar()
+        if first is None:
+            return 0
+        vendors = sorted(set(conn.execute(select(col(Device.vendor)).distinct()).scalars()))
+        limit = closed_before(conn, now, timedelta(hours=settings.report_delay_h))
+        periods = [("monthly", p) for p in months(first, limit)]
+        if settings.report_weekly:
+            periods += [("weekly", p) for p in weeks(first, limit)]
+        have = {
+            (r.vendor, r.period, r.period_start, r.format)
+            for r in conn.execute(
+                select(
+                    StoredReport.vendor,  # type: ignore[call-overload]
+                    StoredReport.period,
+                    StoredReport.period_start,
+                    StoredReport.format,
+                )
+            )
+        }
+        formats = [ReportFormat(f) for f in settings.report_formats]
+        for vendor in vendors:
+            for kind, (start, end) in periods:
+                missing = [f for f in formats if (vendor, kind, start, f.value) not in have]
+                if missing:
+                    stored += _store(conn, settings, vendor, kind, start, end, missing, now)
+    if stored:
+        log.info("stored %d scheduled reports", stored)
+    return stored
+
+
+def _store(
+    conn: Connection,
+    settings: Settings,
+    vendor: str,
+    kind: str,
+    start: date,
+    end: date,
+    formats: list[ReportFormat],
+    now: datetime,
+) -> int:
+    report = build_report(conn, ReportRequest(start, end, vendor=vendor), settings)
+    for fmt in formats:
+        content = renderer(fmt)(report)
+        conn.execute(
+            StoredReport.__table__.insert().values(  # type: ignore[attr-defined]
+                vendor=vendor,
+                period=kind,
+                period_start=start,
+                period_end=end,
+                format=fmt.value,
+                media_type=MEDIA_TYPES[fmt],
+                filename=f"{kind}-{filename(report, fmt)}",
+                sha256=hashlib.sha256(content).hexdigest(),
+                size=len(content),
+                content=content,
+                created_at=now,
+            )
+        )
+    return len(formats)

@@ -1,0 +1,1 @@
+"""Firmware rollouts: releases, campaigns in waves, maintenance windows, the tick."""

@@ -1,0 +1,178 @@
+"""Firmware artifacts on the controller: found, verified against their release's SHA-256,
+served in byte ranges (so a site's interrupted download resumes), and counted per site."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import SQLModel
+
+from agent.profiles import Profile, Release
+from fleet.rollouts.models import ArtifactDownload
+from fleet.settings import Settings
+
+CHUNK = 64 * 1024
+DOWNLOADS = SQLModel.metadata.tables[ArtifactDownload.__tablename__]
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class ArtifactError(Exception):
+    """An artifact cannot be used: what is wrong and what to do."""
+
+
+class RangeError(ValueError):
+    pass
+
+
+def artifacts_dir(settings: Settings) -> Path:
+    return settings.artifacts_dir or settings.data_dir / "artifacts"
+
+
+def artifact_path(settings: Settings, release: Release) -> Path:
+    if "://" in release.artifact:
+        raise ArtifactError(
+            f"release {release.version} names a URL ({release.artifact}); the controller serves "
+            f"files only. Fix: download it, check it, and put it in {artifacts_dir(settings)}"
+        )
+    return artifacts_dir(settings) / Path(release.artifact).name
+
+
+_verified: dict[tuple[Path, int, int], str] = {}
+_verified_lock = threading.Lock()
+
+
+def _sha256_of(path: Path) -> str:
+    stat = path.stat()
+    key = (path.resolve(), stat.st_size, stat.st_mtime_ns)
+    with _verified_lock:
+        known = _verified.get(key)
+    if known is not None:
+        return known
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    with _verified_lock:
+        _verified[key] = value
+    return value
+
+
+def verified_artifact(settings: Settings, release: Release) -> Path:
+    """The artifact's file, only if its size and SHA-256 are the release's: a file that does
+    not match is never offered to an agent, let alone pushed to a device."""
+    path = artifact_path(settings, release)
+    if not path.is_file():
+        raise ArtifactError(
+            f"artifact {path} of release {release.version} is missing. Fix: put the file "
+            "there (FLEET_ARTIFACTS_DIR)"
+        )
+    size = path.stat().st_size
+    if size != release.size:
+        raise ArtifactError(
+            f"artifact {path} is {size} bytes, release {release.version} says {release.size}: "
+            "it is not the file the profile lists. Fix: replace the file or correct the profile"
+        )
+    actual = _sha256_of(path)
+    if actual != release.sha256:
+        raise ArtifactError(
+            f"artifact {path} has SHA-256 {actual}, release {release.version} says "
+            f"{release.sha256}: it is not pushed. Fix: replace the file with the vendor's, "
+            "or correct the profile"
+        )
+    return path
+
+
+def release_by_sha(profiles: dict[str, Profile], sha256: str) -> tuple[Profile, Release] | None:
+    for profile in profiles.values():
+        for release in profile.releases:
+            if release.sha256 == sha256:
+                return profile, release
+    return None
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single `bytes=` range, None for the whole file."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if not match or match.group(1) == match.group(2) == "":
+        raise RangeError(f"unsupported Range {header!r}: send one range, bytes=START-[END]")
+    first_text, last_text = match.groups()
+    if first_text == "":  # a suffix: the last N bytes
+        first, last = max(size - int(last_text), 0), size - 1
+    else:
+        first = int(first_text)
+        last = min(int(last_text), size - 1) if last_text else size - 1
+    if first >= size or first > last:
+        raise RangeError(f"range {header!r} is outside the {size}-byte artifact")
+    return first, last
+
+
+@dataclass
+class ServedBytes:
+    """Bytes served by this process, per (site, sha256): what the tests and /metrics read."""
+
+    counts: dict[tuple[str, str], int]
+
+    def add(self, site: str, sha256: str, count: int) -> None:
+        self.counts[(site, sha256)] = self.counts.get((site, sha256), 0) + count
+
+
+SERVED = ServedBytes({})
+
+
+def stream_file(
+    path: Path, first: int, last: int, on_done: Callable[[int], None]
+) -> Iterator[bytes]:
+    """The bytes first..last of `path`; `on_done` gets how many actually went out, even when
+    the client hung up half-way (that is what the link paid for)."""
+    sent = 0
+    try:
+        with path.open("rb") as handle:
+            handle.seek(first)
+            remaining = last - first + 1
+            while remaining > 0:
+                chunk = handle.read(min(CHUNK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+                sent += len(chunk)
+    finally:
+        on_done(sent)
+
+
+def record_download(
+    engine: Engine, site: str, sha256: str, sent: int, ranged: bool, now: datetime
+) -> None:
+    SERVED.add(site, sha256, sent)
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    values = {
+        "site_code": site,
+        "sha256": sha256,
+        "bytes_served": sent,
+        "requests": 1,
+        "range_requests": int(ranged),
+        "last_at": now,
+    }
+    stmt = insert(DOWNLOADS).values(values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["site_code", "sha256"],
+        set_={
+            "bytes_served": DOWNLOADS.c.bytes_served + sent,
+            "requests": DOWNLOADS.c.requests + 1,
+            "range_requests": DOWNLOADS.c.range_requests + int(ranged),
+            "last_at": now,
+        },
+    )
+    with engine.begin() as conn:
+        conn.execute(stmt)

@@ -1,0 +1,282 @@
+"""Creating a rollout (refused with the reasons when it cannot work) and the operator's
+moves: start, pause, resume, cancel."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime, time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session, col, select
+
+from agent.profiles import Profile
+from fleet.models import Device
+from fleet.rollouts.artifacts import ArtifactError, verified_artifact
+from fleet.rollouts.models import Rollout, RolloutDevice
+from fleet.rollouts.plan import (
+    ENDED,
+    DeviceUpdateState,
+    Policy,
+    RolloutState,
+    Wave,
+    assign_waves,
+    policy_problems,
+)
+from fleet.rollouts.windows import WindowPolicy
+from fleet.settings import Settings
+
+
+class RolloutRefused(ValueError):
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+class RolloutConflict(ValueError):
+    """The move does not apply to the rollout's state."""
+
+
+class TargetFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vendor: str | None = None
+    model: str | None = None
+    profile: str | None = None
+    sites: list[str] = Field(default_factory=list)
+    current_versions: list[str] = Field(default_factory=list)
+
+
+class WaveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    count: int | None = None
+    percent: float | None = None
+
+
+class WindowIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    margin_min: int = Field(default=30, ge=0, le=24 * 60)
+    nights_only: bool = False
+    weekends_only: bool = False
+
+
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    release_version: str
+    targets: TargetFilter
+    waves: list[WaveIn] = Field(default_factory=lambda: [WaveIn(count=1), WaveIn(percent=100)])
+    success_threshold_pct: float = 90.0
+    pause_for_approval: bool = False
+    abort_min_done: int = 3
+    abort_failure_pct: float = 20.0
+    device_timeout_s: float = 1800.0
+    max_retries: int = 1
+    window: WindowIn = WindowIn()
+    # Start at once (start: true), at start_at, or stay a draft until POST .../start.
+    start: bool = False
+    start_at: datetime | None = None
+
+    def policy(self) -> Policy:
+        return Policy(
+            waves=tuple(Wave(w.count, w.percent) for w in self.waves),
+            success_threshold_pct=self.success_threshold_pct,
+            pause_for_approval=self.pause_for_approval,
+            abort_min_done=self.abort_min_done,
+            abort_failure_pct=self.abort_failure_pct,
+            device_timeout_s=self.device_timeout_s,
+            max_retries=self.max_retries,
+            window=WindowPolicy(**self.window.model_dump()),
+        )
+
+
+def policy_to_json(policy: Policy) -> dict[str, Any]:
+    data = asdict(policy)
+    window = data["window"]
+    window["night_start"] = policy.window.night_start.isoformat()
+    window["night_end"] = policy.window.night_end.isoformat()
+    return data
+
+
+def policy_from_json(data: dict[str, Any]) -> Policy:
+    window = dict(data.get("window", {}))
+    for key in ("night_start", "night_end"):
+        if key in window:
+            window[key] = time.fromisoformat(window[key])
+    return Policy(
+        waves=tuple(Wave(**w) for w in data.get("waves", [])),
+        success_threshold_pct=data["success_threshold_pct"],
+        pause_for_approval=data["pause_for_approval"],
+        abort_min_done=data["abort_min_done"],
+        abort_failure_pct=data["abort_failure_pct"],
+        device_timeout_s=data["device_timeout_s"],
+        max_retries=data["max_retries"],
+        window=WindowPolicy(**window),
+    )
+
+
+def _matching(session: Session, targets: TargetFilter) -> list[Device]:
+    query = select(Device).where(col(Device.retired_at).is_(None))
+    if targets.vendor:
+        query = query.where(col(Device.vendor).ilike(targets.vendor))
+    if targets.model:
+        query = query.where(Device.model == targets.model)
+    if targets.profile:
+        query = query.where(Device.profile == targets.profile)
+    if targets.sites:
+        query = query.where(col(Device.site_code).in_(targets.sites))
+    if targets.current_versions:
+        query = query.where(col(Device.firmware).in_(targets.current_versions))
+    return list(session.exec(query.order_by(col(Device.id))))
+
+
+def create_rollout(
+    session: Session,
+    profiles: dict[str, Profile],
+    settings: Settings,
+    request: RolloutRequest,
+    now: datetime,
+) -> Rollout:
+    """Validate and store a rollout with its target devices; raise RolloutRefused with every
+    reason it cannot work (nothing is stored then)."""
+    devices = _matching(session, request.targets)
+    filter_text = request.targets.model_dump(exclude_defaults=True) or "everything"
+    if not devices:
+        raise RolloutRefused(
+            [f"no device matches the targets ({filter_text}): widen the filter or sync sites"]
+        )
+    reasons: list[str] = []
+    by_profile: dict[str, list[Device]] = {}
+    for device in devices:
+        by_profile.setdefault(device.profile, []).append(device)
+    releases = {}
+    for profile_id, members in sorted(by_profile.items()):
+        profile = profiles.get(profile_id)
+        release = profile.release(request.release_version) if profile else None
+        if profile is None or release is None:
+            reasons.append(
+                f"release {request.release_version} does not apply to model "
+                f"{members[0].model!r} (profile {profile_id}, {len(members)} targets, e.g. "
+                f"{members[0].id}): narrow the targets to a model that has this release"
+            )
+            continue
+        releases[profile_id] = (profile, release)
+    if len(releases) > 1:
+        reasons.append(
+            f"targets span models {', '.join(sorted(releases))}, each with its own artifact: "
+            "make one rollout per model (targets.profile)"
+        )
+    if reasons:
+        raise RolloutRefused(reasons)
+    profile, release = next(iter(releases.values()))
+    todo = [d for d in devices if d.firmware != release.version]
+    if not todo:
+        raise RolloutRefused([f"every target already runs {release.version}: nothing to do"])
+    stuck = [d for d in todo if not release.applies_to(d.firmware)]
+    if stuck:
+        shown = ", ".join(f"{d.id} on {d.firmware or 'unknown'}" for d in stuck[:5])
+        reasons.append(
+            f"release {release.version} upgrades only from {', '.join(release.upgrades_from)}; "
+            f"{len(stuck)} targets are not on those ({shown}): add current_versions to the "
+            "targets, or update them in steps"
+        )
+    policy = request.policy()
+    reasons += policy_problems(policy, len(todo))
+    method = profile.method_of(release)
+    if method == "agent":
+        try:
+            verified_artifact(settings, release)
+        except ArtifactError as exc:
+            reasons.append(str(exc))
+    if reasons:
+        raise RolloutRefused(reasons)
+
+    state = RolloutState.draft
+    if request.start:
+        state = (
+            RolloutState.scheduled
+            if request.start_at and request.start_at > now
+            else RolloutState.running
+        )
+    rollout = Rollout(
+        name=request.name,
+        profile=profile.id,
+        release_version=release.version,
+        release_sha256=release.sha256,
+        targets=request.targets.model_dump(),
+        policy=policy_to_json(policy),
+        state=state.value,
+        created_at=now,
+        start_at=request.start_at,
+        started_at=now if state == RolloutState.running else None,
+        updated_at=now,
+    )
+    session.add(rollout)
+    session.flush()
+    assert rollout.id is not None
+    waves = assign_waves([(d.id, d.site_code) for d in todo], policy.waves)
+    for device in todo:
+        session.add(
+            RolloutDevice(
+                rollout_id=rollout.id,
+                device_id=device.id,
+                site_code=device.site_code,
+                wave=waves[device.id],
+                state=DeviceUpdateState.pending.value,
+                method=method,
+                firmware_before=device.firmware,
+                updated_at=now,
+            )
+        )
+    session.commit()
+    session.refresh(rollout)
+    return rollout
+
+
+def start_rollout(
+    session: Session, rollout: Rollout, now: datetime, start_at: datetime | None
+) -> None:
+    if rollout.state != RolloutState.draft:
+        raise RolloutConflict(f"rollout {rollout.id} is {rollout.state}: only a draft is started")
+    if start_at is not None and start_at > now:
+        rollout.state, rollout.start_at = RolloutState.scheduled.value, start_at
+    else:
+        rollout.state, rollout.started_at = RolloutState.running.value, now
+    _save(session, rollout, now, "")
+
+
+def pause_rollout(session: Session, rollout: Rollout, now: datetime) -> None:
+    if rollout.state not in (RolloutState.running, RolloutState.scheduled):
+        raise RolloutConflict(
+            f"rollout {rollout.id} is {rollout.state}: only a running or scheduled one pauses"
+        )
+    rollout.state, rollout.pause_kind = RolloutState.paused.value, "operator"
+    _save(session, rollout, now, "paused by an operator: resume to go on")
+
+
+def resume_rollout(session: Session, rollout: Rollout, now: datetime) -> None:
+    if rollout.state != RolloutState.paused:
+        raise RolloutConflict(f"rollout {rollout.id} is {rollout.state}: only a paused one resumes")
+    if rollout.pause_kind == "threshold":
+        rollout.approved_through = rollout.current_wave  # the operator waives its threshold
+    rollout.state, rollout.pause_kind = RolloutState.running.value, ""
+    rollout.started_at = rollout.started_at or now
+    _save(session, rollout, now, "resumed by an operator")
+
+
+def cancel_rollout(session: Session, rollout: Rollout, now: datetime) -> None:
+    if rollout.state in ENDED:
+        raise RolloutConflict(f"rollout {rollout.id} is already {rollout.state}")
+    rollout.state, rollout.finished_at = RolloutState.aborted.value, now
+    _save(session, rollout, now, "cancelled by an operator: nothing more is sent")
+
+
+def _save(session: Session, rollout: Rollout, now: datetime, reason: str) -> None:
+    rollout.updated_at = now
+    if reason:
+        rollout.reason = reason
+    session.add(rollout)
+    session.commit()

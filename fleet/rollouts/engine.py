@@ -1,0 +1,429 @@
+"""The rollout tick: read the agents' reports, ask `plan.next_actions` what to do for each
+live rollout, write that down, then publish the commands.
+
+One transaction per tick, opened by taking the tick's lease: on SQLite the write lock and on
+PostgreSQL the lease row's lock are held until commit, so two controller processes never run
+a tick's body at once, and only the lease holder runs ticks while its lease is fresh.
+Commands go out after the commit; one that cannot be published puts its device back to
+pending, so nothing is marked sent that was not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, insert, update
+from sqlmodel import Session, SQLModel, col, select
+
+from agent.profiles import Profile
+from fleet.models import AgentMessage, AgentStatus, Device, Site
+from fleet.profile_book import profiles_in
+from fleet.protocol import Command, CommandKind, Topics
+from fleet.registry import timetable_from_json
+from fleet.rollouts.artifacts import ArtifactError, verified_artifact
+from fleet.rollouts.campaigns import policy_from_json
+from fleet.rollouts.models import Rollout, RolloutDevice, TickLease
+from fleet.rollouts.plan import (
+    FINAL,
+    IN_FLIGHT,
+    DeviceUpdateState,
+    DeviceView,
+    MarkDevice,
+    MoveRollout,
+    Policy,
+    RolloutState,
+    RolloutView,
+    Send,
+    next_actions,
+    on_device_report,
+)
+from fleet.rollouts.windows import next_window_start, window_open
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LEASE = "rollouts"
+REPORTS_PER_TICK = 5000
+Publish = Callable[[str, bytes], None]
+LIVE = (RolloutState.running.value, RolloutState.scheduled.value, RolloutState.paused.value)
+
+
+def new_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class TickResult:
+    holder: str
+    reports: int = 0
+    commands: list[Command] = field(default_factory=list)
+    moves: list[tuple[int, str, str]] = field(default_factory=list)  # (rollout, state, reason)
+
+
+def take_lease(session: Session, holder: str, now: datetime, lease_s: float) -> bool:
+    """Take or renew the tick's lease; False while another holder's lease is fresh."""
+    expires = now + timedelta(seconds=lease_s)
+    table = SQLModel.metadata.tables[TickLease.__tablename__]
+    stmt = (
+        update(table)
+        .where(table.c.name == LEASE)
+        .where((table.c.holder == holder) | (table.c.expires_at < now))
+        .values(holder=holder, expires_at=expires)
+    )
+    if session.connection().execute(stmt).rowcount == 1:
+        return True
+    if session.get(TickLease, LEASE) is not None:
+        return False
+    session.connection().execute(
+        insert(table).values(name=LEASE, holder=holder, expires_at=expires, cursor=0)
+    )
+    return True
+
+
+def tick(
+    engine: Engine,
+    settings: Settings,
+    now: datetime,
+    publish: Publish | None,
+    holder: str,
+) -> TickResult | None:
+    """One tick; None when another controller holds the lease."""
+    result = TickResult(holder)
+    with Session(engine) as session:
+        if not take_lease(session, holder, now, settings.rollout_lease_s):
+            session.rollback()
+            return None
+        profiles = profiles_in(settings.profiles_dir)
+        result.reports = _apply_reports(session, now)
+        rollouts = session.exec(select(Rollout).where(col(Rollout.state).in_(LIVE))).all()
+        for rollout in rollouts:
+            _advance(session, settings, profiles, rollout, now, result)
+        session.commit()
+    if result.commands:
+        _publish(engine, settings, publish, result.commands, now)
+    return result
+
+
+# --- the agents' reports ------------------------------------------------------------------
+
+
+def _apply_reports(session: Session, now: datetime) -> int:
+    lease = session.get(TickLease, LEASE)
+    assert lease is not None
+    rows = session.exec(
+        select(AgentMessage)
+        .where(col(AgentMessage.id) > lease.cursor)
+        .order_by(col(AgentMessage.id))
+        .limit(REPORTS_PER_TICK)
+    ).all()
+    applied = 0
+    for row in rows:
+        applied += _apply_report(session, row.kind, row.body, now)
+        lease.cursor = max(lease.cursor, row.id or 0)
+    session.add(lease)
+    return applied
+
+
+def _apply_report(session: Session, kind: str, body: dict[str, Any], now: datetime) -> int:
+    data = body.get("data") or {}
+    cmd_id = body.get("cmd_id") if kind == "cmd_ack" else data.get("cmd_id")
+    if not cmd_id:
+        return 0
+    target = session.exec(select(RolloutDevice).where(RolloutDevice.cmd_id == cmd_id)).first()
+    if target is None or target.state not in IN_FLIGHT:
+        return 0  # stale: an older attempt, or already settled
+    rollout = session.get(Rollout, target.rollout_id)
+    assert rollout is not None
+    policy = policy_from_json(rollout.policy)
+    view = _device_view(target, None, None, rollout)
+    if kind == "cmd_ack":
+        if body.get("ok"):
+            return 0  # success counts only when the device reports the version (events)
+        mark = on_device_report(
+            view, DeviceUpdateState.failed, policy, body.get("message") or "refused"
+        )
+    else:
+        try:
+            reported = DeviceUpdateState(data.get("state", ""))
+        except ValueError:
+            return 0
+        message = body.get("message") or reported.value
+        if (
+            reported == DeviceUpdateState.succeeded
+            and data.get("firmware") != rollout.release_version
+        ):
+            reported = DeviceUpdateState.failed
+            message = f"agent reported success but the device reports {data.get('firmware')!r}"
+        mark = on_device_report(view, reported, policy, message)
+        if reported == DeviceUpdateState.skipped:
+            mark = MarkDevice(
+                mark.device_id,
+                mark.state,
+                mark.message,
+                _next_window(session, rollout, target.site_code, now, after_current=True),
+            )
+    _mark(target, mark, now)
+    session.add(target)
+    return 1
+
+
+# --- one rollout --------------------------------------------------------------------------
+
+
+def _advance(
+    session: Session,
+    settings: Settings,
+    profiles: dict[str, Profile],
+    rollout: Rollout,
+    now: datetime,
+    result: TickResult,
+) -> None:
+    policy = policy_from_json(rollout.policy)
+    rows = session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id)).all()
+    registry = {
+        d.id: d
+        for d in session.exec(select(Device).where(col(Device.id).in_([r.device_id for r in rows])))
+    }
+    online = {
+        s.site_code: s.state == "online"
+        for s in session.exec(
+            select(AgentStatus).where(col(AgentStatus.site_code).in_({r.site_code for r in rows}))
+        )
+    }
+    devices = tuple(
+        _device_view(r, registry.get(r.device_id), online.get(r.site_code, False), rollout)
+        for r in rows
+    )
+    view = RolloutView(
+        state=RolloutState(rollout.state),
+        current_wave=rollout.current_wave,
+        target_version=rollout.release_version,
+        policy=policy,
+        devices=devices,
+        start_at=rollout.start_at,
+        approved_through=rollout.approved_through,
+    )
+    open_cache: dict[str, bool] = {}
+    next_cache: dict[str, datetime | None] = {}
+
+    def is_open(site: str) -> bool:
+        if site not in open_cache:
+            timetable, tz = _site_calendar(session, site)
+            open_cache[site] = window_open(now, timetable, tz, policy.window)
+        return open_cache[site]
+
+    def opens(site: str) -> datetime | None:
+        if site not in next_cache:
+            next_cache[site] = _next_window(session, rollout, site, now, policy=policy)
+        return next_cache[site]
+
+    actions = next_actions(view, now, is_open, opens)
+    by_id = {r.device_id: r for r in rows}
+    sends = [a for a in actions if isinstance(a, Send)]
+    artifact: tuple[str, int] = ("", 0)
+    if any(s.push for s in sends):
+        found = _artifact_url(settings, profiles, rollout, now, result, session)
+        if found is None:
+            return
+        artifact = found
+    for action in actions:
+        if isinstance(action, MarkDevice):
+            _mark(by_id[action.device_id], action, now)
+            session.add(by_id[action.device_id])
+        elif isinstance(action, MoveRollout):
+            _move(rollout, action, now, result)
+        else:
+            row = by_id[action.device_id]
+            _send(row, rollout, action, policy, artifact, now, result)
+            session.add(row)
+    session.add(rollout)
+
+
+def _artifact_url(
+    settings: Settings,
+    profiles: dict[str, Profile],
+    rollout: Rollout,
+    now: datetime,
+    result: TickResult,
+    session: Session,
+) -> tuple[str, int] | None:
+    """The artifact's URL for agents and its size, or None (and the rollout paused) when the
+    file on disk is not the release's: a mismatched artifact is never pushed."""
+    profile = profiles.get(rollout.profile)
+    release = profile.release(rollout.release_version) if profile else None
+    try:
+        if release is None or release.sha256 != rollout.release_sha256:
+            raise ArtifactError(
+                f"release {rollout.release_version} of {rollout.profile} is gone from the "
+                "profiles, or its SHA-256 changed since the rollout was made: start a new rollout"
+            )
+        verified_artifact(settings, release)
+    except ArtifactError as exc:
+        _move(
+            rollout, MoveRollout(RolloutState.paused, rollout.current_wave, str(exc)), now, result
+        )
+        rollout.pause_kind = "operator"
+        session.add(rollout)
+        return None
+    base = settings.public_url.rstrip("/")
+    return f"{base}/api/v1/firmware/artifacts/{rollout.release_sha256}", release.size
+
+
+def _send(
+    row: RolloutDevice,
+    rollout: Rollout,
+    action: Send,
+    policy: Policy,
+    artifact: tuple[str, int],
+    now: datetime,
+    result: TickResult,
+) -> None:
+    url, size = artifact
+    row.attempts += 1
+    row.cmd_id = f"r{rollout.id}-{row.device_id}-{row.attempts}"
+    row.sent_at, row.next_try_at, row.updated_at = now, None, now
+    row.state = DeviceUpdateState.sent.value
+    if not action.push:
+        row.message = f"watching for {row.method} to install {rollout.release_version}"
+        return
+    row.message = f"command {row.cmd_id} sent"
+    result.commands.append(
+        Command(
+            cmd_id=row.cmd_id,
+            kind=CommandKind.firmware_update,
+            site=row.site_code,
+            issued_at=now,
+            devices=[row.device_id],
+            args={
+                "rollout_id": rollout.id,
+                "profile": rollout.profile,
+                "version": rollout.release_version,
+                "sha256": rollout.release_sha256,
+                "size": size,
+                "url": url,
+                "timeout_s": policy.device_timeout_s,
+            },
+        )
+    )
+
+
+def _mark(row: RolloutDevice, mark: MarkDevice, now: datetime) -> None:
+    row.state, row.message, row.next_try_at, row.updated_at = (
+        mark.state.value,
+        mark.message,
+        mark.next_try_at,
+        now,
+    )
+
+
+def _move(rollout: Rollout, move: MoveRollout, now: datetime, result: TickResult) -> None:
+    if move.state == RolloutState.paused:
+        rollout.pause_kind = (
+            "approval" if move.current_wave != rollout.current_wave else "threshold"
+        )
+    if move.state == RolloutState.running and rollout.started_at is None:
+        rollout.started_at = now
+    if move.state in (RolloutState.aborted, RolloutState.completed):
+        rollout.finished_at = now
+    rollout.state, rollout.current_wave, rollout.reason = (
+        move.state.value,
+        move.current_wave,
+        move.reason,
+    )
+    rollout.updated_at = now
+    assert rollout.id is not None
+    result.moves.append((rollout.id, move.state.value, move.reason))
+    log.info("rollout %s: %s (%s)", rollout.id, move.state.value, move.reason)
+
+
+def _device_view(
+    row: RolloutDevice, device: Device | None, site_online: bool | None, rollout: Rollout
+) -> DeviceView:
+    reading = (device.last_reading or {}) if device else {}
+    return DeviceView(
+        device_id=row.device_id,
+        site_code=row.site_code,
+        wave=row.wave,
+        state=DeviceUpdateState(row.state),
+        attempts=row.attempts,
+        sent_at=row.sent_at,
+        next_try_at=row.next_try_at,
+        message=row.message,
+        firmware=device.firmware if device else None,
+        seen_at=device.last_seen_at if device else None,
+        reachable=device.reachable if device else None,
+        in_use=bool(device and device.power == "on" and reading.get("input")),
+        site_online=bool(site_online) if site_online is not None else True,
+        method=row.method,
+    )
+
+
+def _site_calendar(session: Session, site_code: str) -> tuple[Any, ZoneInfo]:
+    site = session.get(Site, site_code)
+    if site is None:
+        raise LookupError(f"site {site_code} is not registered")
+    return timetable_from_json(site.timetable), ZoneInfo(site.timezone)
+
+
+def _next_window(
+    session: Session,
+    rollout: Rollout,
+    site: str,
+    now: datetime,
+    *,
+    policy: Policy | None = None,
+    after_current: bool = False,
+) -> datetime | None:
+    timetable, tz = _site_calendar(session, site)
+    window = (policy or policy_from_json(rollout.policy)).window
+    return next_window_start(now, timetable, tz, window, after_current=after_current)
+
+
+def _publish(
+    engine: Engine,
+    settings: Settings,
+    publish: Publish | None,
+    commands: list[Command],
+    now: datetime,
+) -> None:
+    topics = Topics(settings.topic_root)
+    unsent = []
+    for command in commands:
+        try:
+            if publish is None:
+                raise ConnectionError("this controller has no MQTT link")
+            publish(topics.cmd(command.site), command.to_json())
+        except Exception as exc:  # the broker is down: the device goes back to pending
+            log.warning(
+                "could not publish %s (%s); it is sent again next tick", command.cmd_id, exc
+            )
+            unsent.append(command.cmd_id)
+    if not unsent:
+        return
+    with Session(engine) as session:
+        for row in session.exec(select(RolloutDevice).where(col(RolloutDevice.cmd_id).in_(unsent))):
+            if row.state == DeviceUpdateState.sent.value:
+                row.state, row.attempts, row.updated_at = (
+                    DeviceUpdateState.pending.value,
+                    row.attempts - 1,
+                    now,
+                )
+                row.message = "the controller could not reach the broker; sent again next tick"
+                session.add(row)
+        session.commit()
+
+
+def final_counts(rows: list[RolloutDevice]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    counts["done"] = sum(counts.get(s.value, 0) for s in FINAL)
+    return counts

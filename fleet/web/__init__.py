@@ -1,0 +1,25 @@
+"""The dashboard: server-rendered pages at `/`, their CSS and JS, and the HTML 404."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fleet.web import alerts_page, device_page, login_page, pages, programme_page
+from fleet.web.not_found import PageNotFound, http_error, page_not_found
+from fleet.web.templating import STATIC_DIR
+
+
+def install(app: FastAPI) -> None:
+    """Add the pages to the controller's app (called by `fleet.api.app.create_app`)."""
+    app.include_router(pages.router)
+    app.include_router(device_page.router)
+    app.include_router(alerts_page.router)
+    app.include_router(programme_page.router)
+    app.include_router(login_page.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_exception_handler(PageNotFound, page_not_found)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    # Rollouts and Reports join the menu when their issues land: no page for data that is not there.
+    app.state.web_nav = (("Overview", "/"), ("Alerts", "/alerts"), ("Programme", "/programme"))

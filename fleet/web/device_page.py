@@ -1,0 +1,114 @@
+"""One device's page: latest reading, charts from its samples, alerts, firmware history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from fleet.api.deps import SessionDep
+from fleet.auth.permissions import Allow
+from fleet.models import Device, Room, Site
+from fleet.web.alerts_page import recent_alerts_of_device
+from fleet.web.charts import line_chart, power_band
+from fleet.web.device_history import (
+    DEFAULT_WINDOW,
+    WINDOWS,
+    firmware_history,
+    history,
+    newest_sample_at,
+)
+from fleet.web.not_found import PageNotFound
+from fleet.web.templating import render, utc
+from fleet.web.viewer import ViewerDep
+
+router = APIRouter(include_in_schema=False)
+
+# Reading fields shown in the "latest reading" table, in this order, with their labels.
+READING_FIELDS = (
+    ("ts", "Read at"),
+    ("reachable", "Reachable"),
+    ("power", "Power"),
+    ("input", "Input"),
+    ("temperature_c", "Temperature (°C)"),
+    ("lamp_hours", "Lamp hours"),
+    ("filter_hours", "Filter hours"),
+    ("uptime_s", "Uptime"),
+    ("firmware", "Firmware"),
+    ("error", "Error"),
+)
+
+
+@router.get(
+    "/devices/{device_id}", response_class=HTMLResponse, dependencies=[Allow("devices:read")]
+)
+def device_page(
+    device_id: str,
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    window: str = DEFAULT_WINDOW,
+    partial: bool = False,
+) -> HTMLResponse:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise PageNotFound(
+            f"There is no device {device_id!r}.", "Open its site from the overview to find it."
+        )
+    if window not in WINDOWS:
+        window = DEFAULT_WINDOW
+    site = session.get(Site, device.site_code)
+    room = session.get(Room, device.room_id)
+    newest = newest_sample_at(session, device.id)
+    charts = None
+    if newest is not None:
+        h = history(session, device.id, newest, WINDOWS[window])
+        charts = {
+            "history": h,
+            "temperature": line_chart(
+                h.temperature, title="Temperature", unit="°", start=h.start, end=h.end
+            ),
+            "power": power_band(h.power, title="Power", start=h.start, end=h.end),
+            "lamp": line_chart(h.lamp_hours, title="Lamp hours", unit="", start=h.start, end=h.end)
+            if h.lamp_hours
+            else None,
+        }
+    reading = device.last_reading or {}
+    shown = [(label, _shown(key, reading.get(key))) for key, label in READING_FIELDS]
+    return render(
+        request,
+        "_device.html" if partial else "device.html",
+        viewer=viewer,
+        device=device,
+        site=site,
+        room=room,
+        reading=reading,
+        reading_fields=[(label, value) for label, value in shown if value is not None],
+        error_flags=reading.get("errors") or {},
+        metrics=reading.get("metrics") or {},
+        charts=charts,
+        window=window,
+        windows=list(WINDOWS),
+        firmware=firmware_history(session, device.id),
+        alerts=recent_alerts_of_device(session, device.id),
+    )
+
+
+def _shown(key: str, value: Any) -> str | None:
+    """A reading's value as a person reads it; None when the device did not report it."""
+    if value is None:
+        return None
+    if key == "ts":
+        return utc(datetime.fromisoformat(value))
+    if key == "reachable":
+        return "yes" if value else "no"
+    if key == "uptime_s":
+        minutes = int(value) // 60
+        return f"{minutes // 1440} d {minutes // 60 % 24} h {minutes % 60} min"
+    if key in ("lamp_hours", "filter_hours"):
+        return f"{value:,.0f} h"
+    if key == "temperature_c":
+        return f"{value:.1f}"
+    return str(value)

@@ -1,0 +1,43 @@
+"""Unknown pages and ids: a proper HTML 404 for people, the usual JSON for the API."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fleet.web.templating import render
+
+API_PREFIXES = ("/api/", "/docs", "/openapi.json", "/redoc", "/metrics", "/healthz", "/static/")
+
+
+class PageNotFound(Exception):
+    def __init__(self, what: str, hint: str = "") -> None:
+        super().__init__(what)
+        self.what = what
+        self.hint = hint
+
+
+async def page_not_found(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PageNotFound)
+    return render(request, "not_found.html", status_code=404, what=exc.what, hint=exc.hint)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """A 404 for a path no route knows: a page for people, JSON for the API and tools."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 401 and not request.url.path.startswith(API_PREFIXES):
+        # A page without a login: to the login form, and back here after it.
+        return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+    if exc.status_code == 404 and not request.url.path.startswith(API_PREFIXES):
+        return render(
+            request,
+            "not_found.html",
+            status_code=404,
+            what=f"There is no page at {request.url.path}.",
+            hint="",
+        )
+    return await http_exception_handler(request, exc)

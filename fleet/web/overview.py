@@ -1,0 +1,89 @@
+"""The fleet overview's rows: every site, what is wrong there, and why it stands out.
+
+Counts come from the same function as `GET /api/v1/sites`, so the page and the API agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlmodel import Session
+
+from fleet.api.routes.sites import list_sites
+from fleet.api.schemas import SiteSummary
+from fleet.web.alerts_page import OpenAlerts, open_alerts_by_site
+from fleet.web.programme_page import milestones_by_site
+from fleet.web.templating import PROBLEM_STATES, STATE_ORDER
+
+
+@dataclass
+class SiteRow:
+    site: SiteSummary
+    problems: list[str] = field(default_factory=list)  # why it stands out, worst first
+    open_alerts: OpenAlerts = field(default_factory=OpenAlerts)  # not yet acknowledged
+    milestone: str = "—"  # the latest reached in its installation programme
+    programme_late: bool = False
+
+    @property
+    def is_problem(self) -> bool:
+        return bool(self.problems)
+
+    @property
+    def never_reported(self) -> bool:
+        return self.site.last_reported_at is None and self.site.agent is None
+
+    @property
+    def troubled_devices(self) -> int:
+        return sum(self.site.devices_by_state.get(s, 0) for s in PROBLEM_STATES)
+
+
+def site_problems(site: SiteSummary, open_alerts: OpenAlerts = OpenAlerts()) -> list[str]:
+    """What an ops person should look at first; empty for a healthy (or silent, new) site."""
+    problems = []
+    if site.agent is not None and site.agent.state != "online":
+        problems.append(f"site agent {site.agent.state}")
+    for state in STATE_ORDER:
+        count = site.devices_by_state.get(state, 0)
+        if state in PROBLEM_STATES and count:
+            problems.append(f"{count} {state.replace('_', ' ')}")
+    # Warnings (a panel left on after hours) show in their column; only critical ones make
+    # a site stand out, or nearly every site would, every evening.
+    if open_alerts.critical:
+        plural = "s" if open_alerts.critical != 1 else ""
+        problems.append(f"{open_alerts.critical} critical alert{plural}")
+    return problems
+
+
+def site_rows(session: Session) -> list[SiteRow]:
+    alerts = open_alerts_by_site(session)
+    milestones = milestones_by_site(session)
+    rows = []
+    for site in list_sites(session):
+        open_alerts = alerts.get(site.code, OpenAlerts())
+        milestone, late = milestones.get(site.code, ("—", False))
+        rows.append(
+            SiteRow(
+                site=site,
+                problems=site_problems(site, open_alerts),
+                open_alerts=open_alerts,
+                milestone=milestone,
+                programme_late=late,
+            )
+        )
+    # Problem sites first, the most troubled on top; then by name.
+    rows.sort(key=lambda r: (not r.is_problem, -r.troubled_devices, r.site.name.lower()))
+    return rows
+
+
+def fleet_totals(rows: list[SiteRow]) -> dict[str, int]:
+    totals = dict.fromkeys(STATE_ORDER, 0)
+    for row in rows:
+        for state, count in row.site.devices_by_state.items():
+            totals[state] = totals.get(state, 0) + count
+    return totals
+
+
+def newest_report(rows: list[SiteRow]) -> datetime | None:
+    seen = [r.site.last_reported_at for r in rows if r.site.last_reported_at is not None]
+    return max(seen, default=None)

@@ -1,0 +1,92 @@
+// The dashboard's only script: refresh a page's live part in place, and sort tables.
+// No libraries: sites and ops offices may be offline, and nothing is fetched from elsewhere.
+"use strict";
+
+(function () {
+  var sortState = {}; // table index -> {column, direction}, kept across refreshes
+
+  function cellValue(row, column, kind) {
+    var cell = row.cells[column];
+    if (!cell) return "";
+    var raw = cell.hasAttribute("data-value") ? cell.getAttribute("data-value") : cell.textContent;
+    if (kind === "num") {
+      var n = parseFloat(raw);
+      return isNaN(n) ? -Infinity : n;
+    }
+    return raw.trim().toLowerCase();
+  }
+
+  function sortTable(table, column, direction) {
+    var header = table.tHead.rows[0].cells[column];
+    var kind = header.getAttribute("data-sort");
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = cellValue(a, column, kind), y = cellValue(b, column, kind);
+      return (x < y ? -1 : x > y ? 1 : 0) * direction;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th) {
+      th.removeAttribute("aria-sort");
+    });
+    header.setAttribute("aria-sort", direction > 0 ? "ascending" : "descending");
+  }
+
+  function wireSorting(root) {
+    var tables = root.querySelectorAll("table.sortable");
+    Array.prototype.forEach.call(tables, function (table, index) {
+      var state = sortState[index];
+      if (state) sortTable(table, state.column, state.direction);
+      Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, column) {
+        if (!th.hasAttribute("data-sort")) return;
+        th.tabIndex = 0;
+        var activate = function () {
+          var current = sortState[index];
+          var direction = current && current.column === column ? -current.direction : 1;
+          sortState[index] = { column: column, direction: direction };
+          sortTable(table, column, direction);
+        };
+        th.addEventListener("click", activate);
+        th.addEventListener("keydown", function (e) { if (e.key === "Enter") activate(); });
+      });
+    });
+  }
+
+  function startRefresh(live) {
+    var url = live.getAttribute("data-refresh");
+    var every = (parseInt(live.getAttribute("data-every"), 10) || 15) * 1000;
+    var stamp = document.getElementById("refreshed");
+    function tick() {
+      if (document.hidden) return; // no traffic on a metered link for a tab nobody looks at
+      fetch(url, { headers: { "Accept": "text/html" }, credentials: "same-origin" })
+        .then(function (resp) {
+          if (!resp.ok) throw new Error("HTTP " + resp.status);
+          return resp.text();
+        })
+        .then(function (html) {
+          live.innerHTML = html;
+          wireSorting(live);
+          live.dispatchEvent(new CustomEvent("refreshed"));
+          if (stamp) {
+            stamp.className = "refreshed";
+            stamp.textContent = "Updated " + new Date().toLocaleTimeString() + ".";
+          }
+        })
+        .catch(function (err) {
+          if (stamp) {
+            stamp.className = "refreshed refresh-failed";
+            stamp.textContent = "Could not refresh (" + err.message + "); showing older data.";
+          }
+        });
+    }
+    window.setInterval(tick, every);
+    document.addEventListener("visibilitychange", function () { if (!document.hidden) tick(); });
+    live.refreshNow = tick; // for tests and a future "refresh" button
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    wireSorting(document);
+    var live = document.getElementById("live");
+    if (live && live.hasAttribute("data-refresh")) startRefresh(live);
+  });
+})();

@@ -1,0 +1,72 @@
+"""Users and bearer tokens for API tests: one per role of the permission matrix.
+
+`ops_headers(engine)` is what an existing API test adds to call the API as ops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from fleet.auth.users import add_user, create_token
+
+PASSWORD = "correct horse battery"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    ops: str
+    technician: str  # of upm
+    vendor: str  # Seewo
+
+    def headers(self, role: str) -> dict[str, str]:
+        token = getattr(self, role, None)
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def user_token(
+    engine: Engine,
+    name: str,
+    role: str,
+    *,
+    sites: list[str] | None = None,
+    vendor: str | None = None,
+    ttl: timedelta | None = timedelta(hours=1),
+) -> str:
+    with Session(engine) as session:
+        add_user(session, name, role, sites=sites, vendor=vendor, password=PASSWORD)
+        token, _ = create_token(session, name, ttl=ttl)
+    return token
+
+
+def ops_headers(engine: Engine, name: str = "test-ops") -> dict[str, str]:
+    return {"Authorization": f"Bearer {user_token(engine, name, 'ops')}"}
+
+
+@pytest.fixture
+def tokens(registered: Engine) -> Tokens:
+    """ops, a technician of upm and a Seewo vendor, in the registered database."""
+    return Tokens(
+        ops=user_token(registered, "olga", "ops"),
+        technician=user_token(registered, "tariq", "technician", sites=["upm"]),
+        vendor=user_token(registered, "sven", "vendor", vendor="Seewo"),
+    )
+
+
+def ops_token_for(database_url: str, name: str = "stack-ops") -> str:
+    """An ops token in the database of a controller running as its own process."""
+    from fleet.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        return user_token(engine, name, "ops", ttl=timedelta(hours=6))
+    finally:
+        engine.dispose()
+
+
+def sign_in(page: object, base: str, token: str) -> None:
+    """Give a Playwright page the login cookie, as POST /api/v1/auth/token would."""
+    page.context.add_cookies([{"name": "fleet_token", "value": token, "url": base}])  # type: ignore[attr-defined]

@@ -1,0 +1,53 @@
+"""Helpers for the report tests: readings at a site's local times, fed through real ingest."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+
+from fleet.ingest import Ingest
+from fleet.protocol import MAX_READINGS_PER_BATCH
+from fleet.reports.rollup import roll_up_new_samples
+from fleet.settings import Settings
+from tests.fixtures_db import RECEIVED, health, reading
+
+KATHMANDU = ZoneInfo("Asia/Kathmandu")
+CASABLANCA = ZoneInfo("Africa/Casablanca")
+
+
+def at(day: str, hhmm: str, tz: ZoneInfo) -> datetime:
+    """A site's local wall time as aware UTC."""
+    local = datetime.combine(date.fromisoformat(day), time.fromisoformat(hhmm), tzinfo=tz)
+    return local.astimezone(UTC)
+
+
+def every(
+    device: str, start: datetime, end: datetime, step_s: float = 60, **fields: Any
+) -> list[dict[str, Any]]:
+    """One reading per poll in [start, end), all with `fields`."""
+    out = []
+    ts = start
+    while ts < end:
+        out.append(reading(device, ts, **fields))
+        ts += timedelta(seconds=step_s)
+    return out
+
+
+def feed(
+    ingest: Ingest, site: str, readings: list[dict[str, Any]], received_at: datetime = RECEIVED
+) -> None:
+    for i in range(0, len(readings), MAX_READINGS_PER_BATCH):
+        chunk = readings[i : i + MAX_READINGS_PER_BATCH]
+        ingest.handle([health(site, chunk, received_at=received_at)])
+
+
+def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
+    return Settings(data_dir=tmp_path, **overrides)
+
+
+def roll_up(engine: Engine, tmp_path: Path, now: datetime | None = None) -> int:
+    return roll_up_new_samples(engine, settings_for(tmp_path), now or datetime.now(UTC))

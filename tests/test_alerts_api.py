@@ -1,0 +1,119 @@
+"""The alerts API through a TestClient: filters, pagination, acknowledge, resolve."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from fleet.alerts.evaluation import evaluate_alerts, evaluate_devices
+from fleet.api.app import create_app
+from fleet.ingest import Ingest
+from fleet.settings import Settings
+from tests.fixtures_auth import ops_headers
+from tests.fixtures_db import agent_state, health, reading
+
+T = datetime.fromisoformat("2025-03-03T03:00:00+00:00")  # 11:00 in Kuala Lumpur, in class
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path)
+
+
+@pytest.fixture
+def client(ingest: Ingest, registered: Engine, settings: Settings) -> Iterator[TestClient]:
+    """upm: projector hot and at 95 % lamp, panel-1 with a fan warning; tuit offline."""
+    ingest.handle(
+        [
+            health(
+                "upm",
+                [
+                    reading("upm-sc2-projector", T, temperature_c=80, lamp_hours=4750),
+                    reading("upm-sc1-panel-1", T, errors={"fan": "warning"}),
+                ],
+            ),
+            health("tuit", [reading("tuit-sc1-projector", T)]),
+            agent_state("tuit", "offline", T, T),
+        ]
+    )
+    evaluate_alerts(registered, settings, T + timedelta(minutes=6))
+    app = create_app(settings, engine=registered)
+    with TestClient(app, headers=ops_headers(registered)) as client:
+        yield client
+
+
+def kinds(page: dict[str, object]) -> list[str]:
+    return sorted(item["kind"] for item in page["items"])  # type: ignore[attr-defined, index]
+
+
+def test_filters_select_by_kind_site_device_severity_state_and_since(client: TestClient) -> None:
+    everything = client.get("/api/v1/alerts").json()
+    assert everything["total"] == 4
+    assert kinds(everything) == ["device_error", "lamp_hours", "over_temperature", "site_offline"]
+
+    def get(**params: str) -> list[str]:
+        response = client.get("/api/v1/alerts", params=params)
+        assert response.status_code == 200, response.text
+        return kinds(response.json())
+
+    assert get(site="tuit") == ["site_offline"]
+    assert get(device="upm-sc2-projector") == ["lamp_hours", "over_temperature"]
+    assert get(severity="warning") == ["device_error", "lamp_hours"]
+    assert get(kind="over_temperature", state="open") == ["over_temperature"]
+    assert get(state="resolved") == []
+    assert get(since=(T + timedelta(hours=1)).isoformat()) == []
+    assert len(get(since=T.isoformat())) == 4
+
+    page = client.get("/api/v1/alerts", params={"limit": 3, "offset": 3}).json()
+    assert (page["total"], len(page["items"]), page["limit"], page["offset"]) == (4, 1, 3, 3)
+    assert client.get("/api/v1/alerts", params={"kind": "nonsense"}).status_code == 422
+    naive = client.get("/api/v1/alerts", params={"since": "2025-03-03T03:00:00"})
+    assert naive.status_code == 422 and "no timezone" in naive.text
+
+
+def test_ack_then_resolve_by_hand_keeps_the_alert_in_history(
+    client: TestClient, registered: Engine, settings: Settings
+) -> None:
+    [hot] = client.get("/api/v1/alerts", params={"kind": "over_temperature"}).json()["items"]
+    url = f"/api/v1/alerts/{hot['id']}"
+
+    acked = client.post(f"{url}/ack", json={"by": "ops-amina", "note": "fan checked Tuesday"})
+    assert acked.status_code == 200, acked.text
+    body = acked.json()
+    assert (body["state"], body["acknowledged_by"], body["ack_note"]) == (
+        "acknowledged",
+        "ops-amina",
+        "fan checked Tuesday",
+    )
+    # Still hot: acknowledged counts as open, so no second alert is raised.
+    evaluate_devices(registered, settings, T + timedelta(minutes=7), ["upm-sc2-projector"])
+    listed = client.get("/api/v1/alerts", params={"kind": "over_temperature"}).json()
+    assert listed["total"] == 1
+
+    resolved = client.post(f"{url}/resolve", json={"by": "ops-amina", "note": "fan replaced"})
+    assert resolved.status_code == 200
+    assert (resolved.json()["state"], resolved.json()["resolution"]) == ("resolved", "fan replaced")
+    assert client.get(url).json()["resolved_by"] == "ops-amina"
+    again = client.post(f"{url}/ack", json={"by": "x"})
+    assert again.status_code == 409 and "already resolved" in again.text
+
+    assert client.get("/api/v1/alerts/999999").status_code == 404
+    assert client.post(f"{url}/ack", json={"note": "no name"}).status_code == 422
+
+
+def test_site_list_counts_open_alerts(client: TestClient) -> None:
+    sites = {s["code"]: s for s in client.get("/api/v1/sites").json()}
+    assert sites["upm"]["open_alerts"] == 3
+    assert sites["tuit"]["open_alerts"] == 1
+    assert sites["ugb"]["open_alerts"] == 0
+    assert client.get("/api/v1/sites/upm").json()["open_alerts"] == 3
+
+
+def test_metrics_show_open_alerts_by_kind(client: TestClient) -> None:
+    text = client.get("/metrics").text
+    assert 'fleet_alerts_open{kind="site_offline"} 1.0' in text

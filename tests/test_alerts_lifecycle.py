@@ -1,0 +1,177 @@
+"""Alerts in the database: opened once, escalated in place, resolved when the condition clears,
+history kept; raised after ingest through its hook and by the scheduled job."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from fleet.alerts.evaluation import after_ingest, evaluate_alerts
+from fleet.alerts.models import Alert, AlertKind, AlertState, Severity, WebhookDelivery
+from fleet.alerts.reconcile import Judgement, _open
+from fleet.alerts.rules import Finding
+from fleet.ingest import Ingest
+from fleet.settings import Settings
+from tests.fixtures_db import agent_state, health, reading
+
+# 03:00 UTC on Monday 2025-03-03 is 11:00 in Kuala Lumpur: upm is in class (10:30-12:30).
+CLASS = datetime.fromisoformat("2025-03-03T03:00:00+00:00")
+PROJECTOR = "upm-sc2-projector"  # snmp-projector: lamp life 5000 h, 75 °C max
+
+
+def alerts(engine: Engine, **where: str) -> list[Alert]:
+    with Session(engine) as session:
+        query = select(Alert).order_by(col(Alert.id))
+        for name, value in where.items():
+            query = query.where(getattr(Alert, name) == value)
+        return list(session.exec(query).all())
+
+
+def open_gauge(kind: str) -> float | None:
+    return REGISTRY.get_sample_value("fleet_alerts_open", {"kind": kind})
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path)
+
+
+@pytest.fixture
+def clocked(ingest: Ingest, settings: Settings) -> Callable[[datetime], Ingest]:
+    """Ingest with the alerts hook, its clock pinned to the time given."""
+    ingest.after_commit.append(after_ingest(settings))
+
+    def at(now: datetime) -> Ingest:
+        ingest.clock = lambda: now
+        return ingest
+
+    return at
+
+
+def lamp(ts: datetime, hours: float) -> list[dict[str, object]]:
+    return [reading(PROJECTOR, ts, power="standby", lamp_hours=hours)]
+
+
+def test_one_open_alert_per_device_and_kind_escalated_then_resolved_with_history(
+    clocked: Callable[[datetime], Ingest], registered: Engine
+) -> None:
+    t = CLASS
+    clocked(t).handle([health("upm", lamp(t, 4600))])
+    clocked(t + timedelta(minutes=2)).handle(
+        [health("upm", lamp(t + timedelta(minutes=2), 4600.1))]
+    )
+
+    [alert] = alerts(registered, kind="lamp_hours")
+    assert (alert.state, alert.severity, alert.device_id) == ("open", "warning", PROJECTOR)
+    assert alert.site_code == "upm" and alert.opened_at == t
+    assert "4600 h, 92% of its 5000 h life" in alert.message
+
+    t2 = t + timedelta(minutes=4)
+    clocked(t2).handle([health("upm", lamp(t2, 5001))])
+    [alert] = alerts(registered, kind="lamp_hours")
+    assert (alert.state, alert.severity, alert.updated_at) == ("open", "critical", t2)
+
+    t3 = t + timedelta(minutes=6)  # lamp replaced
+    clocked(t3).handle([health("upm", lamp(t3, 3))])
+    [alert] = alerts(registered, kind="lamp_hours")
+    assert (alert.state, alert.resolved_at, alert.resolution) == (
+        "resolved",
+        t3,
+        "condition cleared",
+    )
+    assert alert.resolved_by is None
+
+    t4 = t + timedelta(minutes=8)
+    clocked(t4).handle([health("upm", lamp(t4, 4700))])
+    history = alerts(registered, kind="lamp_hours")
+    assert [a.state for a in history] == ["resolved", "open"]
+
+
+def test_unreachable_reading_keeps_reading_alerts_open(
+    clocked: Callable[[datetime], Ingest], registered: Engine
+) -> None:
+    t = CLASS
+    clocked(t).handle([health("upm", [reading(PROJECTOR, t, temperature_c=80)])])
+    t2 = t + timedelta(minutes=2)
+    clocked(t2).handle([health("upm", [reading(PROJECTOR, t2, reachable=False, error="timeout")])])
+    [alert] = alerts(registered, kind="over_temperature")
+    assert alert.state == "open"
+
+
+def test_scheduled_job_raises_time_based_alerts_and_the_gauge(
+    ingest: Ingest, registered: Engine, settings: Settings
+) -> None:
+    t = CLASS
+    ingest.handle(
+        [
+            health("upm", [reading(PROJECTOR, t, reachable=False, error="timeout")]),
+            health("tuit", [reading("tuit-sc1-projector", t)]),
+            agent_state("tuit", "offline", t, t),
+        ]
+    )
+    evaluate_alerts(registered, settings, t + timedelta(minutes=4))
+    assert alerts(registered) == []  # neither ten minutes of class nor five of outage yet
+
+    evaluate_alerts(registered, settings, t + timedelta(minutes=11))
+    [unreachable] = alerts(registered, kind="device_unreachable")
+    [offline] = alerts(registered, kind="site_offline")
+    assert unreachable.device_id == PROJECTOR and unreachable.severity == "critical"
+    assert offline.site_code == "tuit" and offline.device_id is None
+    assert "site agent tuit-agent-1 offline since" in offline.message
+    assert open_gauge("site_offline") == 1
+
+    later = t + timedelta(minutes=12)
+    ingest.handle(
+        [
+            agent_state("tuit", "online", later, later),
+            health("upm", [reading(PROJECTOR, later)], received_at=later),
+        ]
+    )
+    evaluate_alerts(registered, settings, later)
+    assert {a.state for a in alerts(registered)} == {"resolved"}
+    assert open_gauge("site_offline") == 0
+    with Session(registered) as session:
+        assert session.exec(select(WebhookDelivery)).all() == []  # no URL, no outbox rows
+
+
+def test_left_on_after_hours_is_judged_by_the_job_with_a_fresh_reading(
+    ingest: Ingest, registered: Engine, settings: Settings
+) -> None:
+    # 08:40 UTC is 16:40 in Kuala Lumpur: 40 min after Monday's last class.
+    at = datetime.fromisoformat("2025-03-03T08:40:00+00:00")
+    ingest.handle([health("upm", [reading("upm-sc1-panel-1", at - timedelta(minutes=1))])])
+    evaluate_alerts(registered, settings, at)
+    [alert] = alerts(registered, kind="left_on_after_hours")
+    assert "since 16:30 Asia/Kuala_Lumpur" in alert.message
+
+
+def test_second_unresolved_alert_for_the_same_subject_and_kind_is_refused(
+    registered: Engine,
+) -> None:
+    judgement = Judgement("upm", PROJECTOR, frozenset(), frozenset())
+    finding = Finding(AlertKind.device_error, Severity.warning, "fan=warning")
+    with registered.begin() as conn:
+        first = _open(conn, judgement, finding, CLASS)
+        again = _open(conn, judgement, finding, CLASS)  # a racing writer: no second row
+    assert first is not None and again is None
+    with pytest.raises(IntegrityError), registered.begin() as conn:
+        conn.execute(
+            Alert.__table__.insert().values(  # type: ignore[attr-defined]
+                kind="device_error",
+                severity="warning",
+                state=AlertState.acknowledged.value,
+                subject=f"device:{PROJECTOR}",
+                site_code="upm",
+                device_id=PROJECTOR,
+                message="duplicate",
+                opened_at=CLASS,
+                updated_at=CLASS,
+            )
+        )

@@ -1,0 +1,207 @@
+"""Authentication and refusals: login, and every kind of bad token or out-of-scope request is
+refused, logged in the audit log, and changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from fleet.api.app import create_app
+from fleet.auth.models import ApiToken, AuditEntry
+from fleet.auth.tokens import token_hash
+from fleet.auth.users import revoke_user
+from fleet.protocol import utcnow
+from fleet.settings import Settings
+from tests.fixtures_auth import PASSWORD, Tokens, user_token
+
+
+@pytest.fixture
+def client(registered: Engine) -> Iterator[TestClient]:
+    app = create_app(Settings(database_url=str(registered.url)), engine=registered)
+    with TestClient(app) as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def denied(engine: Engine) -> list[AuditEntry]:
+    with Session(engine) as session:
+        return list(session.exec(select(AuditEntry).where(AuditEntry.outcome == "denied")))
+
+
+def test_login_gives_short_lived_token_and_cookie(client: TestClient, tokens: Tokens) -> None:
+    answer = client.post("/api/v1/auth/token", data={"username": "tariq", "password": PASSWORD})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["token_type"] == "bearer" and body["expires_in"] == 3600
+    assert "fleet_token" in answer.cookies
+    me = client.get("/api/v1/auth/me", headers=bearer(body["access_token"]))
+    assert me.json() == {"name": "tariq", "role": "technician", "sites": ["upm"], "vendor": None}
+
+
+def test_wrong_password_is_refused_and_audited(client: TestClient, tokens: Tokens) -> None:
+    answer = client.post("/api/v1/auth/token", data={"username": "tariq", "password": "nope"})
+    assert answer.status_code == 401
+    assert "nope" not in answer.text
+    audit = client.get("/api/v1/audit?action=login", headers=tokens.headers("ops")).json()
+    assert [(e["actor"], e["outcome"]) for e in audit["items"]] == [("tariq", "denied")]
+
+
+def test_tokens_are_stored_only_as_hashes(registered: Engine, tokens: Tokens) -> None:
+    with Session(registered) as session:
+        stored = {t.token_hash for t in session.exec(select(ApiToken))}
+    assert token_hash(tokens.ops) in stored and tokens.ops not in stored
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("missing", "missing"),
+        ("malformed", "malformed"),
+        ("unknown", "unknown"),
+        ("expired", "expired"),
+        ("revoked", "revoked"),
+    ],
+)
+def test_bad_tokens_are_refused_with_401_and_logged(
+    client: TestClient, registered: Engine, tokens: Tokens, case: str, reason: str
+) -> None:
+    if case == "missing":
+        headers: dict[str, str] = {}
+    elif case == "malformed":
+        headers = bearer("not-a-token")
+    elif case == "unknown":
+        headers = bearer("fleet_" + "A" * 43)
+    elif case == "expired":
+        headers = bearer(user_token(registered, "old", "ops", ttl=timedelta(seconds=-1)))
+    else:
+        token = user_token(registered, "gone", "ops")
+        with Session(registered) as session:
+            revoke_user(session, "gone")
+        headers = bearer(token)
+    answer = client.get("/api/v1/devices", headers=headers)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"] == "Bearer"
+    assert [e.detail for e in denied(registered)] == [{"status": 401, "reason": reason}]
+
+
+def test_wrong_role_is_403_and_nothing_changes(
+    client: TestClient, registered: Engine, tokens: Tokens
+) -> None:
+    answer = client.post(
+        "/api/v1/sites/upm/phases",
+        json={"phase": 9, "rooms": []},
+        headers=tokens.headers("technician"),
+    )
+    assert answer.status_code == 403
+    phases = client.get("/api/v1/sites/upm/phases", headers=tokens.headers("ops")).json()
+    assert all(p["phase"] != 9 for p in phases)
+    (entry,) = denied(registered)
+    assert (entry.actor, entry.action, entry.detail) == (
+        "tariq",
+        "programme:write",
+        {"status": 403, "reason": "role"},
+    )
+
+
+def test_technician_sees_only_their_sites(client: TestClient, tokens: Tokens) -> None:
+    headers = tokens.headers("technician")
+    devices = client.get("/api/v1/devices?limit=1000", headers=headers).json()["items"]
+    assert devices and {d["site_code"] for d in devices} == {"upm"}
+    sites = client.get("/api/v1/sites", headers=headers).json()
+    assert [s["code"] for s in sites] == ["upm"]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("GET", "/api/v1/devices?site=tribhuvan", None),  # a query
+        ("GET", "/api/v1/sites/tribhuvan", None),  # a path
+        ("GET", "/api/v1/alerts?site=tribhuvan", None),
+        ("POST", "/api/v1/enrolment/tokens", {"site": "tribhuvan"}),  # a body
+    ],
+)
+def test_technician_naming_another_site_is_refused(
+    client: TestClient, registered: Engine, tokens: Tokens, method: str, url: str, body: object
+) -> None:
+    answer = client.request(method, url, json=body, headers=tokens.headers("technician"))
+    assert answer.status_code == 403, answer.text
+    assert "tribhuvan" in answer.json()["detail"]
+    assert [e.detail for e in denied(registered)] == [{"status": 403, "reason": "scope"}]
+
+
+def test_vendor_sees_only_its_devices_and_not_others_by_id(
+    client: TestClient, tokens: Tokens
+) -> None:
+    headers = tokens.headers("vendor")
+    devices = client.get("/api/v1/devices?limit=1000", headers=headers).json()["items"]
+    assert devices and {d["vendor"] for d in devices} == {"Seewo"}
+    other = client.get("/api/v1/devices/usthb-sc1-panel-1", headers=headers)  # MAXHUB
+    missing = client.get("/api/v1/devices/no-such-device", headers=headers)
+    assert other.status_code == missing.status_code == 404
+    assert other.json()["detail"].replace("usthb-sc1-panel-1", "X") == missing.json()[
+        "detail"
+    ].replace("no-such-device", "X")
+    assert client.get("/api/v1/devices?vendor=MAXHUB", headers=headers).status_code == 403
+    assert client.get("/api/v1/reports?vendor=maxhub", headers=headers).status_code == 403
+    assert client.get("/api/v1/sites", headers=headers).status_code == 403
+
+
+def test_audit_log_is_for_ops_only(client: TestClient, tokens: Tokens) -> None:
+    assert client.get("/api/v1/audit", headers=tokens.headers("ops")).status_code == 200
+    for role in ("technician", "vendor"):
+        assert client.get("/api/v1/audit", headers=tokens.headers(role)).status_code == 403
+
+
+def test_logout_revokes_the_login_token(client: TestClient, tokens: Tokens) -> None:
+    token = client.post(
+        "/api/v1/auth/token", data={"username": "olga", "password": PASSWORD}
+    ).json()["access_token"]
+    assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
+    client.cookies.clear()
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).status_code == 401
+
+
+def test_login_token_expires(registered: Engine, client: TestClient, tokens: Tokens) -> None:
+    token = client.post(
+        "/api/v1/auth/token", data={"username": "olga", "password": PASSWORD}
+    ).json()["access_token"]
+    with Session(registered) as session:
+        row = session.exec(select(ApiToken).where(ApiToken.token_hash == token_hash(token))).one()
+        row.expires_at = utcnow() - timedelta(seconds=1)
+        session.add(row)
+        session.commit()
+    client.cookies.clear()
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).status_code == 401
+
+
+def test_dashboard_sends_to_login_and_back(client: TestClient, tokens: Tokens) -> None:
+    first = client.get("/sites/upm", follow_redirects=False)
+    assert (first.status_code, first.headers["location"]) == (303, "/login?next=/sites/upm")
+    wrong = client.post("/login", data={"username": "tariq", "password": "x", "next": "/"})
+    assert wrong.status_code == 401
+    answer = client.post(
+        "/login",
+        data={"username": "tariq", "password": PASSWORD, "next": "/sites/upm"},
+        follow_redirects=False,
+    )
+    assert (answer.status_code, answer.headers["location"]) == (303, "/sites/upm")
+    assert client.get("/sites/upm").status_code == 200
+    assert client.get("/sites/tribhuvan").status_code == 403  # not their site
+    assert client.get("/").status_code == 403  # the fleet overview is for ops
+
+
+def test_changes_and_report_downloads_are_audited(client: TestClient, tokens: Tokens) -> None:
+    client.post("/api/v1/rollouts/999/pause", headers=tokens.headers("ops"))
+    client.get("/api/v1/reports", headers=tokens.headers("vendor"))
+    entries = client.get("/api/v1/audit", headers=tokens.headers("ops")).json()["items"]
+    seen = {(e["actor"], e["action"], e["outcome"]) for e in entries}
+    assert ("olga", "rollouts.pause", "failed 404") in seen
+    assert ("sven", "reports.list_reports", "ok") in seen

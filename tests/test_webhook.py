@@ -1,0 +1,134 @@
+"""Webhook notifications against a real HTTP server on loopback: signed, retried with
+backoff from the outbox table, delivered once."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from fleet.alerts.evaluation import evaluate_devices
+from fleet.alerts.models import WebhookDelivery
+from fleet.alerts.webhook import retry_delay, send_due
+from fleet.ingest import Ingest
+from fleet.settings import Settings
+from tests.fixtures_db import health, reading
+
+SECRET = "s3cret-shared-with-the-receiver"
+T = datetime.fromisoformat("2025-03-03T03:00:00+00:00")
+
+
+class Receiver:
+    """Answers 500 to the first `failures` requests, then 204; keeps what it received."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append((dict(self.headers), body))
+                failing = len(receiver.received) <= receiver.failures
+                self.send_response(500 if failing else 204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/fleet"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(failures=2)
+    r.thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+def deliveries(engine: Engine) -> list[WebhookDelivery]:
+    with Session(engine) as session:
+        return list(session.exec(select(WebhookDelivery)).all())
+
+
+def test_signed_notification_retried_with_backoff_and_delivered_once(
+    ingest: Ingest, registered: Engine, receiver: Receiver, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, webhook_url=receiver.url, webhook_secret=SECRET)
+    ingest.handle([health("upm", [reading("upm-sc2-projector", T, temperature_c=90)])])
+    evaluate_devices(registered, settings, T, ["upm-sc2-projector"])
+    [queued] = deliveries(registered)
+    assert queued.event == "alert.opened" and queued.next_attempt_at == T
+
+    assert send_due(registered, settings, T) == 0  # 500
+    assert send_due(registered, settings, T + timedelta(seconds=0.5)) == 0  # not due: waits 1 s
+    assert len(receiver.received) == 1
+    assert send_due(registered, settings, T + timedelta(seconds=1)) == 0  # 500, then waits 2 s
+    assert send_due(registered, settings, T + timedelta(seconds=2.5)) == 0
+    assert send_due(registered, settings, T + timedelta(seconds=3)) == 1  # 204
+    assert send_due(registered, settings, T + timedelta(hours=1)) == 0  # nothing left
+
+    assert len(receiver.received) == 3
+    [sent] = deliveries(registered)
+    assert sent.attempts == 3 and sent.delivered_at == T + timedelta(seconds=3)
+    assert sent.next_attempt_at is None and sent.last_error is None
+    ids = {headers["X-Fleet-Delivery"] for headers, _ in receiver.received}
+    assert ids == {sent.delivery_id}  # the same delivery each time: the receiver can dedup
+    for headers, body in receiver.received:
+        expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["X-Fleet-Signature"], f"sha256={expected}")
+    payload = json.loads(receiver.received[-1][1])
+    assert payload["event"] == "alert.opened" and payload["delivery"] == sent.delivery_id
+    assert payload["alert"]["kind"] == "over_temperature"
+    assert payload["alert"]["device_id"] == "upm-sc2-projector"
+
+
+def test_resolution_is_notified_and_a_dead_receiver_is_given_up_on(
+    ingest: Ingest, registered: Engine, tmp_path: Path
+) -> None:
+    # Port 9 on loopback (discard) has no listener here: every attempt fails at once.
+    settings = Settings(
+        data_dir=tmp_path,
+        webhook_url="http://127.0.0.1:9/none",
+        webhook_secret=SECRET,
+        webhook_max_attempts=2,
+    )
+    ingest.handle([health("upm", [reading("upm-sc2-projector", T, temperature_c=90)])])
+    evaluate_devices(registered, settings, T, ["upm-sc2-projector"])
+    later = T + timedelta(minutes=1)
+    ingest.handle([health("upm", [reading("upm-sc2-projector", later, temperature_c=50)])])
+    evaluate_devices(registered, settings, later, ["upm-sc2-projector"])
+    assert [d.event for d in deliveries(registered)] == ["alert.opened", "alert.resolved"]
+
+    send_due(registered, settings, later)
+    send_due(registered, settings, later + timedelta(seconds=1))
+    for delivery in deliveries(registered):
+        assert delivery.attempts == 2 and delivery.failed_at is not None
+        assert delivery.next_attempt_at is None
+        assert delivery.last_error is not None and "cannot reach http://127.0.0.1:9/none" in (
+            delivery.last_error
+        )
+
+
+def test_backoff_doubles_from_one_second() -> None:
+    assert [retry_delay(n).total_seconds() for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
+    assert retry_delay(40).total_seconds() == 3600
+
+
+def test_webhook_url_without_a_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="FLEET_WEBHOOK_SECRET is empty"):
+        Settings(webhook_url="http://127.0.0.1:1/x")
