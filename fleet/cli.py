@@ -36,6 +36,13 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(envvar="FLEET_PORT")] = 8000,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="all (default), api, ingest or scheduler: one part of a scaled-out "
+            "controller (FLEET_ROLE)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the controller: API, dashboard and MQTT ingest.
@@ -54,6 +61,8 @@ def serve(
     _logging(log_level)
     try:
         settings = Settings()
+        if role:
+            settings = Settings.model_validate({**settings.model_dump(), "role": role})
         controller = build_controller(settings)
     except ValidationError as exc:
         typer.echo(f"error: bad FLEET_* setting: {exc}", err=True)

@@ -1,18 +1,23 @@
 """The controller's schedule: every periodic job in one place, run by APScheduler.
 
 Each job is a plain function of (engine, settings, now) so it is tested with a fixed clock
-and no scheduler. Add a job by adding one `Job` to `JOBS`.
+and no scheduler. Add a job by adding one `Job` to `jobs()`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import SQLModel
 
 from fleet.settings import Settings
 
@@ -52,10 +57,60 @@ def jobs() -> list[Job]:
     ]
 
 
-def _guarded(job: Job, engine: Engine, settings: Settings) -> Callable[[], None]:
-    def run() -> None:
+class Leadership:
+    """Exactly one scheduler runs the jobs, however many controller processes run one: the
+    holder of the `scheduler` lease (a row whose atomic UPDATE works on SQLite and
+    PostgreSQL alike). A leader that dies is replaced once its lease has expired."""
+
+    NAME = "scheduler"
+
+    def __init__(self, engine: Engine, lease_s: float = 30.0, holder: str | None = None) -> None:
+        self.engine = engine
+        self.lease_s = lease_s
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.leading = False
+
+    def hold(self, now: datetime) -> bool:
+        from fleet.rollouts.models import TickLease
+
+        table = SQLModel.metadata.tables[TickLease.__tablename__]
+        expires = now + timedelta(seconds=self.lease_s)
         try:
-            job.func(engine, settings, datetime.now(UTC))
+            with self.engine.begin() as conn:
+                taken = conn.execute(
+                    update(table)
+                    .where(table.c.name == self.NAME)
+                    .where((table.c.holder == self.holder) | (table.c.expires_at < now))
+                    .values(holder=self.holder, expires_at=expires)
+                ).rowcount
+                if not taken:
+                    exists = conn.execute(
+                        select(table.c.name).where(table.c.name == self.NAME)
+                    ).first()
+                    if exists is None:
+                        conn.execute(
+                            insert(table).values(
+                                name=self.NAME, holder=self.holder, expires_at=expires, cursor=0
+                            )
+                        )
+                        taken = 1
+        except IntegrityError:  # another process inserted the row first
+            taken = 0
+        if bool(taken) != self.leading:
+            log.info("scheduler %s: %s", self.holder, "now leading" if taken else "another leads")
+        self.leading = bool(taken)
+        return self.leading
+
+
+def _guarded(
+    job: Job, engine: Engine, settings: Settings, leadership: Leadership | None = None
+) -> Callable[[], None]:
+    def run() -> None:
+        now = datetime.now(UTC)
+        if leadership is not None and not leadership.hold(now):
+            return
+        try:
+            job.func(engine, settings, now)
         except Exception:  # one failing run must not stop the schedule
             log.exception("scheduled job %s failed; it runs again in %.0f s", job.id, job.every_s)
 
@@ -71,9 +126,10 @@ def build_scheduler(
     from fleet.rollouts.schedule import add_tick_job
 
     add_tick_job(scheduler, engine, settings, publish)
+    leadership = Leadership(engine)
     for job in jobs():
         scheduler.add_job(
-            _guarded(job, engine, settings),
+            _guarded(job, engine, settings, leadership),
             "interval",
             seconds=job.every_s,
             id=job.id,

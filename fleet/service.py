@@ -57,6 +57,8 @@ def build_controller(settings: Settings) -> Controller:
         session_expiry_s=settings.mqtt_session_expiry_s,
         batch_max=settings.ingest_batch_max,
         batch_wait_s=settings.ingest_batch_wait_ms / 1000,
+        shared_group=settings.ingest_shared_group or None,
+        subscribe=settings.role in ("all", "ingest"),
     )
 
     @contextmanager
@@ -76,6 +78,11 @@ def build_controller(settings: Settings) -> Controller:
         finally:
             scheduler.shutdown(wait=True)
 
-    app = create_app(settings, engine, lifespan_extras=[run_ingest, run_schedule])
+    extras = []
+    if settings.role in ("all", "ingest", "scheduler"):
+        extras.append(run_ingest)  # the scheduler's MQTT client publishes rollout commands
+    if settings.role in ("all", "scheduler"):
+        extras.append(run_schedule)
+    app = create_app(settings, engine, lifespan_extras=extras)
     app.state.ingest_status = subscriber
     return Controller(settings, engine, ingest, subscriber, app, result)

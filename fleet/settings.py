@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,12 @@ class Settings(BaseSettings):
     # The broker keeps our session (and queued QoS 1 health) this long while we are down.
     mqtt_session_expiry_s: int = Field(default=SEVEN_DAYS_S, ge=0)
     topic_root: str = "fleet/v1"
+    # What this process runs: everything, or one part when the controller is scaled out
+    # (several `ingest` workers on a shared subscription, one `scheduler`, any number of `api`).
+    role: Literal["all", "api", "ingest", "scheduler"] = "all"
+    # With MQTT v5, ingest workers sharing this group split the health stream between them
+    # ($share/<group>/...); each worker keeps its own FLEET_MQTT_CLIENT_ID.
+    ingest_shared_group: str = ""
     sites_dir: Path = DEFAULT_SITES_DIR
     profiles_dir: Path = DEFAULT_PROFILES_DIR
     # Ingest groups up to this many messages, or waits at most this long, per transaction.

@@ -74,6 +74,7 @@ class Subscriber:
         batch_max: int = 500,
         batch_wait_s: float = 0.05,
         shared_group: str | None = None,
+        subscribe: bool = True,
     ) -> None:
         self.address = address
         self.ingest = ingest
@@ -84,6 +85,8 @@ class Subscriber:
         self._queue: queue.Queue[_Received] = queue.Queue()
         self._stop = threading.Event()
         self._shared_group = shared_group
+        # False for a scheduler-only process: it publishes commands and ingests nothing.
+        self._subscribe = subscribe
         self._v5 = address.protocol == "5"
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -174,7 +177,8 @@ class Subscriber:
         self.stats.connected = True
         self.stats.last_error = None
         log.info("ingest connected to %s", self.address.display())
-        client.subscribe([(t, 1) for t in self.subscriptions()])
+        if self._subscribe:
+            client.subscribe([(t, 1) for t in self.subscriptions()])
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any

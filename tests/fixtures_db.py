@@ -50,6 +50,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fleet.db'}"
         return
+    yield from _postgres_schema_url()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """PostgreSQL only, in a schema of the test's own, for what only runs there."""
+    yield from _postgres_schema_url()
+
+
+def _postgres_schema_url() -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:16]}"
     admin = _postgres_admin()
     admin.execute(f'CREATE SCHEMA "{schema}"')

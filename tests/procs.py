@@ -151,9 +151,9 @@ class Stack:
         wait_for(self.address_map.exists, 30, "the simulator's address map")
         return proc
 
-    def controller(self) -> Proc:
+    def controller(self, **env: str) -> Proc:
         proc = self._proc(
-            "controller", [str(BIN / "fleet"), "serve", "--port", str(self.http_port)]
+            "controller", [str(BIN / "fleet"), "serve", "--port", str(self.http_port)], **env
         )
         wait_for(lambda: self.get("/healthz") is not None, 60, "the controller's /healthz")
         if self.ops_token is None:
