@@ -23,10 +23,13 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from agent.broker import parse_mqtt_url
+from agent.config import LoadedSite
 from bench.brokers import MosquittoMissing, OwnMosquitto
 from fleet.auth.mqtt_auth import rotate_site_credential
+from fleet.db import make_engine, migrate
 from fleet.ingest import Ingest
 from fleet.models import DeadLetter, Sample
+from fleet.registry import sync_registry
 from fleet.subscriber import Subscriber
 from tests.conftest import need
 from tests.fixtures_db import RECEIVED, batch, reading
@@ -37,10 +40,13 @@ NOT_AUTHORIZED = 135
 
 
 @pytest.fixture
-def db(registered: Engine) -> Engine:
-    if registered.dialect.name != "sqlite":
-        pytest.skip("one database is enough for the broker's ACL")
-    return registered
+def db(tmp_path: Path, loaded_sites: list[LoadedSite]) -> Iterator[Engine]:
+    """One database is enough for the broker's ACL: SQLite."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
+    migrate(engine)
+    sync_registry(engine, loaded_sites)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

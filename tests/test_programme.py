@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
 from agent.config import LoadedSite
@@ -192,7 +191,7 @@ def test_classroom_reporting_outside_any_phase_is_flagged_for_review(
 
 
 def test_overdue_uses_the_site_date_on_a_fixed_clock(
-    registered: Engine, caplog: pytest.LogCaptureFixture
+    registered: Engine,
 ) -> None:
     def late(now: str) -> set[str]:
         with Session(registered) as session:
@@ -211,9 +210,25 @@ def test_overdue_uses_the_site_date_on_a_fixed_clock(
     assert ugb.next is not None and ugb.next.facts.planned == D("2025-12-31")
     assert [m.facts.milestone for m in ugb.overdue] == ["installed", "in_use"]
 
-    with caplog.at_level(logging.INFO, logger="fleet.programme.overview"):
-        check_overdue_milestones(registered, Settings(), at("2026-01-01T12:00:00"))
-    assert sum("programme_overdue" in r.message for r in caplog.records) == 5
+    # Raised through the alert mechanism: one open alert per late site, on a fixed clock.
+    check_overdue_milestones(registered, Settings(), at("2025-12-31T20:00:00"))
+    assert overdue_alerts(registered) == {"tuit": "open"}
+    check_overdue_milestones(registered, Settings(), at("2026-01-01T12:00:00"))
+    check_overdue_milestones(registered, Settings(), at("2026-01-01T13:00:00"))
+    assert overdue_alerts(registered) == {"tuit": "open", "ugb": "open", "usthb": "open"}
+    with registered.connect() as conn:
+        message = conn.execute(
+            text("SELECT message FROM alert WHERE site_code = 'ugb'")
+        ).scalar_one()
+    assert "installed planned 2025-12-31" in message
+
+
+def overdue_alerts(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT site_code, state FROM alert WHERE kind = 'programme_overdue'")
+        ).all()
+    return {site: state for site, state in rows}
 
 
 def test_csv_round_trips_into_another_database(

@@ -20,6 +20,7 @@ class AlertKind(StrEnum):
     device_error = "device_error"
     left_on_after_hours = "left_on_after_hours"
     firmware_below_minimum = "firmware_below_minimum"
+    programme_overdue = "programme_overdue"
 
 
 class Severity(StrEnum):

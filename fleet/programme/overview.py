@@ -11,6 +11,10 @@ from datetime import date, datetime
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from fleet.alerts.evaluation import update_gauge
+from fleet.alerts.models import AlertKind, Severity
+from fleet.alerts.reconcile import Judgement, reconcile
+from fleet.alerts.rules import Finding
 from fleet.models import Site
 from fleet.programme.milestones import MilestoneFacts, is_overdue, position
 from fleet.programme.models import ClassroomEvidence, MilestoneRecord, Phase
@@ -111,18 +115,35 @@ def programme_overview(
 
 
 def check_overdue_milestones(engine: Engine, settings: Settings, now: datetime) -> None:
-    """The scheduled check. The alerts module has no open/resolve call yet to raise
-    `programme_overdue` through; until it has, overdue milestones are logged here and shown as
-    `late` / `overdue` by GET /api/v1/programme."""
+    """The scheduled check: one `programme_overdue` alert per site while any of its planned
+    milestones is past its date (in the site's own calendar), resolved once none is."""
     with Session(engine) as session:
         overview = programme_overview(session, now)
+    judgements = []
     for site in overview:
-        for m in site.overdue:
-            log.info(
-                "programme_overdue: %s %s was planned for %s and is not reached (today %s at "
-                "the site): record it, or move its planned date",
-                m.subject,
-                m.facts.milestone,
-                m.facts.planned,
-                site.today,
-            )
+        finding = overdue_finding(site)
+        findings = frozenset({finding} if finding else set())
+        judgements.append(
+            Judgement(site.site.code, None, frozenset({AlertKind.programme_overdue}), findings)
+        )
+    with engine.begin() as conn:
+        result = reconcile(conn, judgements, now, notify=bool(settings.webhook_url))
+        update_gauge(conn)
+    if result.opened or result.resolved:
+        log.info(
+            "programme_overdue: %d opened, %d resolved", len(result.opened), len(result.resolved)
+        )
+
+
+def overdue_finding(site: SiteProgress) -> Finding | None:
+    if not site.overdue:
+        return None
+    late = "; ".join(
+        f"{m.subject} {m.facts.milestone} planned {m.facts.planned}" for m in site.overdue
+    )
+    return Finding(
+        AlertKind.programme_overdue,
+        Severity.warning,
+        f"past its planned date at {site.site.code} (today {site.today} there): {late}. "
+        "Record the milestone, or move its planned date",
+    )
