@@ -25,6 +25,22 @@ T = TypeVar("T")
 BIN = Path(sys.executable).parent
 
 
+def sample_counts(database_url: str) -> tuple[int, int]:
+    """Samples stored, and distinct (device, ts) among them: the two differ by duplicates."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            total = conn.execute(text("SELECT COUNT(*) FROM sample")).scalar_one()
+            distinct = conn.execute(
+                text("SELECT COUNT(*) FROM (SELECT DISTINCT device_id, ts FROM sample) AS d")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return int(total), int(distinct)
+
+
 def wait_for(
     condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
 ) -> T:

@@ -18,13 +18,12 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import create_engine, text
 from ulid import ULID
 
 from agent.config import DEFAULT_PROFILES_DIR
 from fleet.protocol import HealthBatch, Power, Reading, Topics
 from tests.fixtures_broker import OwnMosquitto, TestBroker
-from tests.procs import Stack, wait_for
+from tests.procs import Stack, sample_counts, wait_for
 
 FAST_POLL_S = 1
 
@@ -56,16 +55,7 @@ def stack(tmp_path: Path, own_mosquitto: OwnMosquitto, fast_profiles: Path) -> I
 
 
 def stored_counts(stack: Stack) -> tuple[int, int]:
-    engine = create_engine(stack.database_url)
-    try:
-        with engine.connect() as conn:
-            total = conn.execute(text("SELECT COUNT(*) FROM sample")).scalar_one()
-            distinct = conn.execute(
-                text("SELECT COUNT(*) FROM (SELECT DISTINCT device_id, ts FROM sample) AS d")
-            ).scalar_one()
-    finally:
-        engine.dispose()
-    return int(total), int(distinct)
+    return sample_counts(stack.database_url)
 
 
 def stored(stack: Stack) -> int:

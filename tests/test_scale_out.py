@@ -10,13 +10,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine
 from ulid import ULID
 
 from bench.brokers import OwnMosquitto
 from fleet.protocol import HealthBatch, Power, Reading, Topics
 from fleet.scheduler import Leadership
-from tests.procs import Stack, wait_for
+from tests.procs import Stack, sample_counts, wait_for
 
 DEVICES = [
     "upm-sc1-panel-1",
@@ -59,19 +59,6 @@ def batches(count: int) -> list[bytes]:
     return out
 
 
-def counts(url: str) -> tuple[int, int]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            total = conn.execute(text("SELECT COUNT(*) FROM sample")).scalar_one()
-            distinct = conn.execute(
-                text("SELECT COUNT(*) FROM (SELECT DISTINCT device_id, ts FROM sample) AS d")
-            ).scalar_one()
-    finally:
-        engine.dispose()
-    return int(total), int(distinct)
-
-
 @pytest.mark.timeout(240)
 def test_two_ingest_workers_split_the_load_and_a_killed_one_loses_nothing(
     tmp_path: Path, postgres_url: str
@@ -104,11 +91,11 @@ def test_two_ingest_workers_split_the_load_and_a_killed_one_loses_nothing(
             client.publish(topic, payload, qos=1).wait_for_publish(10)
         workers[0].controller(**shared)  # the same client id: its session, its queue
         expected = len(payloads) * len(DEVICES)
-        wait_for(lambda: counts(db_url)[0] >= expected, 90, f"{expected} readings stored")
+        wait_for(lambda: sample_counts(db_url)[0] >= expected, 90, f"{expected} readings stored")
         client.loop_stop()
         client.disconnect()
         received_b = workers[1].get("/healthz")["ingest"]["received"]
-        total, distinct = counts(db_url)
+        total, distinct = sample_counts(db_url)
         print(
             f"\n[shared subscription] sent {expected}, stored {total}, duplicates "
             f"{total - distinct}, lost {expected - distinct}; worker a took {received_a} "
