@@ -195,7 +195,10 @@ def test_dashboard_sends_to_login_and_back(client: TestClient, tokens: Tokens) -
     assert (answer.status_code, answer.headers["location"]) == (303, "/sites/upm")
     assert client.get("/sites/upm").status_code == 200
     assert client.get("/sites/tribhuvan").status_code == 403  # not their site
-    assert client.get("/").status_code == 403  # the fleet overview is for ops
+    overview = client.get("/")  # the overview, of their sites only
+    assert overview.status_code == 200 and 'data-site="upm"' in overview.text
+    assert 'data-site="tribhuvan"' not in overview.text
+    assert client.get("/programme").status_code == 403  # the programme page is for ops
 
 
 def test_changes_and_report_downloads_are_audited(client: TestClient, tokens: Tokens) -> None:

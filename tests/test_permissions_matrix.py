@@ -31,6 +31,7 @@ MAY = {
     "agent": EVERYONE,
     "authenticated": STAFF,
     "fleet:read": {"ops"},
+    "dashboard:read": {"ops", "technician", "vendor"},
     "sites:read": {"ops", "technician"},
     "devices:read": {"ops", "technician", "vendor"},
     "alerts:read": {"ops", "technician"},

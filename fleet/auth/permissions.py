@@ -38,7 +38,9 @@ POLICY: dict[str, frozenset[str]] = {
     "public": frozenset({ANYONE, *ROLES}),
     "agent": frozenset({ANYONE, *ROLES}),
     "authenticated": frozenset(ROLES),
-    "fleet:read": frozenset({"ops"}),  # fleet-wide views: overview, programme, firmware
+    "fleet:read": frozenset({"ops"}),  # fleet-wide views: programme, firmware
+    # The dashboard's overview and alerts pages, each filtered to the caller's scope.
+    "dashboard:read": frozenset(ROLES),
     "sites:read": frozenset({"ops", "technician"}),
     "devices:read": frozenset({"ops", "technician", "vendor"}),
     "alerts:read": frozenset({"ops", "technician"}),

@@ -6,7 +6,15 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fleet.web import alerts_page, device_page, login_page, pages, programme_page
+from fleet.web import (
+    alerts_page,
+    device_page,
+    login_page,
+    pages,
+    programme_page,
+    reports_page,
+    rollouts_page,
+)
 from fleet.web.not_found import PageNotFound, http_error, page_not_found
 from fleet.web.templating import STATIC_DIR
 
@@ -17,9 +25,17 @@ def install(app: FastAPI) -> None:
     app.include_router(device_page.router)
     app.include_router(alerts_page.router)
     app.include_router(programme_page.router)
+    app.include_router(rollouts_page.router)
+    app.include_router(reports_page.router)
     app.include_router(login_page.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(PageNotFound, page_not_found)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    # Rollouts and Reports join the menu when their issues land: no page for data that is not there.
-    app.state.web_nav = (("Overview", "/"), ("Alerts", "/alerts"), ("Programme", "/programme"))
+    # (label, path, the permission its page declares): each viewer sees the links it may open.
+    app.state.web_nav = (
+        ("Overview", "/", "dashboard:read"),
+        ("Alerts", "/alerts", "dashboard:read"),
+        ("Programme", "/programme", "fleet:read"),
+        ("Rollouts", "/rollouts", "rollouts:read"),
+        ("Reports", "/reports", "reports:read"),
+    )

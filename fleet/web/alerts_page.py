@@ -1,7 +1,9 @@
 """The alerts page (filter, acknowledge) and the alert counts other pages show.
 
 Acknowledging goes through the API's own handler, so the page and `POST
-/api/v1/alerts/{id}/ack` cannot disagree about what an acknowledgement is.
+/api/v1/alerts/{id}/ack` cannot disagree about what an acknowledgement is. Ops see every alert,
+a technician those of their sites (the API's own list, with its scope), a vendor only those
+about its own devices (the API has no alerts for vendors: they are listed here).
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
-from sqlalchemy import func
+from sqlalchemy import ColumnElement, func
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from fleet.alerts.models import Alert, AlertKind, AlertState, Severity
 from fleet.api.deps import SessionDep
-from fleet.api.routes.alerts import AckIn, acknowledge, list_alerts
-from fleet.auth.permissions import Allow
+from fleet.api.routes.alerts import AckIn, AlertOut, acknowledge, list_alerts
+from fleet.auth.permissions import Allow, Caller
+from fleet.models import Device
 from fleet.web.not_found import PageNotFound
 from fleet.web.templating import render
 from fleet.web.viewer import ViewerDep
@@ -36,18 +40,83 @@ class OpenAlerts:
     critical: int = 0
 
 
-def open_alerts_by_site(session: Session) -> dict[str, OpenAlerts]:
+def open_alerts_by_site(session: Session, vendor: str | None = None) -> dict[str, OpenAlerts]:
+    """Per site; with `vendor`, only the alerts about that vendor's devices."""
     query = (
         select(Alert.site_code, Alert.severity, func.count())
         .where(Alert.state == AlertState.open.value)
         .group_by(col(Alert.site_code), col(Alert.severity))
     )
+    if vendor is not None:
+        query = query.where(col(Alert.device_id).in_(_devices_of(vendor)))
     counts: dict[str, OpenAlerts] = {}
     for site, severity, count in session.exec(query):
         before = counts.get(site, OpenAlerts())
         critical = count if severity == Severity.critical.value else 0
         counts[site] = OpenAlerts(before.total + count, before.critical + critical)
     return counts
+
+
+def _devices_of(vendor: str) -> SelectOfScalar[str]:
+    return select(Device.id).where(func.lower(col(Device.vendor)) == vendor.lower())
+
+
+def vendor_alerts(
+    session: Session,
+    vendor: str,
+    state: AlertState,
+    kind: AlertKind | None,
+    site: str | None,
+    severity: Severity | None,
+) -> list[AlertOut]:
+    """Alerts about `vendor`'s devices only: never a site's alerts, nor another vendor's."""
+    conditions: list[ColumnElement[bool]] = [
+        col(Alert.device_id).in_(_devices_of(vendor)),
+        col(Alert.state) == state.value,
+    ]
+    if kind is not None:
+        conditions.append(col(Alert.kind) == kind.value)
+    if site is not None:
+        conditions.append(col(Alert.site_code) == site)
+    if severity is not None:
+        conditions.append(col(Alert.severity) == severity.value)
+    rows = session.exec(
+        select(Alert)
+        .where(*conditions)
+        .order_by(col(Alert.opened_at).desc(), col(Alert.id).desc())
+        .limit(PAGE_SIZE)
+    )
+    return [AlertOut.model_validate(a) for a in rows]
+
+
+def _scoped_alerts(
+    session: Session,
+    caller: Caller,
+    state: AlertState,
+    kind: AlertKind | None,
+    site: str | None,
+    severity: Severity | None,
+) -> list[AlertOut]:
+    if caller.vendor is not None:
+        return vendor_alerts(session, caller.vendor, state, kind, site, severity)
+    return list_alerts(
+        session,
+        state=state,
+        kind=kind,
+        site=site,
+        severity=severity,
+        limit=PAGE_SIZE,
+        caller=caller,
+    ).items
+
+
+def _alert_sites(session: Session, caller: Caller) -> list[str]:
+    query = select(Alert.site_code).distinct().order_by(col(Alert.site_code))
+    if caller.sites is not None:
+        query = query.where(col(Alert.site_code).in_(sorted(caller.sites)))
+    if caller.vendor is not None:
+        query = query.where(col(Alert.device_id).in_(_devices_of(caller.vendor)))
+    return list(session.exec(query))
 
 
 def recent_alerts_of_device(session: Session, device_id: str, limit: int = 20) -> list[Alert]:
@@ -60,10 +129,12 @@ def recent_alerts_of_device(session: Session, device_id: str, limit: int = 20) -
     return list(session.exec(query))
 
 
-@router.get("/alerts", response_class=HTMLResponse, dependencies=[Allow("fleet:read")])
+@router.get("/alerts", response_class=HTMLResponse)
 def alerts_page(
     request: Request,
     session: SessionDep,
+    # Before the viewer: the permission is what identifies the caller the viewer is made of.
+    caller: Annotated[Caller, Allow("dashboard:read")],
     viewer: ViewerDep,
     state: str = ACTIVE,
     severity: str = "",
@@ -76,32 +147,16 @@ def alerts_page(
     chosen_kind = AlertKind(kind) if kind in AlertKind.__members__ else None
     states = [s.value for s in AlertState] + [ACTIVE]
     state = state if state in states else ACTIVE
+    wanted = [AlertState.open, AlertState.acknowledged] if state == ACTIVE else [AlertState(state)]
+    items = [
+        a
+        for s in wanted
+        for a in _scoped_alerts(session, caller, s, chosen_kind, site or None, chosen_severity)
+    ]
     if state == ACTIVE:
-        items = [
-            a
-            for s in (AlertState.open, AlertState.acknowledged)
-            for a in list_alerts(
-                session,
-                state=s,
-                kind=chosen_kind,
-                site=site or None,
-                severity=chosen_severity,
-                limit=PAGE_SIZE,
-            ).items
-        ]
         items.sort(key=lambda a: (a.state != AlertState.open.value, -a.opened_at.timestamp()))
-    else:
-        items = list_alerts(
-            session,
-            state=AlertState(state),
-            kind=chosen_kind,
-            site=site or None,
-            severity=chosen_severity,
-            limit=PAGE_SIZE,
-        ).items
     filters = {"state": state, "severity": severity, "kind": kind, "site": site}
     query = "&".join(f"{k}={v}" for k, v in filters.items() if v)
-    sites = session.exec(select(Alert.site_code).distinct().order_by(col(Alert.site_code))).all()
     return render(
         request,
         "_alerts.html" if partial else "alerts.html",
@@ -112,7 +167,7 @@ def alerts_page(
         states=states,
         severities=[s.value for s in Severity],
         kinds=[k.value for k in AlertKind],
-        sites=list(sites),
+        sites=_alert_sites(session, caller),
     )
 
 

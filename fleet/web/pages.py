@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
@@ -12,7 +12,7 @@ from sqlmodel import col, select
 
 from fleet.api.deps import SessionDep
 from fleet.api.routes.sites import get_site
-from fleet.auth.permissions import Allow
+from fleet.auth.permissions import Allow, Caller
 from fleet.models import Device, Site
 from fleet.protocol import utcnow
 from fleet.registry import timetable_from_json
@@ -26,11 +26,16 @@ from fleet.web.viewer import ViewerDep
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/", response_class=HTMLResponse, dependencies=[Allow("fleet:read")])
+@router.get("/", response_class=HTMLResponse)
 def overview(
-    request: Request, session: SessionDep, viewer: ViewerDep, partial: bool = False
+    request: Request,
+    session: SessionDep,
+    # Before the viewer: the permission is what identifies the caller the viewer is made of.
+    caller: Annotated[Caller, Allow("dashboard:read")],
+    viewer: ViewerDep,
+    partial: bool = False,
 ) -> HTMLResponse:
-    rows = site_rows(session)
+    rows = site_rows(session, caller)  # only the caller's sites, or vendor's devices
     return render(
         request,
         "_overview.html" if partial else "overview.html",

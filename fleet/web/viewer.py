@@ -1,9 +1,7 @@
-"""Who is looking at the pages. LOGIN GOES HERE.
+"""Who is looking at the pages: the caller the page's permission let in, as the templates see it.
 
-There is no authentication yet: everyone is `ops` and sees every site. When the API gains
-its auth (a later issue), `current_viewer` reads the session or token the same way the API
-does, and the page routes — which already take `ViewerDep` — filter by `Viewer.sites` and
-`Viewer.vendor` (a vendor sees only its own devices, a technician only their sites).
+The page routes filter by `Viewer.sites` and `Viewer.vendor` (a vendor sees only its own
+devices, a technician only their sites), and the menu shows only the pages the role may open.
 """
 
 from __future__ import annotations
@@ -13,14 +11,28 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from fleet.auth.permissions import POLICY
+
 
 @dataclass(frozen=True)
 class Viewer:
     name: str
-    role: str  # "ops", "technician" or "vendor" once login exists
+    role: str  # "ops", "technician", "vendor", or "anonymous" on a public page
     sites: frozenset[str] | None = None  # None: every site
     vendor: str | None = None  # set for a vendor: only that vendor's devices
     authenticated: bool = False
+
+    def may(self, permission: str) -> bool:
+        """Whether the role holds the permission (POLICY): the menu shows only such pages."""
+        return self.role in POLICY.get(permission, frozenset())
+
+    @property
+    def scope(self) -> str:
+        if self.vendor is not None:
+            return f"{self.vendor} devices"
+        if self.sites is not None:
+            return ", ".join(sorted(self.sites)) or "no sites"
+        return "every site"
 
 
 ANONYMOUS_OPS = Viewer(name="ops", role="ops")

@@ -1,0 +1,184 @@
+"""The rollouts page: each rollout's state, its progress per wave and per site, and the
+operator's pause, resume and cancel.
+
+Figures and moves go through `fleet.api.routes.rollouts`' own handlers, so the page and
+`GET /api/v1/rollouts/{id}`, `POST .../pause` and the rest cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlmodel import Session
+
+from fleet.api.deps import SessionDep
+from fleet.api.routes.rollouts import (
+    RolloutDetailOut,
+    RolloutOut,
+    cancel,
+    get_rollout,
+    list_rollouts,
+    pause,
+    resume,
+)
+from fleet.auth.permissions import Allow
+from fleet.rollouts.plan import ENDED, FINAL, DeviceUpdateState, RolloutState
+from fleet.web.not_found import PageNotFound
+from fleet.web.templating import render
+from fleet.web.viewer import ViewerDep
+
+router = APIRouter(include_in_schema=False)
+
+# The columns of the progress tables, in the order a device goes through them.
+UPDATE_STATES = tuple(s.value for s in DeviceUpdateState)
+# Ended rollouts beyond this many are listed without their wave and site tables.
+DETAILED = 20
+
+
+@dataclass
+class Progress:
+    """Devices by update state in one wave or at one site."""
+
+    label: str
+    counts: dict[str, int] = field(default_factory=dict)
+    bytes_downloaded: int | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def succeeded(self) -> int:
+        return self.counts.get(DeviceUpdateState.succeeded.value, 0)
+
+
+@dataclass
+class RolloutView:
+    rollout: RolloutOut
+    waves: list[Progress] = field(default_factory=list)
+    sites: list[Progress] = field(default_factory=list)
+
+    @property
+    def targeted(self) -> int:
+        counts = self.rollout.counts
+        return sum(counts.values()) - counts.get("done", 0)  # "done" sums the final states
+
+    @property
+    def succeeded(self) -> int:
+        return self.rollout.counts.get(DeviceUpdateState.succeeded.value, 0)
+
+    @property
+    def failed(self) -> int:
+        counts = self.rollout.counts
+        return sum(counts.get(s.value, 0) for s in FINAL if s != DeviceUpdateState.succeeded)
+
+    @property
+    def moves(self) -> list[str]:
+        """The operator's moves that apply to the rollout's state, as the API allows them."""
+        state = self.rollout.state
+        moves = []
+        if state in (RolloutState.running, RolloutState.scheduled):
+            moves.append("pause")
+        if state == RolloutState.paused:
+            moves.append("resume")
+        if state not in ENDED:
+            moves.append("cancel")
+        return moves
+
+
+def progress(detail: RolloutDetailOut) -> RolloutView:
+    waves: dict[int, Progress] = {}
+    sites: dict[str, Progress] = {}
+    for device in detail.devices:
+        wave = waves.setdefault(device.wave, Progress(f"Wave {device.wave + 1}"))
+        site = sites.setdefault(device.site_code, Progress(device.site_code))
+        for bucket in (wave, site):
+            bucket.counts[device.state] = bucket.counts.get(device.state, 0) + 1
+    for paid in detail.sites:
+        site = sites.setdefault(paid.site_code, Progress(paid.site_code))
+        site.bytes_downloaded = paid.bytes_downloaded
+    return RolloutView(
+        rollout=detail,
+        waves=[waves[w] for w in sorted(waves)],
+        sites=[sites[s] for s in sorted(sites)],
+    )
+
+
+def rollout_views(session: Session) -> list[RolloutView]:
+    views = []
+    for index, rollout in enumerate(list_rollouts(session)):  # newest first
+        if index < DETAILED or rollout.state not in ENDED:
+            views.append(progress(get_rollout(rollout.id, session)))
+        else:
+            views.append(RolloutView(rollout=rollout))
+    return views
+
+
+@router.get("/rollouts", response_class=HTMLResponse, dependencies=[Allow("rollouts:read")])
+def rollouts_page(
+    request: Request, session: SessionDep, viewer: ViewerDep, partial: bool = False
+) -> HTMLResponse:
+    return _page(request, session, viewer, partial)
+
+
+def _page(
+    request: Request,
+    session: Session,
+    viewer: object,
+    partial: bool = False,
+    problem: str = "",
+    status_code: int = 200,
+) -> HTMLResponse:
+    return render(
+        request,
+        "_rollouts.html" if partial else "rollouts.html",
+        status_code=status_code,
+        viewer=viewer,
+        rollouts=rollout_views(session),
+        update_states=UPDATE_STATES,
+        problem=problem,
+    )
+
+
+def _move(
+    request: Request,
+    session: Session,
+    viewer: object,
+    rollout_id: int,
+    move: Callable[[int, Session], RolloutOut],
+) -> Response:
+    try:
+        move(rollout_id, session)
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            raise PageNotFound(
+                f"There is no rollout {rollout_id}.", "The page lists them."
+            ) from None
+        if exc.status_code == 409:  # the move does not apply any more: say why, on the page
+            return _page(request, session, viewer, problem=str(exc.detail), status_code=409)
+        raise
+    return RedirectResponse(f"/rollouts#rollout-{rollout_id}", status_code=303)
+
+
+@router.post("/rollouts/{rollout_id}/pause", dependencies=[Allow("rollouts:write")])
+def pause_from_page(
+    rollout_id: int, request: Request, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    return _move(request, session, viewer, rollout_id, pause)
+
+
+@router.post("/rollouts/{rollout_id}/resume", dependencies=[Allow("rollouts:write")])
+def resume_from_page(
+    rollout_id: int, request: Request, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    return _move(request, session, viewer, rollout_id, resume)
+
+
+@router.post("/rollouts/{rollout_id}/cancel", dependencies=[Allow("rollouts:write")])
+def cancel_from_page(
+    rollout_id: int, request: Request, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    return _move(request, session, viewer, rollout_id, cancel)
