@@ -21,6 +21,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+SPAN_S = 2.0  # a throttled download's request: this many seconds' worth
 _SHA = re.compile(r"^/artifacts/([0-9a-f]{64})$")
 
 
@@ -66,7 +67,7 @@ class ArtifactCache:
             part.unlink()
             have = 0
         if have < size:
-            self._receive(url, part, have)
+            self._receive(url, part, have, size)
         digest = hashlib.sha256()
         with part.open("rb") as handle:
             while chunk := handle.read(1024 * 1024):
@@ -80,20 +81,30 @@ class ArtifactCache:
             )
         os.replace(part, self.path(sha256))
 
-    def _receive(self, url: str, part: Path, have: int) -> None:
+    def _receive(self, url: str, part: Path, have: int, size: int) -> None:
         sep = "&" if "?" in url else "?"
         full = f"{url}{sep}site={urllib.parse.quote(self.site)}"
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        log.info("downloading %s from byte %d", full, have)
+        # Throttled, the agent reads slower than the link carries, and the kernel takes up to
+        # a socket buffer's worth ahead of it: bytes the link paid for that a kill throws
+        # away (on loopback, a whole 256 KiB artifact). So a throttled download asks for a
+        # few seconds' worth at a time, and a kill wastes at most one span.
+        span = span_bytes(self.bytes_per_s) or size
+        while have < size:
+            have = self._receive_span(full, part, have, min(have + span, size) - 1, size)
+
+    def _receive_span(self, full: str, part: Path, have: int, last: int, size: int) -> int:
+        ranged = have > 0 or last < size - 1
+        headers = {"Range": f"bytes={have}-{last}"} if ranged else {}
         request = urllib.request.Request(full, headers=headers)
         try:
             response = urllib.request.urlopen(request, timeout=30)
         except urllib.error.HTTPError as exc:
             raise OSError(f"the controller answered {exc.code} for {full}: {exc.reason}") from None
         with response, part.open("ab") as out:
-            if have and response.status != 206:
+            if ranged and response.status != 206:
                 out.truncate(0)  # the server sent the whole file: start over
                 have = 0
-            log.info("downloading %s from byte %d", full, have)
             started = time.monotonic()
             got = 0
             while chunk := response.read(CHUNK):
@@ -109,6 +120,14 @@ class ArtifactCache:
                     if ahead > 0:
                         time.sleep(ahead)
             os.fsync(out.fileno())
+        if got == 0:
+            raise OSError(f"the controller sent nothing for bytes {have}-{last} of {full}")
+        return have + got
+
+
+def span_bytes(bytes_per_s: float | None) -> int | None:
+    """Bytes asked for per request by a throttled download (None: the whole rest at once)."""
+    return max(CHUNK, int(bytes_per_s * SPAN_S)) if bytes_per_s else None
 
 
 class LocalArtifactServer:

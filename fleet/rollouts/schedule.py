@@ -34,7 +34,7 @@ def scheduled_tick() -> None:
         log.warning("rollout tick before configure_tick: skipped")
         return
     try:
-        tick(
+        result = tick(
             _runtime["engine"],
             _runtime["settings"],
             utcnow(),
@@ -43,6 +43,12 @@ def scheduled_tick() -> None:
         )
     except Exception:  # one failing tick must not stop the schedule
         log.exception("rollout tick failed; it runs again at the next interval")
+        return
+    # Only changes are logged: which controller runs the ticks, and since when.
+    holding = result is not None
+    if holding != _runtime.get("holding", False):
+        log.info("rollout tick lease %s by %s", "taken" if holding else "lost", _runtime["holder"])
+    _runtime["holding"] = holding
 
 
 def add_tick_job(
