@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,8 +70,14 @@ class Leadership:
         self.lease_s = lease_s
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leading = False
+        # Job threads ask at once; one question to the database at a time is enough.
+        self._lock = threading.Lock()
 
     def hold(self, now: datetime) -> bool:
+        with self._lock:
+            return self._hold(now)
+
+    def _hold(self, now: datetime) -> bool:
         from fleet.rollouts.models import TickLease
 
         table = SQLModel.metadata.tables[TickLease.__tablename__]
