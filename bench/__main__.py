@@ -8,7 +8,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.agent_poll", "bench.ingest", "bench.report_month"]
+BENCHMARKS = [
+    "bench.agent_poll",
+    "bench.ingest",
+    "bench.report_month",
+    "bench.api",
+    "bench.memory",
+    "bench.soak",
+]
 
 
 def main(argv: list[str]) -> int:

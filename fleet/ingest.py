@@ -21,6 +21,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import DataError, IntegrityError
 
+from agent.timetable import Timetable
 from fleet.ingest_parse import (
     HealthMessage,
     IncomingMessage,
@@ -63,6 +64,7 @@ LAG_SECONDS = Histogram(
 # A miss (unknown site or device) reloads the registry from the database at most this often,
 # so a `sync` done by another process is picked up without a flood of reloads on bad input.
 REGISTRY_RELOAD_MIN_S = 10.0
+IN_CLASS_MEMO_MAX = 100_000
 
 
 class Ingest:
@@ -86,6 +88,8 @@ class Ingest:
         self.after_commit: list[AfterCommit] = []
         self.clock: Callable[[], datetime] = utcnow  # tests pin it
         self._touched: set[str] = set()
+        self._minute_sites: frozenset[str] = frozenset()
+        self._in_class_memo: dict[tuple[str, int], bool] = {}
         self.refresh_registry()
 
     def refresh_registry(self) -> None:
@@ -111,6 +115,10 @@ class Ingest:
             entries[code] = SiteEntry(
                 frozenset(active.get(code, ())), timetable_from_json(timetable), ZoneInfo(tz)
             )
+        self._minute_sites = frozenset(
+            code for code, entry in entries.items() if _on_whole_minutes(entry.timetable)
+        )
+        self._in_class_memo = {}
         self.registry = RegistrySnapshot(
             sites=entries,
             device_site={d: s for d, s, _ in device_rows},
@@ -188,8 +196,21 @@ class Ingest:
             return Outcome.rejected(RejectReason.db_rejected, detail)
 
     def _in_class(self, site: str, at: datetime) -> bool:
+        # Memoised per (site, UTC minute) when the site's periods start and end on whole
+        # minutes (then every instant of a minute answers alike, zone offsets being whole
+        # minutes since 1972): a group's thousand readings cost a few timetable look-ups.
         entry = self.registry.sites.get(site)
-        return entry is not None and entry.timetable.in_class(at, entry.tz)
+        if entry is None:
+            return False
+        if site not in self._minute_sites or at.year < 1972:
+            return entry.timetable.in_class(at, entry.tz)
+        key = (site, int(at.timestamp()) // 60)
+        known = self._in_class_memo.get(key)
+        if known is None:
+            if len(self._in_class_memo) >= IN_CLASS_MEMO_MAX:
+                self._in_class_memo.clear()
+            known = self._in_class_memo[key] = entry.timetable.in_class(at, entry.tz)
+        return known
 
     def _count(self, messages: list[IncomingMessage], outcomes: list[Outcome]) -> None:
         # Only after commit: a group that raised will come again and be counted then.
@@ -205,6 +226,15 @@ class Ingest:
             self.readings += outcome.readings
             READINGS.inc(outcome.readings)
         self.last_group_at = utcnow()
+
+
+def _on_whole_minutes(timetable: Timetable) -> bool:
+    return all(
+        t.second == 0 and t.microsecond == 0
+        for periods in timetable.weekly.values()
+        for period in periods
+        for t in (period.start, period.end)
+    )
 
 
 def _observe_lag(

@@ -6,6 +6,7 @@ is updated once per group, and only by a reading newer than the one it already s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlmodel import SQLModel
 
 from fleet.ingest_parse import (
@@ -93,6 +95,11 @@ class GroupWriter:
         self.insert: Callable[[Table], Any] = (
             postgresql.insert if dialect == "postgresql" else sqlite.insert
         )
+        # The two bulk statements go to the driver with values already in the form it takes:
+        # SQLAlchemy's per-parameter bind processing was most of a group's time.
+        driver = f"{dialect}+{conn.dialect.driver}"
+        self.raw_sqlite = driver == "sqlite+pysqlite"
+        self.raw_postgres = driver == "postgresql+psycopg"
 
     def write(self, messages: list[IncomingMessage], parsed: list[Parsed]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -132,8 +139,15 @@ class GroupWriter:
                     )
                     heard[item.site] = (message.received_at, batch.agent_id)
                 msg_id = batch.msg_id if batch else None
+                sample_row = (
+                    _sqlite_sample_row
+                    if self.raw_sqlite
+                    else _postgres_sample_row
+                    if self.raw_postgres
+                    else _sample_row
+                )
                 for reading in item.readings:
-                    samples[(reading.device, reading.ts)] = _sample_row(
+                    samples[(reading.device, reading.ts)] = sample_row(
                         reading, message.received_at, msg_id
                     )
                     known = latest.get(reading.device)
@@ -153,7 +167,11 @@ class GroupWriter:
 
         if dead:
             self.conn.execute(insert(DEAD), dead)
-        if samples:
+        if samples and self.raw_sqlite:
+            self.conn.exec_driver_sql(_SQLITE_SAMPLE_INSERT, list(samples.values()))
+        elif samples and self.raw_postgres:
+            self.conn.exec_driver_sql(_POSTGRES_SAMPLE_INSERT, list(samples.values()))
+        elif samples:
             stmt = self.insert(SAMPLES).on_conflict_do_nothing(index_elements=["device_id", "ts"])
             self.conn.execute(stmt, list(samples.values()))
         if ingested:
@@ -236,21 +254,26 @@ class GroupWriter:
                 continue  # the agent went offline after sending this: site_offline stands
             reading = item.reading
             state, reason = derive_state(reading, in_class=self.in_class(item.site, reading.ts))
+            dump = reading.model_dump(mode="json", exclude_none=True)
             rows.append(
                 {
                     "b_id": device,
-                    "b_ts": reading.ts,
+                    "b_ts": _sqlite_ts(reading.ts) if self.raw_sqlite else reading.ts,
                     "b_state": state.value,
                     "b_reason": reason,
-                    "b_reading": reading.model_dump(mode="json", exclude_none=True),
+                    "b_reading": json.dumps(dump) if self.raw_sqlite or self.raw_postgres else dump,
                     "b_firmware": reading.firmware,
                     "b_power": reading.power.value,
                     "b_reachable": reading.reachable,
                 }
             )
-        if rows:
+        if rows and self.raw_sqlite:
+            self.conn.exec_driver_sql(_SQLITE_DEVICE_UPDATE, rows)
+        elif rows and self.raw_postgres:
+            self.conn.exec_driver_sql(_POSTGRES_DEVICE_UPDATE, rows)
+        elif rows:
             self.conn.execute(_DEVICE_UPDATE, rows)
-            self.touched.update(str(row["b_id"]) for row in rows)
+        self.touched.update(str(row["b_id"]) for row in rows)
 
 
 def _device_update() -> Any:
@@ -278,6 +301,50 @@ def _device_update() -> Any:
 
 
 _DEVICE_UPDATE = _device_update()
+# The same statements as SQLite runs them, with :name parameters for the driver.
+_SQLITE_NAMED = sqlite.dialect(paramstyle="named")
+_SQLITE_DEVICE_UPDATE = str(_DEVICE_UPDATE.compile(dialect=_SQLITE_NAMED))
+_SAMPLE_COLUMNS = [
+    "device_id",
+    "ts",
+    "received_at",
+    "msg_id",
+    "reachable",
+    "power",
+    "input",
+    "temperature_c",
+    "lamp_hours",
+    "filter_hours",
+    "uptime_s",
+    "firmware",
+    "errors",
+    "error",
+    "metrics",
+]
+_SQLITE_SAMPLE_INSERT = str(
+    sqlite.insert(SAMPLES)
+    .on_conflict_do_nothing(index_elements=["device_id", "ts"])
+    .compile(dialect=_SQLITE_NAMED, column_keys=_SAMPLE_COLUMNS)
+)
+
+# And as psycopg runs them (%(name)s parameters, casts). Without RETURNING: nothing reads the
+# new ids, and executemany over psycopg's pipeline is the fast path.
+_POSTGRES = postgresql_psycopg.dialect(paramstyle="pyformat")
+_POSTGRES_DEVICE_UPDATE = str(_DEVICE_UPDATE.compile(dialect=_POSTGRES))
+_POSTGRES_SAMPLE_INSERT = str(
+    postgresql.insert(SAMPLES)
+    .on_conflict_do_nothing(index_elements=["device_id", "ts"])
+    .compile(dialect=_POSTGRES, column_keys=_SAMPLE_COLUMNS)
+).removesuffix(" RETURNING sample.id")
+assert "RETURNING" not in _POSTGRES_SAMPLE_INSERT, _POSTGRES_SAMPLE_INSERT
+
+
+def _sqlite_ts(value: datetime) -> str:
+    """What UtcDateTime and SQLite's DATETIME binding store: naive UTC, microseconds, no T."""
+    offset = value.utcoffset()
+    if offset is None:
+        raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
+    return (value - offset).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sample_row(reading: Reading, received_at: datetime, msg_id: str | None) -> dict[str, Any]:
@@ -299,6 +366,31 @@ def _sample_row(reading: Reading, received_at: datetime, msg_id: str | None) -> 
         "error": reading.error,
         "metrics": reading.metrics or None,
     }
+
+
+def _sqlite_sample_row(
+    reading: Reading, received_at: datetime, msg_id: str | None
+) -> dict[str, Any]:
+    """`_sample_row` with each value as the SQLite driver is given it (JSON as text)."""
+    row = _sample_row(reading, received_at, msg_id)
+    row["ts"] = _sqlite_ts(reading.ts)
+    row["received_at"] = _sqlite_ts(received_at)
+    for key in ("errors", "metrics"):
+        if row[key] is not None:
+            row[key] = json.dumps(row[key])
+    return row
+
+
+def _postgres_sample_row(
+    reading: Reading, received_at: datetime, msg_id: str | None
+) -> dict[str, Any]:
+    """`_sample_row` as psycopg is given it: JSON as text (cast in the statement); aware
+    datetimes as they are, since timestamptz keeps the instant whatever the offset."""
+    row = _sample_row(reading, received_at, msg_id)
+    for key in ("errors", "metrics"):
+        if row[key] is not None:
+            row[key] = json.dumps(row[key])
+    return row
 
 
 def _note_row(item: AgentNoteMessage, received_at: datetime) -> dict[str, Any]:

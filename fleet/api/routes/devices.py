@@ -19,6 +19,7 @@ router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
 MAX_PAGE = 1000
 MAX_SAMPLES = 10_000
+LIST_COLUMNS = [getattr(Device, name) for name in DeviceOut.model_fields]
 
 
 @router.get("", response_model=DevicePage)
@@ -50,11 +51,20 @@ def list_devices(
     if not include_retired:
         conditions.append(col(Device.retired_at).is_(None))
     total = session.exec(select(func.count()).select_from(Device).where(*conditions)).one()
-    rows = session.exec(
-        select(Device).where(*conditions).order_by(col(Device.id)).limit(limit).offset(offset)
-    ).all()
+    # Only the listed columns: loading whole Device rows would parse every last_reading's JSON
+    # and build ORM objects only to copy them out again.
+    rows = session.execute(
+        select(*LIST_COLUMNS)
+        .where(*conditions)
+        .order_by(col(Device.id))
+        .limit(limit)
+        .offset(offset)
+    ).mappings()
     return DevicePage(
-        items=[DeviceOut.model_validate(d) for d in rows], total=total, limit=limit, offset=offset
+        items=[DeviceOut.model_validate(dict(r)) for r in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
     )
 
 

@@ -1,0 +1,237 @@
+"""API latency with a large fleet registered, against the bare SQL of the same data.
+
+    python -m bench.api [--quick] [--sites 100] [--devices-per-site 100] [--requests 200]
+
+A SQLite database is seeded through the real registry sync (10,000 devices across 100 sites by
+default) and given a latest state per device. The app runs in-process under Starlette's
+TestClient (the whole ASGI stack, auth and serialisation included, no socket), called as ops
+with a bearer token. Each endpoint's p50 and p95 is compared with the bare sqlite3 query that
+fetches the same rows, timed in the same run:
+
+- fleet overview: `GET /api/v1/sites` and the dashboard `/`, against the per-site, per-state
+  counts plus the site, agent and open-alert rows;
+- `GET /api/v1/devices?site=..&state=..`, against the same count and page of device rows.
+
+Target: p95 no more than 3 x the bare SQL's p95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from agent.config import DEFAULT_PROFILES_DIR, LoadedSite, check_site
+from agent.profiles import load_profiles
+from fleet.db import make_engine, migrate
+from fleet.registry import sync_registry
+
+STATES = ["online"] * 4 + ["standby", "unreachable", "site_offline", "faulty", "unknown"]
+LIMIT = 3.0
+NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
+
+
+def site_code(s: int) -> str:
+    return f"s{s:03d}"
+
+
+def synthetic_sites(sites: int, per_site: int) -> list[LoadedSite]:
+    profiles = load_profiles(DEFAULT_PROFILES_DIR)
+    loaded = []
+    for s in range(sites):
+        code = site_code(s)
+        data = {
+            "site": {"code": code, "name": f"Site {s}", "country": "Nowhere", "timezone": "UTC"},
+            "illustrative": "synthetic, for benchmarks",
+            "rooms": [
+                {
+                    "id": f"{code}-r{r}",
+                    "name": f"Room {r}",
+                    "devices": [
+                        {
+                            "id": f"{code}-d{r * 10 + d:04d}",
+                            "profile": "seewo-panel",
+                            "address": "192.0.2.1",
+                            "port": 10000 + r * 10 + d,
+                        }
+                        for d in range(min(10, per_site - r * 10))
+                    ],
+                }
+                for r in range((per_site + 9) // 10)
+            ],
+        }
+        loaded.append(check_site(Path(f"{code}.yaml"), data, profiles))
+    return loaded
+
+
+def seed(path: Path, sites: int, per_site: int) -> Engine:
+    engine = make_engine(f"sqlite:///{path}")
+    migrate(engine)
+    sync_registry(engine, synthetic_sites(sites, per_site))
+    # A latest state per device, spread over the states, as ingest would have left it.
+    with engine.begin() as conn:
+        ids = [row[0] for row in conn.execute(text("SELECT id FROM device ORDER BY id"))]
+        conn.execute(
+            text(
+                "UPDATE device SET state = :state, state_since = :seen, last_seen_at = :seen, "
+                "last_reading = :reading, firmware = '3.2.1', power = 'on', reachable = 1 "
+                "WHERE id = :id"
+            ),
+            [
+                {
+                    "id": device,
+                    "state": STATES[i % len(STATES)],
+                    "seen": (NOW - timedelta(seconds=i % 600)).isoformat(),
+                    "reading": json.dumps(
+                        {
+                            "device": device,
+                            "ts": NOW.isoformat(),
+                            "reachable": True,
+                            "power": "on",
+                            "input": "hdmi1",
+                            "temperature_c": 41.5,
+                            "uptime_s": 1000.0 + i,
+                            "firmware": "3.2.1",
+                            "metrics": {"sys_name": device, "lamp_hours": i},
+                        }
+                    ),
+                }
+                for i, device in enumerate(ids)
+            ],
+        )
+    return engine
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return statistics.median(ordered), p95
+
+
+def timed(call: Callable[[], Any], requests: int) -> tuple[float, float]:
+    for _ in range(max(2, requests // 20)):  # warm caches, the pool and the JIT-less paths
+        call()
+    samples = []
+    for _ in range(requests):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return percentiles(samples)
+
+
+def bare_overview(db: sqlite3.Connection) -> Callable[[], Any]:
+    def query() -> Any:
+        sites = db.execute("SELECT * FROM site ORDER BY code").fetchall()
+        counts = db.execute(
+            "SELECT site_code, state, count(*), max(last_seen_at) FROM device "
+            "WHERE retired_at IS NULL GROUP BY site_code, state"
+        ).fetchall()
+        agents = db.execute("SELECT * FROM agent_status").fetchall()
+        alerts = db.execute(
+            "SELECT site_code, count(*) FROM alert WHERE state != 'resolved' GROUP BY site_code"
+        ).fetchall()
+        return sites, counts, agents, alerts
+
+    return query
+
+
+def bare_devices(db: sqlite3.Connection, site: str, state: str) -> Callable[[], Any]:
+    from fleet.api.schemas import DeviceOut
+
+    where = "site_code = ? AND state = ? AND retired_at IS NULL"
+    columns = ", ".join(DeviceOut.model_fields)  # what the API returns of each device
+
+    def query() -> Any:
+        total = db.execute(f"SELECT count(*) FROM device WHERE {where}", (site, state)).fetchone()
+        rows = db.execute(
+            f"SELECT {columns} FROM device WHERE {where} ORDER BY id LIMIT 100 OFFSET 0",
+            (site, state),
+        ).fetchall()
+        return total, rows
+
+    return query
+
+
+def report(name: str, ours: tuple[float, float], bare: tuple[float, float]) -> bool:
+    ratio = ours[1] / bare[1] if bare[1] else 0.0
+    met = ratio <= LIMIT
+    print(
+        f"  {name}: p50 {ours[0] * 1000:.2f} ms, p95 {ours[1] * 1000:.2f} ms; "
+        f"bare SQL p50 {bare[0] * 1000:.2f} ms, p95 {bare[1] * 1000:.2f} ms; "
+        f"ratio p95 {ratio:.1f} (target <= {LIMIT:.0f}): {'met' if met else 'MISSED'}"
+    )
+    return met
+
+
+def run(tmp: Path, sites: int, per_site: int, requests: int) -> None:
+    from fastapi.testclient import TestClient
+
+    from fleet.api.app import create_app
+    from fleet.settings import Settings
+    from tests.fixtures_auth import user_token
+
+    path = tmp / "api.db"
+    start = time.perf_counter()
+    engine = seed(path, sites, per_site)
+    print(
+        f"seeded {sites * per_site:,} devices across {sites} sites "
+        f"in {time.perf_counter() - start:.1f} s; app under TestClient (in-process ASGI)"
+    )
+    token = user_token(engine, "bench-ops", "ops", ttl=timedelta(hours=1))
+    app = create_app(Settings(database_url=f"sqlite:///{path}", data_dir=tmp), engine=engine)
+    headers = {"Authorization": f"Bearer {token}"}
+    db = sqlite3.connect(path)
+    site, state = site_code(sites // 2), "online"
+    with TestClient(app, headers=headers, cookies={"fleet_token": token}) as client:
+
+        def get(url: str, **params: str) -> Callable[[], Any]:
+            def call() -> Any:
+                response = client.get(url, params=params)
+                if response.status_code != 200:
+                    raise RuntimeError(f"GET {url}: {response.status_code} {response.text[:200]}")
+                return response
+
+            return call
+
+        overview_bare = timed(bare_overview(db), requests)
+        report("GET /api/v1/sites", timed(get("/api/v1/sites"), requests), overview_bare)
+        report("GET / (dashboard)", timed(get("/"), requests), overview_bare)
+        floor = timed(get("/api/v1/devices", site="none"), requests)
+        print(
+            f"  floor (auth, routing, session; no rows): GET /api/v1/devices?site=none: "
+            f"p50 {floor[0] * 1000:.2f} ms, p95 {floor[1] * 1000:.2f} ms"
+        )
+        report(
+            f"GET /api/v1/devices?site={site}&state={state}",
+            timed(get("/api/v1/devices", site=site, state=state), requests),
+            timed(bare_devices(db, site, state), requests),
+        )
+    db.close()
+    engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__)
+    parser.add_argument("--sites", type=int, default=100)
+    parser.add_argument("--devices-per-site", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="a tiny run, to keep it working")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sites, args.devices_per_site, args.requests = 3, 20, 10
+    with tempfile.TemporaryDirectory() as tmp:
+        run(Path(tmp), args.sites, args.devices_per_site, args.requests)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
