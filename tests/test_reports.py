@@ -258,3 +258,31 @@ def test_bad_requests_name_the_problem(
         report(registered, tmp_path, start, end, **kw)
     assert caught.value.status == status
     assert words in str(caught.value)
+
+
+def test_rollup_in_chunks_of_one_device_gives_the_same_rows(
+    ingest: Ingest, registered: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fleet.reports.rollup as rollup
+
+    day = "2025-03-03"
+    devices = ["tu-sc1-panel-1", "tu-sc1-panel-2", "tu-sc1-projector"]
+    for device in devices:
+        feed(
+            ingest,
+            "tribhuvan",
+            every(device, at(day, "07:00", KATHMANDU), at(day, "09:00", KATHMANDU), input="hdmi1"),
+        )
+    assert roll_up(registered, tmp_path) == 3
+    whole = _usage(registered)
+    with registered.begin() as conn:
+        conn.execute(UsageHour.__table__.delete())  # type: ignore[attr-defined]
+        conn.execute(PowerSession.__table__.delete())  # type: ignore[attr-defined]
+        conn.execute(rollup.UsageWatermark.__table__.delete())  # type: ignore[attr-defined]
+    # One device per transaction: ingest never waits on the whole run; the rows are the same.
+    monkeypatch.setattr(rollup, "ROLLUP_CHUNK", 1)
+    assert roll_up(registered, tmp_path) == 3
+    assert _usage(registered) == whole
+    with registered.connect() as conn:
+        rolled = conn.execute(select(UsageHour.device_id).distinct()).scalars().all()  # type: ignore[call-overload]
+    assert set(rolled) == set(devices)

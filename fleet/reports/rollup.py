@@ -39,6 +39,8 @@ WATERMARK = "samples"
 # out of order): re-read this much before the watermark so a late commit is never skipped.
 RESCAN_MARGIN = timedelta(minutes=2)
 PURGE_CHUNK = 10_000
+# Devices recomputed per transaction.
+ROLLUP_CHUNK = 200
 
 USAGE = SQLModel.metadata.tables[str(UsageHour.__tablename__)]
 SESSIONS = SQLModel.metadata.tables[str(PowerSession.__tablename__)]
@@ -83,8 +85,13 @@ def derive_usage(engine: Engine, settings: Settings, now: datetime) -> None:
 
 def roll_up_new_samples(engine: Engine, settings: Settings, now: datetime) -> int:
     """Recompute the usage of every device-hour touched by samples received since the last
-    run. Returns how many devices were recomputed."""
-    with engine.begin() as conn:
+    run. Returns how many devices were recomputed.
+
+    Devices are recomputed in chunks, each in its own transaction, so that ingest is never
+    kept waiting for the whole run (SQLite has one writer); the watermark moves only once
+    every chunk is written, and recomputing is idempotent, so a run cut short is redone whole.
+    """
+    with engine.connect() as conn:
         watermark = read_watermark(conn)
         query = select(
             SAMPLES.c.device_id,
@@ -98,9 +105,12 @@ def roll_up_new_samples(engine: Engine, settings: Settings, now: datetime) -> in
         if not touched:
             return 0
         clocks = device_clocks(conn, settings)
-        for device_id, first_ts, last_ts, _ in touched:
-            recompute_device(conn, device_id, clocks[device_id], first_ts, last_ts)
-        newest = max(row[3] for row in touched)
+    for start in range(0, len(touched), ROLLUP_CHUNK):
+        with engine.begin() as conn:
+            for device_id, first_ts, last_ts, _ in touched[start : start + ROLLUP_CHUNK]:
+                recompute_device(conn, device_id, clocks[device_id], first_ts, last_ts)
+    newest = max(row[3] for row in touched)
+    with engine.begin() as conn:
         _write_watermark(conn, watermark, max(newest, watermark) if watermark else newest)
     log.debug("usage: recomputed %d devices", len(touched))
     return len(touched)
