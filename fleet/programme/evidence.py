@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +32,12 @@ DEVICE_EVIDENCE = "device_evidence"
 # Ingest stamps received_at before it commits: re-read a margin so a late commit is not missed.
 RESCAN_MARGIN = timedelta(minutes=10)
 SETTLED = ("confirmed", "attached")
+
+
+@dataclass(frozen=True)
+class DeviceSeen:
+    id: str
+    last_seen_at: datetime | None
 
 
 def is_healthy(reachable: bool, errors: Mapping[str, Any] | None) -> bool:
@@ -61,9 +68,15 @@ def update_classroom_evidence(engine: Engine, now: datetime) -> dict[str, str]:
 
 
 def _update(session: Session, now: datetime) -> dict[str, str]:
-    devices_by_room: dict[str, list[Device]] = defaultdict(list)
-    for device in session.exec(select(Device).where(col(Device.retired_at).is_(None))):
-        devices_by_room[device.room_id].append(device)
+    devices_by_room: dict[str, list[DeviceSeen]] = defaultdict(list)
+    # Three columns, not whole devices: this runs every minute over the whole fleet, and
+    # loading every device's last reading each time only churns memory.
+    for device_id, room_id, last_seen_at in session.exec(
+        select(Device.id, Device.room_id, Device.last_seen_at).where(
+            col(Device.retired_at).is_(None)
+        )
+    ):
+        devices_by_room[room_id].append(DeviceSeen(device_id, last_seen_at))
     kept = {e.room_id: e for e in session.exec(select(ClassroomEvidence))}
     pending = {
         room_id: devices
@@ -98,7 +111,7 @@ def _update(session: Session, now: datetime) -> dict[str, str]:
 
 
 def _first_healthy_readings(
-    session: Session, pending: Mapping[str, list[Device]], kept: Mapping[str, ClassroomEvidence]
+    session: Session, pending: Mapping[str, list[DeviceSeen]], kept: Mapping[str, ClassroomEvidence]
 ) -> dict[str, dict[str, datetime]]:
     """room -> device -> earliest healthy reading among samples received since the last run."""
     room_of = {d.id: room for room, devices in pending.items() for d in devices}
@@ -128,7 +141,11 @@ def _first_healthy_readings(
 
 
 def _judge(
-    session: Session, room: Room, devices: list[Device], evidence: ClassroomEvidence, now: datetime
+    session: Session,
+    room: Room,
+    devices: list[DeviceSeen],
+    evidence: ClassroomEvidence,
+    now: datetime,
 ) -> tuple[str, str]:
     link = session.get(PhaseRoom, room.id)
     phase = session.get(Phase, link.phase_id) if link else None
