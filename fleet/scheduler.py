@@ -7,19 +7,14 @@ and no scheduler. Add a job by adding one `Job` to `jobs()`.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine, insert, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import SQLModel
+from sqlalchemy import Engine
 
+from fleet.leader import Leadership
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,66 +53,14 @@ def jobs() -> list[Job]:
     ]
 
 
-class Leadership:
-    """Exactly one scheduler runs the jobs, however many controller processes run one: the
-    holder of the `scheduler` lease (a row whose atomic UPDATE works on SQLite and
-    PostgreSQL alike). A leader that dies is replaced once its lease has expired."""
-
-    NAME = "scheduler"
-
-    def __init__(self, engine: Engine, lease_s: float = 30.0, holder: str | None = None) -> None:
-        self.engine = engine
-        self.lease_s = lease_s
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.leading = False
-        # Job threads ask at once; one question to the database at a time is enough.
-        self._lock = threading.Lock()
-
-    def hold(self, now: datetime) -> bool:
-        with self._lock:
-            return self._hold(now)
-
-    def _hold(self, now: datetime) -> bool:
-        from fleet.rollouts.models import TickLease
-
-        table = SQLModel.metadata.tables[TickLease.__tablename__]
-        expires = now + timedelta(seconds=self.lease_s)
-        try:
-            with self.engine.begin() as conn:
-                taken = conn.execute(
-                    update(table)
-                    .where(table.c.name == self.NAME)
-                    .where((table.c.holder == self.holder) | (table.c.expires_at < now))
-                    .values(holder=self.holder, expires_at=expires)
-                ).rowcount
-                if not taken:
-                    exists = conn.execute(
-                        select(table.c.name).where(table.c.name == self.NAME)
-                    ).first()
-                    if exists is None:
-                        conn.execute(
-                            insert(table).values(
-                                name=self.NAME, holder=self.holder, expires_at=expires, cursor=0
-                            )
-                        )
-                        taken = 1
-        except IntegrityError:  # another process inserted the row first
-            taken = 0
-        if bool(taken) != self.leading:
-            log.info("scheduler %s: %s", self.holder, "now leading" if taken else "another leads")
-        self.leading = bool(taken)
-        return self.leading
-
-
 def _guarded(
     job: Job, engine: Engine, settings: Settings, leadership: Leadership | None = None
 ) -> Callable[[], None]:
     def run() -> None:
-        now = datetime.now(UTC)
-        if leadership is not None and not leadership.hold(now):
+        if leadership is not None and not leadership.hold():
             return
         try:
-            job.func(engine, settings, now)
+            job.func(engine, settings, datetime.now(UTC))
         except Exception:  # one failing run must not stop the schedule
             log.exception("scheduled job %s failed; it runs again in %.0f s", job.id, job.every_s)
 
@@ -125,15 +68,20 @@ def _guarded(
 
 
 def build_scheduler(
-    engine: Engine, settings: Settings, publish: Callable[[str, bytes], None] | None = None
+    engine: Engine,
+    settings: Settings,
+    publish: Callable[[str, bytes], None] | None = None,
+    leadership: Leadership | None = None,
 ) -> BackgroundScheduler:
+    """Every job asks `leadership` first, so with several controller processes only the
+    holder of the scheduler lock runs them (see fleet.leader)."""
     scheduler = BackgroundScheduler(timezone=UTC)
+    leadership = leadership or Leadership(engine)
     # The rollout tick's job is kept in the database: a restarted controller finds it there
     # and carries a running rollout on (its state is in the database too).
     from fleet.rollouts.schedule import add_tick_job
 
-    add_tick_job(scheduler, engine, settings, publish)
-    leadership = Leadership(engine)
+    add_tick_job(scheduler, engine, settings, publish, leadership)
     for job in jobs():
         scheduler.add_job(
             _guarded(job, engine, settings, leadership),

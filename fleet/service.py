@@ -17,6 +17,7 @@ from fleet.api.app import create_app
 from fleet.db import make_engine, migrate
 from fleet.ingest import Ingest
 from fleet.registry import SyncResult, sync_registry
+from fleet.leader import Leadership
 from fleet.scheduler import build_scheduler
 from fleet.settings import Settings
 from fleet.subscriber import Subscriber
@@ -71,12 +72,14 @@ def build_controller(settings: Settings) -> Controller:
 
     @contextmanager
     def run_schedule(app: FastAPI) -> Iterator[None]:
-        scheduler = build_scheduler(engine, settings, subscriber.publish)
+        leadership = Leadership(engine)
+        scheduler = build_scheduler(engine, settings, subscriber.publish, leadership)
         scheduler.start()
         try:
             yield
         finally:
             scheduler.shutdown(wait=True)
+            leadership.release()  # another controller takes the schedule over at once
 
     extras = []
     if settings.role in ("all", "ingest", "scheduler"):

@@ -55,11 +55,10 @@ class Settings(BaseSettings):
 
     # Rollouts: firmware artifacts are files here (default <data_dir>/artifacts); agents fetch
     # them from public_url (this controller as the sites reach it); the tick runs this often,
-    # and a controller keeps the tick's lease this long without renewing it.
+    # in the controller holding the scheduler lock (fleet.leader).
     artifacts_dir: Path | None = None
     public_url: str = "http://127.0.0.1:8000"
     rollout_tick_s: float = Field(default=10.0, gt=0, le=3600)
-    rollout_lease_s: float = Field(default=60.0, gt=0, le=3600)
 
     # Auth: a login token lives this long; an enrolment token at most this long. Agents are
     # told to reach the broker at agent_mqtt_url (empty: mqtt_url without its user).

@@ -20,6 +20,7 @@ from agent.simulator.firmware_image import write_image
 from fleet.api.app import create_app
 from fleet.db import make_engine
 from fleet.ingest import Ingest
+from fleet.leader import Leadership
 from fleet.models import AgentStatus, Device
 from fleet.profile_book import profiles_in
 from fleet.protocol import Command
@@ -30,6 +31,7 @@ from fleet.rollouts.schedule import add_tick_job
 from fleet.settings import Settings
 from tests.fixtures_auth import ops_headers
 from tests.fixtures_db import message
+from tests.procs import wait_for
 
 # Saturday 20:00 UTC: Sunday small hours in Kuala Lumpur and Kathmandu, no classes.
 NOW = datetime(2025, 3, 1, 20, 0, tzinfo=UTC)
@@ -46,9 +48,7 @@ SEEWO = [
 def settings(tmp_path: Path, db_url: str) -> Settings:
     artifacts = tmp_path / "artifacts"
     write_image(artifacts, "seewo-panel", "3.3.0")
-    return Settings(
-        data_dir=tmp_path, database_url=db_url, artifacts_dir=artifacts, rollout_lease_s=30
-    )
+    return Settings(data_dir=tmp_path, database_url=db_url, artifacts_dir=artifacts)
 
 
 @pytest.fixture
@@ -214,14 +214,14 @@ def test_controller_restart_resumes_the_rollout(
         create_rollout(session, profiles_in(settings.profiles_dir), settings, request(), NOW)
     # The first controller: its tick job goes into the database's job store.
     scheduler = BackgroundScheduler(timezone=UTC)
-    add_tick_job(scheduler, fleet_db, settings, agents.publish)
+    add_tick_job(scheduler, fleet_db, settings, agents.publish, Leadership(fleet_db))
     scheduler.start(paused=True)
     rollout_engine.tick(fleet_db, settings, NOW, agents.publish, "first")
     scheduler.shutdown(wait=True)
     assert len(agents.published) == 1
     agents.answer(NOW + timedelta(seconds=5))
 
-    # The second: a new engine, a new holder, after the first one's lease ran out.
+    # The second: a new engine, a new holder.
     engine2 = make_engine(db_url)
     try:
         with engine2.connect() as conn:
@@ -229,12 +229,12 @@ def test_controller_restart_resumes_the_rollout(
                 "rollout_tick"
             ]
         scheduler2 = BackgroundScheduler(timezone=UTC)
-        add_tick_job(scheduler2, engine2, settings, agents.publish)
+        add_tick_job(scheduler2, engine2, settings, agents.publish, Leadership(engine2))
         scheduler2.start(paused=True)
         assert scheduler2.get_job("rollout_tick") is not None
         scheduler2.shutdown(wait=False)
-        later = NOW + timedelta(seconds=settings.rollout_lease_s + 1)
-        assert rollout_engine.tick(engine2, settings, later, agents.publish, "second") is not None
+        later = NOW + timedelta(seconds=61)
+        rollout_engine.tick(engine2, settings, later, agents.publish, "second")
         assert len(agents.published) == 4  # it carried on with wave 2
         agents.answer(later + timedelta(seconds=5))
         rollout_engine.tick(
@@ -248,6 +248,8 @@ def test_controller_restart_resumes_the_rollout(
 def test_two_controllers_never_both_run_the_tick(
     fleet_db: Engine, settings: Settings, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Two controllers, each running the tick as fast as it can whenever it holds the
+    scheduler lock: only the holder ticks, and once it steps down the other takes over."""
     runs: list[tuple[str, float, float]] = []
     real = rollout_engine._apply_reports
 
@@ -259,30 +261,73 @@ def test_two_controllers_never_both_run_the_tick(
         return result
 
     monkeypatch.setattr(rollout_engine, "_apply_reports", slow_body)
-    stop = threading.Event()
+    stop = {"A": threading.Event(), "B": threading.Event()}
+    a_leads = threading.Event()
+
+    def controller(name: str) -> None:
+        engine = make_engine(db_url)
+        leadership = Leadership(engine, holder=name)
+        try:
+            while not stop[name].is_set():
+                if leadership.hold():
+                    a_leads.set()
+                    rollout_engine.tick(engine, settings, datetime.now(UTC), None, name)
+                else:
+                    time.sleep(0.005)
+        finally:
+            leadership.release()
+            engine.dispose()
+
+    threads = {n: threading.Thread(target=controller, args=(n,), name=n) for n in ("A", "B")}
+    threads["A"].start()
+    assert a_leads.wait(10)
+    threads["B"].start()
+    time.sleep(1.0)  # B keeps trying all this while
+    assert runs and {name for name, _, _ in runs} == {"A"}, "B ran while A held the lock"
+    # A's process ends: B takes over.
+    stop["A"].set()
+    threads["A"].join(10)
+    ran_by_a = len(runs)
+    wait_for(lambda: len(runs) > ran_by_a + 3, 10, "B to run ticks")
+    stop["B"].set()
+    threads["B"].join(10)
+    assert {name for name, _, _ in runs[ran_by_a:]} == {"B"}
+    ordered = sorted(runs, key=lambda r: r[1])
+    for (_, _, end), (_, start, _) in itertools.pairwise(ordered):
+        assert start >= end, "two ticks overlapped"
+
+
+def test_ticks_never_overlap_even_without_the_lock(
+    fleet_db: Engine, settings: Settings, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader that lost its lock mid-tick and the next leader: each tick claims the tick's
+    row first, so their bodies still run one after the other."""
+    runs: list[tuple[float, float]] = []
+    real = rollout_engine._apply_reports
+
+    def slow_body(session: Session, now: datetime) -> int:
+        started = time.monotonic()
+        time.sleep(0.02)
+        result = real(session, now)
+        runs.append((started, time.monotonic()))
+        return result
+
+    monkeypatch.setattr(rollout_engine, "_apply_reports", slow_body)
 
     def controller(name: str) -> None:
         engine = make_engine(db_url)
         try:
-            while not stop.is_set():
+            for _ in range(10):
                 rollout_engine.tick(engine, settings, datetime.now(UTC), None, name)
         finally:
             engine.dispose()
 
-    threads = [threading.Thread(target=controller, args=(n,), name=n) for n in ("A", "B")]
-    threads[0].start()
-    time.sleep(0.3)
-    threads[1].start()
-    time.sleep(1.5)
-    stop.set()
+    threads = [threading.Thread(target=controller, args=(n,)) for n in ("A", "B")]
     for t in threads:
-        t.join(10)
-    assert runs, "no tick ran"
-    assert {name for name, _, _ in runs} == {"A"}, "B ran the tick while A held the lease"
-    ordered = sorted(runs, key=lambda r: r[1])
-    for (_, _, end), (_, start, _) in itertools.pairwise(ordered):
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(runs) == 20
+    ordered = sorted(runs)
+    for (_, end), (start, _) in itertools.pairwise(ordered):
         assert start >= end, "two ticks overlapped"
-    # A stops renewing: once its lease has expired, B takes over.
-    later = datetime.now(UTC) + timedelta(seconds=settings.rollout_lease_s + 1)
-    assert rollout_engine.tick(fleet_db, settings, later, None, "B") is not None
-    assert rollout_engine.tick(fleet_db, settings, later, None, "A") is None

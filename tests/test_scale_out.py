@@ -1,5 +1,5 @@
 """Beyond one process: ingest workers splitting the health stream on an MQTT v5 shared
-subscription in front of PostgreSQL, and exactly one scheduler leading."""
+subscription in front of PostgreSQL. (Exactly one scheduler: tests/test_leader.py.)"""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import Engine
 from ulid import ULID
 
 from bench.brokers import OwnMosquitto
 from fleet.protocol import HealthBatch, Power, Reading, Topics
-from fleet.scheduler import Leadership
 from tests.procs import Stack, sample_counts, wait_for
 
 DEVICES = [
@@ -26,19 +24,6 @@ DEVICES = [
     "upm-sc2-projector",
 ]
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
-
-
-def test_one_scheduler_leads_and_another_takes_over_when_it_dies(engine: Engine) -> None:
-    first = Leadership(engine, lease_s=30, holder="controller-a")
-    second = Leadership(engine, lease_s=30, holder="controller-b")
-    now = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-    assert first.hold(now)
-    assert not second.hold(now + timedelta(seconds=1))
-    assert first.hold(now + timedelta(seconds=20))  # renews
-    # The leader stops renewing (it died): once its lease ran out the other takes over.
-    assert not second.hold(now + timedelta(seconds=49))
-    assert second.hold(now + timedelta(seconds=51))
-    assert not first.hold(now + timedelta(seconds=52))
 
 
 def batches(count: int) -> list[bytes]:

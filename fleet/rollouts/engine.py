@@ -1,9 +1,10 @@
 """The rollout tick: read the agents' reports, ask `plan.next_actions` what to do for each
 live rollout, write that down, then publish the commands.
 
-One transaction per tick, opened by taking the tick's lease: on SQLite the write lock and on
-PostgreSQL the lease row's lock are held until commit, so two controller processes never run
-a tick's body at once, and only the lease holder runs ticks while its lease is fresh.
+Only the controller holding the scheduler lock calls `tick` (fleet.leader). Each tick is
+one transaction that starts by claiming the tick's row (an UPDATE: SQLite's write lock, or
+PostgreSQL's row lock, held until commit), so even a leader that lost its lock while a tick
+ran cannot overlap a tick of the next leader.
 Commands go out after the commit; one that cannot be published puts its device back to
 pending, so nothing is marked sent that was not.
 """
@@ -11,16 +12,15 @@ pending, so nothing is marked sent that was not.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col, select
 
 from agent.profiles import Profile
@@ -56,10 +56,6 @@ Publish = Callable[[str, bytes], None]
 LIVE = (RolloutState.running.value, RolloutState.scheduled.value, RolloutState.paused.value)
 
 
-def new_holder() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 @dataclass
 class TickResult:
     holder: str
@@ -68,24 +64,20 @@ class TickResult:
     moves: list[tuple[int, str, str]] = field(default_factory=list)  # (rollout, state, reason)
 
 
-def take_lease(session: Session, holder: str, now: datetime, lease_s: float) -> bool:
-    """Take or renew the tick's lease; False while another holder's lease is fresh."""
-    expires = now + timedelta(seconds=lease_s)
+def claim_tick(session: Session, holder: str, now: datetime) -> None:
+    """Write who runs this tick and when, first thing in the tick's transaction: the row (or
+    on SQLite the whole database) stays locked until commit, so ticks never overlap."""
     table = SQLModel.metadata.tables[TickLease.__tablename__]
-    stmt = (
-        update(table)
-        .where(table.c.name == LEASE)
-        .where((table.c.holder == holder) | (table.c.expires_at < now))
-        .values(holder=holder, expires_at=expires)
-    )
-    if session.connection().execute(stmt).rowcount == 1:
-        return True
-    if session.get(TickLease, LEASE) is not None:
-        return False
-    session.connection().execute(
-        insert(table).values(name=LEASE, holder=holder, expires_at=expires, cursor=0)
-    )
-    return True
+    conn = session.connection()
+    stmt = update(table).where(table.c.name == LEASE).values(holder=holder, expires_at=now)
+    if conn.execute(stmt).rowcount == 1:
+        return
+    # The first tick ever: create the row; if another tick just did, this waits for its
+    # lock and does nothing, and the UPDATE then claims the row.
+    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    first = upsert(table).values(name=LEASE, holder=holder, expires_at=now, cursor=0)
+    conn.execute(first.on_conflict_do_nothing(index_elements=["name"]))
+    conn.execute(stmt)
 
 
 def tick(
@@ -94,13 +86,11 @@ def tick(
     now: datetime,
     publish: Publish | None,
     holder: str,
-) -> TickResult | None:
-    """One tick; None when another controller holds the lease."""
+) -> TickResult:
+    """One tick, by `holder` (the controller holding the scheduler lock)."""
     result = TickResult(holder)
     with Session(engine) as session:
-        if not take_lease(session, holder, now, settings.rollout_lease_s):
-            session.rollback()
-            return None
+        claim_tick(session, holder, now)
         profiles = profiles_in(settings.profiles_dir)
         result.reports = _apply_reports(session, now)
         rollouts = session.exec(select(Rollout).where(col(Rollout.state).in_(LIVE))).all()
@@ -273,8 +263,7 @@ def _artifact_url(
         rollout.pause_kind = "operator"
         session.add(rollout)
         return None
-    base = settings.public_url.rstrip("/")
-    return f"{base}/api/v1/firmware/artifacts/{rollout.release_sha256}", release.size
+    return url, release.size
 
 
 def _send(

@@ -72,8 +72,9 @@ class ArtifactDownload(SQLModel, table=True):
 
 
 class TickLease(SQLModel, table=True):
-    """Who runs the rollout tick: one holder at a time, until its lease expires. Works the
-    same on SQLite and PostgreSQL (the UPDATE that takes it is atomic on both)."""
+    """The rollout tick's row: which controller ran the last tick and when (`expires_at`, a
+    name kept from the first schema), and how far it has read the agents' reports. Each
+    tick claims it first, which serialises ticks (fleet.rollouts.engine.claim_tick)."""
 
     __tablename__ = "tick_lease"
 

@@ -1,6 +1,9 @@
 """The rollout tick as an APScheduler job kept in the database (SQLAlchemyJobStore): a
 restarted controller finds the job there and carries a running rollout on, its state being
-in the database too. The job names a module function, since a closure cannot be stored."""
+in the database too. The job names a module function, since a closure cannot be stored.
+
+Every controller process with a scheduler has the job; only the one holding the scheduler
+lock (fleet.leader: a PostgreSQL advisory lock, a file lock on SQLite) runs the tick."""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
+from fleet.leader import Leadership
 from fleet.protocol import utcnow
-from fleet.rollouts.engine import Publish, new_holder, tick
+from fleet.rollouts.engine import Publish, tick
 from fleet.settings import Settings
 
 if TYPE_CHECKING:
@@ -21,42 +25,49 @@ log = logging.getLogger(__name__)
 _runtime: dict[str, Any] = {}
 
 
-def configure_tick(engine: Engine, settings: Settings, publish: Publish | None) -> str:
+def configure_tick(
+    engine: Engine, settings: Settings, publish: Publish | None, leadership: Leadership
+) -> None:
     """Set what `scheduled_tick` uses in this process. The job itself lives in the database
     (SQLAlchemyJobStore) and so names this module's function, not a closure."""
-    holder = new_holder()
-    _runtime.update(engine=engine, settings=settings, publish=publish, holder=holder)
-    return holder
+    _runtime.clear()
+    _runtime.update(engine=engine, settings=settings, publish=publish, leadership=leadership)
 
 
 def scheduled_tick() -> None:
     if not _runtime:
         log.warning("rollout tick before configure_tick: skipped")
         return
+    leadership: Leadership = _runtime["leadership"]
+    leading = leadership.hold()
+    # Only changes are logged: which controller runs the ticks, and since when.
+    if leading != _runtime.get("leading", False):
+        log.info("rollout ticks %s by %s", "started" if leading else "stopped", leadership.holder)
+    _runtime["leading"] = leading
+    if not leading:
+        return
     try:
-        result = tick(
+        tick(
             _runtime["engine"],
             _runtime["settings"],
             utcnow(),
             _runtime["publish"],
-            _runtime["holder"],
+            leadership.holder,
         )
     except Exception:  # one failing tick must not stop the schedule
         log.exception("rollout tick failed; it runs again at the next interval")
-        return
-    # Only changes are logged: which controller runs the ticks, and since when.
-    holding = result is not None
-    if holding != _runtime.get("holding", False):
-        log.info("rollout tick lease %s by %s", "taken" if holding else "lost", _runtime["holder"])
-    _runtime["holding"] = holding
 
 
 def add_tick_job(
-    scheduler: BaseScheduler, engine: Engine, settings: Settings, publish: Publish | None
+    scheduler: BaseScheduler,
+    engine: Engine,
+    settings: Settings,
+    publish: Publish | None,
+    leadership: Leadership,
 ) -> None:
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 
-    configure_tick(engine, settings, publish)
+    configure_tick(engine, settings, publish, leadership)
     scheduler.add_jobstore(SQLAlchemyJobStore(engine=engine), alias="rollouts")
     scheduler.add_job(
         "fleet.rollouts.schedule:scheduled_tick",
