@@ -2,8 +2,9 @@
 
 - On PostgreSQL, a session advisory lock (`pg_try_advisory_lock`, its key drawn from the
   lock's name and the schema, so two fleets in one database do not block each other) held
-  on a connection of its own for as long as the process leads. The server frees it the moment that connection
-  ends, so a leader that dies or loses the database is replaced at the next try.
+  on a connection of its own for as long as the process leads. The server frees it the
+  moment that connection ends, so a leader that dies or loses the database is replaced at
+  the next try.
 - On SQLite, an exclusive `flock` on a file beside the database (`<db>.<name>.lock`), which
   the kernel frees when the process dies. The file names the holder, for a technician
   looking at why a controller does not run the schedule.
@@ -21,6 +22,7 @@ import os
 import socket
 import threading
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -48,6 +50,7 @@ class Leadership:
         self.name = name
         self.holder = holder or holder_id()
         self.leading = False
+        self.since: datetime | None = None  # when this process began leading
         # Job threads ask at once; one question at a time is enough.
         self._mutex = threading.Lock()
         backend = engine.url.get_backend_name()
@@ -80,6 +83,8 @@ class Leadership:
                     "now leading" if leading else "another process leads",
                     self.where,
                 )
+            if leading and not self.leading:
+                self.since = datetime.now(UTC)
             self.leading = leading
             return leading
 
@@ -89,6 +94,7 @@ class Leadership:
                 log.info("scheduler %s: stepping down (%s)", self.holder, self.where)
             self._lock.drop()
             self.leading = False
+            self.since = None
 
 
 class _Lock:

@@ -24,17 +24,21 @@ AGENTS = SQLModel.metadata.tables["agent_status"]
 PollOf = Callable[[str], float]  # profile id -> poll interval (s)
 
 
-def mark_silent_devices(engine: Engine, settings: Settings, now: datetime) -> None:
-    """The scheduled job."""
-    apply_silence(engine, settings, now)
+def mark_silent_devices(
+    engine: Engine, settings: Settings, now: datetime, watching_since: datetime | None = None
+) -> None:
+    """The scheduled job; `watching_since`: when this controller began running it."""
+    apply_silence(engine, settings, now, watching_since)
 
 
-def apply_silence(engine: Engine, settings: Settings, now: datetime) -> list[StateChange]:
+def apply_silence(
+    engine: Engine, settings: Settings, now: datetime, watching_since: datetime | None = None
+) -> list[StateChange]:
     profiles = profiles_in(settings.profiles_dir)
     with engine.begin() as conn:
         agents = load_agent_facts(conn)
         devices = load_device_facts(conn, lambda profile: poll_interval_s(profiles, profile))
-        changes = silence_changes(agents, devices, now)
+        changes = silence_changes(agents, devices, now, watching_since)
         apply_changes(conn, changes, devices, now)
     for change in changes:
         log.info("device %s is now %s: %s", change.device, change.state.value, change.reason)

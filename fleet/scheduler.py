@@ -19,7 +19,7 @@ from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
-JobFunc = Callable[[Engine, Settings, datetime], None]
+JobFunc = Callable[..., None]  # (engine, settings, now) [, watching_since=]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class Job:
     id: str
     func: JobFunc
     every_s: float
+    # Judges silence: also given `watching_since`, when this process began leading, so a
+    # controller back from its own outage does not take it for the sites' silence.
+    judges_silence: bool = False
 
 
 def jobs() -> list[Job]:
@@ -40,8 +43,8 @@ def jobs() -> list[Job]:
     from fleet.reports.scheduled import generate_due_reports
 
     return [
-        Job("liveness", mark_silent_devices, 30),
-        Job("alerts", evaluate_alerts, 30),
+        Job("liveness", mark_silent_devices, 30, judges_silence=True),
+        Job("alerts", evaluate_alerts, 30, judges_silence=True),
         # Every second, so the webhook's first retries (1 s, 2 s, 4 s) keep their pace.
         Job("webhook", deliver_due, 1),
         Job("programme_evidence", check_classroom_evidence, 60),
@@ -56,11 +59,17 @@ def jobs() -> list[Job]:
 def _guarded(
     job: Job, engine: Engine, settings: Settings, leadership: Leadership | None = None
 ) -> Callable[[], None]:
+    started = datetime.now(UTC)
+
     def run() -> None:
         if leadership is not None and not leadership.hold():
             return
         try:
-            job.func(engine, settings, datetime.now(UTC))
+            if job.judges_silence:
+                since = leadership.since if leadership is not None else started
+                job.func(engine, settings, datetime.now(UTC), watching_since=since)
+            else:
+                job.func(engine, settings, datetime.now(UTC))
         except Exception:  # one failing run must not stop the schedule
             log.exception("scheduled job %s failed; it runs again in %.0f s", job.id, job.every_s)
 

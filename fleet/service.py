@@ -16,8 +16,8 @@ from fleet.alerts.evaluation import after_ingest
 from fleet.api.app import create_app
 from fleet.db import make_engine, migrate
 from fleet.ingest import Ingest
-from fleet.registry import SyncResult, sync_registry
 from fleet.leader import Leadership
+from fleet.registry import SyncResult, sync_registry
 from fleet.scheduler import build_scheduler
 from fleet.settings import Settings
 from fleet.subscriber import Subscriber

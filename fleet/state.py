@@ -110,20 +110,39 @@ class StateChange:
 
 
 def site_offline_since(
-    agent: AgentFacts, silence: timedelta, now: datetime
+    agent: AgentFacts, silence: timedelta, now: datetime, watching_since: datetime | None = None
 ) -> tuple[datetime, str] | None:
-    """When the site went offline and why, or None while its agent is alive."""
+    """When the site went offline and why, or None while its agent is alive, or while the
+    controller has not watched long enough to tell (see `silence_unjudged`)."""
     if agent.state == "offline":
         return agent.state_received_at, site_offline_reason(agent.agent_id, agent.state_received_at)
     heard = agent.last_message_at or agent.state_received_at
     silent_for = now - heard
-    if silent_for > silence:
+    if silent_for > silence and not silence_unjudged(agent, silence, now, watching_since):
         return heard, site_offline_reason(agent.agent_id, heard, silent_for=silent_for)
     return None
 
 
+def silence_unjudged(
+    agent: AgentFacts, silence: timedelta, now: datetime, watching_since: datetime | None
+) -> bool:
+    """True when a site looks silent only because the controller itself was not listening.
+
+    A controller back from an outage has heard nothing from anyone for as long as it was
+    down; the agents' queued messages arrive in the seconds after. So a silence that began
+    before `watching_since` (when this controller started running the schedule) is judged
+    only once the controller has itself listened for the whole threshold."""
+    if watching_since is None or agent.state == "offline":
+        return False
+    heard = agent.last_message_at or agent.state_received_at
+    return heard < watching_since and now - watching_since <= silence
+
+
 def silence_changes(
-    agents: Mapping[str, AgentFacts], devices: Iterable[DeviceFacts], now: datetime
+    agents: Mapping[str, AgentFacts],
+    devices: Iterable[DeviceFacts],
+    now: datetime,
+    watching_since: datetime | None = None,
 ) -> list[StateChange]:
     """Devices whose state silence changes: a silent site's all go `site_offline`; at a live
     site, a device left behind by its site's other readings goes `unreachable`.
@@ -140,7 +159,7 @@ def silence_changes(
         if agent is None:
             continue
         silence = site_silence_threshold(d.poll_interval_s for d in members)
-        offline = site_offline_since(agent, silence, now)
+        offline = site_offline_since(agent, silence, now, watching_since)
         if offline is not None:
             reason = offline[1]
             changes += [

@@ -175,3 +175,38 @@ def test_second_unresolved_alert_for_the_same_subject_and_kind_is_refused(
                 updated_at=CLASS,
             )
         )
+
+
+def test_an_open_site_alert_stays_open_while_a_restarted_controller_listens(
+    ingest: Ingest, registered: Engine, settings: Settings
+) -> None:
+    """Not resolved and raised again, not raised for everyone: until the restarted controller
+    has listened for the silence threshold, site alerts stay as they stood."""
+    t = CLASS
+    ingest.handle(
+        [
+            health("tuit", [reading("tuit-sc1-projector", t)], received_at=t),
+            agent_state("tuit", "offline", t, t),
+            health("upm", [reading(PROJECTOR, t)], received_at=t),
+        ]
+    )
+    evaluate_alerts(registered, settings, t + timedelta(minutes=6))
+    [offline] = alerts(registered, kind="site_offline")
+    assert offline.site_code == "tuit" and offline.state == "open"
+
+    # The controller was down for an hour; it starts again and runs the job at once.
+    restarted = t + timedelta(hours=1)
+    evaluate_alerts(registered, settings, restarted, watching_since=restarted)
+    # tuit's will still stands (a fact, not a silence); upm is not yet called offline.
+    assert [(a.site_code, a.state) for a in alerts(registered, kind="site_offline")] == [
+        ("tuit", "open")
+    ]
+    # Three minutes on, upm's readings have not come: its silence counts from now on.
+    evaluate_alerts(
+        registered, settings, restarted + timedelta(minutes=3), watching_since=restarted
+    )
+    assert [a.site_code for a in alerts(registered, kind="site_offline")] == ["tuit"]
+    evaluate_alerts(
+        registered, settings, restarted + timedelta(minutes=7), watching_since=restarted
+    )
+    assert sorted(a.site_code for a in alerts(registered, kind="site_offline")) == ["tuit", "upm"]

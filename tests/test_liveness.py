@@ -12,7 +12,7 @@ from fleet.ingest import Ingest
 from fleet.liveness import apply_silence
 from fleet.models import Device
 from fleet.settings import Settings
-from fleet.state import AgentFacts, DeviceFacts, DeviceState, silence_changes
+from fleet.state import AgentFacts, DeviceFacts, DeviceState, StateChange, silence_changes
 from tests.fixtures_db import RECEIVED, health, reading
 
 UPM = ["upm-sc1-panel-1", "upm-sc1-panel-2", "upm-sc1-pc", "upm-sc2-panel-1", "upm-sc2-projector"]
@@ -108,3 +108,47 @@ def test_site_silence_threshold_has_a_floor_of_three_minutes() -> None:
 def test_never_heard_site_keeps_its_devices_unknown() -> None:
     devices = [DeviceFacts("a", "upm", "unknown", None, None, 60)]
     assert silence_changes({}, devices, NOW) == []
+
+
+def test_a_controller_back_from_its_own_outage_waits_before_calling_sites_offline(
+    ingest: Ingest, registered: Engine, tmp_path: Path
+) -> None:
+    """The controller was down for 30 min: every agent looks silent only because nobody was
+    listening. It judges silence again once it has itself listened for the threshold."""
+    settings = Settings(data_dir=tmp_path)
+    ingest.handle([health("upm", [reading(d, T0) for d in UPM], received_at=T0)])
+    restarted = T0 + timedelta(minutes=30)
+    # Without the restart taken into account, its first run would call upm offline at once.
+    assert {c.device for c in silence_changes_at(registered, restarted)} == set(UPM)
+
+    # upm's threshold is 6 min (the projector's 120 s poll): not yet judged 5 min after.
+    assert apply_silence(registered, settings, restarted, restarted) == []
+    assert apply_silence(registered, settings, restarted + timedelta(minutes=5), restarted) == []
+    assert {s for s, _ in states(registered, "upm").values()} == {"online"}
+
+    # The agent's queued readings would have arrived by now; none did: it is offline, and
+    # the reason gives the whole silence, not just the part this controller saw.
+    later = restarted + timedelta(minutes=6, seconds=1)
+    changes = apply_silence(registered, settings, later, restarted)
+    assert {c.device for c in changes} == set(UPM)
+    assert all("silent for 36 min" in c.reason for c in changes)
+
+
+def test_an_agent_heard_after_the_restart_is_judged_as_usual() -> None:
+    restarted = NOW - timedelta(minutes=1)
+    heard = NOW - timedelta(seconds=30)
+    agent = AgentFacts("upm", "upm-agent-1", "online", heard, heard)
+    assert silence_changes({"upm": agent}, [facts("a", heard)], NOW, restarted) == []
+    # Heard after the restart, then silent for longer than the threshold: offline.
+    much_later = heard + timedelta(minutes=3, seconds=1)
+    [change] = silence_changes({"upm": agent}, [facts("a", heard)], much_later, restarted)
+    assert change.state == DeviceState.site_offline
+
+
+def silence_changes_at(engine: Engine, now: datetime) -> list[StateChange]:
+    from fleet.liveness import load_agent_facts, load_device_facts
+
+    with engine.connect() as conn:
+        agents = load_agent_facts(conn)
+        devices = load_device_facts(conn, lambda profile: 120 if "projector" in profile else 60)
+    return silence_changes(agents, devices, now)

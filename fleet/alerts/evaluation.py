@@ -54,10 +54,13 @@ def after_ingest(settings: Settings) -> AfterCommit:
     return run
 
 
-def evaluate_alerts(engine: Engine, settings: Settings, now: datetime) -> None:
-    """The scheduled job: every device and every site, then the gauge."""
+def evaluate_alerts(
+    engine: Engine, settings: Settings, now: datetime, watching_since: datetime | None = None
+) -> None:
+    """The scheduled job: every device and every site, then the gauge. `watching_since`:
+    when this controller began running it (see fleet.state.silence_unjudged)."""
     evaluate_devices(engine, settings, now)
-    evaluate_sites(engine, settings, now)
+    evaluate_sites(engine, settings, now, watching_since)
     with engine.connect() as conn:
         update_gauge(conn)
 
@@ -76,7 +79,9 @@ def evaluate_devices(
     return result
 
 
-def evaluate_sites(engine: Engine, settings: Settings, now: datetime) -> ReconcileResult:
+def evaluate_sites(
+    engine: Engine, settings: Settings, now: datetime, watching_since: datetime | None = None
+) -> ReconcileResult:
     profiles = profiles_in(settings.profiles_dir)
     with engine.begin() as conn:
         agents = load_agent_facts(conn)
@@ -86,8 +91,11 @@ def evaluate_sites(engine: Engine, settings: Settings, now: datetime) -> Reconci
         judgements = []
         for site in conn.execute(select(SITES.c.code)).scalars():
             silence = site_silence_threshold(polls.get(site, []))
-            findings = evaluate_site(agents.get(site), silence, now)
-            judgements.append(Judgement(site, None, SITE_KINDS, frozenset(findings)))
+            findings = evaluate_site(agents.get(site), silence, now, watching_since=watching_since)
+            if findings is None:  # not yet judged: its alerts stay as they are
+                judgements.append(Judgement(site, None, frozenset(), frozenset()))
+            else:
+                judgements.append(Judgement(site, None, SITE_KINDS, frozenset(findings)))
         result = reconcile(conn, judgements, now, notify=bool(settings.webhook_url))
     _log(result)
     return result

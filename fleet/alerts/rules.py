@@ -22,6 +22,7 @@ from fleet.state import (
     DeviceFacts,
     DeviceState,
     device_silence_threshold,
+    silence_unjudged,
     site_offline_since,
 )
 
@@ -109,9 +110,14 @@ def evaluate_site(
     now: datetime,
     *,
     offline_after: timedelta = SITE_OFFLINE_AFTER,
-) -> set[Finding]:
+    watching_since: datetime | None = None,
+) -> set[Finding] | None:
+    """The site's findings, or None when they cannot be judged yet: the controller is back
+    from its own outage and has not listened long enough (an open alert stays as it is)."""
     if agent is None:
         return set()  # never heard: a site being installed is not an outage
+    if silence_unjudged(agent, silence, now, watching_since):
+        return None
     offline = site_offline_since(agent, silence, now)
     if offline is None or now - offline[0] < offline_after:
         return set()
