@@ -1,6 +1,9 @@
 """The site's firmware cache: each artifact crosses the site's (metered) link once, resumes
 where it stopped (HTTP Range) after a dropped link or an agent restart, is checked against
 its SHA-256, and is then served to the site's devices from a small local HTTP endpoint.
+
+It comes from the controller's artifact endpoint, or from the http(s) URL a release names
+(a vendor's server): the same resumable download and the same SHA-256 check either way.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 SPAN_S = 2.0  # a throttled download's request: this many seconds' worth
 _SHA = re.compile(r"^/artifacts/([0-9a-f]{64})$")
+_CONTROLLER_ARTIFACT = re.compile(r"/api/v1/firmware/artifacts/[0-9a-f]{64}$")
 
 
 class ArtifactMismatch(Exception):
@@ -76,14 +80,19 @@ class ArtifactCache:
             part.unlink()
             raise ArtifactMismatch(
                 f"downloaded {size} bytes from {url} with SHA-256 {digest.hexdigest()}, expected "
-                f"{sha256}: deleted, not pushed to any device. The controller's file or the "
-                "link is bad; the next attempt downloads it again"
+                f"{sha256}: deleted, not pushed to any device. The file at {_server(url)} or "
+                "the link is bad (or the release's SHA-256 is wrong); the next attempt "
+                "downloads it again"
             )
         os.replace(part, self.path(sha256))
 
     def _receive(self, url: str, part: Path, have: int, size: int) -> None:
-        sep = "&" if "?" in url else "?"
-        full = f"{url}{sep}site={urllib.parse.quote(self.site)}"
+        full = url
+        if _CONTROLLER_ARTIFACT.search(urllib.parse.urlsplit(url).path):
+            # The controller counts each site's downloads; a release's own URL (a vendor's
+            # server, perhaps a signed link) is fetched exactly as given.
+            sep = "&" if "?" in url else "?"
+            full = f"{url}{sep}site={urllib.parse.quote(self.site)}"
         log.info("downloading %s from byte %d", full, have)
         # Throttled, the agent reads slower than the link carries, and the kernel takes up to
         # a socket buffer's worth ahead of it: bytes the link paid for that a kill throws
@@ -100,7 +109,7 @@ class ArtifactCache:
         try:
             response = urllib.request.urlopen(request, timeout=30)
         except urllib.error.HTTPError as exc:
-            raise OSError(f"the controller answered {exc.code} for {full}: {exc.reason}") from None
+            raise OSError(f"{_server(full)} answered {exc.code} for {full}: {exc.reason}") from None
         with response, part.open("ab") as out:
             if ranged and response.status != 206:
                 out.truncate(0)  # the server sent the whole file: start over
@@ -121,8 +130,15 @@ class ArtifactCache:
                         time.sleep(ahead)
             os.fsync(out.fileno())
         if got == 0:
-            raise OSError(f"the controller sent nothing for bytes {have}-{last} of {full}")
+            raise OSError(f"{_server(full)} sent nothing for bytes {have}-{last} of {full}")
         return have + got
+
+
+def _server(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if _CONTROLLER_ARTIFACT.search(parts.path):
+        return "the controller"
+    return f"the release's server {parts.hostname}"
 
 
 def span_bytes(bytes_per_s: float | None) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -206,14 +207,34 @@ class Release(Strict):
     version: str = Field(min_length=1, max_length=64)
     sha256: str = Field(pattern=SHA256_PATTERN)
     size: int = Field(gt=0)
-    # A file name under the controller's artifacts folder (FLEET_ARTIFACTS_DIR), or an
-    # http(s) URL the controller fetches it from.
+    # A file name under the controller's artifacts folder (FLEET_ARTIFACTS_DIR), which the
+    # controller serves to the agents; or an http(s) URL (a vendor's server), which each
+    # site's agent downloads itself, once per site, resumably, and checks against sha256.
     artifact: str = Field(min_length=1)
     # Versions it may be installed over; empty means any.
     upgrades_from: tuple[str, ...] = ()
     # Overrides the profile's update.method for this release.
     method: UpdateMethodName | None = None
     note: str = ""
+
+    @field_validator("artifact")
+    @classmethod
+    def _file_or_http_url(cls, value: str) -> str:
+        if "://" not in value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"artifact {value!r} is neither a file name nor an http(s) URL. Fix: give the "
+                "file name under the controller's artifacts folder, or the http:// or "
+                "https:// URL the agents download it from"
+            )
+        return value
+
+    @property
+    def url(self) -> str | None:
+        """The http(s) URL the agents download the artifact from, if the release names one."""
+        return self.artifact if "://" in self.artifact else None
 
     def applies_to(self, current: str | None) -> bool:
         return not self.upgrades_from or (current is not None and current in self.upgrades_from)
@@ -243,6 +264,28 @@ class Profile(Strict):
     def method_of(self, release: Release) -> UpdateMethodName:
         return release.method or self.update.method
 
+    def agent_push_problem(self) -> str | None:
+        """Why the site agent cannot push firmware to this model (method `agent`), or None.
+        The agent pushes over SNMP only: it SETs the artifact's local URL on the device."""
+        if self.protocol == "pjlink":
+            return (
+                f"profile {self.id} is read over PJLink, which has no firmware update command: "
+                "the agent cannot push firmware to it. Fix: give its releases method "
+                "technician (someone installs it on site) or vendor_cloud"
+            )
+        if self.protocol != "snmp":
+            return (
+                f"profile {self.id} is read over {self.protocol}; the agent pushes firmware "
+                "over SNMP only. Fix: give its releases method technician or vendor_cloud"
+            )
+        if self.update.snmp_url_oid is None:
+            return (
+                f"profile {self.id} has update.snmp_url_oid unset: the agent has no SNMP "
+                "object to give the device the artifact URL on. Fix: name that object, or "
+                "use method technician or vendor_cloud"
+            )
+        return None
+
     @model_validator(mode="after")
     def _protocol_section(self) -> Profile:
         if self.protocol == "snmp" and self.snmp is None:
@@ -253,12 +296,10 @@ class Profile(Strict):
         versions = [r.version for r in self.releases]
         if len(set(versions)) != len(versions):
             raise ValueError("releases list a version twice. Fix: one entry per version")
-        pushes = any(self.method_of(r) == "agent" for r in self.releases)
-        if pushes and self.protocol == "snmp" and self.update.snmp_url_oid is None:
-            raise ValueError(
-                "a release is updated by the agent but update.snmp_url_oid is not set. Fix: "
-                "name the SNMP object the device takes the artifact URL on, or use another method"
-            )
+        pushes = [r.version for r in self.releases if self.method_of(r) == "agent"]
+        problem = self.agent_push_problem() if pushes else None
+        if problem:
+            raise ValueError(f"release {pushes[0]} has method agent, but {problem}")
         if self.match is not None:
             prefix = "sys_" if self.protocol == "snmp" else "pjlink_"
             foreign = sorted(k for k in self.match.rules() if not k.startswith(prefix))

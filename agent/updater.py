@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,10 +129,47 @@ class Updater:
         if command.site != self.site or command.kind != CommandKind.firmware_update:
             return
         if command.cmd_id in self._journal["active"] or command.cmd_id in self._journal["done"]:
-            return  # redelivered: already in hand
+            return  # redelivered (the broker's QoS 1, a persistent session): already in hand
+        stale = self._stale(command)
+        if stale:
+            # Queued by the broker while the agent was away for longer than the controller
+            # waits: the controller has given up on it (and may have cancelled the rollout).
+            log.warning("firmware command %s not carried out: %s", command.cmd_id, stale)
+            self._journal["done"].append(command.cmd_id)
+            self._save()
+            self._spawn_refusal(command, stale)
+            return
         self._journal["active"][command.cmd_id] = command.model_dump(mode="json")
         self._save()
         self._spawn(command)
+
+    def _stale(self, command: Command) -> str | None:
+        timeout = command.args.get("timeout_s")
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+            return None
+        age = (utcnow() - command.issued_at).total_seconds()
+        if age <= timeout:
+            return None
+        return (
+            f"expired: issued {age:.0f} s ago, past its {timeout:.0f} s timeout (the agent was "
+            "away); the controller sends a new command if the rollout still wants the device"
+        )
+
+    def _spawn_refusal(self, command: Command, reason: str) -> None:
+        ack = CommandAck(
+            cmd_id=command.cmd_id,
+            site=self.site,
+            agent_id=self.agent_id,
+            ok=False,
+            ts=utcnow(),
+            message=reason[:2000],
+        )
+        task = asyncio.get_running_loop().create_task(
+            self._send(self.topics.cmd_ack(self.site), ack.to_json(), final=True),
+            name=f"{command.cmd_id}-refused",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _spawn(self, command: Command) -> None:
         task = asyncio.get_running_loop().create_task(self._run(command), name=command.cmd_id)
@@ -179,10 +217,9 @@ class Updater:
         if target is None:
             return Outcome("failed", f"{device_id} is not in this agent's site config")
         update = target.profile.update
-        if update.snmp_url_oid is None or target.profile.protocol != "snmp":
-            return Outcome(
-                "failed", f"profile {target.profile.id} has no way for the agent to push"
-            )
+        problem = target.profile.agent_push_problem()
+        if problem or update.snmp_url_oid is None:
+            return Outcome("failed", problem or f"{target.profile.id}: no way to push")
         reading = await self.collectors.poll(target)
         if not reading.reachable:
             return Outcome("deferred", f"unreachable before the update: {reading.error}")
@@ -190,9 +227,12 @@ class Updater:
             return Outcome("succeeded", f"already on {version}", version)
         if reading.power.value == "on" and reading.input:
             return Outcome("skipped", f"in use (on, input {reading.input}): not interrupted")
+        url = str(args["url"])
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            return Outcome("failed", f"artifact URL {url!r} is not http(s): not downloaded")
         await self._report(command, device_id, "downloading", f"fetching {sha256[:12]}")
         try:
-            await self.cache.fetch(str(args["url"]), sha256, size)
+            await self.cache.fetch(url, sha256, size)
         except ArtifactMismatch as exc:
             return Outcome("failed", str(exc))
         except OSError as exc:

@@ -37,12 +37,25 @@ def artifacts_dir(settings: Settings) -> Path:
 
 
 def artifact_path(settings: Settings, release: Release) -> Path:
-    if "://" in release.artifact:
+    if release.url is not None:
         raise ArtifactError(
-            f"release {release.version} names a URL ({release.artifact}); the controller serves "
-            f"files only. Fix: download it, check it, and put it in {artifacts_dir(settings)}"
+            f"release {release.version} is downloaded by each site's agent from {release.url} "
+            "(and checked there against its SHA-256); the controller holds no file for it"
         )
     return artifacts_dir(settings) / Path(release.artifact).name
+
+
+def agent_download_url(settings: Settings, release: Release) -> str:
+    """Where the agents fetch the release's artifact: the release's own http(s) URL, or the
+    controller's endpoint for a file that matches the release (ArtifactError if it does not).
+
+    The controller does not fetch a URL release itself: its bytes would cross the links twice,
+    and each agent checks the SHA-256 before any device sees them anyway."""
+    if release.url is not None:
+        return release.url
+    verified_artifact(settings, release)
+    base = settings.public_url.rstrip("/")
+    return f"{base}/api/v1/firmware/artifacts/{release.sha256}"
 
 
 _verified: dict[tuple[Path, int, int], str] = {}

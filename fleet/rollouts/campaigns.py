@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from agent.profiles import Profile
 from fleet.models import Device
-from fleet.rollouts.artifacts import ArtifactError, verified_artifact
+from fleet.rollouts.artifacts import ArtifactError, agent_download_url
 from fleet.rollouts.models import Rollout, RolloutDevice
 from fleet.rollouts.plan import (
     ENDED,
@@ -186,9 +186,14 @@ def create_rollout(
     policy = request.policy()
     reasons += policy_problems(policy, len(todo))
     method = profile.method_of(release)
-    if method == "agent":
+    problem = profile.agent_push_problem() if method == "agent" else None
+    if problem:
+        # The profile loader refuses this too; a profile made in code is checked here.
+        reasons.append(f"release {release.version} has method agent, but {problem}")
+    elif method == "agent":
         try:
-            verified_artifact(settings, release)
+            # A URL release is checked by each agent against its SHA-256 once downloaded.
+            agent_download_url(settings, release)
         except ArtifactError as exc:
             reasons.append(str(exc))
     if reasons:

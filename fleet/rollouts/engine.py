@@ -28,7 +28,7 @@ from fleet.models import AgentMessage, AgentStatus, Device, Site
 from fleet.profile_book import profiles_in
 from fleet.protocol import Command, CommandKind, Topics
 from fleet.registry import timetable_from_json
-from fleet.rollouts.artifacts import ArtifactError, verified_artifact
+from fleet.rollouts.artifacts import ArtifactError, agent_download_url
 from fleet.rollouts.campaigns import policy_from_json
 from fleet.rollouts.models import Rollout, RolloutDevice, TickLease
 from fleet.rollouts.plan import (
@@ -245,8 +245,9 @@ def _artifact_url(
     result: TickResult,
     session: Session,
 ) -> tuple[str, int] | None:
-    """The artifact's URL for agents and its size, or None (and the rollout paused) when the
-    file on disk is not the release's: a mismatched artifact is never pushed."""
+    """The artifact's URL for agents (the controller's endpoint, or the release's own http(s)
+    URL) and its size, or None (and the rollout paused) when the file on disk is not the
+    release's: a mismatched artifact is never pushed."""
     profile = profiles.get(rollout.profile)
     release = profile.release(rollout.release_version) if profile else None
     try:
@@ -255,7 +256,7 @@ def _artifact_url(
                 f"release {rollout.release_version} of {rollout.profile} is gone from the "
                 "profiles, or its SHA-256 changed since the rollout was made: start a new rollout"
             )
-        verified_artifact(settings, release)
+        url = agent_download_url(settings, release)
     except ArtifactError as exc:
         _move(
             rollout, MoveRollout(RolloutState.paused, rollout.current_wave, str(exc)), now, result
