@@ -15,6 +15,7 @@ from agent.broker import BrokerAddress
 from agent.config import LoadedSite
 from agent.poller import Poller, build_targets
 from agent.publisher import BrokerError, MqttLink
+from agent.reach import diagnose
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,16 @@ async def check_broker(address: BrokerAddress, client_id: str, timeout: float = 
             return CheckResult(
                 "broker", "ok", f"connected to {address.display()}, credentials accepted"
             )
+        why = await asyncio.to_thread(diagnose, address, timeout)
+        if why is None:
+            why = (
+                f"no MQTT answer within {timeout:.0f} s: check the broker URL, that the broker "
+                f"runs, and that the firewall lets TCP {address.port} through"
+            )
         return CheckResult(
             "broker",
             "fail",
-            f"cannot reach {address.display()} within {timeout:.0f} s: check the broker URL, "
-            "that the broker runs, and that the firewall lets TCP "
-            f"{address.port} through. Readings wait in the outbox meanwhile.",
+            f"cannot reach {address.display()}: {why}. Readings wait in the outbox meanwhile.",
         )
     finally:
         await link.close()

@@ -102,6 +102,7 @@ def test_check_names_the_dead_device_and_the_unreachable_broker(
     results = {r["check"]: r for r in json.loads(out.stdout)}
     assert results["broker"]["status"] == "fail"
     assert f"127.0.0.1:{closed}" in results["broker"]["detail"]
+    assert "nothing listens on" in results["broker"]["detail"]  # the cause, not a guess
     dead = next(r for name, r in results.items() if "upm-sc2-projector" in name)
     assert dead["status"] == "fail"
     assert "cannot reach" in dead["detail"] and "timeout" in dead["detail"].lower()
