@@ -106,6 +106,23 @@ def run(
         typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port."),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "info",
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEET_AGENT_CLIENT_ID",
+            help="MQTT client id; keep it stable so that the broker keeps the agent's session "
+            "[default: agent-<site>-<agent id>].",
+        ),
+    ] = None,
+    session_expiry: Annotated[
+        int,
+        typer.Option(
+            envvar="FLEET_AGENT_SESSION_EXPIRY_S",
+            min=0,
+            help="Seconds the broker keeps commands for the agent while it is away; "
+            "0 for a clean session.",
+        ),
+    ] = 7 * 24 * 3600,
 ) -> None:
     """Poll the site's devices and publish their health until stopped."""
     from agent.publisher import BrokerError
@@ -120,6 +137,8 @@ def run(
         topic_root=topic_root,
         max_batches_per_s=max_batches_per_s,
         linger_s=linger,
+        client_id=client_id,
+        session_expiry_s=session_expiry,
     )
 
     if metrics_port is not None:

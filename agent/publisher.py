@@ -3,6 +3,12 @@
 paho runs its network loop in its own thread; its callbacks hand results back to the
 asyncio loop. `publish` returns only when the broker has acknowledged (PUBACK), which is
 what lets the outbox delete a batch.
+
+With a session expiry the session is persistent (MQTT v5 clean_start=False with a session
+expiry interval, v3.1.1 clean_session=False): the broker keeps the subscriptions and queues
+QoS 1 messages (the controller's commands) while the agent is away, and hands them over on
+its next connect. A received message is acknowledged (PUBACK) only after its callback has
+run on the event loop, so a command the agent dies holding is delivered again.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.broker import BrokerAddress
@@ -50,7 +58,10 @@ class MqttLink:
         will: tuple[str, bytes] | None = None,
         on_connected: Callable[[], None] | None = None,
         keepalive: int = 30,
+        session_expiry_s: int | None = None,
     ) -> None:
+        """`session_expiry_s`: keep the session (subscriptions, queued QoS 1 messages) on
+        the broker for this long after a disconnect; None or 0 for a clean session."""
         self.address = address
         self.client_id = client_id
         self._on_connected_hook = on_connected
@@ -63,13 +74,20 @@ class MqttLink:
         self._closing = False
         self._first_result: asyncio.Future[str | None] | None = None
         v5 = address.protocol == "5"
+        self.persistent = bool(session_expiry_s)
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             # MQTT v5 takes clean_start at connect time instead.
-            clean_session=None if v5 else True,
+            clean_session=None if v5 else not self.persistent,
+            manual_ack=True,
         )
+        self._connect_args: dict[str, Any] = {}
+        if v5 and self.persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = session_expiry_s
+            self._connect_args = {"clean_start": False, "properties": props}
         self._keepalive = keepalive
         if address.username:
             self._client.username_pw_set(address.username, address.password)
@@ -82,7 +100,8 @@ class MqttLink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
-        # topic -> callback, (re)subscribed on every connect: our session is not persistent.
+        # topic -> callback, (re)subscribed on every connect: a clean session forgets them,
+        # and a persistent one may have expired while the agent was away.
         self._subscriptions: dict[str, Callable[[bytes], None]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -92,7 +111,9 @@ class MqttLink:
         broker answered and refused (bad credentials); an unreachable broker is retried."""
         self._loop = asyncio.get_running_loop()
         self._first_result = self._loop.create_future()
-        self._client.connect_async(self.address.host, self.address.port, self._keepalive)
+        self._client.connect_async(
+            self.address.host, self.address.port, self._keepalive, **self._connect_args
+        )
         self._client.loop_start()
         try:
             refusal = await asyncio.wait_for(
@@ -207,8 +228,20 @@ class MqttLink:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         callback = self._subscriptions.get(msg.topic)
-        if callback is not None:
-            self._call(callback, bytes(msg.payload))
+        self._call(self._deliver, callback, bytes(msg.payload), msg.mid, msg.qos)
+
+    def _deliver(
+        self, callback: Callable[[bytes], None] | None, payload: bytes, mid: int, qos: int
+    ) -> None:
+        """On the event loop: hand the message over, then acknowledge it. Unacknowledged (the
+        agent died first), the broker delivers it again on the next connect."""
+        try:
+            if callback is not None:
+                callback(payload)
+        except Exception:  # a bad message must not stop the link; it is not redelivered
+            log.exception("handling a message failed")
+        if qos > 0:
+            self._client.ack(mid, qos)
 
     def _fail_pending(self, exc: Exception) -> None:
         with self._lock:

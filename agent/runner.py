@@ -34,6 +34,10 @@ from fleet.protocol import (
 log = logging.getLogger(__name__)
 
 
+# A week: a site's link may be down over a long weekend and a holiday.
+DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
 @dataclass
 class AgentOptions:
     data_dir: Path
@@ -46,7 +50,16 @@ class AgentOptions:
     linger_s: float = 5.0
     outbox_max_readings: int = 500_000
     concurrency: int | None = None
+    # The MQTT client id; stable per site agent, so the broker keeps its session (commands
+    # sent while the agent is away). None: agent-<site>-<agent id>.
+    client_id: str | None = None
+    # How long the broker keeps that session after a disconnect; 0 for a clean session.
+    session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S
     extra: dict[str, object] = field(default_factory=dict)
+
+
+def default_client_id(site_code: str, agent_id: str) -> str:
+    return f"agent-{site_code}-{agent_id}"
 
 
 def outbox_path(data_dir: Path, site_code: str) -> Path:
@@ -76,9 +89,10 @@ class SiteAgent:
         )
         self.link = MqttLink(
             broker,
-            client_id=f"agent-{self.code}-{self.agent_id}",
+            client_id=options.client_id or default_client_id(self.code, self.agent_id),
             will=(self.topics.agent_state(self.code), self._state(AgentStateValue.offline)),
             on_connected=self._wake_sender.set,
+            session_expiry_s=options.session_expiry_s,
         )
         # Firmware commands from the controller, carried out by the updater.
         self.updater = Updater(

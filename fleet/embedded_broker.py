@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from amqtt.broker import Broker
+from amqtt.plugins.authentication import AnonymousAuthPlugin
+from amqtt.session import Session
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -27,6 +29,19 @@ class _SnapshotDict(dict[str, Any]):
         return iter(list(super().keys()))
 
 
+class OpenAuthPlugin(AnonymousAuthPlugin):
+    """Lets every client in, as amqtt's anonymous plugin does, without marking its session
+    anonymous: amqtt keeps no persistent session (and queues no message) for an anonymous
+    client, and a site agent's persistent session is what keeps the commands sent while it
+    is away."""
+
+    async def authenticate(self, *, session: Session) -> bool:
+        allowed = bool(await super().authenticate(session=session))
+        if allowed:
+            session.is_anonymous = False
+        return allowed
+
+
 class EmbeddedBroker:
     def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.host = host
@@ -34,7 +49,7 @@ class EmbeddedBroker:
         self._config: dict[str, Any] = {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{self.port}"}},
             "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+                f"{__name__}.OpenAuthPlugin": {"allow_anonymous": True},
             },
         }
         self._broker: Broker | None = None
