@@ -159,6 +159,12 @@ def stream_file(
                     break
                 remaining -= len(chunk)
                 yield chunk
+                # Counted once the server's write of this chunk returned (the response asks
+                # for the next chunk only then), not when it was read. "Written" still means
+                # handed to the transport, not received: if the agent dies, what sat in
+                # uvicorn's write buffer (64 KiB high-water mark) and the two kernels' socket
+                # buffers is counted but lost. The over-count is at most that, and at most the
+                # one range being served (a throttled agent asks for SPAN_S seconds' worth).
                 sent += len(chunk)
     finally:
         on_done(sent)
