@@ -73,6 +73,7 @@ class MqttLink:
         self.last_error: str | None = None
         self._closing = False
         self._first_result: asyncio.Future[str | None] | None = None
+        self._diagnosis: asyncio.Task[None] | None = None
         v5 = address.protocol == "5"
         self.persistent = bool(session_expiry_s)
         self._client = mqtt.Client(
@@ -124,10 +125,20 @@ class MqttLink:
                 "broker %s not reachable yet; readings wait in the outbox, retrying",
                 self.address.display(),
             )
+            # paho keeps the cause to itself: find it out by hand, without holding up the start.
+            self._diagnosis = asyncio.create_task(self._diagnose())
             return
         if refusal:
             await self.close()
             raise BrokerError(refusal)
+
+    async def _diagnose(self) -> None:
+        from agent.reach import diagnose
+
+        why = await asyncio.to_thread(diagnose, self.address)
+        if why is not None and not self.connected.is_set():
+            self.last_error = f"cannot reach {self.address.display()}: {why}"
+            log.error("%s; readings wait in the outbox, retrying", self.last_error)
 
     async def close(self) -> None:
         self._closing = True

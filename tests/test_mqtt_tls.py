@@ -176,3 +176,24 @@ def test_check_says_the_broker_wants_a_client_certificate(
     result = asyncio.run(check_broker(no_cert, "check-no-cert", 5))
     assert result.status == "fail"
     assert "client certificate" in result.detail and "cert=" in result.detail, result.detail
+
+
+def test_a_running_agent_logs_why_it_cannot_connect(tls_broker: OwnMosquitto, pki: Pki) -> None:
+    """Not just "not reachable yet": the agent finds out and says the CA is the wrong one,
+    while it keeps retrying (and its readings wait in the outbox)."""
+
+    async def run() -> str | None:
+        link = MqttLink(parse_mqtt_url(url(tls_broker, pki, ca=pki.rogue_ca)), "upm-agent-x")
+        await link.start(first_connect_timeout=1)
+        try:
+            for _ in range(100):
+                if link.last_error:
+                    break
+                await asyncio.sleep(0.1)
+            assert not link.connected.is_set()
+            return link.last_error
+        finally:
+            await link.close()
+
+    error = asyncio.run(run())
+    assert error is not None and "not trusted by the CA in ca=" in error, error
