@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from agent.broker import BrokerAddress, BrokerUrlError, parse_mqtt_url
 from agent.config import LoadedSite, load_site
 from agent.errors import ConfigErrors
 from agent.poller import AddressMapError
+from fleet.protocol import Topics
 
 app = typer.Typer(
     help="The classroom-fleet site agent: polls classroom devices, reports to the controller.",
@@ -283,6 +285,15 @@ def discover(
     force: Annotated[
         bool, typer.Option(help="Allow ranges of more than 1024 addresses (a /22).")
     ] = False,
+    publish: Annotated[
+        bool,
+        typer.Option(
+            help="Also send the findings to the controller (a discovery event on "
+            "fleet/v1/<site>/events), for ops to see what is on the network."
+        ),
+    ] = False,
+    mqtt_url: MqttOpt = DEFAULT_MQTT,
+    topic_root: Annotated[str, typer.Option(envvar="FLEET_TOPIC_ROOT")] = "fleet/v1",
 ) -> None:
     """Find SNMP and PJLink devices on the listed targets; draft a devices section to review."""
     from rich.console import Console
@@ -328,6 +339,39 @@ def discover(
         f"{len(findings)} of {len(probes)} probes answered"
         + (f"; draft written to {out}" if out else "")
     )
+    if publish:
+        event = discovery.discovery_event(findings, site, targets, len(probes))
+        topic = Topics(topic_root).events(site.config.code)
+        error = asyncio.run(_publish_once(_broker(mqtt_url), site, topic, event.to_json()))
+        if error:
+            raise _fail(f"the findings were not sent: {error}. The draft above is complete.")
+        console.print(f"findings sent to the controller on {topic}")
+
+
+async def _publish_once(
+    broker: BrokerAddress, site: LoadedSite, topic: str, payload: bytes
+) -> str | None:
+    """Publish one message at QoS 1 and wait for the broker's PUBACK; the error, if any."""
+    from agent.publisher import BrokerError, MqttLink, NotConnected
+
+    client_id = f"discover-{site.config.code}-{uuid.uuid4().hex[:8]}"
+    link = MqttLink(broker, client_id=client_id)
+    try:
+        await link.start(first_connect_timeout=10)
+    except BrokerError as exc:
+        return str(exc)
+    try:
+        if not await link.wait_connected(5):
+            from agent.reach import diagnose
+
+            why = await asyncio.to_thread(diagnose, broker)
+            return f"cannot reach {broker.display()}: {why or 'no MQTT answer'}"
+        await link.publish(topic, payload, timeout=15)
+    except (NotConnected, TimeoutError) as exc:
+        return f"{broker.display()} did not acknowledge it: {exc}"
+    finally:
+        await link.close()
+    return None
 
 
 @app.command()

@@ -22,7 +22,7 @@ from agent.collectors import DEFAULT_PORTS
 from agent.collectors.pjlink import PjlinkAuthError, PjlinkError, pjlink_session
 from agent.config import LoadedSite
 from agent.profiles import Profile
-from fleet.protocol import DEVICE_ID_PATTERN, utcnow
+from fleet.protocol import DEVICE_ID_PATTERN, AgentEvent, EventKind, utcnow
 
 Protocol = Literal["snmp", "pjlink"]
 PROTOCOLS: tuple[Protocol, ...] = ("snmp", "pjlink")
@@ -280,15 +280,68 @@ def match_profile(finding: Finding, profiles: dict[str, Profile]) -> str | None:
 # --- the draft ----------------------------------------------------------------------------
 
 
+MAX_EVENT_DEVICES = 400  # keeps the event well under the controller's 256 KiB message cap
+
+
+def discovery_event(
+    findings: list[Finding], site: LoadedSite, targets: list[str], probes: int
+) -> AgentEvent:
+    """What `discover --publish` sends on `fleet/v1/<site>/events`: every device that
+    answered, the profile that fits it and, if the site config has it already, its id; so
+    ops see what a technician found, and what is on the network but not in the registry."""
+    known = _known_addresses(site)
+    devices = []
+    for finding in sorted(findings, key=lambda f: (_sort_key(f.probe.host), f.probe.port))[
+        :MAX_EVENT_DEVICES
+    ]:
+        probe = finding.probe
+        entry: dict[str, Any] = {
+            "host": probe.host,
+            "port": probe.port,
+            "protocol": probe.protocol,
+            "profile": finding.profile,
+            "known_as": known.get((probe.host, probe.port)),
+            # What a device says is untrusted text: printable and bounded.
+            "facts": {k: _printable(v)[:200] for k, v in finding.facts.items()},
+        }
+        devices.append(entry)
+    unregistered = sum(1 for d in devices if d["known_as"] is None)
+    return AgentEvent(
+        kind=EventKind.discovery,
+        site=site.config.code,
+        agent_id=site.config.agent_id,
+        ts=utcnow(),
+        message=(
+            f"{len(findings)} of {probes} probes answered on {', '.join(targets)[:200]}; "
+            f"{unregistered} not in the site config"
+        )[:2000],
+        data={
+            "targets": [t[:100] for t in targets[:50]],
+            "probes": probes,
+            "answered": len(findings),
+            "devices": devices,
+            "truncated": len(findings) > MAX_EVENT_DEVICES,
+        },
+    )
+
+
+def _known_addresses(site: LoadedSite) -> dict[tuple[str, int | None], str]:
+    return {
+        (d.address, d.port or DEFAULT_PORTS.get(site.profile_of(d).protocol)): d.id
+        for _, d in site.config.devices()
+    }
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def draft_devices_yaml(
     findings: list[Finding], site: LoadedSite, profiles: dict[str, Profile], targets: list[str]
 ) -> str:
     """A `devices:` section to review and paste under a room of the site config."""
     code = site.config.code
-    known = {
-        (d.address, d.port or DEFAULT_PORTS.get(site.profile_of(d).protocol)): d.id
-        for _, d in site.config.devices()
-    }
+    known = _known_addresses(site)
     configured = {d.id for _, d in site.config.devices()}
     taken = set(configured)
     lines = [
@@ -348,7 +401,7 @@ def _comment(finding: Finding, known_as: str | None) -> str:
     if known_as:
         what += f"; already in the site config as {known_as}"
     # One line, printable: what a device says is untrusted text.
-    return "".join(c if c.isprintable() else "?" for c in what)[:300]
+    return _printable(what)[:300]
 
 
 def _device_id(finding: Finding, code: str, taken: set[str]) -> str:

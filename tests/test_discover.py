@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 from typer.testing import CliRunner
 
+from agent.broker import parse_mqtt_url
 from agent.cli import app
 from agent.config import DEFAULT_PROFILES_DIR, DeviceConfig, LoadedSite, check_site
 from agent.discover import (
@@ -27,6 +31,14 @@ from agent.discover import (
 )
 from agent.profiles import Profile, load_profiles
 from agent.simulator import PjlinkQuirks, SimulatedSite, start_site
+from fleet.api.app import create_app
+from fleet.embedded_broker import free_port
+from fleet.ingest import Ingest
+from fleet.settings import Settings
+from fleet.subscriber import Subscriber
+from tests.fixtures_auth import ops_headers, user_token
+from tests.fixtures_broker import TestBroker
+from tests.procs import wait_for
 
 LAB_PROJECTOR = {
     "id": "lab-projector",
@@ -224,3 +236,84 @@ def test_cli_refuses_a_campus_sweep(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["discover", "--config", str(path), "--targets", "10.0.0.0/8"])
     assert result.exit_code == 2
     assert "more than 1024" in result.output
+
+
+def test_published_findings_reach_the_controller_and_name_what_is_unregistered(
+    tmp_path: Path, registered: Engine, broker: TestBroker
+) -> None:
+    """A technician at UPM runs discover --publish: the controller keeps the findings as a
+    discovery event, and ops read on /api/v1/sites/upm/events which devices on the network
+    the site config does not have yet."""
+    config = site_config()
+    config["site"] = {"code": "upm", "name": "UPM", "country": "Malaysia", "timezone": "UTC"}
+    devices = config["rooms"][0]["devices"][:3]  # a panel, a PC and a PJLink projector
+    config["rooms"][0]["devices"] = devices
+    sim = SimulatorThread(check_site(Path("upm.yaml"), config, load_profiles(DEFAULT_PROFILES_DIR)))
+    subscriber = Subscriber(
+        parse_mqtt_url(broker.url),
+        Ingest(registered, topic_root=broker.topic_root),
+        client_id=f"ctl-{uuid.uuid4().hex[:8]}",
+        topic_root=broker.topic_root,
+    )
+    subscriber.start()
+    try:
+        # The agent's config knows the panel and the projector where they answer; the PC not.
+        known = {d["id"]: sim.simulated.address_map[d["id"]] for d in devices}
+        config["rooms"][0]["devices"] = [
+            {**d, "address": known[d["id"]][0], "port": known[d["id"]][1]}
+            for d in devices
+            if d["id"] != "lab-pc"
+        ]
+        path = tmp_path / "upm.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        wait_for(lambda: subscriber.status().get("connected"), 15, "the controller's connection")
+        args = ["discover", "--config", str(path), "--targets", "127.0.0.1", "--timeout", "0.5"]
+        args += ["--ports", ports_option(sim.simulated), "--out", str(tmp_path / "draft.yaml")]
+        args += ["--publish", "--mqtt-url", broker.url, "--topic-root", broker.topic_root]
+        result = CliRunner().invoke(app, args)
+    finally:
+        sim.stop()
+    try:
+        assert result.exit_code == 0, result.output
+        assert "findings sent to the controller" in result.output
+
+        client = TestClient(create_app(Settings(), engine=registered))
+        headers = ops_headers(registered)
+
+        def published() -> list[dict[str, Any]]:
+            got = client.get("/api/v1/sites/upm/events?kind=discovery", headers=headers)
+            assert got.status_code == 200, got.text
+            events: list[dict[str, Any]] = got.json()
+            return events
+
+        [event] = wait_for(published, 15, "the discovery event")
+        assert event["agent_id"] == "upm-agent"
+        assert (
+            event["message"].startswith("3 of ") and "1 not in the site config" in event["message"]
+        )
+        found = {(d["port"], d["known_as"], d["profile"]) for d in event["data"]["devices"]}
+        assert found == {
+            (known["lab-panel"][1], "lab-panel", "seewo-panel"),
+            (known["lab-generic-projector"][1], "lab-generic-projector", "pjlink-projector"),
+            (known["lab-pc"][1], None, "mib2-device"),
+        }
+        # A technician of another site may not read them.
+        token = user_token(registered, "tech-tuit", "technician", sites=["tuit"])
+        tuit = {"Authorization": f"Bearer {token}"}
+        assert client.get("/api/v1/sites/upm/events", headers=tuit).status_code == 403
+    finally:
+        subscriber.stop()
+
+
+def test_publish_says_when_the_findings_were_not_sent(tmp_path: Path, lab: LoadedSite) -> None:
+    config = site_config()
+    config["rooms"][0]["devices"] = config["rooms"][0]["devices"][:3]  # shipped profiles only
+    path = tmp_path / "lab.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    closed = free_port()
+    args = ["discover", "--config", str(path), "--targets", "127.0.0.1", "--timeout", "0.2"]
+    args += ["--ports", f"snmp={closed}", "--publish", "--mqtt-url", f"mqtt://127.0.0.1:{closed}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert "the findings were not sent" in result.output and "nothing listens on" in result.output
+    assert "devices:" in result.output  # the draft itself was still printed

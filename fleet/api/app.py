@@ -23,6 +23,7 @@ from fleet.api.routes import (
     auth,
     devices,
     enrolment,
+    events,
     firmware,
     meta,
     programme,
@@ -68,6 +69,7 @@ def create_app(
     app.state.ingest_status = None  # a StatusSource, set by whoever runs ingest
     app.include_router(meta.router)
     app.include_router(sites.router)
+    app.include_router(events.router)
     app.include_router(devices.router)
     app.include_router(alerts.router)
     app.include_router(programme.router)
