@@ -286,3 +286,39 @@ def test_rollup_in_chunks_of_one_device_gives_the_same_rows(
     with registered.connect() as conn:
         rolled = conn.execute(select(UsageHour.device_id).distinct()).scalars().all()  # type: ignore[call-overload]
     assert set(rolled) == set(devices)
+
+
+def test_rollup_every_few_minutes_through_a_long_session_gives_the_rows_of_one_rebuild(
+    ingest: Ingest, registered: Engine, tmp_path: Path
+) -> None:
+    # A panel on from 06:30 to 11:00 across hour boundaries, with an input change, a fault, a
+    # gap and a standby: rolled up as it arrives (the sessions crossing each hour are not
+    # re-read from their start), then rebuilt from every sample in one go: the same rows.
+    day = "2025-03-03"
+    t = lambda hhmm: at(day, hhmm, KATHMANDU)  # noqa: E731
+    readings = every(PANEL, t("06:30"), t("08:10"), input="hdmi1")
+    readings += every(PANEL, t("08:10"), t("08:40"), input="hdmi2")
+    readings += every(PANEL, t("08:40"), t("08:55"), input="hdmi2", errors={"fan": "error"})
+    readings += every(PANEL, t("09:10"), t("10:20"), input="hdmi2")  # 08:55-09:10: a gap
+    readings += every(PANEL, t("10:20"), t("10:30"), power="standby")
+    readings += every(PANEL, t("10:30"), t("11:00"), input="hdmi1")
+    late = readings[100:104]  # the outbox drains these last
+    arriving = [r for r in readings if r not in late]
+    for k, start in enumerate(range(0, len(arriving), 7)):
+        feed(ingest, "tribhuvan", arriving[start : start + 7], received_at=LATER + k * HOUR)
+        roll_up(registered, tmp_path, now=LATER + k * HOUR)
+    feed(ingest, "tribhuvan", late, received_at=LATER + 100 * HOUR)
+    roll_up(registered, tmp_path, now=LATER + 100 * HOUR)
+    incremental, incremental_sessions = _usage(registered), _sessions(registered)
+    assert incremental_sessions[0][0] == readings[0]["ts"]
+    assert len(incremental_sessions) == 4  # hdmi1, hdmi2 (to the gap), hdmi2, hdmi1
+
+    from fleet.reports.rollup import device_clocks, recompute_device
+
+    with registered.begin() as conn:
+        conn.execute(UsageHour.__table__.delete())  # type: ignore[attr-defined]
+        conn.execute(PowerSession.__table__.delete())  # type: ignore[attr-defined]
+        clock = device_clocks(conn, settings_for(tmp_path))[PANEL]
+        recompute_device(conn, PANEL, clock, t("06:30"), t("11:00"))
+    assert _usage(registered) == incremental
+    assert _sessions(registered) == incremental_sessions

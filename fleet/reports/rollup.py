@@ -9,11 +9,25 @@ touched: this runs beside it, a minute or so behind.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlmodel import SQLModel, col
 
 from agent.timetable import Timetable
@@ -45,6 +59,8 @@ ROLLUP_CHUNK = 200
 USAGE = SQLModel.metadata.tables[str(UsageHour.__tablename__)]
 SESSIONS = SQLModel.metadata.tables[str(PowerSession.__tablename__)]
 SAMPLES = SQLModel.metadata.tables["sample"]
+BEFORE = SAMPLES.alias("before")
+DEVICES = SQLModel.metadata.tables["device"]
 
 
 @dataclass(frozen=True)
@@ -106,9 +122,9 @@ def roll_up_new_samples(engine: Engine, settings: Settings, now: datetime) -> in
             return 0
         clocks = device_clocks(conn, settings)
     for start in range(0, len(touched), ROLLUP_CHUNK):
+        chunk = touched[start : start + ROLLUP_CHUNK]
         with engine.begin() as conn:
-            for device_id, first_ts, last_ts, _ in touched[start : start + ROLLUP_CHUNK]:
-                recompute_device(conn, device_id, clocks[device_id], first_ts, last_ts)
+            recompute_devices(conn, [(d, clocks[d], first, last) for d, first, last, _ in chunk])
     newest = max(row[3] for row in touched)
     with engine.begin() as conn:
         _write_watermark(conn, watermark, max(newest, watermark) if watermark else newest)
@@ -119,68 +135,162 @@ def roll_up_new_samples(engine: Engine, settings: Settings, now: datetime) -> in
 def recompute_device(
     conn: Connection, device_id: str, clock: DeviceClock, first_ts: datetime, last_ts: datetime
 ) -> None:
-    """Rebuild the device's hours and sessions that samples in [first_ts, last_ts] can change.
+    """Rebuild the device's hours and sessions that samples in [first_ts, last_ts] can change."""
+    recompute_devices(conn, [(device_id, clock, first_ts, last_ts)])
+
+
+@dataclass
+class _Window:
+    """What one device's recomputation covers: whole local hours [h0, h1), and its sessions
+    from h0 to s1 (past h1 when an older session crosses h1)."""
+
+    clock: DeviceClock
+    limit: timedelta
+    hours: list[tuple[datetime, datetime]]
+    s1: datetime
+    # The stored session running across h0: kept, and joined to the first rebuilt one.
+    left: tuple[datetime, str | None] | None = None
+
+    @property
+    def h0(self) -> datetime:
+        return self.hours[0][0]
+
+    @property
+    def h1(self) -> datetime:
+        return self.hours[-1][1]
+
+
+def recompute_devices(
+    conn: Connection, work: Sequence[tuple[str, DeviceClock, datetime, datetime]]
+) -> None:
+    """Rebuild, for each (device, clock, first_ts, last_ts), the hours and sessions that
+    samples in [first_ts, last_ts] can change: the same rows as rebuilding from every sample.
 
     A sample changes what is known at most one gap limit either side of it (how far the reading
-    before it vouches, and how far it vouches itself), hence the widened window.
+    before it vouches, and how far it vouches itself), hence the window of whole local hours
+    around it. Nothing before the window's first hour h0 changes, so a session running across
+    h0 is not re-read from its start (hours ago, for a panel left on all day): its part before
+    h0 stands, and the rebuilt session that starts at h0 continues it. The work per run is
+    thus bounded by the hours touched, not by how long a device has been on.
+
+    Every device of `work` is read with a few statements, and written with a few more only
+    once all is computed, so a chunk holds SQLite's write lock for its writes alone.
     """
-    limit = gap_limit(clock.poll_interval_s)
-    hours = local_hours(first_ts - limit, last_ts + limit, clock.tz)
-    h0, h1 = hours[0][0], hours[-1][1]
-    old_sessions = conn.execute(
-        select(SESSIONS.c.start, SESSIONS.c.end).where(
-            SESSIONS.c.device_id == device_id, SESSIONS.c.start < h1, SESSIONS.c.end > h0
+    windows: dict[str, _Window] = {}
+    for device_id, clock, first_ts, last_ts in work:
+        limit = gap_limit(clock.poll_interval_s)
+        hours = local_hours(first_ts - limit, last_ts + limit, clock.tz)
+        windows[device_id] = _Window(clock, limit, hours, hours[-1][1])
+    if not windows:
+        return
+    ids = list(windows)
+    lo = min(w.h0 for w in windows.values())
+    hi = max(w.h1 for w in windows.values())
+    for device_id, start, end, input_ in conn.execute(
+        select(SESSIONS.c.device_id, SESSIONS.c.start, SESSIONS.c.end, SESSIONS.c.input).where(
+            SESSIONS.c.device_id.in_(ids), SESSIONS.c.start < hi, SESSIONS.c.end > lo
         )
-    ).all()
-    # Sessions crossing the window are rebuilt whole, so none is cut in two.
-    s0 = min([h0, *(s for s, _ in old_sessions)])
-    s1 = max([h1, *(e for _, e in old_sessions)])
-    points = _points(conn, device_id, s0, s1 + limit)
-    class_intervals = clock.timetable.class_intervals(h0, h1, clock.tz)
-    rows = hour_rollups(points, clock.poll_interval_s, hours, class_intervals, clock.tz)
+    ):
+        w = windows[device_id]
+        if start < w.h1 and end > w.h0:
+            # Sessions crossing the window are rebuilt whole, so none is cut in two.
+            w.s1 = max(w.s1, end)
+            if start < w.h0:
+                w.left = (start, input_)
+    points = _points_by_device(conn, windows, lo, max(w.s1 + w.limit for w in windows.values()))
+    usage: list[dict[str, Any]] = []
+    found: list[dict[str, Any]] = []
+    for device_id, w in windows.items():
+        mine = points.get(device_id, [])
+        # The reading before h0 says how the window begins; the rest is inside [h0, s1 + limit).
+        first = bisect_left([p.ts for p in mine], w.h0)
+        end = w.s1 + w.limit
+        inside = [p for p in mine[first:] if p.ts < end]
+        window_points = mine[first - 1 : first] + inside
+        clock = w.clock
+        class_intervals = clock.timetable.class_intervals(w.h0, w.h1, clock.tz)
+        for row in hour_rollups(
+            window_points, clock.poll_interval_s, w.hours, class_intervals, clock.tz
+        ):
+            usage.append({"device_id": device_id, **row})
+        rebuilt = sessions(timeline(window_points, clock.poll_interval_s), w.h0, w.s1)
+        if w.left is not None:
+            start, input_ = w.left
+            if rebuilt and rebuilt[0][0] == w.h0 and rebuilt[0][2] == input_:
+                rebuilt[0] = (start, rebuilt[0][1], input_)
+            else:  # cannot happen (what is before h0 did not change); never lose its start
+                rebuilt.insert(0, (start, w.h0, input_))
+        found.extend(
+            {"device_id": device_id, "start": a, "end": b, "input": i} for a, b, i in rebuilt
+        )
     conn.execute(
         delete(USAGE).where(
-            USAGE.c.device_id == device_id, USAGE.c.hour_start >= h0, USAGE.c.hour_start < h1
-        )
+            USAGE.c.device_id == bindparam("w_device"),
+            USAGE.c.hour_start >= bindparam("w_start"),
+            USAGE.c.hour_start < bindparam("w_end"),
+        ),
+        [{"w_device": d, "w_start": w.h0, "w_end": w.h1} for d, w in windows.items()],
     )
-    if rows:
-        conn.execute(insert(USAGE), [{"device_id": device_id, **row} for row in rows])
+    if usage:
+        conn.execute(insert(USAGE), usage)
     conn.execute(
         delete(SESSIONS).where(
-            SESSIONS.c.device_id == device_id, SESSIONS.c.start < s1, SESSIONS.c.end > s0
-        )
+            SESSIONS.c.device_id == bindparam("w_device"),
+            SESSIONS.c.start < bindparam("w_end"),
+            SESSIONS.c.end > bindparam("w_start"),
+        ),
+        [{"w_device": d, "w_start": w.h0, "w_end": w.s1} for d, w in windows.items()],
     )
-    found = sessions(timeline(points, clock.poll_interval_s), s0, s1)
     if found:
-        conn.execute(
-            insert(SESSIONS),
-            [{"device_id": device_id, "start": a, "end": b, "input": i} for a, b, i in found],
-        )
+        conn.execute(insert(SESSIONS), found)
 
 
-def _points(conn: Connection, device_id: str, start: datetime, end: datetime) -> list[Point]:
-    """Samples in [start, end) and the one before, which says how the window begins."""
-    columns = (
-        SAMPLES.c.ts,
-        SAMPLES.c.reachable,
-        SAMPLES.c.power,
-        SAMPLES.c.input,
-        SAMPLES.c.temperature_c,
-        SAMPLES.c.lamp_hours,
-        SAMPLES.c.filter_hours,
-        SAMPLES.c.firmware,
-        SAMPLES.c.errors,
+_POINT_COLUMNS = (
+    SAMPLES.c.ts,
+    SAMPLES.c.reachable,
+    SAMPLES.c.power,
+    SAMPLES.c.input,
+    SAMPLES.c.temperature_c,
+    SAMPLES.c.lamp_hours,
+    SAMPLES.c.filter_hours,
+    SAMPLES.c.firmware,
+    SAMPLES.c.errors,
+)
+
+
+def _points_by_device(
+    conn: Connection, windows: dict[str, _Window], start: datetime, end: datetime
+) -> dict[str, list[Point]]:
+    """Each device's samples in [start, end), and its last one before `start`, by ts."""
+    ids = list(windows)
+    newest_before = (
+        select(func.max(BEFORE.c.ts))
+        .where(BEFORE.c.device_id == DEVICES.c.id, BEFORE.c.ts < start)
+        .scalar_subquery()
     )
-    mine = SAMPLES.c.device_id == device_id
-    before = conn.execute(
-        select(*columns).where(mine, SAMPLES.c.ts < start).order_by(SAMPLES.c.ts.desc()).limit(1)
-    ).all()
-    inside = conn.execute(
-        select(*columns)
-        .where(mine, SAMPLES.c.ts >= start, SAMPLES.c.ts < end)
-        .order_by(SAMPLES.c.ts)
-    ).all()
-    return [point_from_sample(*row) for row in [*before, *inside]]
+    keys = [
+        (device_id, ts)
+        for device_id, ts in conn.execute(
+            select(DEVICES.c.id, newest_before).where(DEVICES.c.id.in_(ids))
+        )
+        if ts is not None
+    ]
+    out: dict[str, list[Point]] = {device_id: [] for device_id in ids}
+    if keys:
+        for device_id, *values in conn.execute(
+            select(SAMPLES.c.device_id, *_POINT_COLUMNS).where(
+                tuple_(SAMPLES.c.device_id, SAMPLES.c.ts).in_(keys)
+            )
+        ):
+            out[device_id].append(point_from_sample(*values))
+    rows = conn.execute(
+        select(SAMPLES.c.device_id, *_POINT_COLUMNS)
+        .where(SAMPLES.c.device_id.in_(ids), SAMPLES.c.ts >= start, SAMPLES.c.ts < end)
+        .order_by(SAMPLES.c.device_id, SAMPLES.c.ts)
+    )
+    for device_id, *values in rows:
+        out[device_id].append(point_from_sample(*values))
+    return out
 
 
 def _write_watermark(conn: Connection, old: datetime | None, new: datetime) -> None:
