@@ -166,6 +166,8 @@ class SimulationHints(Strict):
     lamp_hours_start: float | None = None
     filter_hours_start: float | None = None
     sys_descr: str = "simulated classroom device"
+    # net-snmp's own for a Linux host, unless the profile names the model's.
+    sys_object_id: str = Field(default="1.3.6.1.4.1.8072.3.2.10", pattern=OID_PATTERN)
     inputs: list[str] = Field(default_factory=lambda: ["hdmi1"])
     # Error flags the simulated device reports from the start, e.g. {lamp: warning}.
     faults: dict[str, Literal["warning", "error"]] = Field(default_factory=dict)

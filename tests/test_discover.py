@@ -143,9 +143,15 @@ def test_discovery_finds_simulated_devices_and_their_profiles(
         device = lab.config.devices()[[d.id for _, d in lab.config.devices()].index(expected[port])]
         assert finding.profile == device[1].profile, finding
         assert finding.facts["name"] == device[1].id
+        if finding.probe.protocol == "snmp":  # an OBJECT IDENTIFIER, read back as dotted text
+            expected_oid = profiles[device[1].profile].simulation.sys_object_id
+            assert finding.facts["sys_object_id"] == expected_oid
     generic = by_port[simulated.address_map["lab-generic-projector"][1]]
     assert generic.facts["pjlink_auth"] == "yes"  # found with the site's password
     assert generic.facts["pjlink_class"] == "2"
+    # The panel is told by its sysObjectID under its vendor's arc, not by its text alone.
+    panel = by_port[simulated.address_map["lab-panel"][1]]
+    assert panel.facts["sys_object_id"] == "1.3.6.1.4.1.32473.10.2.1"
 
     draft = yaml.safe_load(draft_devices_yaml(findings, lab, profiles, ["127.0.0.1"]))
     entries = draft["devices"]

@@ -194,6 +194,8 @@ class DeviceBehaviour:
             return self.device.name or self.device.id
         if name == "sys_descr":
             return self.profile.simulation.sys_descr
+        if name == "sys_object_id":
+            return self.profile.simulation.sys_object_id
         if name == "sys_location":
             return self.room_name
         if name == "update_status":

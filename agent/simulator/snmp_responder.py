@@ -33,8 +33,10 @@ _INT32 = (-(2**31), 2**31 - 1)
 
 # MIB-II's system group, served by every simulated device whether or not its profile reads
 # it, as real agents do (snmpwalk shows it).
+SYS_OBJECT_ID = "1.3.6.1.2.1.1.2.0"  # an OBJECT IDENTIFIER on the wire, not a string
 SYSTEM_GROUP = (
     SnmpObject(field="metrics.sys_descr", oid="1.3.6.1.2.1.1.1.0", type="string"),
+    SnmpObject(field="metrics.sys_object_id", oid=SYS_OBJECT_ID, type="string"),
     SnmpObject(field="uptime_s", oid="1.3.6.1.2.1.1.3.0", type="timeticks"),
     SnmpObject(field="metrics.sys_name", oid="1.3.6.1.2.1.1.5.0", type="string"),
     SnmpObject(field="metrics.sys_location", oid="1.3.6.1.2.1.1.6.0", type="string"),
@@ -178,6 +180,8 @@ class DeviceResponder(asyncio.DatagramProtocol):
         raw = self.behaviour.value_for(obj, now)
         if raw is None:
             return None
+        if obj.oid == SYS_OBJECT_ID:
+            return p_mod.ObjectIdentifier(_oid(str(raw)))
         if obj.type == "timeticks" and isinstance(raw, int):
             return p_mod.TimeTicks(raw % 2**32)
         if isinstance(raw, int):
