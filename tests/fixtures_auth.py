@@ -50,9 +50,9 @@ def ops_headers(engine: Engine, name: str = "test-ops") -> dict[str, str]:
 def tokens(registered: Engine) -> Tokens:
     """ops, a technician of upm and a Seewo vendor, in the registered database."""
     return Tokens(
-        ops=user_token(registered, "olga", "ops"),
-        technician=user_token(registered, "tariq", "technician", sites=["upm"]),
-        vendor=user_token(registered, "sven", "vendor", vendor="Seewo"),
+        ops=user_token(registered, "ops-centre", "ops"),
+        technician=user_token(registered, "tech-upm", "technician", sites=["upm"]),
+        vendor=user_token(registered, "vendor-seewo", "vendor", vendor="Seewo"),
     )
 
 

@@ -117,8 +117,8 @@ def seeded(stack: Stack, engine: Engine) -> dict[str, Any]:
             "reports": {v: r.id for v, r in reports.items()},
             "alerts": {k: a.id for k, a in rows.items()},
         }
-    seeded["technician"] = user_token(engine, "tariq", "technician", sites=["upm"])
-    seeded["vendor"] = user_token(engine, "sven", "vendor", vendor="Seewo")
+    seeded["technician"] = user_token(engine, "tech-upm", "technician", sites=["upm"])
+    seeded["vendor"] = user_token(engine, "vendor-seewo", "vendor", vendor="Seewo")
     return seeded
 
 
