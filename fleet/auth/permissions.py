@@ -147,7 +147,9 @@ class Permission:
                 self._done, engine, request, caller, f"failed {exc.status_code}"
             )
             raise
-        await run_in_threadpool(self._done, engine, request, caller, "ok")
+        # A page that answers a refused change itself (a 409 shown on the page) says so.
+        outcome = getattr(request.state, "audit_outcome", "ok")
+        await run_in_threadpool(self._done, engine, request, caller, outcome)
 
     def _done(self, engine: Engine, request: Request, caller: Caller, outcome: str) -> None:
         route = request.scope.get("route")

@@ -158,6 +158,7 @@ def _move(
                 f"There is no rollout {rollout_id}.", "The page lists them."
             ) from None
         if exc.status_code == 409:  # the move does not apply any more: say why, on the page
+            request.state.audit_outcome = "failed 409"
             return _page(request, session, viewer, problem=str(exc.detail), status_code=409)
         raise
     return RedirectResponse(f"/rollouts#rollout-{rollout_id}", status_code=303)
