@@ -14,7 +14,7 @@ from fleet.alerts.evaluation import evaluate_alerts, evaluate_devices
 from fleet.api.app import create_app
 from fleet.ingest import Ingest
 from fleet.settings import Settings
-from tests.fixtures_auth import ops_headers
+from tests.fixtures_auth import ops_headers, user_token
 from tests.fixtures_db import agent_state, health, reading
 
 T = datetime.fromisoformat("2025-03-03T03:00:00+00:00")  # 11:00 in Kuala Lumpur, in class
@@ -117,3 +117,33 @@ def test_site_list_counts_open_alerts(client: TestClient) -> None:
 def test_metrics_show_open_alerts_by_kind(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'fleet_alerts_open{kind="site_offline"} 1.0' in text
+
+
+def test_a_vendor_reads_the_alerts_of_its_own_devices_only(
+    client: TestClient, registered: Engine
+) -> None:
+    token = user_token(registered, "vendor-seewo", "vendor", vendor="Seewo")
+    seewo = {"Authorization": f"Bearer {token}"}
+    everything = client.get("/api/v1/alerts").json()["items"]
+    mine = client.get("/api/v1/alerts", headers=seewo).json()
+    # The Seewo panel's fan warning; not the projector's, nor tuit's site_offline.
+    assert [(a["device_id"], a["kind"]) for a in mine["items"]] == [
+        ("upm-sc1-panel-1", "device_error")
+    ]
+    assert mine["total"] == 1
+    by_device = {a["device_id"]: a["id"] for a in everything}
+    assert (
+        client.get(f"/api/v1/alerts/{by_device['upm-sc1-panel-1']}", headers=seewo).status_code
+        == 200
+    )
+    # Another make's alert and a site's alert are not there for a vendor, as if they were not.
+    assert (
+        client.get(f"/api/v1/alerts/{by_device['upm-sc2-projector']}", headers=seewo).status_code
+        == 404
+    )
+    assert client.get(f"/api/v1/alerts/{by_device[None]}", headers=seewo).status_code == 404
+    # Reading is all: acknowledging is the site's and ops' business.
+    ack = client.post(
+        f"/api/v1/alerts/{by_device['upm-sc1-panel-1']}/ack", json={"by": "vendor"}, headers=seewo
+    )
+    assert ack.status_code == 403

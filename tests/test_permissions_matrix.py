@@ -34,7 +34,7 @@ MAY = {
     "dashboard:read": {"ops", "technician", "vendor"},
     "sites:read": {"ops", "technician"},
     "devices:read": {"ops", "technician", "vendor"},
-    "alerts:read": {"ops", "technician"},
+    "alerts:read": {"ops", "technician", "vendor"},
     "alerts:write": {"ops", "technician"},
     "programme:read": {"ops", "technician"},
     "programme:write": {"ops"},

@@ -43,7 +43,8 @@ POLICY: dict[str, frozenset[str]] = {
     "dashboard:read": frozenset(ROLES),
     "sites:read": frozenset({"ops", "technician"}),
     "devices:read": frozenset({"ops", "technician", "vendor"}),
-    "alerts:read": frozenset({"ops", "technician"}),
+    # Vendors: the alerts about their own devices only (never a site's, nor another make's).
+    "alerts:read": frozenset({"ops", "technician", "vendor"}),
     "alerts:write": frozenset({"ops", "technician"}),
     "programme:read": frozenset({"ops", "technician"}),
     "programme:write": frozenset({"ops"}),
@@ -274,7 +275,16 @@ def _check_alert(session: Session, caller: Caller, alert_id: Any) -> None:
         alert = session.get(Alert, int(alert_id))
     except (TypeError, ValueError):
         return  # the route's own validation answers 422
-    if alert is not None and not caller.may_see_site(alert.site_code):
+    if alert is None:
+        return
+    if caller.role == "vendor":
+        from fleet.models import Device
+
+        device = session.get(Device, alert.device_id) if alert.device_id else None
+        visible = device is not None and caller.may_see_vendor(device.vendor)
+    else:
+        visible = caller.may_see_site(alert.site_code)
+    if not visible:
         raise Refused(404, f"no alert {alert_id}: GET /api/v1/alerts lists them", "scope")
 
 

@@ -2,8 +2,8 @@
 
 Acknowledging goes through the API's own handler, so the page and `POST
 /api/v1/alerts/{id}/ack` cannot disagree about what an acknowledgement is. Ops see every alert,
-a technician those of their sites (the API's own list, with its scope), a vendor only those
-about its own devices (the API has no alerts for vendors: they are listed here).
+a technician those of their sites, a vendor only those about its own devices: the API's own
+list, with its scope.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
-from sqlalchemy import ColumnElement, func
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -61,34 +61,6 @@ def _devices_of(vendor: str) -> SelectOfScalar[str]:
     return select(Device.id).where(func.lower(col(Device.vendor)) == vendor.lower())
 
 
-def vendor_alerts(
-    session: Session,
-    vendor: str,
-    state: AlertState,
-    kind: AlertKind | None,
-    site: str | None,
-    severity: Severity | None,
-) -> list[AlertOut]:
-    """Alerts about `vendor`'s devices only: never a site's alerts, nor another vendor's."""
-    conditions: list[ColumnElement[bool]] = [
-        col(Alert.device_id).in_(_devices_of(vendor)),
-        col(Alert.state) == state.value,
-    ]
-    if kind is not None:
-        conditions.append(col(Alert.kind) == kind.value)
-    if site is not None:
-        conditions.append(col(Alert.site_code) == site)
-    if severity is not None:
-        conditions.append(col(Alert.severity) == severity.value)
-    rows = session.exec(
-        select(Alert)
-        .where(*conditions)
-        .order_by(col(Alert.opened_at).desc(), col(Alert.id).desc())
-        .limit(PAGE_SIZE)
-    )
-    return [AlertOut.model_validate(a) for a in rows]
-
-
 def _scoped_alerts(
     session: Session,
     caller: Caller,
@@ -97,8 +69,6 @@ def _scoped_alerts(
     site: str | None,
     severity: Severity | None,
 ) -> list[AlertOut]:
-    if caller.vendor is not None:
-        return vendor_alerts(session, caller.vendor, state, kind, site, severity)
     return list_alerts(
         session,
         state=state,

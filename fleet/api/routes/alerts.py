@@ -15,6 +15,7 @@ from fleet.alerts.reconcile import enqueue, resolve
 from fleet.api.deps import SessionDep, SettingsDep
 from fleet.api.schemas import Out
 from fleet.auth.permissions import Allow, Caller
+from fleet.models import Device
 from fleet.protocol import utcnow
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
@@ -79,6 +80,10 @@ def list_alerts(
     conditions: list[ColumnElement[bool]] = []
     if caller is not None and caller.sites is not None:
         conditions.append(col(Alert.site_code).in_(sorted(caller.sites)))
+    if caller is not None and caller.vendor is not None:
+        # A vendor's own devices only: never a site's alerts, nor another make's.
+        own = select(Device.id).where(func.lower(col(Device.vendor)) == caller.vendor.lower())
+        conditions.append(col(Alert.device_id).in_(own))
     if state is not None:
         conditions.append(col(Alert.state) == state.value)
     if kind is not None:
