@@ -300,6 +300,7 @@ def discover(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from agent import discover as discovery
+    from agent import discovery_report
     from agent.config import profiles_dir_for
     from agent.profiles import load_profiles
 
@@ -330,7 +331,7 @@ def discover(
                 on_done=lambda _probe: progress.advance(task),
             )
         )
-    draft = discovery.draft_devices_yaml(findings, site, profiles, targets)
+    draft = discovery_report.draft_devices_yaml(findings, site, profiles, targets)
     if out is None:
         typer.echo(draft, nl=False)
     else:
@@ -340,7 +341,7 @@ def discover(
         + (f"; draft written to {out}" if out else "")
     )
     if publish:
-        event = discovery.discovery_event(findings, site, targets, len(probes))
+        event = discovery_report.discovery_event(findings, site, targets, len(probes))
         topic = Topics(topic_root).events(site.config.code)
         error = asyncio.run(_publish_once(_broker(mqtt_url), site, topic, event.to_json()))
         if error:

@@ -23,12 +23,12 @@ from agent.discover import (
     DiscoveryError,
     Probe,
     discover,
-    draft_devices_yaml,
     parse_ports,
     parse_targets,
     plan_probes,
     site_secrets,
 )
+from agent.discovery_report import draft_devices_yaml
 from agent.profiles import Profile, load_profiles
 from agent.simulator import PjlinkQuirks, SimulatedSite, start_site
 from fleet.api.app import create_app
