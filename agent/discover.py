@@ -3,9 +3,9 @@
 Probes SNMP (sysDescr, sysObjectID, sysName) and PJLink (CLSS, INF1, INF2, NAME) on exactly
 the addresses and ports the technician listed, with bounded concurrency, matches each answer
 to a firmware profile's `match` rules; agent.discovery_report drafts a site config `devices:`
-section to review from what answered.
-Nothing is sent anywhere else: the probe list is built from the targets alone, and large
-ranges are refused unless forced, so a typo cannot sweep a campus network.
+section to review from what answered (and, with --publish, the event for the controller).
+Nothing else is probed: the probe list is built from the targets alone, and large ranges are
+refused unless forced, so a typo cannot sweep a campus network.
 """
 
 from __future__ import annotations
