@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from fleet.reports.compute import COLUMNS, public
+from fleet.reports.rows import COLUMNS, public
 
 INPUT_PREFIX = "input_share:"
 # Fixed document dates: the XLSX of a closed period must not change when made again.
