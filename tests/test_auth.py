@@ -37,21 +37,21 @@ def denied(engine: Engine) -> list[AuditEntry]:
 
 
 def test_login_gives_short_lived_token_and_cookie(client: TestClient, tokens: Tokens) -> None:
-    answer = client.post("/api/v1/auth/token", data={"username": "tariq", "password": PASSWORD})
+    answer = client.post("/api/v1/auth/token", data={"username": "tech-upm", "password": PASSWORD})
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["token_type"] == "bearer" and body["expires_in"] == 3600
     assert "fleet_token" in answer.cookies
     me = client.get("/api/v1/auth/me", headers=bearer(body["access_token"]))
-    assert me.json() == {"name": "tariq", "role": "technician", "sites": ["upm"], "vendor": None}
+    assert me.json() == {"name": "tech-upm", "role": "technician", "sites": ["upm"], "vendor": None}
 
 
 def test_wrong_password_is_refused_and_audited(client: TestClient, tokens: Tokens) -> None:
-    answer = client.post("/api/v1/auth/token", data={"username": "tariq", "password": "nope"})
+    answer = client.post("/api/v1/auth/token", data={"username": "tech-upm", "password": "nope"})
     assert answer.status_code == 401
     assert "nope" not in answer.text
     audit = client.get("/api/v1/audit?action=login", headers=tokens.headers("ops")).json()
-    assert [(e["actor"], e["outcome"]) for e in audit["items"]] == [("tariq", "denied")]
+    assert [(e["actor"], e["outcome"]) for e in audit["items"]] == [("tech-upm", "denied")]
 
 
 def test_tokens_are_stored_only_as_hashes(registered: Engine, tokens: Tokens) -> None:
@@ -105,7 +105,7 @@ def test_wrong_role_is_403_and_nothing_changes(
     assert all(p["phase"] != 9 for p in phases)
     (entry,) = denied(registered)
     assert (entry.actor, entry.action, entry.detail) == (
-        "tariq",
+        "tech-upm",
         "programme:write",
         {"status": 403, "reason": "role"},
     )
@@ -162,16 +162,45 @@ def test_audit_log_is_for_ops_only(client: TestClient, tokens: Tokens) -> None:
 
 def test_logout_revokes_the_login_token(client: TestClient, tokens: Tokens) -> None:
     token = client.post(
-        "/api/v1/auth/token", data={"username": "olga", "password": PASSWORD}
+        "/api/v1/auth/token", data={"username": "ops-centre", "password": PASSWORD}
     ).json()["access_token"]
     assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
     client.cookies.clear()
     assert client.get("/api/v1/auth/me", headers=bearer(token)).status_code == 401
 
 
+def test_revoking_a_user_refuses_their_token_at_once_though_it_was_just_used(
+    client: TestClient, registered: Engine
+) -> None:
+    token = user_token(registered, "leaving", "ops")
+    assert client.get("/api/v1/devices", headers=bearer(token)).status_code == 200
+    with Session(registered) as session:
+        revoke_user(session, "leaving")
+    assert client.get("/api/v1/devices", headers=bearer(token)).status_code == 401
+
+
+def test_a_revocation_by_another_process_is_honoured_within_the_verified_ttl(
+    client: TestClient, registered: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from fleet.auth.tokens import VERIFIED
+
+    monkeypatch.setattr(VERIFIED, "ttl_s", 0.3)
+    token = user_token(registered, "elsewhere", "ops")
+    assert client.get("/api/v1/devices", headers=bearer(token)).status_code == 200
+    with Session(registered) as session:  # as another process would: not through this one
+        row = session.exec(select(ApiToken).where(ApiToken.token_hash == token_hash(token))).one()
+        row.revoked_at = utcnow()
+        session.add(row)
+        session.commit()
+    time.sleep(0.35)
+    assert client.get("/api/v1/devices", headers=bearer(token)).status_code == 401
+
+
 def test_login_token_expires(registered: Engine, client: TestClient, tokens: Tokens) -> None:
     token = client.post(
-        "/api/v1/auth/token", data={"username": "olga", "password": PASSWORD}
+        "/api/v1/auth/token", data={"username": "ops-centre", "password": PASSWORD}
     ).json()["access_token"]
     with Session(registered) as session:
         row = session.exec(select(ApiToken).where(ApiToken.token_hash == token_hash(token))).one()
@@ -185,11 +214,11 @@ def test_login_token_expires(registered: Engine, client: TestClient, tokens: Tok
 def test_dashboard_sends_to_login_and_back(client: TestClient, tokens: Tokens) -> None:
     first = client.get("/sites/upm", follow_redirects=False)
     assert (first.status_code, first.headers["location"]) == (303, "/login?next=/sites/upm")
-    wrong = client.post("/login", data={"username": "tariq", "password": "x", "next": "/"})
+    wrong = client.post("/login", data={"username": "tech-upm", "password": "x", "next": "/"})
     assert wrong.status_code == 401
     answer = client.post(
         "/login",
-        data={"username": "tariq", "password": PASSWORD, "next": "/sites/upm"},
+        data={"username": "tech-upm", "password": PASSWORD, "next": "/sites/upm"},
         follow_redirects=False,
     )
     assert (answer.status_code, answer.headers["location"]) == (303, "/sites/upm")
@@ -206,5 +235,5 @@ def test_changes_and_report_downloads_are_audited(client: TestClient, tokens: To
     client.get("/api/v1/reports", headers=tokens.headers("vendor"))
     entries = client.get("/api/v1/audit", headers=tokens.headers("ops")).json()["items"]
     seen = {(e["actor"], e["action"], e["outcome"]) for e in entries}
-    assert ("olga", "rollouts.pause", "failed 404") in seen
-    assert ("sven", "reports.list_reports", "ok") in seen
+    assert ("ops-centre", "rollouts.pause", "failed 404") in seen
+    assert ("vendor-seewo", "reports.list_reports", "ok") in seen

@@ -185,3 +185,27 @@ def test_timeline_json_and_svg(client: TestClient) -> None:
     assert svg.headers["content-type"].startswith("image/svg+xml")
     assert svg.text.startswith("<svg") and "training_done" in svg.text
     assert client.get("/api/v1/sites/nowhere/timeline.svg").status_code == 404
+
+
+def test_overview_milestones_agree_with_the_programme_api(client: TestClient) -> None:
+    from sqlmodel import Session
+
+    from fleet.programme.schemas import MilestoneRef
+    from fleet.web.programme_page import milestone_label, milestones_by_site
+
+    url = "/api/v1/sites/upm/phases/1/milestones"
+    overdue = {"milestone": "training_done", "room": "upm-smart-1", "planned": "2024-05-01"}
+    assert client.post(url, json=overdue).status_code == 201
+    programme = client.get("/api/v1/programme").json()
+    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+        shown = milestones_by_site(session)
+    expected = {
+        p["site"]: (
+            milestone_label(MilestoneRef(**p["current"]) if p["current"] else None, room=False),
+            p["late"],
+        )
+        for p in programme
+    }
+    # Sites with no milestone are left out: the overview shows them as "—", not late.
+    assert shown == {site: v for site, v in expected.items() if v != ("—", False)}
+    assert shown["upm"][1] is True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -17,9 +17,14 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
-def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
-    with Session(engine) as session:
+async def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> AsyncIterator[Session]:
+    # Async, though Session is not: making one does no I/O (it connects on first use, in the
+    # route's thread), so a request need not hop to the thread pool to make and close it.
+    session = Session(engine)
+    try:
         yield session
+    finally:
+        session.close()
 
 
 def get_settings(request: Request) -> Settings:

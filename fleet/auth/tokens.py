@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
@@ -70,6 +73,49 @@ def issue_api_token(
     session.commit()
     session.refresh(row)
     return token, row
+
+
+# Tokens verified in the last few seconds, with what they resolved to: most requests then
+# need no database look-up to know who asks. A revocation in this process (logout, `revoke_user`)
+# forgets them at once; one made by another process (the `fleet users revoke` CLI, another API
+# worker) takes effect within VERIFIED_TTL_S. Expiry is checked on every use.
+VERIFIED_TTL_S = 5.0
+VERIFIED_MAX = 10_000
+
+
+class VerifiedTokens:
+    """token hash -> (what it resolved to, its expiry, until when this answer is trusted)."""
+
+    def __init__(self, ttl_s: float = VERIFIED_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[Any, datetime | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str | None, now: datetime | None = None) -> Any | None:
+        if not token:
+            return None
+        entry = self._entries.get(token_hash(token))
+        if entry is None:
+            return None
+        value, expires_at, trusted_until = entry
+        if time.monotonic() >= trusted_until:
+            return None
+        if expires_at is not None and expires_at <= (now or utcnow()):
+            return None
+        return value
+
+    def put(self, token: str, value: Any, expires_at: datetime | None) -> None:
+        with self._lock:
+            if len(self._entries) >= VERIFIED_MAX:
+                self._entries.clear()
+            self._entries[token_hash(token)] = (value, expires_at, time.monotonic() + self.ttl_s)
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+VERIFIED = VerifiedTokens()
 
 
 @dataclass(frozen=True)

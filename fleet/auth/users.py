@@ -9,7 +9,7 @@ from sqlmodel import Session, col, select
 
 from fleet.auth.models import ROLES, ApiToken, User
 from fleet.auth.passwords import hash_password
-from fleet.auth.tokens import issue_api_token
+from fleet.auth.tokens import VERIFIED, issue_api_token
 from fleet.models import Site
 from fleet.protocol import utcnow
 
@@ -96,6 +96,7 @@ def revoke_user(session: Session, name: str) -> int:
         session.add(token)
     session.add(user)
     session.commit()
+    VERIFIED.forget_all()
     return len(tokens)
 
 

@@ -6,14 +6,20 @@ programme module's SVG, embedded as an image (an <img> SVG runs no script).
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from fleet.api.deps import SessionDep
-from fleet.api.routes.programme import get_programme
+from fleet.api.routes.programme import get_programme, milestone_ref
 from fleet.auth.permissions import Allow
+from fleet.models import Site
+from fleet.programme.overview import Located, located_milestones, progress
+from fleet.programme.records import site_today
 from fleet.programme.schemas import MilestoneRef
+from fleet.protocol import utcnow
 from fleet.web.templating import render
 from fleet.web.viewer import ViewerDep
 
@@ -28,10 +34,20 @@ def milestone_label(ref: MilestoneRef | None, *, room: bool = True) -> str:
 
 
 def milestones_by_site(session: Session) -> dict[str, tuple[str, bool]]:
-    """Each site's latest reached milestone, and whether the programme is late there."""
-    return {
-        p.site: (milestone_label(p.current, room=False), p.late) for p in get_programme(session)
-    }
+    """Each site's latest reached milestone, and whether the programme is late there; a site
+    with no milestone recorded is absent. As `GET /api/v1/programme` judges them, but only
+    for the sites with milestones: the overview asks on every load."""
+    by_site: dict[str, list[Located]] = defaultdict(list)
+    for m in located_milestones(session):
+        by_site[m.site_code].append(m)
+    if not by_site:
+        return {}
+    now = utcnow()
+    out = {}
+    for site in session.exec(select(Site).where(col(Site.code).in_(sorted(by_site)))):
+        p = progress(site, by_site[site.code], (), site_today(site, now))
+        out[site.code] = (milestone_label(milestone_ref(p.current), room=False), p.late)
+    return out
 
 
 @router.get("/programme", response_class=HTMLResponse, dependencies=[Allow("fleet:read")])

@@ -19,7 +19,7 @@ from fleet.auth.audit import record
 from fleet.auth.models import ApiToken, User
 from fleet.auth.passwords import verify_password
 from fleet.auth.permissions import SESSION_COOKIE, Allow, Caller
-from fleet.auth.tokens import issue_api_token
+from fleet.auth.tokens import VERIFIED, issue_api_token
 from fleet.protocol import utcnow
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
@@ -101,4 +101,5 @@ def logout(
         token.revoked_at = utcnow()
         session.add(token)
         session.commit()
+        VERIFIED.forget_all()
     response.delete_cookie(SESSION_COOKIE)

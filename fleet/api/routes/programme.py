@@ -185,10 +185,10 @@ def get_programme(
             country=p.site.country,
             vendor=p.site.vendor,
             today=p.today,
-            current=_ref(p.current),
-            next=_ref(p.next),
+            current=milestone_ref(p.current),
+            next=milestone_ref(p.next),
             late=p.late,
-            overdue=[r for r in map(_ref, p.overdue) if r is not None],
+            overdue=[r for r in map(milestone_ref, p.overdue) if r is not None],
             review=p.review,
         )
         for p in programme_overview(session, utcnow(), as_of)
@@ -309,7 +309,7 @@ def _milestone_out(record: MilestoneRecord, today: date) -> MilestoneOut:
     )
 
 
-def _ref(m: Located | None) -> MilestoneRef | None:
+def milestone_ref(m: Located | None) -> MilestoneRef | None:
     if m is None:
         return None
     return MilestoneRef(
