@@ -128,7 +128,8 @@ def _first_healthy_readings(
     if len(since) == len(pending):  # every room was scanned before: read only what is new
         query = query.where(col(Sample.received_at) > min(since.values()))
     found: dict[str, dict[str, datetime]] = defaultdict(dict)
-    for device_id, ts, errors, received_at in session.exec(query):
+    # Streamed: up to RESCAN_MARGIN of every pending room's samples, not held at once.
+    for device_id, ts, errors, received_at in session.exec(query.execution_options(yield_per=5000)):
         room = room_of[device_id]
         if room in since and received_at <= since[room]:
             continue
