@@ -73,9 +73,11 @@ def synthetic_sites(sites: int, per_site: int) -> list[LoadedSite]:
     return loaded
 
 
-def seed(path: Path, sites: int, per_site: int) -> Engine:
-    engine = make_engine(f"sqlite:///{path}")
+def seed(path: Path | str, sites: int, per_site: int) -> Engine:
+    """The registry of a synthetic fleet in a SQLite file (a path) or a database URL."""
+    engine = make_engine(path if isinstance(path, str) else f"sqlite:///{path}")
     migrate(engine)
+    sqlite = engine.dialect.name == "sqlite"
     sync_registry(engine, synthetic_sites(sites, per_site))
     # A latest state per device, spread over the states, as ingest would have left it.
     with engine.begin() as conn:
@@ -83,14 +85,16 @@ def seed(path: Path, sites: int, per_site: int) -> Engine:
         conn.execute(
             text(
                 "UPDATE device SET state = :state, state_since = :seen, last_seen_at = :seen, "
-                "last_reading = :reading, firmware = '3.2.1', power = 'on', reachable = 1 "
+                "last_reading = :reading, firmware = '3.2.1', power = 'on', reachable = :reachable "
                 "WHERE id = :id"
             ),
             [
                 {
                     "id": device,
                     "state": STATES[i % len(STATES)],
-                    "seen": (NOW - timedelta(seconds=i % 600)).isoformat(),
+                    "reachable": True,
+                    # UtcDateTime's SQLite form (naive UTC text); PostgreSQL takes the instant.
+                    "seen": _naive_text(seen) if sqlite else seen,
                     "reading": json.dumps(
                         {
                             "device": device,
@@ -106,9 +110,14 @@ def seed(path: Path, sites: int, per_site: int) -> Engine:
                     ),
                 }
                 for i, device in enumerate(ids)
+                for seen in [NOW - timedelta(seconds=i % 600)]
             ],
         )
     return engine
+
+
+def _naive_text(at: datetime) -> str:
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

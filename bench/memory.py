@@ -78,15 +78,16 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -
 
 @contextmanager
 def controller(
-    tmp: Path, database: Path, mqtt_url: str, topic_root: str | None = None
+    tmp: Path, database: Path | str, mqtt_url: str, topic_root: str | None = None
 ) -> Iterator[tuple[int, str]]:
-    """A `fleet serve` process over `database`: yields its pid and base URL."""
+    """A `fleet serve` process over `database` (a SQLite file, or a database URL): yields its
+    pid and base URL."""
     port = free_port()
     sites_dir = tmp / "no-sites"  # the registry is already in the database
     sites_dir.mkdir(exist_ok=True)
     env = {
         **os.environ,
-        "FLEET_DATABASE_URL": f"sqlite:///{database}",
+        "FLEET_DATABASE_URL": database if isinstance(database, str) else f"sqlite:///{database}",
         "FLEET_DATA_DIR": str(tmp / "controller-data"),
         "FLEET_MQTT_URL": mqtt_url,
         "FLEET_MQTT_CLIENT_ID": f"bench-memory-{port}",

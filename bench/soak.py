@@ -1,9 +1,10 @@
 """Soak: synthetic agents for a large fleet publish for a bounded time against a real controller.
 
     python -m bench.soak [--quick] [--minutes 3] [--sites 100] [--devices-per-site 100]
-                         [--cycle 10]
+                         [--cycle 10] [--postgres [URL]]
 
-A `fleet serve` process (role all, SQLite seeded with the registry, see bench.api) reads from a
+A `fleet serve` process (role all, SQLite seeded with the registry, see bench.api; or, with
+`--postgres`, a fresh schema of that PostgreSQL database, dropped afterwards) reads from a
 Mosquitto of our own (deploy/mosquitto limits). One synthetic agent per site publishes, every
 `--cycle` seconds, a reading of each of its devices in batches of 50 (QoS 1, a fresh msg_id per
 batch), for `--minutes`; then the controller is given up to a minute to drain. Reported:
@@ -26,8 +27,12 @@ import statistics
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -130,24 +135,81 @@ def _metric(text: str, name: str, outcome: str) -> float:
     )
 
 
-def stored(db: sqlite3.Connection) -> int:
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# Seconds from ts to received_at of every stored reading, in each database's words.
+LAGS_SQL = {
+    "sqlite": "SELECT (julianday(received_at) - julianday(ts)) * 86400.0 FROM sample",
+    "postgresql": "SELECT extract(epoch FROM received_at - ts)::float8 FROM sample",
+}
+
+
+@contextmanager
+def database(tmp: Path, postgres: str | None) -> Iterator[tuple[Path | str, Any, str]]:
+    """(what `fleet serve` is given, a DB-API connection to count with, the dialect's name):
+    a SQLite file, or a fresh schema of the PostgreSQL database at `postgres`, dropped after."""
+    if postgres is None:
+        path = tmp / "soak.db"
+        yield path, lambda: sqlite3.connect(path, timeout=30), "sqlite"
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    schema = f"soak_{uuid.uuid4().hex[:12]}"
+    conninfo = make_url(postgres).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(conninfo, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            yield (
+                f"{postgres}?options=-csearch_path%3D{schema}",
+                lambda: psycopg.connect(
+                    conninfo, autocommit=True, options=f"-csearch_path={schema}"
+                ),
+                "postgresql",
+            )
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def stored(db: Any) -> int:
     return int(db.execute("SELECT count(*) FROM sample").fetchone()[0])
 
 
-def run(tmp: Path, url: str, sites: int, per_site: int, cycle: float, seconds: float) -> None:
-    database = tmp / "soak.db"
-    engine = seed(database, sites, per_site)
-    engine.dispose()
+def run(
+    tmp: Path,
+    url: str,
+    sites: int,
+    per_site: int,
+    cycle: float,
+    seconds: float,
+    postgres: str | None = None,
+) -> None:
+    with database(tmp, postgres) as (target, connect, dialect):
+        engine = seed(target, sites, per_site)
+        engine.dispose()
+        _soak(tmp, url, target, connect, dialect, sites, per_site, cycle, seconds)
+
+
+def _soak(
+    tmp: Path,
+    url: str,
+    target: Path | str,
+    connect: Any,
+    dialect: str,
+    sites: int,
+    per_site: int,
+    cycle: float,
+    seconds: float,
+) -> None:
     root = "soak/fleet/v1"
     devices = sites * per_site
     print(
         f"soak: {devices:,} devices across {sites} sites, a reading each every {cycle:g} s "
         f"({devices / cycle:,.0f} readings/s) for {seconds:g} s; controller `fleet serve` "
-        "on SQLite"
+        f"on {'SQLite' if dialect == 'sqlite' else 'PostgreSQL'}"
     )
-    with controller(tmp, database, url, topic_root=root) as (pid, base):
+    with controller(tmp, target, url, topic_root=root) as (pid, base):
         time.sleep(1.0)  # the subscription settles
-        db = sqlite3.connect(database, timeout=30)
+        db = connect()
         agents = Agents(url, root, sites, per_site, cycle)
         publisher = threading.Thread(target=agents.run)
         rss: list[float] = []
@@ -168,15 +230,10 @@ def run(tmp: Path, url: str, sites: int, per_site: int, cycle: float, seconds: f
         count = stored(db)
         distinct = int(
             db.execute(
-                "SELECT count(*) FROM (SELECT DISTINCT device_id, ts FROM sample)"
+                "SELECT count(*) FROM (SELECT DISTINCT device_id, ts FROM sample) AS stored"
             ).fetchone()[0]
         )
-        lags = sorted(
-            row[0]
-            for row in db.execute(
-                "SELECT (julianday(received_at) - julianday(ts)) * 86400.0 FROM sample"
-            )
-        )
+        lags = sorted(row[0] for row in db.execute(LAGS_SQL[dialect]))
         redelivered = _metric(
             get(f"{base}/metrics").decode(), "fleet_ingest_messages_total", "duplicate"
         )
@@ -225,13 +282,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", type=int, default=100)
     parser.add_argument("--devices-per-site", type=int, default=100)
     parser.add_argument("--cycle", type=float, default=10.0, help="seconds between readings")
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const=DEFAULT_POSTGRES,
+        metavar="URL",
+        help=f"run the controller on PostgreSQL, in a fresh schema (default {DEFAULT_POSTGRES})",
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny run, to keep it working")
     args = parser.parse_args(argv)
     seconds = args.minutes * 60
     if args.quick:
         args.sites, args.devices_per_site, args.cycle, seconds = 2, 60, 1.0, 4.0
     with tempfile.TemporaryDirectory() as tmp, broker() as url:
-        run(Path(tmp), url, args.sites, args.devices_per_site, args.cycle, seconds)
+        run(Path(tmp), url, args.sites, args.devices_per_site, args.cycle, seconds, args.postgres)
     return 0
 
 

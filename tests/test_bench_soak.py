@@ -18,3 +18,19 @@ def test_soak_quick_loses_and_duplicates_nothing(capsys: pytest.CaptureFixture[s
     assert (found[2], found[3]) == ("0", "0"), out
     assert re.search(r"ingest lag .* ratio [0-9.]+", out), out
     assert re.search(r"controller RSS: .* ratio [0-9.]+", out), out
+
+
+@pytest.mark.postgres
+def test_soak_quick_on_postgres_loses_and_duplicates_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.fixtures_db import POSTGRES_URL, _postgres_admin
+
+    _postgres_admin().close()  # skipped (failed under CI) when PostgreSQL is not there
+    assert soak.main(["--quick", "--postgres", POSTGRES_URL]) == 0
+    out = capsys.readouterr().out
+    assert "on PostgreSQL" in out, out
+    found = re.search(r"published ([0-9,]+) readings .* lost (-?\d+), duplicated (-?\d+)", out)
+    assert found, out
+    assert int(found[1].replace(",", "")) > 0
+    assert (found[2], found[3]) == ("0", "0"), out
