@@ -214,17 +214,23 @@ class Ingest:
 
     def _count(self, messages: list[IncomingMessage], outcomes: list[Outcome]) -> None:
         # Only after commit: a group that raised will come again and be counted then.
+        statuses: Tally[str] = Tally()
+        readings = 0
         for message, outcome in zip(messages, outcomes, strict=True):
-            self.outcomes[outcome.status.value] += 1
-            MESSAGES.labels(outcome.status.value).inc()
+            statuses[outcome.status.value] += 1
             if outcome.status == OutcomeStatus.rejected and outcome.reason is not None:
                 self.rejected[outcome.reason.value] += 1
                 REJECTED.labels(outcome.reason.value).inc()
                 log.warning(
                     "rejected message on %s (%s): %s", message.topic, outcome.reason, outcome.detail
                 )
-            self.readings += outcome.readings
-            READINGS.inc(outcome.readings)
+            readings += outcome.readings
+        # The metrics once per group, not once per message.
+        for status, count in statuses.items():
+            self.outcomes[status] += count
+            MESSAGES.labels(status).inc(count)
+        self.readings += readings
+        READINGS.inc(readings)
         self.last_group_at = utcnow()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
@@ -115,6 +116,11 @@ class AgentNoteMessage:
 Parsed = Rejected | HealthMessage | AgentStateMessage | AgentNoteMessage
 
 
+# A device publishing on its own topic sends one reading a message: its topic, parsed once,
+# is asked for again on every reading. Only good topics are kept (a TopicError is not cached).
+_parsed_topic = lru_cache(maxsize=16_384)(parse_topic)
+
+
 def parse_message(message: IncomingMessage, root: str, registry: RegistrySnapshot) -> Parsed:
     size = len(message.payload)
     if size > MAX_PAYLOAD_BYTES:
@@ -124,7 +130,7 @@ def parse_message(message: IncomingMessage, root: str, registry: RegistrySnapsho
             "the agent should publish smaller batches",
         )
     try:
-        topic = parse_topic(message.topic, root)
+        topic = _parsed_topic(message.topic, root)
     except TopicError as exc:
         return Rejected(RejectReason.topic, str(exc))
     if topic.kind == TopicKind.cmd:

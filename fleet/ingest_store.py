@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -254,14 +255,19 @@ class GroupWriter:
                 continue  # the agent went offline after sending this: site_offline stands
             reading = item.reading
             state, reason = derive_state(reading, in_class=self.in_class(item.site, reading.ts))
-            dump = reading.model_dump(mode="json", exclude_none=True)
+            # The raw drivers take JSON as text: pydantic's own serialiser writes it directly.
+            dump = (
+                reading.model_dump_json(exclude_none=True)
+                if self.raw_sqlite or self.raw_postgres
+                else reading.model_dump(mode="json", exclude_none=True)
+            )
             rows.append(
                 {
                     "b_id": device,
                     "b_ts": _sqlite_ts(reading.ts) if self.raw_sqlite else reading.ts,
                     "b_state": state.value,
                     "b_reason": reason,
-                    "b_reading": json.dumps(dump) if self.raw_sqlite or self.raw_postgres else dump,
+                    "b_reading": dump,
                     "b_firmware": reading.firmware,
                     "b_power": reading.power.value,
                     "b_reachable": reading.reachable,
@@ -341,6 +347,8 @@ assert "RETURNING" not in _POSTGRES_SAMPLE_INSERT, _POSTGRES_SAMPLE_INSERT
 
 def _sqlite_ts(value: datetime) -> str:
     """What UtcDateTime and SQLite's DATETIME binding store: naive UTC, microseconds, no T."""
+    if value.tzinfo is UTC:  # as parsing leaves every reading: the short way
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
     offset = value.utcoffset()
     if offset is None:
         raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
@@ -374,11 +382,17 @@ def _sqlite_sample_row(
     """`_sample_row` with each value as the SQLite driver is given it (JSON as text)."""
     row = _sample_row(reading, received_at, msg_id)
     row["ts"] = _sqlite_ts(reading.ts)
-    row["received_at"] = _sqlite_ts(received_at)
+    row["received_at"] = _received_text(received_at)
     for key in ("errors", "metrics"):
         if row[key] is not None:
             row[key] = json.dumps(row[key])
     return row
+
+
+@lru_cache(maxsize=64)
+def _received_text(received_at: datetime) -> str:
+    # One per message, shared by its readings.
+    return _sqlite_ts(received_at)
 
 
 def _postgres_sample_row(

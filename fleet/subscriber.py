@@ -206,6 +206,11 @@ class Subscriber:
         group = [first]
         deadline = time.monotonic() + self.batch_wait_s
         while len(group) < self.batch_max:
+            try:  # what is already queued, without a timed wait for each message
+                group.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
