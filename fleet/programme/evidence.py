@@ -10,6 +10,7 @@ is in no phase, is marked for review with the reason.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Text, cast, func
 from sqlmodel import Session, col, select
 
 from fleet.models import Device, Room, Sample, Site
@@ -29,8 +30,9 @@ from fleet.settings import Settings
 log = logging.getLogger(__name__)
 
 DEVICE_EVIDENCE = "device_evidence"
-# Ingest stamps received_at before it commits: re-read a margin so a late commit is not missed.
-RESCAN_MARGIN = timedelta(minutes=10)
+# Ingest stamps received_at before it commits: re-read a margin so a late commit is not missed
+# (the same margin as the usage roll-up's, fleet.reports.rollup).
+RESCAN_MARGIN = timedelta(minutes=2)
 SETTLED = ("confirmed", "attached")
 
 
@@ -122,19 +124,22 @@ def _first_healthy_readings(
         scanned = kept[room].scanned_through if room in kept else None
         if scanned is not None:
             since[room] = scanned - RESCAN_MARGIN
-    query = select(Sample.device_id, Sample.ts, Sample.errors, Sample.received_at).where(
-        col(Sample.device_id).in_(sorted(room_of)), col(Sample.reachable).is_(True)
+    # The database does the grouping: each device's earliest reading per distinct error
+    # flags (a handful of groups per device, however many samples), and Python judges each
+    # group's flags. Re-reading samples already seen changes nothing: the earliest is kept.
+    errors_text = cast(Sample.errors, Text)
+    query = (
+        select(Sample.device_id, errors_text, func.min(Sample.ts))
+        .where(col(Sample.device_id).in_(sorted(room_of)), col(Sample.reachable).is_(True))
+        .group_by(Sample.device_id, errors_text)
     )
     if len(since) == len(pending):  # every room was scanned before: read only what is new
         query = query.where(col(Sample.received_at) > min(since.values()))
     found: dict[str, dict[str, datetime]] = defaultdict(dict)
-    # Streamed: up to RESCAN_MARGIN of every pending room's samples, not held at once.
-    for device_id, ts, errors, received_at in session.exec(query.execution_options(yield_per=5000)):
+    for device_id, errors, ts in session.exec(query):
+        if not is_healthy(True, json.loads(errors) if errors else None):
+            continue
         room = room_of[device_id]
-        if room in since and received_at <= since[room]:
-            continue
-        if not is_healthy(True, errors):
-            continue
         seen = found[room].get(device_id)
         if seen is None or ts < seen:
             found[room][device_id] = ts
