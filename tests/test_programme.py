@@ -103,6 +103,13 @@ def test_seed_is_idempotent_and_keeps_what_ops_recorded_since(
         assert kept is not None and kept.note == "checked on site"
 
 
+def evidence_row(engine: Engine, room: str) -> ClassroomEvidence:
+    with Session(engine) as session:
+        row = session.get(ClassroomEvidence, room)
+        assert row is not None
+        return row
+
+
 def run_evidence(engine: Engine, now: str) -> dict[str, str]:
     return update_classroom_evidence(engine, at(now))
 
@@ -119,6 +126,12 @@ def test_device_evidence_confirms_a_classroom_when_its_last_device_is_healthy(
 
     waiting = run_evidence(registered, "2025-03-03T18:00:00")
     assert waiting["upm-smart-1"] == "review"  # reports, but no installed milestone yet
+    # Nothing new: the classroom's row stays as it is, only its watermark moves on.
+    kept = evidence_row(registered, "upm-smart-1")
+    assert run_evidence(registered, "2025-03-03T18:02:00")["upm-smart-1"] == "review"
+    moved = evidence_row(registered, "upm-smart-1")
+    assert moved.scanned_through == at("2025-03-03T18:02:00")
+    assert (moved.first_healthy, moved.reason) == (kept.first_healthy, kept.reason)
 
     later = [
         reading("upm-sc1-panel-2", at("2025-03-03T17:20:00"), errors={"lamp": "warning"}),

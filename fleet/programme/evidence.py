@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Text, cast, func
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine, Text, cast, func, literal_column, update
+from sqlmodel import Session, SQLModel, col, select
 
 from fleet.models import Device, Room, Sample, Site
 from fleet.programme.milestones import MilestoneFacts, MilestoneName
@@ -69,6 +69,32 @@ def update_classroom_evidence(engine: Engine, now: datetime) -> dict[str, str]:
     return statuses
 
 
+@dataclass
+class _Programme:
+    """What judging a classroom needs, read once per run rather than once per classroom."""
+
+    site_of_room: dict[str, str]
+    phase_of_room: dict[str, Phase]
+    installed: dict[tuple[int, str], MilestoneRecord]  # (phase id, room id)
+
+    @classmethod
+    def read(cls, session: Session) -> _Programme:
+        rooms = dict(session.exec(select(Room.id, Room.site_code)).all())
+        phases = {p.id: p for p in session.exec(select(Phase))}
+        links = session.exec(select(PhaseRoom.room_id, PhaseRoom.phase_id)).all()
+        installed = session.exec(
+            select(MilestoneRecord).where(
+                MilestoneRecord.milestone == MilestoneName.installed.value,
+                col(MilestoneRecord.room_id).is_not(None),
+            )
+        )
+        return cls(
+            site_of_room=rooms,
+            phase_of_room={room: phases[phase] for room, phase in links if phase in phases},
+            installed={(m.phase_id, m.room_id or ""): m for m in installed},
+        )
+
+
 def _update(session: Session, now: datetime) -> dict[str, str]:
     devices_by_room: dict[str, list[DeviceSeen]] = defaultdict(list)
     # Three columns, not whole devices: this runs every minute over the whole fleet, and
@@ -79,41 +105,77 @@ def _update(session: Session, now: datetime) -> dict[str, str]:
         )
     ):
         devices_by_room[room_id].append(DeviceSeen(device_id, last_seen_at))
-    kept = {e.room_id: e for e in session.exec(select(ClassroomEvidence))}
+    statuses: dict[str, str] = {}
+    scanned: dict[str, datetime | None] = {}
+    for room_id, status, scanned_through in session.exec(
+        select(
+            ClassroomEvidence.room_id,
+            ClassroomEvidence.status,
+            ClassroomEvidence.scanned_through,
+        )
+    ):
+        statuses[room_id] = status
+        scanned[room_id] = scanned_through
     pending = {
         room_id: devices
         for room_id, devices in devices_by_room.items()
-        if (room_id in kept and kept[room_id].status not in SETTLED)
-        or (room_id not in kept and any(d.last_seen_at is not None for d in devices))
+        if (room_id in statuses and statuses[room_id] not in SETTLED)
+        or (room_id not in statuses and any(d.last_seen_at is not None for d in devices))
     }
-    first_seen = _first_healthy_readings(session, pending, kept)
-    statuses = {room_id: e.status for room_id, e in kept.items()}
+    if not pending:
+        return statuses
+    first_seen = _first_healthy_readings(session, pending, scanned)
+    programme = _Programme.read(session)
+    kept = {
+        e.room_id: e
+        for e in session.exec(
+            select(ClassroomEvidence).where(col(ClassroomEvidence.room_id).in_(sorted(pending)))
+        )
+    }
+    unchanged: list[str] = []
     for room_id, devices in sorted(pending.items()):
-        evidence = kept.get(room_id)
-        room = session.get(Room, room_id)
-        if room is None:
+        site_code = programme.site_of_room.get(room_id)
+        if site_code is None:
             continue
+        evidence = kept.get(room_id)
         if evidence is None:
             evidence = ClassroomEvidence(
-                room_id=room_id, site_code=room.site_code, first_healthy={}, checked_at=now
+                room_id=room_id, site_code=site_code, first_healthy={}, checked_at=now
             )
         known = {d: datetime.fromisoformat(t) for d, t in (evidence.first_healthy or {}).items()}
         for device_id, ts in first_seen.get(room_id, {}).items():
             if device_id not in known or ts < known[device_id]:
                 known[device_id] = ts
-        evidence.first_healthy = {d: t.isoformat() for d, t in sorted(known.items())}
-        evidence.scanned_through = now
-        evidence.checked_at = now
-        evidence.all_healthy_at = all_healthy_at([d.id for d in devices], known)
-        evidence.status, evidence.reason = _judge(session, room, devices, evidence, now)
+        first_healthy = {d: t.isoformat() for d, t in sorted(known.items())}
+        at = all_healthy_at([d.id for d in devices], known)
+        status, reason = _judge(
+            session, programme, room_id, site_code, devices, first_healthy, at, now
+        )
+        statuses[room_id] = status
+        before = (evidence.first_healthy, evidence.all_healthy_at, evidence.status, evidence.reason)
+        if room_id in kept and before == (first_healthy, at, status, reason):
+            unchanged.append(room_id)  # only its watermark moves, below, in one statement
+            continue
+        evidence.first_healthy = first_healthy
+        evidence.all_healthy_at = at
+        evidence.status, evidence.reason = status, reason
+        evidence.scanned_through = evidence.checked_at = now
         session.add(evidence)
-        statuses[room_id] = evidence.status
     session.flush()
+    table = SQLModel.metadata.tables[ClassroomEvidence.__tablename__]
+    for chunk in range(0, len(unchanged), 500):
+        session.connection().execute(
+            update(table)
+            .where(table.c.room_id.in_(unchanged[chunk : chunk + 500]))
+            .values(scanned_through=now, checked_at=now)
+        )
     return statuses
 
 
 def _first_healthy_readings(
-    session: Session, pending: Mapping[str, list[DeviceSeen]], kept: Mapping[str, ClassroomEvidence]
+    session: Session,
+    pending: Mapping[str, list[DeviceSeen]],
+    scanned: Mapping[str, datetime | None],
 ) -> dict[str, dict[str, datetime]]:
     """room -> device -> earliest healthy reading among samples received since the last run."""
     room_of = {d.id: room for room, devices in pending.items() for d in devices}
@@ -121,73 +183,75 @@ def _first_healthy_readings(
         return {}
     since: dict[str, datetime] = {}
     for room in pending:
-        scanned = kept[room].scanned_through if room in kept else None
-        if scanned is not None:
-            since[room] = scanned - RESCAN_MARGIN
+        through = scanned.get(room)
+        if through is not None:
+            since[room] = through - RESCAN_MARGIN
     # The database does the grouping: each device's earliest reading per distinct error
     # flags (a handful of groups per device, however many samples), and Python judges each
     # group's flags. Re-reading samples already seen changes nothing: the earliest is kept.
     errors_text = cast(Sample.errors, Text)
+    device: Any = col(Sample.device_id)
+    if len(since) == len(pending):
+        # Every room was scanned before: read only what is new, through the received_at index.
+        # SQLite walks each device's whole history through the (device, ts) index instead if
+        # given a list of devices, or a bare device_id to group by: the devices are picked
+        # out below, and the grouping is by an expression.
+        if session.get_bind().dialect.name == "sqlite":
+            device = device.concat(literal_column("''"))
+        where = col(Sample.received_at) > min(since.values())
+    else:  # a classroom seen for the first time: its devices' whole history
+        where = col(Sample.device_id).in_(sorted(room_of))
     query = (
-        select(Sample.device_id, errors_text, func.min(Sample.ts))
-        .where(col(Sample.device_id).in_(sorted(room_of)), col(Sample.reachable).is_(True))
-        .group_by(Sample.device_id, errors_text)
+        select(device, errors_text, func.min(Sample.ts))
+        .where(where, col(Sample.reachable).is_(True))
+        .group_by(device, errors_text)
     )
-    if len(since) == len(pending):  # every room was scanned before: read only what is new
-        query = query.where(col(Sample.received_at) > min(since.values()))
     found: dict[str, dict[str, datetime]] = defaultdict(dict)
     for device_id, errors, ts in session.exec(query):
-        if not is_healthy(True, json.loads(errors) if errors else None):
+        room_id = room_of.get(device_id)
+        if room_id is None or not is_healthy(True, json.loads(errors) if errors else None):
             continue
-        room = room_of[device_id]
-        seen = found[room].get(device_id)
+        seen = found[room_id].get(device_id)
         if seen is None or ts < seen:
-            found[room][device_id] = ts
+            found[room_id][device_id] = ts
     return found
 
 
 def _judge(
     session: Session,
-    room: Room,
+    programme: _Programme,
+    room_id: str,
+    site_code: str,
     devices: list[DeviceSeen],
-    evidence: ClassroomEvidence,
+    first_healthy: Mapping[str, str],
+    at: datetime | None,
     now: datetime,
 ) -> tuple[str, str]:
-    link = session.get(PhaseRoom, room.id)
-    phase = session.get(Phase, link.phase_id) if link else None
-    installed = None
-    if phase is not None:
-        installed = session.exec(
-            select(MilestoneRecord).where(
-                MilestoneRecord.phase_id == phase.id,
-                MilestoneRecord.room_id == room.id,
-                MilestoneRecord.milestone == MilestoneName.installed.value,
-            )
-        ).first()
-    at = evidence.all_healthy_at
+    phase = programme.phase_of_room.get(room_id)
+    installed = programme.installed.get((phase.id or 0, room_id)) if phase else None
     if at is None:
         if installed is not None and installed.reached:
             return "waiting", ""
-        missing = sorted(d.id for d in devices if d.id not in evidence.first_healthy)
+        missing = sorted(d.id for d in devices if d.id not in first_healthy)
         return "review", (
-            f"classroom {room.id} reports but has no installed milestone, and not every device "
+            f"classroom {room_id} reports but has no installed milestone, and not every device "
             f"has been healthy yet (waiting for {', '.join(missing)}): check the installation"
         )
     if phase is None:
         return "review", (
-            f"every device of classroom {room.id} has been healthy since {at.isoformat()}, but "
-            f"the classroom is in no phase: add it to a phase of site {room.site_code}"
+            f"every device of classroom {room_id} has been healthy since {at.isoformat()}, but "
+            f"the classroom is in no phase: add it to a phase of site {site_code}"
         )
     proof = {
         "source": DEVICE_EVIDENCE,
         "all_healthy_at": at.isoformat(),
-        "devices": dict(evidence.first_healthy),
+        "devices": dict(first_healthy),
     }
     if installed is not None and installed.reached:
         installed.evidence = {**(installed.evidence or {}), "devices_healthy": proof}
         session.add(installed)
         return "attached", ""
-    site = session.get(Site, room.site_code)
+    site = session.get(Site, site_code)
     assert site is not None
     planned = installed.planned if installed else None
     facts = MilestoneFacts(
@@ -203,7 +267,7 @@ def _judge(
             session,
             site,
             phase,
-            room.id,
+            room_id,
             given,
             recorded_by=DEVICE_EVIDENCE,
             now=now,
@@ -211,7 +275,7 @@ def _judge(
         )
     except ProgrammeError as exc:
         return "review", (
-            f"every device of classroom {room.id} has been healthy since {at.isoformat()}, but "
+            f"every device of classroom {room_id} has been healthy since {at.isoformat()}, but "
             f"installed cannot be confirmed: {exc.message}"
         )
     return "confirmed", ""
