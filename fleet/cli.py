@@ -54,11 +54,13 @@ def serve(
     from pydantic import ValidationError
 
     from agent.broker import BrokerUrlError
+    from fleet.memory import limit_arenas
     from fleet.registry import RegistryError
     from fleet.service import build_controller
     from fleet.settings import Settings
 
     _logging(log_level)
+    limit_arenas()  # before uvicorn, the scheduler and paho start their threads
     try:
         settings = Settings()
         if role:

@@ -15,6 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
 from fleet.leader import Leadership
+from fleet.memory import give_back
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def _guarded(
                 job.func(engine, settings, datetime.now(UTC))
         except Exception:  # one failing run must not stop the schedule
             log.exception("scheduled job %s failed; it runs again in %.0f s", job.id, job.every_s)
+        if job.every_s >= 60:
+            give_back()  # what a heavy job's peak took, rather than keep it for the next peak
 
     return run
 
