@@ -67,6 +67,8 @@ def _environment() -> Environment:
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        # Templates ship with the package: no stat of every template file on every render.
+        auto_reload=False,
     )
     env.filters.update(ago=ago, utc=utc, epoch=epoch, number=number)
     env.globals.update(state_rank=state_rank, STATE_ORDER=STATE_ORDER)
