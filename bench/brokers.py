@@ -42,16 +42,20 @@ class OwnMosquitto:
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
-        lines = [
-            (DEPLOY / "fleet-queues.conf").read_text(),
-            f"listener {self.port} 127.0.0.1",
+        self.configure(
             "allow_anonymous true",
             f"persistence_location {workdir}/",
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")  # else it drops to `mosquitto`, who cannot write here
-        self.conf.write_text("\n".join(lines) + "\n")
+            before=[(DEPLOY / "fleet-queues.conf").read_text()],
+        )
         self.popen: subprocess.Popen[bytes] | None = None
+
+    def configure(self, *lines: str, before: list[str] | None = None) -> None:
+        """Write the config: `before` (global settings), our listener on the loopback port,
+        then `lines` (the listener's own settings among them)."""
+        conf = [*(before or []), f"listener {self.port} 127.0.0.1", *lines]
+        if os.geteuid() == 0:
+            conf.append("user root")  # else it drops to `mosquitto`, who cannot write here
+        self.conf.write_text("\n".join(conf) + "\n")
 
     @property
     def url(self) -> str:

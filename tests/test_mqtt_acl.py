@@ -79,17 +79,13 @@ def secured(tmp_path: Path, db: Engine, site_passwords: dict[str, str]) -> Itera
     for name in ("passwd", "acl"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
     assert CONTROLLER_PASSWORD not in (out / "passwd").read_text()
-    lines = [
-        f"listener {broker.port} 127.0.0.1",
+    broker.configure(
         "allow_anonymous false",
         f"password_file {out / 'passwd'}",
         f"acl_file {out / 'acl'}",
         "persistence false",
         "log_type all",
-    ]
-    if os.geteuid() == 0:
-        lines.append("user root")
-    broker.conf.write_text("\n".join(lines) + "\n")
+    )
     try:
         broker.start()
     except MosquittoMissing as exc:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import uuid
@@ -90,18 +89,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[OwnMosquitto]:
     """Mosquitto listening on TLS only, asking every client for a certificate of our CA."""
     broker = OwnMosquitto(tmp_path / "broker")
-    lines = [
-        f"listener {broker.port} 127.0.0.1",
+    broker.configure(
         "allow_anonymous true",
         f"cafile {pki.ca}",
         f"certfile {pki.server_cert}",
         f"keyfile {pki.server_key}",
         "require_certificate true",
         "persistence false",
-    ]
-    if os.geteuid() == 0:
-        lines.append("user root")
-    broker.conf.write_text("\n".join(lines) + "\n")
+    )
     try:
         broker.start()
     except MosquittoMissing as exc:
