@@ -24,7 +24,7 @@ import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -97,17 +97,17 @@ class Leadership:
             self.since = None
 
 
-class _Lock:
-    where = ""
+class _Lock(Protocol):
+    """What each kind of lock does: `hold` keeps or takes it, `drop` lets it go."""
 
-    def hold(self) -> bool:
-        raise NotImplementedError
+    where: str
 
-    def drop(self) -> None:
-        raise NotImplementedError
+    def hold(self) -> bool: ...
+
+    def drop(self) -> None: ...
 
 
-class _AdvisoryLock(_Lock):
+class _AdvisoryLock:
     def __init__(self, engine: Engine, name: str) -> None:
         self.engine = engine
         self.name = name
@@ -146,7 +146,7 @@ class _AdvisoryLock(_Lock):
             conn.close()
 
 
-class _FileLock(_Lock):
+class _FileLock:
     def __init__(self, path: Path, holder: str) -> None:
         self.path = path
         self.holder = holder
@@ -184,7 +184,7 @@ _process_locks: dict[str, threading.Lock] = {}
 _process_locks_guard = threading.Lock()
 
 
-class _ProcessLock(_Lock):
+class _ProcessLock:
     def __init__(self, name: str) -> None:
         with _process_locks_guard:
             self._lock = _process_locks.setdefault(name, threading.Lock())

@@ -85,6 +85,17 @@ def loaded_sites() -> list[LoadedSite]:
 
 
 @pytest.fixture
+def sqlite_registered(tmp_path: Any, loaded_sites: list[LoadedSite]) -> Iterator[Engine]:
+    """The registry in a SQLite database of the test's own, for tests about something else
+    (the broker's ACL, TLS) where one database is enough."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
+    migrate(engine)
+    sync_registry(engine, loaded_sites)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
 def registered(engine: Engine, loaded_sites: list[LoadedSite]) -> Engine:
     """An engine whose registry holds every site in site_configs/."""
     sync_registry(engine, loaded_sites)

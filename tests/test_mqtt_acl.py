@@ -23,13 +23,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from agent.broker import parse_mqtt_url
-from agent.config import LoadedSite
 from bench.brokers import MosquittoMissing, OwnMosquitto
 from fleet.auth.mqtt_auth import rotate_site_credential
-from fleet.db import make_engine, migrate
 from fleet.ingest import Ingest
 from fleet.models import DeadLetter, Sample
-from fleet.registry import sync_registry
 from fleet.subscriber import Subscriber
 from tests.conftest import need
 from tests.fixtures_db import RECEIVED, batch, reading
@@ -40,31 +37,23 @@ NOT_AUTHORIZED = 135
 
 
 @pytest.fixture
-def db(tmp_path: Path, loaded_sites: list[LoadedSite]) -> Iterator[Engine]:
-    """One database is enough for the broker's ACL: SQLite."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
-    migrate(engine)
-    sync_registry(engine, loaded_sites)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def site_passwords(db: Engine) -> dict[str, str]:
-    with Session(db) as session:
+def site_passwords(sqlite_registered: Engine) -> dict[str, str]:
+    with Session(sqlite_registered) as session:
         passwords = {site: rotate_site_credential(session, site)[1] for site in ("upm", "tuit")}
         session.commit()
     return passwords
 
 
 @pytest.fixture
-def secured(tmp_path: Path, db: Engine, site_passwords: dict[str, str]) -> Iterator[OwnMosquitto]:
+def secured(
+    tmp_path: Path, sqlite_registered: Engine, site_passwords: dict[str, str]
+) -> Iterator[OwnMosquitto]:
     """Mosquitto with anonymous off and the password and ACL files of `fleet mqtt-auth export`."""
     broker = OwnMosquitto(tmp_path / "broker")
     out = tmp_path / "mqtt-auth"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FLEET_")},
-        "FLEET_DATABASE_URL": db.url.render_as_string(hide_password=False),
+        "FLEET_DATABASE_URL": sqlite_registered.url.render_as_string(hide_password=False),
         "FLEET_MQTT_URL": f"mqtt://fleet-controller@127.0.0.1:{broker.port}?protocol=5",
         "FLEET_MQTT_PASSWORD": CONTROLLER_PASSWORD,
     }
@@ -146,18 +135,20 @@ class Client:
 
 
 @pytest.fixture
-def controller(secured: OwnMosquitto, db: Engine) -> Iterator[Subscriber]:
+def controller(secured: OwnMosquitto, sqlite_registered: Engine) -> Iterator[Subscriber]:
     address = parse_mqtt_url(f"mqtt://fleet-controller@127.0.0.1:{secured.port}?protocol=5")
     address = type(address)(**{**address.__dict__, "password": CONTROLLER_PASSWORD})
-    subscriber = Subscriber(address, Ingest(db), client_id=f"ctl-{uuid.uuid4().hex[:8]}")
+    subscriber = Subscriber(
+        address, Ingest(sqlite_registered), client_id=f"ctl-{uuid.uuid4().hex[:8]}"
+    )
     subscriber.start()
     wait_for(lambda: subscriber.status().get("connected"), 15, "the controller's connection")
     yield subscriber
     subscriber.stop()
 
 
-def samples(db: Engine) -> dict[str, list[str]]:
-    with Session(db) as session:
+def samples(sqlite_registered: Engine) -> dict[str, list[str]]:
+    with Session(sqlite_registered) as session:
         rows = session.exec(select(Sample)).all()
     out: dict[str, list[str]] = {}
     for row in rows:
@@ -166,7 +157,10 @@ def samples(db: Engine) -> dict[str, list[str]]:
 
 
 def test_site_credential_cannot_publish_as_another_site(
-    secured: OwnMosquitto, controller: Subscriber, db: Engine, site_passwords: dict[str, str]
+    secured: OwnMosquitto,
+    controller: Subscriber,
+    sqlite_registered: Engine,
+    site_passwords: dict[str, str],
 ) -> None:
     forged_at = RECEIVED - timedelta(minutes=5)
     honest_at = RECEIVED - timedelta(minutes=1)
@@ -191,10 +185,10 @@ def test_site_credential_cannot_publish_as_another_site(
     finally:
         tuit.close()
         upm.close()
-    wait_for(lambda: samples(db).get("upm-sc1-panel-1"), 15, "the honest reading")
+    wait_for(lambda: samples(sqlite_registered).get("upm-sc1-panel-1"), 15, "the honest reading")
     time.sleep(0.5)  # anything else the broker let through would have arrived by now
-    assert samples(db) == {"upm-sc1-panel-1": [honest_at.isoformat()]}
-    with Session(db) as session:
+    assert samples(sqlite_registered) == {"upm-sc1-panel-1": [honest_at.isoformat()]}
+    with Session(sqlite_registered) as session:
         assert session.exec(select(DeadLetter)).all() == []  # denied at the door, not later
 
 

@@ -20,13 +20,10 @@ from sqlmodel import Session, select
 
 from agent.broker import parse_mqtt_url
 from agent.check import check_broker
-from agent.config import LoadedSite
 from agent.publisher import MqttLink
 from bench.brokers import MosquittoMissing, OwnMosquitto
-from fleet.db import make_engine, migrate
 from fleet.ingest import Ingest
 from fleet.models import Sample
-from fleet.registry import sync_registry
 from fleet.subscriber import Subscriber
 from tests.conftest import need
 from tests.fixtures_db import RECEIVED, batch, reading
@@ -112,20 +109,13 @@ def url(broker: OwnMosquitto, pki: Pki, *, ca: Path | None = None, client: bool 
     return f"mqtts://127.0.0.1:{broker.port}?{query}"
 
 
-@pytest.fixture
-def db(tmp_path: Path, loaded_sites: list[LoadedSite]) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
-    migrate(engine)
-    sync_registry(engine, loaded_sites)
-    yield engine
-    engine.dispose()
-
-
 def test_a_reading_crosses_tls_with_client_certificates(
-    tls_broker: OwnMosquitto, pki: Pki, db: Engine
+    tls_broker: OwnMosquitto, pki: Pki, sqlite_registered: Engine
 ) -> None:
     subscriber = Subscriber(
-        parse_mqtt_url(url(tls_broker, pki)), Ingest(db), client_id=f"ctl-{uuid.uuid4().hex[:8]}"
+        parse_mqtt_url(url(tls_broker, pki)),
+        Ingest(sqlite_registered),
+        client_id=f"ctl-{uuid.uuid4().hex[:8]}",
     )
     subscriber.start()
     at = RECEIVED - timedelta(minutes=1)
@@ -145,7 +135,7 @@ def test_a_reading_crosses_tls_with_client_certificates(
         asyncio.run(agent_publishes())
 
         def stored() -> list[str]:
-            with Session(db) as session:
+            with Session(sqlite_registered) as session:
                 return [s.device_id for s in session.exec(select(Sample)).all()]
 
         assert wait_for(stored, 15, "the reading sent over TLS") == ["upm-sc1-panel-1"]
