@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -66,7 +65,9 @@ class MqttLink:
         self.client_id = client_id
         self._on_connected_hook = on_connected
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
+        # mid -> the publish waiting for its PUBACK. Touched only on the event loop: paho
+        # calls on_publish holding its own message lock, so a lock of ours taken there and
+        # also held around client.publish() (which takes paho's lock) would deadlock.
         self._pending: dict[int, asyncio.Future[None]] = {}
         self.connected = asyncio.Event()
         self.disconnected = asyncio.Event()
@@ -168,20 +169,19 @@ class MqttLink:
         if not self.connected.is_set():
             raise NotConnected(f"not connected to {self.address.display()}")
         assert self._loop is not None
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise NotConnected(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        if qos == 0:
+            return
+        # No await since publish(): a PUBACK, however fast, reaches _acked on this loop
+        # only after the future below is in place.
         future: asyncio.Future[None] = self._loop.create_future()
-        with self._lock:
-            # Held across publish() so that a fast PUBACK cannot arrive before we listen.
-            info = self._client.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise NotConnected(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-            if qos == 0:
-                return
-            self._pending[info.mid] = future
+        self._pending[info.mid] = future
         try:
             await asyncio.wait_for(future, timeout)
         finally:
-            with self._lock:
-                self._pending.pop(info.mid, None)
+            self._pending.pop(info.mid, None)
 
     def subscribe(self, topic: str, on_message: Callable[[bytes], None]) -> None:
         """Call `on_message(payload)` on the event loop for each message on `topic` (QoS 1),
@@ -232,10 +232,12 @@ class MqttLink:
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
-        with self._lock:
-            future = self._pending.pop(mid, None)
-        if future is not None:
-            self._call(_resolve, future)
+        self._call(self._acked, mid)
+
+    def _acked(self, mid: int) -> None:
+        future = self._pending.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         callback = self._subscriptions.get(msg.topic)
@@ -255,8 +257,7 @@ class MqttLink:
             self._client.ack(mid, qos)
 
     def _fail_pending(self, exc: Exception) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, {}
+        pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(exc)
@@ -264,8 +265,3 @@ class MqttLink:
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fn, *args)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
