@@ -12,7 +12,9 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
+from jinja2.runtime import Context
+from markupsafe import Markup
 
 from fleet.protocol import utcnow
 
@@ -45,6 +47,19 @@ def utc(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+@pass_context
+def when(context: Context, value: datetime | None) -> Markup:
+    """`{{ t | when }}`: a time as "3 min ago", the exact UTC time on hover. A filter, not a macro:
+    the overview calls it once a row, and a Jinja macro call costs ten times as much."""
+    if not value:
+        return Markup('<span class="muted">never</span>')
+    # Every part is made here from a datetime: nothing in it needs escaping.
+    return Markup(
+        f'<time datetime="{value.isoformat()}" title="{utc(value)}">'
+        f"{ago(value, context.get('now'))}</time>"
+    )
+
+
 def epoch(value: datetime | None) -> int:
     """A sort key for tables: never-seen sorts oldest."""
     return int(value.timestamp()) if value is not None else 0
@@ -70,7 +85,7 @@ def _environment() -> Environment:
         # Templates ship with the package: no stat of every template file on every render.
         auto_reload=False,
     )
-    env.filters.update(ago=ago, utc=utc, epoch=epoch, number=number)
+    env.filters.update(ago=ago, utc=utc, epoch=epoch, number=number, when=when)
     env.globals.update(state_rank=state_rank, STATE_ORDER=STATE_ORDER)
     return env
 
