@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import tempfile
 import threading
 import time
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -108,7 +109,12 @@ def broker() -> Iterator[str]:
         thread.stop()
 
 
-def publish_all(url: str, items: list[tuple[str, bytes]]) -> None:
+def publish_all(
+    url: str,
+    items: list[tuple[str, bytes]],
+    ready: EventLike | None = None,
+    go: EventLike | None = None,
+) -> None:
     address = parse_mqtt_url(url)
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
@@ -118,11 +124,44 @@ def publish_all(url: str, items: list[tuple[str, bytes]]) -> None:
     client.max_queued_messages_set(0)
     client.connect(address.host, address.port)
     client.loop_start()
+    if ready is not None and go is not None:
+        ready.set()
+        go.wait()
     infos = [client.publish(topic, payload, qos=1) for topic, payload in items]
     for info in infos:
         info.wait_for_publish(60)
     client.loop_stop()
     client.disconnect()
+
+
+class EventLike(Protocol):
+    def set(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class AgentProcess:
+    """The agents' side in a process of its own, as on a real site: publishing must not
+    share the measured subscriber's interpreter lock. Connected before the clock starts;
+    `start()` releases it."""
+
+    def __init__(self, url: str, items: list[tuple[str, bytes]]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._ready, self._go = context.Event(), context.Event()
+        self._process = context.Process(
+            target=publish_all, args=(url, items, self._ready, self._go), daemon=True
+        )
+        self._process.start()
+        if not self._ready.wait(60):
+            self._process.kill()
+            raise RuntimeError(f"the publishing process could not connect to {url}")
+
+    def start(self) -> None:
+        self._go.set()
+
+    def join(self) -> None:
+        self._process.join(120)
+        if self._process.exitcode != 0:
+            raise RuntimeError(f"the publishing process failed (exit {self._process.exitcode})")
 
 
 def timed_until(condition: Callable[[], bool], timeout: float = 300) -> None:
@@ -149,13 +188,15 @@ def run_ingest(
     if not subscriber.wait_connected(10):
         raise RuntimeError(f"cannot reach the broker at {url}")
     time.sleep(0.3)  # let the subscription settle before the clock starts
+    publisher = AgentProcess(url, items)
     start = time.perf_counter()
-    publisher = threading.Thread(target=publish_all, args=(url, items))
     publisher.start()
     timed_until(lambda: ingest.readings >= expect)
     elapsed = time.perf_counter() - start
     publisher.join()
     subscriber.stop()
+    stats = subscriber.status()
+    print(f"  (ingest stored {stats['acked']:,} messages in {stats['groups']:,} transactions)")
     return elapsed
 
 
@@ -264,7 +305,15 @@ def report(name: str, figure: float, limit: float, unit: str) -> float:
     return ratio
 
 
-def batched(url: str, tmp: Path, batches: int, devices: int, postgres: str | None) -> None:
+def best(runs: int, rate: Callable[[], float]) -> float:
+    """The best of `runs` runs: what the code can do when the machine lets it. Figure and
+    limit alike, so a slow spell of this shared machine does not decide the ratio."""
+    return max(rate() for _ in range(runs))
+
+
+def batched(
+    url: str, tmp: Path, batches: int, devices: int, postgres: str | None, runs: int
+) -> None:
     site = synthetic_site(devices)
     root = f"b{uuid.uuid4().hex[:8]}/fleet/v1"
     topic = Topics(root).health(SITE)
@@ -288,21 +337,35 @@ def batched(url: str, tmp: Path, batches: int, devices: int, postgres: str | Non
         f"batched: {batches} batches of {BATCH} readings ({len(items[0][1]):,} bytes each), "
         f"{devices} devices"
     )
-    engine, _ = fresh_sqlite(tmp, "ingest", site)
-    ours = total / run_ingest(url, engine, items, total, root)
-    engine.dispose()
-    _, raw_path = fresh_sqlite(tmp, "raw", site)
-    limit = total / raw_sqlite(raw_path, sample_rows(all_readings))
+
+    def ours_sqlite() -> float:
+        engine, _ = fresh_sqlite(tmp, f"ingest-{uuid.uuid4().hex[:8]}", site)
+        try:
+            return total / run_ingest(url, engine, items, total, root)
+        finally:
+            engine.dispose()
+
+    def raw() -> float:
+        _, raw_path = fresh_sqlite(tmp, f"raw-{uuid.uuid4().hex[:8]}", site)
+        return total / raw_sqlite(raw_path, sample_rows(all_readings))
+
+    ours, limit = best(runs, ours_sqlite), best(runs, raw)
     report("  SQLite, readings persisted/s vs raw sqlite3 executemany", ours, limit, "readings/s")
     print(
         f"  target: >= 10,000 readings/s and >= 0.5 x the raw limit: "
         f"{'met' if ours >= 10_000 and ours >= 0.5 * limit else 'MISSED'}"
     )
     if postgres:
-        with fresh_postgres(postgres, site) as (pg_engine, _):
-            ours_pg = total / run_ingest(url, pg_engine, items, total, root)
-        with fresh_postgres(postgres, site) as (_, raw_url):
-            limit_pg = total / raw_postgres(raw_url, sample_rows(all_readings))
+
+        def ours_postgres() -> float:
+            with fresh_postgres(postgres, site) as (pg_engine, _):
+                return total / run_ingest(url, pg_engine, items, total, root)
+
+        def raw_pg() -> float:
+            with fresh_postgres(postgres, site) as (_, raw_url):
+                return total / raw_postgres(raw_url, sample_rows(all_readings))
+
+        ours_pg, limit_pg = best(runs, ours_postgres), best(runs, raw_pg)
         report(
             "  PostgreSQL, readings persisted/s vs raw psycopg executemany",
             ours_pg,
@@ -311,7 +374,7 @@ def batched(url: str, tmp: Path, batches: int, devices: int, postgres: str | Non
         )
 
 
-def unbatched(url: str, tmp: Path, messages: int, devices: int) -> None:
+def unbatched(url: str, tmp: Path, messages: int, devices: int, runs: int) -> None:
     site = synthetic_site(devices)
     root = f"u{uuid.uuid4().hex[:8]}/fleet/v1"
     topics = Topics(root)
@@ -320,10 +383,16 @@ def unbatched(url: str, tmp: Path, messages: int, devices: int) -> None:
         for r in readings(devices, messages)
     ]
     print(f"one reading a message: {messages} messages")
-    limit = messages / bare_paho_count(url, items, f"{root}/+/devices/+/health")
-    engine, _ = fresh_sqlite(tmp, "single", site)
-    ours = messages / run_ingest(url, engine, items, messages, root)
-    engine.dispose()
+
+    def ours_sqlite() -> float:
+        engine, _ = fresh_sqlite(tmp, f"single-{uuid.uuid4().hex[:8]}", site)
+        try:
+            return messages / run_ingest(url, engine, items, messages, root)
+        finally:
+            engine.dispose()
+
+    limit = best(runs, lambda: messages / bare_paho_count(url, items, f"{root}/+/devices/+/health"))
+    ours = best(runs, ours_sqlite)
     ratio = report(
         "  SQLite, messages persisted/s vs a bare paho subscriber counting", ours, limit, "msg/s"
     )
@@ -349,8 +418,8 @@ def bare_paho_count(url: str, items: list[tuple[str, bytes]], subscription: str)
     client.loop_start()
     client.subscribe(subscription, qos=1)
     time.sleep(0.3)
+    publisher = AgentProcess(url, items)
     start = time.perf_counter()
-    publisher = threading.Thread(target=publish_all, args=(url, items))
     publisher.start()
     if not done.wait(300):
         raise TimeoutError("the bare subscriber did not receive everything")
@@ -368,16 +437,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--runs", type=int, default=3, help="each figure is the best of these")
     parser.add_argument("--quick", action="store_true", help="a tiny run, to keep it working")
     args = parser.parse_args(argv)
     if args.quick:
-        args.batches, args.messages, args.devices = 10, 100, 50
+        args.batches, args.messages, args.devices, args.runs = 10, 100, 50, 1
     with tempfile.TemporaryDirectory() as tmp, broker() as url:
         print(f"broker: {url}")
-        batched(
-            url, Path(tmp), args.batches, args.devices, None if args.no_postgres else args.postgres
-        )
-        unbatched(url, Path(tmp), args.messages, args.devices)
+        postgres = None if args.no_postgres else args.postgres
+        batched(url, Path(tmp), args.batches, args.devices, postgres, args.runs)
+        unbatched(url, Path(tmp), args.messages, args.devices, args.runs)
     return 0
 
 
