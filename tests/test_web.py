@@ -3,6 +3,7 @@ run` → the embedded broker → `fleet serve`. What the pages show is checked a
 
 from __future__ import annotations
 
+import re
 import shutil
 import urllib.request
 from collections.abc import Iterator
@@ -40,6 +41,11 @@ def _prepare_configs(stack: Stack) -> None:
     stack.config.write_text(yaml.safe_dump(config, allow_unicode=True))
     profiles = stack.tmp / "firmware_profiles"
     shutil.copytree(DEFAULT_PROFILES_DIR, profiles)
+    # Polled every 5 s, not every minute: the metrics test waits for a next reading.
+    for path in profiles.glob("*.yaml"):
+        text, n = re.subn(r"(?m)^(  interval_s:) \d+$", r"\1 5", path.read_text())
+        assert n == 1, f"{path.name}: no poll interval_s to shorten"
+        path.write_text(text)
     seewo = profiles / "seewo-panel.yaml"
     seewo.write_text(
         seewo.read_text().replace(
