@@ -354,7 +354,12 @@ async def _publish_once(
 ) -> str | None:
     """Publish one message at QoS 1 and wait for the broker's PUBACK; the error, if any."""
     from agent.publisher import BrokerError, MqttLink, NotConnected
+    from agent.reach import diagnose
 
+    # A refused port or a bad certificate is said at once, not after the connect timeout.
+    why = await asyncio.to_thread(diagnose, broker)
+    if why:
+        return f"cannot reach {broker.display()}: {why}"
     client_id = f"discover-{site.config.code}-{uuid.uuid4().hex[:8]}"
     link = MqttLink(broker, client_id=client_id)
     try:
@@ -363,8 +368,6 @@ async def _publish_once(
         return str(exc)
     try:
         if not await link.wait_connected(5):
-            from agent.reach import diagnose
-
             why = await asyncio.to_thread(diagnose, broker)
             return f"cannot reach {broker.display()}: {why or 'no MQTT answer'}"
         await link.publish(topic, payload, timeout=15)
