@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -71,10 +73,35 @@ def _postgres_schema_url() -> Iterator[str]:
         admin.close()
 
 
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once per session: a test's own database is a copy of it,
+    a millisecond where running the migrations again takes a quarter of a second."""
+    path = tmp_path_factory.mktemp("template") / "fleet.db"
+    engine = make_engine(f"sqlite:///{path}")
     migrate(engine)
+    engine.dispose()
+    return path
+
+
+def _migrated_sqlite(template: Path, path: Path) -> Engine:
+    source, target = sqlite3.connect(template), sqlite3.connect(path)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    return make_engine(f"sqlite:///{path}")
+
+
+@pytest.fixture
+def engine(db_url: str, sqlite_template: Path) -> Iterator[Engine]:
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        engine = _migrated_sqlite(sqlite_template, Path(url.database))
+    else:
+        engine = make_engine(db_url)
+        migrate(engine)
     yield engine
     engine.dispose()
 
@@ -85,11 +112,12 @@ def loaded_sites() -> list[LoadedSite]:
 
 
 @pytest.fixture
-def sqlite_registered(tmp_path: Any, loaded_sites: list[LoadedSite]) -> Iterator[Engine]:
+def sqlite_registered(
+    tmp_path: Any, loaded_sites: list[LoadedSite], sqlite_template: Path
+) -> Iterator[Engine]:
     """The registry in a SQLite database of the test's own, for tests about something else
     (the broker's ACL, TLS) where one database is enough."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
-    migrate(engine)
+    engine = _migrated_sqlite(sqlite_template, tmp_path / "fleet.db")
     sync_registry(engine, loaded_sites)
     yield engine
     engine.dispose()
