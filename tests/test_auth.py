@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from fleet.api.app import create_app
 from fleet.auth.models import ApiToken, AuditEntry
+from fleet.auth.passwords import hash_password, verify_password
 from fleet.auth.tokens import token_hash
 from fleet.auth.users import revoke_user
 from fleet.protocol import utcnow
@@ -58,6 +59,14 @@ def test_tokens_are_stored_only_as_hashes(registered: Engine, tokens: Tokens) ->
     with Session(registered) as session:
         stored = {t.token_hash for t in session.exec(select(ApiToken))}
     assert token_hash(tokens.ops) in stored and tokens.ops not in stored
+
+
+def test_passwords_are_stored_as_pbkdf2_with_600000_rounds() -> None:
+    """The product's own hashing (the tests' users use fewer rounds, fixtures_auth)."""
+    stored = hash_password(PASSWORD)
+    scheme, rounds, _salt, _digest = stored.split("$")
+    assert (scheme, rounds) == ("pbkdf2_sha256", "600000") and PASSWORD not in stored
+    assert verify_password(PASSWORD, stored) and not verify_password(PASSWORD + "!", stored)
 
 
 @pytest.mark.parametrize(
