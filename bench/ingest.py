@@ -311,6 +311,17 @@ def best(runs: int, rate: Callable[[], float]) -> float:
     return max(rate() for _ in range(runs))
 
 
+def sqlite_ingest_rate(
+    url: str, tmp: Path, site: LoadedSite, items: list[tuple[str, bytes]], count: int, root: str
+) -> float:
+    """Readings (or messages) a second the real ingest persists into a fresh SQLite database."""
+    engine, _ = fresh_sqlite(tmp, f"ingest-{uuid.uuid4().hex[:8]}", site)
+    try:
+        return count / run_ingest(url, engine, items, count, root)
+    finally:
+        engine.dispose()
+
+
 def batched(
     url: str, tmp: Path, batches: int, devices: int, postgres: str | None, runs: int
 ) -> None:
@@ -338,18 +349,12 @@ def batched(
         f"{devices} devices"
     )
 
-    def ours_sqlite() -> float:
-        engine, _ = fresh_sqlite(tmp, f"ingest-{uuid.uuid4().hex[:8]}", site)
-        try:
-            return total / run_ingest(url, engine, items, total, root)
-        finally:
-            engine.dispose()
-
     def raw() -> float:
         _, raw_path = fresh_sqlite(tmp, f"raw-{uuid.uuid4().hex[:8]}", site)
         return total / raw_sqlite(raw_path, sample_rows(all_readings))
 
-    ours, limit = best(runs, ours_sqlite), best(runs, raw)
+    ours = best(runs, lambda: sqlite_ingest_rate(url, tmp, site, items, total, root))
+    limit = best(runs, raw)
     report("  SQLite, readings persisted/s vs raw sqlite3 executemany", ours, limit, "readings/s")
     print(
         f"  target: >= 10,000 readings/s and >= 0.5 x the raw limit: "
@@ -383,16 +388,8 @@ def unbatched(url: str, tmp: Path, messages: int, devices: int, runs: int) -> No
         for r in readings(devices, messages)
     ]
     print(f"one reading a message: {messages} messages")
-
-    def ours_sqlite() -> float:
-        engine, _ = fresh_sqlite(tmp, f"single-{uuid.uuid4().hex[:8]}", site)
-        try:
-            return messages / run_ingest(url, engine, items, messages, root)
-        finally:
-            engine.dispose()
-
     limit = best(runs, lambda: messages / bare_paho_count(url, items, f"{root}/+/devices/+/health"))
-    ours = best(runs, ours_sqlite)
+    ours = best(runs, lambda: sqlite_ingest_rate(url, tmp, site, items, messages, root))
     ratio = report(
         "  SQLite, messages persisted/s vs a bare paho subscriber counting", ours, limit, "msg/s"
     )
