@@ -11,11 +11,11 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from agent.broker import BrokerAddress
-from agent.config import LoadedSite
 from agent.poller import Poller, build_targets
 from agent.publisher import BrokerError, MqttLink
 from agent.reach import diagnose
+from fleet.protocol.broker_url import BrokerAddress
+from fleet.protocol.site_config import LoadedSite
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ from typing import Annotated
 
 import typer
 
-from agent.broker import BrokerAddress, BrokerUrlError, parse_mqtt_url
-from agent.config import LoadedSite, load_site
-from agent.errors import ConfigErrors
 from agent.poller import AddressMapError
-from fleet.protocol import Topics
+from fleet.protocol.broker_url import BrokerAddress, BrokerUrlError, parse_mqtt_url
+from fleet.protocol.errors import ConfigErrors
+from fleet.protocol.messages import Topics
+from fleet.protocol.site_config import LoadedSite, load_site
 
 app = typer.Typer(
     help="The classroom-fleet site agent: polls classroom devices, reports to the controller.",
@@ -301,8 +301,8 @@ def discover(
 
     from agent import discover as discovery
     from agent import discovery_report
-    from agent.config import profiles_dir_for
-    from agent.profiles import load_profiles
+    from fleet.protocol.profiles import load_profiles
+    from fleet.protocol.site_config import profiles_dir_for
 
     site = _load(config)
     try:

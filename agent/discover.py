@@ -19,8 +19,8 @@ from typing import Any, Literal, cast
 
 from agent.collectors import DEFAULT_PORTS
 from agent.collectors.pjlink import PjlinkAuthError, PjlinkError, pjlink_session
-from agent.config import LoadedSite
-from agent.profiles import Profile
+from fleet.protocol.profiles import Profile
+from fleet.protocol.site_config import LoadedSite
 
 Protocol = Literal["snmp", "pjlink"]
 PROTOCOLS: tuple[Protocol, ...] = ("snmp", "pjlink")

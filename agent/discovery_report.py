@@ -10,10 +10,10 @@ from typing import Any
 import yaml
 
 from agent.collectors import DEFAULT_PORTS
-from agent.config import LoadedSite
 from agent.discover import Finding
-from agent.profiles import Profile
-from fleet.protocol import DEVICE_ID_PATTERN, AgentEvent, EventKind, utcnow
+from fleet.protocol.messages import DEVICE_ID_PATTERN, AgentEvent, EventKind, utcnow
+from fleet.protocol.profiles import Profile
+from fleet.protocol.site_config import LoadedSite
 
 DEVICE_RE = re.compile(DEVICE_ID_PATTERN)
 

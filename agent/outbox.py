@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ulid import ULID
 
-from fleet.protocol import HealthBatch, Reading
+from fleet.protocol.messages import HealthBatch, Reading
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reading (

@@ -19,8 +19,8 @@ from agent.collectors import (
     target_for,
     unreachable,
 )
-from agent.config import LoadedSite
-from fleet.protocol import Reading
+from fleet.protocol.messages import Reading
+from fleet.protocol.site_config import LoadedSite
 
 log = logging.getLogger(__name__)
 

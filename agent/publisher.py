@@ -24,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.broker import BrokerAddress
+from fleet.protocol.broker_url import BrokerAddress
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from agent.broker import BrokerAddress
+from fleet.protocol.broker_url import BrokerAddress
 
 
 def diagnose(address: BrokerAddress, timeout: float = 5.0) -> str | None:

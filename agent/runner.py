@@ -16,13 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent import __version__, metrics
-from agent.broker import BrokerAddress
-from agent.config import LoadedSite
 from agent.outbox import Outbox, PendingBatch, batch_payload
 from agent.poller import Poller, build_targets
 from agent.publisher import BrokerError, MqttLink
 from agent.updater import UpdateOptions, Updater
-from fleet.protocol import (
+from fleet.protocol.broker_url import BrokerAddress
+from fleet.protocol.messages import (
     AgentEvent,
     AgentState,
     AgentStateValue,
@@ -30,6 +29,7 @@ from fleet.protocol import (
     Reading,
     Topics,
 )
+from fleet.protocol.site_config import LoadedSite
 
 log = logging.getLogger(__name__)
 

@@ -1,44 +1,28 @@
-"""Device secrets (SNMP communities, SNMPv3 keys, PJLink passwords) kept out of the YAML.
+"""Device secrets (SNMP communities, SNMPv3 keys, PJLink passwords) resolved on the agent.
 
-In a site config or profile, a secret is written as a reference, `secret:NAME`. NAME is looked
-up first in the environment, then in the agent's secrets file: KEY=VALUE lines (the format of
-systemd's EnvironmentFile, and of the file `fleet-agent enroll` writes), at the path in
-FLEET_AGENT_SECRETS_FILE. A literal value in the YAML still works, for a lab.
+In a site config or profile, a secret is written as a reference, `secret:NAME`
+(`fleet.protocol.secret_refs`). NAME is looked up first in the environment, then in the
+agent's secrets file: KEY=VALUE lines (the format of systemd's EnvironmentFile, and of the file
+`fleet-agent enroll` writes), at the path in FLEET_AGENT_SECRETS_FILE.
 
 Secrets never appear in logs, API output or error messages: errors name the secret, never
-its value, and the controller hands out site configs with literal secrets replaced by
-references (`redact_site_config`).
+its value.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-REF_PREFIX = "secret:"
+from fleet.protocol.secret_refs import NAME_RE, REF_PREFIX, is_reference
+
 SECRETS_FILE_ENV = "FLEET_AGENT_SECRETS_FILE"
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Device keys holding secrets, and the v3 keys inside `snmp_v3`.
-DEVICE_SECRET_KEYS = ("community", "password")
-V3_SECRET_KEYS = ("auth_key", "priv_key")
 
 
 class SecretMissing(LookupError):
     """A `secret:NAME` reference that neither the environment nor the secrets file answers."""
-
-
-def is_reference(value: str | None) -> bool:
-    return value is not None and value.startswith(REF_PREFIX)
-
-
-def secret_name(device_id: str, key: str) -> str:
-    """The conventional name of a device's secret: upm-sc1-panel-1, community ->
-    UPM_SC1_PANEL_1_COMMUNITY."""
-    return re.sub(r"[^A-Za-z0-9]", "_", f"{device_id}_{key}").upper()
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -72,7 +56,7 @@ class Secrets:
         if value is None or not is_reference(value):
             return value
         name = value[len(REF_PREFIX) :]
-        if not _NAME_RE.match(name):
+        if not NAME_RE.match(name):
             raise SecretMissing(
                 f"{what} refers to {value!r}, which is not a valid secret name: use letters, "
                 "digits and _ (e.g. secret:UPM_SNMP_COMMUNITY)"
@@ -102,31 +86,3 @@ class Secrets:
                         f"{SECRETS_FILE_ENV} and the file's permissions"
                     ) from None
         return self._file_values
-
-
-def redact_site_config(data: Any) -> tuple[Any, list[str]]:
-    """A site config (as parsed YAML) with every literal device secret replaced by a
-    `secret:NAME` reference, and the names that the agent's secrets file must now give."""
-    needed: list[str] = []
-    for room in data.get("rooms") or [] if isinstance(data, dict) else []:
-        for device in room.get("devices") or []:
-            if not isinstance(device, dict):
-                continue
-            device_id = str(device.get("id", "device"))
-            for key in DEVICE_SECRET_KEYS:
-                needed += _redact(device, key, secret_name(device_id, key))
-            v3 = device.get("snmp_v3")
-            if isinstance(v3, dict):
-                for key in V3_SECRET_KEYS:
-                    needed += _redact(v3, key, secret_name(device_id, key))
-    return data, needed
-
-
-def _redact(holder: dict[str, Any], key: str, name: str) -> list[str]:
-    value = holder.get(key)
-    if value is None:
-        return []
-    if isinstance(value, str) and is_reference(value):
-        return [value[len(REF_PREFIX) :]]
-    holder[key] = REF_PREFIX + name
-    return [name]

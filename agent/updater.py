@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from agent.artifact_cache import ArtifactCache, ArtifactMismatch, LocalArtifactServer
 from agent.collectors import Collectors, Target
-from fleet.protocol import (
+from fleet.protocol.messages import (
     AgentEvent,
     Command,
     CommandAck,

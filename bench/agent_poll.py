@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from agent.collectors import Target, make_collector, target_for
-from agent.config import DEFAULT_PROFILES_DIR, DeviceConfig
-from agent.profiles import Profile, load_profiles
+from fleet.protocol.profiles import Profile, load_profiles
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig
 
 CYCLE_S = 60.0
 CPU_BUDGET = 0.30  # share of one core the agent may spend polling

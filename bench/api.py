@@ -30,10 +30,10 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from agent.config import DEFAULT_PROFILES_DIR, LoadedSite, check_site
-from agent.profiles import load_profiles
 from fleet.db import make_engine, migrate
-from fleet.registry import sync_registry
+from fleet.devices.registry import sync_registry
+from fleet.protocol.profiles import load_profiles
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, LoadedSite, check_site
 
 STATES = ["online"] * 4 + ["standby", "unreachable", "site_offline", "faulty", "unknown"]
 LIMIT = 3.0

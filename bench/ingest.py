@@ -33,15 +33,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine, text
 from ulid import ULID
 
-from agent.broker import parse_mqtt_url
-from agent.config import DEFAULT_PROFILES_DIR, LoadedSite, check_site
-from agent.profiles import load_profiles
 from bench.brokers import OwnMosquitto, mosquitto_binary
 from fleet.db import make_engine, migrate
-from fleet.ingest import Ingest
-from fleet.protocol import HealthBatch, Power, Reading, Topics
-from fleet.registry import sync_registry
-from fleet.subscriber import Subscriber
+from fleet.devices.registry import sync_registry
+from fleet.ingest.pipeline import Ingest
+from fleet.ingest.subscriber import Subscriber
+from fleet.protocol.broker_url import parse_mqtt_url
+from fleet.protocol.messages import HealthBatch, Power, Reading, Topics
+from fleet.protocol.profiles import load_profiles
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, LoadedSite, check_site
 
 SITE = "bench"
 BATCH = 50

@@ -160,9 +160,9 @@ def site_config(path: Path, devices: int, profile: str) -> Path:
 
 def _serve_responders(count: int, profile_id: str, map_path: str, conn: Connection) -> None:
     """Child process: `count` simulated devices (ids sim-0000...) until the parent says stop."""
-    from agent.config import DEFAULT_PROFILES_DIR
-    from agent.profiles import load_profiles
     from agent.simulator import start_devices, write_address_map
+    from fleet.protocol.profiles import load_profiles
+    from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 
     async def serve() -> None:
         profile = load_profiles(DEFAULT_PROFILES_DIR)[profile_id]

@@ -38,10 +38,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from ulid import ULID
 
-from agent.broker import parse_mqtt_url
 from bench.api import seed, site_code
 from bench.memory import controller, get, rss_mb
-from fleet.protocol import HealthBatch, Power, Reading, Topics
+from fleet.protocol.broker_url import parse_mqtt_url
+from fleet.protocol.messages import HealthBatch, Power, Reading, Topics
 
 BATCH = 50
 RSS_GROWTH_LIMIT = 0.10

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from agent.errors import ConfigErrors
+from fleet.protocol.errors import ConfigErrors
 
 app = typer.Typer(
     help="The classroom-fleet controller: registry, ingest, alerts, rollouts, reports.",
@@ -53,9 +53,9 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from agent.broker import BrokerUrlError
+    from fleet.devices.registry import RegistryError
     from fleet.memory import limit_arenas
-    from fleet.registry import RegistryError
+    from fleet.protocol.broker_url import BrokerUrlError
     from fleet.service import build_controller
     from fleet.settings import Settings
 
@@ -115,7 +115,7 @@ def programme(
     from fleet.programme.csv_records import export_programme_csv
     from fleet.programme.overview import programme_overview
     from fleet.programme.table import programme_table
-    from fleet.protocol import utcnow
+    from fleet.protocol.messages import utcnow
     from fleet.settings import Settings
 
     try:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import uvicorn
 
-from agent.broker import parse_mqtt_url
-from agent.config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR, load_sites
 from agent.runner import AgentOptions, SiteAgent
 from agent.simulator import start_site
 from fleet.auth.demo_users import DEMO_PASSWORD, demo_tokens
 from fleet.embedded_broker import EmbeddedBroker, free_port
+from fleet.protocol.broker_url import parse_mqtt_url
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR, load_sites
 from fleet.service import build_controller
 from fleet.settings import Settings
 

@@ -1,5 +1,5 @@
 """Prometheus metrics read from the database when scraped: devices by state, site freshness,
-agents. The ingest counters live in `fleet.ingest`, open alerts (`fleet_alerts_open`) in
+agents. The ingest counters live in `fleet.ingest.pipeline`, open alerts (`fleet_alerts_open`) in
 `fleet.alerts.evaluation`, each with the code that changes them.
 
 The collector is built per scrape for the app's own engine (not put in the global registry:
@@ -19,9 +19,9 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col
 
+from fleet.devices.state import DeviceState
 from fleet.models import AgentStatus, Device
-from fleet.protocol import utcnow
-from fleet.state import DeviceState
+from fleet.protocol.messages import utcnow
 
 log = logging.getLogger(__name__)
 

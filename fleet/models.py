@@ -101,7 +101,8 @@ class Device(SQLModel, table=True):
     port: int | None = None
     # Removed from its site config: kept with its history, hidden from lists, readings rejected.
     retired_at: datetime | None = utc_column()
-    # Latest state, derived from the newest reading (fleet.state) or the site agent's status.
+    # Latest state, derived from the newest reading (fleet.devices.state) or the site agent's
+    # status.
     state: str = Field(default="unknown", index=True)
     state_reason: str = "never heard"
     state_since: datetime | None = utc_column()

@@ -37,7 +37,7 @@ def jobs() -> list[Job]:
     """The schedule. Imported late so each domain module stays importable on its own."""
     from fleet.alerts.evaluation import evaluate_alerts
     from fleet.alerts.webhook import deliver_due
-    from fleet.liveness import mark_silent_devices
+    from fleet.devices.liveness import mark_silent_devices
     from fleet.programme.evidence import check_classroom_evidence
     from fleet.programme.overview import check_overdue_milestones
     from fleet.reports.rollup import derive_usage, purge_samples

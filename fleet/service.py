@@ -10,17 +10,17 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from agent.broker import parse_mqtt_url
-from agent.config import load_sites
 from fleet.alerts.evaluation import after_ingest
 from fleet.api.app import create_app
 from fleet.db import make_engine, migrate
-from fleet.ingest import Ingest
+from fleet.devices.registry import SyncResult, sync_registry
+from fleet.ingest.pipeline import Ingest
+from fleet.ingest.subscriber import Subscriber
 from fleet.leader import Leadership
-from fleet.registry import SyncResult, sync_registry
+from fleet.protocol.broker_url import parse_mqtt_url
+from fleet.protocol.site_config import load_sites
 from fleet.scheduler import build_scheduler
 from fleet.settings import Settings
-from fleet.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ class Controller:
 def build_controller(settings: Settings) -> Controller:
     """Migrate, sync the registry from site_configs/, and wire ingest into the app.
 
-    Raises agent.errors.ConfigErrors for a bad site config and BrokerUrlError for a bad URL,
-    both before anything starts.
+    Raises fleet.protocol.errors.ConfigErrors for a bad site config and BrokerUrlError for a
+    bad URL, both before anything starts.
     """
     broker = parse_mqtt_url(settings.mqtt_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

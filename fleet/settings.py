@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agent.config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR
 
 SEVEN_DAYS_S = 7 * 24 * 3600
 

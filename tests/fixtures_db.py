@@ -23,10 +23,10 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from ulid import ULID
 
-from agent.config import LoadedSite, load_sites
 from fleet.db import make_engine, migrate
-from fleet.ingest import IncomingMessage, Ingest
-from fleet.registry import sync_registry
+from fleet.devices.registry import sync_registry
+from fleet.ingest.pipeline import IncomingMessage, Ingest
+from fleet.protocol.site_config import LoadedSite, load_sites
 
 POSTGRES_URL = os.environ.get(
     "FLEET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.config import DEFAULT_SITES_DIR
 from fleet.embedded_broker import free_port
+from fleet.protocol.site_config import DEFAULT_SITES_DIR
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent

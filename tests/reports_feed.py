@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
-from fleet.ingest import Ingest
-from fleet.protocol import MAX_READINGS_PER_BATCH
+from fleet.ingest.pipeline import Ingest
+from fleet.protocol.messages import MAX_READINGS_PER_BATCH
 from fleet.reports.rollup import roll_up_new_samples
 from fleet.settings import Settings
 from tests.fixtures_db import RECEIVED, health, reading

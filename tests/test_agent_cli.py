@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.config import DEFAULT_SITES_DIR, load_site
 from agent.simulator import SimulatedSite, start_site, write_address_map
 from fleet.embedded_broker import free_port
+from fleet.protocol.site_config import DEFAULT_SITES_DIR, load_site
 from tests.fixtures_broker import TestBroker
 from tests.procs import BIN
 

@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from agent.broker import parse_mqtt_url
 from agent.publisher import MqttLink
+from fleet.protocol.broker_url import parse_mqtt_url
 from tests.fixtures_broker import TestBroker
 
 PUBLISHERS = 8

@@ -24,14 +24,14 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.broker import parse_mqtt_url
 from agent.collectors import target_for
-from agent.config import DEFAULT_PROFILES_DIR
 from agent.simulator import start_devices
 from agent.simulator.firmware_image import make_image
 from agent.updater import UpdateOptions, Updater
-from fleet.profile_book import profiles_in
-from fleet.protocol import Command, CommandAck, CommandKind, Topics
+from fleet.devices.profile_book import profiles_in
+from fleet.protocol.broker_url import parse_mqtt_url
+from fleet.protocol.messages import Command, CommandAck, CommandKind, Topics
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from tests.fixtures_broker import BrokerThread
 from tests.procs import Stack, wait_for
 from tests.range_server import RangeServer

@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from agent.config import load_site
-from agent.profiles import Profile, Thresholds
 from fleet.alerts.models import AlertKind, Severity
 from fleet.alerts.rules import (
     SiteClock,
@@ -16,8 +14,10 @@ from fleet.alerts.rules import (
     unjudged_kinds,
     version_key,
 )
-from fleet.protocol import Reading
-from fleet.state import AgentFacts, DeviceFacts
+from fleet.devices.state import AgentFacts, DeviceFacts
+from fleet.protocol.messages import Reading
+from fleet.protocol.profiles import Profile, Thresholds
+from fleet.protocol.site_config import load_site
 
 
 def clock_of(site: str) -> SiteClock:

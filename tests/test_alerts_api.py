@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from fleet.alerts.evaluation import evaluate_alerts, evaluate_devices
 from fleet.api.app import create_app
-from fleet.ingest import Ingest
+from fleet.ingest.pipeline import Ingest
 from fleet.settings import Settings
 from tests.fixtures_auth import ops_headers, user_token
 from tests.fixtures_db import agent_state, health, reading

@@ -17,7 +17,7 @@ from fleet.alerts.evaluation import after_ingest, evaluate_alerts
 from fleet.alerts.models import Alert, AlertKind, AlertState, Severity, WebhookDelivery
 from fleet.alerts.reconcile import Judgement, _open
 from fleet.alerts.rules import Finding
-from fleet.ingest import Ingest
+from fleet.ingest.pipeline import Ingest
 from fleet.settings import Settings
 from tests.fixtures_db import agent_state, health, reading
 

@@ -8,11 +8,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from agent.config import LoadedSite
 from fleet.api.app import create_app
-from fleet.ingest import Ingest
+from fleet.devices.registry import sync_registry
+from fleet.ingest.pipeline import Ingest
 from fleet.models import Device, Room, Site
-from fleet.registry import sync_registry
+from fleet.protocol.site_config import LoadedSite
 from fleet.settings import Settings
 from tests.fixtures_auth import ops_headers
 from tests.fixtures_db import RECEIVED, agent_state, health, reading

@@ -16,7 +16,7 @@ from fleet.auth.models import ApiToken, AuditEntry
 from fleet.auth.passwords import hash_password, verify_password
 from fleet.auth.tokens import token_hash
 from fleet.auth.users import revoke_user
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
 from fleet.settings import Settings
 from tests.fixtures_auth import PASSWORD, Tokens, user_token
 

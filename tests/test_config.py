@@ -10,10 +10,15 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from agent.config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR, load_site, load_sites
-from agent.errors import ConfigErrors
-from agent.profiles import load_profiles
-from agent.timetable import Timetable
+from fleet.protocol.errors import ConfigErrors
+from fleet.protocol.profiles import load_profiles
+from fleet.protocol.site_config import (
+    DEFAULT_PROFILES_DIR,
+    DEFAULT_SITES_DIR,
+    load_site,
+    load_sites,
+)
+from fleet.protocol.timetable import Timetable
 
 SITES_MD_SITES = {"upm", "tribhuvan", "tuit", "ugb", "usthb"}
 

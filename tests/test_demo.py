@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config import load_sites
+from fleet.protocol.site_config import load_sites
 from tests.procs import BIN, Proc, wait_for
 
 

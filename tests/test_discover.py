@@ -16,9 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from agent.broker import parse_mqtt_url
 from agent.cli import app
-from agent.config import DEFAULT_PROFILES_DIR, DeviceConfig, LoadedSite, check_site
 from agent.discover import (
     DiscoveryError,
     Probe,
@@ -29,13 +27,15 @@ from agent.discover import (
     site_secrets,
 )
 from agent.discovery_report import draft_devices_yaml
-from agent.profiles import Profile, load_profiles
 from agent.simulator import PjlinkQuirks, SimulatedSite, start_site
 from fleet.api.app import create_app
 from fleet.embedded_broker import free_port
-from fleet.ingest import Ingest
+from fleet.ingest.pipeline import Ingest
+from fleet.ingest.subscriber import Subscriber
+from fleet.protocol.broker_url import parse_mqtt_url
+from fleet.protocol.profiles import Profile, load_profiles
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig, LoadedSite, check_site
 from fleet.settings import Settings
-from fleet.subscriber import Subscriber
 from tests.fixtures_auth import ops_headers, user_token
 from tests.fixtures_broker import TestBroker
 from tests.procs import wait_for

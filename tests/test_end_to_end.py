@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.config import load_site
 from fleet.embedded_broker import free_port
+from fleet.protocol.site_config import load_site
 from tests.fixtures_broker import TestBroker
 from tests.procs import Stack, wait_for
 

@@ -18,7 +18,6 @@ import uvicorn
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from agent.config import DEFAULT_PROFILES_DIR, load_site
 from agent.enrol import EnrolError, enrol
 from agent.secrets import read_env_file
 from fleet.api.app import create_app
@@ -26,6 +25,7 @@ from fleet.auth.models import AuditEntry, EnrolmentToken, MqttCredential
 from fleet.auth.passwords import verify_mosquitto_hash
 from fleet.auth.tokens import issue_enrolment_token
 from fleet.embedded_broker import free_port
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, load_site
 from fleet.settings import Settings
 from tests.fixtures_auth import Tokens
 from tests.procs import BIN

@@ -20,8 +20,8 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from ulid import ULID
 
-from agent.config import DEFAULT_PROFILES_DIR
-from fleet.protocol import HealthBatch, Power, Reading, Topics
+from fleet.protocol.messages import HealthBatch, Power, Reading, Topics
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from tests.fixtures_broker import OwnMosquitto, TestBroker
 from tests.procs import Stack, sample_counts, wait_for
 

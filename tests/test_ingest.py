@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import Engine, func, text
 from sqlmodel import Session, col, select
 
-from fleet.ingest import Ingest, OutcomeStatus, RejectReason
+from fleet.ingest.pipeline import Ingest, OutcomeStatus, RejectReason
 from fleet.models import AgentMessage, AgentStatus, DeadLetter, Device, IngestedMessage, Sample
-from fleet.protocol import MAX_PAYLOAD_BYTES
+from fleet.protocol.messages import MAX_PAYLOAD_BYTES
 from tests.fixtures_db import RECEIVED, agent_state, batch, health, message, reading
 
 T0 = RECEIVED - timedelta(minutes=5)

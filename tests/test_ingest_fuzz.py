@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from ulid import ULID
 
-from agent.config import load_sites
 from fleet.db import make_engine, migrate
-from fleet.ingest import IncomingMessage, Ingest
-from fleet.registry import sync_registry
+from fleet.devices.registry import sync_registry
+from fleet.ingest.pipeline import IncomingMessage, Ingest
+from fleet.protocol.site_config import load_sites
 
 ROOT = "fleet/v1"
 SITES = ["upm", "tribhuvan", "usthb", "nowhere"]

@@ -8,11 +8,11 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from fleet.ingest import Ingest
-from fleet.liveness import apply_silence
+from fleet.devices.liveness import apply_silence
+from fleet.devices.state import AgentFacts, DeviceFacts, DeviceState, StateChange, silence_changes
+from fleet.ingest.pipeline import Ingest
 from fleet.models import Device
 from fleet.settings import Settings
-from fleet.state import AgentFacts, DeviceFacts, DeviceState, StateChange, silence_changes
 from tests.fixtures_db import RECEIVED, health, reading
 
 UPM = ["upm-sc1-panel-1", "upm-sc1-panel-2", "upm-sc1-pc", "upm-sc2-panel-1", "upm-sc2-projector"]
@@ -146,7 +146,7 @@ def test_an_agent_heard_after_the_restart_is_judged_as_usual() -> None:
 
 
 def silence_changes_at(engine: Engine, now: datetime) -> list[StateChange]:
-    from fleet.liveness import load_agent_facts, load_device_facts
+    from fleet.devices.liveness import load_agent_facts, load_device_facts
 
     with engine.connect() as conn:
         agents = load_agent_facts(conn)

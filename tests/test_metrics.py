@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from fleet.api.app import create_app
-from fleet.ingest import Ingest
+from fleet.ingest.pipeline import Ingest
 from fleet.settings import Settings
 from tests.fixtures_db import RECEIVED, health, message, reading
 

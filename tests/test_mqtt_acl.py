@@ -22,12 +22,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from agent.broker import parse_mqtt_url
 from bench.brokers import MosquittoMissing, OwnMosquitto
 from fleet.auth.mqtt_auth import rotate_site_credential
-from fleet.ingest import Ingest
+from fleet.ingest.pipeline import Ingest
+from fleet.ingest.subscriber import Subscriber
 from fleet.models import DeadLetter, Sample
-from fleet.subscriber import Subscriber
+from fleet.protocol.broker_url import parse_mqtt_url
 from tests.conftest import need
 from tests.fixtures_db import RECEIVED, batch, reading
 from tests.procs import BIN, wait_for

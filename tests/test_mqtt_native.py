@@ -17,9 +17,9 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from agent.broker import parse_mqtt_url
-from agent.config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR
-from fleet.protocol import Topics, utcnow
+from fleet.protocol.broker_url import parse_mqtt_url
+from fleet.protocol.messages import Topics, utcnow
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR
 from tests.fixtures_broker import TestBroker
 from tests.procs import Stack, wait_for
 

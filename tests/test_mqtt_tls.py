@@ -18,13 +18,13 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from agent.broker import parse_mqtt_url
 from agent.check import check_broker
 from agent.publisher import MqttLink
 from bench.brokers import MosquittoMissing, OwnMosquitto
-from fleet.ingest import Ingest
+from fleet.ingest.pipeline import Ingest
+from fleet.ingest.subscriber import Subscriber
 from fleet.models import Sample
-from fleet.subscriber import Subscriber
+from fleet.protocol.broker_url import parse_mqtt_url
 from tests.conftest import need
 from tests.fixtures_db import RECEIVED, batch, reading
 from tests.procs import wait_for

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.outbox import Outbox
-from fleet.protocol import Power, Reading
+from fleet.protocol.messages import Power, Reading
 
 T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 

@@ -24,13 +24,13 @@ from agent.collectors.pjlink import (
     auth_digest,
     reading_from_answers,
 )
-from agent.config import DEFAULT_PROFILES_DIR, DeviceConfig
 from agent.poller import Poller
-from agent.profiles import Profile, load_profile
 from agent.simulator.behaviour import DeviceBehaviour
 from agent.simulator.pjlink_server import PjlinkQuirks, ProjectorServer
-from agent.timetable import Timetable
-from fleet.protocol import Flag, Power, Reading
+from fleet.protocol.messages import Flag, Power, Reading
+from fleet.protocol.profiles import Profile, load_profile
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig
+from fleet.protocol.timetable import Timetable
 
 NOW = datetime(2025, 3, 3, 3, 0, tzinfo=UTC)
 PASSWORD = "classroom"

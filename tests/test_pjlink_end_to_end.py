@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import DEFAULT_PROFILES_DIR
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from tests.fixtures_broker import TestBroker
 from tests.procs import Stack, wait_for
 

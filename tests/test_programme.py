@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
-from agent.config import LoadedSite
 from fleet.db import make_engine, migrate
-from fleet.ingest import Ingest
+from fleet.devices.registry import sync_registry
+from fleet.ingest.pipeline import Ingest
 from fleet.models import Site
 from fleet.programme.csv_records import export_programme_csv, import_programme_csv
 from fleet.programme.evidence import update_classroom_evidence
@@ -26,7 +26,7 @@ from fleet.programme.overview import (
 )
 from fleet.programme.records import MilestoneInput, ProgrammeError, get_phase, write_milestone
 from fleet.programme.timeline import build_timeline, timeline_json, timeline_svg
-from fleet.registry import sync_registry
+from fleet.protocol.site_config import LoadedSite
 from fleet.settings import Settings
 from tests.fixtures_db import health, reading
 

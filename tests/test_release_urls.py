@@ -19,19 +19,24 @@ import yaml
 from sqlmodel import Session, select
 
 from agent.collectors import target_for
-from agent.config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR, LoadedSite, load_site
-from agent.errors import ConfigErrors
 from agent.poller import build_targets
-from agent.profiles import Profile, load_profile
 from agent.simulator import SimulatedSite, start_devices, start_site
 from agent.simulator.firmware_image import make_image
 from agent.updater import UpdateOptions, Updater
 from fleet.db import make_engine, migrate
-from fleet.ingest import Ingest
+from fleet.devices.profile_book import profiles_in
+from fleet.devices.registry import sync_registry
+from fleet.ingest.pipeline import Ingest
 from fleet.models import AgentStatus, Device
-from fleet.profile_book import profiles_in
-from fleet.protocol import AgentEvent, Command, CommandAck, CommandKind, Topics
-from fleet.registry import sync_registry
+from fleet.protocol.errors import ConfigErrors
+from fleet.protocol.messages import AgentEvent, Command, CommandAck, CommandKind, Topics
+from fleet.protocol.profiles import Profile, load_profile
+from fleet.protocol.site_config import (
+    DEFAULT_PROFILES_DIR,
+    DEFAULT_SITES_DIR,
+    LoadedSite,
+    load_site,
+)
 from fleet.rollouts import engine as rollout_engine
 from fleet.rollouts.campaigns import RolloutRequest, TargetFilter, create_rollout
 from fleet.rollouts.models import RolloutDevice

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
-from fleet.ingest import Ingest
+from fleet.ingest.pipeline import Ingest
 from fleet.models import Sample, Site
 from fleet.reports.compute import ReportRequest, build_report, check_request
 from fleet.reports.models import PowerSession, UsageHour

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 from fleet.api.app import create_app
 from fleet.api.routes.reports import vendor_scope
 from fleet.db import make_engine
-from fleet.ingest import Ingest
+from fleet.ingest.pipeline import Ingest
 from fleet.reports.compute import ReportRequest, build_report
 from fleet.reports.formats import ReportFormat, render_csv, render_xlsx, renderer, table
 from fleet.reports.models import StoredReport

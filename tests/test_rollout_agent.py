@@ -17,17 +17,17 @@ import uvicorn
 from sqlalchemy import Engine
 
 from agent.collectors import target_for
-from agent.config import LoadedSite
-from agent.profiles import Profile
 from agent.simulator import SimulatedSite, start_devices
 from agent.simulator.firmware_image import write_image
 from agent.updater import UpdateOptions, Updater
 from fleet.api.app import create_app
 from fleet.db import make_engine, migrate
+from fleet.devices.profile_book import profiles_in
+from fleet.devices.registry import sync_registry
 from fleet.embedded_broker import free_port
-from fleet.profile_book import profiles_in
-from fleet.protocol import AgentEvent, Command, CommandAck, CommandKind, Topics
-from fleet.registry import sync_registry
+from fleet.protocol.messages import AgentEvent, Command, CommandAck, CommandKind, Topics
+from fleet.protocol.profiles import Profile
+from fleet.protocol.site_config import LoadedSite
 from fleet.rollouts.artifacts import SERVED
 from fleet.settings import Settings
 

@@ -19,11 +19,11 @@ from sqlmodel import Session, select
 from agent.simulator.firmware_image import write_image
 from fleet.api.app import create_app
 from fleet.db import make_engine
-from fleet.ingest import Ingest
+from fleet.devices.profile_book import profiles_in
+from fleet.ingest.pipeline import Ingest
 from fleet.leader import Leadership
 from fleet.models import AgentStatus, Device
-from fleet.profile_book import profiles_in
-from fleet.protocol import Command
+from fleet.protocol.messages import Command
 from fleet.rollouts import engine as rollout_engine
 from fleet.rollouts.campaigns import RolloutRefused, RolloutRequest, TargetFilter, create_rollout
 from fleet.rollouts.models import Rollout, RolloutDevice

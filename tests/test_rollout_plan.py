@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from agent.timetable import Timetable
+from fleet.protocol.timetable import Timetable
 from fleet.rollouts.plan import (
     DeviceUpdateState,
     DeviceView,

@@ -28,9 +28,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import create_engine, text
 
 from agent.artifact_cache import span_bytes
-from agent.config import DEFAULT_PROFILES_DIR
 from agent.simulator.firmware_image import write_image
-from fleet.protocol import Topics
+from fleet.protocol.messages import Topics
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from tests.fixtures_broker import TestBroker
 from tests.procs import Proc, Stack, wait_for
 

@@ -13,7 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ulid import ULID
 
 from bench.brokers import OwnMosquitto
-from fleet.protocol import HealthBatch, Power, Reading, Topics
+from fleet.protocol.messages import HealthBatch, Power, Reading, Topics
 from tests.procs import Stack, sample_counts, wait_for
 
 DEVICES = [

@@ -16,8 +16,6 @@ import pytest
 
 from agent.collectors import Target, UnknownProtocolError, make_collector, target_for
 from agent.collectors.snmp import SnmpCollector
-from agent.config import DEFAULT_SITES_DIR, DeviceConfig, LoadedSite, load_site
-from agent.profiles import PollSettings, Profile
 from agent.simulator import (
     SimulatedSite,
     read_address_map,
@@ -27,7 +25,9 @@ from agent.simulator import (
 )
 from agent.simulator import behaviour as behaviour_module
 from agent.simulator.behaviour import DeviceBehaviour
-from fleet.protocol import Flag, Power
+from fleet.protocol.messages import Flag, Power
+from fleet.protocol.profiles import PollSettings, Profile
+from fleet.protocol.site_config import DEFAULT_SITES_DIR, DeviceConfig, LoadedSite, load_site
 
 T = TypeVar("T")
 KATHMANDU = ZoneInfo("Asia/Kathmandu")

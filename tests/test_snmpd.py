@@ -13,9 +13,9 @@ import pytest
 
 from agent.collectors import target_for
 from agent.collectors.snmp import SnmpCollector
-from agent.config import DEFAULT_PROFILES_DIR, DeviceConfig
-from agent.profiles import PollSettings, load_profiles
-from fleet.protocol import Power, Reading
+from fleet.protocol.messages import Power, Reading
+from fleet.protocol.profiles import PollSettings, load_profiles
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig
 from tests.conftest import need
 
 pytestmark = pytest.mark.snmpd

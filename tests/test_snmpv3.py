@@ -14,12 +14,12 @@ import yaml
 from agent import collectors
 from agent.collectors import target_for
 from agent.collectors.snmp import SnmpCollector
-from agent.config import DEFAULT_PROFILES_DIR, load_site
 from agent.poller import build_targets
 from agent.secrets import SECRETS_FILE_ENV, SecretMissing
 from agent.simulator.snmpv3_responder import SnmpV3Device
-from agent.snmpv3 import SnmpV3Settings
-from fleet.protocol import Reading
+from fleet.protocol.messages import Reading
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, load_site
+from fleet.protocol.snmpv3 import SnmpV3Settings
 
 AUTH_KEY = "correct-auth-key-1"
 PRIV_KEY = "correct-priv-key-1"
@@ -130,7 +130,7 @@ def test_secret_values_stay_out_of_reprs(tmp_path: Path, secrets_file: Path) -> 
 def test_profile_with_version_3_needs_a_v3_section() -> None:
     from pydantic import ValidationError
 
-    from agent.profiles import SnmpSettings
+    from fleet.protocol.profiles import SnmpSettings
 
     with pytest.raises(ValidationError, match="no v3 section"):
         SnmpSettings.model_validate(

@@ -4,9 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent.config import load_site
-from fleet.protocol import ErrorFlags, Flag, Power, Reading
-from fleet.state import DeviceState, derive_state, site_offline_reason
+from fleet.devices.state import DeviceState, derive_state, site_offline_reason
+from fleet.protocol.messages import ErrorFlags, Flag, Power, Reading
+from fleet.protocol.site_config import load_site
 
 TRIBHUVAN = load_site("site_configs/tribhuvan.yaml").config  # Asia/Kathmandu, UTC+05:45
 

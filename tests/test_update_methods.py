@@ -12,13 +12,14 @@ import pytest
 import yaml
 from sqlmodel import Session, select
 
-from agent.config import DEFAULT_PROFILES_DIR, load_sites
-from agent.errors import ConfigErrors
-from agent.profiles import Profile, Release, UpdateMethodName, UpdateSettings, load_profile
 from fleet.db import make_engine, migrate
+from fleet.devices.profile_book import profiles_in
+from fleet.devices.registry import sync_registry
 from fleet.models import Device
-from fleet.profile_book import profiles_in
-from fleet.registry import sync_registry
+from fleet.protocol.errors import ConfigErrors
+from fleet.protocol.profiles import Profile, load_profile
+from fleet.protocol.releases import Release, UpdateMethodName, UpdateSettings
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, load_sites
 from fleet.rollouts.campaigns import RolloutRefused, RolloutRequest, TargetFilter, create_rollout
 from fleet.rollouts.models import RolloutDevice
 from fleet.settings import Settings

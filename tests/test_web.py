@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import DEFAULT_PROFILES_DIR, load_site
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, load_site
 from tests.fixtures_auth import sign_in
 from tests.fixtures_broker import BrokerThread
 from tests.fixtures_browser import screenshot

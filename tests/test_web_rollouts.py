@@ -18,12 +18,12 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from agent.config import DEFAULT_SITES_DIR
 from agent.simulator.firmware_image import write_image
 from fleet.alerts.models import Alert, AlertState
 from fleet.db import make_engine
 from fleet.models import Device
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
+from fleet.protocol.site_config import DEFAULT_SITES_DIR
 from fleet.reports.models import StoredReport
 from tests.fixtures_auth import sign_in, user_token
 from tests.fixtures_broker import BrokerThread

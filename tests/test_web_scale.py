@@ -16,10 +16,10 @@ from sqlmodel import Session
 
 from fleet.api.app import create_app
 from fleet.db import make_engine, migrate
+from fleet.devices.state import DeviceState
 from fleet.embedded_broker import free_port
 from fleet.models import Device, Room, Site
 from fleet.settings import Settings
-from fleet.state import DeviceState
 from tests.fixtures_auth import sign_in, user_token
 
 DEVICES = 1000

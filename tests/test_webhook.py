@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from fleet.alerts.evaluation import evaluate_devices
 from fleet.alerts.models import WebhookDelivery
 from fleet.alerts.webhook import retry_delay, send_due
-from fleet.ingest import Ingest
+from fleet.ingest.pipeline import Ingest
 from fleet.settings import Settings
 from tests.fixtures_db import health, reading
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from agent.config import DeviceConfig
-from agent.profiles import Profile
-from agent.secrets import Secrets, is_reference
-from agent.snmpv3 import SnmpV3Settings
-from fleet.protocol import Power, Reading, utcnow
+from agent.secrets import Secrets
+from fleet.protocol.messages import Power, Reading, utcnow
+from fleet.protocol.profiles import Profile
+from fleet.protocol.secret_refs import is_reference
+from fleet.protocol.site_config import DeviceConfig
+from fleet.protocol.snmpv3 import SnmpV3Settings
 
 DEFAULT_PORTS = {"snmp": 161, "pjlink": 4352}
 _ERROR_MAX = 500  # Reading.error's limit

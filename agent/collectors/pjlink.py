@@ -21,8 +21,8 @@ from datetime import datetime
 from typing import Any
 
 from agent.collectors import Target, register, unreachable
-from agent.profiles import PjlinkSettings
-from fleet.protocol import ErrorFlags, Flag, Power, Reading, utcnow
+from fleet.protocol.messages import ErrorFlags, Flag, Power, Reading, utcnow
+from fleet.protocol.profiles import PjlinkSettings
 
 PJLINK_PORT = 4352
 # The longest valid reply is ~140 bytes (a 128-byte class 2 parameter): longer is not PJLink.

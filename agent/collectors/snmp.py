@@ -28,9 +28,10 @@ from pysnmp.proto.rfc1902 import OctetString
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
 from agent.collectors import Target, register, unreachable
-from agent.profiles import PollSettings, Profile, SnmpObject
-from agent.snmpv3 import KEY_MIN, usm_user_data
-from fleet.protocol import ErrorFlags, Flag, Power, Reading, utcnow
+from agent.snmpv3 import usm_user_data
+from fleet.protocol.messages import ErrorFlags, Flag, Power, Reading, utcnow
+from fleet.protocol.profiles import PollSettings, Profile, SnmpObject
+from fleet.protocol.snmpv3 import KEY_MIN
 
 _ABSENT = (NoSuchObject, NoSuchInstance, EndOfMibView)
 _NO_SUCH_NAME = 2  # SNMPv1 error-status: the agent has no such object

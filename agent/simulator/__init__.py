@@ -15,14 +15,14 @@ import random
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from agent.config import DeviceConfig, LoadedSite
-from agent.profiles import Profile
 from agent.simulator.address_map import Address, read_address_map, write_address_map
 from agent.simulator.behaviour import Clock, DeviceBehaviour
 from agent.simulator.pjlink_server import PjlinkQuirks, ProjectorServer
 from agent.simulator.snmp_responder import DeviceResponder, ObjectTable, serve_device
-from agent.timetable import Timetable
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
+from fleet.protocol.profiles import Profile
+from fleet.protocol.site_config import DeviceConfig, LoadedSite
+from fleet.protocol.timetable import Timetable
 
 __all__ = [
     "DeviceBehaviour",

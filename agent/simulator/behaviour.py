@@ -16,10 +16,10 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from agent.config import DeviceConfig
-from agent.profiles import ERROR_FLAGS, Profile, SnmpObject
-from agent.timetable import Timetable
-from fleet.protocol import Flag, Power, utcnow
+from fleet.protocol.messages import Flag, Power, utcnow
+from fleet.protocol.profiles import ERROR_FLAGS, Profile, SnmpObject
+from fleet.protocol.site_config import DeviceConfig
+from fleet.protocol.timetable import Timetable
 
 Clock = Callable[[], datetime]
 RawValue = int | str

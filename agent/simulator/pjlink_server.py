@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agent.simulator.behaviour import DeviceBehaviour
-from fleet.protocol import Flag, Power
+from fleet.protocol.messages import Flag, Power
 
 log = logging.getLogger(__name__)
 

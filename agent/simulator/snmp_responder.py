@@ -20,9 +20,9 @@ from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto import api
 from pysnmp.proto.api import verdec
 
-from agent.profiles import Profile, SnmpObject
 from agent.simulator.behaviour import DeviceBehaviour
 from agent.simulator.firmware_update import take_update
+from fleet.protocol.profiles import Profile, SnmpObject
 
 log = logging.getLogger(__name__)
 

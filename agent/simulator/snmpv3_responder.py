@@ -16,7 +16,7 @@ from pysnmp.carrier.asyncio.dgram import udp
 from pysnmp.entity import config, engine
 from pysnmp.entity.rfc3413 import cmdrsp, context
 
-from agent.snmpv3 import SnmpV3Settings
+from fleet.protocol.snmpv3 import SnmpV3Settings
 
 MIB2 = (1, 3, 6, 1, 2, 1)
 _AUTH = {

@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, func, select
 from sqlmodel import SQLModel
 
-from agent.profiles import Profile
 from fleet.alerts.models import AlertKind, AlertState
 from fleet.alerts.reconcile import ALERTS, Judgement, ReconcileResult, reconcile
 from fleet.alerts.rules import (
@@ -26,12 +25,13 @@ from fleet.alerts.rules import (
     evaluate_site,
     unjudged_kinds,
 )
-from fleet.liveness import load_agent_facts, load_device_facts
-from fleet.profile_book import poll_interval_s, profiles_in
-from fleet.protocol import Reading
-from fleet.registry import timetable_from_json
+from fleet.devices.liveness import load_agent_facts, load_device_facts
+from fleet.devices.profile_book import poll_interval_s, profiles_in
+from fleet.devices.registry import timetable_from_json
+from fleet.devices.state import DeviceFacts, site_silence_threshold
+from fleet.protocol.messages import Reading
+from fleet.protocol.profiles import Profile
 from fleet.settings import Settings
-from fleet.state import DeviceFacts, site_silence_threshold
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def evaluate_alerts(
     engine: Engine, settings: Settings, now: datetime, watching_since: datetime | None = None
 ) -> None:
     """The scheduled job: every device and every site, then the gauge. `watching_since`:
-    when this controller began running it (see fleet.state.silence_unjudged)."""
+    when this controller began running it (see fleet.devices.state.silence_unjudged)."""
     evaluate_devices(engine, settings, now)
     evaluate_sites(engine, settings, now, watching_since)
     with engine.connect() as conn:

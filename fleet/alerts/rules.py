@@ -13,11 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from agent.profiles import Profile
-from agent.timetable import Timetable
 from fleet.alerts.models import AlertKind, Severity
-from fleet.protocol import Flag, Power, Reading
-from fleet.state import (
+from fleet.devices.state import (
     AgentFacts,
     DeviceFacts,
     DeviceState,
@@ -25,6 +22,9 @@ from fleet.state import (
     silence_unjudged,
     site_offline_since,
 )
+from fleet.protocol.messages import Flag, Power, Reading
+from fleet.protocol.profiles import Profile
+from fleet.protocol.timetable import Timetable
 
 UNREACHABLE_AFTER = timedelta(minutes=10)  # of class time
 LEFT_ON_GRACE = timedelta(minutes=30)  # after the day's last class

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from fleet.auth.models import AuditEntry
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
 
 log = logging.getLogger("fleet.audit")
 

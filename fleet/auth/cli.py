@@ -145,8 +145,8 @@ def mqtt_auth_export(
 ) -> None:
     """Write the broker's password file and ACL file: the controller's login (the user of
     FLEET_MQTT_URL, the password of FLEET_MQTT_PASSWORD) and each enrolled site's."""
-    from agent.broker import BrokerUrlError, parse_mqtt_url
     from fleet.auth.mqtt_auth import ControllerLogin, ExportError, export_mosquitto
+    from fleet.protocol.broker_url import BrokerUrlError, parse_mqtt_url
     from fleet.settings import Settings
 
     if format != "mosquitto":
@@ -177,9 +177,9 @@ def mqtt_auth_export(
 def _sync_sites(session: Session) -> None:
     """Load site_configs/ into the registry, as `fleet serve` does, so a technician can be
     given a site before the controller's first start."""
-    from agent.config import load_sites
-    from agent.errors import ConfigErrors
-    from fleet.registry import sync_registry
+    from fleet.devices.registry import sync_registry
+    from fleet.protocol.errors import ConfigErrors
+    from fleet.protocol.site_config import load_sites
     from fleet.settings import Settings
 
     settings = Settings()

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from fleet.auth.models import MqttCredential
 from fleet.auth.passwords import mosquitto_hash
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
 
 SITE_USER_PREFIX = "site-"
 # What a site agent publishes, under <root>/<site>/ (fleet/protocol.py's Topics).

@@ -19,7 +19,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from fleet.auth.models import ApiToken, EnrolmentToken, User
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
 
 API_PREFIX = "fleet_"
 ENROL_PREFIX = "enrol_"

@@ -11,7 +11,7 @@ from fleet.auth.models import ROLES, ApiToken, User
 from fleet.auth.passwords import hash_password
 from fleet.auth.tokens import VERIFIED, issue_api_token
 from fleet.models import Site
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
 
 USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 

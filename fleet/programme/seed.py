@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from agent.config import LoadedSite, Milestone
 from fleet.models import Site
 from fleet.programme.milestones import (
     MilestoneFacts,
@@ -28,6 +27,7 @@ from fleet.programme.records import (
     site_today,
     write_milestone,
 )
+from fleet.protocol.site_config import LoadedSite, Milestone
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def milestone_input(milestone: Milestone) -> MilestoneInput:
 
 def seed_programme(session: Session, loaded: LoadedSite, now: datetime) -> list[str]:
     """Record the config's phases, classrooms and milestones; returns what changed."""
-    # Imported here: fleet.registry calls this module, so it cannot be imported at the top.
-    from fleet.registry import RegistryError
+    # Imported here: fleet.devices.registry calls this module, so it cannot be imported at the top.
+    from fleet.devices.registry import RegistryError
 
     config = loaded.config
     site = session.get(Site, config.code)

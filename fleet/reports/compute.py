@@ -26,9 +26,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, func, select
 from sqlmodel import SQLModel, col
 
+from fleet.devices.profile_book import profiles_in
+from fleet.devices.registry import timetable_from_json
 from fleet.models import Device, Room, Site
-from fleet.profile_book import profiles_in
-from fleet.registry import timetable_from_json
 from fleet.reports.models import UsageHour
 from fleet.reports.rows import (
     DeviceInfo,

@@ -32,10 +32,10 @@ from sqlalchemy import (
 )
 from sqlmodel import SQLModel, col
 
-from agent.timetable import Timetable
+from fleet.devices.profile_book import poll_interval_s, profiles_in
+from fleet.devices.registry import timetable_from_json
 from fleet.models import Device, Site
-from fleet.profile_book import poll_interval_s, profiles_in
-from fleet.registry import timetable_from_json
+from fleet.protocol.timetable import Timetable
 from fleet.reports.models import PowerSession, UsageHour, UsageWatermark
 from fleet.reports.usage import (
     Point,

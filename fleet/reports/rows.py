@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from agent.profiles import Profile
 from fleet.alerts.rules import version_key
+from fleet.protocol.profiles import Profile
 from fleet.settings import Settings
 
 # Column order of every row, as in CSV and XLSX; input shares follow as `input_share:<name>`.

@@ -46,7 +46,7 @@ def point_from_sample(
     firmware: str | None = None,
     errors: dict[str, Any] | None = None,
 ) -> Point:
-    # As fleet.state: a reachable device that reports no power state is taken to be on.
+    # As fleet.devices.state: a reachable device that reports no power state is taken to be on.
     on = reachable and power not in _POWERED_DOWN
     faulty = reachable and any(v == "error" for v in (errors or {}).values())
     return Point(

@@ -15,7 +15,8 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
 
-from agent.profiles import Profile, Release
+from fleet.protocol.profiles import Profile
+from fleet.protocol.releases import Release
 from fleet.rollouts.models import ArtifactDownload
 from fleet.settings import Settings
 

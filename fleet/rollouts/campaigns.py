@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
-from agent.profiles import Profile
 from fleet.models import Device
+from fleet.protocol.profiles import Profile
 from fleet.rollouts.artifacts import ArtifactError, agent_download_url
 from fleet.rollouts.models import Rollout, RolloutDevice
 from fleet.rollouts.plan import (

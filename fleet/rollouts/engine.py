@@ -23,11 +23,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col, select
 
-from agent.profiles import Profile
+from fleet.devices.profile_book import profiles_in
+from fleet.devices.registry import timetable_from_json
 from fleet.models import AgentMessage, AgentStatus, Device, Site
-from fleet.profile_book import profiles_in
-from fleet.protocol import Command, CommandKind, Topics
-from fleet.registry import timetable_from_json
+from fleet.protocol.messages import Command, CommandKind, Topics
+from fleet.protocol.profiles import Profile
 from fleet.rollouts.artifacts import ArtifactError, agent_download_url
 from fleet.rollouts.campaigns import policy_from_json
 from fleet.rollouts.models import Rollout, RolloutDevice, TickLease

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 
 from fleet.leader import Leadership
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
 from fleet.rollouts.engine import Publish, tick
 from fleet.settings import Settings
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from agent.timetable import Timetable
+from fleet.protocol.timetable import Timetable
 
 SCAN_STEP = timedelta(minutes=5)
 SCAN_HORIZON = timedelta(days=15)

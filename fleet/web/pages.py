@@ -13,9 +13,9 @@ from sqlmodel import col, select
 from fleet.api.deps import SessionDep
 from fleet.api.routes.sites import get_site
 from fleet.auth.permissions import Allow, Caller
+from fleet.devices.registry import timetable_from_json
 from fleet.models import Device, Site
-from fleet.protocol import utcnow
-from fleet.registry import timetable_from_json
+from fleet.protocol.messages import utcnow
 from fleet.web.alerts_page import OpenAlerts, open_alerts_by_site
 from fleet.web.not_found import PageNotFound
 from fleet.web.overview import fleet_totals, newest_report, site_problems, site_rows

@@ -19,7 +19,7 @@ from fleet.models import Site
 from fleet.programme.overview import Located, located_milestones, progress
 from fleet.programme.records import site_today
 from fleet.programme.schemas import MilestoneRef
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
 from fleet.web.templating import render
 from fleet.web.viewer import ViewerDep
 

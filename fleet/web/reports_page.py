@@ -21,7 +21,7 @@ from fleet.api.deps import SessionDep
 from fleet.api.routes.reports import list_reports, vendor_scope
 from fleet.auth.permissions import Allow
 from fleet.models import Device, Site
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
 from fleet.reports.formats import ReportFormat
 from fleet.web.templating import render
 from fleet.web.viewer import ViewerDep

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from markupsafe import Markup, escape
 
-from agent.timetable import Timetable
+from fleet.protocol.timetable import Timetable
 
 WIDTH = 760
 LEFT, RIGHT, TOP, ROW, BOTTOM = 48, 12, 22, 24, 8

@@ -16,7 +16,7 @@ from fleet.api.deps import SessionDep, SettingsDep
 from fleet.api.schemas import Out
 from fleet.auth.permissions import Allow, Caller
 from fleet.models import Device
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 

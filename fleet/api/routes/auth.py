@@ -20,7 +20,7 @@ from fleet.auth.models import ApiToken, User
 from fleet.auth.passwords import verify_password
 from fleet.auth.permissions import SESSION_COOKIE, Allow, Caller
 from fleet.auth.tokens import VERIFIED, issue_api_token
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 

@@ -12,8 +12,8 @@ from sqlmodel import col, select
 from fleet.api.deps import SessionDep
 from fleet.api.schemas import DeviceDetail, DeviceHealth, DeviceOut, DevicePage, SampleOut
 from fleet.auth.permissions import Allow, Caller
+from fleet.devices.state import DeviceState
 from fleet.models import Device, Sample
-from fleet.state import DeviceState
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 

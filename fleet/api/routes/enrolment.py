@@ -16,14 +16,14 @@ import yaml
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from agent.secrets import redact_site_config
 from fleet.api.deps import SessionDep, SettingsDep
 from fleet.auth.audit import record
 from fleet.auth.mqtt_auth import rotate_site_credential
 from fleet.auth.permissions import Allow, Caller
 from fleet.auth.tokens import TokenRefused, issue_enrolment_token, redeem_enrolment_token
 from fleet.models import Site
-from fleet.protocol import SITE_CODE_PATTERN
+from fleet.protocol.messages import SITE_CODE_PATTERN
+from fleet.protocol.secret_refs import redact_site_config
 from fleet.settings import Settings
 
 router = APIRouter(prefix="/api/v1/enrolment", tags=["enrolment"])

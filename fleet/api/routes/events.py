@@ -13,7 +13,7 @@ from fleet.api.deps import SessionDep
 from fleet.api.schemas import Out
 from fleet.auth.permissions import Allow
 from fleet.models import AgentMessage, Site
-from fleet.protocol import EventKind
+from fleet.protocol.messages import EventKind
 
 router = APIRouter(prefix="/api/v1/sites", tags=["sites"])
 

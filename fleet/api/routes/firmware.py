@@ -13,8 +13,8 @@ from sqlmodel import col, select
 from fleet.api.deps import EngineDep, SessionDep, SettingsDep
 from fleet.api.schemas import Out
 from fleet.auth.permissions import Allow
-from fleet.profile_book import profiles_in
-from fleet.protocol import SITE_CODE_PATTERN, utcnow
+from fleet.devices.profile_book import profiles_in
+from fleet.protocol.messages import SITE_CODE_PATTERN, utcnow
 from fleet.rollouts.artifacts import (
     ArtifactError,
     RangeError,

@@ -44,7 +44,7 @@ from fleet.programme.schemas import (
     SiteProgramme,
 )
 from fleet.programme.timeline import Timeline, build_timeline, timeline_json, timeline_svg
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
 
 router = APIRouter(prefix="/api/v1", tags=["programme"])
 

@@ -14,8 +14,8 @@ from sqlmodel import Session, col, select
 from fleet.api.deps import SessionDep, SettingsDep
 from fleet.api.schemas import Out
 from fleet.auth.permissions import Allow
-from fleet.profile_book import profiles_in
-from fleet.protocol import utcnow
+from fleet.devices.profile_book import profiles_in
+from fleet.protocol.messages import utcnow
 from fleet.rollouts.campaigns import (
     RolloutConflict,
     RolloutRefused,

@@ -9,16 +9,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from agent.errors import ConfigError, ConfigErrors, config_errors_from_validation
-from agent.snmpv3 import SnmpV3Settings
+from fleet.protocol.documents import OID_PATTERN, Strict, read_yaml
+from fleet.protocol.errors import ConfigError, ConfigErrors, config_errors_from_validation
+from fleet.protocol.releases import Release, UpdateMethodName, UpdateSettings
+from fleet.protocol.snmpv3 import SnmpV3Settings
 
 PROFILE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,63}$"
-OID_PATTERN = r"^1(\.\d+)+$"
 DOC_ENTERPRISE_ARC = "1.3.6.1.4.1.32473"  # RFC 5612: for documentation and simulation
 ENTERPRISES = "1.3.6.1.4.1."
 
@@ -33,10 +32,6 @@ READING_FIELDS = {
 }
 ERROR_FLAGS = {"fan", "lamp", "temperature", "cover", "filter", "other"}
 FIELD_PATTERN = re.compile(r"^(?:metrics\.[a-z][a-z0-9_]{0,47}|errors\.[a-z]+|[a-z_]+)$")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class PollSettings(Strict):
@@ -96,7 +91,8 @@ class SnmpObject(Strict):
 
 class SnmpSettings(Strict):
     version: Literal["1", "2c", "3"] = "2c"
-    # v1/v2c: a literal or `secret:NAME` (agent/secrets.py). repr=False keeps it out of logs.
+    # v1/v2c: a literal or `secret:NAME` (fleet/protocol/secret_refs.py). repr=False keeps it
+    # out of logs.
     community: str = Field(default="public", repr=False)
     # v3: the USM user and protocols (keys as `secret:NAME`); a device may override it.
     v3: SnmpV3Settings | None = None
@@ -187,61 +183,6 @@ class SimulationHints(Strict):
         return value
 
 
-UpdateMethodName = Literal["agent", "vendor_cloud", "technician"]
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
-
-
-class UpdateSettings(Strict):
-    """How a model takes new firmware. `agent`: the site agent pushes the artifact;
-    `vendor_cloud` and `technician`: someone else does, the controller only watches the version."""
-
-    method: UpdateMethodName = "technician"
-    # agent method over SNMP: the object a device takes the artifact's local URL on (a SET),
-    # after which it downloads, installs, reboots and comes back reporting its new version.
-    snmp_url_oid: str | None = Field(default=None, pattern=OID_PATTERN)
-    # How long a device may take from the SET to reporting the new version.
-    install_timeout_s: float = Field(default=900, gt=0, le=24 * 3600)
-
-
-class Release(Strict):
-    """One firmware release of a model. Illustrative unless the source material gives it."""
-
-    version: str = Field(min_length=1, max_length=64)
-    sha256: str = Field(pattern=SHA256_PATTERN)
-    size: int = Field(gt=0)
-    # A file name under the controller's artifacts folder (FLEET_ARTIFACTS_DIR), which the
-    # controller serves to the agents; or an http(s) URL (a vendor's server), which each
-    # site's agent downloads itself, once per site, resumably, and checks against sha256.
-    artifact: str = Field(min_length=1)
-    # Versions it may be installed over; empty means any.
-    upgrades_from: tuple[str, ...] = ()
-    # Overrides the profile's update.method for this release.
-    method: UpdateMethodName | None = None
-    note: str = ""
-
-    @field_validator("artifact")
-    @classmethod
-    def _file_or_http_url(cls, value: str) -> str:
-        if "://" not in value:
-            return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"artifact {value!r} is neither a file name nor an http(s) URL. Fix: give the "
-                "file name under the controller's artifacts folder, or the http:// or "
-                "https:// URL the agents download it from"
-            )
-        return value
-
-    @property
-    def url(self) -> str | None:
-        """The http(s) URL the agents download the artifact from, if the release names one."""
-        return self.artifact if "://" in self.artifact else None
-
-    def applies_to(self, current: str | None) -> bool:
-        return not self.upgrades_from or (current is not None and current in self.upgrades_from)
-
-
 class Profile(Strict):
     id: str = Field(pattern=PROFILE_ID_PATTERN)
     vendor: str = Field(min_length=1)
@@ -314,7 +255,7 @@ class Profile(Strict):
 
 
 def load_profile(path: Path) -> Profile:
-    data = _read_yaml(path)
+    data = read_yaml(path)
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
@@ -357,50 +298,3 @@ def load_profiles(directory: Path) -> dict[str, Profile]:
     if errors:
         raise ConfigErrors(errors)
     return profiles
-
-
-def _read_yaml(path: Path) -> object:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigErrors(
-            [
-                ConfigError(
-                    path,
-                    "",
-                    f"cannot read the file ({exc.strerror})",
-                    "check the path and its permissions",
-                )
-            ]
-        ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigErrors(
-            [
-                ConfigError(
-                    path,
-                    "",
-                    f"not valid YAML at {where}: {problem}",
-                    "fix the YAML syntax there (indentation, a missing ':' or quote)",
-                )
-            ]
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigErrors(
-            [
-                ConfigError(
-                    path,
-                    "",
-                    "the document is not a mapping of keys to values",
-                    "start the file with top-level keys such as 'id:' or 'site:'",
-                )
-            ]
-        )
-    return data
-
-
-read_yaml = _read_yaml

@@ -6,14 +6,15 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from agent.profiles import PollSettings, Profile, load_profiles
+from fleet.protocol.profiles import PollSettings, Profile, load_profiles
 
 _lock = threading.Lock()
 _cache: dict[Path, tuple[tuple[tuple[str, int], ...], dict[str, Profile]]] = {}
 
 
 def profiles_in(directory: Path) -> dict[str, Profile]:
-    """Profiles by id. Raises agent.errors.ConfigErrors when a profile does not validate."""
+    """Profiles by id. Raises fleet.protocol.errors.ConfigErrors when a profile does not
+    validate."""
     directory = directory.resolve()
     stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in directory.glob("*.yaml")))
     with _lock:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from fleet.protocol import Flag, Power, Reading
+from fleet.protocol.messages import Flag, Power, Reading
 
 
 class DeviceState(StrEnum):
@@ -67,7 +67,8 @@ def _flags(reading: Reading, level: Flag) -> str:
     return ", ".join(named)
 
 
-# --- silence: a site agent or a device not heard for too long (pure; the job is fleet.liveness)
+# --- silence: a site agent or a device not heard for too long
+# (pure; the job is fleet.devices.liveness)
 
 SILENCE_POLLS = 3  # polls missed before silence means something
 SITE_SILENCE_MIN = timedelta(minutes=3)  # a fast-polling site still gets a link blip's grace

@@ -1,4 +1,4 @@
-"""The controller's MQTT edge: paho-mqtt 2 wrapped once, feeding `fleet.ingest`.
+"""The controller's MQTT edge: paho-mqtt 2 wrapped once, feeding `fleet.ingest.pipeline`.
 
 Messages are acknowledged only after the database committed them (paho's manual ack), on a
 persistent session, so the broker keeps and redelivers what the controller has not stored:
@@ -22,9 +22,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.broker import BrokerAddress
-from fleet.ingest import IncomingMessage, Ingest
-from fleet.protocol import Topics
+from fleet.ingest.pipeline import IncomingMessage, Ingest
+from fleet.protocol.broker_url import BrokerAddress
+from fleet.protocol.messages import Topics
 
 log = logging.getLogger(__name__)
 

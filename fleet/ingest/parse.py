@@ -14,8 +14,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ValidationError
 
-from agent.timetable import Timetable
-from fleet.protocol import (
+from fleet.protocol.messages import (
     MAX_PAYLOAD_BYTES,
     AgentEvent,
     AgentState,
@@ -28,6 +27,7 @@ from fleet.protocol import (
     describe_validation_error,
     parse_topic,
 )
+from fleet.protocol.timetable import Timetable
 
 M = TypeVar("M", bound=BaseModel)
 MAX_SEQ = 2**63 - 1

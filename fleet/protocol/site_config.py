@@ -1,7 +1,7 @@
 """Site configs: a site's identity, timezone, timetable, rooms and devices.
 
 One YAML per site under `site_configs/`, validated on load against the firmware profiles.
-Errors name the file, the key and the fix (`agent.errors.ConfigError`), never a traceback.
+Errors name the file, the key and the fix (`fleet.protocol.errors.ConfigError`), never a traceback.
 """
 
 from __future__ import annotations
@@ -14,21 +14,19 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from agent.errors import ConfigError, ConfigErrors, config_errors_from_validation
-from agent.profiles import Profile, load_profiles, read_yaml
-from agent.snmpv3 import SnmpV3Settings
-from agent.timetable import Timetable
-from fleet.protocol import DEVICE_ID_PATTERN, SITE_CODE_PATTERN
+from fleet.protocol.documents import Strict, read_yaml
+from fleet.protocol.errors import ConfigError, ConfigErrors, config_errors_from_validation
+from fleet.protocol.messages import DEVICE_ID_PATTERN, SITE_CODE_PATTERN
+from fleet.protocol.profiles import Profile, load_profiles
+from fleet.protocol.snmpv3 import SnmpV3Settings
+from fleet.protocol.timetable import Timetable
 
-ROOT = Path(__file__).resolve().parent.parent
+# The source tree: fleet/protocol/ -> the checkout holding firmware_profiles/ and site_configs/.
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PROFILES_DIR = ROOT / "firmware_profiles"
 DEFAULT_SITES_DIR = ROOT / "site_configs"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SiteInfo(Strict):
@@ -58,7 +56,7 @@ class DeviceConfig(Strict):
     address: str
     port: int | None = Field(default=None, ge=1, le=65535)
     name: str = ""
-    # Secrets: a literal, or `secret:NAME` resolved on the agent (agent/secrets.py).
+    # Secrets: a literal, or `secret:NAME` resolved on the agent (fleet/protocol/secret_refs.py).
     community: str | None = Field(default=None, repr=False)
     # PJLink password (the spec allows up to 32 bytes); none when the projector asks for none.
     password: str | None = Field(default=None, min_length=1, max_length=128, repr=False)

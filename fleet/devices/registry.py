@@ -14,11 +14,11 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, SQLModel, select
 
-from agent.config import LoadedSite
-from agent.timetable import Timetable
 from fleet.models import Device, Room, Site
 from fleet.programme.seed import seed_programme
-from fleet.protocol import utcnow
+from fleet.protocol.messages import utcnow
+from fleet.protocol.site_config import LoadedSite
+from fleet.protocol.timetable import Timetable
 
 
 class RegistryError(ValueError):

@@ -21,8 +21,8 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import DataError, IntegrityError
 
-from agent.timetable import Timetable
-from fleet.ingest_parse import (
+from fleet.devices.registry import timetable_from_json
+from fleet.ingest.parse import (
     HealthMessage,
     IncomingMessage,
     Outcome,
@@ -34,10 +34,10 @@ from fleet.ingest_parse import (
     SiteEntry,
     parse_message,
 )
-from fleet.ingest_store import GroupWriter, dead_letter_insert
+from fleet.ingest.store import GroupWriter, dead_letter_insert
 from fleet.models import Device, Site
-from fleet.protocol import TOPIC_ROOT, utcnow
-from fleet.registry import timetable_from_json
+from fleet.protocol.messages import TOPIC_ROOT, utcnow
+from fleet.protocol.timetable import Timetable
 
 __all__ = ["AfterCommit", "IncomingMessage", "Ingest", "Outcome", "OutcomeStatus", "RejectReason"]
 

@@ -32,7 +32,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlmodel import SQLModel
 
-from fleet.ingest_parse import (
+from fleet.devices.state import DeviceState, derive_state, site_offline_reason
+from fleet.ingest.parse import (
     AgentNoteMessage,
     AgentStateMessage,
     HealthMessage,
@@ -45,8 +46,7 @@ from fleet.ingest_parse import (
     RejectReason,
 )
 from fleet.models import UtcDateTime
-from fleet.protocol import MAX_PAYLOAD_BYTES, AgentStateValue, Reading
-from fleet.state import DeviceState, derive_state, site_offline_reason
+from fleet.protocol.messages import MAX_PAYLOAD_BYTES, AgentStateValue, Reading
 
 SAMPLES = SQLModel.metadata.tables["sample"]
 DEVICES = SQLModel.metadata.tables["device"]

@@ -1,6 +1,6 @@
 """The scheduled job that turns silence into device state: a silent site agent makes its
 devices `site_offline`, a device its live agent no longer reports becomes `unreachable`.
-The decisions are fleet.state.silence_changes; this module only reads and writes rows."""
+The decisions are fleet.devices.state.silence_changes; this module only reads and writes rows."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, bindparam, literal, select
 from sqlmodel import SQLModel
 
+from fleet.devices.profile_book import poll_interval_s, profiles_in
+from fleet.devices.state import AgentFacts, DeviceFacts, StateChange, silence_changes
 from fleet.models import UtcDateTime
-from fleet.profile_book import poll_interval_s, profiles_in
 from fleet.settings import Settings
-from fleet.state import AgentFacts, DeviceFacts, StateChange, silence_changes
 
 log = logging.getLogger(__name__)
 
