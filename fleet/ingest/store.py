@@ -8,33 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
+from datetime import datetime
 from typing import Any
 
-from pydantic_core import to_json
 from sqlalchemy import (
-    JSON,
-    BindParameter,
     Connection,
     Insert,
-    String,
     Table,
-    bindparam,
     case,
-    func,
     insert,
     literal,
-    or_,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlmodel import SQLModel
 
 from fleet.devices.state import DeviceState, derive_state, site_offline_reason
 from fleet.ingest.parse import (
-    AgentNoteMessage,
     AgentStateMessage,
     HealthMessage,
     IncomingMessage,
@@ -45,10 +35,22 @@ from fleet.ingest.parse import (
     Rejected,
     RejectReason,
 )
+from fleet.ingest.rows import (
+    DEVICE_UPDATE,
+    POSTGRES_DEVICE_UPDATE,
+    POSTGRES_SAMPLE_INSERT,
+    SAMPLES,
+    SQLITE_DEVICE_UPDATE,
+    SQLITE_SAMPLE_INSERT,
+    note_row,
+    postgres_sample_row,
+    sample_row,
+    sqlite_sample_row,
+    sqlite_ts,
+)
 from fleet.models import UtcDateTime
 from fleet.protocol.messages import MAX_PAYLOAD_BYTES, AgentStateValue, Reading
 
-SAMPLES = SQLModel.metadata.tables["sample"]
 DEVICES = SQLModel.metadata.tables["device"]
 INGESTED = SQLModel.metadata.tables["ingested_message"]
 AGENTS = SQLModel.metadata.tables["agent_status"]
@@ -140,15 +142,15 @@ class GroupWriter:
                     )
                     heard[item.site] = (message.received_at, batch.agent_id)
                 msg_id = batch.msg_id if batch else None
-                sample_row = (
-                    _sqlite_sample_row
+                row_of = (
+                    sqlite_sample_row
                     if self.raw_sqlite
-                    else _postgres_sample_row
+                    else postgres_sample_row
                     if self.raw_postgres
-                    else _sample_row
+                    else sample_row
                 )
                 for reading in item.readings:
-                    samples[(reading.device, reading.ts)] = sample_row(
+                    samples[(reading.device, reading.ts)] = row_of(
                         reading, message.received_at, msg_id
                     )
                     known = latest.get(reading.device)
@@ -163,15 +165,15 @@ class GroupWriter:
                     offline.pop(item.site, None)
                 outcomes.append(Outcome(OutcomeStatus.stored))
             else:
-                notes.append(_note_row(item, message.received_at))
+                notes.append(note_row(item, message.received_at))
                 outcomes.append(Outcome(OutcomeStatus.stored))
 
         if dead:
             self.conn.execute(insert(DEAD), dead)
         if samples and self.raw_sqlite:
-            self.conn.exec_driver_sql(_SQLITE_SAMPLE_INSERT, list(samples.values()))
+            self.conn.exec_driver_sql(SQLITE_SAMPLE_INSERT, list(samples.values()))
         elif samples and self.raw_postgres:
-            self.conn.exec_driver_sql(_POSTGRES_SAMPLE_INSERT, list(samples.values()))
+            self.conn.exec_driver_sql(POSTGRES_SAMPLE_INSERT, list(samples.values()))
         elif samples:
             stmt = self.insert(SAMPLES).on_conflict_do_nothing(index_elements=["device_id", "ts"])
             self.conn.execute(stmt, list(samples.values()))
@@ -264,7 +266,7 @@ class GroupWriter:
             rows.append(
                 {
                     "b_id": device,
-                    "b_ts": _sqlite_ts(reading.ts) if self.raw_sqlite else reading.ts,
+                    "b_ts": sqlite_ts(reading.ts) if self.raw_sqlite else reading.ts,
                     "b_state": state.value,
                     "b_reason": reason,
                     "b_reading": dump,
@@ -274,154 +276,12 @@ class GroupWriter:
                 }
             )
         if rows and self.raw_sqlite:
-            self.conn.exec_driver_sql(_SQLITE_DEVICE_UPDATE, rows)
+            self.conn.exec_driver_sql(SQLITE_DEVICE_UPDATE, rows)
         elif rows and self.raw_postgres:
-            self.conn.exec_driver_sql(_POSTGRES_DEVICE_UPDATE, rows)
+            self.conn.exec_driver_sql(POSTGRES_DEVICE_UPDATE, rows)
         elif rows:
-            self.conn.execute(_DEVICE_UPDATE, rows)
+            self.conn.execute(DEVICE_UPDATE, rows)
         self.touched.update(str(row["b_id"]) for row in rows)
-
-
-def _device_update() -> Any:
-    ts = bindparam("b_ts", type_=UtcDateTime())
-    state: BindParameter[str] = bindparam("b_state", type_=String())
-    return (
-        DEVICES.update()
-        .where(
-            DEVICES.c.id == bindparam("b_id"),
-            or_(DEVICES.c.last_seen_at.is_(None), DEVICES.c.last_seen_at <= ts),
-        )
-        .values(
-            state=state,
-            state_reason=bindparam("b_reason"),
-            state_since=case(
-                (DEVICES.c.state == state, func.coalesce(DEVICES.c.state_since, ts)), else_=ts
-            ),
-            last_seen_at=ts,
-            last_reading=bindparam("b_reading", type_=JSON(none_as_null=True)),
-            firmware=func.coalesce(bindparam("b_firmware"), DEVICES.c.firmware),
-            power=bindparam("b_power"),
-            reachable=bindparam("b_reachable"),
-        )
-    )
-
-
-_DEVICE_UPDATE = _device_update()
-# The same statements as SQLite runs them, with :name parameters for the driver.
-_SQLITE_NAMED = sqlite.dialect(paramstyle="named")
-_SQLITE_DEVICE_UPDATE = str(_DEVICE_UPDATE.compile(dialect=_SQLITE_NAMED))
-_SAMPLE_COLUMNS = [
-    "device_id",
-    "ts",
-    "received_at",
-    "msg_id",
-    "reachable",
-    "power",
-    "input",
-    "temperature_c",
-    "lamp_hours",
-    "filter_hours",
-    "uptime_s",
-    "firmware",
-    "errors",
-    "error",
-    "metrics",
-]
-_SQLITE_SAMPLE_INSERT = str(
-    sqlite.insert(SAMPLES)
-    .on_conflict_do_nothing(index_elements=["device_id", "ts"])
-    .compile(dialect=_SQLITE_NAMED, column_keys=_SAMPLE_COLUMNS)
-)
-
-# And as psycopg runs them (%(name)s parameters, casts). Without RETURNING: nothing reads the
-# new ids, and executemany over psycopg's pipeline is the fast path.
-_POSTGRES = postgresql_psycopg.dialect(paramstyle="pyformat")
-_POSTGRES_DEVICE_UPDATE = str(_DEVICE_UPDATE.compile(dialect=_POSTGRES))
-_POSTGRES_SAMPLE_INSERT = str(
-    postgresql.insert(SAMPLES)
-    .on_conflict_do_nothing(index_elements=["device_id", "ts"])
-    .compile(dialect=_POSTGRES, column_keys=_SAMPLE_COLUMNS)
-).removesuffix(" RETURNING sample.id")
-assert "RETURNING" not in _POSTGRES_SAMPLE_INSERT, _POSTGRES_SAMPLE_INSERT
-
-
-def _sqlite_ts(value: datetime) -> str:
-    """What UtcDateTime and SQLite's DATETIME binding store: naive UTC, microseconds, no T."""
-    if value.tzinfo is UTC:  # as parsing leaves every reading: the short way
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-    offset = value.utcoffset()
-    if offset is None:
-        raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
-    return (value - offset).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def _sample_row(reading: Reading, received_at: datetime, msg_id: str | None) -> dict[str, Any]:
-    errors = reading.errors
-    return {
-        "device_id": reading.device,
-        "ts": reading.ts,
-        "received_at": received_at,
-        "msg_id": msg_id,
-        "reachable": reading.reachable,
-        "power": reading.power.value,
-        "input": reading.input,
-        "temperature_c": reading.temperature_c,
-        "lamp_hours": reading.lamp_hours,
-        "filter_hours": reading.filter_hours,
-        "uptime_s": reading.uptime_s,
-        "firmware": reading.firmware,
-        "errors": {name: flag.value for name, flag in errors} if errors is not None else None,
-        "error": reading.error,
-        "metrics": reading.metrics or None,
-    }
-
-
-def _sqlite_sample_row(
-    reading: Reading, received_at: datetime, msg_id: str | None
-) -> dict[str, Any]:
-    """`_sample_row` with each value as the SQLite driver is given it (JSON as text)."""
-    row = _sample_row(reading, received_at, msg_id)
-    row["ts"] = _sqlite_ts(reading.ts)
-    row["received_at"] = _received_text(received_at)
-    for key in ("errors", "metrics"):
-        if row[key] is not None:
-            row[key] = _json_text(row[key])
-    return row
-
-
-@lru_cache(maxsize=64)
-def _received_text(received_at: datetime) -> str:
-    # One per message, shared by its readings.
-    return _sqlite_ts(received_at)
-
-
-def _postgres_sample_row(
-    reading: Reading, received_at: datetime, msg_id: str | None
-) -> dict[str, Any]:
-    """`_sample_row` as psycopg is given it: JSON as text (cast in the statement); aware
-    datetimes as they are, since timestamptz keeps the instant whatever the offset."""
-    row = _sample_row(reading, received_at, msg_id)
-    for key in ("errors", "metrics"):
-        if row[key] is not None:
-            row[key] = _json_text(row[key])
-    return row
-
-
-def _json_text(value: Any) -> str:
-    """JSON for the drivers: pydantic's serialiser, a sixth of json.dumps' time on these
-    small dicts (and, like it, NaN as NaN: PostgreSQL refuses that, and the group falls
-    back to storing one by one, dead-lettering just that reading)."""
-    return to_json(value).decode()
-
-
-def _note_row(item: AgentNoteMessage, received_at: datetime) -> dict[str, Any]:
-    return {
-        "site_code": item.site,
-        "kind": item.kind,
-        "ts": item.ts,
-        "received_at": received_at,
-        "body": item.body,
-    }
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:
