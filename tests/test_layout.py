@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import tomllib
@@ -138,3 +139,17 @@ def test_agent_runs_without_loading_the_controller() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_readme_names_only_paths_that_exist() -> None:
+    """A move that leaves the README pointing at an old path fails here, not at a reader."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    named = re.findall(
+        r"(?<![\w/.-])((?:fleet|agent|tests|bench|deploy|firmware_profiles|site_configs)/[\w./-]*)"
+        r"(?![\w<*])",
+        text,
+    )
+    # MQTT topics (fleet/v1/..., agent/state) share the folders' first names.
+    paths = {p.rstrip(".,/") for p in named if not p.startswith(("fleet/v1", "agent/state"))}
+    assert paths, "the pattern found no path in the README"
+    assert sorted(p for p in paths if not (ROOT / p).exists()) == []
