@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, func, text
@@ -81,12 +82,10 @@ def bad_inputs() -> list[tuple[RejectReason, object]]:
         (RejectReason.not_json, message("fleet/v1/upm/health", b"{not json")),
         (RejectReason.oversize, message("fleet/v1/upm/health", b" " * (MAX_PAYLOAD_BYTES + 1))),
         (RejectReason.invalid, message("fleet/v1/upm/health", {**good, "seq": -1})),
-        (RejectReason.invalid, message("fleet/v1/upm/health", {**good, "readings": [{"x": 1}]})),
         (RejectReason.topic, message("fleet/v1/upm/nonsense", good)),
         (RejectReason.topic, message("other/v1/upm/health", good)),
         (RejectReason.site_mismatch, message("fleet/v1/tuit/health", good)),
         (RejectReason.unknown_site, message("fleet/v1/nowhere/health", good)),
-        (RejectReason.unknown_device, health("upm", [reading("upm-sc9-ghost", T0)])),
         (
             RejectReason.device_mismatch,
             message("fleet/v1/upm/devices/upm-sc1-pc/health", reading("upm-sc1-panel-1", T0)),
@@ -118,20 +117,69 @@ def test_each_bad_input_is_dead_lettered_and_the_rest_stored(
     oversize = dead[1]
     assert oversize.size == MAX_PAYLOAD_BYTES + 1
     assert oversize.truncated and len(oversize.payload) == MAX_PAYLOAD_BYTES
-    assert ingest.rejected[RejectReason.invalid] == 4
+    assert ingest.rejected[RejectReason.invalid] == 3
     assert sum(ingest.rejected.values()) == len(cases)
 
 
-def test_reading_for_another_sites_device_is_rejected(ingest: Ingest, registered: Engine) -> None:
+def test_reading_for_another_sites_device_is_refused_alone(
+    ingest: Ingest, registered: Engine
+) -> None:
     mixed = health("upm", [reading("upm-sc1-panel-1", T0), reading("tuit-sc1-projector", T0)])
     [outcome] = ingest.handle([mixed])
 
-    assert outcome.status == OutcomeStatus.rejected
-    assert outcome.reason == RejectReason.unknown_device
+    assert outcome.status == OutcomeStatus.stored and outcome.readings == 1
+    assert outcome.refused_readings == (RejectReason.unknown_device,)
     assert "tuit-sc1-projector belongs to site tuit" in outcome.detail
-    # The whole batch waits in the dead-letter table, so a replay after a fix stores all of it.
-    assert count(registered, Sample) == 0
-    assert count(registered, IngestedMessage) == 0
+    assert count(registered, Sample) == 1
+    assert count(registered, IngestedMessage) == 1
+    with Session(registered) as session:
+        [dead] = session.exec(select(DeadLetter)).all()
+    assert dead.reason == "unknown_device"
+    assert json.loads(dead.payload)["device"] == "tuit-sc1-projector"
+    assert ingest.refused_readings == {"unknown_device": 1}
+
+
+def test_bad_readings_are_refused_one_by_one_and_the_rest_of_the_batch_stored(
+    ingest: Ingest, registered: Engine
+) -> None:
+    """A site of five devices where one answers with a NUL in its name, one with a lamp-hours
+    of Infinity, one from the far future: the other readings are stored, each bad one is
+    dead-lettered with its own reason, and a redelivery stores nothing twice."""
+    good = [reading(d, T0) for d in UPM]
+    bad = [
+        {**reading("upm-sc1-panel-1", T0 + timedelta(seconds=1)), "input": "hdmi1\x00"},
+        {**reading("upm-sc1-panel-2", T0 + timedelta(seconds=1)), "lamp_hours": float("inf")},
+        reading("upm-sc1-pc", datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)),
+        reading("upm-sc1-pc", RECEIVED + timedelta(days=2)),
+        {"device": "upm-sc1-pc"},
+        "not even an object",
+    ]
+    payload = {**batch("upm", []), "readings": [good[0], *bad[:3], good[1], *bad[3:], good[2]]}
+    msg = message("fleet/v1/upm/health", json.dumps(payload).encode())
+
+    [outcome] = ingest.handle([msg])
+    again = ingest.handle([msg])
+
+    assert outcome.status == OutcomeStatus.stored and outcome.readings == 3
+    assert outcome.refused_readings == (
+        RejectReason.invalid,
+        RejectReason.invalid,
+        RejectReason.invalid,
+        RejectReason.clock,
+        RejectReason.invalid,
+        RejectReason.invalid,
+    )
+    assert again[0].status == OutcomeStatus.duplicate
+    assert count(registered, Sample) == 3
+    with Session(registered) as session:
+        dead = session.exec(select(DeadLetter).order_by(col(DeadLetter.id))).all()
+    assert [d.reason for d in dead] == [r.value for r in outcome.refused_readings]
+    assert "reading 1 ('upm-sc1-panel-1')" in dead[0].detail and "input" in dead[0].detail
+    assert "lamp_hours" in dead[1].detail
+    assert "outside 2000-2100" in dead[2].detail
+    assert "ahead of the controller's clock" in dead[3].detail
+    assert json.loads(dead[0].payload)["input"] == "hdmi1\x00"
+    assert {device(registered, d).state for d in UPM} == {"online"}
 
 
 def test_agent_offline_marks_site_offline_not_unreachable(

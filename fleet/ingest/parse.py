@@ -5,8 +5,9 @@ Everything here turns bad input into a `Rejected` with a reason; nothing raises.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import TypeVar
@@ -20,6 +21,7 @@ from fleet.protocol.messages import (
     AgentState,
     CommandAck,
     HealthBatch,
+    HealthEnvelope,
     ParsedTopic,
     Reading,
     TopicError,
@@ -30,7 +32,10 @@ from fleet.protocol.messages import (
 from fleet.protocol.timetable import Timetable
 
 M = TypeVar("M", bound=BaseModel)
-MAX_SEQ = 2**63 - 1
+# How far ahead of the controller's clock a reading may be stamped: a device or agent clock a
+# little fast is kept; a day ahead is a clock that is wrong, whose readings would sort after
+# every true one and keep a device's state stuck on them.
+MAX_AHEAD = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class RejectReason(StrEnum):
     device_mismatch = "device_mismatch"  # reading `device` is not the topic's device
     unknown_device = "unknown_device"  # not registered (or retired) at the topic's site
     db_rejected = "db_rejected"  # the database refused this message's values
+    clock = "clock"  # stamped too far ahead of the controller's clock
 
 
 class OutcomeStatus(StrEnum):
@@ -60,10 +66,14 @@ class OutcomeStatus(StrEnum):
 
 @dataclass(frozen=True)
 class Outcome:
+    """What became of one message: `readings` stored, and for a batch judged reading by
+    reading, the reason of each reading refused (each one dead-lettered on its own)."""
+
     status: OutcomeStatus
     reason: RejectReason | None = None
     detail: str = ""
     readings: int = 0
+    refused_readings: tuple[RejectReason, ...] = ()
 
     @classmethod
     def rejected(cls, reason: RejectReason, detail: str) -> Outcome:
@@ -93,10 +103,21 @@ class Rejected:
 
 
 @dataclass(frozen=True)
+class BadReading:
+    """One reading of a batch refused while the rest of its batch is stored."""
+
+    index: int  # its place in the batch's readings
+    reason: RejectReason
+    detail: str
+    raw: object  # the reading as it came, for the dead-letter table
+
+
+@dataclass(frozen=True)
 class HealthMessage:
     site: str
     readings: list[Reading]
-    batch: HealthBatch | None  # None: one reading from a device's own topic
+    batch: HealthEnvelope | None  # None: one reading from a device's own topic
+    refused: tuple[BadReading, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,12 +162,10 @@ def parse_message(message: IncomingMessage, root: str, registry: RegistrySnapsho
             f"site {topic.site!r} is not registered: add site_configs/{topic.site}.yaml "
             "and sync the registry",
         )
-    if b"\\u0000" in message.payload:
-        return Rejected(RejectReason.invalid, "payload contains a NUL character (\\u0000)")
     if topic.kind == TopicKind.health:
-        return _parse_health(message.payload, topic, registry)
+        return _parse_health(message.payload, topic, registry, message.received_at)
     if topic.kind == TopicKind.device_health:
-        return _parse_device_health(message.payload, topic, registry)
+        return _parse_device_health(message.payload, topic, registry, message.received_at)
     if topic.kind == TopicKind.agent_state:
         state = _validate(AgentState, message.payload)
         if isinstance(state, Rejected):
@@ -156,29 +175,106 @@ def parse_message(message: IncomingMessage, root: str, registry: RegistrySnapsho
 
 
 def _parse_health(
-    payload: bytes | bytearray, topic: ParsedTopic, registry: RegistrySnapshot
+    payload: bytes | bytearray,
+    topic: ParsedTopic,
+    registry: RegistrySnapshot,
+    received_at: datetime,
 ) -> Parsed:
-    batch = _validate(HealthBatch, payload)
-    if isinstance(batch, Rejected):
-        return batch
-    if batch.seq > MAX_SEQ:
-        return Rejected(
-            RejectReason.invalid, f"seq {batch.seq} is over {MAX_SEQ} (a 64-bit column)"
-        )
-    if batch.site != topic.site:
+    """A batch, judged reading by reading: the envelope (msg_id, site, agent) decides for the
+    whole message; each reading is then stored or refused on its own, so one device's bad
+    value never costs the others theirs."""
+    try:
+        # The common case, a batch good throughout, in one call inside pydantic-core.
+        envelope: HealthEnvelope = HealthBatch.model_validate_json(payload)
+        readings: list[Reading | Rejected] = list(envelope.readings)
+    except ValidationError:
+        judged = _judge_batch(payload)
+        if isinstance(judged, Rejected):
+            return judged
+        envelope, readings = judged
+    if envelope.site != topic.site:
         return Rejected(
             RejectReason.site_mismatch,
-            f"batch {batch.msg_id} says site {batch.site!r} on {topic.site!r}'s topic: "
+            f"batch {envelope.msg_id} says site {envelope.site!r} on {topic.site!r}'s topic: "
             "check the agent's site code and broker credential",
         )
-    problem = _foreign_devices([r.device for r in batch.readings], topic.site, registry)
-    if problem:
-        return Rejected(RejectReason.unknown_device, f"batch {batch.msg_id}: {problem}")
-    return HealthMessage(topic.site, batch.readings, batch)
+    allowed = registry.sites[topic.site].devices
+    good: list[Reading] = []
+    refused: list[BadReading] = []
+    for index, reading in enumerate(readings):
+        if isinstance(reading, Rejected):
+            problem: Rejected | None = reading
+        elif reading.device not in allowed:
+            problem = Rejected(
+                RejectReason.unknown_device,
+                _foreign_devices([reading.device], topic.site, registry),
+            )
+        else:
+            problem = _clock_problem(reading, received_at)
+        if problem is None:
+            good.append(reading)  # type: ignore[arg-type]
+            continue
+        raw = envelope.readings[index]
+        device = repr(raw.device) if isinstance(raw, Reading) else _device_of(raw)
+        refused.append(
+            BadReading(
+                index,
+                problem.reason,
+                f"batch {envelope.msg_id} reading {index} ({device}): {problem.detail}",
+                raw.model_dump(mode="json") if isinstance(raw, Reading) else raw,
+            )
+        )
+    return HealthMessage(topic.site, good, envelope, tuple(refused))
+
+
+def _judge_batch(
+    payload: bytes | bytearray,
+) -> tuple[HealthEnvelope, list[Reading | Rejected]] | Rejected:
+    """The envelope of a batch that failed as a whole, and each reading or why it is refused."""
+    try:
+        envelope = HealthEnvelope.model_validate_json(payload)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] != "json_invalid":
+            return _invalid(HealthBatch, exc)
+        # JSON that pydantic-core refuses but the standard allows (an escaped lone surrogate
+        # in one device's text): judged like any other, reading by reading.
+        try:
+            envelope = HealthEnvelope.model_validate(json.loads(bytes(payload)))
+        except (ValueError, RecursionError):
+            return Rejected(RejectReason.not_json, f"not JSON: {exc.errors()[0]['msg']}")
+        except ValidationError as inner:
+            return _invalid(HealthBatch, inner)
+    readings: list[Reading | Rejected] = []
+    for item in envelope.readings:
+        try:
+            readings.append(Reading.model_validate(item))
+        except ValidationError as exc:
+            readings.append(
+                Rejected(RejectReason.invalid, f"not a Reading: {describe_validation_error(exc)}")
+            )
+    return envelope, readings
+
+
+def _device_of(raw: object) -> str:
+    device = raw.get("device") if isinstance(raw, dict) else None
+    return repr(device)[:80] if device is not None else "no device"
+
+
+def _clock_problem(reading: Reading, received_at: datetime) -> Rejected | None:
+    if reading.ts - received_at <= MAX_AHEAD:
+        return None
+    return Rejected(
+        RejectReason.clock,
+        f"ts {reading.ts.isoformat()} is more than {MAX_AHEAD} ahead of the controller's "
+        f"clock ({received_at.isoformat()}): check NTP on the agent's host and the device",
+    )
 
 
 def _parse_device_health(
-    payload: bytes | bytearray, topic: ParsedTopic, registry: RegistrySnapshot
+    payload: bytes | bytearray,
+    topic: ParsedTopic,
+    registry: RegistrySnapshot,
+    received_at: datetime,
 ) -> Parsed:
     reading = _validate(Reading, payload)
     if isinstance(reading, Rejected):
@@ -191,7 +287,7 @@ def _parse_device_health(
     problem = _foreign_devices([reading.device], topic.site, registry)
     if problem:
         return Rejected(RejectReason.unknown_device, problem)
-    return HealthMessage(topic.site, [reading], None)
+    return _clock_problem(reading, received_at) or HealthMessage(topic.site, [reading], None)
 
 
 def _parse_note(payload: bytes | bytearray, topic: ParsedTopic) -> Parsed:
@@ -215,9 +311,13 @@ def _validate(model: type[M], payload: bytes | bytearray) -> M | Rejected:
     except ValidationError as exc:
         if exc.errors()[0]["type"] == "json_invalid":
             return Rejected(RejectReason.not_json, f"not JSON: {exc.errors()[0]['msg']}")
-        return Rejected(
-            RejectReason.invalid, f"not a {model.__name__}: {describe_validation_error(exc)}"
-        )
+        return _invalid(model, exc)
+
+
+def _invalid(model: type[BaseModel], exc: ValidationError) -> Rejected:
+    return Rejected(
+        RejectReason.invalid, f"not a {model.__name__}: {describe_validation_error(exc)}"
+    )
 
 
 def _foreign_devices(devices: list[str], site: str, registry: RegistrySnapshot) -> str:

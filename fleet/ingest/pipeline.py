@@ -1,9 +1,12 @@
 """Where health enters the controller's storage, independent of MQTT.
 
 `Ingest.handle(group)` stores a group of messages in ONE transaction. Bad input never raises:
-it is counted, logged and dead-lettered, and its outcome says so (the caller acks it). A database
-failure raises, so the caller does not ack and the broker delivers the group again; storing is
-idempotent (msg_id per batch, (device, ts) per sample), so that redelivery stores nothing twice.
+it is counted, logged and dead-lettered, and its outcome says so (the caller acks it). A batch
+is judged reading by reading: its good readings are stored, each bad one dead-lettered with its
+own reason. A value the store refuses costs only its own message. Only the database being away
+or busy (`TRANSIENT`) raises, so the caller does not ack and the broker delivers the group
+again; storing is idempotent (msg_id per batch, (device, ts) per sample), so that redelivery
+stores nothing twice.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from fleet.devices.registry import timetable_from_json
 from fleet.ingest.parse import (
@@ -51,6 +61,11 @@ REJECTED = Counter(
     "fleet_ingest_rejected_total", "Messages rejected and dead-lettered, by reason", ["reason"]
 )
 READINGS = Counter("fleet_ingest_readings_total", "Readings accepted into storage")
+READINGS_REFUSED = Counter(
+    "fleet_ingest_readings_refused_total",
+    "Readings refused (and dead-lettered one by one) from batches whose others were stored",
+    ["reason"],
+)
 MESSAGES = Counter("fleet_ingest_messages_total", "Messages handled, by outcome", ["outcome"])
 GROUP_SECONDS = Histogram("fleet_ingest_group_seconds", "Time to store one group of messages")
 # How old a reading is when it reaches the controller (received_at - reading ts): seconds
@@ -60,6 +75,28 @@ LAG_SECONDS = Histogram(
     "Age of each stored reading on arrival (received_at - reading ts)",
     buckets=(1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400),
 )
+
+# The database being away or busy (connection lost, a lock or pool timeout, a deadlock), or
+# the deployment being wrong (a missing table or privilege: ProgrammingError), which no single
+# message causes: the group is retried whole, with backoff, and /healthz says so. Every other
+# failure is the input's, and costs only the message that carries it.
+TRANSIENT = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeoutError,
+    ProgrammingError,
+)
+# ...except the OperationalErrors that one message's values cause, which no retry cures.
+_VALUE_FAULTS = ("ProgramLimitExceeded",)
+
+
+def _raise_if_transient(exc: Exception) -> None:
+    if isinstance(exc, TRANSIENT):
+        orig = getattr(exc, "orig", None)
+        if type(orig).__name__ not in _VALUE_FAULTS:
+            raise exc
+
 
 # A miss (unknown site or device) reloads the registry from the database at most this often,
 # so a `sync` done by another process is picked up without a flood of reloads on bad input.
@@ -82,6 +119,7 @@ class Ingest:
         self._reloaded_at = 0.0
         self.registry = RegistrySnapshot()
         self.rejected: Tally[str] = Tally()
+        self.refused_readings: Tally[str] = Tally()
         self.outcomes: Tally[str] = Tally()
         self.readings = 0
         self.last_group_at: datetime | None = None
@@ -127,15 +165,19 @@ class Ingest:
         self._reloaded_at = time.monotonic()
 
     def handle(self, messages: list[IncomingMessage]) -> list[Outcome]:
-        """Store a group; one outcome per message, in order. Raises only if the database fails."""
+        """Store a group; one outcome per message, in order. Raises only a TRANSIENT error
+        (the database away or busy), for the caller to retry the group whole."""
         with self._lock, GROUP_SECONDS.time():
             self._touched = set()
             parsed = [self._parse(m) for m in messages]
             try:
                 outcomes = self._store(messages, parsed)
-            except (DataError, IntegrityError) as exc:
-                # One message carries values the database refuses: find it, store the rest.
-                log.warning("group of %d refused (%s); storing one by one", len(messages), exc)
+            except Exception as exc:
+                _raise_if_transient(exc)
+                # Not the database being away: one message carries what the store cannot take
+                # (a value it refuses, or one a conversion on the way cannot hold). Find it,
+                # dead-letter it, store the rest: no message may hold up those behind it.
+                log.warning("group of %d refused (%r); storing one by one", len(messages), exc)
                 outcomes = [self._store_alone(m, p) for m, p in zip(messages, parsed, strict=True)]
             self._count(messages, outcomes)
             _observe_lag(messages, parsed, outcomes)
@@ -150,6 +192,7 @@ class Ingest:
             "readings": self.readings,
             "outcomes": dict(self.outcomes),
             "rejected": dict(self.rejected),
+            "readings_refused": dict(self.refused_readings),
             "last_group_at": self.last_group_at.isoformat() if self.last_group_at else None,
         }
 
@@ -189,8 +232,11 @@ class Ingest:
     def _store_alone(self, message: IncomingMessage, parsed: Parsed) -> Outcome:
         try:
             return self._store([message], [parsed])[0]
-        except (DataError, IntegrityError) as exc:
-            detail = f"the database refused it: {exc.orig or exc}"
+        except Exception as exc:
+            _raise_if_transient(exc)
+            why = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+            detail = f"the store refused it: {type(why).__name__}: {why}"
+            log.exception("message on %s cannot be stored; dead-lettering it", message.topic)
             with self.engine.begin() as conn:
                 conn.execute(dead_letter_insert(message, RejectReason.db_rejected, detail))
             return Outcome.rejected(RejectReason.db_rejected, detail)
@@ -225,6 +271,16 @@ class Ingest:
                     "rejected message on %s (%s): %s", message.topic, outcome.reason, outcome.detail
                 )
             readings += outcome.readings
+            if outcome.refused_readings:
+                for reason in outcome.refused_readings:
+                    self.refused_readings[reason.value] += 1
+                    READINGS_REFUSED.labels(reason.value).inc()
+                log.warning(
+                    "%d readings refused on %s: %s",
+                    len(outcome.refused_readings),
+                    message.topic,
+                    outcome.detail,
+                )
         # The metrics once per group, not once per message.
         for status, count in statuses.items():
             self.outcomes[status] += count

@@ -6,6 +6,7 @@ is updated once per group, and only by a reading newer than the one it already s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from sqlmodel import SQLModel
 from fleet.devices.state import DeviceState, derive_state, site_offline_reason
 from fleet.ingest.parse import (
     AgentStateMessage,
+    BadReading,
     HealthMessage,
     IncomingMessage,
     Outcome,
@@ -85,6 +87,20 @@ def _dead_letter_row(message: IncomingMessage, reason: RejectReason, detail: str
         "payload": message.payload[:MAX_PAYLOAD_BYTES],
         "size": len(message.payload),
         "truncated": len(message.payload) > MAX_PAYLOAD_BYTES,
+    }
+
+
+def _refused_reading_row(message: IncomingMessage, bad: BadReading) -> dict[str, Any]:
+    """A dead-letter row for one reading of a batch: the reading alone, as it came."""
+    payload = json.dumps(bad.raw, default=str).encode()  # ASCII: any odd text is escaped
+    return {
+        "received_at": message.received_at,
+        "topic": message.topic.replace("\x00", ""),
+        "reason": bad.reason.value,
+        "detail": bad.detail.replace("\x00", "")[:DETAIL_MAX],
+        "payload": payload[:MAX_PAYLOAD_BYTES],
+        "size": len(payload),
+        "truncated": len(payload) > MAX_PAYLOAD_BYTES,
     }
 
 
@@ -156,7 +172,16 @@ class GroupWriter:
                     known = latest.get(reading.device)
                     if known is None or known.reading.ts <= reading.ts:
                         latest[reading.device] = _Latest(reading, item.site, arrival)
-                outcomes.append(Outcome(OutcomeStatus.stored, readings=len(item.readings)))
+                for bad in item.refused:
+                    dead.append(_refused_reading_row(message, bad))
+                outcomes.append(
+                    Outcome(
+                        OutcomeStatus.stored,
+                        readings=len(item.readings),
+                        refused_readings=tuple(bad.reason for bad in item.refused),
+                        detail="; ".join(bad.detail for bad in item.refused[:3]),
+                    )
+                )
             elif isinstance(item, AgentStateMessage):
                 states[item.site] = (item, arrival)
                 if item.state.state == AgentStateValue.offline:

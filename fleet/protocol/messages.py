@@ -6,12 +6,21 @@ so both sides validate the same shapes. A change that breaks old agents bumps SC
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+)
 
 SCHEMA = 1
 TOPIC_ROOT = "fleet/v1"
@@ -23,16 +32,132 @@ DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _SITE_RE = re.compile(SITE_CODE_PATTERN)
 _DEVICE_RE = re.compile(DEVICE_ID_PATTERN)
 
+# Characters no text in a message may hold: the C0 controls but tab, LF and CR; DEL; the C1
+# controls. PostgreSQL's text cannot hold NUL at all, and the others end up in terminals, CSV
+# cells and logs, where they rewrite what a reader sees. The agent removes them from what a
+# device says before anything is queued (agent/collectors/cleaning.py); the controller refuses
+# them, reading by reading.
+CONTROL_CHARACTERS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+CONTROL_RE = re.compile(f"[{CONTROL_CHARACTERS}]")
+TEXT_PATTERN = f"^[^{CONTROL_CHARACTERS}]*$"
+
+# The instants a message may carry. Before 2000 is a device or agent clock that was never set
+# (the epoch, 1970, is the usual one); past 2100 is no clock at all, and such values overflow
+# the conversions later steps make (a site's local time, 9999-12-31 plus an offset). How far
+# ahead of the controller's own clock a reading may be is judged on arrival (fleet/ingest).
+EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_TS = datetime(2100, 1, 1, tzinfo=UTC)
+# What a 64-bit integer column (and PostgreSQL's jsonb, and a report's arithmetic) holds.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def _aware_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("timestamp must carry a timezone (UTC, ISO 8601 with 'Z' or '+00:00')")
-    return value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"timestamp {value.isoformat()} is out of range in UTC") from None
+    if not EARLIEST_TS <= value < LATEST_TS:
+        raise ValueError(
+            f"timestamp {value.isoformat()} is outside {EARLIEST_TS.year}-{LATEST_TS.year}: "
+            "the clock that stamped it is not set (check NTP on the agent's host)"
+        )
+    return value
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
 SiteCode = Annotated[str, Field(pattern=SITE_CODE_PATTERN)]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+# Text from outside, with its length capped by each field.
+Text = Annotated[str, Field(pattern=TEXT_PATTERN)]
+# A measurement: a finite number (NaN and Infinity are refused: no column, chart or sum can
+# use them) within what the quantity can physically be.
+Hours = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)]  # 114 years
+Seconds = Annotated[float, Field(ge=0, le=100 * 365 * 86400, allow_inf_nan=False)]
+Celsius = Annotated[float, Field(ge=-50, le=200, allow_inf_nan=False)]
+MetricName = Annotated[str, Field(min_length=1, max_length=64, pattern=TEXT_PATTERN)]
+# Each kind strict, so that the union never turns one into another ("0012" stays text, an
+# integer past 64 bits is not taken as a float).
+MetricText = Annotated[str, Field(strict=True, max_length=256, pattern=TEXT_PATTERN)]
+MetricInt = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
+MetricFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+MetricValue = StrictBool | MetricInt | MetricFloat | MetricText | None
+MAX_METRICS = 64
+
+
+def _metric_values_in_range(value: object) -> object:
+    """Say plainly which metric is out of range, before the union of types does so in four
+    messages; and refuse an integer past 64 bits, which the union would take as a float."""
+    if not isinstance(value, dict):
+        return value
+    for name, item in value.items():
+        if isinstance(item, bool) or item is None:
+            continue
+        if isinstance(item, int) and not INT64_MIN <= item <= INT64_MAX:
+            raise ValueError(f"metric {name!r}: integer {item} does not fit in 64 bits")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"metric {name!r}: {item} is not a finite number")
+        if isinstance(item, str):
+            found = CONTROL_RE.search(item)
+            if found:
+                raise ValueError(
+                    f"metric {name!r}: text holds control character "
+                    f"U+{ord(found.group()):04X} at {found.start()}"
+                )
+    return value
+
+
+Metrics = Annotated[
+    dict[MetricName, MetricValue],
+    BeforeValidator(_metric_values_in_range),
+    Field(max_length=MAX_METRICS),
+]
+
+
+JSON_MAX_DEPTH = 8
+
+
+def _json_safe(value: Any, depth: int = 0) -> None:
+    """Raise ValueError unless `value` is JSON every store and later step can hold: finite
+    numbers, 64-bit integers, text without control characters, nested at most 8 deep."""
+    if depth > JSON_MAX_DEPTH:
+        raise ValueError(f"nested more than {JSON_MAX_DEPTH} deep")
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError(f"integer {value} does not fit in 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number")
+    elif isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, list):
+        for item in value:
+            _json_safe(item, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(str(key))
+            _json_safe(item, depth + 1)
+    else:
+        raise ValueError(f"{type(value).__name__} is not a JSON value")
+
+
+def _check_text(value: str) -> None:
+    found = CONTROL_RE.search(value)
+    if found:
+        raise ValueError(
+            f"text holds control character U+{ord(found.group()):04X} at {found.start()}"
+        )
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    _json_safe(value)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 
 
 def utcnow() -> datetime:
@@ -75,9 +200,6 @@ class ErrorFlags(BaseModel):
         return Flag.ok
 
 
-MetricValue = float | int | str | bool | None
-
-
 class Reading(BaseModel):
     """One poll of one device."""
 
@@ -87,29 +209,36 @@ class Reading(BaseModel):
     ts: UtcDatetime
     reachable: bool
     power: Power = Power.unknown
-    input: str | None = Field(default=None, max_length=64)
-    temperature_c: float | None = Field(default=None, ge=-50, le=200)
-    lamp_hours: float | None = Field(default=None, ge=0)
-    filter_hours: float | None = Field(default=None, ge=0)
-    uptime_s: float | None = Field(default=None, ge=0)
-    firmware: str | None = Field(default=None, max_length=64)
+    input: Text | None = Field(default=None, max_length=64)
+    temperature_c: Celsius | None = None
+    lamp_hours: Hours | None = None
+    filter_hours: Hours | None = None
+    uptime_s: Seconds | None = None
+    firmware: Text | None = Field(default=None, max_length=64)
     errors: ErrorFlags | None = None
     # Why the device could not be read, in words a technician can act on.
-    error: str | None = Field(default=None, max_length=500)
-    metrics: dict[str, MetricValue] = Field(default_factory=dict, max_length=64)
+    error: Text | None = Field(default=None, max_length=500)
+    metrics: Metrics = Field(default_factory=dict)
 
 
-class HealthBatch(BaseModel):
-    """What an agent publishes on `fleet/v1/<site>/health`."""
+class HealthEnvelope(BaseModel):
+    """A health batch with its readings not yet judged: how the controller reads a batch that
+    failed as a whole, so that each reading is stored or refused on its own."""
 
     model_config = ConfigDict(extra="forbid")
 
     schema_: Literal[1] = Field(default=1, alias="schema")
     msg_id: str = Field(min_length=26, max_length=26, pattern=r"^[0-9A-HJKMNP-TV-Z]{26}$")
     site: SiteCode
-    agent_id: str = Field(min_length=1, max_length=64)
-    seq: int = Field(ge=0)
+    agent_id: Text = Field(min_length=1, max_length=64)
+    seq: int = Field(ge=0, le=INT64_MAX)
     sent_at: UtcDatetime
+    readings: list[Any] = Field(max_length=MAX_READINGS_PER_BATCH)
+
+
+class HealthBatch(HealthEnvelope):
+    """What an agent publishes on `fleet/v1/<site>/health`."""
+
     readings: list[Reading] = Field(max_length=MAX_READINGS_PER_BATCH)
 
     def to_json(self) -> bytes:
@@ -127,9 +256,9 @@ class AgentState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     state: AgentStateValue
-    agent_id: str = Field(min_length=1, max_length=64)
-    version: str = Field(max_length=32)
-    boot_id: str = Field(max_length=64)
+    agent_id: Text = Field(min_length=1, max_length=64)
+    version: Text = Field(max_length=32)
+    boot_id: Text = Field(max_length=64)
     ts: UtcDatetime
 
     def to_json(self) -> bytes:
@@ -150,11 +279,11 @@ class AgentEvent(BaseModel):
 
     kind: EventKind
     site: SiteCode
-    agent_id: str
+    agent_id: Text = Field(min_length=1, max_length=64)
     ts: UtcDatetime
     device: DeviceId | None = None
-    message: str = Field(default="", max_length=2000)
-    data: dict[str, Any] = Field(default_factory=dict)
+    message: Text = Field(default="", max_length=2000)
+    data: JsonObject = Field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
@@ -187,12 +316,12 @@ class CommandAck(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cmd_id: str = Field(min_length=1, max_length=64)
+    cmd_id: Text = Field(min_length=1, max_length=64)
     site: SiteCode
-    agent_id: str
+    agent_id: Text = Field(min_length=1, max_length=64)
     ok: bool
     ts: UtcDatetime
-    message: str = Field(default="", max_length=2000)
+    message: Text = Field(default="", max_length=2000)
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -287,7 +416,14 @@ def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
     parts = []
     for err in exc.errors()[:limit]:
         where = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{where}: {err['msg']}")
+        message = err["msg"]
+        if err["type"] == "string_pattern_mismatch" and isinstance(err["input"], str):
+            found = CONTROL_RE.search(err["input"])
+            if found:  # the pattern itself would print the control characters it refuses
+                message = (
+                    f"text holds control character U+{ord(found.group()):04X} at {found.start()}"
+                )
+        parts.append(f"{where}: {message.removeprefix('Value error, ')}")
     more = len(exc.errors()) - limit
     if more > 0:
         parts.append(f"and {more} more")
