@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from agent.collectors.cleaning import make_reading
 from agent.secrets import Secrets
-from fleet.protocol.messages import Power, Reading, utcnow
+from fleet.protocol.messages import Reading, utcnow
 from fleet.protocol.profiles import Profile
 from fleet.protocol.secret_refs import is_reference
 from fleet.protocol.site_config import DeviceConfig
 from fleet.protocol.snmpv3 import SnmpV3Settings
 
 DEFAULT_PORTS = {"snmp": 161, "pjlink": 4352}
-_ERROR_MAX = 500  # Reading.error's limit
 
 
 @dataclass(frozen=True)
@@ -161,10 +161,4 @@ def unreachable(
     """The Reading of a device that could not be read, saying what happened and what to do."""
     fix = fix or "check the address and the community in the site config"
     text = f"cannot reach {target.where} ({problem}): {fix}"
-    return Reading(
-        device=target.device.id,
-        ts=ts or utcnow(),
-        reachable=False,
-        power=Power.unknown,
-        error=text[:_ERROR_MAX],
-    )
+    return make_reading(target.device.id, ts or utcnow(), False, error=text)

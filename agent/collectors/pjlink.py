@@ -21,14 +21,13 @@ from datetime import datetime
 from typing import Any
 
 from agent.collectors import Target, register, unreachable
+from agent.collectors.cleaning import make_reading
 from fleet.protocol.messages import ErrorFlags, Flag, Power, Reading, utcnow
 from fleet.protocol.profiles import PjlinkSettings
 
 PJLINK_PORT = 4352
 # The longest valid reply is ~140 bytes (a 128-byte class 2 parameter): longer is not PJLink.
 LINE_LIMIT = 512
-_TEXT_MAX = 64  # Reading.input / firmware / metric text
-_ERROR_MAX = 500
 
 POWER = {"0": Power.off, "1": Power.on, "2": Power.cooling, "3": Power.warming}
 FLAGS = {"0": Flag.ok, "1": Flag.warning, "2": Flag.error}
@@ -274,26 +273,25 @@ def reading_from_answers(
             bad = name is None
             fields["input"] = name
         elif command == "SVER":
-            fields["firmware"] = value.strip()[:_TEXT_MAX] or None
+            fields["firmware"] = value.strip() or None
         elif command == "SNUM":
-            metrics["serial"] = value.strip()[:_TEXT_MAX]
+            metrics["serial"] = value.strip()
         elif command in IDENTITY:
-            metrics[IDENTITY[command]] = value.strip()[:_TEXT_MAX]
+            metrics[IDENTITY[command]] = value.strip()
         if bad:
             notes.append(f"{command} answered {value[:24]!r}, which is not PJLink")
     if busy:
         # Busy is normal while warming up or in standby: say so without calling it a fault.
         metrics["pjlink_busy"] = ",".join(busy)
-    fields = {k: v for k, v in fields.items() if v is not None}
-    error = None
-    if notes:
-        error = f"{target.where}: {'; '.join(notes)}"[:_ERROR_MAX]
-    return Reading(
-        device=target.device.id,
-        ts=ts,
-        reachable=True,
+    error = f"{target.where}: {'; '.join(notes)}" if notes else None
+    return make_reading(
+        target.device.id,
+        ts,
+        True,
         metrics=metrics,
         error=error,
+        source=target.where,
+        out_of_range_fix="check the projector's PJLink answers",
         **fields,
     )
 

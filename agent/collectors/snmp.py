@@ -7,12 +7,10 @@ request's var-binds per profile (no MIB lookups per poll), the transport target 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
 from pysnmp.error import PySnmpError
 from pysnmp.hlapi.v3arch.asyncio import (
     CommunityData,
@@ -28,6 +26,7 @@ from pysnmp.proto.rfc1902 import OctetString
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
 from agent.collectors import Target, register, unreachable
+from agent.collectors.cleaning import make_reading
 from agent.snmpv3 import usm_user_data
 from fleet.protocol.messages import ErrorFlags, Flag, Power, Reading, utcnow
 from fleet.protocol.profiles import PollSettings, Profile, SnmpObject
@@ -35,7 +34,6 @@ from fleet.protocol.snmpv3 import KEY_MIN
 
 _ABSENT = (NoSuchObject, NoSuchInstance, EndOfMibView)
 _NO_SUCH_NAME = 2  # SNMPv1 error-status: the agent has no such object
-_TEXT_MAX = 64  # Reading.input / firmware limit
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ class SnmpCollector:
                 f"{target.where} answered SNMP error {status}{where}: check the OIDs of "
                 f"firmware profile {target.profile.id!r} against the device's MIB"
             )
-            return Reading(device=target.device.id, ts=ts, reachable=True, error=text[:500])
+            return make_reading(target.device.id, ts, True, error=text)
         values = {}
         for obj, (_, value) in zip(objects, answers, strict=False):
             if isinstance(value, _ABSENT):
@@ -258,41 +256,22 @@ def reading_from_values(target: Target, values: dict[str, Any], ts: datetime) ->
             if value in Flag.__members__:
                 flags[name.split(".", 1)[1]] = Flag(value)
         elif name.startswith("metrics."):
-            if isinstance(value, float) and not math.isfinite(value):
-                continue
             metrics[name.split(".", 1)[1]] = value
         elif name == "power":
             fields["power"] = Power(value) if value in Power.__members__ else Power.unknown
         elif name in ("input", "firmware"):
-            fields[name] = str(value)[:_TEXT_MAX]
+            fields[name] = str(value)
         else:
             fields[name] = value
     if "power" not in fields and settings is not None:
         fields["power"] = Power(settings.power_when_reachable)
-    errors = ErrorFlags(**flags) if flags else None
-    try:
-        return Reading(
-            device=target.device.id,
-            ts=ts,
-            reachable=True,
-            errors=errors,
-            metrics=metrics,
-            **fields,
-        )
-    except ValidationError as exc:
-        # A device reporting nonsense (a temperature of 6000 °C) is still reachable: keep
-        # what is valid and say what was dropped.
-        bad = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
-        kept = {k: v for k, v in fields.items() if k not in bad}
-        return Reading(
-            device=target.device.id,
-            ts=ts,
-            reachable=True,
-            errors=errors,
-            metrics={} if "metrics" in bad else metrics,
-            error=(
-                f"{target.where} reported values out of range for {', '.join(bad)}: check "
-                f"the scale and type in firmware profile {target.profile.id!r}"
-            ),
-            **kept,
-        )
+    return make_reading(
+        target.device.id,
+        ts,
+        True,
+        errors=ErrorFlags(**flags) if flags else None,
+        metrics=metrics,
+        source=target.where,
+        out_of_range_fix=(f"check the scale and type in firmware profile {target.profile.id!r}"),
+        **fields,
+    )
