@@ -8,11 +8,13 @@ duplicates = 0. Devices are polled every second so a stream builds up quickly.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -190,5 +192,62 @@ def test_same_batch_published_twice_is_stored_once(tmp_path: Path, broker: TestB
         )
         assert outcomes["stored"] == 1
         assert (total, distinct) == (3, 3)
+    finally:
+        stack.stop_all()
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_reading_no_store_can_hold_is_refused_and_ingest_goes_on(
+    tmp_path: Path, broker: TestBroker, store: str, request: pytest.FixtureRequest
+) -> None:
+    """The field's example: one batch on upm's health topic holds a reading stamped
+    9999-12-31T23:59:59Z beside a good one. The good reading is stored, the bad one is
+    dead-lettered and counted, /healthz stays 200, and the batch behind it is stored."""
+    database = (
+        f"sqlite:///{tmp_path / 'fleet.db'}"
+        if store == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    stack = Stack(tmp_path, broker.url, broker.topic_root, database)
+    try:
+        stack.controller()
+        wait_for(lambda: stack.get("/healthz"), 30, "the controller to be healthy")
+        now = datetime.now(UTC)
+        good = Reading(device="upm-sc1-panel-1", ts=now, reachable=True, power=Power.on)
+        upm = HealthBatch(
+            msg_id=str(ULID()),
+            site="upm",
+            agent_id="upm-agent-1",
+            seq=1,
+            sent_at=now,
+            readings=[good],
+        ).model_dump(mode="json", by_alias=True)
+        upm["readings"].append({**upm["readings"][0], "ts": "9999-12-31T23:59:59Z"})
+        behind = HealthBatch(
+            msg_id=str(ULID()),
+            site="upm",
+            agent_id="upm-agent-1",
+            seq=2,
+            sent_at=now,
+            readings=[Reading(device="upm-sc1-panel-2", ts=now, reachable=True)],
+        )
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        host, port = broker.url.removeprefix("mqtt://").split("?")[0].split(":")
+        client.connect(host, int(port))
+        client.loop_start()
+        topics = Topics(broker.topic_root)
+        client.publish(topics.health("upm"), json.dumps(upm), qos=1).wait_for_publish(10)
+        client.publish(topics.health("upm"), behind.to_json(), qos=1).wait_for_publish(10)
+        client.loop_stop()
+        client.disconnect()
+
+        def both_stored() -> dict[str, Any] | None:
+            health = stack.get("/healthz")
+            return health if health and health["ingest"]["outcomes"].get("stored") == 2 else None
+
+        health = wait_for(both_stored, 30, "ingest to store both batches")
+        assert health["ingest"]["readings_refused"] == {"invalid": 1}
+        assert health["ingest"]["readings"] == 2
+        assert sample_counts(database) == (2, 2)
     finally:
         stack.stop_all()
