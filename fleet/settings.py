@@ -1,13 +1,20 @@
-"""The controller's settings, from `FLEET_*` environment variables."""
+"""The controller's settings, from `FLEET_*` environment variables.
+
+Domain code never reads them: the edges (service, scheduler, CLI, routes) hand each domain
+the values it takes, built here by the methods at the end of `Settings`.
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet.alerts.evaluation import AlertRules
+from fleet.alerts.webhook import Webhook
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR
 
 SEVEN_DAYS_S = 7 * 24 * 3600
@@ -80,3 +87,15 @@ class Settings(BaseSettings):
                 "shared with the receiver, which checks X-Fleet-Signature with it"
             )
         return self
+
+    # --- the values the domains take -------------------------------------------------------
+
+    def alert_rules(self) -> AlertRules:
+        return AlertRules(
+            profiles_dir=self.profiles_dir,
+            unreachable_after=timedelta(seconds=self.alert_unreachable_after_s),
+            notify=bool(self.webhook_url),
+        )
+
+    def webhook(self) -> Webhook:
+        return Webhook(self.webhook_url, self.webhook_secret, self.webhook_max_attempts)
