@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -50,6 +50,7 @@ def jobs(settings: Settings) -> list[Job]:
 
     profiles = settings.profiles_dir
     alerts = settings.alert_rules()
+    retention = timedelta(days=settings.sample_retention_days)
     return [
         Job(
             "liveness",
@@ -62,10 +63,14 @@ def jobs(settings: Settings) -> list[Job]:
         Job("webhook", partial(deliver_due, webhook=settings.webhook()), 1),
         Job("programme_evidence", check_classroom_evidence, 60),
         Job("programme_overdue", partial(check_overdue_milestones, notify=alerts.notify), 3600),
-        Job("usage_rollup", partial(derive_usage, settings=settings), 60),
-        Job("sample_purge", partial(purge_samples, settings=settings), 3600),
+        Job("usage_rollup", partial(derive_usage, profiles_dir=profiles), 60),
+        Job("sample_purge", partial(purge_samples, retention=retention), 3600),
         # Hourly: a month's reports appear on the 1st (UTC) once FLEET_REPORT_DELAY_H passed.
-        Job("scheduled_reports", partial(generate_due_reports, settings=settings), 3600),
+        Job(
+            "scheduled_reports",
+            partial(generate_due_reports, schedule=settings.report_schedule()),
+            3600,
+        ),
     ]
 
 

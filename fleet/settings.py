@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fleet.alerts.evaluation import AlertRules
 from fleet.alerts.webhook import Webhook
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR
+from fleet.reports.compute import ReportBasis
+from fleet.reports.scheduled import ReportSchedule
 
 SEVEN_DAYS_S = 7 * 24 * 3600
 
@@ -99,3 +101,14 @@ class Settings(BaseSettings):
 
     def webhook(self) -> Webhook:
         return Webhook(self.webhook_url, self.webhook_secret, self.webhook_max_attempts)
+
+    def report_basis(self) -> ReportBasis:
+        return ReportBasis(self.profiles_dir, dict(self.report_power_draw_w))
+
+    def report_schedule(self) -> ReportSchedule:
+        return ReportSchedule(
+            basis=self.report_basis(),
+            delay=timedelta(hours=self.report_delay_h),
+            weekly=self.report_weekly,
+            formats=tuple(self.report_formats),
+        )
