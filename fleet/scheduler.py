@@ -108,7 +108,8 @@ def build_scheduler(
     # and carries a running rollout on (its state is in the database too).
     from fleet.rollouts.schedule import add_tick_job
 
-    add_tick_job(scheduler, engine, settings, publish, leadership)
+    delivery = settings.firmware_delivery()
+    add_tick_job(scheduler, engine, delivery, publish, leadership, settings.rollout_tick_s)
     for job in jobs(settings):
         scheduler.add_job(
             _guarded(job, engine, leadership),

@@ -18,6 +18,8 @@ from fleet.alerts.webhook import Webhook
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR
 from fleet.reports.compute import ReportBasis
 from fleet.reports.scheduled import ReportSchedule
+from fleet.rollouts.artifacts import ArtifactStore
+from fleet.rollouts.engine import FirmwareDelivery
 
 SEVEN_DAYS_S = 7 * 24 * 3600
 
@@ -112,3 +114,9 @@ class Settings(BaseSettings):
             weekly=self.report_weekly,
             formats=tuple(self.report_formats),
         )
+
+    def artifact_store(self) -> ArtifactStore:
+        return ArtifactStore(self.artifacts_dir or self.data_dir / "artifacts", self.public_url)
+
+    def firmware_delivery(self) -> FirmwareDelivery:
+        return FirmwareDelivery(self.profiles_dir, self.artifact_store(), self.topic_root)

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -28,7 +29,7 @@ from fleet.devices.registry import timetable_from_json
 from fleet.models import AgentMessage, AgentStatus, Device, Site
 from fleet.protocol.messages import Command, CommandKind, Topics
 from fleet.protocol.profiles import Profile
-from fleet.rollouts.artifacts import ArtifactError, agent_download_url
+from fleet.rollouts.artifacts import ArtifactError, ArtifactStore, agent_download_url
 from fleet.rollouts.campaigns import policy_from_json
 from fleet.rollouts.models import Rollout, RolloutDevice, TickLease
 from fleet.rollouts.plan import (
@@ -46,7 +47,6 @@ from fleet.rollouts.plan import (
     on_device_report,
 )
 from fleet.rollouts.windows import next_window_start, window_open
-from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,16 @@ LEASE = "rollouts"
 REPORTS_PER_TICK = 5000
 Publish = Callable[[str, bytes], None]
 LIVE = (RolloutState.running.value, RolloutState.scheduled.value, RolloutState.paused.value)
+
+
+@dataclass(frozen=True)
+class FirmwareDelivery:
+    """How the tick gets firmware to the sites: each release as its profile describes it,
+    its file from the artifact store, the command under the MQTT topic root."""
+
+    profiles_dir: Path
+    artifacts: ArtifactStore
+    topic_root: str
 
 
 @dataclass
@@ -82,23 +92,26 @@ def claim_tick(session: Session, holder: str, now: datetime) -> None:
 
 def tick(
     engine: Engine,
-    settings: Settings,
+    delivery: FirmwareDelivery,
     now: datetime,
     publish: Publish | None,
     holder: str,
 ) -> TickResult:
-    """One tick, by `holder` (the controller holding the scheduler lock)."""
+    """One tick at `now`, by `holder` (the controller holding the scheduler lock); `publish`
+    (topic, payload) sends the commands, None when this controller has no MQTT link (the
+    devices go back to pending). Raises fleet.protocol.errors.ConfigErrors when a profile
+    does not validate."""
     result = TickResult(holder)
     with Session(engine) as session:
         claim_tick(session, holder, now)
-        profiles = profiles_in(settings.profiles_dir)
+        profiles = profiles_in(delivery.profiles_dir)
         result.reports = _apply_reports(session, now)
         rollouts = session.exec(select(Rollout).where(col(Rollout.state).in_(LIVE))).all()
         for rollout in rollouts:
-            _advance(session, settings, profiles, rollout, now, result)
+            _advance(session, delivery.artifacts, profiles, rollout, now, result)
         session.commit()
     if result.commands:
-        _publish(engine, settings, publish, result.commands, now)
+        _publish(engine, delivery.topic_root, publish, result.commands, now)
     return result
 
 
@@ -170,7 +183,7 @@ def _apply_report(session: Session, kind: str, body: dict[str, Any], now: dateti
 
 def _advance(
     session: Session,
-    settings: Settings,
+    store: ArtifactStore,
     profiles: dict[str, Profile],
     rollout: Rollout,
     now: datetime,
@@ -220,7 +233,7 @@ def _advance(
     sends = [a for a in actions if isinstance(a, Send)]
     artifact: tuple[str, int] = ("", 0)
     if any(s.push for s in sends):
-        found = _artifact_url(settings, profiles, rollout, now, result, session)
+        found = _artifact_url(store, profiles, rollout, now, result, session)
         if found is None:
             return
         artifact = found
@@ -238,7 +251,7 @@ def _advance(
 
 
 def _artifact_url(
-    settings: Settings,
+    store: ArtifactStore,
     profiles: dict[str, Profile],
     rollout: Rollout,
     now: datetime,
@@ -256,7 +269,7 @@ def _artifact_url(
                 f"release {rollout.release_version} of {rollout.profile} is gone from the "
                 "profiles, or its SHA-256 changed since the rollout was made: start a new rollout"
             )
-        url = agent_download_url(settings, release)
+        url = agent_download_url(store, release)
     except ArtifactError as exc:
         _move(
             rollout, MoveRollout(RolloutState.paused, rollout.current_wave, str(exc)), now, result
@@ -379,12 +392,12 @@ def _next_window(
 
 def _publish(
     engine: Engine,
-    settings: Settings,
+    topic_root: str,
     publish: Publish | None,
     commands: list[Command],
     now: datetime,
 ) -> None:
-    topics = Topics(settings.topic_root)
+    topics = Topics(topic_root)
     unsent = []
     for command in commands:
         try:
