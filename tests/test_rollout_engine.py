@@ -29,7 +29,7 @@ from fleet.rollouts import engine as rollout_engine
 from fleet.rollouts.artifacts import ArtifactStore
 from fleet.rollouts.campaigns import RolloutRefused, RolloutRequest, TargetFilter, create_rollout
 from fleet.rollouts.engine import FirmwareDelivery
-from fleet.rollouts.models import Rollout, RolloutDevice
+from fleet.rollouts.models import Rollout, RolloutDevice, TickLease
 from fleet.rollouts.schedule import add_tick_job
 from fleet.settings import Settings
 from tests.fixtures_auth import ops_headers
@@ -267,16 +267,16 @@ def test_two_controllers_never_both_run_the_tick(
     """Two controllers, each running the tick as fast as it can whenever it holds the
     scheduler lock: only the holder ticks, and once it steps down the other takes over."""
     runs: list[tuple[str, float, float]] = []
-    real = rollout_engine._apply_reports
+    real = rollout_engine.apply_reports
 
-    def slow_body(session: Session, now: datetime) -> int:
+    def slow_body(session: Session, lease: TickLease, now: datetime) -> int:
         started = time.monotonic()
         time.sleep(0.02)  # long enough for the other controller to try meanwhile
-        result = real(session, now)
+        result = real(session, lease, now)
         runs.append((threading.current_thread().name, started, time.monotonic()))
         return result
 
-    monkeypatch.setattr(rollout_engine, "_apply_reports", slow_body)
+    monkeypatch.setattr(rollout_engine, "apply_reports", slow_body)
     stop = {"A": threading.Event(), "B": threading.Event()}
     a_leads = threading.Event()
 
@@ -319,16 +319,16 @@ def test_ticks_never_overlap_even_without_the_lock(
     """A leader that lost its lock mid-tick and the next leader: each tick claims the tick's
     row first, so their bodies still run one after the other."""
     runs: list[tuple[float, float]] = []
-    real = rollout_engine._apply_reports
+    real = rollout_engine.apply_reports
 
-    def slow_body(session: Session, now: datetime) -> int:
+    def slow_body(session: Session, lease: TickLease, now: datetime) -> int:
         started = time.monotonic()
         time.sleep(0.02)
-        result = real(session, now)
+        result = real(session, lease, now)
         runs.append((started, time.monotonic()))
         return result
 
-    monkeypatch.setattr(rollout_engine, "_apply_reports", slow_body)
+    monkeypatch.setattr(rollout_engine, "apply_reports", slow_body)
 
     def controller(name: str) -> None:
         engine = make_engine(db_url)
