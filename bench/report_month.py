@@ -22,9 +22,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from fleet.db import make_engine, migrate
-from fleet.reports.compute import ReportRequest, build_report
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
+from fleet.reports.compute import ReportBasis, ReportRequest, build_report
 from fleet.reports.formats import render_json
-from fleet.settings import Settings
 
 SITES = [
     ("b-upm", "Asia/Kuala_Lumpur", "Seewo"),
@@ -143,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         db.close()
 
         engine = make_engine(f"sqlite:///{path}")
-        settings = Settings(data_dir=Path(tmp))
+        # The repository's profiles and the controller's default illustrative draws (W).
+        basis = ReportBasis(
+            DEFAULT_PROFILES_DIR, {"panel": 200.0, "projector": 300.0, "device": 65.0}
+        )
         request = ReportRequest(MONTH, end)
 
         def run() -> int:
             with engine.connect() as conn:
-                return len(render_json(build_report(conn, request, settings)))
+                return len(render_json(build_report(conn, request, basis)))
 
         started = time.perf_counter()
         size = run()

@@ -1,7 +1,8 @@
 """The controller's schedule: every periodic job in one place, run by APScheduler.
 
-Each job is a plain function of (engine, settings, now) so it is tested with a fixed clock
-and no scheduler. Add a job by adding one `Job` to `jobs()`.
+Each job is a plain function of the engine, the values it needs and `now`, so it is tested
+with a fixed clock, no scheduler and no `Settings`; `jobs()` binds those values from the
+settings. Add a job by adding one `Job` to `jobs()`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
@@ -20,7 +22,9 @@ from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
-JobFunc = Callable[..., None]  # (engine, settings, now) [, watching_since=]
+# Called as func(engine=..., now=...) [, watching_since=...]: by keyword, so that jobs() can
+# bind the job's other values with functools.partial whatever their place in its signature.
+JobFunc = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,9 @@ class Job:
     judges_silence: bool = False
 
 
-def jobs() -> list[Job]:
-    """The schedule. Imported late so each domain module stays importable on its own."""
+def jobs(settings: Settings) -> list[Job]:
+    """The schedule, each job bound to the values it takes from `settings`. Imported late so
+    each domain module stays importable on its own."""
     from fleet.alerts.evaluation import evaluate_alerts
     from fleet.alerts.webhook import deliver_due
     from fleet.devices.liveness import mark_silent_devices
@@ -43,23 +48,33 @@ def jobs() -> list[Job]:
     from fleet.reports.rollup import derive_usage, purge_samples
     from fleet.reports.scheduled import generate_due_reports
 
+    profiles = settings.profiles_dir
+    alerts = settings.alert_rules()
+    retention = timedelta(days=settings.sample_retention_days)
     return [
-        Job("liveness", mark_silent_devices, 30, judges_silence=True),
-        Job("alerts", evaluate_alerts, 30, judges_silence=True),
+        Job(
+            "liveness",
+            partial(mark_silent_devices, profiles_dir=profiles),
+            30,
+            judges_silence=True,
+        ),
+        Job("alerts", partial(evaluate_alerts, rules=alerts), 30, judges_silence=True),
         # Every second, so the webhook's first retries (1 s, 2 s, 4 s) keep their pace.
-        Job("webhook", deliver_due, 1),
+        Job("webhook", partial(deliver_due, webhook=settings.webhook()), 1),
         Job("programme_evidence", check_classroom_evidence, 60),
-        Job("programme_overdue", check_overdue_milestones, 3600),
-        Job("usage_rollup", derive_usage, 60),
-        Job("sample_purge", purge_samples, 3600),
+        Job("programme_overdue", partial(check_overdue_milestones, notify=alerts.notify), 3600),
+        Job("usage_rollup", partial(derive_usage, profiles_dir=profiles), 60),
+        Job("sample_purge", partial(purge_samples, retention=retention), 3600),
         # Hourly: a month's reports appear on the 1st (UTC) once FLEET_REPORT_DELAY_H passed.
-        Job("scheduled_reports", generate_due_reports, 3600),
+        Job(
+            "scheduled_reports",
+            partial(generate_due_reports, schedule=settings.report_schedule()),
+            3600,
+        ),
     ]
 
 
-def _guarded(
-    job: Job, engine: Engine, settings: Settings, leadership: Leadership | None = None
-) -> Callable[[], None]:
+def _guarded(job: Job, engine: Engine, leadership: Leadership | None = None) -> Callable[[], None]:
     started = datetime.now(UTC)
 
     def run() -> None:
@@ -68,9 +83,9 @@ def _guarded(
         try:
             if job.judges_silence:
                 since = leadership.since if leadership is not None else started
-                job.func(engine, settings, datetime.now(UTC), watching_since=since)
+                job.func(engine=engine, now=datetime.now(UTC), watching_since=since)
             else:
-                job.func(engine, settings, datetime.now(UTC))
+                job.func(engine=engine, now=datetime.now(UTC))
         except Exception:  # one failing run must not stop the schedule
             log.exception("scheduled job %s failed; it runs again in %.0f s", job.id, job.every_s)
         if job.every_s >= 60:
@@ -93,10 +108,11 @@ def build_scheduler(
     # and carries a running rollout on (its state is in the database too).
     from fleet.rollouts.schedule import add_tick_job
 
-    add_tick_job(scheduler, engine, settings, publish, leadership)
-    for job in jobs():
+    delivery = settings.firmware_delivery()
+    add_tick_job(scheduler, engine, delivery, publish, leadership, settings.rollout_tick_s)
+    for job in jobs(settings):
         scheduler.add_job(
-            _guarded(job, engine, settings, leadership),
+            _guarded(job, engine, leadership),
             "interval",
             seconds=job.every_s,
             id=job.id,

@@ -49,7 +49,7 @@ def build_controller(settings: Settings) -> Controller:
     result = sync_registry(engine, sites)
     log.info("registry: %d sites synced from %s", len(sites), settings.sites_dir)
     ingest = Ingest(engine, topic_root=settings.topic_root)
-    ingest.after_commit.append(after_ingest(settings))
+    ingest.after_commit.append(after_ingest(settings.alert_rules()))
     subscriber = Subscriber(
         broker,
         ingest,

@@ -1,14 +1,25 @@
-"""The controller's settings, from `FLEET_*` environment variables."""
+"""The controller's settings, from `FLEET_*` environment variables.
+
+Domain code never reads them: the edges (service, scheduler, CLI, routes) hand each domain
+the values it takes, built here by the methods at the end of `Settings`.
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet.alerts.evaluation import AlertRules
+from fleet.alerts.webhook import Webhook
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR
+from fleet.reports.compute import ReportBasis
+from fleet.reports.scheduled import ReportSchedule
+from fleet.rollouts.artifacts import ArtifactStore
+from fleet.rollouts.engine import FirmwareDelivery
 
 SEVEN_DAYS_S = 7 * 24 * 3600
 
@@ -80,3 +91,32 @@ class Settings(BaseSettings):
                 "shared with the receiver, which checks X-Fleet-Signature with it"
             )
         return self
+
+    # --- the values the domains take -------------------------------------------------------
+
+    def alert_rules(self) -> AlertRules:
+        return AlertRules(
+            profiles_dir=self.profiles_dir,
+            unreachable_after=timedelta(seconds=self.alert_unreachable_after_s),
+            notify=bool(self.webhook_url),
+        )
+
+    def webhook(self) -> Webhook:
+        return Webhook(self.webhook_url, self.webhook_secret, self.webhook_max_attempts)
+
+    def report_basis(self) -> ReportBasis:
+        return ReportBasis(self.profiles_dir, dict(self.report_power_draw_w))
+
+    def report_schedule(self) -> ReportSchedule:
+        return ReportSchedule(
+            basis=self.report_basis(),
+            delay=timedelta(hours=self.report_delay_h),
+            weekly=self.report_weekly,
+            formats=tuple(self.report_formats),
+        )
+
+    def artifact_store(self) -> ArtifactStore:
+        return ArtifactStore(self.artifacts_dir or self.data_dir / "artifacts", self.public_url)
+
+    def firmware_delivery(self) -> FirmwareDelivery:
+        return FirmwareDelivery(self.profiles_dir, self.artifact_store(), self.topic_root)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -11,12 +10,23 @@ from sqlalchemy import Engine
 
 from fleet.ingest.pipeline import Ingest
 from fleet.protocol.messages import MAX_READINGS_PER_BATCH
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
+from fleet.reports.compute import ReportBasis
 from fleet.reports.rollup import roll_up_new_samples
-from fleet.settings import Settings
+from fleet.reports.scheduled import ReportSchedule
 from tests.fixtures_db import RECEIVED, health, reading
 
 KATHMANDU = ZoneInfo("Asia/Kathmandu")
 CASABLANCA = ZoneInfo("Africa/Casablanca")
+# The repository's profiles, and illustrative draws when on (W) by device kind.
+BASIS = ReportBasis(
+    DEFAULT_PROFILES_DIR, power_draw_w={"panel": 200.0, "projector": 300.0, "device": 65.0}
+)
+# Monthly reports in every format, made 6 h after a month closed everywhere.
+MONTHLY = ReportSchedule(
+    BASIS, delay=timedelta(hours=6), weekly=False, formats=("json", "csv", "xlsx", "html")
+)
+MAX_DAYS = 93
 
 
 def at(day: str, hhmm: str, tz: ZoneInfo) -> datetime:
@@ -45,9 +55,5 @@ def feed(
         ingest.handle([health(site, chunk, received_at=received_at)])
 
 
-def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(data_dir=tmp_path, **overrides)
-
-
-def roll_up(engine: Engine, tmp_path: Path, now: datetime | None = None) -> int:
-    return roll_up_new_samples(engine, settings_for(tmp_path), now or datetime.now(UTC))
+def roll_up(engine: Engine, now: datetime | None = None) -> int:
+    return roll_up_new_samples(engine, DEFAULT_PROFILES_DIR, now or datetime.now(UTC))

@@ -10,9 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from fleet.alerts.evaluation import evaluate_alerts, evaluate_devices
+from fleet.alerts.evaluation import AlertRules, evaluate_alerts, evaluate_devices
 from fleet.api.app import create_app
 from fleet.ingest.pipeline import Ingest
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from fleet.settings import Settings
 from tests.fixtures_auth import ops_headers, user_token
 from tests.fixtures_db import agent_state, health, reading
@@ -26,7 +27,14 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def client(ingest: Ingest, registered: Engine, settings: Settings) -> Iterator[TestClient]:
+def rules() -> AlertRules:
+    return AlertRules(DEFAULT_PROFILES_DIR, unreachable_after=timedelta(minutes=10), notify=False)
+
+
+@pytest.fixture
+def client(
+    ingest: Ingest, registered: Engine, settings: Settings, rules: AlertRules
+) -> Iterator[TestClient]:
     """upm: projector hot and at 95 % lamp, panel-1 with a fan warning; tuit offline."""
     ingest.handle(
         [
@@ -41,7 +49,7 @@ def client(ingest: Ingest, registered: Engine, settings: Settings) -> Iterator[T
             agent_state("tuit", "offline", T, T),
         ]
     )
-    evaluate_alerts(registered, settings, T + timedelta(minutes=6))
+    evaluate_alerts(registered, rules, T + timedelta(minutes=6))
     app = create_app(settings, engine=registered)
     with TestClient(app, headers=ops_headers(registered)) as client:
         yield client
@@ -77,7 +85,7 @@ def test_filters_select_by_kind_site_device_severity_state_and_since(client: Tes
 
 
 def test_ack_then_resolve_by_hand_keeps_the_alert_in_history(
-    client: TestClient, registered: Engine, settings: Settings
+    client: TestClient, registered: Engine, rules: AlertRules
 ) -> None:
     [hot] = client.get("/api/v1/alerts", params={"kind": "over_temperature"}).json()["items"]
     url = f"/api/v1/alerts/{hot['id']}"
@@ -91,7 +99,7 @@ def test_ack_then_resolve_by_hand_keeps_the_alert_in_history(
         "fan checked Tuesday",
     )
     # Still hot: acknowledged counts as open, so no second alert is raised.
-    evaluate_devices(registered, settings, T + timedelta(minutes=7), ["upm-sc2-projector"])
+    evaluate_devices(registered, rules, T + timedelta(minutes=7), ["upm-sc2-projector"])
     listed = client.get("/api/v1/alerts", params={"kind": "over_temperature"}).json()
     assert listed["total"] == 1
 

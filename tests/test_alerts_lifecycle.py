@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -13,12 +12,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from fleet.alerts.evaluation import after_ingest, evaluate_alerts
+from fleet.alerts.evaluation import AlertRules, after_ingest, evaluate_alerts
 from fleet.alerts.models import Alert, AlertKind, AlertState, Severity, WebhookDelivery
 from fleet.alerts.reconcile import Judgement, _open
 from fleet.alerts.rules import Finding
 from fleet.ingest.pipeline import Ingest
-from fleet.settings import Settings
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from tests.fixtures_db import agent_state, health, reading
 
 # 03:00 UTC on Monday 2025-03-03 is 11:00 in Kuala Lumpur: upm is in class (10:30-12:30).
@@ -39,14 +38,14 @@ def open_gauge(kind: str) -> float | None:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path)
+def rules() -> AlertRules:
+    return AlertRules(DEFAULT_PROFILES_DIR, unreachable_after=timedelta(minutes=10), notify=False)
 
 
 @pytest.fixture
-def clocked(ingest: Ingest, settings: Settings) -> Callable[[datetime], Ingest]:
+def clocked(ingest: Ingest, rules: AlertRules) -> Callable[[datetime], Ingest]:
     """Ingest with the alerts hook, its clock pinned to the time given."""
-    ingest.after_commit.append(after_ingest(settings))
+    ingest.after_commit.append(after_ingest(rules))
 
     def at(now: datetime) -> Ingest:
         ingest.clock = lambda: now
@@ -106,7 +105,7 @@ def test_unreachable_reading_keeps_reading_alerts_open(
 
 
 def test_scheduled_job_raises_time_based_alerts_and_the_gauge(
-    ingest: Ingest, registered: Engine, settings: Settings
+    ingest: Ingest, registered: Engine, rules: AlertRules
 ) -> None:
     t = CLASS
     ingest.handle(
@@ -116,10 +115,10 @@ def test_scheduled_job_raises_time_based_alerts_and_the_gauge(
             agent_state("tuit", "offline", t, t),
         ]
     )
-    evaluate_alerts(registered, settings, t + timedelta(minutes=4))
+    evaluate_alerts(registered, rules, t + timedelta(minutes=4))
     assert alerts(registered) == []  # neither ten minutes of class nor five of outage yet
 
-    evaluate_alerts(registered, settings, t + timedelta(minutes=11))
+    evaluate_alerts(registered, rules, t + timedelta(minutes=11))
     [unreachable] = alerts(registered, kind="device_unreachable")
     [offline] = alerts(registered, kind="site_offline")
     assert unreachable.device_id == PROJECTOR and unreachable.severity == "critical"
@@ -134,7 +133,7 @@ def test_scheduled_job_raises_time_based_alerts_and_the_gauge(
             health("upm", [reading(PROJECTOR, later)], received_at=later),
         ]
     )
-    evaluate_alerts(registered, settings, later)
+    evaluate_alerts(registered, rules, later)
     assert {a.state for a in alerts(registered)} == {"resolved"}
     assert open_gauge("site_offline") == 0
     with Session(registered) as session:
@@ -142,12 +141,12 @@ def test_scheduled_job_raises_time_based_alerts_and_the_gauge(
 
 
 def test_left_on_after_hours_is_judged_by_the_job_with_a_fresh_reading(
-    ingest: Ingest, registered: Engine, settings: Settings
+    ingest: Ingest, registered: Engine, rules: AlertRules
 ) -> None:
     # 08:40 UTC is 16:40 in Kuala Lumpur: 40 min after Monday's last class.
     at = datetime.fromisoformat("2025-03-03T08:40:00+00:00")
     ingest.handle([health("upm", [reading("upm-sc1-panel-1", at - timedelta(minutes=1))])])
-    evaluate_alerts(registered, settings, at)
+    evaluate_alerts(registered, rules, at)
     [alert] = alerts(registered, kind="left_on_after_hours")
     assert "since 16:30 Asia/Kuala_Lumpur" in alert.message
 
@@ -178,7 +177,7 @@ def test_second_unresolved_alert_for_the_same_subject_and_kind_is_refused(
 
 
 def test_an_open_site_alert_stays_open_while_a_restarted_controller_listens(
-    ingest: Ingest, registered: Engine, settings: Settings
+    ingest: Ingest, registered: Engine, rules: AlertRules
 ) -> None:
     """Not resolved and raised again, not raised for everyone: until the restarted controller
     has listened for the silence threshold, site alerts stay as they stood."""
@@ -190,23 +189,19 @@ def test_an_open_site_alert_stays_open_while_a_restarted_controller_listens(
             health("upm", [reading(PROJECTOR, t)], received_at=t),
         ]
     )
-    evaluate_alerts(registered, settings, t + timedelta(minutes=6))
+    evaluate_alerts(registered, rules, t + timedelta(minutes=6))
     [offline] = alerts(registered, kind="site_offline")
     assert offline.site_code == "tuit" and offline.state == "open"
 
     # The controller was down for an hour; it starts again and runs the job at once.
     restarted = t + timedelta(hours=1)
-    evaluate_alerts(registered, settings, restarted, watching_since=restarted)
+    evaluate_alerts(registered, rules, restarted, watching_since=restarted)
     # tuit's will still stands (a fact, not a silence); upm is not yet called offline.
     assert [(a.site_code, a.state) for a in alerts(registered, kind="site_offline")] == [
         ("tuit", "open")
     ]
     # Three minutes on, upm's readings have not come: its silence counts from now on.
-    evaluate_alerts(
-        registered, settings, restarted + timedelta(minutes=3), watching_since=restarted
-    )
+    evaluate_alerts(registered, rules, restarted + timedelta(minutes=3), watching_since=restarted)
     assert [a.site_code for a in alerts(registered, kind="site_offline")] == ["tuit"]
-    evaluate_alerts(
-        registered, settings, restarted + timedelta(minutes=7), watching_since=restarted
-    )
+    evaluate_alerts(registered, rules, restarted + timedelta(minutes=7), watching_since=restarted)
     assert sorted(a.site_code for a in alerts(registered, kind="site_offline")) == ["tuit", "upm"]

@@ -5,6 +5,7 @@
   simulated devices by design.
 - The contract package depends on pydantic, PyYAML and tzdata only.
 - Pages never call route handlers: both call the domain's query functions.
+- Domain code takes values, never the controller's Settings: only the edges read them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ CONTRACT_DEPENDENCIES = {"pydantic", "yaml", "tzdata"}
 FLEET_MAY_IMPORT_AGENT = {"fleet/demo.py"}
 # Extras an agent install must not pull (DESIGN.md: the agent stays small).
 CONTROLLER_ONLY = {"fastapi", "sqlmodel", "sqlalchemy", "apscheduler", "uvicorn", "alembic"}
+DOMAIN_PACKAGES = (
+    "fleet/alerts",
+    "fleet/devices",
+    "fleet/ingest",
+    "fleet/programme",
+    "fleet/reports",
+    "fleet/rollouts",
+)
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -79,6 +88,17 @@ def test_agent_imports_only_the_contract_package_of_fleet() -> None:
 
 def test_controller_imports_nothing_of_the_agent_but_in_the_demo() -> None:
     breaks = [b for path in python_files("fleet") for b in fleet_rule_breaks(path)]
+    assert breaks == []
+
+
+def test_domain_code_does_not_read_the_controller_settings() -> None:
+    breaks = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for folder in DOMAIN_PACKAGES
+        for path in python_files(folder)
+        for line, module in imported_modules(path)
+        if is_under(module, "fleet.settings")
+    ]
     assert breaks == []
 
 

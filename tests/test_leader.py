@@ -126,25 +126,21 @@ def test_a_leader_whose_connection_dies_steps_down(postgres_url: str) -> None:
             e.dispose()
 
 
-def test_jobs_that_judge_silence_learn_since_when_this_process_leads(
-    engine: Engine, tmp_path: Path
-) -> None:
+def test_jobs_that_judge_silence_learn_since_when_this_process_leads(engine: Engine) -> None:
     from fleet.scheduler import Job, _guarded
-    from fleet.settings import Settings
 
     seen: list[object] = []
 
-    def judge(engine: Engine, settings: Settings, now: object, **kw: object) -> None:
+    def judge(engine: Engine, now: object, **kw: object) -> None:
         seen.append(kw.get("watching_since"))
 
-    def plain(engine: Engine, settings: Settings, now: object, **kw: object) -> None:
+    def plain(engine: Engine, now: object, **kw: object) -> None:
         seen.append(kw)
 
     leader = Leadership(engine)
-    settings = Settings(data_dir=tmp_path)
     try:
-        _guarded(Job("liveness", judge, 30, judges_silence=True), engine, settings, leader)()
-        _guarded(Job("reports", plain, 30), engine, settings, leader)()
+        _guarded(Job("liveness", judge, 30, judges_silence=True), engine, leader)()
+        _guarded(Job("reports", plain, 30), engine, leader)()
         assert leader.since is not None
         assert seen == [leader.since, {}]
     finally:

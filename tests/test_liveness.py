@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -12,7 +11,7 @@ from fleet.devices.liveness import apply_silence
 from fleet.devices.state import AgentFacts, DeviceFacts, DeviceState, StateChange, silence_changes
 from fleet.ingest.pipeline import Ingest
 from fleet.models import Device
-from fleet.settings import Settings
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from tests.fixtures_db import RECEIVED, health, reading
 
 UPM = ["upm-sc1-panel-1", "upm-sc1-panel-2", "upm-sc1-pc", "upm-sc2-panel-1", "upm-sc2-projector"]
@@ -27,16 +26,15 @@ def states(engine: Engine, site: str) -> dict[str, tuple[str, str]]:
 
 
 def test_silent_site_goes_site_offline_while_another_site_stays_online(
-    ingest: Ingest, registered: Engine, tmp_path: Path
+    ingest: Ingest, registered: Engine
 ) -> None:
-    settings = Settings(data_dir=tmp_path)
     ingest.handle([health("upm", [reading(d, T0) for d in UPM], received_at=T0)])
     ingest.handle([health("tuit", [reading(d, T0) for d in TUIT], received_at=T0)])
     later = T0 + timedelta(minutes=10)
     ingest.handle([health("tuit", [reading(d, later) for d in TUIT], received_at=later)])
 
     # upm's slowest poll is the projector's 120 s: silent after 6 min; 10 min have passed.
-    changes = apply_silence(registered, settings, later + timedelta(seconds=30))
+    changes = apply_silence(registered, DEFAULT_PROFILES_DIR, later + timedelta(seconds=30))
 
     assert {c.device for c in changes} == set(UPM)
     upm = states(registered, "upm")
@@ -47,7 +45,7 @@ def test_silent_site_goes_site_offline_while_another_site_stays_online(
     assert {state for state, _ in states(registered, "tuit").values()} == {"online"}
 
     # Running again changes nothing; the agent's next readings bring the derived state back.
-    assert apply_silence(registered, settings, later + timedelta(seconds=60)) == []
+    assert apply_silence(registered, DEFAULT_PROFILES_DIR, later + timedelta(seconds=60)) == []
     back = later + timedelta(minutes=1)
     ingest.handle(
         [health("upm", [reading("upm-sc1-panel-1", back, power="standby")], received_at=back)]
@@ -58,16 +56,15 @@ def test_silent_site_goes_site_offline_while_another_site_stays_online(
 
 
 def test_device_left_behind_by_a_live_agent_becomes_unreachable(
-    ingest: Ingest, registered: Engine, tmp_path: Path
+    ingest: Ingest, registered: Engine
 ) -> None:
-    settings = Settings(data_dir=tmp_path)
     ingest.handle([health("tuit", [reading(d, T0) for d in TUIT], received_at=T0)])
     later = T0 + timedelta(minutes=7)
     ingest.handle(
         [health("tuit", [reading("tuit-sc1-pc", later)], received_at=later)]
     )  # the projector (120 s poll) has not been read for 7 min > 6 min
 
-    changes = apply_silence(registered, settings, later)
+    changes = apply_silence(registered, DEFAULT_PROFILES_DIR, later)
 
     assert [(c.device, c.state) for c in changes] == [
         ("tuit-sc1-projector", DeviceState.unreachable)
@@ -111,25 +108,27 @@ def test_never_heard_site_keeps_its_devices_unknown() -> None:
 
 
 def test_a_controller_back_from_its_own_outage_waits_before_calling_sites_offline(
-    ingest: Ingest, registered: Engine, tmp_path: Path
+    ingest: Ingest, registered: Engine
 ) -> None:
     """The controller was down for 30 min: every agent looks silent only because nobody was
     listening. It judges silence again once it has itself listened for the threshold."""
-    settings = Settings(data_dir=tmp_path)
     ingest.handle([health("upm", [reading(d, T0) for d in UPM], received_at=T0)])
     restarted = T0 + timedelta(minutes=30)
     # Without the restart taken into account, its first run would call upm offline at once.
     assert {c.device for c in silence_changes_at(registered, restarted)} == set(UPM)
 
     # upm's threshold is 6 min (the projector's 120 s poll): not yet judged 5 min after.
-    assert apply_silence(registered, settings, restarted, restarted) == []
-    assert apply_silence(registered, settings, restarted + timedelta(minutes=5), restarted) == []
+    assert apply_silence(registered, DEFAULT_PROFILES_DIR, restarted, restarted) == []
+    assert (
+        apply_silence(registered, DEFAULT_PROFILES_DIR, restarted + timedelta(minutes=5), restarted)
+        == []
+    )
     assert {s for s, _ in states(registered, "upm").values()} == {"online"}
 
     # The agent's queued readings would have arrived by now; none did: it is offline, and
     # the reason gives the whole silence, not just the part this controller saw.
     later = restarted + timedelta(minutes=6, seconds=1)
-    changes = apply_silence(registered, settings, later, restarted)
+    changes = apply_silence(registered, DEFAULT_PROFILES_DIR, later, restarted)
     assert {c.device for c in changes} == set(UPM)
     assert all("silent for 36 min" in c.reason for c in changes)
 

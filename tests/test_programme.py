@@ -27,7 +27,6 @@ from fleet.programme.overview import (
 from fleet.programme.records import MilestoneInput, ProgrammeError, get_phase, write_milestone
 from fleet.programme.timeline import build_timeline, timeline_json, timeline_svg
 from fleet.protocol.site_config import LoadedSite
-from fleet.settings import Settings
 from tests.fixtures_db import health, reading
 
 D = date.fromisoformat
@@ -224,10 +223,10 @@ def test_overdue_uses_the_site_date_on_a_fixed_clock(
     assert [m.facts.milestone for m in ugb.overdue] == ["installed", "in_use"]
 
     # Raised through the alert mechanism: one open alert per late site, on a fixed clock.
-    check_overdue_milestones(registered, Settings(), at("2025-12-31T20:00:00"))
+    check_overdue_milestones(registered, at("2025-12-31T20:00:00"), notify=False)
     assert overdue_alerts(registered) == {"tuit": "open"}
-    check_overdue_milestones(registered, Settings(), at("2026-01-01T12:00:00"))
-    check_overdue_milestones(registered, Settings(), at("2026-01-01T13:00:00"))
+    check_overdue_milestones(registered, at("2026-01-01T12:00:00"), notify=False)
+    check_overdue_milestones(registered, at("2026-01-01T13:00:00"), notify=False)
     assert overdue_alerts(registered) == {"tuit": "open", "ugb": "open", "usthb": "open"}
     with registered.connect() as conn:
         message = conn.execute(

@@ -38,7 +38,9 @@ from fleet.protocol.site_config import (
     load_site,
 )
 from fleet.rollouts import engine as rollout_engine
+from fleet.rollouts.artifacts import ArtifactStore
 from fleet.rollouts.campaigns import RolloutRequest, TargetFilter, create_rollout
+from fleet.rollouts.engine import FirmwareDelivery
 from fleet.rollouts.models import RolloutDevice
 from fleet.settings import Settings
 from tests.fixtures_db import message
@@ -137,13 +139,12 @@ async def _url_release_rolls_out(tmp_path: Path) -> None:
     with RangeServer(IMAGE, drop_first_at=100_000, drop="close") as server:
         profiles = url_profiles(tmp_path, server.url)
         site = quiet_site(tmp_path, profiles)
-        settings = Settings(
-            data_dir=tmp_path / "controller",
-            database_url=f"sqlite:///{tmp_path / 'fleet.db'}",
-            profiles_dir=profiles,
-            artifacts_dir=tmp_path / "no-artifacts",  # the controller holds no file
+        store = ArtifactStore(
+            tmp_path / "no-artifacts",  # the controller holds no file
+            base_url="http://127.0.0.1:8000",
         )
-        engine = make_engine(settings.database_url)
+        delivery = FirmwareDelivery(profiles, store, topic_root="fleet/v1")
+        engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
         migrate(engine)
         sync_registry(engine, [site])
         now = datetime.now(UTC)
@@ -167,11 +168,11 @@ async def _url_release_rolls_out(tmp_path: Path) -> None:
                     "start": True,
                 }
             )
-            create_rollout(session, profiles_in(profiles), settings, request, now)
+            create_rollout(session, profiles_in(profiles), store, request, now)
 
         published: list[tuple[str, bytes]] = []
         rollout_engine.tick(
-            engine, settings, now, lambda t, p: published.append((t, p)), "test-controller"
+            engine, delivery, now, lambda t, p: published.append((t, p)), "test-controller"
         )
         commands = [Command.model_validate_json(p) for _, p in published]
         panels = sorted(d for c in commands for d in c.devices)
@@ -205,7 +206,7 @@ async def _url_release_rolls_out(tmp_path: Path) -> None:
         Ingest(engine).handle(
             [message(topic, json.loads(body), later) for topic, body in agent.sent]
         )
-        rollout_engine.tick(engine, settings, later, lambda t, p: None, "test-controller")
+        rollout_engine.tick(engine, delivery, later, lambda t, p: None, "test-controller")
         with Session(engine) as session:
             states = {r.device_id: r.state for r in session.exec(select(RolloutDevice))}
         engine.dispose()

@@ -7,7 +7,6 @@ on Monday to Thursday: six class hours a day.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,11 +15,12 @@ from sqlmodel import Session
 
 from fleet.ingest.pipeline import Ingest
 from fleet.models import Sample, Site
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from fleet.reports.compute import ReportRequest, build_report, check_request
 from fleet.reports.models import PowerSession, UsageHour
 from fleet.reports.rollup import purge_rolled_up_samples
 from tests.fixtures_db import RECEIVED
-from tests.reports_feed import CASABLANCA, KATHMANDU, at, every, feed, roll_up, settings_for
+from tests.reports_feed import BASIS, CASABLANCA, KATHMANDU, MAX_DAYS, at, every, feed, roll_up
 
 PANEL = "tu-sc1-panel-1"
 PROJECTOR = "tu-sc1-projector"
@@ -28,13 +28,12 @@ LATER = RECEIVED + timedelta(days=2)
 HOUR = timedelta(hours=1)
 
 
-def report(engine: Engine, tmp_path: Path, start: str, end: str, **kw: Any) -> dict[str, Any]:
-    settings = settings_for(tmp_path)
+def report(engine: Engine, start: str, end: str, **kw: Any) -> dict[str, Any]:
     request = ReportRequest(
         datetime.fromisoformat(start).date(), datetime.fromisoformat(end).date(), **kw
     )
     with engine.connect() as conn:
-        return build_report(conn, check_request(conn, request, settings), settings)
+        return build_report(conn, check_request(conn, request, MAX_DAYS), BASIS)
 
 
 def device_row(rep: dict[str, Any], device: str) -> dict[str, Any]:
@@ -51,12 +50,10 @@ def monday(ingest: Ingest) -> None:
     feed(ingest, "tribhuvan", readings, received_at=LATER)
 
 
-def test_utilization_and_after_hours_by_hand(
-    ingest: Ingest, registered: Engine, tmp_path: Path
-) -> None:
+def test_utilization_and_after_hours_by_hand(ingest: Ingest, registered: Engine) -> None:
     monday(ingest)
-    roll_up(registered, tmp_path)
-    row = device_row(report(registered, tmp_path, "2025-03-03", "2025-03-03"), PANEL)
+    roll_up(registered)
+    row = device_row(report(registered, "2025-03-03", "2025-03-03"), PANEL)
 
     assert row["class_hours"] == 6
     assert row["hours_on"] == 4.75  # 06:30-11:15
@@ -69,9 +66,7 @@ def test_utilization_and_after_hours_by_hand(
     assert row["inputs"] == {"hdmi1": 1.0}
 
 
-def test_availability_across_an_agent_gap_and_a_fault(
-    ingest: Ingest, registered: Engine, tmp_path: Path
-) -> None:
+def test_availability_across_an_agent_gap_and_a_fault(ingest: Ingest, registered: Engine) -> None:
     day = "2025-03-04"
     t = lambda hhmm: at(day, hhmm, KATHMANDU)  # noqa: E731
     late = every(PANEL, t("07:00"), t("08:00"), input="hdmi1")  # the outbox drains it later
@@ -82,11 +77,11 @@ def test_availability_across_an_agent_gap_and_a_fault(
     readings += every(PANEL, t("12:00"), t("12:30"), reachable=False, power="unknown")
     readings += every(PANEL, t("12:30"), t("14:00"), power="standby")
     feed(ingest, "tribhuvan", readings, received_at=LATER)
-    roll_up(registered, tmp_path)
+    roll_up(registered)
     feed(ingest, "tribhuvan", late, received_at=LATER + timedelta(hours=5))
-    roll_up(registered, tmp_path)
+    roll_up(registered)
 
-    row = device_row(report(registered, tmp_path, day, day), PANEL)
+    row = device_row(report(registered, day, day), PANEL)
     # Known class time: 07:00-08:00, 10:00-11:15 and 12:00-14:00 = 255 min; 08:00-10:00 is
     # the agent's gap: 105 class minutes unknown, left out of availability.
     assert row["class_hours_known"] == 4.25
@@ -101,13 +96,13 @@ def test_availability_across_an_agent_gap_and_a_fault(
 
 
 def test_late_out_of_order_samples_give_the_same_rollups_as_in_order(
-    ingest: Ingest, registered: Engine, tmp_path: Path
+    ingest: Ingest, registered: Engine
 ) -> None:
     day = "2025-03-03"
     readings = every(PANEL, at(day, "06:30", KATHMANDU), at(day, "12:00", KATHMANDU), input="a")
     for part in (readings[200:], readings[50:200], readings[:50]):  # newest first
         feed(ingest, "tribhuvan", part, received_at=LATER)
-        roll_up(registered, tmp_path)
+        roll_up(registered)
     first = _usage(registered)
     sessions = _sessions(registered)
     # The last reading (11:59) vouches for one poll: the session ends at 12:00.
@@ -119,7 +114,7 @@ def test_late_out_of_order_samples_give_the_same_rollups_as_in_order(
     from fleet.reports.rollup import device_clocks, recompute_device
 
     with registered.begin() as conn:
-        clock = device_clocks(conn, settings_for(tmp_path))[PANEL]
+        clock = device_clocks(conn, DEFAULT_PROFILES_DIR)[PANEL]
         recompute_device(
             conn, PANEL, clock, at(day, "06:30", KATHMANDU), at(day, "12:00", KATHMANDU)
         )
@@ -139,9 +134,7 @@ def _sessions(engine: Engine) -> list[tuple[Any, ...]]:
     return [(a.isoformat(), b) for a, b in rows]
 
 
-def test_lamp_and_filter_end_of_life_forecast(
-    ingest: Ingest, registered: Engine, tmp_path: Path
-) -> None:
+def test_lamp_and_filter_end_of_life_forecast(ingest: Ingest, registered: Engine) -> None:
     readings = []
     for day, lamp0, filter0 in (("2025-03-03", 4900.0, 1990.0), ("2025-03-04", 4902.0, 1992.0)):
         start = at(day, "07:00", KATHMANDU)
@@ -155,8 +148,8 @@ def test_lamp_and_filter_end_of_life_forecast(
             }
             readings += every(PROJECTOR, ts, ts + timedelta(seconds=1), **fields)
     feed(ingest, "tribhuvan", readings, received_at=LATER)
-    roll_up(registered, tmp_path)
-    row = device_row(report(registered, tmp_path, "2025-03-03", "2025-03-04"), PROJECTOR)
+    roll_up(registered)
+    row = device_row(report(registered, "2025-03-03", "2025-03-04"), PROJECTOR)
 
     assert row["lamp_hours_used"] == 4.0  # 2 h a day for 2 days
     assert row["lamp_hours_now"] == 4904.0
@@ -170,7 +163,7 @@ def test_lamp_and_filter_end_of_life_forecast(
 
 
 def test_day_crossing_casablanca_dst_change_has_a_four_hour_class(
-    ingest: Ingest, registered: Engine, tmp_path: Path
+    ingest: Ingest, registered: Engine
 ) -> None:
     with Session(registered) as session:  # a Sunday class across the change (illustrative)
         site = session.get(Site, "dzv-ma")
@@ -187,8 +180,8 @@ def test_day_crossing_casablanca_dst_change_has_a_four_hour_class(
         device, start + timedelta(minutes=150), start + timedelta(hours=6), power="standby"
     )
     feed(ingest, "dzv-ma", readings, received_at=LATER)
-    roll_up(registered, tmp_path)
-    rep = report(registered, tmp_path, "2025-02-23", "2025-02-23")
+    roll_up(registered)
+    rep = report(registered, "2025-02-23", "2025-02-23")
     row = device_row(rep, device)
 
     assert row["class_hours"] == 4
@@ -200,35 +193,31 @@ def test_day_crossing_casablanca_dst_change_has_a_four_hour_class(
 
 
 def test_report_filtered_by_vendor_has_only_that_vendors_devices(
-    ingest: Ingest, registered: Engine, tmp_path: Path
+    ingest: Ingest, registered: Engine
 ) -> None:
     monday(ingest)
-    roll_up(registered, tmp_path)
-    rep = report(registered, tmp_path, "2025-03-03", "2025-03-03", vendor="seewo")
+    roll_up(registered)
+    rep = report(registered, "2025-03-03", "2025-03-03", vendor="seewo")
     assert rep["vendor"] == "Seewo"
     assert rep["devices"] and {r["vendor"] for r in rep["devices"]} == {"Seewo"}
     assert PROJECTOR not in {r["id"] for r in rep["devices"]}  # a Generic projector
     assert [v["id"] for v in rep["vendors"]] == ["Seewo"]
 
 
-def test_purge_keeps_samples_not_yet_rolled_up(
-    ingest: Ingest, registered: Engine, tmp_path: Path
-) -> None:
+def test_purge_keeps_samples_not_yet_rolled_up(ingest: Ingest, registered: Engine) -> None:
     monday(ingest)
     sunday = [at("2025-03-02", f"08:0{m}", KATHMANDU) for m in range(0, 10)]
     feed(ingest, "tribhuvan", every(PANEL, sunday[0], sunday[5]), received_at=LATER + HOUR)
-    roll_up(registered, tmp_path)  # watermark: LATER + 1 h
+    roll_up(registered)  # watermark: LATER + 1 h
     feed(ingest, "tribhuvan", every(PANEL, sunday[5], sunday[9]), received_at=LATER + 2 * HOUR)
-    settings = settings_for(tmp_path, sample_retention_days=1)
-
-    purged = purge_rolled_up_samples(registered, settings, LATER + timedelta(days=30))
+    purged = purge_rolled_up_samples(registered, timedelta(days=1), LATER + timedelta(days=30))
 
     # Monday's 570 go. Kept: the 4 not rolled up yet, and the 5 received within the rescan
     # margin of the watermark (a later roll-up run may still read them).
     assert purged == 570
     with registered.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Sample)).scalar() == 9
-    row = device_row(report(registered, tmp_path, "2025-03-03", "2025-03-03"), PANEL)
+    row = device_row(report(registered, "2025-03-03", "2025-03-03"), PANEL)
     assert row["hours_on"] == 4.75  # reports read roll-ups, not samples
 
 
@@ -245,7 +234,6 @@ def test_purge_keeps_samples_not_yet_rolled_up(
 )
 def test_bad_requests_name_the_problem(
     registered: Engine,
-    tmp_path: Path,
     start: str,
     end: str,
     kw: dict[str, str],
@@ -255,13 +243,13 @@ def test_bad_requests_name_the_problem(
     from fleet.reports.compute import ReportError
 
     with pytest.raises(ReportError) as caught:
-        report(registered, tmp_path, start, end, **kw)
+        report(registered, start, end, **kw)
     assert caught.value.status == status
     assert words in str(caught.value)
 
 
 def test_rollup_in_chunks_of_one_device_gives_the_same_rows(
-    ingest: Ingest, registered: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ingest: Ingest, registered: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import fleet.reports.rollup as rollup
 
@@ -273,7 +261,7 @@ def test_rollup_in_chunks_of_one_device_gives_the_same_rows(
             "tribhuvan",
             every(device, at(day, "07:00", KATHMANDU), at(day, "09:00", KATHMANDU), input="hdmi1"),
         )
-    assert roll_up(registered, tmp_path) == 3
+    assert roll_up(registered) == 3
     whole = _usage(registered)
     with registered.begin() as conn:
         conn.execute(UsageHour.__table__.delete())  # type: ignore[attr-defined]
@@ -281,7 +269,7 @@ def test_rollup_in_chunks_of_one_device_gives_the_same_rows(
         conn.execute(rollup.UsageWatermark.__table__.delete())  # type: ignore[attr-defined]
     # One device per transaction: ingest never waits on the whole run; the rows are the same.
     monkeypatch.setattr(rollup, "ROLLUP_CHUNK", 1)
-    assert roll_up(registered, tmp_path) == 3
+    assert roll_up(registered) == 3
     assert _usage(registered) == whole
     with registered.connect() as conn:
         rolled = conn.execute(select(UsageHour.device_id).distinct()).scalars().all()  # type: ignore[call-overload]
@@ -289,7 +277,7 @@ def test_rollup_in_chunks_of_one_device_gives_the_same_rows(
 
 
 def test_rollup_every_few_minutes_through_a_long_session_gives_the_rows_of_one_rebuild(
-    ingest: Ingest, registered: Engine, tmp_path: Path
+    ingest: Ingest, registered: Engine
 ) -> None:
     # A panel on from 06:30 to 11:00 across hour boundaries, with an input change, a fault, a
     # gap and a standby: rolled up as it arrives (the sessions crossing each hour are not
@@ -306,9 +294,9 @@ def test_rollup_every_few_minutes_through_a_long_session_gives_the_rows_of_one_r
     arriving = [r for r in readings if r not in late]
     for k, start in enumerate(range(0, len(arriving), 7)):
         feed(ingest, "tribhuvan", arriving[start : start + 7], received_at=LATER + k * HOUR)
-        roll_up(registered, tmp_path, now=LATER + k * HOUR)
+        roll_up(registered, now=LATER + k * HOUR)
     feed(ingest, "tribhuvan", late, received_at=LATER + 100 * HOUR)
-    roll_up(registered, tmp_path, now=LATER + 100 * HOUR)
+    roll_up(registered, now=LATER + 100 * HOUR)
     incremental, incremental_sessions = _usage(registered), _sessions(registered)
     assert incremental_sessions[0][0] == readings[0]["ts"]
     assert len(incremental_sessions) == 4  # hdmi1, hdmi2 (to the gap), hdmi2, hdmi1
@@ -318,7 +306,7 @@ def test_rollup_every_few_minutes_through_a_long_session_gives_the_rows_of_one_r
     with registered.begin() as conn:
         conn.execute(UsageHour.__table__.delete())  # type: ignore[attr-defined]
         conn.execute(PowerSession.__table__.delete())  # type: ignore[attr-defined]
-        clock = device_clocks(conn, settings_for(tmp_path))[PANEL]
+        clock = device_clocks(conn, DEFAULT_PROFILES_DIR)[PANEL]
         recompute_device(conn, PANEL, clock, t("06:30"), t("11:00"))
     assert _usage(registered) == incremental
     assert _sessions(registered) == incremental_sessions

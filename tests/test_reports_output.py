@@ -23,8 +23,9 @@ from fleet.reports.compute import ReportRequest, build_report
 from fleet.reports.formats import ReportFormat, render_csv, render_xlsx, renderer, table
 from fleet.reports.models import StoredReport
 from fleet.reports.scheduled import store_due_reports
+from fleet.settings import Settings
 from tests.fixtures_auth import ops_headers
-from tests.reports_feed import KATHMANDU, at, every, feed, roll_up, settings_for
+from tests.reports_feed import BASIS, KATHMANDU, MONTHLY, at, every, feed, roll_up
 
 PANEL = "tu-sc1-panel-1"
 UPM_PANEL = "upm-sc1-panel-1"
@@ -32,7 +33,7 @@ RECEIVED_LATE = datetime(2025, 6, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def used(ingest: Ingest, registered: Engine, tmp_path: Path) -> Engine:
+def used(ingest: Ingest, registered: Engine) -> Engine:
     """Tribhuvan's panel and projector in use on 3 March 2025, a UPM panel on 20 February."""
     day = "2025-03-03"
     readings = every(PANEL, at(day, "06:30", KATHMANDU), at(day, "11:15", KATHMANDU), input="a")
@@ -48,14 +49,14 @@ def used(ingest: Ingest, registered: Engine, tmp_path: Path) -> Engine:
     feed(ingest, "tribhuvan", readings, received_at=RECEIVED_LATE)
     start = datetime(2025, 2, 20, 1, 0, tzinfo=UTC)
     feed(ingest, "upm", every(UPM_PANEL, start, start + timedelta(hours=3)), RECEIVED_LATE)
-    roll_up(registered, tmp_path)
+    roll_up(registered)
     return registered
 
 
-def make(engine: Engine, tmp_path: Path, **kw: Any) -> dict[str, Any]:
+def make(engine: Engine, **kw: Any) -> dict[str, Any]:
     with engine.connect() as conn:
         request = ReportRequest(date(2025, 3, 1), date(2025, 3, 31), **kw)
-        return build_report(conn, request, settings_for(tmp_path))
+        return build_report(conn, request, BASIS)
 
 
 def _number(text: str) -> Any:
@@ -67,8 +68,8 @@ def _number(text: str) -> Any:
         return text
 
 
-def test_csv_and_xlsx_parse_back_to_the_reports_numbers(used: Engine, tmp_path: Path) -> None:
-    report = make(used, tmp_path, vendor="Seewo")
+def test_csv_and_xlsx_parse_back_to_the_reports_numbers(used: Engine) -> None:
+    report = make(used, vendor="Seewo")
     header, rows = table(report)
     assert "input_share:a" in header and "input_share:b" in header
 
@@ -86,9 +87,9 @@ def test_csv_and_xlsx_parse_back_to_the_reports_numbers(used: Engine, tmp_path: 
     assert panel["inputs"] == {"a": round(270 / 330, 4), "b": round(60 / 330, 4)}
 
 
-def test_every_format_is_the_same_bytes_when_made_again(used: Engine, tmp_path: Path) -> None:
-    first = make(used, tmp_path)
-    again = make(used, tmp_path)
+def test_every_format_is_the_same_bytes_when_made_again(used: Engine) -> None:
+    first = make(used)
+    again = make(used)
     for fmt in ReportFormat:
         assert renderer(fmt)(first) == renderer(fmt)(again), fmt
     html = renderer(ReportFormat.html)(first).decode()
@@ -96,12 +97,11 @@ def test_every_format_is_the_same_bytes_when_made_again(used: Engine, tmp_path: 
 
 
 def test_monthly_reports_stored_on_the_first_and_caught_up_after_restart(
-    used: Engine, db_url: str, tmp_path: Path
+    used: Engine, db_url: str
 ) -> None:
-    settings = settings_for(tmp_path)
     # 1 March, 05:00 UTC: February is over everywhere but the delay (6 h) has not passed.
-    assert store_due_reports(used, settings, datetime(2025, 3, 1, 5, tzinfo=UTC)) == 0
-    feb = store_due_reports(used, settings, datetime(2025, 3, 1, 7, tzinfo=UTC))
+    assert store_due_reports(used, MONTHLY, datetime(2025, 3, 1, 5, tzinfo=UTC)) == 0
+    feb = store_due_reports(used, MONTHLY, datetime(2025, 3, 1, 7, tzinfo=UTC))
     with used.connect() as conn:
         names = sorted({r.vendor for r in conn.execute(select(StoredReport.vendor))})  # type: ignore[call-overload]
     vendors = len(names)
@@ -110,9 +110,9 @@ def test_monthly_reports_stored_on_the_first_and_caught_up_after_restart(
     # The controller was down from March to June; a new process starts on 2 June.
     restarted = make_engine(db_url)
     try:
-        caught_up = store_due_reports(restarted, settings, datetime(2025, 6, 2, tzinfo=UTC))
+        caught_up = store_due_reports(restarted, MONTHLY, datetime(2025, 6, 2, tzinfo=UTC))
         assert caught_up == vendors * 4 * 3  # March, April, May
-        assert store_due_reports(restarted, settings, datetime(2025, 6, 2, tzinfo=UTC)) == 0
+        assert store_due_reports(restarted, MONTHLY, datetime(2025, 6, 2, tzinfo=UTC)) == 0
         with restarted.connect() as conn:
             stored = conn.execute(
                 select(StoredReport).where(  # type: ignore[call-overload]
@@ -120,7 +120,7 @@ def test_monthly_reports_stored_on_the_first_and_caught_up_after_restart(
                 )
             ).all()
             report = build_report(
-                conn, ReportRequest(date(2025, 3, 1), date(2025, 3, 31), "Seewo"), settings
+                conn, ReportRequest(date(2025, 3, 1), date(2025, 3, 31), "Seewo"), BASIS
             )
     finally:
         restarted.dispose()
@@ -136,7 +136,7 @@ def test_monthly_reports_stored_on_the_first_and_caught_up_after_restart(
 
 @pytest.fixture
 def client(used: Engine, tmp_path: Path) -> TestClient:
-    app = create_app(settings_for(tmp_path), used)
+    app = create_app(Settings(data_dir=tmp_path), used)
     return TestClient(app, headers=ops_headers(used))
 
 
@@ -179,9 +179,9 @@ def test_vendor_scope_limits_a_caller_to_its_own_vendor(client: TestClient, used
 
 
 def test_stored_reports_listed_and_downloaded_with_checksum(
-    client: TestClient, used: Engine, tmp_path: Path
+    client: TestClient, used: Engine
 ) -> None:
-    store_due_reports(used, settings_for(tmp_path), datetime(2025, 4, 1, 7, tzinfo=UTC))
+    store_due_reports(used, MONTHLY, datetime(2025, 4, 1, 7, tzinfo=UTC))
     listed = client.get("/api/v1/reports?vendor=Seewo").json()
     assert {r["period_start"] for r in listed} == {"2025-02-01", "2025-03-01"}
     xlsx = next(r for r in listed if r["format"] == "xlsx" and r["period_start"] == "2025-03-01")

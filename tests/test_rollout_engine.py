@@ -24,9 +24,12 @@ from fleet.ingest.pipeline import Ingest
 from fleet.leader import Leadership
 from fleet.models import AgentStatus, Device
 from fleet.protocol.messages import Command
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from fleet.rollouts import engine as rollout_engine
+from fleet.rollouts.artifacts import ArtifactStore
 from fleet.rollouts.campaigns import RolloutRefused, RolloutRequest, TargetFilter, create_rollout
-from fleet.rollouts.models import Rollout, RolloutDevice
+from fleet.rollouts.engine import FirmwareDelivery
+from fleet.rollouts.models import Rollout, RolloutDevice, TickLease
 from fleet.rollouts.schedule import add_tick_job
 from fleet.settings import Settings
 from tests.fixtures_auth import ops_headers
@@ -45,10 +48,13 @@ SEEWO = [
 
 
 @pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> Settings:
+def delivery(tmp_path: Path) -> FirmwareDelivery:
+    """The repository's profiles, seewo-panel 3.3.0's file in the store, commands under
+    fleet/v1."""
     artifacts = tmp_path / "artifacts"
     write_image(artifacts, "seewo-panel", "3.3.0")
-    return Settings(data_dir=tmp_path, database_url=db_url, artifacts_dir=artifacts)
+    store = ArtifactStore(artifacts, base_url="http://127.0.0.1:8000")
+    return FirmwareDelivery(DEFAULT_PROFILES_DIR, store, topic_root="fleet/v1")
 
 
 @pytest.fixture
@@ -132,8 +138,10 @@ def rollout_state(engine: Engine) -> tuple[str, int, str]:
         return r.state, r.current_wave, r.reason
 
 
-def test_bad_rollouts_are_refused_with_the_reason(fleet_db: Engine, settings: Settings) -> None:
-    profiles = profiles_in(settings.profiles_dir)
+def test_bad_rollouts_are_refused_with_the_reason(
+    fleet_db: Engine, delivery: FirmwareDelivery
+) -> None:
+    profiles = profiles_in(delivery.profiles_dir)
     with Session(fleet_db) as session:
         cases = [
             (request(targets=TargetFilter(vendor="nobody")), "no device matches"),
@@ -146,36 +154,40 @@ def test_bad_rollouts_are_refused_with_the_reason(fleet_db: Engine, settings: Se
         ]
         for bad, reason in cases:
             with pytest.raises(RolloutRefused) as refused:
-                create_rollout(session, profiles, settings, bad, NOW)
+                create_rollout(session, profiles, delivery.artifacts, bad, NOW)
             assert reason in str(refused.value)
         # An artifact whose SHA-256 is not the release's is never offered.
-        assert settings.artifacts_dir is not None
-        (settings.artifacts_dir / "seewo-panel-3.3.0.bin").write_bytes(b"x" * 262144)
+        (delivery.artifacts.directory / "seewo-panel-3.3.0.bin").write_bytes(b"x" * 262144)
         with pytest.raises(RolloutRefused, match="SHA-256"):
-            create_rollout(session, profiles, settings, request(), NOW)
+            create_rollout(session, profiles, delivery.artifacts, request(), NOW)
         assert session.exec(select(Rollout)).all() == []
 
 
-def test_rollout_runs_wave_by_wave_to_completion(fleet_db: Engine, settings: Settings) -> None:
+def test_rollout_runs_wave_by_wave_to_completion(
+    fleet_db: Engine, delivery: FirmwareDelivery, tmp_path: Path
+) -> None:
     agents = FakeAgents(fleet_db)
     with Session(fleet_db) as session:
-        create_rollout(session, profiles_in(settings.profiles_dir), settings, request(), NOW)
-    rollout_engine.tick(fleet_db, settings, NOW, agents.publish, "a")
+        create_rollout(
+            session, profiles_in(delivery.profiles_dir), delivery.artifacts, request(), NOW
+        )
+    rollout_engine.tick(fleet_db, delivery, NOW, agents.publish, "a")
     assert len(agents.published) == 1  # the canary alone
     assert (
         agents.published[0]
         .args["url"]
         .endswith("/api/v1/firmware/artifacts/" + agents.published[0].args["sha256"])
     )
-    rollout_engine.tick(fleet_db, settings, NOW + timedelta(seconds=10), agents.publish, "a")
+    rollout_engine.tick(fleet_db, delivery, NOW + timedelta(seconds=10), agents.publish, "a")
     assert len(agents.published) == 1  # nothing more until the canary succeeded
     agents.answer(NOW + timedelta(seconds=15))
-    rollout_engine.tick(fleet_db, settings, NOW + timedelta(seconds=20), agents.publish, "a")
+    rollout_engine.tick(fleet_db, delivery, NOW + timedelta(seconds=20), agents.publish, "a")
     assert len(agents.published) == 4  # wave 2, everything else
     agents.answer(NOW + timedelta(seconds=25))
-    rollout_engine.tick(fleet_db, settings, NOW + timedelta(seconds=30), agents.publish, "a")
+    rollout_engine.tick(fleet_db, delivery, NOW + timedelta(seconds=30), agents.publish, "a")
     assert set(states(fleet_db).values()) == {"succeeded"}
     assert rollout_state(fleet_db)[0] == "completed"
+    settings = Settings(data_dir=tmp_path, artifacts_dir=delivery.artifacts.directory)
     client = TestClient(create_app(settings, fleet_db), headers=ops_headers(fleet_db))
     body = client.get("/api/v1/rollouts/1").json()
     assert body["counts"]["succeeded"] == 5 and {s["site_code"] for s in body["sites"]} == {
@@ -185,7 +197,7 @@ def test_rollout_runs_wave_by_wave_to_completion(fleet_db: Engine, settings: Set
 
 
 def test_failing_canary_aborts_and_nothing_more_is_sent(
-    fleet_db: Engine, settings: Settings
+    fleet_db: Engine, delivery: FirmwareDelivery
 ) -> None:
     agents = FakeAgents(fleet_db, fail={"tu-sc1-panel-1"})
     with Session(fleet_db) as session:
@@ -195,11 +207,11 @@ def test_failing_canary_aborts_and_nothing_more_is_sent(
             abort_failure_pct=25,
             max_retries=0,
         )
-        create_rollout(session, profiles_in(settings.profiles_dir), settings, req, NOW)
-    rollout_engine.tick(fleet_db, settings, NOW, agents.publish, "a")
+        create_rollout(session, profiles_in(delivery.profiles_dir), delivery.artifacts, req, NOW)
+    rollout_engine.tick(fleet_db, delivery, NOW, agents.publish, "a")
     assert len(agents.published) == 2
     agents.answer(NOW + timedelta(seconds=5))
-    rollout_engine.tick(fleet_db, settings, NOW + timedelta(seconds=10), agents.publish, "a")
+    rollout_engine.tick(fleet_db, delivery, NOW + timedelta(seconds=10), agents.publish, "a")
     state, _, reason = rollout_state(fleet_db)
     assert state == "aborted" and "1 of 2" in reason
     assert agents.published == []
@@ -207,16 +219,18 @@ def test_failing_canary_aborts_and_nothing_more_is_sent(
 
 
 def test_controller_restart_resumes_the_rollout(
-    fleet_db: Engine, settings: Settings, db_url: str
+    fleet_db: Engine, delivery: FirmwareDelivery, db_url: str
 ) -> None:
     agents = FakeAgents(fleet_db)
     with Session(fleet_db) as session:
-        create_rollout(session, profiles_in(settings.profiles_dir), settings, request(), NOW)
+        create_rollout(
+            session, profiles_in(delivery.profiles_dir), delivery.artifacts, request(), NOW
+        )
     # The first controller: its tick job goes into the database's job store.
     scheduler = BackgroundScheduler(timezone=UTC)
-    add_tick_job(scheduler, fleet_db, settings, agents.publish, Leadership(fleet_db))
+    add_tick_job(scheduler, fleet_db, delivery, agents.publish, Leadership(fleet_db), every_s=10.0)
     scheduler.start(paused=True)
-    rollout_engine.tick(fleet_db, settings, NOW, agents.publish, "first")
+    rollout_engine.tick(fleet_db, delivery, NOW, agents.publish, "first")
     scheduler.shutdown(wait=True)
     assert len(agents.published) == 1
     agents.answer(NOW + timedelta(seconds=5))
@@ -229,16 +243,18 @@ def test_controller_restart_resumes_the_rollout(
                 "rollout_tick"
             ]
         scheduler2 = BackgroundScheduler(timezone=UTC)
-        add_tick_job(scheduler2, engine2, settings, agents.publish, Leadership(engine2))
+        add_tick_job(
+            scheduler2, engine2, delivery, agents.publish, Leadership(engine2), every_s=10.0
+        )
         scheduler2.start(paused=True)
         assert scheduler2.get_job("rollout_tick") is not None
         scheduler2.shutdown(wait=False)
         later = NOW + timedelta(seconds=61)
-        rollout_engine.tick(engine2, settings, later, agents.publish, "second")
+        rollout_engine.tick(engine2, delivery, later, agents.publish, "second")
         assert len(agents.published) == 4  # it carried on with wave 2
         agents.answer(later + timedelta(seconds=5))
         rollout_engine.tick(
-            engine2, settings, later + timedelta(seconds=10), agents.publish, "second"
+            engine2, delivery, later + timedelta(seconds=10), agents.publish, "second"
         )
         assert rollout_state(engine2)[0] == "completed"
     finally:
@@ -246,21 +262,21 @@ def test_controller_restart_resumes_the_rollout(
 
 
 def test_two_controllers_never_both_run_the_tick(
-    fleet_db: Engine, settings: Settings, db_url: str, monkeypatch: pytest.MonkeyPatch
+    fleet_db: Engine, delivery: FirmwareDelivery, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two controllers, each running the tick as fast as it can whenever it holds the
     scheduler lock: only the holder ticks, and once it steps down the other takes over."""
     runs: list[tuple[str, float, float]] = []
-    real = rollout_engine._apply_reports
+    real = rollout_engine.apply_reports
 
-    def slow_body(session: Session, now: datetime) -> int:
+    def slow_body(session: Session, lease: TickLease, now: datetime) -> int:
         started = time.monotonic()
         time.sleep(0.02)  # long enough for the other controller to try meanwhile
-        result = real(session, now)
+        result = real(session, lease, now)
         runs.append((threading.current_thread().name, started, time.monotonic()))
         return result
 
-    monkeypatch.setattr(rollout_engine, "_apply_reports", slow_body)
+    monkeypatch.setattr(rollout_engine, "apply_reports", slow_body)
     stop = {"A": threading.Event(), "B": threading.Event()}
     a_leads = threading.Event()
 
@@ -271,7 +287,7 @@ def test_two_controllers_never_both_run_the_tick(
             while not stop[name].is_set():
                 if leadership.hold():
                     a_leads.set()
-                    rollout_engine.tick(engine, settings, datetime.now(UTC), None, name)
+                    rollout_engine.tick(engine, delivery, datetime.now(UTC), None, name)
                 else:
                     time.sleep(0.005)
         finally:
@@ -298,27 +314,27 @@ def test_two_controllers_never_both_run_the_tick(
 
 
 def test_ticks_never_overlap_even_without_the_lock(
-    fleet_db: Engine, settings: Settings, db_url: str, monkeypatch: pytest.MonkeyPatch
+    fleet_db: Engine, delivery: FirmwareDelivery, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A leader that lost its lock mid-tick and the next leader: each tick claims the tick's
     row first, so their bodies still run one after the other."""
     runs: list[tuple[float, float]] = []
-    real = rollout_engine._apply_reports
+    real = rollout_engine.apply_reports
 
-    def slow_body(session: Session, now: datetime) -> int:
+    def slow_body(session: Session, lease: TickLease, now: datetime) -> int:
         started = time.monotonic()
         time.sleep(0.02)
-        result = real(session, now)
+        result = real(session, lease, now)
         runs.append((started, time.monotonic()))
         return result
 
-    monkeypatch.setattr(rollout_engine, "_apply_reports", slow_body)
+    monkeypatch.setattr(rollout_engine, "apply_reports", slow_body)
 
     def controller(name: str) -> None:
         engine = make_engine(db_url)
         try:
             for _ in range(10):
-                rollout_engine.tick(engine, settings, datetime.now(UTC), None, name)
+                rollout_engine.tick(engine, delivery, datetime.now(UTC), None, name)
         finally:
             engine.dispose()
 

@@ -20,9 +20,9 @@ from fleet.protocol.errors import ConfigErrors
 from fleet.protocol.profiles import Profile, load_profile
 from fleet.protocol.releases import Release, UpdateMethodName, UpdateSettings
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, load_sites
+from fleet.rollouts.artifacts import ArtifactStore
 from fleet.rollouts.campaigns import RolloutRefused, RolloutRequest, TargetFilter, create_rollout
 from fleet.rollouts.models import RolloutDevice
-from fleet.settings import Settings
 
 PJLINK = "pjlink-projector"
 NOW = datetime(2025, 3, 1, 20, 0, tzinfo=UTC)
@@ -68,12 +68,8 @@ def test_rollout_pushing_to_pjlink_projectors_is_refused_at_creation(tmp_path: P
     artifacts.mkdir()
     (artifacts / "pjlink-2.2.0.bin").write_bytes(image)
     sha256 = hashlib.sha256(image).hexdigest()
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=f"sqlite:///{tmp_path / 'fleet.db'}",
-        artifacts_dir=artifacts,
-    )
-    engine = make_engine(settings.database_url)
+    store = ArtifactStore(artifacts, base_url="http://127.0.0.1:8000")
+    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
     migrate(engine)
     sync_registry(engine, load_sites())
     with Session(engine) as session:
@@ -97,7 +93,7 @@ def test_rollout_pushing_to_pjlink_projectors_is_refused_at_creation(tmp_path: P
     profiles = profiles_in(DEFAULT_PROFILES_DIR)
     pushed = {**profiles, PJLINK: _pjlink_with_release("agent", sha256, len(image))}
     with Session(engine) as session, pytest.raises(RolloutRefused) as caught:
-        create_rollout(session, pushed, settings, request, NOW)
+        create_rollout(session, pushed, store, request, NOW)
     assert any(
         "PJLink, which has no firmware update command" in r and "technician" in r
         for r in caught.value.reasons
@@ -105,7 +101,7 @@ def test_rollout_pushing_to_pjlink_projectors_is_refused_at_creation(tmp_path: P
 
     watched = {**profiles, PJLINK: _pjlink_with_release("technician", sha256, len(image))}
     with Session(engine) as session:
-        rollout = create_rollout(session, watched, settings, request, NOW)
+        rollout = create_rollout(session, watched, store, request, NOW)
         rows = list(
             session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id))
         )

@@ -10,21 +10,23 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from fleet.alerts.evaluation import evaluate_devices
+from fleet.alerts.evaluation import AlertRules, evaluate_devices
 from fleet.alerts.models import WebhookDelivery
-from fleet.alerts.webhook import retry_delay, send_due
+from fleet.alerts.webhook import Webhook, retry_delay, send_due
 from fleet.ingest.pipeline import Ingest
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from fleet.settings import Settings
 from tests.fixtures_db import health, reading
 
 SECRET = "s3cret-shared-with-the-receiver"
 T = datetime.fromisoformat("2025-03-03T03:00:00+00:00")
+# A webhook is configured: every alert opened or resolved queues a notification.
+NOTIFYING = AlertRules(DEFAULT_PROFILES_DIR, unreachable_after=timedelta(minutes=10), notify=True)
 
 
 class Receiver:
@@ -66,21 +68,21 @@ def deliveries(engine: Engine) -> list[WebhookDelivery]:
 
 
 def test_signed_notification_retried_with_backoff_and_delivered_once(
-    ingest: Ingest, registered: Engine, receiver: Receiver, tmp_path: Path
+    ingest: Ingest, registered: Engine, receiver: Receiver
 ) -> None:
-    settings = Settings(data_dir=tmp_path, webhook_url=receiver.url, webhook_secret=SECRET)
+    webhook = Webhook(receiver.url, SECRET, max_attempts=8)
     ingest.handle([health("upm", [reading("upm-sc2-projector", T, temperature_c=90)])])
-    evaluate_devices(registered, settings, T, ["upm-sc2-projector"])
+    evaluate_devices(registered, NOTIFYING, T, ["upm-sc2-projector"])
     [queued] = deliveries(registered)
     assert queued.event == "alert.opened" and queued.next_attempt_at == T
 
-    assert send_due(registered, settings, T) == 0  # 500
-    assert send_due(registered, settings, T + timedelta(seconds=0.5)) == 0  # not due: waits 1 s
+    assert send_due(registered, webhook, T) == 0  # 500
+    assert send_due(registered, webhook, T + timedelta(seconds=0.5)) == 0  # not due: waits 1 s
     assert len(receiver.received) == 1
-    assert send_due(registered, settings, T + timedelta(seconds=1)) == 0  # 500, then waits 2 s
-    assert send_due(registered, settings, T + timedelta(seconds=2.5)) == 0
-    assert send_due(registered, settings, T + timedelta(seconds=3)) == 1  # 204
-    assert send_due(registered, settings, T + timedelta(hours=1)) == 0  # nothing left
+    assert send_due(registered, webhook, T + timedelta(seconds=1)) == 0  # 500, then waits 2 s
+    assert send_due(registered, webhook, T + timedelta(seconds=2.5)) == 0
+    assert send_due(registered, webhook, T + timedelta(seconds=3)) == 1  # 204
+    assert send_due(registered, webhook, T + timedelta(hours=1)) == 0  # nothing left
 
     assert len(receiver.received) == 3
     [sent] = deliveries(registered)
@@ -98,24 +100,19 @@ def test_signed_notification_retried_with_backoff_and_delivered_once(
 
 
 def test_resolution_is_notified_and_a_dead_receiver_is_given_up_on(
-    ingest: Ingest, registered: Engine, tmp_path: Path
+    ingest: Ingest, registered: Engine
 ) -> None:
     # Port 9 on loopback (discard) has no listener here: every attempt fails at once.
-    settings = Settings(
-        data_dir=tmp_path,
-        webhook_url="http://127.0.0.1:9/none",
-        webhook_secret=SECRET,
-        webhook_max_attempts=2,
-    )
+    webhook = Webhook("http://127.0.0.1:9/none", SECRET, max_attempts=2)
     ingest.handle([health("upm", [reading("upm-sc2-projector", T, temperature_c=90)])])
-    evaluate_devices(registered, settings, T, ["upm-sc2-projector"])
+    evaluate_devices(registered, NOTIFYING, T, ["upm-sc2-projector"])
     later = T + timedelta(minutes=1)
     ingest.handle([health("upm", [reading("upm-sc2-projector", later, temperature_c=50)])])
-    evaluate_devices(registered, settings, later, ["upm-sc2-projector"])
+    evaluate_devices(registered, NOTIFYING, later, ["upm-sc2-projector"])
     assert [d.event for d in deliveries(registered)] == ["alert.opened", "alert.resolved"]
 
-    send_due(registered, settings, later)
-    send_due(registered, settings, later + timedelta(seconds=1))
+    send_due(registered, webhook, later)
+    send_due(registered, webhook, later + timedelta(seconds=1))
     for delivery in deliveries(registered):
         assert delivery.attempts == 2 and delivery.failed_at is not None
         assert delivery.next_attempt_at is None

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -31,7 +33,6 @@ from fleet.devices.registry import timetable_from_json
 from fleet.devices.state import DeviceFacts, site_silence_threshold
 from fleet.protocol.messages import Reading
 from fleet.protocol.profiles import Profile
-from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,45 +45,63 @@ OPEN_ALERTS = Gauge("fleet_alerts_open", "Alerts open or acknowledged, by kind",
 AfterCommit = Callable[[Engine, list[str], datetime], None]
 
 
-def after_ingest(settings: Settings) -> AfterCommit:
+@dataclass(frozen=True)
+class AlertRules:
+    """The controller's side of judging alerts: the profiles devices are judged by, the one
+    threshold no profile sets, and whether alert changes are notified."""
+
+    # The firmware profiles (thresholds, poll intervals), re-read when a file there changes.
+    profiles_dir: Path
+    # A device unreachable this long in class hours raises an alert.
+    unreachable_after: timedelta
+    # Queue a webhook notification for every alert opened, escalated or resolved.
+    notify: bool
+
+
+def after_ingest(rules: AlertRules) -> AfterCommit:
     """The hook for `Ingest.after_commit`: judge the devices a group touched."""
 
     def run(engine: Engine, device_ids: list[str], now: datetime) -> None:
         if device_ids:
-            evaluate_devices(engine, settings, now, device_ids)
+            evaluate_devices(engine, rules, now, device_ids)
 
     return run
 
 
 def evaluate_alerts(
-    engine: Engine, settings: Settings, now: datetime, watching_since: datetime | None = None
+    engine: Engine, rules: AlertRules, now: datetime, watching_since: datetime | None = None
 ) -> None:
     """The scheduled job: every device and every site, then the gauge. `watching_since`:
     when this controller began running it (see fleet.devices.state.silence_unjudged)."""
-    evaluate_devices(engine, settings, now)
-    evaluate_sites(engine, settings, now, watching_since)
+    evaluate_devices(engine, rules, now)
+    evaluate_sites(engine, rules, now, watching_since)
     with engine.connect() as conn:
         update_gauge(conn)
 
 
 def evaluate_devices(
-    engine: Engine, settings: Settings, now: datetime, device_ids: list[str] | None = None
+    engine: Engine, rules: AlertRules, now: datetime, device_ids: list[str] | None = None
 ) -> ReconcileResult:
-    profiles = profiles_in(settings.profiles_dir)
+    """Judge `device_ids` (every device when None) at `now` and write the alerts in one
+    transaction. Raises fleet.protocol.errors.ConfigErrors when a profile does not validate."""
+    profiles = profiles_in(rules.profiles_dir)
     with engine.begin() as conn:
         clocks = _site_clocks(conn)
         judgements = []
         for row in _device_rows(conn, device_ids):
-            judgements.append(_judge_device(row, profiles, clocks, settings, now))
-        result = reconcile(conn, judgements, now, notify=bool(settings.webhook_url))
+            judgements.append(_judge_device(row, profiles, clocks, rules.unreachable_after, now))
+        result = reconcile(conn, judgements, now, notify=rules.notify)
     _log(result)
     return result
 
 
 def evaluate_sites(
-    engine: Engine, settings: Settings, now: datetime, watching_since: datetime | None = None
+    engine: Engine, rules: AlertRules, now: datetime, watching_since: datetime | None = None
 ) -> ReconcileResult:
-    profiles = profiles_in(settings.profiles_dir)
+    """Judge every site's link at `now` and write the alerts in one transaction.
+    `watching_since`: when this controller began running the job (see
+    fleet.devices.state.silence_unjudged)."""
+    profiles = profiles_in(rules.profiles_dir)
     with engine.begin() as conn:
         agents = load_agent_facts(conn)
         polls: dict[str, list[float]] = {}
@@ -96,7 +115,7 @@ def evaluate_sites(
                 judgements.append(Judgement(site, None, frozenset(), frozenset()))
             else:
                 judgements.append(Judgement(site, None, SITE_KINDS, frozenset(findings)))
-        result = reconcile(conn, judgements, now, notify=bool(settings.webhook_url))
+        result = reconcile(conn, judgements, now, notify=rules.notify)
     _log(result)
     return result
 
@@ -117,7 +136,7 @@ def _judge_device(
     row: Any,
     profiles: dict[str, Profile],
     clocks: dict[str, SiteClock],
-    settings: Settings,
+    unreachable_after: timedelta,
     now: datetime,
 ) -> Judgement:
     if row["retired_at"] is not None:
@@ -138,7 +157,7 @@ def _judge_device(
         profiles.get(row["profile"]),
         clock,
         now,
-        unreachable_after=timedelta(seconds=settings.alert_unreachable_after_s),
+        unreachable_after=unreachable_after,
     )
     judged = DEVICE_KINDS - unjudged_kinds(facts, reading, now)
     return Judgement(row["site_code"], row["id"], frozenset(judged), frozenset(findings))

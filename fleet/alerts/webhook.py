@@ -14,12 +14,12 @@ import hmac
 import logging
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select
 
 from fleet.alerts.reconcile import DELIVERIES
-from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,25 @@ class WebhookError(Exception):
     pass
 
 
-def deliver_due(engine: Engine, settings: Settings, now: datetime) -> None:
+@dataclass(frozen=True)
+class Webhook:
+    """The receiver of alert notifications; an empty `url` means none (nothing is sent)."""
+
+    url: str
+    secret: str = field(repr=False)  # a Webhook printed in a log never shows it
+    # Attempts per delivery before it is given up (marked failed).
+    max_attempts: int
+
+
+def deliver_due(engine: Engine, webhook: Webhook, now: datetime) -> None:
     """The scheduled job."""
-    send_due(engine, settings, now)
+    send_due(engine, webhook, now)
 
 
-def send_due(engine: Engine, settings: Settings, now: datetime) -> int:
-    """Send what is due at `now`; returns how many were delivered."""
-    if not settings.webhook_url:
+def send_due(engine: Engine, webhook: Webhook, now: datetime) -> int:
+    """Send what is due at `now`; returns how many were delivered. A failed attempt is
+    recorded on its row (retried with backoff, or given up), never raised."""
+    if not webhook.url:
         return 0
     with engine.connect() as conn:
         due = conn.execute(
@@ -88,9 +99,9 @@ def send_due(engine: Engine, settings: Settings, now: datetime) -> int:
     for row_id, delivery_id, body, attempts in due:
         attempts += 1
         try:
-            post(settings.webhook_url, settings.webhook_secret, delivery_id, body.encode())
+            post(webhook.url, webhook.secret, delivery_id, body.encode())
         except WebhookError as exc:
-            _failed(engine, settings, row_id, delivery_id, attempts, str(exc), now)
+            _failed(engine, webhook.max_attempts, row_id, delivery_id, attempts, str(exc), now)
             continue
         with engine.begin() as conn:
             conn.execute(
@@ -104,14 +115,14 @@ def send_due(engine: Engine, settings: Settings, now: datetime) -> int:
 
 def _failed(
     engine: Engine,
-    settings: Settings,
+    max_attempts: int,
     row_id: int,
     delivery_id: str,
     attempts: int,
     error: str,
     now: datetime,
 ) -> None:
-    give_up = attempts >= settings.webhook_max_attempts
+    give_up = attempts >= max_attempts
     values: dict[str, object] = {"attempts": attempts, "last_error": error}
     if give_up:
         values.update(next_attempt_at=None, failed_at=now)

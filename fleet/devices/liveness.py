@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, bindparam, literal, select
 from sqlmodel import SQLModel
@@ -14,7 +15,6 @@ from sqlmodel import SQLModel
 from fleet.devices.profile_book import poll_interval_s, profiles_in
 from fleet.devices.state import AgentFacts, DeviceFacts, StateChange, silence_changes
 from fleet.models import UtcDateTime
-from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +25,19 @@ PollOf = Callable[[str], float]  # profile id -> poll interval (s)
 
 
 def mark_silent_devices(
-    engine: Engine, settings: Settings, now: datetime, watching_since: datetime | None = None
+    engine: Engine, profiles_dir: Path, now: datetime, watching_since: datetime | None = None
 ) -> None:
     """The scheduled job; `watching_since`: when this controller began running it."""
-    apply_silence(engine, settings, now, watching_since)
+    apply_silence(engine, profiles_dir, now, watching_since)
 
 
 def apply_silence(
-    engine: Engine, settings: Settings, now: datetime, watching_since: datetime | None = None
+    engine: Engine, profiles_dir: Path, now: datetime, watching_since: datetime | None = None
 ) -> list[StateChange]:
-    profiles = profiles_in(settings.profiles_dir)
+    """Judge every device's silence at `now` (each by its profile's poll interval, read from
+    `profiles_dir`) and write the state changes; returns them. Raises
+    fleet.protocol.errors.ConfigErrors when a profile does not validate."""
+    profiles = profiles_in(profiles_dir)
     with engine.begin() as conn:
         agents = load_agent_facts(conn)
         devices = load_device_facts(conn, lambda profile: poll_interval_s(profiles, profile))

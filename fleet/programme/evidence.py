@@ -25,7 +25,6 @@ from fleet.models import Device, Room, Sample, Site
 from fleet.programme.milestones import MilestoneFacts, MilestoneName
 from fleet.programme.models import ClassroomEvidence, MilestoneRecord, Phase, PhaseRoom
 from fleet.programme.records import MilestoneInput, ProgrammeError, site_today, write_milestone
-from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,8 @@ def all_healthy_at(devices: list[str], first_healthy: Mapping[str, datetime]) ->
     return max(first_healthy[d] for d in devices)
 
 
-def check_classroom_evidence(engine: Engine, settings: Settings, now: datetime) -> None:
+def check_classroom_evidence(engine: Engine, now: datetime) -> None:
+    """The scheduled job: see update_classroom_evidence; logs the classrooms to review."""
     statuses = update_classroom_evidence(engine, now)
     flagged = sorted(room for room, status in statuses.items() if status == "review")
     if flagged:

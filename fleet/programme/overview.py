@@ -19,7 +19,6 @@ from fleet.models import Site
 from fleet.programme.milestones import MilestoneFacts, is_overdue, position
 from fleet.programme.models import ClassroomEvidence, MilestoneRecord, Phase
 from fleet.programme.records import facts_of, site_today
-from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +113,10 @@ def programme_overview(
     ]
 
 
-def check_overdue_milestones(engine: Engine, settings: Settings, now: datetime) -> None:
+def check_overdue_milestones(engine: Engine, now: datetime, *, notify: bool) -> None:
     """The scheduled check: one `programme_overdue` alert per site while any of its planned
-    milestones is past its date (in the site's own calendar), resolved once none is."""
+    milestones is past its date (in the site's own calendar), resolved once none is.
+    `notify`: queue a webhook notification for each alert opened or resolved."""
     with Session(engine) as session:
         overview = programme_overview(session, now)
     judgements = []
@@ -127,7 +127,7 @@ def check_overdue_milestones(engine: Engine, settings: Settings, now: datetime) 
             Judgement(site.site.code, None, frozenset({AlertKind.programme_overdue}), findings)
         )
     with engine.begin() as conn:
-        result = reconcile(conn, judgements, now, notify=bool(settings.webhook_url))
+        result = reconcile(conn, judgements, now, notify=notify)
         update_gauge(conn)
     if result.opened or result.resolved:
         log.info(

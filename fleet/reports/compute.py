@@ -19,7 +19,10 @@ Definitions (also written into every report):
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -39,7 +42,6 @@ from fleet.reports.rows import (
     group,
     total,
 )
-from fleet.settings import Settings
 
 USAGE = SQLModel.metadata.tables[str(UsageHour.__tablename__)]
 DEVICES = SQLModel.metadata.tables["device"]
@@ -57,6 +59,16 @@ DEFINITIONS = {
 }
 
 
+@dataclass(frozen=True)
+class ReportBasis:
+    """What a report's figures rest on besides the roll-ups."""
+
+    # The firmware profiles: rated lamp and filter life, minimum firmware, by profile id.
+    profiles_dir: Path
+    # Illustrative draw when on, by device kind (W), for after-hours energy.
+    power_draw_w: Mapping[str, float]
+
+
 class ReportError(ValueError):
     """A request a report cannot be made for; `status` is the HTTP status that says why."""
 
@@ -65,15 +77,16 @@ class ReportError(ValueError):
         self.status = status
 
 
-def check_request(conn: Connection, request: ReportRequest, settings: Settings) -> ReportRequest:
-    """The request with the vendor spelt as registered; ReportError names what is wrong."""
+def check_request(conn: Connection, request: ReportRequest, max_days: int) -> ReportRequest:
+    """The request with the vendor spelt as registered; ReportError names what is wrong (a
+    period longer than `max_days`, an unknown vendor, site or device)."""
     if request.start > request.end:
         raise ReportError(422, f"'from' ({request.start}) is after 'to' ({request.end}): swap them")
-    if request.days > settings.report_max_days:
+    if request.days > max_days:
         raise ReportError(
             422,
             f"the period {request.start}..{request.end} covers {request.days} days, more than "
-            f"the limit of {settings.report_max_days} (FLEET_REPORT_MAX_DAYS): ask for a "
+            f"the limit of {max_days} (FLEET_REPORT_MAX_DAYS): ask for a "
             "shorter period",
         )
     vendor = request.vendor
@@ -112,12 +125,12 @@ def _scope(request: ReportRequest, period_start_utc: datetime) -> list[Any]:
     return conditions
 
 
-def build_report(conn: Connection, request: ReportRequest, settings: Settings) -> dict[str, Any]:
+def build_report(conn: Connection, request: ReportRequest, basis: ReportBasis) -> dict[str, Any]:
     """The report as plain data (what formats render). `request` must have passed
-    check_request. Deterministic: the same roll-ups give the same report."""
+    check_request. Deterministic: the same roll-ups and basis give the same report."""
     earliest = datetime.combine(request.start, time(0), tzinfo=UTC) - timedelta(days=1)
     scope = _scope(request, earliest)
-    devices = _devices(conn, scope, settings)
+    devices = _devices(conn, scope, basis.profiles_dir)
     sites = {
         code: (tz, timetable)
         for code, tz, timetable in conn.execute(select(Site.code, Site.timezone, Site.timetable))  # type: ignore[call-overload]
@@ -174,7 +187,9 @@ def build_report(conn: Connection, request: ReportRequest, settings: Settings) -
 
     device_rows = []
     for info in devices:
-        row = device_row(info, sums.get(info.id), class_hours[info.site], request, settings)
+        row = device_row(
+            info, sums.get(info.id), class_hours[info.site], request, basis.power_draw_w
+        )
         add_lasts(row, info, last, request)
         add_inputs(row, inputs.get(info.id, {}))
         device_rows.append(row)
@@ -199,8 +214,8 @@ def build_report(conn: Connection, request: ReportRequest, settings: Settings) -
     }
 
 
-def _devices(conn: Connection, scope: list[Any], settings: Settings) -> list[DeviceInfo]:
-    profiles = profiles_in(settings.profiles_dir)
+def _devices(conn: Connection, scope: list[Any], profiles_dir: Path) -> list[DeviceInfo]:
+    profiles = profiles_in(profiles_dir)
     rooms: dict[str, str] = dict(conn.execute(select(Room.id, Room.name)).tuples().all())  # type: ignore[call-overload]
     rows = conn.execute(
         select(

@@ -13,6 +13,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,7 +47,6 @@ from fleet.reports.usage import (
     sessions,
     timeline,
 )
-from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,9 @@ class DeviceClock:
     poll_interval_s: float
 
 
-def device_clocks(conn: Connection, settings: Settings) -> dict[str, DeviceClock]:
-    profiles = profiles_in(settings.profiles_dir)
+def device_clocks(conn: Connection, profiles_dir: Path) -> dict[str, DeviceClock]:
+    """Every device's clock by id: its site's timezone and timetable, its profile's poll."""
+    profiles = profiles_in(profiles_dir)
     sites = {
         code: (ZoneInfo(tz), timetable_from_json(tt))
         for code, tz, tt in conn.execute(select(Site.code, Site.timezone, Site.timetable))  # type: ignore[call-overload]
@@ -96,14 +97,15 @@ def read_watermark(conn: Connection) -> datetime | None:
     return row[0] if row else None
 
 
-def derive_usage(engine: Engine, settings: Settings, now: datetime) -> None:
+def derive_usage(engine: Engine, profiles_dir: Path, now: datetime) -> None:
     """The scheduled job (every minute): see roll_up_new_samples."""
-    roll_up_new_samples(engine, settings, now)
+    roll_up_new_samples(engine, profiles_dir, now)
 
 
-def roll_up_new_samples(engine: Engine, settings: Settings, now: datetime) -> int:
+def roll_up_new_samples(engine: Engine, profiles_dir: Path, now: datetime) -> int:
     """Recompute the usage of every device-hour touched by samples received since the last
-    run. Returns how many devices were recomputed.
+    run, each device by its profile's poll interval (read from `profiles_dir`). Returns how
+    many devices were recomputed.
 
     Devices are recomputed in chunks, each in its own transaction, so that ingest is never
     kept waiting for the whole run (SQLite has one writer); the watermark moves only once
@@ -125,7 +127,7 @@ def roll_up_new_samples(engine: Engine, settings: Settings, now: datetime) -> in
         touched = conn.execute(query).all()
         if not touched:
             return 0
-        clocks = device_clocks(conn, settings)
+        clocks = device_clocks(conn, profiles_dir)
     for start in range(0, len(touched), ROLLUP_CHUNK):
         chunk = touched[start : start + ROLLUP_CHUNK]
         with engine.begin() as conn:
@@ -309,14 +311,15 @@ def _write_watermark(conn: Connection, old: datetime | None, new: datetime) -> N
         )
 
 
-def purge_samples(engine: Engine, settings: Settings, now: datetime) -> None:
+def purge_samples(engine: Engine, retention: timedelta, now: datetime) -> None:
     """The scheduled job (hourly): see purge_rolled_up_samples."""
-    purge_rolled_up_samples(engine, settings, now)
+    purge_rolled_up_samples(engine, retention, now)
 
 
-def purge_rolled_up_samples(engine: Engine, settings: Settings, now: datetime) -> int:
-    """Delete raw samples older than the retention, but only those already rolled up."""
-    cutoff = now - timedelta(days=settings.sample_retention_days)
+def purge_rolled_up_samples(engine: Engine, retention: timedelta, now: datetime) -> int:
+    """Delete raw samples older than `retention` at `now`, but only those already rolled
+    up; returns how many were deleted."""
+    cutoff = now - retention
     purged = 0
     with engine.begin() as conn:
         watermark = read_watermark(conn)

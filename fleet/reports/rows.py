@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
 from fleet.alerts.rules import version_key
 from fleet.protocol.profiles import Profile
-from fleet.settings import Settings
 
 # Column order of every row, as in CSV and XLSX; input shares follow as `input_share:<name>`.
 COLUMNS = [
@@ -107,14 +106,17 @@ def device_row(
     sums: Any,
     class_hours: float,
     request: ReportRequest,
-    settings: Settings,
+    power_draw_w: Mapping[str, float],
 ) -> dict[str, Any]:
+    """One device's row from its sums over the period (None: no roll-ups), its timetabled
+    `class_hours`, and the illustrative draw when on by device kind (W; a kind not listed
+    draws nothing)."""
     totals = [float(v or 0) for v in sums[1:8]] if sums is not None else [0.0] * 7
     on, class_on, class_known, class_available, faults, lamp_used, filter_used = totals
     peak = sums[8] if sums is not None else None
     hours_on, class_on, class_known = on / 60, class_on / 60, class_known / 60
     after = max(0.0, hours_on - class_on)
-    draw_w = settings.report_power_draw_w.get(info.kind, 0.0)
+    draw_w = power_draw_w.get(info.kind, 0.0)
     is_projector = info.kind == "projector"
     lamp_life = info.profile.thresholds.lamp_hours_life if info.profile else None
     row: dict[str, Any] = dict.fromkeys(COLUMNS)

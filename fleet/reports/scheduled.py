@@ -1,6 +1,6 @@
 """Scheduled reports: each vendor's monthly (and, if configured, weekly) report, stored once.
 
-`generate_due_reports(engine, settings, now)` makes every report of a closed period that is not
+`generate_due_reports(engine, schedule, now)` makes every report of a closed period that is not
 stored yet, from the first month with usage up to `now`. Run every hour, it makes a month's
 reports on the 1st (UTC, after FLEET_REPORT_DELAY_H); run on start, it catches up on months
 missed while the controller was down. A stored report is never rewritten: its bytes and SHA-256
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -19,12 +20,24 @@ from sqlalchemy import Connection, Engine, func, select
 from sqlmodel import col
 
 from fleet.models import Device, Site
-from fleet.reports.compute import ReportRequest, build_report
+from fleet.reports.compute import ReportBasis, ReportRequest, build_report
 from fleet.reports.formats import MEDIA_TYPES, ReportFormat, filename, renderer
 from fleet.reports.models import StoredReport, UsageHour
-from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportSchedule:
+    """Which reports are made and stored without being asked for, and when."""
+
+    basis: ReportBasis
+    # How long after a period closed everywhere its reports wait, for late outboxes.
+    delay: timedelta
+    # Weekly reports (ISO weeks) besides the monthly ones.
+    weekly: bool
+    # Format names (fleet.reports.formats.ReportFormat values): one stored report each.
+    formats: tuple[str, ...]
 
 
 def months(first: date, last_end: date) -> Iterator[tuple[date, date]]:
@@ -61,22 +74,23 @@ def closed_before(conn: Connection, now: datetime, delay: timedelta) -> date:
     return day
 
 
-def generate_due_reports(engine: Engine, settings: Settings, now: datetime) -> None:
+def generate_due_reports(engine: Engine, schedule: ReportSchedule, now: datetime) -> None:
     """The scheduled job (hourly, and at start): see store_due_reports."""
-    store_due_reports(engine, settings, now)
+    store_due_reports(engine, schedule, now)
 
 
-def store_due_reports(engine: Engine, settings: Settings, now: datetime) -> int:
-    """Store every missing report of a closed period; returns how many were stored."""
+def store_due_reports(engine: Engine, schedule: ReportSchedule, now: datetime) -> int:
+    """Store every missing report of a closed period; returns how many were stored. Raises
+    ValueError for a format name that is not a ReportFormat."""
     stored = 0
     with engine.begin() as conn:
         first = conn.execute(select(func.min(col(UsageHour.local_date)))).scalar()
         if first is None:
             return 0
         vendors = sorted(set(conn.execute(select(col(Device.vendor)).distinct()).scalars()))
-        limit = closed_before(conn, now, timedelta(hours=settings.report_delay_h))
+        limit = closed_before(conn, now, schedule.delay)
         periods = [("monthly", p) for p in months(first, limit)]
-        if settings.report_weekly:
+        if schedule.weekly:
             periods += [("weekly", p) for p in weeks(first, limit)]
         have = {
             (r.vendor, r.period, r.period_start, r.format)
@@ -89,12 +103,12 @@ def store_due_reports(engine: Engine, settings: Settings, now: datetime) -> int:
                 )
             )
         }
-        formats = [ReportFormat(f) for f in settings.report_formats]
+        formats = [ReportFormat(f) for f in schedule.formats]
         for vendor in vendors:
             for kind, (start, end) in periods:
                 missing = [f for f in formats if (vendor, kind, start, f.value) not in have]
                 if missing:
-                    stored += _store(conn, settings, vendor, kind, start, end, missing, now)
+                    stored += _store(conn, schedule.basis, vendor, kind, start, end, missing, now)
     if stored:
         log.info("stored %d scheduled reports", stored)
     return stored
@@ -102,7 +116,7 @@ def store_due_reports(engine: Engine, settings: Settings, now: datetime) -> int:
 
 def _store(
     conn: Connection,
-    settings: Settings,
+    basis: ReportBasis,
     vendor: str,
     kind: str,
     start: date,
@@ -110,7 +124,7 @@ def _store(
     formats: list[ReportFormat],
     now: datetime,
 ) -> int:
-    report = build_report(conn, ReportRequest(start, end, vendor=vendor), settings)
+    report = build_report(conn, ReportRequest(start, end, vendor=vendor), basis)
     for fmt in formats:
         content = renderer(fmt)(report)
         conn.execute(

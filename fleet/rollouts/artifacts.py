@@ -18,7 +18,6 @@ from sqlmodel import SQLModel
 from fleet.protocol.profiles import Profile
 from fleet.protocol.releases import Release
 from fleet.rollouts.models import ArtifactDownload
-from fleet.settings import Settings
 
 CHUNK = 64 * 1024
 DOWNLOADS = SQLModel.metadata.tables[ArtifactDownload.__tablename__]
@@ -33,20 +32,27 @@ class RangeError(ValueError):
     pass
 
 
-def artifacts_dir(settings: Settings) -> Path:
-    return settings.artifacts_dir or settings.data_dir / "artifacts"
+@dataclass(frozen=True)
+class ArtifactStore:
+    """Where the controller keeps firmware files, and where the agents fetch them."""
+
+    directory: Path
+    # This controller as the sites reach it (scheme, host, port; no path).
+    base_url: str
 
 
-def artifact_path(settings: Settings, release: Release) -> Path:
+def artifact_path(store: ArtifactStore, release: Release) -> Path:
+    """Where the release's file is (or would be) in the store; ArtifactError for a release
+    the agents download from its own URL."""
     if release.url is not None:
         raise ArtifactError(
             f"release {release.version} is downloaded by each site's agent from {release.url} "
             "(and checked there against its SHA-256); the controller holds no file for it"
         )
-    return artifacts_dir(settings) / Path(release.artifact).name
+    return store.directory / Path(release.artifact).name
 
 
-def agent_download_url(settings: Settings, release: Release) -> str:
+def agent_download_url(store: ArtifactStore, release: Release) -> str:
     """Where the agents fetch the release's artifact: the release's own http(s) URL, or the
     controller's endpoint for a file that matches the release (ArtifactError if it does not).
 
@@ -54,8 +60,8 @@ def agent_download_url(settings: Settings, release: Release) -> str:
     and each agent checks the SHA-256 before any device sees them anyway."""
     if release.url is not None:
         return release.url
-    verified_artifact(settings, release)
-    base = settings.public_url.rstrip("/")
+    verified_artifact(store, release)
+    base = store.base_url.rstrip("/")
     return f"{base}/api/v1/firmware/artifacts/{release.sha256}"
 
 
@@ -80,10 +86,11 @@ def _sha256_of(path: Path) -> str:
     return value
 
 
-def verified_artifact(settings: Settings, release: Release) -> Path:
+def verified_artifact(store: ArtifactStore, release: Release) -> Path:
     """The artifact's file, only if its size and SHA-256 are the release's: a file that does
-    not match is never offered to an agent, let alone pushed to a device."""
-    path = artifact_path(settings, release)
+    not match is never offered to an agent, let alone pushed to a device. ArtifactError says
+    what is wrong (missing, wrong size, wrong SHA-256, a URL release) and what to do."""
+    path = artifact_path(store, release)
     if not path.is_file():
         raise ArtifactError(
             f"artifact {path} of release {release.version} is missing. Fix: put the file "

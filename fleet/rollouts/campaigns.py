@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from fleet.models import Device
 from fleet.protocol.profiles import Profile
-from fleet.rollouts.artifacts import ArtifactError, agent_download_url
+from fleet.rollouts.artifacts import ArtifactError, ArtifactStore, agent_download_url
 from fleet.rollouts.models import Rollout, RolloutDevice
 from fleet.rollouts.plan import (
     ENDED,
@@ -24,7 +24,6 @@ from fleet.rollouts.plan import (
     policy_problems,
 )
 from fleet.rollouts.windows import WindowPolicy
-from fleet.settings import Settings
 
 
 class RolloutRefused(ValueError):
@@ -136,12 +135,13 @@ def _matching(session: Session, targets: TargetFilter) -> list[Device]:
 def create_rollout(
     session: Session,
     profiles: dict[str, Profile],
-    settings: Settings,
+    store: ArtifactStore,
     request: RolloutRequest,
     now: datetime,
 ) -> Rollout:
     """Validate and store a rollout with its target devices; raise RolloutRefused with every
-    reason it cannot work (nothing is stored then)."""
+    reason it cannot work (nothing is stored then). `profiles` by id give the release;
+    `store` must hold a verified file for a release the agents push."""
     devices = _matching(session, request.targets)
     filter_text = request.targets.model_dump(exclude_defaults=True) or "everything"
     if not devices:
@@ -193,7 +193,7 @@ def create_rollout(
     elif method == "agent":
         try:
             # A URL release is checked by each agent against its SHA-256 once downloaded.
-            agent_download_url(settings, release)
+            agent_download_url(store, release)
         except ArtifactError as exc:
             reasons.append(str(exc))
     if reasons:

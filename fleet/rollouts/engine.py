@@ -7,6 +7,9 @@ PostgreSQL's row lock, held until commit), so even a leader that lost its lock w
 ran cannot overlap a tick of the next leader.
 Commands go out after the commit; one that cannot be published puts its device back to
 pending, so nothing is marked sent that was not.
+
+The agents' reports are applied by agent_reports.py; snapshot.py reads a rollout's rows
+into the views plan.py judges and writes its marks back.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-from zoneinfo import ZoneInfo
+from pathlib import Path
 
 from sqlalchemy import Engine, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -24,36 +26,40 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col, select
 
 from fleet.devices.profile_book import profiles_in
-from fleet.devices.registry import timetable_from_json
-from fleet.models import AgentMessage, AgentStatus, Device, Site
 from fleet.protocol.messages import Command, CommandKind, Topics
 from fleet.protocol.profiles import Profile
-from fleet.rollouts.artifacts import ArtifactError, agent_download_url
+from fleet.rollouts.agent_reports import apply_reports
+from fleet.rollouts.artifacts import ArtifactError, ArtifactStore, agent_download_url
 from fleet.rollouts.campaigns import policy_from_json
 from fleet.rollouts.models import Rollout, RolloutDevice, TickLease
 from fleet.rollouts.plan import (
     FINAL,
-    IN_FLIGHT,
     DeviceUpdateState,
-    DeviceView,
     MarkDevice,
     MoveRollout,
     Policy,
     RolloutState,
-    RolloutView,
     Send,
     next_actions,
-    on_device_report,
 )
-from fleet.rollouts.windows import next_window_start, window_open
-from fleet.settings import Settings
+from fleet.rollouts.snapshot import apply_mark, next_window, read_rollout, site_calendar
+from fleet.rollouts.windows import window_open
 
 log = logging.getLogger(__name__)
 
 LEASE = "rollouts"
-REPORTS_PER_TICK = 5000
 Publish = Callable[[str, bytes], None]
 LIVE = (RolloutState.running.value, RolloutState.scheduled.value, RolloutState.paused.value)
+
+
+@dataclass(frozen=True)
+class FirmwareDelivery:
+    """How the tick gets firmware to the sites: each release as its profile describes it,
+    its file from the artifact store, the command under the MQTT topic root."""
+
+    profiles_dir: Path
+    artifacts: ArtifactStore
+    topic_root: str
 
 
 @dataclass
@@ -82,137 +88,53 @@ def claim_tick(session: Session, holder: str, now: datetime) -> None:
 
 def tick(
     engine: Engine,
-    settings: Settings,
+    delivery: FirmwareDelivery,
     now: datetime,
     publish: Publish | None,
     holder: str,
 ) -> TickResult:
-    """One tick, by `holder` (the controller holding the scheduler lock)."""
+    """One tick at `now`, by `holder` (the controller holding the scheduler lock); `publish`
+    (topic, payload) sends the commands, None when this controller has no MQTT link (the
+    devices go back to pending). Raises fleet.protocol.errors.ConfigErrors when a profile
+    does not validate."""
     result = TickResult(holder)
     with Session(engine) as session:
         claim_tick(session, holder, now)
-        profiles = profiles_in(settings.profiles_dir)
-        result.reports = _apply_reports(session, now)
+        profiles = profiles_in(delivery.profiles_dir)
+        lease = session.get(TickLease, LEASE)
+        assert lease is not None
+        result.reports = apply_reports(session, lease, now)
         rollouts = session.exec(select(Rollout).where(col(Rollout.state).in_(LIVE))).all()
         for rollout in rollouts:
-            _advance(session, settings, profiles, rollout, now, result)
+            _advance(session, delivery.artifacts, profiles, rollout, now, result)
         session.commit()
     if result.commands:
-        _publish(engine, settings, publish, result.commands, now)
+        _publish(engine, delivery.topic_root, publish, result.commands, now)
     return result
-
-
-# --- the agents' reports ------------------------------------------------------------------
-
-
-def _apply_reports(session: Session, now: datetime) -> int:
-    lease = session.get(TickLease, LEASE)
-    assert lease is not None
-    rows = session.exec(
-        select(AgentMessage)
-        .where(col(AgentMessage.id) > lease.cursor)
-        .order_by(col(AgentMessage.id))
-        .limit(REPORTS_PER_TICK)
-    ).all()
-    applied = 0
-    for row in rows:
-        applied += _apply_report(session, row.kind, row.body, now)
-        lease.cursor = max(lease.cursor, row.id or 0)
-    session.add(lease)
-    return applied
-
-
-def _apply_report(session: Session, kind: str, body: dict[str, Any], now: datetime) -> int:
-    data = body.get("data") or {}
-    cmd_id = body.get("cmd_id") if kind == "cmd_ack" else data.get("cmd_id")
-    if not cmd_id:
-        return 0
-    target = session.exec(select(RolloutDevice).where(RolloutDevice.cmd_id == cmd_id)).first()
-    if target is None or target.state not in IN_FLIGHT:
-        return 0  # stale: an older attempt, or already settled
-    rollout = session.get(Rollout, target.rollout_id)
-    assert rollout is not None
-    policy = policy_from_json(rollout.policy)
-    view = _device_view(target, None, None, rollout)
-    if kind == "cmd_ack":
-        if body.get("ok"):
-            return 0  # success counts only when the device reports the version (events)
-        mark = on_device_report(
-            view, DeviceUpdateState.failed, policy, body.get("message") or "refused"
-        )
-    else:
-        try:
-            reported = DeviceUpdateState(data.get("state", ""))
-        except ValueError:
-            return 0
-        message = body.get("message") or reported.value
-        if (
-            reported == DeviceUpdateState.succeeded
-            and data.get("firmware") != rollout.release_version
-        ):
-            reported = DeviceUpdateState.failed
-            message = f"agent reported success but the device reports {data.get('firmware')!r}"
-        mark = on_device_report(view, reported, policy, message)
-        if reported == DeviceUpdateState.skipped:
-            mark = MarkDevice(
-                mark.device_id,
-                mark.state,
-                mark.message,
-                _next_window(session, rollout, target.site_code, now, after_current=True),
-            )
-    _mark(target, mark, now)
-    session.add(target)
-    return 1
-
-
-# --- one rollout --------------------------------------------------------------------------
 
 
 def _advance(
     session: Session,
-    settings: Settings,
+    store: ArtifactStore,
     profiles: dict[str, Profile],
     rollout: Rollout,
     now: datetime,
     result: TickResult,
 ) -> None:
     policy = policy_from_json(rollout.policy)
-    rows = session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id)).all()
-    registry = {
-        d.id: d
-        for d in session.exec(select(Device).where(col(Device.id).in_([r.device_id for r in rows])))
-    }
-    online = {
-        s.site_code: s.state == "online"
-        for s in session.exec(
-            select(AgentStatus).where(col(AgentStatus.site_code).in_({r.site_code for r in rows}))
-        )
-    }
-    devices = tuple(
-        _device_view(r, registry.get(r.device_id), online.get(r.site_code, False), rollout)
-        for r in rows
-    )
-    view = RolloutView(
-        state=RolloutState(rollout.state),
-        current_wave=rollout.current_wave,
-        target_version=rollout.release_version,
-        policy=policy,
-        devices=devices,
-        start_at=rollout.start_at,
-        approved_through=rollout.approved_through,
-    )
+    rows, view = read_rollout(session, rollout, policy)
     open_cache: dict[str, bool] = {}
     next_cache: dict[str, datetime | None] = {}
 
     def is_open(site: str) -> bool:
         if site not in open_cache:
-            timetable, tz = _site_calendar(session, site)
+            timetable, tz = site_calendar(session, site)
             open_cache[site] = window_open(now, timetable, tz, policy.window)
         return open_cache[site]
 
     def opens(site: str) -> datetime | None:
         if site not in next_cache:
-            next_cache[site] = _next_window(session, rollout, site, now, policy=policy)
+            next_cache[site] = next_window(session, rollout, site, now, policy=policy)
         return next_cache[site]
 
     actions = next_actions(view, now, is_open, opens)
@@ -220,13 +142,13 @@ def _advance(
     sends = [a for a in actions if isinstance(a, Send)]
     artifact: tuple[str, int] = ("", 0)
     if any(s.push for s in sends):
-        found = _artifact_url(settings, profiles, rollout, now, result, session)
+        found = _artifact_url(store, profiles, rollout, now, result, session)
         if found is None:
             return
         artifact = found
     for action in actions:
         if isinstance(action, MarkDevice):
-            _mark(by_id[action.device_id], action, now)
+            apply_mark(by_id[action.device_id], action, now)
             session.add(by_id[action.device_id])
         elif isinstance(action, MoveRollout):
             _move(rollout, action, now, result)
@@ -238,7 +160,7 @@ def _advance(
 
 
 def _artifact_url(
-    settings: Settings,
+    store: ArtifactStore,
     profiles: dict[str, Profile],
     rollout: Rollout,
     now: datetime,
@@ -256,7 +178,7 @@ def _artifact_url(
                 f"release {rollout.release_version} of {rollout.profile} is gone from the "
                 "profiles, or its SHA-256 changed since the rollout was made: start a new rollout"
             )
-        url = agent_download_url(settings, release)
+        url = agent_download_url(store, release)
     except ArtifactError as exc:
         _move(
             rollout, MoveRollout(RolloutState.paused, rollout.current_wave, str(exc)), now, result
@@ -305,15 +227,6 @@ def _send(
     )
 
 
-def _mark(row: RolloutDevice, mark: MarkDevice, now: datetime) -> None:
-    row.state, row.message, row.next_try_at, row.updated_at = (
-        mark.state.value,
-        mark.message,
-        mark.next_try_at,
-        now,
-    )
-
-
 def _move(rollout: Rollout, move: MoveRollout, now: datetime, result: TickResult) -> None:
     if move.state == RolloutState.paused:
         rollout.pause_kind = (
@@ -334,57 +247,14 @@ def _move(rollout: Rollout, move: MoveRollout, now: datetime, result: TickResult
     log.info("rollout %s: %s (%s)", rollout.id, move.state.value, move.reason)
 
 
-def _device_view(
-    row: RolloutDevice, device: Device | None, site_online: bool | None, rollout: Rollout
-) -> DeviceView:
-    reading = (device.last_reading or {}) if device else {}
-    return DeviceView(
-        device_id=row.device_id,
-        site_code=row.site_code,
-        wave=row.wave,
-        state=DeviceUpdateState(row.state),
-        attempts=row.attempts,
-        sent_at=row.sent_at,
-        next_try_at=row.next_try_at,
-        message=row.message,
-        firmware=device.firmware if device else None,
-        seen_at=device.last_seen_at if device else None,
-        reachable=device.reachable if device else None,
-        in_use=bool(device and device.power == "on" and reading.get("input")),
-        site_online=bool(site_online) if site_online is not None else True,
-        method=row.method,
-    )
-
-
-def _site_calendar(session: Session, site_code: str) -> tuple[Any, ZoneInfo]:
-    site = session.get(Site, site_code)
-    if site is None:
-        raise LookupError(f"site {site_code} is not registered")
-    return timetable_from_json(site.timetable), ZoneInfo(site.timezone)
-
-
-def _next_window(
-    session: Session,
-    rollout: Rollout,
-    site: str,
-    now: datetime,
-    *,
-    policy: Policy | None = None,
-    after_current: bool = False,
-) -> datetime | None:
-    timetable, tz = _site_calendar(session, site)
-    window = (policy or policy_from_json(rollout.policy)).window
-    return next_window_start(now, timetable, tz, window, after_current=after_current)
-
-
 def _publish(
     engine: Engine,
-    settings: Settings,
+    topic_root: str,
     publish: Publish | None,
     commands: list[Command],
     now: datetime,
 ) -> None:
-    topics = Topics(settings.topic_root)
+    topics = Topics(topic_root)
     unsent = []
     for command in commands:
         try:
@@ -412,6 +282,7 @@ def _publish(
 
 
 def final_counts(rows: list[RolloutDevice]) -> dict[str, int]:
+    """Devices by update state, plus `done`: how many reached a final state."""
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1

@@ -2,8 +2,8 @@
 
 No database, no broker, no clock of its own: `next_actions` gets a snapshot of a rollout
 and its devices plus `now`, and says what to do (send an update, mark a device, move the
-rollout). `fleet.rollouts.engine` reads the snapshot from the database and carries the
-actions out; tests call these functions directly.
+rollout). `fleet.rollouts.snapshot` reads the snapshot from the database and
+`fleet.rollouts.engine` carries the actions out; tests call these functions directly.
 """
 
 from __future__ import annotations

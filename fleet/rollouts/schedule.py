@@ -14,8 +14,7 @@ from sqlalchemy import Engine
 
 from fleet.leader import Leadership
 from fleet.protocol.messages import utcnow
-from fleet.rollouts.engine import Publish, tick
-from fleet.settings import Settings
+from fleet.rollouts.engine import FirmwareDelivery, Publish, tick
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
@@ -26,12 +25,12 @@ _runtime: dict[str, Any] = {}
 
 
 def configure_tick(
-    engine: Engine, settings: Settings, publish: Publish | None, leadership: Leadership
+    engine: Engine, delivery: FirmwareDelivery, publish: Publish | None, leadership: Leadership
 ) -> None:
     """Set what `scheduled_tick` uses in this process. The job itself lives in the database
     (SQLAlchemyJobStore) and so names this module's function, not a closure."""
     _runtime.clear()
-    _runtime.update(engine=engine, settings=settings, publish=publish, leadership=leadership)
+    _runtime.update(engine=engine, delivery=delivery, publish=publish, leadership=leadership)
 
 
 def scheduled_tick() -> None:
@@ -49,7 +48,7 @@ def scheduled_tick() -> None:
     try:
         tick(
             _runtime["engine"],
-            _runtime["settings"],
+            _runtime["delivery"],
             utcnow(),
             _runtime["publish"],
             leadership.holder,
@@ -61,18 +60,21 @@ def scheduled_tick() -> None:
 def add_tick_job(
     scheduler: BaseScheduler,
     engine: Engine,
-    settings: Settings,
+    delivery: FirmwareDelivery,
     publish: Publish | None,
     leadership: Leadership,
+    every_s: float,
 ) -> None:
+    """Add the rollout tick, every `every_s` seconds, to `scheduler` (its job kept in the
+    database), and configure this process to run it with these values."""
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 
-    configure_tick(engine, settings, publish, leadership)
+    configure_tick(engine, delivery, publish, leadership)
     scheduler.add_jobstore(SQLAlchemyJobStore(engine=engine), alias="rollouts")
     scheduler.add_job(
         "fleet.rollouts.schedule:scheduled_tick",
         "interval",
-        seconds=settings.rollout_tick_s,
+        seconds=every_s,
         id="rollout_tick",
         jobstore="rollouts",
         replace_existing=True,

@@ -59,7 +59,7 @@ def list_releases(settings: SettingsDep) -> list[ReleaseOut]:
         for release in profile.releases:
             method = profile.method_of(release)
             try:
-                verified_artifact(settings, release)
+                verified_artifact(settings.artifact_store(), release)
                 status = "ok"
             except ArtifactError as exc:
                 status = str(exc) if method == "agent" else f"not needed ({method}): {exc}"
@@ -105,7 +105,7 @@ def get_artifact(
         )
     _, release = found
     try:
-        path = verified_artifact(settings, release)
+        path = verified_artifact(settings.artifact_store(), release)
     except ArtifactError as exc:
         raise HTTPException(409, str(exc)) from None
     size = release.size

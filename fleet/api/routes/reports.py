@@ -92,10 +92,10 @@ def usage_report(
     request = ReportRequest(start, end, _scoped_vendor(vendor, scope), site, device)
     with engine.connect() as conn:
         try:
-            request = check_request(conn, request, settings)
+            request = check_request(conn, request, settings.report_max_days)
         except ReportError as exc:
             raise HTTPException(exc.status, str(exc)) from None
-        report = build_report(conn, request, settings)
+        report = build_report(conn, request, settings.report_basis())
     body: Iterator[bytes] = (
         iter_csv(report) if fmt == ReportFormat.csv else _chunks(renderer(fmt)(report))
     )

@@ -104,7 +104,7 @@ def _get(session: Session, rollout_id: int) -> Rollout:
 def create(body: RolloutRequest, session: SessionDep, settings: SettingsDep) -> RolloutOut:
     try:
         rollout = create_rollout(
-            session, profiles_in(settings.profiles_dir), settings, body, utcnow()
+            session, profiles_in(settings.profiles_dir), settings.artifact_store(), body, utcnow()
         )
     except RolloutRefused as exc:
         raise HTTPException(422, {"message": "rollout refused", "reasons": exc.reasons}) from None
