@@ -14,11 +14,11 @@ from markupsafe import Markup
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from fleet.alerts.queries import OpenAlerts, unacknowledged_alerts_by_site
 from fleet.api.routes.sites import list_sites
 from fleet.api.schemas import SiteSummary
 from fleet.auth.permissions import Caller
 from fleet.models import Device
-from fleet.web.alerts_page import OpenAlerts, open_alerts_by_site
 from fleet.web.programme_page import milestones_by_site
 from fleet.web.templating import PROBLEM_STATES, STATE_ORDER
 
@@ -111,7 +111,7 @@ def vendor_summaries(
 def site_rows(session: Session, caller: Caller | None = None) -> list[SiteRow]:
     """Every site the caller may see (None: every site), as the overview shows it."""
     vendor = caller.vendor if caller is not None else None
-    alerts = open_alerts_by_site(session, vendor=vendor)
+    alerts = unacknowledged_alerts_by_site(session, caller)
     # A site's installation programme is its own business, not a vendor's.
     milestones = milestones_by_site(session) if vendor is None else {}
     sites = list_sites(session, caller)

@@ -10,13 +10,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlmodel import col, select
 
+from fleet.alerts.queries import OpenAlerts, unacknowledged_alerts_by_site
 from fleet.api.deps import SessionDep
 from fleet.api.routes.sites import get_site
 from fleet.auth.permissions import Allow, Caller
 from fleet.devices.registry import timetable_from_json
 from fleet.models import Device, Site
 from fleet.protocol.messages import utcnow
-from fleet.web.alerts_page import OpenAlerts, open_alerts_by_site
 from fleet.web.not_found import PageNotFound
 from fleet.web.overview import fleet_totals, newest_report, site_problems, site_rows
 from fleet.web.templating import render, state_rank
@@ -55,7 +55,7 @@ def site_page(
     if site is None:
         raise PageNotFound(f"There is no site {code!r}.", "The overview lists every site.")
     detail = get_site(code, session)  # the API's own view, so the page matches it
-    open_alerts = open_alerts_by_site(session).get(code, OpenAlerts())
+    open_alerts = unacknowledged_alerts_by_site(session, None).get(code, OpenAlerts())
     readings: dict[str, dict[str, Any]] = {
         device_id: dict(reading or {})
         for device_id, reading in session.exec(
