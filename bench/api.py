@@ -175,7 +175,7 @@ def bare_overview(db: sqlite3.Connection) -> Callable[[], Any]:
 
 
 def bare_devices(db: sqlite3.Connection, site: str, state: str) -> Callable[[], Any]:
-    from fleet.api.schemas import DeviceOut
+    from fleet.devices.schemas import DeviceOut
 
     where = "site_code = ? AND state = ? AND retired_at IS NULL"
     columns = ", ".join(DeviceOut.model_fields)  # what the API returns of each device

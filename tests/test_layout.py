@@ -115,6 +115,16 @@ def test_contract_package_depends_on_pydantic_yaml_and_tzdata_only() -> None:
     assert breaks == []
 
 
+def test_pages_do_not_call_route_handlers() -> None:
+    breaks = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in python_files("fleet/web")
+        for line, module in imported_modules(path)
+        if is_under(module, "fleet.api.routes")
+    ]
+    assert breaks == []
+
+
 @pytest.mark.parametrize(
     ("folder", "stray", "rule"),
     [

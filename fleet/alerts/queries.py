@@ -1,11 +1,131 @@
-"""Read-side questions about alerts that the API and the dashboard share."""
+"""Read-side questions about alerts that the API and the dashboard share.
+
+The caller's scope is applied here, in `_in_scope`, and nowhere else: ops see every alert, a
+technician those of their sites, a vendor only those about its own devices (never a site's
+alerts, nor another make's).
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from dataclasses import dataclass
+from datetime import datetime
 
-from fleet.alerts.models import Alert, AlertState
+from sqlalchemy import ColumnElement, func
+from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
+
+from fleet.alerts.models import Alert, AlertKind, AlertState, Severity
+from fleet.alerts.schemas import AlertOut, AlertPage
+from fleet.auth.permissions import Caller
+from fleet.models import Device
+
+
+class AlertNotFound(LookupError):
+    def __init__(self, alert_id: int) -> None:
+        super().__init__(f"no alert {alert_id}: GET /api/v1/alerts lists them")
+        self.alert_id = alert_id
+
+
+@dataclass(frozen=True)
+class OpenAlerts:
+    """Alerts nobody has acknowledged yet, at one site."""
+
+    total: int = 0
+    critical: int = 0
+
+
+def _devices_of(vendor: str) -> SelectOfScalar[str]:
+    return select(Device.id).where(func.lower(col(Device.vendor)) == vendor.lower())
+
+
+def _in_scope(caller: Caller | None) -> list[ColumnElement[bool]]:
+    """The conditions that keep a query to the alerts the caller may see; None: every alert."""
+    conditions: list[ColumnElement[bool]] = []
+    if caller is not None and caller.sites is not None:
+        conditions.append(col(Alert.site_code).in_(sorted(caller.sites)))
+    if caller is not None and caller.vendor is not None:
+        conditions.append(col(Alert.device_id).in_(_devices_of(caller.vendor)))
+    return conditions
+
+
+def find_alerts(
+    session: Session,
+    caller: Caller | None,
+    *,
+    state: AlertState | None = None,
+    kind: AlertKind | None = None,
+    site: str | None = None,
+    device: str | None = None,
+    severity: Severity | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> AlertPage:
+    """The alerts the caller may see that match every filter given, newest first, one page of
+    `limit` from `offset`, with the total that match. `since` (opened at or after) must be
+    timezone-aware."""
+    conditions = _in_scope(caller)
+    if state is not None:
+        conditions.append(col(Alert.state) == state.value)
+    if kind is not None:
+        conditions.append(col(Alert.kind) == kind.value)
+    if site is not None:
+        conditions.append(col(Alert.site_code) == site)
+    if device is not None:
+        conditions.append(col(Alert.device_id) == device)
+    if severity is not None:
+        conditions.append(col(Alert.severity) == severity.value)
+    if since is not None:
+        conditions.append(col(Alert.opened_at) >= since)
+    total = session.exec(select(func.count()).select_from(Alert).where(*conditions)).one()
+    rows = session.exec(
+        select(Alert)
+        .where(*conditions)
+        .order_by(col(Alert.opened_at).desc(), col(Alert.id).desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return AlertPage(
+        items=[AlertOut.model_validate(a) for a in rows], total=total, limit=limit, offset=offset
+    )
+
+
+def alert_row(session: Session, alert_id: int) -> Alert:
+    """The alert's row. Raises AlertNotFound."""
+    alert = session.get(Alert, alert_id)
+    if alert is None:
+        raise AlertNotFound(alert_id)
+    return alert
+
+
+def get_alert(session: Session, alert_id: int) -> AlertOut:
+    """One alert, history included. Raises AlertNotFound. Whether the caller may see it is
+    checked before, by the permission (fleet.auth.permissions), on the id in the path."""
+    return AlertOut.model_validate(alert_row(session, alert_id))
+
+
+def sites_with_alerts(session: Session, caller: Caller | None) -> list[str]:
+    """Codes of the sites with any alert (history included) the caller may see, sorted."""
+    query = (
+        select(Alert.site_code).distinct().where(*_in_scope(caller)).order_by(col(Alert.site_code))
+    )
+    return list(session.exec(query))
+
+
+def unacknowledged_alerts_by_site(session: Session, caller: Caller | None) -> dict[str, OpenAlerts]:
+    """Per site code, the alerts in state open that the caller may see; sites without any are
+    absent."""
+    query = (
+        select(Alert.site_code, Alert.severity, func.count())
+        .where(Alert.state == AlertState.open.value, *_in_scope(caller))
+        .group_by(col(Alert.site_code), col(Alert.severity))
+    )
+    counts: dict[str, OpenAlerts] = {}
+    for site, severity, count in session.exec(query):
+        before = counts.get(site, OpenAlerts())
+        critical = count if severity == Severity.critical.value else 0
+        counts[site] = OpenAlerts(before.total + count, before.critical + critical)
+    return counts
 
 
 def open_alerts_by_site(session: Session) -> dict[str, int]:
@@ -16,3 +136,14 @@ def open_alerts_by_site(session: Session) -> dict[str, int]:
         .group_by(col(Alert.site_code))
     )
     return {site: count for site, count in session.exec(query)}
+
+
+def recent_alerts_of_device(session: Session, device_id: str, limit: int = 20) -> list[Alert]:
+    """The device's newest alerts, history included."""
+    query = (
+        select(Alert)
+        .where(Alert.device_id == device_id)
+        .order_by(col(Alert.opened_at).desc())
+        .limit(limit)
+    )
+    return list(session.exec(query))

@@ -1,27 +1,25 @@
-"""The alerts page (filter, acknowledge) and the alert counts other pages show.
+"""The alerts page: filter, acknowledge.
 
-Acknowledging goes through the API's own handler, so the page and `POST
-/api/v1/alerts/{id}/ack` cannot disagree about what an acknowledgement is. Ops see every alert,
-a technician those of their sites, a vendor only those about its own devices: the API's own
-list, with its scope.
+The list and the acknowledgement are the alerts domain's own (`fleet.alerts.queries`,
+`fleet.alerts.actions`), the same the API calls, so the page and `GET /api/v1/alerts` or
+`POST /api/v1/alerts/{id}/ack` cannot disagree; the caller's scope is applied there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
-from sqlalchemy import func
-from sqlmodel import Session, col, select
-from sqlmodel.sql.expression import SelectOfScalar
+from sqlmodel import Session
 
-from fleet.alerts.models import Alert, AlertKind, AlertState, Severity
+from fleet.alerts.actions import AlertAlreadyResolved, acknowledge
+from fleet.alerts.models import AlertKind, AlertState, Severity
+from fleet.alerts.queries import AlertNotFound, find_alerts, sites_with_alerts
+from fleet.alerts.schemas import AckIn, AlertOut
 from fleet.api.deps import SessionDep
-from fleet.api.routes.alerts import AckIn, AlertOut, acknowledge, list_alerts
 from fleet.auth.permissions import Allow, Caller
-from fleet.models import Device
+from fleet.protocol.messages import utcnow
 from fleet.web.not_found import PageNotFound
 from fleet.web.templating import render
 from fleet.web.viewer import ViewerDep
@@ -32,35 +30,6 @@ ACTIVE = "active"  # open or acknowledged: what ops still has to deal with
 PAGE_SIZE = 200
 
 
-@dataclass(frozen=True)
-class OpenAlerts:
-    """Alerts nobody has acknowledged yet, at one site."""
-
-    total: int = 0
-    critical: int = 0
-
-
-def open_alerts_by_site(session: Session, vendor: str | None = None) -> dict[str, OpenAlerts]:
-    """Per site; with `vendor`, only the alerts about that vendor's devices."""
-    query = (
-        select(Alert.site_code, Alert.severity, func.count())
-        .where(Alert.state == AlertState.open.value)
-        .group_by(col(Alert.site_code), col(Alert.severity))
-    )
-    if vendor is not None:
-        query = query.where(col(Alert.device_id).in_(_devices_of(vendor)))
-    counts: dict[str, OpenAlerts] = {}
-    for site, severity, count in session.exec(query):
-        before = counts.get(site, OpenAlerts())
-        critical = count if severity == Severity.critical.value else 0
-        counts[site] = OpenAlerts(before.total + count, before.critical + critical)
-    return counts
-
-
-def _devices_of(vendor: str) -> SelectOfScalar[str]:
-    return select(Device.id).where(func.lower(col(Device.vendor)) == vendor.lower())
-
-
 def _scoped_alerts(
     session: Session,
     caller: Caller,
@@ -69,34 +38,9 @@ def _scoped_alerts(
     site: str | None,
     severity: Severity | None,
 ) -> list[AlertOut]:
-    return list_alerts(
-        session,
-        state=state,
-        kind=kind,
-        site=site,
-        severity=severity,
-        limit=PAGE_SIZE,
-        caller=caller,
+    return find_alerts(
+        session, caller, state=state, kind=kind, site=site, severity=severity, limit=PAGE_SIZE
     ).items
-
-
-def _alert_sites(session: Session, caller: Caller) -> list[str]:
-    query = select(Alert.site_code).distinct().order_by(col(Alert.site_code))
-    if caller.sites is not None:
-        query = query.where(col(Alert.site_code).in_(sorted(caller.sites)))
-    if caller.vendor is not None:
-        query = query.where(col(Alert.device_id).in_(_devices_of(caller.vendor)))
-    return list(session.exec(query))
-
-
-def recent_alerts_of_device(session: Session, device_id: str, limit: int = 20) -> list[Alert]:
-    query = (
-        select(Alert)
-        .where(Alert.device_id == device_id)
-        .order_by(col(Alert.opened_at).desc())
-        .limit(limit)
-    )
-    return list(session.exec(query))
 
 
 @router.get("/alerts", response_class=HTMLResponse)
@@ -137,7 +81,7 @@ def alerts_page(
         states=states,
         severities=[s.value for s in Severity],
         kinds=[k.value for k in AlertKind],
-        sites=_alert_sites(session, caller),
+        sites=sites_with_alerts(session, caller),
     )
 
 
@@ -150,12 +94,11 @@ def acknowledge_alert(
     back: Annotated[str, Form()] = "/alerts",
 ) -> RedirectResponse:
     try:
-        acknowledge(alert_id, AckIn(by=viewer.name, note=note), session)
-    except HTTPException as exc:
-        if exc.status_code == 404:
-            raise PageNotFound(f"There is no alert {alert_id}.") from None
-        if exc.status_code != 409:  # 409: already resolved; the list shows that
-            raise
+        acknowledge(session, alert_id, AckIn(by=viewer.name, note=note), utcnow())
+    except AlertNotFound:
+        raise PageNotFound(f"There is no alert {alert_id}.") from None
+    except AlertAlreadyResolved:
+        pass  # the list shows that it is resolved
     # Only back to one of our own pages: a form field must not redirect anywhere else.
     target = back if back.startswith("/") and not back.startswith("//") else "/alerts"
     return RedirectResponse(target, status_code=303)

@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from fleet.alerts.queries import recent_alerts_of_device
 from fleet.api.deps import SessionDep
 from fleet.auth.permissions import Allow
 from fleet.models import Device, Room, Site
-from fleet.web.alerts_page import recent_alerts_of_device
 from fleet.web.charts import line_chart, power_band
 from fleet.web.device_history import (
     DEFAULT_WINDOW,

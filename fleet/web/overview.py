@@ -1,8 +1,8 @@
 """The fleet overview's rows: every site, what is wrong there, and why it stands out.
 
-Counts come from the same function as `GET /api/v1/sites`, so the page and the API agree. A
-technician gets the API's own view of their sites; a vendor gets each site where it has devices,
-counting only its own devices and the alerts about them.
+Counts come from `fleet.sites.queries`, as `GET /api/v1/sites`' do, so the page and the API
+agree; the caller's scope is applied there. A technician gets their sites; a vendor gets each
+site where it has devices, counting only its own devices and the alerts about them.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from markupsafe import Markup
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from fleet.api.routes.sites import list_sites
-from fleet.api.schemas import SiteSummary
+from fleet.alerts.queries import OpenAlerts, unacknowledged_alerts_by_site
 from fleet.auth.permissions import Caller
-from fleet.models import Device
-from fleet.web.alerts_page import OpenAlerts, open_alerts_by_site
+from fleet.sites.queries import site_summaries
+from fleet.sites.schemas import SiteSummary
 from fleet.web.programme_page import milestones_by_site
 from fleet.web.templating import PROBLEM_STATES, STATE_ORDER
 
@@ -76,49 +74,14 @@ def site_problems(site: SiteSummary, open_alerts: OpenAlerts = OpenAlerts()) -> 
     return problems
 
 
-def vendor_summaries(
-    session: Session, sites: list[SiteSummary], vendor: str, alerts: dict[str, OpenAlerts]
-) -> list[SiteSummary]:
-    """The sites where `vendor` has devices, counting only those devices and their alerts.
-
-    The site's agent is left out: a vendor sees devices, never a site's own business."""
-    counts: dict[str, dict[str, int]] = {}
-    last: dict[str, datetime] = {}
-    query = (
-        select(Device.site_code, Device.state, func.count(), func.max(Device.last_seen_at))
-        .where(col(Device.retired_at).is_(None), func.lower(col(Device.vendor)) == vendor.lower())
-        .group_by(col(Device.site_code), col(Device.state))
-    )
-    for site_code, state, count, seen in session.exec(query):
-        counts.setdefault(site_code, {})[state] = count
-        if seen is not None and (site_code not in last or seen > last[site_code]):
-            last[site_code] = seen
-    return [
-        site.model_copy(
-            update={
-                "devices": sum(counts[site.code].values()),
-                "devices_by_state": counts[site.code],
-                "agent": None,
-                "last_reported_at": last.get(site.code),
-                "open_alerts": alerts.get(site.code, OpenAlerts()).total,
-            }
-        )
-        for site in sites
-        if site.code in counts
-    ]
-
-
 def site_rows(session: Session, caller: Caller | None = None) -> list[SiteRow]:
     """Every site the caller may see (None: every site), as the overview shows it."""
-    vendor = caller.vendor if caller is not None else None
-    alerts = open_alerts_by_site(session, vendor=vendor)
+    alerts = unacknowledged_alerts_by_site(session, caller)
     # A site's installation programme is its own business, not a vendor's.
-    milestones = milestones_by_site(session) if vendor is None else {}
-    sites = list_sites(session, caller)
-    if vendor is not None:
-        sites = vendor_summaries(session, sites, vendor, alerts)
+    is_vendor = caller is not None and caller.vendor is not None
+    milestones = {} if is_vendor else milestones_by_site(session)
     rows = []
-    for site in sites:
+    for site in site_summaries(session, caller):
         open_alerts = alerts.get(site.code, OpenAlerts())
         milestone, late = milestones.get(site.code, ("—", False))
         rows.append(

@@ -10,13 +10,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlmodel import col, select
 
+from fleet.alerts.queries import OpenAlerts, unacknowledged_alerts_by_site
 from fleet.api.deps import SessionDep
-from fleet.api.routes.sites import get_site
 from fleet.auth.permissions import Allow, Caller
 from fleet.devices.registry import timetable_from_json
-from fleet.models import Device, Site
+from fleet.models import Device
 from fleet.protocol.messages import utcnow
-from fleet.web.alerts_page import OpenAlerts, open_alerts_by_site
+from fleet.sites.queries import SiteNotFound, site_detail
 from fleet.web.not_found import PageNotFound
 from fleet.web.overview import fleet_totals, newest_report, site_problems, site_rows
 from fleet.web.templating import render, state_rank
@@ -47,15 +47,23 @@ def overview(
     )
 
 
-@router.get("/sites/{code}", response_class=HTMLResponse, dependencies=[Allow("sites:read")])
+@router.get("/sites/{code}", response_class=HTMLResponse)
 def site_page(
-    code: str, request: Request, session: SessionDep, viewer: ViewerDep, partial: bool = False
+    code: str,
+    request: Request,
+    session: SessionDep,
+    # Before the viewer: the permission is what identifies the caller the viewer is made of.
+    caller: Annotated[Caller, Allow("sites:read")],
+    viewer: ViewerDep,
+    partial: bool = False,
 ) -> HTMLResponse:
-    site = session.get(Site, code)
-    if site is None:
-        raise PageNotFound(f"There is no site {code!r}.", "The overview lists every site.")
-    detail = get_site(code, session)  # the API's own view, so the page matches it
-    open_alerts = open_alerts_by_site(session).get(code, OpenAlerts())
+    try:
+        detail = site_detail(session, code)  # what `GET /api/v1/sites/{code}` returns
+    except SiteNotFound:
+        raise PageNotFound(
+            f"There is no site {code!r}.", "The overview lists every site."
+        ) from None
+    open_alerts = unacknowledged_alerts_by_site(session, caller).get(code, OpenAlerts())
     readings: dict[str, dict[str, Any]] = {
         device_id: dict(reading or {})
         for device_id, reading in session.exec(
@@ -71,8 +79,8 @@ def site_page(
         for device in devices:
             worst[device.state] += 1
         rooms.append({"room": room, "devices": devices, "counts": dict(worst)})
-    tz = ZoneInfo(site.timezone)
-    timetable = timetable_from_json(site.timetable)
+    tz = ZoneInfo(detail.timezone)
+    timetable = timetable_from_json(detail.timetable)
     now = utcnow()
     return render(
         request,

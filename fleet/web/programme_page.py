@@ -1,7 +1,8 @@
 """The programme page: each site's installation milestone and its phase timeline.
 
-The figures come from `GET /api/v1/programme`'s own handler; each site's timeline is the
-programme module's SVG, embedded as an image (an <img> SVG runs no script).
+The figures are `fleet.programme.queries`', the same `GET /api/v1/programme` returns; each
+site's timeline is the programme module's SVG, embedded as an image (an <img> SVG runs no
+script).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session, col, select
 
 from fleet.api.deps import SessionDep
-from fleet.api.routes.programme import get_programme, milestone_ref
 from fleet.auth.permissions import Allow
 from fleet.models import Site
 from fleet.programme.overview import Located, located_milestones, progress
+from fleet.programme.queries import milestone_ref, site_programmes
 from fleet.programme.records import site_today
 from fleet.programme.schemas import MilestoneRef
 from fleet.protocol.messages import utcnow
@@ -56,6 +57,6 @@ def programme_page(request: Request, session: SessionDep, viewer: ViewerDep) -> 
         request,
         "programme.html",
         viewer=viewer,
-        sites=get_programme(session),
+        sites=site_programmes(session, utcnow()),
         label=milestone_label,
     )

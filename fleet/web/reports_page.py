@@ -1,9 +1,9 @@
 """The reports page: the stored scheduled reports with their download links, and a form for a
 usage report on demand.
 
-The list is `GET /api/v1/reports`' own handler with the caller's vendor scope, and both the
-downloads and the on-demand report are the API's own URLs, so a vendor gets here exactly what
-its token gets from the API.
+The list is `fleet.reports.queries`' with the caller's vendor scope, as `GET /api/v1/reports`
+returns it, and both the downloads and the on-demand report are the API's own URLs, so a vendor
+gets here exactly what its token gets from the API.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from fleet.api.deps import SessionDep
-from fleet.api.routes.reports import list_reports, vendor_scope
 from fleet.auth.permissions import Allow
 from fleet.models import Device, Site
 from fleet.protocol.messages import utcnow
 from fleet.reports.formats import ReportFormat
+from fleet.reports.queries import stored_reports
 from fleet.web.templating import render
 from fleet.web.viewer import ViewerDep
 
@@ -50,14 +50,14 @@ def _choices(session: Session, vendor: str | None) -> tuple[list[str], list[tupl
 
 @router.get("/reports", response_class=HTMLResponse, dependencies=[Allow("reports:read")])
 def reports_page(request: Request, session: SessionDep, viewer: ViewerDep) -> HTMLResponse:
-    scope = vendor_scope(request)
+    scope = viewer.vendor  # None for ops: every vendor
     vendors, sites = _choices(session, scope)
     start, end = last_month(utcnow().date())
     return render(
         request,
         "reports.html",
         viewer=viewer,
-        reports=list_reports(session, scope),
+        reports=stored_reports(session, scope),
         vendors=vendors,
         sites=sites,
         scope=scope,

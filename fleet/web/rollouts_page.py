@@ -1,31 +1,27 @@
 """The rollouts page: each rollout's state, its progress per wave and per site, and the
 operator's pause, resume and cancel.
 
-Figures and moves go through `fleet.api.routes.rollouts`' own handlers, so the page and
-`GET /api/v1/rollouts/{id}`, `POST .../pause` and the rest cannot disagree.
+Figures and moves are the rollouts domain's own (`fleet.rollouts.queries`,
+`fleet.rollouts.moves`), the same the API calls, so the page and `GET /api/v1/rollouts/{id}`,
+`POST .../pause` and the rest cannot disagree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
 from fleet.api.deps import SessionDep
-from fleet.api.routes.rollouts import (
-    RolloutDetailOut,
-    RolloutOut,
-    cancel,
-    get_rollout,
-    list_rollouts,
-    pause,
-    resume,
-)
 from fleet.auth.permissions import Allow
+from fleet.protocol.messages import utcnow
+from fleet.rollouts.campaigns import RolloutConflict
+from fleet.rollouts.moves import Move, cancel, pause, resume
 from fleet.rollouts.plan import ENDED, FINAL, DeviceUpdateState, RolloutState
+from fleet.rollouts.queries import RolloutNotFound, list_rollouts, rollout_detail
+from fleet.rollouts.schemas import RolloutDetailOut, RolloutOut
 from fleet.web.not_found import PageNotFound
 from fleet.web.templating import render
 from fleet.web.viewer import ViewerDep
@@ -111,7 +107,7 @@ def rollout_views(session: Session) -> list[RolloutView]:
     views = []
     for index, rollout in enumerate(list_rollouts(session)):  # newest first
         if index < DETAILED or rollout.state not in ENDED:
-            views.append(progress(get_rollout(rollout.id, session)))
+            views.append(progress(rollout_detail(session, rollout.id)))
         else:
             views.append(RolloutView(rollout=rollout))
     return views
@@ -148,19 +144,15 @@ def _move(
     session: Session,
     viewer: object,
     rollout_id: int,
-    move: Callable[[int, Session], RolloutOut],
+    move: Move,
 ) -> Response:
     try:
-        move(rollout_id, session)
-    except HTTPException as exc:
-        if exc.status_code == 404:
-            raise PageNotFound(
-                f"There is no rollout {rollout_id}.", "The page lists them."
-            ) from None
-        if exc.status_code == 409:  # the move does not apply any more: say why, on the page
-            request.state.audit_outcome = "failed 409"
-            return _page(request, session, viewer, problem=str(exc.detail), status_code=409)
-        raise
+        move(session, rollout_id, utcnow())
+    except RolloutNotFound:
+        raise PageNotFound(f"There is no rollout {rollout_id}.", "The page lists them.") from None
+    except RolloutConflict as exc:  # the move does not apply any more: say why, on the page
+        request.state.audit_outcome = "failed 409"
+        return _page(request, session, viewer, problem=str(exc), status_code=409)
     return RedirectResponse(f"/rollouts#rollout-{rollout_id}", status_code=303)
 
 

@@ -10,8 +10,9 @@ from sqlalchemy import ColumnElement, func
 from sqlmodel import col, select
 
 from fleet.api.deps import SessionDep
-from fleet.api.schemas import DeviceDetail, DeviceHealth, DeviceOut, DevicePage, SampleOut
+from fleet.api.schemas import DeviceDetail, DeviceHealth, DevicePage, SampleOut
 from fleet.auth.permissions import Allow, Caller
+from fleet.devices.schemas import DeviceOut
 from fleet.devices.state import DeviceState
 from fleet.models import Device, Sample
 

@@ -18,7 +18,8 @@ from fleet.models import Site
 from fleet.programme.csv_records import export_programme_csv, import_programme_csv
 from fleet.programme.milestones import MilestoneFacts, MilestoneName, is_overdue
 from fleet.programme.models import PHASE_ITSELF, MilestoneRecord, Phase
-from fleet.programme.overview import Located, located_milestones, programme_overview
+from fleet.programme.overview import located_milestones
+from fleet.programme.queries import site_programmes
 from fleet.programme.records import (
     MilestoneInput,
     ProgrammeError,
@@ -38,7 +39,6 @@ from fleet.programme.schemas import (
     MilestoneCreate,
     MilestoneOut,
     MilestonePatch,
-    MilestoneRef,
     PhaseCreate,
     PhaseOut,
     SiteProgramme,
@@ -178,21 +178,7 @@ def get_programme(
     session: SessionDep,
     as_of: Annotated[date | None, Query(description="judge lateness on this day")] = None,
 ) -> list[SiteProgramme]:
-    return [
-        SiteProgramme(
-            site=p.site.code,
-            name=p.site.name,
-            country=p.site.country,
-            vendor=p.site.vendor,
-            today=p.today,
-            current=milestone_ref(p.current),
-            next=milestone_ref(p.next),
-            late=p.late,
-            overdue=[r for r in map(milestone_ref, p.overdue) if r is not None],
-            review=p.review,
-        )
-        for p in programme_overview(session, utcnow(), as_of)
-    ]
+    return site_programmes(session, utcnow(), as_of)
 
 
 @router.get("/programme.csv", response_class=Response, dependencies=[Allow("fleet:read")])
@@ -306,18 +292,4 @@ def _milestone_out(record: MilestoneRecord, today: date) -> MilestoneOut:
         correction=record.correction,
         recorded_by=record.recorded_by,
         recorded_at=record.recorded_at,
-    )
-
-
-def milestone_ref(m: Located | None) -> MilestoneRef | None:
-    if m is None:
-        return None
-    return MilestoneRef(
-        phase=m.phase,
-        room=m.room or None,
-        milestone=m.facts.milestone,
-        planned=m.facts.planned,
-        actual=m.facts.actual,
-        actual_end=m.facts.actual_end,
-        reached=m.facts.reached,
     )

@@ -1,8 +1,7 @@
 """Usage reports: made on request (`/usage`), or scheduled and stored (list, download).
 
-Vendor scoping: `vendor_scope` is the one place that says which vendor's devices the caller may
-see. Until roles land it allows every vendor; the roles issue replaces its body (a vendor token
-gives that vendor), and every report route already applies what it returns.
+Vendor scoping: `vendor_scope` reads the caller's vendor (None for ops) off the request, and
+every report route hands it to `fleet.reports.queries`, which applies it.
 """
 
 from __future__ import annotations
@@ -13,14 +12,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
-from sqlmodel import col, select
 
 from fleet.api.deps import EngineDep, SessionDep, SettingsDep
 from fleet.auth.permissions import Allow
 from fleet.reports.compute import ReportError, ReportRequest, build_report, check_request
 from fleet.reports.formats import MEDIA_TYPES, ReportFormat, filename, iter_csv, renderer
-from fleet.reports.models import StoredReport
+from fleet.reports.queries import (
+    StoredReportNotFound,
+    VendorOutOfScope,
+    scoped_vendor,
+    stored_report,
+    stored_reports,
+)
+from fleet.reports.schemas import StoredReportOut
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 
@@ -37,27 +41,11 @@ def vendor_scope(request: Request) -> str | None:
 VendorScopeDep = Annotated[str | None, Depends(vendor_scope)]
 
 
-class StoredReportOut(BaseModel):
-    id: int
-    vendor: str
-    period: str
-    period_start: date
-    period_end: date
-    format: str
-    filename: str
-    sha256: str
-    size: int
-    url: str
-
-
 def _scoped_vendor(requested: str | None, scope: str | None) -> str | None:
-    if scope is None:
-        return requested
-    if requested is not None and requested.lower() != scope.lower():
-        raise HTTPException(
-            403, f"this token may read {scope} reports only, not {requested!r}: drop ?vendor="
-        )
-    return scope
+    try:
+        return scoped_vendor(requested, scope)
+    except VendorOutOfScope as exc:
+        raise HTTPException(403, str(exc)) from None
 
 
 def _chunks(content: bytes) -> Iterator[bytes]:
@@ -113,22 +101,18 @@ def list_reports(
     vendor: str | None = None,
     period: str | None = None,
 ) -> list[StoredReportOut]:
-    wanted = _scoped_vendor(vendor, scope)
-    query = select(StoredReport).order_by(
-        col(StoredReport.period_start).desc(), col(StoredReport.vendor), col(StoredReport.id)
-    )
-    if wanted is not None:
-        query = query.where(col(StoredReport.vendor).ilike(wanted))
-    if period is not None:
-        query = query.where(col(StoredReport.period) == period)
-    return [_out(r) for r in session.exec(query)]
+    try:
+        return stored_reports(session, scope, vendor, period)
+    except VendorOutOfScope as exc:
+        raise HTTPException(403, str(exc)) from None
 
 
 @router.get("/{report_id}", response_class=StreamingResponse, dependencies=[Allow("reports:read")])
 def download_report(report_id: int, session: SessionDep, scope: VendorScopeDep) -> Any:
-    stored = session.get(StoredReport, report_id)
-    if stored is None or (scope is not None and stored.vendor.lower() != scope.lower()):
-        raise HTTPException(404, f"no stored report {report_id}: GET /api/v1/reports lists them")
+    try:
+        stored = stored_report(session, report_id, scope)
+    except StoredReportNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
     return StreamingResponse(
         _chunks(stored.content),
         media_type=stored.media_type,
@@ -136,20 +120,4 @@ def download_report(report_id: int, session: SessionDep, scope: VendorScopeDep) 
             "Content-Disposition": f'attachment; filename="{stored.filename}"',
             "X-Content-SHA256": stored.sha256,
         },
-    )
-
-
-def _out(row: StoredReport) -> StoredReportOut:
-    assert row.id is not None
-    return StoredReportOut(
-        id=row.id,
-        vendor=row.vendor,
-        period=row.period,
-        period_start=row.period_start,
-        period_end=row.period_end,
-        format=row.format,
-        filename=row.filename,
-        sha256=row.sha256,
-        size=row.size,
-        url=f"/api/v1/reports/{row.id}",
     )

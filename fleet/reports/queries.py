@@ -1,0 +1,80 @@
+"""Read-side questions about reports that the API and the reports page share: which vendor a
+caller may ask about, and the stored scheduled reports.
+
+The caller's scope is a vendor (None for ops: every vendor), and `_may_read` is the one place
+that says what it lets the caller read.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from fleet.reports.models import StoredReport
+from fleet.reports.schemas import StoredReportOut
+
+
+class VendorOutOfScope(PermissionError):
+    """The caller asked about a vendor other than its own."""
+
+
+class StoredReportNotFound(LookupError):
+    def __init__(self, report_id: int) -> None:
+        super().__init__(f"no stored report {report_id}: GET /api/v1/reports lists them")
+        self.report_id = report_id
+
+
+def _may_read(scope: str | None, vendor: str) -> bool:
+    return scope is None or vendor.lower() == scope.lower()
+
+
+def scoped_vendor(requested: str | None, scope: str | None) -> str | None:
+    """The vendor a question is about: the one requested, within the caller's `scope`; a
+    scoped caller who names none gets its own. Raises VendorOutOfScope."""
+    if scope is None:
+        return requested
+    if requested is not None and not _may_read(scope, requested):
+        raise VendorOutOfScope(
+            f"this token may read {scope} reports only, not {requested!r}: drop ?vendor="
+        )
+    return scope
+
+
+def stored_reports(
+    session: Session, scope: str | None, vendor: str | None = None, period: str | None = None
+) -> list[StoredReportOut]:
+    """The stored reports the caller may read, newest period first, then by vendor; only
+    `vendor`'s (any case) and `period`'s when given. Raises VendorOutOfScope."""
+    wanted = scoped_vendor(vendor, scope)
+    query = select(StoredReport).order_by(
+        col(StoredReport.period_start).desc(), col(StoredReport.vendor), col(StoredReport.id)
+    )
+    if wanted is not None:
+        query = query.where(col(StoredReport.vendor).ilike(wanted))
+    if period is not None:
+        query = query.where(col(StoredReport.period) == period)
+    return [_out(r) for r in session.exec(query)]
+
+
+def stored_report(session: Session, report_id: int, scope: str | None) -> StoredReport:
+    """One stored report with its content. Raises StoredReportNotFound, also for another
+    vendor's: its existence is not the caller's to know."""
+    stored = session.get(StoredReport, report_id)
+    if stored is None or not _may_read(scope, stored.vendor):
+        raise StoredReportNotFound(report_id)
+    return stored
+
+
+def _out(row: StoredReport) -> StoredReportOut:
+    assert row.id is not None
+    return StoredReportOut(
+        id=row.id,
+        vendor=row.vendor,
+        period=row.period,
+        period_start=row.period_start,
+        period_end=row.period_end,
+        format=row.format,
+        filename=row.filename,
+        sha256=row.sha256,
+        size=row.size,
+        url=f"/api/v1/reports/{row.id}",
+    )

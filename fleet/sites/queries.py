@@ -1,0 +1,159 @@
+"""The fleet at a glance, and one site's rooms and devices: what `GET /api/v1/sites` and the
+dashboard's overview and site pages show.
+
+The caller's scope is applied here, in `site_summaries`: ops see every site, a technician their
+sites, a vendor each site where it has devices, counting only those devices and the alerts about
+them (never the site's agent: a vendor sees devices, never a site's own business).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from fleet.alerts.queries import OpenAlerts, open_alerts_by_site, unacknowledged_alerts_by_site
+from fleet.auth.permissions import Caller
+from fleet.devices.schemas import DeviceOut
+from fleet.models import AgentStatus, Device, Room, Site
+from fleet.sites.schemas import AgentStatusOut, RoomOut, SiteDetail, SiteSummary
+
+
+class SiteNotFound(LookupError):
+    def __init__(self, code: str) -> None:
+        super().__init__(f"no site {code!r}: GET /api/v1/sites lists the known codes")
+        self.code = code
+
+
+class _SiteFacts(Protocol):
+    code: str
+    name: str
+    institution: str
+    country: str
+    timezone: str
+    vendor: str
+
+
+SUMMARY_COLUMNS = [
+    col(Site.code),
+    col(Site.name),
+    col(Site.institution),
+    col(Site.country),
+    col(Site.timezone),
+    col(Site.vendor),
+]
+
+
+def site_summaries(session: Session, caller: Caller | None) -> list[SiteSummary]:
+    """Every site the caller may see (None: every site), by code."""
+    # The summary's columns, not whole sites: a site's timetable is JSON, parsed for nothing.
+    sites = session.execute(select(*SUMMARY_COLUMNS).order_by(col(Site.code))).all()
+    if caller is not None and caller.vendor is not None:
+        return _vendor_summaries(session, sites, caller)
+    if caller is not None and caller.sites is not None:
+        sites = [s for s in sites if s.code in caller.sites]  # a technician: their sites only
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    last: dict[str, datetime | None] = {}
+    query = (
+        select(Device.site_code, Device.state, func.count(), func.max(Device.last_seen_at))
+        .where(col(Device.retired_at).is_(None))
+        .group_by(col(Device.site_code), col(Device.state))
+    )
+    for site_code, state, count, seen in session.exec(query):
+        counts[site_code][state] = count
+        newest = last.get(site_code)
+        if seen is not None and (newest is None or seen > newest):
+            last[site_code] = seen
+    agents = {a.site_code: a for a in session.exec(select(AgentStatus))}
+    alerts = open_alerts_by_site(session)
+    return [
+        _summary(s, counts[s.code], agents.get(s.code), last.get(s.code), alerts.get(s.code, 0))
+        for s in sites
+    ]
+
+
+def _vendor_summaries(
+    session: Session, sites: Sequence[_SiteFacts], caller: Caller
+) -> list[SiteSummary]:
+    """The sites where the caller's vendor has devices, counting only those devices, and only
+    the alerts about them that nobody has acknowledged yet."""
+    assert caller.vendor is not None
+    counts: dict[str, dict[str, int]] = {}
+    last: dict[str, datetime] = {}
+    query = (
+        select(Device.site_code, Device.state, func.count(), func.max(Device.last_seen_at))
+        .where(
+            col(Device.retired_at).is_(None),
+            func.lower(col(Device.vendor)) == caller.vendor.lower(),
+        )
+        .group_by(col(Device.site_code), col(Device.state))
+    )
+    for site_code, state, count, seen in session.exec(query):
+        counts.setdefault(site_code, {})[state] = count
+        if seen is not None and (site_code not in last or seen > last[site_code]):
+            last[site_code] = seen
+    alerts = unacknowledged_alerts_by_site(session, caller)
+    return [
+        _summary(s, counts[s.code], None, last.get(s.code), alerts.get(s.code, OpenAlerts()).total)
+        for s in sites
+        if s.code in counts
+    ]
+
+
+def site_detail(session: Session, code: str) -> SiteDetail:
+    """One site with its rooms and their devices (retired ones left out). Raises
+    SiteNotFound. Whether the caller may see it is checked before, by the permission
+    (fleet.auth.permissions), on the code in the path."""
+    site = session.get(Site, code)
+    if site is None:
+        raise SiteNotFound(code)
+    devices = session.exec(
+        select(Device)
+        .where(Device.site_code == code, col(Device.retired_at).is_(None))
+        .order_by(col(Device.id))
+    ).all()
+    rooms = session.exec(select(Room).where(Room.site_code == code).order_by(col(Room.id))).all()
+    by_room: dict[str, list[DeviceOut]] = defaultdict(list)
+    counts: dict[str, int] = defaultdict(int)
+    for device in devices:
+        by_room[device.room_id].append(DeviceOut.model_validate(device))
+        counts[device.state] += 1
+    seen = [d.last_seen_at for d in devices if d.last_seen_at is not None]
+    alerts = open_alerts_by_site(session).get(code, 0)
+    summary = _summary(
+        site, counts, session.get(AgentStatus, code), max(seen, default=None), alerts
+    )
+    return SiteDetail(
+        **summary.model_dump(),
+        timetable=site.timetable,
+        synced_at=site.synced_at,
+        rooms=[
+            RoomOut(id=r.id, name=r.name, building=r.building, devices=by_room[r.id]) for r in rooms
+        ],
+    )
+
+
+def _summary(
+    site: _SiteFacts,
+    counts: dict[str, int],
+    agent: AgentStatus | None,
+    last: datetime | None,
+    open_alerts: int = 0,
+) -> SiteSummary:
+    return SiteSummary(
+        code=site.code,
+        name=site.name,
+        institution=site.institution,
+        country=site.country,
+        timezone=site.timezone,
+        vendor=site.vendor,
+        devices=sum(counts.values()),
+        devices_by_state=dict(counts),
+        agent=AgentStatusOut.model_validate(agent) if agent else None,
+        last_reported_at=last,
+        open_alerts=open_alerts,
+    )

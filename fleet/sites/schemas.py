@@ -1,0 +1,53 @@
+"""A site at a glance, and one site's rooms and devices, as the API and the pages show them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from fleet.devices.schemas import DeviceOut
+
+
+class AgentStatusOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    agent_id: str
+    state: str
+    version: str
+    boot_id: str
+    ts: datetime
+    received_at: datetime
+    last_message_at: datetime | None
+
+
+class SiteSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    code: str
+    name: str
+    institution: str
+    country: str
+    timezone: str
+    vendor: str
+    devices: int
+    devices_by_state: dict[str, int]
+    agent: AgentStatusOut | None
+    last_reported_at: datetime | None  # newest reading of any of its devices
+    open_alerts: int = 0  # open or acknowledged; for a vendor, the open ones about its devices
+
+
+class RoomOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    building: str
+    devices: list[DeviceOut]
+
+
+class SiteDetail(SiteSummary):
+    timetable: dict[str, Any]
+    synced_at: datetime
+    rooms: list[RoomOut]
