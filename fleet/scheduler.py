@@ -47,6 +47,7 @@ def jobs(settings: Settings) -> list[Job]:
     from fleet.programme.overview import check_overdue_milestones
     from fleet.reports.rollup import derive_usage, purge_samples
     from fleet.reports.scheduled import generate_due_reports
+    from fleet.retention import apply_retention
 
     profiles = settings.profiles_dir
     alerts = settings.alert_rules()
@@ -65,6 +66,7 @@ def jobs(settings: Settings) -> list[Job]:
         Job("programme_overdue", partial(check_overdue_milestones, notify=alerts.notify), 3600),
         Job("usage_rollup", partial(derive_usage, profiles_dir=profiles), 60),
         Job("sample_purge", partial(purge_samples, retention=retention), 3600),
+        Job("retention", partial(apply_retention, rules=settings.retention_rules()), 3600),
         # Hourly: a month's reports appear on the 1st (UTC) once FLEET_REPORT_DELAY_H passed.
         Job(
             "scheduled_reports",

@@ -18,6 +18,7 @@ from fleet.alerts.webhook import Webhook
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR
 from fleet.reports.compute import ReportBasis
 from fleet.reports.scheduled import ReportSchedule
+from fleet.retention import Retention
 from fleet.rollouts.artifacts import ArtifactStore
 from fleet.rollouts.engine import FirmwareDelivery
 
@@ -71,6 +72,20 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     rollout_tick_s: float = Field(default=10.0, gt=0, le=3600)
 
+    # Retention of what grows with traffic (fleet/retention.py): days, and the newest rows kept.
+    # The ledger of ingested msg_ids outlives the broker's session (mqtt_session_expiry_s),
+    # so that a batch redelivered after an outage is still known.
+    dead_letter_retention_days: int = Field(default=30, ge=1)
+    dead_letter_max_rows: int = Field(default=100_000, ge=100)
+    audit_retention_days: int = Field(default=400, ge=1)
+    audit_max_rows: int = Field(default=1_000_000, ge=1000)
+    agent_message_retention_days: int = Field(default=90, ge=1)
+    agent_message_max_rows: int = Field(default=1_000_000, ge=1000)
+    ingested_retention_days: int = Field(default=30, ge=8)
+    ingested_max_rows: int = Field(default=10_000_000, ge=100_000)
+    alert_retention_days: int = Field(default=400, ge=1)
+    alert_max_rows: int = Field(default=1_000_000, ge=1000)
+
     # Auth: a login token lives this long; an enrolment token at most this long. Agents are
     # told to reach the broker at agent_mqtt_url (empty: mqtt_url without its user).
     login_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
@@ -81,6 +96,17 @@ class Settings(BaseSettings):
     def _default_database_in_data_dir(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'fleet.db'}"
+        return self
+
+    @model_validator(mode="after")
+    def _ledger_outlives_the_broker_session(self) -> Settings:
+        if self.ingested_retention_days * 86400 <= self.mqtt_session_expiry_s:
+            raise ValueError(
+                f"FLEET_INGESTED_RETENTION_DAYS ({self.ingested_retention_days}) is not longer "
+                f"than the broker session (FLEET_MQTT_SESSION_EXPIRY_S, "
+                f"{self.mqtt_session_expiry_s} s): a batch redelivered after an outage would "
+                "not be known. Fix: keep the ledger longer than the session"
+            )
         return self
 
     @model_validator(mode="after")
@@ -117,6 +143,51 @@ class Settings(BaseSettings):
 
     def artifact_store(self) -> ArtifactStore:
         return ArtifactStore(self.artifacts_dir or self.data_dir / "artifacts", self.public_url)
+
+    def retention_rules(self) -> list[Retention]:
+        """The retention of each table that grows with traffic, for fleet.retention."""
+
+        def days(n: int) -> timedelta:
+            return timedelta(days=n)
+
+        return [
+            Retention(
+                "dead_letter",
+                "received_at",
+                days(self.dead_letter_retention_days),
+                self.dead_letter_max_rows,
+            ),
+            Retention("audit_entry", "at", days(self.audit_retention_days), self.audit_max_rows),
+            Retention(
+                "agent_message",
+                "received_at",
+                days(self.agent_message_retention_days),
+                self.agent_message_max_rows,
+            ),
+            Retention(
+                "ingested_message",
+                "received_at",
+                days(self.ingested_retention_days),
+                self.ingested_max_rows,
+                key="msg_id",
+            ),
+            # Deliveries sent or given up; those still due are never dropped.
+            Retention(
+                "webhook_delivery",
+                "created_at",
+                days(self.alert_retention_days),
+                self.alert_max_rows,
+                only="next_attempt_at IS NULL",
+            ),
+            Retention(
+                "alert",
+                "opened_at",
+                days(self.alert_retention_days),
+                self.alert_max_rows,
+                only="resolved_at IS NOT NULL",
+                children=(("webhook_delivery", "alert_id"),),
+            ),
+        ]
 
     def firmware_delivery(self) -> FirmwareDelivery:
         return FirmwareDelivery(self.profiles_dir, self.artifact_store(), self.topic_root)

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
@@ -70,17 +71,24 @@ def test_passwords_are_stored_as_pbkdf2_with_600000_rounds() -> None:
 
 
 @pytest.mark.parametrize(
-    ("case", "reason"),
+    ("case", "reason", "audited_as"),
     [
-        ("missing", "missing"),
-        ("malformed", "malformed"),
-        ("unknown", "unknown"),
-        ("expired", "expired"),
-        ("revoked", "revoked"),
+        # Nobody's token: counted, not stored (a flood must not grow the audit table).
+        ("missing", "missing", None),
+        ("malformed", "malformed", None),
+        ("unknown", "unknown", None),
+        # A real user's token, refused: someone to hold to account.
+        ("expired", "expired", "old"),
+        ("revoked", "revoked", "gone"),
     ],
 )
 def test_bad_tokens_are_refused_with_401_and_logged(
-    client: TestClient, registered: Engine, tokens: Tokens, case: str, reason: str
+    client: TestClient,
+    registered: Engine,
+    tokens: Tokens,
+    case: str,
+    reason: str,
+    audited_as: str | None,
 ) -> None:
     if case == "missing":
         headers: dict[str, str] = {}
@@ -95,10 +103,52 @@ def test_bad_tokens_are_refused_with_401_and_logged(
         with Session(registered) as session:
             revoke_user(session, "gone")
         headers = bearer(token)
+    before = refusals(reason)
     answer = client.get("/api/v1/devices", headers=headers)
     assert answer.status_code == 401
     assert answer.headers["www-authenticate"] == "Bearer"
-    assert [e.detail for e in denied(registered)] == [{"status": 401, "reason": reason}]
+    assert refusals(reason) == before + 1
+    if audited_as is None:
+        assert denied(registered) == []
+    else:
+        assert [(e.actor, e.detail) for e in denied(registered)] == [
+            (audited_as, {"status": 401, "reason": reason})
+        ]
+
+
+def refusals(reason: str) -> float:
+    total = 0.0
+    for caller in ("anonymous", "user"):
+        value = REGISTRY.get_sample_value(
+            "fleet_auth_refused_total", {"reason": reason, "caller": caller}
+        )
+        total += value or 0.0
+    return total
+
+
+def test_a_flood_of_bad_tokens_is_counted_not_stored(
+    client: TestClient, registered: Engine
+) -> None:
+    """200 requests with a token nobody issued add no audit row; each is counted."""
+    before = refusals("unknown")
+    for n in range(200):
+        answer = client.get("/api/v1/sites", headers=bearer("fleet_" + f"{n:043d}"))
+        assert answer.status_code == 401
+    assert refusals("unknown") == before + 200
+    with Session(registered) as session:
+        assert session.exec(select(AuditEntry)).all() == []
+
+
+def test_a_login_with_a_name_nobody_has_is_counted_not_stored(
+    client: TestClient, registered: Engine, tokens: Tokens
+) -> None:
+    before = refusals("login_unknown_user")
+    answer = client.post(
+        "/api/v1/auth/token", data={"username": "nobody\x00\x1b[2J", "password": "x"}
+    )
+    assert answer.status_code == 401
+    assert refusals("login_unknown_user") == before + 1
+    assert denied(registered) == []
 
 
 def test_wrong_role_is_403_and_nothing_changes(

@@ -8,6 +8,7 @@ from sqlalchemy import Engine, func, text
 from sqlmodel import Session, col, select
 
 from fleet.ingest.pipeline import Ingest, OutcomeStatus, RejectReason
+from fleet.ingest.store import DEAD_LETTER_PAYLOAD_MAX
 from fleet.models import AgentMessage, AgentStatus, DeadLetter, Device, IngestedMessage, Sample
 from fleet.protocol.messages import MAX_PAYLOAD_BYTES
 from tests.fixtures_db import RECEIVED, agent_state, batch, health, message, reading
@@ -116,7 +117,7 @@ def test_each_bad_input_is_dead_lettered_and_the_rest_stored(
     assert [d.reason for d in dead] == [reason.value for reason, _ in cases]
     oversize = dead[1]
     assert oversize.size == MAX_PAYLOAD_BYTES + 1
-    assert oversize.truncated and len(oversize.payload) == MAX_PAYLOAD_BYTES
+    assert oversize.truncated and len(oversize.payload) == DEAD_LETTER_PAYLOAD_MAX
     assert ingest.rejected[RejectReason.invalid] == 3
     assert sum(ingest.rejected.values()) == len(cases)
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import OAuth2PasswordBearer
+from prometheus_client import Counter
 from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +27,11 @@ from fleet.auth.audit import record
 from fleet.auth.tokens import VERIFIED, TokenRefused, resolve_api_token
 
 log = logging.getLogger(__name__)
+REFUSALS = Counter(
+    "fleet_auth_refused_total",
+    "Requests refused, by reason and by whether a known user or nobody made them",
+    ["reason", "caller"],
+)
 
 SESSION_COOKIE = "fleet_token"
 ANYONE = "anyone"  # no token needed
@@ -100,11 +106,15 @@ ANONYMOUS = Caller(name="anonymous", role=ANYONE)
 
 
 class Refused(Exception):
-    def __init__(self, status: int, message: str, reason: str) -> None:
+    """A request refused: its HTTP status, the message for the caller, one word for the
+    audit, and whose token it was when that is known though the caller is not let in."""
+
+    def __init__(self, status: int, message: str, reason: str, actor: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.reason = reason
+        self.actor = actor
 
 
 class Permission:
@@ -185,7 +195,7 @@ class Permission:
                 try:
                     bearer = resolve_api_token(session, token)
                 except TokenRefused as exc:
-                    raise Refused(401, str(exc), exc.reason) from None
+                    raise Refused(401, str(exc), exc.reason, actor=exc.user) from None
                 user = bearer.user
                 caller = Caller(
                     name=user.name,
@@ -209,17 +219,24 @@ class Permission:
     def _refused(self, engine: Engine, request: Request, refusal: Refused) -> None:
         caller: Caller = getattr(request.state, "caller", ANONYMOUS)
         target = f"{request.method} {request.url.path}"
+        actor = caller.name if caller is not ANONYMOUS else refusal.actor
+        REFUSALS.labels(refusal.reason, "anonymous" if actor is None else "user").inc()
+        if actor is None:
+            # Nobody to hold to account, and a flood of bad tokens must not grow the audit
+            # table: counted (fleet_auth_refused_total) and logged at debug, not stored.
+            log.debug("refused %s anonymously: %s [%s]", target, refusal.reason, self.name)
+            return
         log.warning(
             "refused %s for %s (%s): %s [%s]",
             target,
-            caller.name,
+            actor,
             caller.role,
             refusal.reason,
             self.name,
         )
         record(
             engine,
-            actor=caller.name,
+            actor=actor,
             role=caller.role,
             action=self.name,
             target=target,

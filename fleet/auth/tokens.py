@@ -34,9 +34,11 @@ ENROL_TTL = timedelta(hours=24)
 class TokenRefused(Exception):
     """Why a token does not let its bearer in; `reason` is one word for logs and the audit."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, user: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        # Whose token it was, when the token is known (expired, revoked): someone to audit.
+        self.user = user
 
 
 def token_hash(token: str) -> str:
@@ -140,13 +142,16 @@ def resolve_api_token(session: Session, token: str | None, now: datetime | None 
     if row is None:
         raise TokenRefused("unknown", "the bearer token is not known: log in again")
     now = now or utcnow()
-    if row.revoked_at is not None:
-        raise TokenRefused("revoked", "the bearer token was revoked: ask ops for a new one")
-    if row.expires_at is not None and row.expires_at <= now:
-        raise TokenRefused("expired", "the bearer token has expired: log in again")
     user = session.get(User, row.user_id)
+    name = user.name if user is not None else None
+    if row.revoked_at is not None:
+        raise TokenRefused(
+            "revoked", "the bearer token was revoked: ask ops for a new one", user=name
+        )
+    if row.expires_at is not None and row.expires_at <= now:
+        raise TokenRefused("expired", "the bearer token has expired: log in again", user=name)
     if user is None or user.revoked_at is not None:
-        raise TokenRefused("revoked", "the token's user was revoked: ask ops")
+        raise TokenRefused("revoked", "the token's user was revoked: ask ops", user=name)
     return Bearer(user, row)
 
 

@@ -51,7 +51,7 @@ from fleet.ingest.rows import (
     sqlite_ts,
 )
 from fleet.models import UtcDateTime
-from fleet.protocol.messages import MAX_PAYLOAD_BYTES, AgentStateValue, Reading
+from fleet.protocol.messages import AgentStateValue, Reading
 
 DEVICES = SQLModel.metadata.tables["device"]
 INGESTED = SQLModel.metadata.tables["ingested_message"]
@@ -61,6 +61,10 @@ DEAD = SQLModel.metadata.tables["dead_letter"]
 
 IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's parameter limit
 DETAIL_MAX = 2000
+# What a dead letter keeps of its message: enough to read what was wrong and replay most
+# messages, while a flood of oversize garbage costs 16 KiB a row, not 256 (fleet/retention.py
+# bounds the rows).
+DEAD_LETTER_PAYLOAD_MAX = 16 * 1024
 
 InClass = Callable[[str, datetime], bool]
 # Order of arrival: (received_at, index in group); rows from earlier groups use index -1.
@@ -84,9 +88,9 @@ def _dead_letter_row(message: IncomingMessage, reason: RejectReason, detail: str
         "topic": message.topic.replace("\x00", ""),
         "reason": reason.value,
         "detail": detail.replace("\x00", "")[:DETAIL_MAX],
-        "payload": message.payload[:MAX_PAYLOAD_BYTES],
+        "payload": bytes(message.payload[:DEAD_LETTER_PAYLOAD_MAX]),
         "size": len(message.payload),
-        "truncated": len(message.payload) > MAX_PAYLOAD_BYTES,
+        "truncated": len(message.payload) > DEAD_LETTER_PAYLOAD_MAX,
     }
 
 
@@ -98,9 +102,9 @@ def _refused_reading_row(message: IncomingMessage, bad: BadReading) -> dict[str,
         "topic": message.topic.replace("\x00", ""),
         "reason": bad.reason.value,
         "detail": bad.detail.replace("\x00", "")[:DETAIL_MAX],
-        "payload": payload[:MAX_PAYLOAD_BYTES],
+        "payload": payload[:DEAD_LETTER_PAYLOAD_MAX],
         "size": len(payload),
-        "truncated": len(payload) > MAX_PAYLOAD_BYTES,
+        "truncated": len(payload) > DEAD_LETTER_PAYLOAD_MAX,
     }
 
 

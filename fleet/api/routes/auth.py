@@ -18,8 +18,9 @@ from fleet.api.deps import SessionDep, SettingsDep
 from fleet.auth.audit import record
 from fleet.auth.models import ApiToken, User
 from fleet.auth.passwords import verify_password
-from fleet.auth.permissions import SESSION_COOKIE, Allow, Caller
+from fleet.auth.permissions import REFUSALS, SESSION_COOKIE, Allow, Caller
 from fleet.auth.tokens import VERIFIED, issue_api_token
+from fleet.auth.users import USER_NAME_RE
 from fleet.protocol.messages import utcnow
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
@@ -46,21 +47,33 @@ def login(
     session: SessionDep,
     settings: SettingsDep,
 ) -> TokenOut:
-    user = session.exec(select(User).where(User.name == form.username)).first()
+    # A name no user can have (PostgreSQL's text cannot even hold a NUL to look it up)
+    # is answered like any unknown name.
+    user = (
+        session.exec(select(User).where(User.name == form.username)).first()
+        if USER_NAME_RE.match(form.username)
+        else None
+    )
     ok = (
         user is not None
         and user.revoked_at is None
         and verify_password(form.password, user.password_hash)
     )
     if not ok or user is None:
-        record(
-            session,
-            actor=form.username[:64],
-            action="login",
-            target=request.client.host if request.client else "",
-            outcome="denied",
-        )
-        session.commit()
+        if user is None:
+            # A name nobody has: counted, not stored, so that guessing names cannot grow
+            # the audit table (and the typed text, whatever it holds, is never written).
+            REFUSALS.labels("login_unknown_user", "anonymous").inc()
+        else:
+            record(
+                session,
+                actor=user.name,
+                role=user.role,
+                action="login",
+                target=request.client.host if request.client else "",
+                outcome="denied",
+            )
+            session.commit()
         # The same answer for an unknown user and a wrong password: no user enumeration.
         raise HTTPException(
             401,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from fleet.api.deps import SessionDep, SettingsDep
 from fleet.auth.audit import record
 from fleet.auth.mqtt_auth import rotate_site_credential
-from fleet.auth.permissions import Allow, Caller
+from fleet.auth.permissions import REFUSALS, Allow, Caller
 from fleet.auth.tokens import TokenRefused, issue_enrolment_token, redeem_enrolment_token
 from fleet.models import Site
 from fleet.protocol.messages import SITE_CODE_PATTERN
@@ -98,14 +98,19 @@ def enrol(body: EnrolIn, request: Request, session: SessionDep, settings: Settin
         row = redeem_enrolment_token(session, body.token)
     except TokenRefused as exc:
         session.rollback()
-        record(
-            request.app.state.engine,
-            actor="agent",
-            action="enrol",
-            target=request.client.host if request.client else "",
-            outcome="denied",
-            detail={"reason": exc.reason},
-        )
+        if exc.reason in ("used", "expired"):
+            # A real token used twice or late: worth an entry. A token nobody issued is
+            # counted instead, so that guessing cannot grow the audit table.
+            record(
+                request.app.state.engine,
+                actor="agent",
+                action="enrol",
+                target=request.client.host if request.client else "",
+                outcome="denied",
+                detail={"reason": exc.reason},
+            )
+        else:
+            REFUSALS.labels(f"enrol_{exc.reason}", "anonymous").inc()
         raise HTTPException(401, str(exc)) from None
     site = session.get(Site, row.site_code)
     if site is None:  # the site was removed after the token was made
