@@ -2,15 +2,24 @@
 averages. The field saw 4 batches back to back every 0.81 s: 8 batches (147 KB) in one
 second where 5 were promised.
 
-The token bucket on its own, with Hypothesis choosing the requests on a clock of the test's."""
+The token bucket on its own, with Hypothesis choosing the requests on a clock of the test's;
+then the agent's own sender draining a backlog through a real Mosquitto, each health
+batch's publish call timed."""
 
 from __future__ import annotations
+
+import asyncio
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.token_bucket import SendRate, TokenBucket
+from bench.brokers import MosquittoMissing
+from bench.link import send_backlog
+from tests.conftest import need
+from tests.fixtures_link import mosquitto_with, panel_backlog
 
 requests = st.lists(
     st.tuples(
@@ -73,3 +82,44 @@ def test_send_rate_under_one_batch_a_second_spaces_them() -> None:
     assert rate.batches.wait_s(1, 0.0) == 0
     rate.batches.spend(1, 0.0)
     assert rate.batches.wait_s(1, 0.0) == pytest.approx(2.0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("batches_per_s", "bytes_per_s", "readings", "batch_size"),
+    [
+        (5.0, 256 * 1024, 300, 10),  # the batch count binds: 30 batches of ~3.6 KB
+        (50.0, 8_000, 100, 10),  # the bytes bind: two ~3.6 KB batches a second
+    ],
+)
+def test_agent_sends_no_more_than_the_cap_in_any_second(
+    tmp_path: Path, batches_per_s: float, bytes_per_s: int, readings: int, batch_size: int
+) -> None:
+    broker = mosquitto_with(tmp_path)
+    try:
+        broker.start()
+    except MosquittoMissing as exc:
+        need("mosquitto", f"{exc}; .ci/run expects it")
+    try:
+        sent = asyncio.run(
+            send_backlog(
+                broker.url,
+                tmp_path / "agent",
+                panel_backlog(readings),
+                batch_size=batch_size,
+                max_batches_per_s=batches_per_s,
+                max_bytes_per_s=bytes_per_s,
+                timeout=60,
+            )
+        )
+    finally:
+        broker.stop()
+    assert sent.delivered == readings
+    most_batches, most_bytes = sent.most_in_a_second()
+    assert most_batches <= batches_per_s, sent.sends
+    assert most_bytes <= bytes_per_s, sent.sends
+    # And not slower than the cap allows: the backlog takes about count / rate seconds.
+    count = len(sent.sends)
+    per_second = min(batches_per_s, bytes_per_s // max(n for _, n in sent.sends))
+    elapsed = sent.sends[-1][0] - sent.sends[0][0]
+    assert elapsed <= (count / per_second) + 1.0, (elapsed, count, per_second)
