@@ -1,8 +1,14 @@
 """paho-mqtt 2, wrapped once: the rest of the agent sees plain async calls.
 
 paho runs its network loop in its own thread; its callbacks hand results back to the
-asyncio loop. `publish` returns only when the broker has acknowledged (PUBACK), which is
-what lets the outbox delete a batch.
+asyncio loop. `publish` returns only when the broker has acknowledged the message with a
+PUBACK whose reason code is a success (MQTT 5.0 spec section 3.4.2.1), which is what lets the
+outbox delete a batch; a PUBACK that refuses it raises PublishRefused.
+
+What was not acknowledged when the connection went is failed back to its caller, who sends
+it again (the outbox, from disk): paho's own replay of it on the next connect is dropped, so
+a message the broker closes the connection on (one over its size limit) is not sent again
+and again on every reconnect.
 
 With a session expiry the session is persistent (MQTT v5 clean_start=False with a session
 expiry interval, v3.1.1 clean_session=False): the broker keeps the subscriptions and queues
@@ -24,9 +30,21 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent import metrics
+from agent.broker_refusals import (
+    Refusal,
+    connack_refusal,
+    is_success,
+    packet_too_large,
+    puback_refusal,
+)
 from fleet.protocol.broker_url import BrokerAddress
 
 log = logging.getLogger(__name__)
+
+# The longest wait between two connect attempts while the broker is away: a broker that is
+# back is found within this many seconds (paho doubles the wait from 1 s up to it).
+RECONNECT_MAX_S = 5
 
 
 class BrokerError(Exception):
@@ -34,18 +52,34 @@ class BrokerError(Exception):
 
 
 class NotConnected(BrokerError):
-    pass
+    """Not connected when asked to publish; the message was not sent."""
 
 
-def _describe_refusal(code: ReasonCode | int, address: BrokerAddress) -> str:
-    text = str(code)
-    value = code.value if isinstance(code, ReasonCode) else code
-    if value in (4, 5, 134, 135):
-        return (
-            f"broker {address.display()} refused the login ({text}): check the MQTT user "
-            "and password (FLEET_MQTT_PASSWORD or the URL), or re-enrol the agent"
-        )
-    return f"broker {address.display()} refused the connection ({text})"
+class LostInFlight(NotConnected):
+    """The connection went while the message waited for its PUBACK: it may or may not have
+    reached the broker, so it is sent again (the controller recognises a batch's msg_id)."""
+
+
+class PublishRefused(BrokerError):
+    """The broker did not take a QoS 1 message: its PUBACK carried a reason code of 128 or
+    more (MQTT 5.0 spec section 3.4.2.1), or the message is larger than the Maximum Packet
+    Size the broker announced (section 3.2.2.3.6), so it was never sent.
+
+    `refusal` holds the reason code, the spec's name and the fix; `topic` and `size` (bytes
+    of payload) say which message."""
+
+    def __init__(self, refusal: Refusal, topic: str, size: int) -> None:
+        self.refusal = refusal
+        self.topic = topic
+        self.size = size
+        super().__init__(f"the broker refused {size:,} bytes on {topic}: {refusal}")
+
+
+def publish_overhead_bytes(topic: str) -> int:
+    """The bytes a QoS 1 PUBLISH adds around its payload, at most: fixed header (1 + up to 4
+    of remaining length), topic (2 + its UTF-8), packet id (2), and MQTT 5.0's property
+    length (1, no properties). MQTT 5.0 spec section 3.3; Maximum Packet Size counts them."""
+    return 1 + 4 + 2 + len(topic.encode()) + 2 + 1
 
 
 class MqttLink:
@@ -58,17 +92,22 @@ class MqttLink:
         on_connected: Callable[[], None] | None = None,
         keepalive: int = 30,
         session_expiry_s: int | None = None,
+        reconnect_max_s: int = RECONNECT_MAX_S,
     ) -> None:
         """`session_expiry_s`: keep the session (subscriptions, queued QoS 1 messages) on
-        the broker for this long after a disconnect; None or 0 for a clean session."""
+        the broker for this long after a disconnect; None or 0 for a clean session.
+        `reconnect_max_s`: the longest wait between connect attempts."""
         self.address = address
         self.client_id = client_id
         self._on_connected_hook = on_connected
         self._loop: asyncio.AbstractEventLoop | None = None
-        # mid -> the publish waiting for its PUBACK. Touched only on the event loop: paho
-        # calls on_publish holding its own message lock, so a lock of ours taken there and
-        # also held around client.publish() (which takes paho's lock) would deadlock.
-        self._pending: dict[int, asyncio.Future[None]] = {}
+        # mid -> the publish waiting for its PUBACK, its topic and payload size. Touched only
+        # on the event loop: paho calls on_publish holding its own message lock, so a lock of
+        # ours taken there and also held around client.publish() (which takes paho's lock)
+        # would deadlock.
+        self._pending: dict[int, tuple[asyncio.Future[None], str, int]] = {}
+        # The Maximum Packet Size of the broker's last CONNACK (MQTT 5.0 only), in bytes.
+        self.max_packet_bytes: int | None = None
         self.connected = asyncio.Event()
         self.disconnected = asyncio.Event()
         self.last_error: str | None = None
@@ -97,7 +136,7 @@ class MqttLink:
             self._client.tls_set_context(address.ssl_context())
         if will:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=reconnect_max_s)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
@@ -165,10 +204,21 @@ class MqttLink:
         retain: bool = False,
         timeout: float = 30.0,
     ) -> None:
-        """Publish and wait for the broker's acknowledgement (QoS 1: PUBACK)."""
+        """Publish and wait for the broker's acknowledgement (QoS 1: a PUBACK whose reason
+        code is a success). Raises NotConnected (LostInFlight if the connection went while
+        waiting), PublishRefused, or TimeoutError after `timeout` seconds."""
         if not self.connected.is_set():
             raise NotConnected(f"not connected to {self.address.display()}")
         assert self._loop is not None
+        limit = self.max_payload_bytes(topic)
+        if limit is not None and len(payload) > limit:
+            # Sent anyway, the broker would close the connection (spec section 3.2.2.3.6).
+            why = (
+                f"the broker announced a Maximum Packet Size of {self.max_packet_bytes:,} "
+                f"bytes, which leaves {limit:,} for a message on {topic}"
+            )
+            refusal = packet_too_large(len(payload), limit, self.address, why)
+            raise PublishRefused(refusal, topic, len(payload))
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise NotConnected(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
@@ -177,11 +227,18 @@ class MqttLink:
         # No await since publish(): a PUBACK, however fast, reaches _acked on this loop
         # only after the future below is in place.
         future: asyncio.Future[None] = self._loop.create_future()
-        self._pending[info.mid] = future
+        self._pending[info.mid] = (future, topic, len(payload))
         try:
             await asyncio.wait_for(future, timeout)
         finally:
             self._pending.pop(info.mid, None)
+
+    def max_payload_bytes(self, topic: str) -> int | None:
+        """The largest payload the broker takes on `topic`, in bytes, as its MQTT 5.0
+        CONNACK announced it; None when it announced none (or spoke 3.1.1)."""
+        if self.max_packet_bytes is None:
+            return None
+        return self.max_packet_bytes - publish_overhead_bytes(topic)
 
     def subscribe(self, topic: str, on_message: Callable[[bytes], None]) -> None:
         """Call `on_message(payload)` on the event loop for each message on `topic` (QoS 1),
@@ -196,13 +253,24 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         refused = reason.is_failure if isinstance(reason, ReasonCode) else bool(reason)
-        message = _describe_refusal(reason, self.address) if refused else None
+        message = connack_refusal(reason, self.address) if refused else None
+        # Whatever paho still holds from before is replayed by it on this connect, before
+        # any of ours: its callers have been told it failed and send it again themselves,
+        # and a message the broker closed the connection on would be replayed forever.
+        client.drop_out_messages()
         if message:
             self.last_error = message
             log.error("%s", message)
         else:
             self.last_error = None
-            log.info("connected to %s", self.address.display())
+            announced = getattr(props, "MaximumPacketSize", None) if props else None
+            self.max_packet_bytes = int(announced) if announced else None
+            metrics.BROKER_CONNECTS.inc()
+            log.info(
+                "connected to %s%s",
+                self.address.display(),
+                f" (Maximum Packet Size {announced:,} bytes)" if announced else "",
+            )
             for topic in self._subscriptions:
                 client.subscribe(topic, qos=1)
         self._call(self._connected_result, message)
@@ -227,17 +295,27 @@ class MqttLink:
         self.connected.clear()
         self.disconnected.set()
         # Whatever was in flight is not known to be stored: the outbox will send it again.
-        self._fail_pending(NotConnected("connection lost before the broker acknowledged"))
+        self._fail_pending(LostInFlight("connection lost before the broker acknowledged"))
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
-        self._call(self._acked, mid)
+        # MQTT 3.1.1 PUBACKs carry no reason code: paho gives them Success.
+        self._call(self._acked, mid, reason)
 
-    def _acked(self, mid: int) -> None:
-        future = self._pending.pop(mid, None)
-        if future is not None and not future.done():
+    def _acked(self, mid: int, reason: ReasonCode) -> None:
+        entry = self._pending.pop(mid, None)
+        if entry is None:
+            return
+        future, topic, size = entry
+        if future.done():
+            return
+        if is_success(reason):
             future.set_result(None)
+        else:
+            future.set_exception(
+                PublishRefused(puback_refusal(reason, self.address, topic), topic, size)
+            )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         callback = self._subscriptions.get(msg.topic)
@@ -258,7 +336,7 @@ class MqttLink:
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
-        for future in pending.values():
+        for future, _, _ in pending.values():
             if not future.done():
                 future.set_exception(exc)
 

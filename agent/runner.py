@@ -1,8 +1,8 @@
 """The site agent: poll → outbox → publish, plus the retained online/offline state.
 
 Three loops share one asyncio event loop: the poller emits readings, the writer moves them
-into the on-disk outbox, the sender drains the outbox to the broker at a bounded rate and
-deletes each batch only once the broker has acknowledged it.
+into the on-disk outbox, the sender (agent/sender.py) drains the outbox to the broker at a
+capped rate and deletes each batch only once the broker has acknowledged it with a success.
 """
 
 from __future__ import annotations
@@ -12,23 +12,18 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import __version__, metrics
-from agent.outbox import Outbox, PendingBatch, batch_payload
+from agent import __version__
+from agent.outbox import Outbox
 from agent.poller import Poller, build_targets
-from agent.publisher import BrokerError, MqttLink
+from agent.publisher import RECONNECT_MAX_S, BrokerError, MqttLink, PublishRefused
+from agent.sender import Backoff, OutboxSender
+from agent.token_bucket import SendRate
 from agent.updater import UpdateOptions, Updater
 from fleet.protocol.broker_url import BrokerAddress
-from fleet.protocol.messages import (
-    AgentEvent,
-    AgentState,
-    AgentStateValue,
-    EventKind,
-    Reading,
-    Topics,
-)
+from fleet.protocol.messages import AgentState, AgentStateValue, Reading, Topics
 from fleet.protocol.site_config import LoadedSite
 
 log = logging.getLogger(__name__)
@@ -43,8 +38,10 @@ class AgentOptions:
     data_dir: Path
     address_map: dict[str, tuple[str, int]] | None = None
     topic_root: str = "fleet/v1"
-    # Batches a second at most when draining a backlog: a metered link is not flooded.
+    # Health batches, and their bytes, in any one second at most: a metered link gets no
+    # more than it was promised, even while a backlog drains.
     max_batches_per_s: float = 5.0
+    max_bytes_per_s: int = 256 * 1024
     max_inflight: int = 4
     # How long a part-filled batch waits for more readings before it goes anyway.
     linger_s: float = 5.0
@@ -55,6 +52,11 @@ class AgentOptions:
     client_id: str | None = None
     # How long the broker keeps that session after a disconnect; 0 for a clean session.
     session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S
+    # After a refused batch, the first wait and the longest before it is tried again.
+    refusal_retry_s: tuple[float, float] = (1.0, 60.0)
+    # While the broker is away, how often the backlog is logged.
+    outage_log_interval_s: float = 60.0
+    reconnect_max_s: int = RECONNECT_MAX_S
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -93,6 +95,21 @@ class SiteAgent:
             will=(self.topics.agent_state(self.code), self._state(AgentStateValue.offline)),
             on_connected=self._wake_sender.set,
             session_expiry_s=options.session_expiry_s,
+            reconnect_max_s=options.reconnect_max_s,
+        )
+        self.sender = OutboxSender(
+            self.outbox,
+            self.link,
+            self.topics,
+            self.code,
+            self.agent_id,
+            batch_size=site.config.agent.batch_size,
+            rate=SendRate(options.max_batches_per_s, options.max_bytes_per_s),
+            wake=self._wake_sender,
+            max_inflight=options.max_inflight,
+            linger_s=options.linger_s,
+            refusal_retry_s=options.refusal_retry_s,
+            outage_log_interval_s=options.outage_log_interval_s,
         )
         # Firmware commands from the controller, carried out by the updater.
         self.updater = Updater(
@@ -125,7 +142,8 @@ class SiteAgent:
         tasks = [
             asyncio.create_task(self.poller.run(self.stop), name="poller"),
             asyncio.create_task(self._writer(), name="outbox-writer"),
-            asyncio.create_task(self._sender(), name="sender"),
+            asyncio.create_task(self.sender.run(), name="sender"),
+            asyncio.create_task(self.sender.report_outages(), name="outage-log"),
             asyncio.create_task(self._announcer(), name="announcer"),
         ]
         try:
@@ -135,7 +153,7 @@ class SiteAgent:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._flush_incoming()
-            await self._drain_before_exit(timeout=5.0)
+            await self.sender.drain(timeout=5.0)
             await self.updater.close()
             await self._say_offline()
             await self.link.close()
@@ -154,6 +172,7 @@ class SiteAgent:
 
     async def _announcer(self) -> None:
         """(Re)publish the retained online state on every connect."""
+        backoff = Backoff(*self.options.refusal_retry_s)
         while True:
             await self.link.connected.wait()
             try:
@@ -162,9 +181,16 @@ class SiteAgent:
                     self._state(AgentStateValue.online),
                     retain=True,
                 )
+            except PublishRefused as exc:
+                delay = backoff.next()
+                log.error("%s; the online state goes again in %g s", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.link.disconnected.wait(), delay)
+                continue
             except (BrokerError, TimeoutError):
                 await asyncio.sleep(1)
                 continue
+            backoff.reset()
             await self.link.disconnected.wait()
 
     async def _flush_incoming(self) -> None:
@@ -180,79 +206,3 @@ class SiteAgent:
             # Gather what arrives in the next moment into one transaction (one fsync).
             await asyncio.sleep(0.2)
             await self._flush_incoming()
-
-    async def _sender(self) -> None:
-        interval = 1.0 / self.options.max_batches_per_s
-        batch_size = self.site.config.agent.batch_size
-        while True:
-            await self.link.connected.wait()
-            await self._report_drops()
-            linger = datetime.now(UTC) - timedelta(seconds=self.options.linger_s)
-            batches = await asyncio.to_thread(
-                self.outbox.pending_batches, self.options.max_inflight, batch_size, linger
-            )
-            if not batches:
-                self._wake_sender.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake_sender.wait(), min(5.0, max(self.options.linger_s, 0.2))
-                    )
-                continue
-            started = asyncio.get_running_loop().time()
-            results = await asyncio.gather(
-                *(self._send(b) for b in batches), return_exceptions=True
-            )
-            if any(isinstance(r, BaseException) for r in results):
-                await asyncio.sleep(1)
-                continue
-            # Rate limit: at most max_batches_per_s on average.
-            spent = asyncio.get_running_loop().time() - started
-            await asyncio.sleep(max(0.0, interval * len(batches) - spent))
-
-    async def _drain_before_exit(self, timeout: float) -> None:
-        """On a clean stop, send what is waiting (part-filled batches too), briefly: what
-        does not make it stays in the outbox for the next start."""
-        if not self.link.connected.is_set():
-            return
-        batch_size = self.site.config.agent.batch_size
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            batches = await asyncio.to_thread(
-                self.outbox.pending_batches, self.options.max_inflight, batch_size
-            )
-            if not batches:
-                return
-            try:
-                remaining = deadline - asyncio.get_running_loop().time()
-                await asyncio.wait_for(
-                    asyncio.gather(*(self._send(b) for b in batches)), max(remaining, 0.1)
-                )
-            except (BrokerError, TimeoutError):
-                return
-
-    async def _send(self, batch: PendingBatch) -> None:
-        payload = batch_payload(self.code, self.agent_id, batch)
-        with metrics.PUBLISH_SECONDS.time():
-            await self.link.publish(self.topics.health(self.code), payload)
-        await asyncio.to_thread(self.outbox.ack, batch.msg_id)
-
-    async def _report_drops(self) -> None:
-        metrics.OUTBOX_DEPTH.set(await asyncio.to_thread(self.outbox.depth))
-        metrics.CONNECTED.set(1 if self.link.connected.is_set() else 0)
-        dropped = self.outbox.take_dropped_report()
-        if not dropped:
-            return
-        metrics.OUTBOX_DROPPED.inc(dropped)
-        event = AgentEvent(
-            kind=EventKind.outbox_dropped,
-            site=self.code,
-            agent_id=self.agent_id,
-            ts=datetime.now(UTC),
-            message=f"outbox full: dropped the {dropped} oldest readings",
-            data={"dropped": dropped},
-        )
-        log.warning("%s", event.message)
-        try:
-            await self.link.publish(self.topics.events(self.code), event.to_json())
-        except (BrokerError, TimeoutError):
-            log.warning("could not report dropped readings yet; the count is kept in the outbox")

@@ -12,7 +12,6 @@ Commands in progress are kept in a journal on disk, so an agent restart carries 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -337,9 +336,16 @@ class Updater:
     async def _send(self, topic: str, payload: bytes, final: bool) -> None:
         """Progress is best effort; a result is tried for a while (the controller's device
         timeout and retry cover what is still lost)."""
+        last: Exception | None = None
         for _ in range(60 if final else 1):
-            with contextlib.suppress(Exception):
+            try:
                 await self.publish(topic, payload)
                 return
+            except Exception as exc:
+                last = exc
             await asyncio.sleep(2)
-        log.warning("could not report on %s; the controller will time the device out", topic)
+        log.warning(
+            "could not report on %s (%s); the controller will time the device out",
+            topic,
+            last or "no PUBACK in time",
+        )

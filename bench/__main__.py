@@ -10,6 +10,7 @@ import sys
 
 BENCHMARKS = [
     "bench.agent_poll",
+    "bench.link",
     "bench.ingest",
     "bench.report_month",
     "bench.api",

@@ -11,10 +11,13 @@ import pytest
 import yaml
 
 from fleet.protocol.errors import ConfigErrors
+from fleet.protocol.messages import MAX_BATCH_BYTES
 from fleet.protocol.profiles import load_profiles
 from fleet.protocol.site_config import (
     DEFAULT_PROFILES_DIR,
     DEFAULT_SITES_DIR,
+    MAX_BATCH_SIZE,
+    TYPICAL_READING_BYTES,
     load_site,
     load_sites,
 )
@@ -89,6 +92,24 @@ def test_misspelt_key_and_bad_timezone_are_both_reported(tmp_path: Path) -> None
     messages = errors_of(write(tmp_path, "upm.yaml", data))
     assert any("site.timezone" in m and "IANA timezone" in m for m in messages)
     assert any("rooms[0].devicez" in m and "remove this key" in m for m in messages)
+
+
+def test_batch_size_the_byte_cap_cannot_carry_is_refused_with_the_largest_that_fits(
+    tmp_path: Path,
+) -> None:
+    # The field's example: 1,000 readings of ~350 bytes are ~350 KB, over the broker's
+    # limit and the controller's 256 KiB.
+    data = upm()
+    data["agent"]["batch_size"] = 1000
+    path = write(tmp_path, "upm.yaml", data)
+    [message] = errors_of(path)
+    assert message.startswith(f"{path}: agent.batch_size: a batch of 1000 readings")
+    assert f"over the {MAX_BATCH_BYTES:,} bytes a health batch may carry" in message
+    assert message.endswith(f"Fix: set batch_size to at most {MAX_BATCH_SIZE}")
+    # The largest it names loads, and fits the cap at the measured size of a reading.
+    data["agent"]["batch_size"] = MAX_BATCH_SIZE
+    assert load_site(write(tmp_path, "upm.yaml", data)).config.agent.batch_size == MAX_BATCH_SIZE
+    assert MAX_BATCH_SIZE * TYPICAL_READING_BYTES <= MAX_BATCH_BYTES
 
 
 def test_duplicate_device_and_address(tmp_path: Path) -> None:

@@ -115,7 +115,7 @@ async def publish_once(
     broker: BrokerAddress, site: LoadedSite, topic: str, payload: bytes
 ) -> str | None:
     """Publish one message at QoS 1 and wait for the broker's PUBACK; the error, if any."""
-    from agent.publisher import BrokerError, MqttLink, NotConnected
+    from agent.publisher import BrokerError, MqttLink, NotConnected, PublishRefused
     from agent.reach import diagnose
 
     # A refused port or a bad certificate is said at once, not after the connect timeout.
@@ -134,7 +134,9 @@ async def publish_once(
             return f"cannot reach {broker.display()}: {why or 'no MQTT answer'}"
         await link.publish(topic, payload, timeout=15)
     except (NotConnected, TimeoutError) as exc:
-        return f"{broker.display()} did not acknowledge it: {exc}"
+        return f"{broker.display()} did not acknowledge it: {exc or 'no PUBACK in time'}"
+    except PublishRefused as exc:
+        return str(exc)
     finally:
         await link.close()
     return None

@@ -37,8 +37,18 @@ def run(
     address_map: AddressMapOpt = None,
     topic_root: Annotated[str, typer.Option(envvar="FLEET_TOPIC_ROOT")] = "fleet/v1",
     max_batches_per_s: Annotated[
-        float, typer.Option(help="Drain rate after an outage, batches per second.")
+        float,
+        typer.Option(
+            min=0.01, help="Health batches in any one second at most (a backlog drains at this)."
+        ),
     ] = 5.0,
+    max_bytes_per_s: Annotated[
+        int,
+        typer.Option(
+            min=1024,
+            help="Bytes of health batches in any one second at most; a batch is never larger.",
+        ),
+    ] = 256 * 1024,
     linger: Annotated[
         float, typer.Option(help="Seconds a part-filled batch waits for more readings.")
     ] = 5.0,
@@ -77,6 +87,7 @@ def run(
         address_map=address_map_or_exit(address_map),
         topic_root=topic_root,
         max_batches_per_s=max_batches_per_s,
+        max_bytes_per_s=max_bytes_per_s,
         linger_s=linger,
         client_id=client_id,
         session_expiry_s=session_expiry,
@@ -185,7 +196,8 @@ def simulate(
 
 
 def status(config: ConfigOpt, data_dir: DataDirOpt = DEFAULT_DATA_DIR) -> None:
-    """Print the outbox's counters as JSON: taken, acknowledged, waiting, dropped."""
+    """Print the outbox's counters as JSON: taken, acknowledged, waiting, dropped, and the
+    batches the broker refused, by reason code, with the fix."""
     from agent.outbox import read_status
     from agent.runner import outbox_path
 

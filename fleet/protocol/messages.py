@@ -26,6 +26,14 @@ SCHEMA = 1
 TOPIC_ROOT = "fleet/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_READINGS_PER_BATCH = 1000
+# The most one health batch's payload may hold, in bytes: the one number the agent's batches,
+# the site config's batch_size check and the shipped broker config are held to. It sits under
+# the smallest limit on the way: the controller's MAX_PAYLOAD_BYTES (16 KiB to spare), and the
+# broker's `max_packet_size 300000` in deploy/mosquitto/fleet-queues.conf, which counts the
+# whole PUBLISH packet (fixed header, topic, packet id, properties) and not the payload alone.
+# A batch is cut by bytes as well as by count: over MQTT 3.1.1 a broker cannot refuse a
+# message, so one over its limit is dropped or closes the connection, never answered.
+MAX_BATCH_BYTES = 240 * 1024
 
 SITE_CODE_PATTERN = r"^[a-z][a-z0-9_-]{1,31}$"
 DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"

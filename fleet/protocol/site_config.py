@@ -18,7 +18,12 @@ from pydantic import Field, ValidationError, field_validator
 
 from fleet.protocol.documents import Strict, read_yaml
 from fleet.protocol.errors import ConfigError, ConfigErrors, config_errors_from_validation
-from fleet.protocol.messages import DEVICE_ID_PATTERN, SITE_CODE_PATTERN
+from fleet.protocol.messages import (
+    DEVICE_ID_PATTERN,
+    MAX_BATCH_BYTES,
+    MAX_READINGS_PER_BATCH,
+    SITE_CODE_PATTERN,
+)
 from fleet.protocol.profiles import Profile, load_profiles
 from fleet.protocol.snmpv3 import SnmpV3Settings
 from fleet.protocol.timetable import Timetable
@@ -95,10 +100,34 @@ class RoomConfig(Strict):
     devices: list[DeviceConfig] = Field(default_factory=list)
 
 
+# What the batch_size check counts a reading as, in bytes of JSON. Measured by
+# `python -m bench.link` polling the simulated devices of every shipped site: readings of the
+# shipped profiles are 240 to 477 bytes, the PJLink projectors' the largest (477). 512 is that
+# largest rounded up, with room for longer device ids and for the batch's own envelope. A
+# batch_size is refused when that many such readings pass MAX_BATCH_BYTES: every batch the
+# agent made would be cut by bytes anyway, so the setting would promise what the link cannot
+# carry. An unusually large reading is still safe: the agent cuts every batch by bytes.
+TYPICAL_READING_BYTES = 512
+MAX_BATCH_SIZE = min(MAX_READINGS_PER_BATCH, MAX_BATCH_BYTES // TYPICAL_READING_BYTES)
+
+
 class AgentSection(Strict):
     id: str = Field(default="", max_length=64)
     poll_concurrency: int = Field(default=64, ge=1, le=2000)
-    batch_size: int = Field(default=50, ge=1, le=1000)
+    batch_size: int = Field(default=50, ge=1)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_fits_the_byte_cap(cls, value: int) -> int:
+        if value > MAX_BATCH_SIZE:
+            raise ValueError(
+                f"a batch of {value} readings is about {value * TYPICAL_READING_BYTES:,} bytes "
+                f"(a reading is up to about {TYPICAL_READING_BYTES} bytes), over the "
+                f"{MAX_BATCH_BYTES:,} bytes a health batch may carry (under the broker's and the "
+                f"controller's message size limits). Fix: set batch_size to at most "
+                f"{MAX_BATCH_SIZE}"
+            )
+        return value
 
 
 class Milestone(Strict):
