@@ -208,10 +208,15 @@ def test_rollouts_page_shows_progress_and_pauses_through_the_api(
     # A move that no longer applies says why, as the API's 409 does.
     answer = page.request.post(stack.base + f"/rollouts/{rollout_id}/pause")
     assert answer.status == 409 and "only a running or scheduled one pauses" in answer.text()
-    # The audit log tells the refused pause from the one that happened.
-    audit = api(stack, "GET", "/api/v1/audit?limit=200")["items"]
-    pauses = [e["outcome"] for e in audit if e["action"] == "rollouts.pause_from_page"]
-    assert sorted(pauses) == ["failed 409", "ok"], pauses
+
+    # The audit log tells the refused pause from the one that happened. Its entry is written
+    # as the request's permission closes, which may be just after the answer went out.
+    def pauses() -> list[str] | None:
+        audit = api(stack, "GET", "/api/v1/audit?limit=200")["items"]
+        found = sorted(e["outcome"] for e in audit if e["action"] == "rollouts.pause_from_page")
+        return found if len(found) >= 2 else None
+
+    assert wait_for(pauses, 10, "both pauses in the audit") == ["failed 409", "ok"]
 
 
 def test_reports_page_lists_stored_reports_and_downloads_them(
