@@ -20,9 +20,11 @@ from fleet.auth.models import ApiToken, User
 from fleet.auth.passwords import verify_password
 from fleet.auth.permissions import SESSION_COOKIE, Allow, Caller
 from fleet.auth.tokens import VERIFIED, issue_api_token
-from fleet.protocol.messages import utcnow
+from fleet.protocol.messages import CONTROL_RE, utcnow
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+
+MAX_NAME = 200
 
 
 class TokenOut(BaseModel):
@@ -46,7 +48,11 @@ def login(
     session: SessionDep,
     settings: SettingsDep,
 ) -> TokenOut:
-    user = session.exec(select(User).where(User.name == form.username)).first()
+    # A name no user can have is not looked up (PostgreSQL's text holds no NUL, say).
+    plausible = len(form.username) <= MAX_NAME and not CONTROL_RE.search(form.username)
+    user = (
+        session.exec(select(User).where(User.name == form.username)).first() if plausible else None
+    )
     ok = (
         user is not None
         and user.revoked_at is None

@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from sqlmodel import Session
 
 from fleet.api.deps import SessionDep
+from fleet.api.params import RoomFilter, SiteCodePath, SiteFilter, day_query
 from fleet.auth.permissions import Allow
 from fleet.models import Site
 from fleet.programme.csv_records import export_programme_csv, import_programme_csv
@@ -35,6 +36,7 @@ from fleet.programme.records import (
     write_milestone,
 )
 from fleet.programme.schemas import (
+    MAX_PHASE_NUMBER,
     ImportResult,
     MilestoneCreate,
     MilestoneOut,
@@ -45,10 +47,14 @@ from fleet.programme.schemas import (
 )
 from fleet.programme.timeline import Timeline, build_timeline, timeline_json, timeline_svg
 from fleet.protocol.messages import utcnow
+from fleet.time_window import Day
 
 router = APIRouter(prefix="/api/v1", tags=["programme"])
 
 PATH_FIELDS = ("code", "phase", "milestone_name")
+PhaseNumberPath = Annotated[
+    int, Path(ge=1, le=MAX_PHASE_NUMBER, description=f"a phase number, 1 to {MAX_PHASE_NUMBER}")
+]
 
 
 def ops_recorder(request: Request) -> str:
@@ -69,7 +75,7 @@ def refused(exc: ProgrammeError) -> HTTPException:
 @router.get(
     "/sites/{code}/phases", response_model=list[PhaseOut], dependencies=[Allow("programme:read")]
 )
-def list_phases(code: str, session: SessionDep) -> list[PhaseOut]:
+def list_phases(code: SiteCodePath, session: SessionDep) -> list[PhaseOut]:
     try:
         site = get_site(session, code)
     except ProgrammeError as exc:
@@ -83,7 +89,9 @@ def list_phases(code: str, session: SessionDep) -> list[PhaseOut]:
     status_code=201,
     dependencies=[Allow("programme:write")],
 )
-def post_phase(code: str, body: PhaseCreate, session: SessionDep, who: OpsRecorder) -> PhaseOut:
+def post_phase(
+    code: SiteCodePath, body: PhaseCreate, session: SessionDep, who: OpsRecorder
+) -> PhaseOut:
     try:
         site = get_site(session, code)
         phase = create_phase(
@@ -108,7 +116,11 @@ def post_phase(code: str, body: PhaseCreate, session: SessionDep, who: OpsRecord
     dependencies=[Allow("programme:write")],
 )
 def post_milestone(
-    code: str, phase: int, body: MilestoneCreate, session: SessionDep, who: OpsRecorder
+    code: SiteCodePath,
+    phase: PhaseNumberPath,
+    body: MilestoneCreate,
+    session: SessionDep,
+    who: OpsRecorder,
 ) -> MilestoneOut:
     facts = MilestoneFacts(
         milestone=body.milestone,
@@ -127,13 +139,13 @@ def post_milestone(
     dependencies=[Allow("programme:write")],
 )
 def patch_milestone(
-    code: str,
-    phase: int,
+    code: SiteCodePath,
+    phase: PhaseNumberPath,
     milestone_name: MilestoneName,
     body: MilestonePatch,
     session: SessionDep,
     who: OpsRecorder,
-    room: Annotated[str | None, Query(description="a classroom of the phase")] = None,
+    room: RoomFilter = None,
 ) -> MilestoneOut:
     room_id = room or PHASE_ITSELF
     try:
@@ -176,13 +188,13 @@ _FACTS = ("planned", "actual", "actual_end", "reached")
 @router.get("/programme", response_model=list[SiteProgramme], dependencies=[Allow("fleet:read")])
 def get_programme(
     session: SessionDep,
-    as_of: Annotated[date | None, Query(description="judge lateness on this day")] = None,
+    as_of: Annotated[Day | None, day_query("judge lateness on this day")] = None,
 ) -> list[SiteProgramme]:
     return site_programmes(session, utcnow(), as_of)
 
 
 @router.get("/programme.csv", response_class=Response, dependencies=[Allow("fleet:read")])
-def get_programme_csv(session: SessionDep, site: Annotated[str | None, Query()] = None) -> Response:
+def get_programme_csv(session: SessionDep, site: SiteFilter = None) -> Response:
     text = export_programme_csv(session, site)
     headers = {"Content-Disposition": 'attachment; filename="programme.csv"'}
     return Response(text, media_type="text/csv; charset=utf-8", headers=headers)
@@ -207,7 +219,7 @@ async def post_programme_csv(
 
 
 @router.get("/sites/{code}/timeline", dependencies=[Allow("programme:read")])
-def get_timeline(code: str, session: SessionDep) -> dict[str, object]:
+def get_timeline(code: SiteCodePath, session: SessionDep) -> dict[str, object]:
     site = _site(session, code)
     return timeline_json(_timeline(session, site))
 
@@ -215,7 +227,7 @@ def get_timeline(code: str, session: SessionDep) -> dict[str, object]:
 @router.get(
     "/sites/{code}/timeline.svg", response_class=Response, dependencies=[Allow("programme:read")]
 )
-def get_timeline_svg(code: str, session: SessionDep) -> Response:
+def get_timeline_svg(code: SiteCodePath, session: SessionDep) -> Response:
     site = _site(session, code)
     return Response(timeline_svg(_timeline(session, site)), media_type="image/svg+xml")
 
