@@ -30,7 +30,9 @@ def instant_in_window(value: datetime) -> datetime:
     try:
         utc = value.astimezone(UTC)
     except OverflowError:
-        raise ValueError(f"{value.isoformat()} is out of range in UTC") from None
+        raise ValueError(
+            f"{value.isoformat()} is out of range in UTC: give a time {WINDOW}"
+        ) from None
     if not EARLIEST_TS <= utc < LATEST_TS:
         raise ValueError(f"{value.isoformat()} is outside the times the controller keeps, {WINDOW}")
     return value
