@@ -66,8 +66,10 @@ def ops_recorder(request: Request) -> str:
 OpsRecorder = Annotated[str, Depends(ops_recorder)]
 
 
-def refused(exc: ProgrammeError) -> HTTPException:
-    where = "path" if exc.field in PATH_FIELDS else "body"
+def refused(exc: ProgrammeError, where: str | None = None) -> HTTPException:
+    """The refusal as FastAPI's 422 shape, located at the field at fault: in the path, or in
+    the body (always, for `where="body"`: a CSV's columns)."""
+    where = where or ("path" if exc.field in PATH_FIELDS else "body")
     detail = [{"loc": [where, exc.field], "msg": exc.message, "type": "programme"}]
     return HTTPException(exc.status, detail=detail)
 
@@ -200,20 +202,38 @@ def get_programme_csv(session: SessionDep, site: SiteFilter = None) -> Response:
     return Response(text, media_type="text/csv; charset=utf-8", headers=headers)
 
 
-@router.post("/programme.csv", response_model=ImportResult, dependencies=[Allow("programme:write")])
+MAX_CSV_BYTES = 5 * 1024 * 1024  # some 50,000 rows: far more than a programme holds
+
+
+@router.post(
+    "/programme.csv",
+    response_model=ImportResult,
+    dependencies=[Allow("programme:write")],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {"schema": {"type": "string", "maxLength": MAX_CSV_BYTES}}},
+        }
+    },
+)
 async def post_programme_csv(
     request: Request, session: SessionDep, who: OpsRecorder
 ) -> ImportResult:
     """Import an export (same columns): creates or overwrites, all rows or none."""
+    body = bytearray()
+    async for chunk in request.stream():  # read up to the cap, never the whole of a huge body
+        body += chunk
+        if len(body) > MAX_CSV_BYTES:
+            raise HTTPException(413, f"the CSV is over {MAX_CSV_BYTES} bytes: import it in parts")
     try:
-        text = (await request.body()).decode("utf-8-sig")
+        text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         error = ProgrammeError("csv", "the body is not UTF-8 text: send the CSV as UTF-8")
         raise refused(error) from None
     try:
         rows = import_programme_csv(session, text, utcnow())
     except ProgrammeError as exc:
-        raise refused(exc) from None
+        raise refused(exc, "body") from None
     session.commit()
     return ImportResult(rows=rows)
 
