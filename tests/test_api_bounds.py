@@ -322,3 +322,45 @@ def _one_bounded(schema: dict[str, Any], description: str) -> bool:
         return "2000-01-01 to 2099-12-31" in description  # the window, stated
     pattern = schema.get("pattern", "")
     return "maxLength" in schema or bool(pattern and not re.search(r"[*+]", pattern))
+
+
+HEADER = "site,phase,phase_name,room,milestone,planned,actual,actual_end,reached,note,evidence,correction,recorded_by,recorded_at"  # noqa: E501
+GOOD = "upm,7,Phase 7,,installed,2024-05-01,,,false,,,false,ops,2025-01-01T00:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("row", "column"),
+    [
+        (GOOD.replace("upm,7,", f"upm,{2**40},"), "phase"),
+        (GOOD.replace("2024-05-01", "0001-01-01"), "planned"),
+        (GOOD.replace("2024-05-01", "9999-12-31"), "planned"),
+        (GOOD.replace("Phase 7", "Phase\x007"), "phase_name"),
+        (GOOD.replace("upm,", "upm\x00,"), "site"),
+        (GOOD.replace(",,false,ops", ',"{""a"": NaN}",false,ops'), "evidence"),
+        (GOOD.replace(",,false,ops", ',"[1, 2]",false,ops'), "evidence"),
+        (GOOD.replace("2025-01-01T00:00:00+00:00", "0001-01-01T00:00:00+14:00"), "recorded_at"),
+        ("upm", "phase"),  # a short line: the cells it leaves out are empty
+        (GOOD.replace("Phase 7", "x" * 200_000), "csv"),  # past the csv module's field limit
+    ],
+)
+def test_a_programme_csv_with_values_out_of_bounds_is_refused_by_column(
+    client: TestClient, row: str, column: str
+) -> None:
+    response = client.post(
+        "/api/v1/programme.csv", content=f"{HEADER}\n{row}\n", headers={"Content-Type": "text/csv"}
+    )
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", column] and error["msg"].startswith("line 2: "), error
+
+
+def test_a_programme_csv_in_bounds_imports_and_one_too_large_is_413(client: TestClient) -> None:
+    imported = client.post(
+        "/api/v1/programme.csv", content=f"{HEADER}\n{GOOD}\n", headers={"Content-Type": "text/csv"}
+    )
+    assert imported.status_code == 200, imported.text
+    huge = f"{HEADER}\n" + f"{GOOD}\n" * 70_000  # some 6 MB
+    response = client.post(
+        "/api/v1/programme.csv", content=huge, headers={"Content-Type": "text/csv"}
+    )
+    assert response.status_code == 413
