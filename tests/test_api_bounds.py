@@ -28,7 +28,7 @@ from fleet.api.app import create_app
 from fleet.auth.models import AuditEntry
 from fleet.ingest.pipeline import Ingest
 from fleet.models import Device, Sample
-from fleet.reports.models import StoredReport
+from fleet.reports.models import StoredReport, UsageHour
 from fleet.settings import Settings
 from tests.fixtures_auth import Tokens
 from tests.fixtures_db import RECEIVED, health, reading
@@ -265,6 +265,51 @@ def test_a_device_with_infinite_values_stored_still_has_its_json(
         assert body is not None
     health_items = client.get(f"/api/v1/devices/{PROJECTOR}/health").json()["items"]
     assert None in {s["lamp_hours"] for s in health_items}  # written as null
+
+
+def test_a_usage_report_over_non_finite_roll_ups_is_made_in_every_format(
+    registered: Engine, client: TestClient
+) -> None:
+    """Roll-ups of samples stored before ingest refused Infinity: a lamp counter of -Infinity
+    made its end-of-life date overflow (a 500 in every format). Such values are unknown."""
+    with Session(registered) as session:
+        for hour in range(3):
+            session.add(
+                UsageHour(
+                    device_id=PROJECTOR,
+                    hour_start=RECEIVED.replace(hour=hour),
+                    local_date=RECEIVED.date(),
+                    local_hour=hour + 8,
+                    local_weekday=0,
+                    minutes=60,
+                    minutes_known=60,
+                    minutes_unknown=0,
+                    minutes_reachable=60,
+                    minutes_on=60,
+                    minutes_faulty=0,
+                    class_minutes_known=60,
+                    class_minutes_on=60,
+                    class_minutes_available=60,
+                    fault_starts=0,
+                    peak_temperature_c=math.inf,
+                    lamp_hours_added=1.0,
+                    filter_hours_added=math.inf,
+                    lamp_hours_last=-math.inf,
+                    filter_hours_last=math.inf,
+                )
+            )
+        session.commit()
+    url = f"/api/v1/reports/usage?from=2025-03-01&to=2025-03-31&device={PROJECTOR}&format="
+    for fmt in ("json", "csv", "xlsx", "html"):
+        assert client.get(url + fmt).status_code == 200, fmt
+    report = json.loads(client.get(url + "json").text, parse_constant=_refuse_constant)
+    [row] = report["devices"]
+    assert (row["lamp_hours_now"], row["lamp_end_of_life"], row["filter_hours_used"]) == (
+        None,
+        None,
+        0.0,
+    )
+    assert row["hours_on"] == 3.0  # the finite figures still count
 
 
 def _refuse_constant(name: str) -> Any:
