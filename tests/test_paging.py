@@ -381,3 +381,51 @@ def test_a_cursor_of_another_list_or_forged_and_offset_are_refused_with_the_fix(
         response = client.get(path, params={"offset": 3})
         assert response.status_code == 422
         assert "pass 'after' the 'next' cursor" in response.text
+
+
+def test_the_reports_and_rollouts_pages_follow_the_cursor_to_older_rows(
+    registered: Engine, client: TestClient
+) -> None:
+    with Session(registered) as session:
+        for n in range(103):  # one stored report a week, newest last
+            start = date(2023, 1, 2) + timedelta(weeks=n)
+            session.add(
+                StoredReport(
+                    vendor="Seewo",
+                    period="weekly",
+                    period_start=start,
+                    period_end=start + timedelta(days=6),
+                    format="csv",
+                    media_type="text/csv",
+                    filename=f"usage-seewo-{start}.csv",
+                    sha256="0" * 64,
+                    size=1,
+                    content=b"x",
+                    created_at=T0,
+                )
+            )
+        for n in range(53):
+            session.add(
+                Rollout(
+                    name=f"r{n}",
+                    profile="seewo-panel",
+                    release_version="3.3.0",
+                    release_sha256="0" * 64,
+                    state="cancelled",
+                    created_at=T0,
+                    updated_at=T0,
+                )
+            )
+        session.commit()
+    for path, marker, per_page, total in (
+        ("/reports", r'data-report="(\d+)"', 100, 103),
+        ("/rollouts", r'data-rollout="(\d+)"', 50, 53),
+    ):
+        first = client.get(path)
+        assert first.status_code == 200
+        shown = re.findall(marker, first.text)
+        assert len(shown) == per_page, path
+        older = re.search(rf'href="({path}\?after=[^"]+)" data-testid="older"', first.text)
+        assert older is not None, path
+        rest = re.findall(marker, client.get(older.group(1)).text)
+        assert len(rest) == total - per_page and not set(rest) & set(shown), path
