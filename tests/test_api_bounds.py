@@ -149,8 +149,8 @@ def test_names_and_text_out_of_bounds_are_refused(client: TestClient, path: str)
 
 
 def test_a_vendor_name_is_no_pattern(client: TestClient, registered: Engine) -> None:
-    """Stored reports were matched with ILIKE: a trailing backslash was a 500 on PostgreSQL,
-    and '%' matched every vendor."""
+    """Stored reports were matched with ILIKE, so '%' matched every vendor and '_' any letter;
+    a name is matched as a name, in any case."""
     with Session(registered) as session:
         session.add(
             StoredReport(

@@ -65,8 +65,8 @@ def stored_reports(
     wanted = scoped_vendor(vendor, scope)
     query = select(StoredReport)
     if wanted is not None:
-        # Equality in any case, not ILIKE: a vendor's name is no pattern ('%', or a trailing
-        # backslash, which PostgreSQL refuses).
+        # Equality in any case, not ILIKE: a vendor's name is no pattern ('%' or '_' in it
+        # would match other vendors' reports).
         query = query.where(func.lower(col(StoredReport.vendor)) == wanted.lower())
     if period is not None:
         query = query.where(col(StoredReport.period) == period)
