@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import socket
@@ -127,8 +128,12 @@ def controller_rss(tmp: Path, mqtt_url: str, sites: int, per_site: int) -> tuple
         for _ in range(3):
             get(f"{base}/api/v1/sites", token)
             get(f"{base}/", token)
-            for offset in range(0, sites * per_site, 1000):
-                get(f"{base}/api/v1/devices?limit=1000&offset={offset}", token)
+            after = ""  # every device, a page of 1,000 at a time, by cursor
+            while True:
+                page = json.loads(get(f"{base}/api/v1/devices?limit=1000{after}", token))
+                if page["next"] is None:
+                    break
+                after = f"&after={page['next']}"
         time.sleep(0.5)
         return rss_mb(pid)
 

@@ -77,8 +77,10 @@ def test_filters_select_by_kind_site_device_severity_state_and_since(client: Tes
     assert get(since=(T + timedelta(hours=1)).isoformat()) == []
     assert len(get(since=T.isoformat())) == 4
 
-    page = client.get("/api/v1/alerts", params={"limit": 3, "offset": 3}).json()
-    assert (page["total"], len(page["items"]), page["limit"], page["offset"]) == (4, 1, 3, 3)
+    first = client.get("/api/v1/alerts", params={"limit": 3}).json()
+    page = client.get("/api/v1/alerts", params={"limit": 3, "after": first["next"]}).json()
+    assert (page["total"], len(page["items"]), page["limit"], page["next"]) == (4, 1, 3, None)
+    assert page["items"] == everything["items"][3:]
     assert client.get("/api/v1/alerts", params={"kind": "nonsense"}).status_code == 422
     naive = client.get("/api/v1/alerts", params={"since": "2025-03-03T03:00:00"})
     assert naive.status_code == 422 and "no timezone" in naive.text

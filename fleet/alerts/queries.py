@@ -7,6 +7,7 @@ alerts, nor another make's).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +19,7 @@ from fleet.alerts.models import Alert, AlertKind, AlertState, Severity
 from fleet.alerts.schemas import AlertOut, AlertPage
 from fleet.auth.permissions import Caller
 from fleet.models import Device
+from fleet.paging import Order, SortKey
 
 
 class AlertNotFound(LookupError):
@@ -48,25 +50,35 @@ def _in_scope(caller: Caller | None) -> list[ColumnElement[bool]]:
     return conditions
 
 
+# Newest first; the id, unique, orders alerts opened in the same instant. An alert opened
+# between two pages sorts before the cursor and so moves no row of the pages after it.
+ORDER = Order(
+    "alerts",
+    SortKey(col(Alert.opened_at), "datetime", descending=True),
+    SortKey(col(Alert.id), "int", descending=True),
+)
+
+
 def find_alerts(
     session: Session,
     caller: Caller | None,
     *,
-    state: AlertState | None = None,
+    states: Collection[AlertState] = (),
     kind: AlertKind | None = None,
     site: str | None = None,
     device: str | None = None,
     severity: Severity | None = None,
     since: datetime | None = None,
     limit: int = 100,
-    offset: int = 0,
+    after: str | None = None,
 ) -> AlertPage:
-    """The alerts the caller may see that match every filter given, newest first, one page of
-    `limit` from `offset`, with the total that match. `since` (opened at or after) must be
-    timezone-aware."""
+    """The alerts the caller may see that match every filter given (`states`: any of them;
+    empty, every state), newest first: one page of up to `limit` after the cursor `after`,
+    with the total that match. `since` (opened at or after) must be timezone-aware.
+    Raises fleet.paging.BadCursor."""
     conditions = _in_scope(caller)
-    if state is not None:
-        conditions.append(col(Alert.state) == state.value)
+    if states:
+        conditions.append(col(Alert.state).in_(sorted(s.value for s in states)))
     if kind is not None:
         conditions.append(col(Alert.kind) == kind.value)
     if site is not None:
@@ -78,16 +90,16 @@ def find_alerts(
     if since is not None:
         conditions.append(col(Alert.opened_at) >= since)
     total = session.exec(select(func.count()).select_from(Alert).where(*conditions)).one()
-    rows = session.exec(
-        select(Alert)
-        .where(*conditions)
-        .order_by(col(Alert.opened_at).desc(), col(Alert.id).desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    return AlertPage(
-        items=[AlertOut.model_validate(a) for a in rows], total=total, limit=limit, offset=offset
-    )
+    query = select(Alert).where(*conditions)
+    if after is not None:
+        query = query.where(ORDER.after(after))
+    rows = session.exec(query.order_by(*ORDER.order_by()).limit(limit + 1)).all()
+    page = ORDER.page([AlertOut.model_validate(a) for a in rows], limit, _key)
+    return AlertPage(items=page.items, total=total, limit=limit, next=page.next)
+
+
+def _key(alert: AlertOut) -> tuple[datetime, int]:
+    return (alert.opened_at, alert.id)
 
 
 def alert_row(session: Session, alert_id: int) -> Alert:

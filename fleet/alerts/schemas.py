@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet.protocol.messages import TEXT_PATTERN
+
 
 class AlertOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -29,16 +31,16 @@ class AlertOut(BaseModel):
 
 class AlertPage(BaseModel):
     items: list[AlertOut]  # newest first
-    total: int
+    total: int  # alerts that match, at the time of this page
     limit: int
-    offset: int
+    next: str | None  # the cursor of the next page (`after=`); None on the last
 
 
 class AckIn(BaseModel):
-    by: str = Field(min_length=1, max_length=200)
-    note: str = Field(default="", max_length=2000)
+    by: str = Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)
+    note: str = Field(default="", max_length=2000, pattern=TEXT_PATTERN)
 
 
 class ResolveIn(BaseModel):
-    by: str = Field(min_length=1, max_length=200)
-    note: str = Field(default="resolved by hand", max_length=2000)
+    by: str = Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)
+    note: str = Field(default="resolved by hand", max_length=2000, pattern=TEXT_PATTERN)

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 import fleet
 from fleet import web
+from fleet.api.last_resort import LastResort
 from fleet.api.routes import (
     alerts,
     audit,
@@ -80,4 +81,5 @@ def create_app(
     app.include_router(enrolment.router)
     app.include_router(audit.router)
     web.install(app)  # the dashboard pages at /, last: its 404 handler is for the pages
+    app.add_middleware(LastResort)
     return app

@@ -20,10 +20,10 @@ class DeviceDetail(DeviceOut):
 
 
 class DevicePage(BaseModel):
-    items: list[DeviceOut]
-    total: int
+    items: list[DeviceOut]  # by id
+    total: int  # devices that match, at the time of this page
     limit: int
-    offset: int
+    next: str | None  # the cursor of the next page (`after=`); None on the last
 
 
 class SampleOut(Out):

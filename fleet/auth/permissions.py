@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fleet.auth.audit import record
 from fleet.auth.tokens import VERIFIED, TokenRefused, resolve_api_token
+from fleet.protocol.messages import DEVICE_ID_PATTERN, INT64_MAX
 
 log = logging.getLogger(__name__)
 REFUSALS = Counter(
@@ -70,6 +72,8 @@ _SITE_PATH = ("code", "site", "site_code")
 _SITE_KEYS = ("site", "site_code")
 _VENDOR_KEYS = ("vendor",)
 _DEVICE_KEYS = ("device", "device_id")
+
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 
 bearer_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
@@ -293,6 +297,8 @@ def check_scope(
 def _check_device(session: Session, caller: Caller, device_id: str) -> None:
     from fleet.models import Device
 
+    if not _DEVICE_ID.match(device_id):
+        return  # no device has such an id (nor can PostgreSQL look up a NUL): the route says so
     device = session.get(Device, device_id)
     if device is not None and not caller.may_see_device(device.site_code, device.vendor):
         # The same words as a device that does not exist: its existence is not ours to tell.
@@ -305,9 +311,12 @@ def _check_alert(session: Session, caller: Caller, alert_id: Any) -> None:
     from fleet.alerts.models import Alert
 
     try:
-        alert = session.get(Alert, int(alert_id))
+        number = int(alert_id)
     except (TypeError, ValueError):
         return  # the route's own validation answers 422
+    if not 1 <= number <= INT64_MAX:
+        return  # no alert has such an id; the route's bounds answer 422
+    alert = session.get(Alert, number)
     if alert is None:
         return
     if caller.role == "vendor":

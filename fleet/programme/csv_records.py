@@ -24,6 +24,9 @@ from fleet.programme.records import (
     get_site,
     write_milestone,
 )
+from fleet.programme.schemas import MAX_PHASE_NUMBER
+from fleet.protocol.messages import CONTROL_RE
+from fleet.time_window import day_in_window, instant_in_window
 
 COLUMNS = (
     "site",
@@ -43,6 +46,7 @@ COLUMNS = (
 )
 
 T = TypeVar("T")
+MAX_CELL_CHARS = 10_000
 
 
 def export_programme_csv(session: Session, site_code: str | None = None) -> str:
@@ -67,9 +71,9 @@ def export_programme_csv(session: Session, site_code: str | None = None) -> str:
                     **base,
                     "room": r.room_id,
                     "milestone": r.milestone,
-                    "planned": _day(r.planned),
-                    "actual": _day(r.actual),
-                    "actual_end": _day(r.actual_end),
+                    "planned": _iso_day(r.planned),
+                    "actual": _iso_day(r.actual),
+                    "actual_end": _iso_day(r.actual_end),
                     "reached": "true" if r.reached else "false",
                     "note": r.note,
                     "evidence": json.dumps(r.evidence, sort_keys=True) if r.evidence else "",
@@ -84,27 +88,35 @@ def export_programme_csv(session: Session, site_code: str | None = None) -> str:
 def import_programme_csv(session: Session, text: str, now: datetime) -> int:
     """Apply an export (create or overwrite); the number of rows applied. Does not commit.
 
+    Every cell is checked before it is used: no control characters, phase numbers 1 to
+    MAX_PHASE_NUMBER, dates and times in fleet.time_window's window, evidence a JSON object.
     Raises ProgrammeError naming the line and column at fault; the caller rolls back.
     """
     reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ProgrammeError(
-            "csv", f"line 1: missing columns {', '.join(missing)}: export one to see the layout"
-        )
-    applied = 0
-    for line, row in enumerate(reader, start=2):
-        try:
+    line = 1
+    try:
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ProgrammeError(
+                "csv", f"missing columns {', '.join(missing)}: export one to see the layout"
+            )
+        applied = 0
+        for row in reader:
+            line = reader.line_num  # the file's own line: a quoted cell may span lines
             _apply(session, row, now)
-        except ProgrammeError as exc:
-            raise ProgrammeError(exc.field, f"line {line}: {exc.message}", exc.status) from None
-        applied += 1
+            applied += 1
+    except ProgrammeError as exc:
+        raise ProgrammeError(exc.field, f"line {line}: {exc.message}", exc.status) from None
+    except csv.Error as exc:  # a field past the csv module's size limit, a stray quote
+        # Raised while reading the record after the last one read.
+        raise ProgrammeError("csv", f"line {line + 1}: not CSV as exported ({exc})") from None
     return applied
 
 
-def _apply(session: Session, row: dict[str, str], now: datetime) -> None:
+def _apply(session: Session, line: dict[str, str | None], now: datetime) -> None:
+    row = _checked_cells(line)
     site = get_site(session, row["site"].strip())
-    number = _required(row, "phase", int)
+    number = _required(row, "phase", _phase_number)
     recorded_at = _parse(row, "recorded_at", _aware) or now
     recorded_by = row["recorded_by"].strip() or "csv_import"
     phase = session.exec(
@@ -126,15 +138,15 @@ def _apply(session: Session, row: dict[str, str], now: datetime) -> None:
         return
     facts = MilestoneFacts(
         milestone=_required(row, "milestone", MilestoneName),
-        planned=_parse(row, "planned", date.fromisoformat),
-        actual=_parse(row, "actual", date.fromisoformat),
-        actual_end=_parse(row, "actual_end", date.fromisoformat),
+        planned=_parse(row, "planned", _day),
+        actual=_parse(row, "actual", _day),
+        actual_end=_parse(row, "actual_end", _day),
         reached=_parse(row, "reached", _flag) or False,
     )
     given = MilestoneInput(
         facts=facts,
         note=row["note"],
-        evidence=_parse(row, "evidence", json.loads),
+        evidence=_parse(row, "evidence", _evidence),
         correction=_parse(row, "correction", _flag) or False,
     )
     record = write_milestone(
@@ -149,6 +161,45 @@ def _apply(session: Session, row: dict[str, str], now: datetime) -> None:
     )
     record.recorded_at = recorded_at
     session.add(record)
+
+
+def _checked_cells(row: dict[str, str | None]) -> dict[str, str]:
+    """The row's cells of the known columns, as text ("" for one the line left out). Refuses a
+    cell holding a control character (PostgreSQL's text holds no NUL) or too long a text."""
+    cells = {}
+    for column in COLUMNS:
+        text = row.get(column) or ""
+        found = CONTROL_RE.search(text.replace("\t", " ").replace("\n", " ").replace("\r", " "))
+        if found:
+            raise ProgrammeError(
+                column, f"{column} holds control character U+{ord(found.group()):04X}: remove it"
+            )
+        if len(text) > MAX_CELL_CHARS:
+            raise ProgrammeError(column, f"{column} is longer than {MAX_CELL_CHARS} characters")
+        cells[column] = text
+    return cells
+
+
+def _phase_number(text: str) -> int:
+    number = int(text)
+    if not 1 <= number <= MAX_PHASE_NUMBER:
+        raise ValueError(f"a phase is numbered 1 to {MAX_PHASE_NUMBER}")
+    return number
+
+
+def _day(text: str) -> date:
+    return day_in_window(date.fromisoformat(text))
+
+
+def _evidence(text: str) -> dict[str, object]:
+    value = json.loads(text, parse_constant=_no_constant)
+    if not isinstance(value, dict):
+        raise ValueError('write a JSON object, e.g. {"trained": 25}')
+    return value
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a number JSON can hold")
 
 
 def _required(row: dict[str, str], column: str, parse: Callable[[str], T]) -> T:
@@ -179,8 +230,8 @@ def _aware(text: str) -> datetime:
     value = datetime.fromisoformat(text)
     if value.tzinfo is None:
         raise ValueError("give a UTC offset, e.g. 2025-03-03T12:00:00+00:00")
-    return value
+    return instant_in_window(value)
 
 
-def _day(value: date | None) -> str:
+def _iso_day(value: date | None) -> str:
     return value.isoformat() if value else ""

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.programme.milestones import MilestoneName
+from fleet.protocol.messages import DEVICE_ID_PATTERN, TEXT_PATTERN
+from fleet.time_window import Day
+
+# A site's phases are numbered from 1; a programme has a handful. The bound keeps a number
+# inside the column (a 32-bit integer on PostgreSQL) and the path that names it.
+MAX_PHASE_NUMBER = 999
+# A note of up to 2,000 characters of text; line breaks are fine, other controls are not.
+Note = Annotated[str, Field(max_length=2000, pattern=TEXT_PATTERN)]
 
 
 class Body(BaseModel):
@@ -15,19 +23,27 @@ class Body(BaseModel):
 
 
 class PhaseCreate(Body):
-    phase: int | None = Field(default=None, ge=1, description="the next number if omitted")
-    name: str = ""
-    rooms: list[str] = Field(default_factory=list, description="classrooms the phase covers")
+    phase: int | None = Field(
+        default=None, ge=1, le=MAX_PHASE_NUMBER, description="the next number if omitted"
+    )
+    name: Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)] = ""
+    rooms: list[Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]] = Field(
+        default_factory=list, max_length=1000, description="classrooms the phase covers"
+    )
 
 
 class MilestoneCreate(Body):
     milestone: MilestoneName
-    room: str | None = Field(default=None, description="a classroom of the phase; none: the phase")
-    planned: date | None = None
-    actual: date | None = None
-    actual_end: date | None = Field(default=None, description="last day, when it took days")
+    room: str | None = Field(
+        default=None,
+        pattern=DEVICE_ID_PATTERN,
+        description="a classroom of the phase; none: the phase",
+    )
+    planned: Day | None = None
+    actual: Day | None = None
+    actual_end: Day | None = Field(default=None, description="last day, when it took days")
     reached: bool = Field(default=False, description="true when it happened, date unknown")
-    note: str = ""
+    note: Note = ""
     evidence: dict[str, Any] | None = Field(default=None, examples=[{"trained": 25}])
     correction: bool = Field(default=False, description="record against the ordering rules")
 
@@ -35,11 +51,11 @@ class MilestoneCreate(Body):
 class MilestonePatch(Body):
     """Only the fields given change; null clears a date."""
 
-    planned: date | None = None
-    actual: date | None = None
-    actual_end: date | None = None
+    planned: Day | None = None
+    actual: Day | None = None
+    actual_end: Day | None = None
     reached: bool | None = None
-    note: str | None = None
+    note: Note | None = None
     evidence: dict[str, Any] | None = None
     correction: bool = False
 

@@ -18,6 +18,7 @@ Definitions (also written into every report):
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,7 +141,7 @@ def build_report(conn: Connection, request: ReportRequest, basis: ReportBasis) -
     joined = USAGE.join(DEVICES, DEVICES.c.id == USAGE.c.device_id)
 
     sums = {
-        row[0]: row
+        row[0]: tuple(map(_known, row))
         for row in conn.execute(
             select(
                 USAGE.c.device_id,
@@ -257,4 +258,13 @@ def _last_values(conn: Connection, joined: Any, where: list[Any], column: Any) -
         newest,
         (newest.c.device_id == USAGE.c.device_id) & (newest.c.hour_start == USAGE.c.hour_start),
     )
-    return dict(conn.execute(query).tuples().all())
+    return {device: _known(value) for device, value in conn.execute(query).tuples().all()}
+
+
+def _known(value: Any) -> Any:
+    """A roll-up value as a report uses it: a number that is not finite (NaN or Infinity,
+    rolled up from samples stored before ingest refused them) is unknown, not a figure to
+    compute a lamp's end of life with or to write into JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

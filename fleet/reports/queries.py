@@ -7,8 +7,10 @@ that says what it lets the caller read.
 
 from __future__ import annotations
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from fleet.paging import Order, Page, SortKey
 from fleet.reports.models import StoredReport
 from fleet.reports.schemas import StoredReportOut
 
@@ -39,20 +41,39 @@ def scoped_vendor(requested: str | None, scope: str | None) -> str | None:
     return scope
 
 
+# Newest period first, then by vendor; the id orders a vendor's formats of one period.
+ORDER = Order(
+    "reports",
+    SortKey(col(StoredReport.period_start), "date", descending=True),
+    SortKey(col(StoredReport.vendor), "str"),
+    SortKey(col(StoredReport.id), "int"),
+)
+
+
 def stored_reports(
-    session: Session, scope: str | None, vendor: str | None = None, period: str | None = None
-) -> list[StoredReportOut]:
+    session: Session,
+    scope: str | None,
+    vendor: str | None = None,
+    period: str | None = None,
+    *,
+    limit: int = 100,
+    after: str | None = None,
+) -> Page[StoredReportOut]:
     """The stored reports the caller may read, newest period first, then by vendor; only
-    `vendor`'s (any case) and `period`'s when given. Raises VendorOutOfScope."""
+    `vendor`'s (any case) and `period`'s when given: one page of up to `limit` after the
+    cursor `after`. Raises VendorOutOfScope and fleet.paging.BadCursor."""
     wanted = scoped_vendor(vendor, scope)
-    query = select(StoredReport).order_by(
-        col(StoredReport.period_start).desc(), col(StoredReport.vendor), col(StoredReport.id)
-    )
+    query = select(StoredReport)
     if wanted is not None:
-        query = query.where(col(StoredReport.vendor).ilike(wanted))
+        # Equality in any case, not ILIKE: a vendor's name is no pattern ('%' or '_' in it
+        # would match other vendors' reports).
+        query = query.where(func.lower(col(StoredReport.vendor)) == wanted.lower())
     if period is not None:
         query = query.where(col(StoredReport.period) == period)
-    return [_out(r) for r in session.exec(query)]
+    if after is not None:
+        query = query.where(ORDER.after(after))
+    rows = session.exec(query.order_by(*ORDER.order_by()).limit(limit + 1)).all()
+    return ORDER.page([_out(r) for r in rows], limit, lambda r: (r.period_start, r.vendor, r.id))
 
 
 def stored_report(session: Session, report_id: int, scope: str | None) -> StoredReport:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime, time
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from fleet.models import Device
+from fleet.protocol.messages import TEXT_PATTERN, SiteCode
 from fleet.protocol.profiles import Profile
 from fleet.rollouts.artifacts import ArtifactError, ArtifactStore, agent_download_url
 from fleet.rollouts.models import Rollout, RolloutDevice
@@ -24,6 +25,7 @@ from fleet.rollouts.plan import (
     policy_problems,
 )
 from fleet.rollouts.windows import WindowPolicy
+from fleet.time_window import Instant
 
 
 class RolloutRefused(ValueError):
@@ -36,21 +38,30 @@ class RolloutConflict(ValueError):
     """The move does not apply to the rollout's state."""
 
 
+# Bounds of what a request may hold, so that every value fits a column and the arithmetic
+# made with it (a wave's size, a timeout as a timedelta); zero stays in, for policy_problems
+# to say why a zero threshold or count cannot work.
+Name = Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
+Version = Annotated[str, Field(max_length=64, pattern=TEXT_PATTERN)]
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
 class TargetFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    vendor: str | None = None
-    model: str | None = None
-    profile: str | None = None
-    sites: list[str] = Field(default_factory=list)
-    current_versions: list[str] = Field(default_factory=list)
+    vendor: Version | None = None
+    model: Name | None = None
+    profile: Version | None = None
+    sites: list[SiteCode] = Field(default_factory=list, max_length=1000)
+    current_versions: list[Version] = Field(default_factory=list, max_length=100)
 
 
 class WaveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    count: int | None = None
-    percent: float | None = None
+    count: Count | None = None
+    percent: Percent | None = None
 
 
 class WindowIn(BaseModel):
@@ -64,20 +75,23 @@ class WindowIn(BaseModel):
 class RolloutRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    release_version: str
+    name: Name = Field(min_length=1)
+    release_version: Version
     targets: TargetFilter
-    waves: list[WaveIn] = Field(default_factory=lambda: [WaveIn(count=1), WaveIn(percent=100)])
-    success_threshold_pct: float = 90.0
+    waves: list[WaveIn] = Field(
+        default_factory=lambda: [WaveIn(count=1), WaveIn(percent=100)], max_length=100
+    )
+    success_threshold_pct: Percent = 90.0
     pause_for_approval: bool = False
-    abort_min_done: int = 3
-    abort_failure_pct: float = 20.0
-    device_timeout_s: float = 1800.0
-    max_retries: int = 1
+    abort_min_done: Count = 3
+    abort_failure_pct: Percent = 20.0
+    # Up to 30 days: a timeout is added to times, and must stay a date.
+    device_timeout_s: float = Field(default=1800.0, ge=0, le=30 * 86400, allow_inf_nan=False)
+    max_retries: int = Field(default=1, ge=0, le=100)
     window: WindowIn = WindowIn()
     # Start at once (start: true), at start_at, or stay a draft until POST .../start.
     start: bool = False
-    start_at: datetime | None = None
+    start_at: Instant | None = None
 
     def policy(self) -> Policy:
         return Policy(

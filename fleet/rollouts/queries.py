@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
+from fleet.paging import Order, Page, SortKey
 from fleet.rollouts.engine import final_counts
 from fleet.rollouts.models import ArtifactDownload, Rollout, RolloutDevice
 from fleet.rollouts.schemas import RolloutDetailOut, RolloutDeviceOut, RolloutOut, SiteBytesOut
@@ -38,10 +39,21 @@ def rollout_out(session: Session, rollout: Rollout) -> RolloutOut:
     return out
 
 
-def list_rollouts(session: Session) -> list[RolloutOut]:
-    """Every rollout, newest first."""
-    rollouts = session.exec(select(Rollout).order_by(col(Rollout.id).desc()))
-    return [rollout_out(session, r) for r in rollouts]
+# Newest first, by id (a 32-bit column).
+ORDER = Order("rollouts", SortKey(col(Rollout.id), "int32", descending=True))
+
+
+def list_rollouts(
+    session: Session, *, limit: int = 100, after: str | None = None
+) -> Page[RolloutOut]:
+    """The rollouts, newest first: one page of up to `limit` after the cursor `after`, each
+    with its devices counted by update state. Raises fleet.paging.BadCursor."""
+    query = select(Rollout)
+    if after is not None:
+        query = query.where(ORDER.after(after))
+    rollouts = session.exec(query.order_by(*ORDER.order_by()).limit(limit + 1)).all()
+    page = ORDER.page(rollouts, limit, lambda r: (r.id,))
+    return Page([rollout_out(session, r) for r in page.items], page.next)
 
 
 def rollout_detail(session: Session, rollout_id: int) -> RolloutDetailOut:

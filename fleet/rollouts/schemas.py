@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from fleet.time_window import Instant
+
 
 class RolloutOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -58,4 +60,4 @@ class RolloutDetailOut(RolloutOut):
 
 
 class StartIn(BaseModel):
-    start_at: datetime | None = None
+    start_at: Instant | None = None

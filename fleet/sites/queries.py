@@ -19,8 +19,10 @@ from sqlmodel import Session, col, select
 from fleet.alerts.queries import OpenAlerts, open_alerts_by_site, unacknowledged_alerts_by_site
 from fleet.auth.permissions import Caller
 from fleet.devices.schemas import DeviceOut
-from fleet.models import AgentStatus, Device, Room, Site
-from fleet.sites.schemas import AgentStatusOut, RoomOut, SiteDetail, SiteSummary
+from fleet.models import AgentMessage, AgentStatus, Device, Room, Site
+from fleet.paging import Order, Page, SortKey
+from fleet.protocol.messages import EventKind
+from fleet.sites.schemas import AgentStatusOut, EventOut, RoomOut, SiteDetail, SiteSummary
 
 
 class SiteNotFound(LookupError):
@@ -37,6 +39,9 @@ class _SiteFacts(Protocol):
     timezone: str
     vendor: str
 
+
+# Newest first, by the id the controller gave each event as it arrived.
+EVENTS = Order("events", SortKey(col(AgentMessage.id), "int", descending=True))
 
 SUMMARY_COLUMNS = [
     col(Site.code),
@@ -134,6 +139,43 @@ def site_detail(session: Session, code: str) -> SiteDetail:
         rooms=[
             RoomOut(id=r.id, name=r.name, building=r.building, devices=by_room[r.id]) for r in rooms
         ],
+    )
+
+
+def site_events(
+    session: Session,
+    code: str,
+    *,
+    kind: EventKind | None = None,
+    limit: int = 50,
+    after: str | None = None,
+) -> Page[EventOut]:
+    """A site's agent events (of `kind` only, when given), newest first: one page of up to
+    `limit` after the cursor `after`. Raises SiteNotFound and fleet.paging.BadCursor.
+    Whether the caller may see the site is checked before, by the permission."""
+    if session.get(Site, code) is None:
+        raise SiteNotFound(code)
+    query = select(AgentMessage).where(AgentMessage.site_code == code, AgentMessage.kind == "event")
+    if kind is not None:
+        # The kind lives in the stored body: JSON_EXTRACT on SQLite, ->> on PostgreSQL.
+        query = query.where(col(AgentMessage.body)["kind"].as_string() == kind.value)
+    if after is not None:
+        query = query.where(EVENTS.after(after))
+    rows = session.exec(query.order_by(*EVENTS.order_by()).limit(limit + 1)).all()
+    return EVENTS.page([_event_out(r) for r in rows], limit, lambda e: (e.id,))
+
+
+def _event_out(row: AgentMessage) -> EventOut:
+    body = row.body
+    return EventOut(
+        id=row.id or 0,
+        kind=str(body.get("kind", "")),
+        agent_id=str(body.get("agent_id", "")),
+        ts=row.ts,
+        received_at=row.received_at,
+        device=body.get("device"),
+        message=str(body.get("message", "")),
+        data=body.get("data") or {},
     )
 
 

@@ -51,3 +51,16 @@ class SiteDetail(SiteSummary):
     timetable: dict[str, Any]
     synced_at: datetime
     rooms: list[RoomOut]
+
+
+class EventOut(BaseModel):
+    """An agent's event at a site, as received (`fleet.protocol.messages.AgentEvent`)."""
+
+    id: int
+    kind: str
+    agent_id: str
+    ts: datetime
+    received_at: datetime
+    device: str | None
+    message: str
+    data: dict[str, Any]

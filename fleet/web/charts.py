@@ -117,7 +117,10 @@ def _svg(title: str, body: list[str], height: int = HEIGHT) -> Markup:
 def line_chart(
     points: Sequence[Point], *, title: str, unit: str, start: datetime, end: datetime
 ) -> Markup:
-    """A line of one numeric field; gaps in the samples show as gaps in the line."""
+    """A line of one numeric field; gaps in the samples show as gaps in the line. Values that
+    are not finite (NaN, ±Infinity, stored before ingest refused them) are left out: they
+    have no place on an axis."""
+    points = [p for p in points if math.isfinite(p.value)]
     if not points:
         return _svg(title, [_empty_note(HEIGHT, f"no {title.lower()} in this window")])
     shown = downsample(points)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from fleet.alerts.queries import recent_alerts_of_device
 from fleet.api.deps import SessionDep
 from fleet.auth.permissions import Allow
 from fleet.models import Device, Room, Site
+from fleet.protocol.messages import DEVICE_ID_PATTERN
 from fleet.web.charts import line_chart, power_band
 from fleet.web.device_history import (
     DEFAULT_WINDOW,
@@ -49,10 +52,11 @@ def device_page(
     request: Request,
     session: SessionDep,
     viewer: ViewerDep,
-    window: str = DEFAULT_WINDOW,
+    window: Annotated[str, Query(max_length=8)] = DEFAULT_WINDOW,
     partial: bool = False,
 ) -> HTMLResponse:
-    device = session.get(Device, device_id)
+    # An id no device can have is not looked up (PostgreSQL's text holds no NUL, say).
+    device = session.get(Device, device_id) if re.fullmatch(DEVICE_ID_PATTERN, device_id) else None
     if device is None:
         raise PageNotFound(
             f"There is no device {device_id!r}.", "Open its site from the overview to find it."
@@ -96,14 +100,28 @@ def device_page(
     )
 
 
+NUMBERS = ("temperature_c", "lamp_hours", "filter_hours", "uptime_s")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _shown(key: str, value: Any) -> str | None:
-    """A reading's value as a person reads it; None when the device did not report it."""
+    """A reading's value as a person reads it; None when the device did not report it. The
+    reading is whatever was stored, from before ingest checked values too: a number that is
+    not one (NaN, Infinity, text) is shown as given, not computed with."""
     if value is None:
         return None
     if key == "ts":
-        return utc(datetime.fromisoformat(value))
+        try:
+            return utc(datetime.fromisoformat(value))
+        except (TypeError, ValueError, OverflowError):
+            return str(value)
     if key == "reachable":
         return "yes" if value else "no"
+    if key in NUMBERS and not _finite(value):
+        return f"{value} (not a number a device can report)"
     if key == "uptime_s":
         minutes = int(value) // 60
         return f"{minutes // 1440} d {minutes // 60 % 24} h {minutes % 60} min"

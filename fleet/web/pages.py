@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -15,7 +16,7 @@ from fleet.api.deps import SessionDep
 from fleet.auth.permissions import Allow, Caller
 from fleet.devices.registry import timetable_from_json
 from fleet.models import Device
-from fleet.protocol.messages import utcnow
+from fleet.protocol.messages import SITE_CODE_PATTERN, utcnow
 from fleet.sites.queries import SiteNotFound, site_detail
 from fleet.web.not_found import PageNotFound
 from fleet.web.overview import fleet_totals, newest_report, site_problems, site_rows
@@ -58,6 +59,8 @@ def site_page(
     partial: bool = False,
 ) -> HTMLResponse:
     try:
+        if not re.fullmatch(SITE_CODE_PATTERN, code):
+            raise SiteNotFound(code)  # no site can have it: not looked up
         detail = site_detail(session, code)  # what `GET /api/v1/sites/{code}` returns
     except SiteNotFound:
         raise PageNotFound(

@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from fleet.api.deps import SessionDep
 from fleet.auth.permissions import Allow
 from fleet.models import Device, Site
+from fleet.paging import MAX_CURSOR_CHARS, BadCursor
 from fleet.protocol.messages import utcnow
 from fleet.reports.formats import ReportFormat
 from fleet.reports.queries import stored_reports
@@ -29,6 +30,7 @@ from fleet.web.viewer import ViewerDep
 router = APIRouter(include_in_schema=False)
 
 USAGE_API = "/api/v1/reports/usage"
+PAGE_SIZE = 100
 
 
 def last_month(today: date) -> tuple[date, date]:
@@ -49,15 +51,26 @@ def _choices(session: Session, vendor: str | None) -> tuple[list[str], list[tupl
 
 
 @router.get("/reports", response_class=HTMLResponse, dependencies=[Allow("reports:read")])
-def reports_page(request: Request, session: SessionDep, viewer: ViewerDep) -> HTMLResponse:
+def reports_page(
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    after: Annotated[str, Query(max_length=MAX_CURSOR_CHARS)] = "",
+) -> HTMLResponse:
     scope = viewer.vendor  # None for ops: every vendor
     vendors, sites = _choices(session, scope)
     start, end = last_month(utcnow().date())
+    try:
+        reports = stored_reports(session, scope, limit=PAGE_SIZE, after=after or None)
+    except BadCursor:
+        # A cursor from an edited or stale URL: the first page, rather than an error page.
+        reports = stored_reports(session, scope, limit=PAGE_SIZE)
     return render(
         request,
         "reports.html",
         viewer=viewer,
-        reports=stored_reports(session, scope),
+        reports=reports.items,
+        older=f"/reports?{urlencode({'after': reports.next})}" if reports.next else "",
         vendors=vendors,
         sites=sites,
         scope=scope,
@@ -71,9 +84,9 @@ def reports_page(request: Request, session: SessionDep, viewer: ViewerDep) -> HT
 def usage_from_form(
     start: Annotated[date, Query(alias="from")],
     end: Annotated[date, Query(alias="to")],
-    vendor: str = "",
-    site: str = "",
-    format: str = "csv",
+    vendor: Annotated[str, Query(max_length=64)] = "",
+    site: Annotated[str, Query(max_length=32)] = "",
+    format: Annotated[str, Query(max_length=8)] = "csv",
 ) -> RedirectResponse:
     """The form's "any" is an empty field; the API takes a missing one, so drop those."""
     fields = {

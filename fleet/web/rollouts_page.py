@@ -9,13 +9,17 @@ Figures and moves are the rollouts domain's own (`fleet.rollouts.queries`,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
 from fleet.api.deps import SessionDep
+from fleet.api.params import Row32IdPath
 from fleet.auth.permissions import Allow
+from fleet.paging import MAX_CURSOR_CHARS, BadCursor
 from fleet.protocol.messages import utcnow
 from fleet.rollouts.campaigns import RolloutConflict
 from fleet.rollouts.moves import Move, cancel, pause, resume
@@ -32,6 +36,7 @@ router = APIRouter(include_in_schema=False)
 UPDATE_STATES = tuple(s.value for s in DeviceUpdateState)
 # Ended rollouts beyond this many are listed without their wave and site tables.
 DETAILED = 20
+PAGE_SIZE = 50
 
 
 @dataclass
@@ -103,21 +108,31 @@ def progress(detail: RolloutDetailOut) -> RolloutView:
     )
 
 
-def rollout_views(session: Session) -> list[RolloutView]:
+def rollout_views(session: Session, after: str = "") -> tuple[list[RolloutView], str | None]:
+    """A page of rollouts, newest first, as the page shows them, and the cursor of the next
+    page. A cursor that is not one (an edited URL) gives the first page."""
+    try:
+        page = list_rollouts(session, limit=PAGE_SIZE, after=after or None)
+    except BadCursor:
+        page = list_rollouts(session, limit=PAGE_SIZE)
     views = []
-    for index, rollout in enumerate(list_rollouts(session)):  # newest first
-        if index < DETAILED or rollout.state not in ENDED:
+    for index, rollout in enumerate(page.items):
+        if (index < DETAILED and not after) or rollout.state not in ENDED:
             views.append(progress(rollout_detail(session, rollout.id)))
         else:
             views.append(RolloutView(rollout=rollout))
-    return views
+    return views, page.next
 
 
 @router.get("/rollouts", response_class=HTMLResponse, dependencies=[Allow("rollouts:read")])
 def rollouts_page(
-    request: Request, session: SessionDep, viewer: ViewerDep, partial: bool = False
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    partial: bool = False,
+    after: Annotated[str, Query(max_length=MAX_CURSOR_CHARS)] = "",
 ) -> HTMLResponse:
-    return _page(request, session, viewer, partial)
+    return _page(request, session, viewer, partial, after=after)
 
 
 def _page(
@@ -127,15 +142,19 @@ def _page(
     partial: bool = False,
     problem: str = "",
     status_code: int = 200,
+    after: str = "",
 ) -> HTMLResponse:
+    views, following = rollout_views(session, after)
     return render(
         request,
         "_rollouts.html" if partial else "rollouts.html",
         status_code=status_code,
         viewer=viewer,
-        rollouts=rollout_views(session),
+        rollouts=views,
         update_states=UPDATE_STATES,
         problem=problem,
+        after=after,
+        older=f"/rollouts?{urlencode({'after': following})}" if following else "",
     )
 
 
@@ -158,20 +177,20 @@ def _move(
 
 @router.post("/rollouts/{rollout_id}/pause", dependencies=[Allow("rollouts:write")])
 def pause_from_page(
-    rollout_id: int, request: Request, session: SessionDep, viewer: ViewerDep
+    rollout_id: Row32IdPath, request: Request, session: SessionDep, viewer: ViewerDep
 ) -> Response:
     return _move(request, session, viewer, rollout_id, pause)
 
 
 @router.post("/rollouts/{rollout_id}/resume", dependencies=[Allow("rollouts:write")])
 def resume_from_page(
-    rollout_id: int, request: Request, session: SessionDep, viewer: ViewerDep
+    rollout_id: Row32IdPath, request: Request, session: SessionDep, viewer: ViewerDep
 ) -> Response:
     return _move(request, session, viewer, rollout_id, resume)
 
 
 @router.post("/rollouts/{rollout_id}/cancel", dependencies=[Allow("rollouts:write")])
 def cancel_from_page(
-    rollout_id: int, request: Request, session: SessionDep, viewer: ViewerDep
+    rollout_id: Row32IdPath, request: Request, session: SessionDep, viewer: ViewerDep
 ) -> Response:
     return _move(request, session, viewer, rollout_id, cancel)

@@ -6,6 +6,7 @@ site configs, so every value is escaped unless a template marks it safe (only ou
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,12 @@ def state_rank(state: str) -> int:
 
 
 def number(value: float | None, digits: int = 1) -> str:
+    """A number with thousands separators. A stored value that is not a finite number (NaN or
+    Infinity kept before ingest refused them, or text) is shown as it is."""
     if value is None:
         return "—"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return str(value)
     return f"{value:,.{digits}f}"
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from fleet.alerts import actions, queries
 from fleet.alerts.actions import AlertAlreadyResolved
@@ -13,49 +12,62 @@ from fleet.alerts.models import AlertKind, AlertState, Severity
 from fleet.alerts.queries import AlertNotFound
 from fleet.alerts.schemas import AckIn, AlertOut, AlertPage, ResolveIn
 from fleet.api.deps import SessionDep, SettingsDep
+from fleet.api.paging import cursor_refused, link_next, refuse_offset
+from fleet.api.params import (
+    After,
+    DeviceFilter,
+    RowIdPath,
+    SiteFilter,
+    limit_query,
+    since_query,
+)
 from fleet.auth.permissions import Allow, Caller
+from fleet.paging import BadCursor
 from fleet.protocol.messages import utcnow
+from fleet.time_window import Instant
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 
 MAX_PAGE = 1000
 
 
-@router.get("", response_model=AlertPage)
+@router.get("", response_model=AlertPage, dependencies=[Depends(refuse_offset)])
 def list_alerts(
+    request: Request,
+    response: Response,
     session: SessionDep,
     state: AlertState | None = None,
     kind: AlertKind | None = None,
-    site: str | None = None,
-    device: str | None = None,
+    site: SiteFilter = None,
+    device: DeviceFilter = None,
     severity: Severity | None = None,
-    since: Annotated[
-        datetime | None, Query(description="opened at or after; ISO 8601 with offset")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[Instant | None, since_query("opened at or after")] = None,
+    limit: Annotated[int, limit_query(MAX_PAGE)] = 100,
+    after: After = None,
     caller: Annotated[Caller | None, Allow("alerts:read")] = None,
 ) -> AlertPage:
-    if since is not None and since.tzinfo is None:
-        raise HTTPException(
-            422, "'since' has no timezone: write it as ISO 8601 with 'Z' or '+05:45'"
+    """Newest first, a page at a time: the next page is `after=` this page's `next`."""
+    try:
+        page = queries.find_alerts(
+            session,
+            caller,
+            states=[state] if state is not None else [],
+            kind=kind,
+            site=site,
+            device=device,
+            severity=severity,
+            since=since,
+            limit=limit,
+            after=after,
         )
-    return queries.find_alerts(
-        session,
-        caller,
-        state=state,
-        kind=kind,
-        site=site,
-        device=device,
-        severity=severity,
-        since=since,
-        limit=limit,
-        offset=offset,
-    )
+    except BadCursor as exc:
+        raise cursor_refused(exc) from None
+    link_next(request, response, page.next)
+    return page
 
 
 @router.get("/{alert_id}", response_model=AlertOut, dependencies=[Allow("alerts:read")])
-def get_alert(alert_id: int, session: SessionDep) -> AlertOut:
+def get_alert(alert_id: RowIdPath, session: SessionDep) -> AlertOut:
     try:
         return queries.get_alert(session, alert_id)
     except AlertNotFound as exc:
@@ -63,7 +75,7 @@ def get_alert(alert_id: int, session: SessionDep) -> AlertOut:
 
 
 @router.post("/{alert_id}/ack", response_model=AlertOut, dependencies=[Allow("alerts:write")])
-def acknowledge(alert_id: int, body: AckIn, session: SessionDep) -> AlertOut:
+def acknowledge(alert_id: RowIdPath, body: AckIn, session: SessionDep) -> AlertOut:
     try:
         return actions.acknowledge(session, alert_id, body, utcnow())
     except AlertNotFound as exc:
@@ -74,7 +86,7 @@ def acknowledge(alert_id: int, body: AckIn, session: SessionDep) -> AlertOut:
 
 @router.post("/{alert_id}/resolve", response_model=AlertOut, dependencies=[Allow("alerts:write")])
 def resolve_by_hand(
-    alert_id: int, body: ResolveIn, session: SessionDep, settings: SettingsDep
+    alert_id: RowIdPath, body: ResolveIn, session: SessionDep, settings: SettingsDep
 ) -> AlertOut:
     notify = bool(settings.webhook_url)
     try:

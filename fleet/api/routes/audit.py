@@ -6,14 +6,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import func
-from sqlmodel import col, select
 
 from fleet.api.deps import SessionDep
-from fleet.auth.models import AuditEntry
+from fleet.api.paging import cursor_refused, link_next, refuse_offset
+from fleet.api.params import After, limit_query, since_query, text_filter
 from fleet.auth.permissions import Allow
+from fleet.auth.queries import find_audit_entries
+from fleet.paging import BadCursor
+from fleet.time_window import Instant
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
@@ -30,41 +32,47 @@ class AuditOut(BaseModel):
 
 
 class AuditPage(BaseModel):
-    items: list[AuditOut]
-    total: int
+    items: list[AuditOut]  # newest first
+    total: int  # entries that match, at the time of this page
+    limit: int
+    next: str | None  # the cursor of the next page (`after=`); None on the last
 
 
-@router.get("", response_model=AuditPage, dependencies=[Allow("audit:read")])
+@router.get(
+    "",
+    response_model=AuditPage,
+    dependencies=[Allow("audit:read"), Depends(refuse_offset)],
+)
 def list_audit(
+    request: Request,
+    response: Response,
     session: SessionDep,
-    actor: str | None = None,
-    action: str | None = None,
-    outcome: str | None = None,
-    since: Annotated[datetime | None, Query(description="ISO 8601 with offset")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    actor: Annotated[str | None, text_filter("who: a user name, 'anonymous', 'cli:<user>'")] = None,
+    action: Annotated[
+        str | None, text_filter("what: 'login', 'enrol', 'rollouts.start', ...")
+    ] = None,
+    outcome: Annotated[str | None, text_filter("'ok', 'denied' or 'failed <status>'")] = None,
+    since: Annotated[Instant | None, since_query("at or after")] = None,
+    limit: Annotated[int, limit_query(1000)] = 100,
+    after: After = None,
 ) -> AuditPage:
-    if since is not None and since.tzinfo is None:
-        raise HTTPException(
-            422, "'since' has no timezone: write it as ISO 8601 with 'Z' or '+05:45'"
+    """Newest first, a page at a time: the next page is `after=` this page's `next`."""
+    try:
+        page = find_audit_entries(
+            session,
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            since=since,
+            limit=limit,
+            after=after,
         )
-    conditions = []
-    if actor is not None:
-        conditions.append(col(AuditEntry.actor) == actor)
-    if action is not None:
-        conditions.append(col(AuditEntry.action) == action)
-    if outcome is not None:
-        conditions.append(col(AuditEntry.outcome) == outcome)
-    if since is not None:
-        conditions.append(col(AuditEntry.at) >= since)
-    total = session.exec(select(func.count()).select_from(AuditEntry).where(*conditions)).one()
-    rows = session.exec(
-        select(AuditEntry)
-        .where(*conditions)
-        .order_by(col(AuditEntry.at).desc(), col(AuditEntry.id).desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
+    except BadCursor as exc:
+        raise cursor_refused(exc) from None
+    link_next(request, response, page.next)
     return AuditPage(
-        items=[AuditOut.model_validate(r, from_attributes=True) for r in rows], total=total
+        items=[AuditOut.model_validate(r, from_attributes=True) for r in page.items],
+        total=page.total or 0,
+        limit=limit,
+        next=page.next,
     )

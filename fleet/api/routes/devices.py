@@ -2,75 +2,72 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
-from sqlalchemy import ColumnElement, func
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from sqlmodel import col, select
 
 from fleet.api.deps import SessionDep
+from fleet.api.paging import cursor_refused, link_next, refuse_offset
+from fleet.api.params import (
+    After,
+    DeviceIdPath,
+    SiteFilter,
+    VendorFilter,
+    limit_query,
+    refused,
+    since_query,
+    text_filter,
+)
 from fleet.api.schemas import DeviceDetail, DeviceHealth, DevicePage, SampleOut
 from fleet.auth.permissions import Allow, Caller
-from fleet.devices.schemas import DeviceOut
+from fleet.devices.queries import find_devices
 from fleet.devices.state import DeviceState
 from fleet.models import Device, Sample
+from fleet.paging import BadCursor
+from fleet.time_window import Instant
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
 MAX_PAGE = 1000
 MAX_SAMPLES = 10_000
-LIST_COLUMNS = [getattr(Device, name) for name in DeviceOut.model_fields]
 
 
-@router.get("", response_model=DevicePage)
+@router.get("", response_model=DevicePage, dependencies=[Depends(refuse_offset)])
 def list_devices(
+    request: Request,
+    response: Response,
     session: SessionDep,
-    site: str | None = None,
-    vendor: str | None = None,
-    kind: str | None = None,
+    site: SiteFilter = None,
+    vendor: VendorFilter = None,
+    kind: Annotated[str | None, text_filter("panel, projector or device", 32)] = None,
     state: DeviceState | None = None,
     include_retired: bool = False,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, limit_query(MAX_PAGE)] = 100,
+    after: After = None,
     caller: Annotated[Caller | None, Allow("devices:read")] = None,
 ) -> DevicePage:
-    conditions: list[ColumnElement[bool]] = []
-    if caller is not None and caller.sites is not None:
-        conditions.append(col(Device.site_code).in_(sorted(caller.sites)))
-    if caller is not None and caller.vendor is not None:
-        conditions.append(func.lower(col(Device.vendor)) == caller.vendor.lower())
-    if site is not None:
-        conditions.append(col(Device.site_code) == site)
-    if vendor is not None:
-        # Vendors are written "MAXHUB" or "Seewo" in profiles: match whatever case was typed.
-        conditions.append(func.lower(col(Device.vendor)) == vendor.lower())
-    if kind is not None:
-        conditions.append(col(Device.kind) == kind)
-    if state is not None:
-        conditions.append(col(Device.state) == state.value)
-    if not include_retired:
-        conditions.append(col(Device.retired_at).is_(None))
-    total = session.exec(select(func.count()).select_from(Device).where(*conditions)).one()
-    # Only the listed columns: loading whole Device rows would parse every last_reading's JSON
-    # and build ORM objects only to copy them out again.
-    rows = session.execute(
-        select(*LIST_COLUMNS)
-        .where(*conditions)
-        .order_by(col(Device.id))
-        .limit(limit)
-        .offset(offset)
-    ).mappings()
-    return DevicePage(
-        items=[DeviceOut.model_validate(dict(r)) for r in rows],
-        total=total,
-        limit=limit,
-        offset=offset,
-    )
+    """By id, a page at a time: the next page is `after=` this page's `next`."""
+    try:
+        page = find_devices(
+            session,
+            caller,
+            site=site,
+            vendor=vendor,
+            kind=kind,
+            state=state,
+            include_retired=include_retired,
+            limit=limit,
+            after=after,
+        )
+    except BadCursor as exc:
+        raise cursor_refused(exc) from None
+    link_next(request, response, page.next)
+    return DevicePage(items=page.items, total=page.total or 0, limit=limit, next=page.next)
 
 
 @router.get("/{device_id}", response_model=DeviceDetail, dependencies=[Allow("devices:read")])
-def get_device(device_id: str, session: SessionDep) -> DeviceDetail:
+def get_device(device_id: DeviceIdPath, session: SessionDep) -> DeviceDetail:
     return DeviceDetail.model_validate(_device_or_404(session, device_id))
 
 
@@ -78,24 +75,22 @@ def get_device(device_id: str, session: SessionDep) -> DeviceDetail:
     "/{device_id}/health", response_model=DeviceHealth, dependencies=[Allow("devices:read")]
 )
 def device_health(
-    device_id: str,
+    device_id: DeviceIdPath,
+    request: Request,
+    response: Response,
     session: SessionDep,
-    start: Annotated[
-        datetime | None, Query(alias="from", description="ISO 8601 with offset, inclusive")
-    ] = None,
-    end: Annotated[
-        datetime | None, Query(alias="to", description="ISO 8601 with offset, exclusive")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_SAMPLES)] = 1000,
+    start: Annotated[Instant | None, since_query("inclusive", alias="from")] = None,
+    end: Annotated[Instant | None, since_query("exclusive", alias="to")] = None,
+    limit: Annotated[int, limit_query(MAX_SAMPLES)] = 1000,
 ) -> DeviceHealth:
-    for name, value in (("from", start), ("to", end)):
-        if value is not None and value.tzinfo is None:
-            raise HTTPException(
-                422, f"'{name}' has no timezone: write it as ISO 8601 with 'Z' or '+05:45'"
-            )
+    """Newest first. Samples are unique per device and time, so the next page is `to=` the
+    last sample's `ts` (the Link header gives it)."""
     if start is not None and end is not None and start > end:
-        raise HTTPException(
-            422, f"'from' ({start.isoformat()}) is after 'to' ({end.isoformat()}): swap them"
+        raise refused(
+            "query",
+            "from",
+            f"'from' ({start.isoformat()}) is after 'to' ({end.isoformat()}): swap them",
+            start.isoformat(),
         )
     _device_or_404(session, device_id)
     query = select(Sample).where(Sample.device_id == device_id)
@@ -103,14 +98,11 @@ def device_health(
         query = query.where(col(Sample.ts) >= start)
     if end is not None:
         query = query.where(col(Sample.ts) < end)
-    rows = session.exec(query.order_by(col(Sample.ts).desc()).limit(limit)).all()
-    return DeviceHealth(
-        device=device_id,
-        start=start,
-        end=end,
-        limit=limit,
-        items=[SampleOut.model_validate(s) for s in rows],
-    )
+    rows = session.exec(query.order_by(col(Sample.ts).desc()).limit(limit + 1)).all()
+    items = [SampleOut.model_validate(s) for s in rows[:limit]]
+    more = len(rows) > limit and bool(items)
+    link_next(request, response, items[-1].ts.isoformat() if more else None, param="to")
+    return DeviceHealth(device=device_id, start=start, end=end, limit=limit, items=items)
 
 
 def _device_or_404(session: SessionDep, device_id: str) -> Device:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi import APIRouter, Header, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from sqlmodel import col, select
 
@@ -92,11 +92,11 @@ def list_downloads(session: SessionDep) -> list[DownloadOut]:
 
 @router.get("/artifacts/{sha256}", dependencies=[Allow("agent")])
 def get_artifact(
-    sha256: str,
+    sha256: Annotated[str, Path(pattern=r"^[0-9a-fA-F]{64}$", description="the release's SHA-256")],
     settings: SettingsDep,
     engine: EngineDep,
     site: Annotated[str, Query(pattern=SITE_CODE_PATTERN, description="the downloading site")],
-    range_: Annotated[str | None, Header(alias="Range")] = None,
+    range_: Annotated[str | None, Header(alias="Range", max_length=200)] = None,
 ) -> StreamingResponse:
     found = release_by_sha(profiles_in(settings.profiles_dir), sha256)
     if found is None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from sqlmodel import Session
 
 from fleet.api.deps import SessionDep
+from fleet.api.params import RoomFilter, SiteCodePath, SiteFilter, day_query
 from fleet.auth.permissions import Allow
 from fleet.models import Site
 from fleet.programme.csv_records import export_programme_csv, import_programme_csv
@@ -35,6 +36,7 @@ from fleet.programme.records import (
     write_milestone,
 )
 from fleet.programme.schemas import (
+    MAX_PHASE_NUMBER,
     ImportResult,
     MilestoneCreate,
     MilestoneOut,
@@ -45,10 +47,14 @@ from fleet.programme.schemas import (
 )
 from fleet.programme.timeline import Timeline, build_timeline, timeline_json, timeline_svg
 from fleet.protocol.messages import utcnow
+from fleet.time_window import Day
 
 router = APIRouter(prefix="/api/v1", tags=["programme"])
 
 PATH_FIELDS = ("code", "phase", "milestone_name")
+PhaseNumberPath = Annotated[
+    int, Path(ge=1, le=MAX_PHASE_NUMBER, description=f"a phase number, 1 to {MAX_PHASE_NUMBER}")
+]
 
 
 def ops_recorder(request: Request) -> str:
@@ -60,8 +66,10 @@ def ops_recorder(request: Request) -> str:
 OpsRecorder = Annotated[str, Depends(ops_recorder)]
 
 
-def refused(exc: ProgrammeError) -> HTTPException:
-    where = "path" if exc.field in PATH_FIELDS else "body"
+def refused(exc: ProgrammeError, where: str | None = None) -> HTTPException:
+    """The refusal as FastAPI's 422 shape, located at the field at fault: in the path, or in
+    the body (always, for `where="body"`: a CSV's columns)."""
+    where = where or ("path" if exc.field in PATH_FIELDS else "body")
     detail = [{"loc": [where, exc.field], "msg": exc.message, "type": "programme"}]
     return HTTPException(exc.status, detail=detail)
 
@@ -69,7 +77,7 @@ def refused(exc: ProgrammeError) -> HTTPException:
 @router.get(
     "/sites/{code}/phases", response_model=list[PhaseOut], dependencies=[Allow("programme:read")]
 )
-def list_phases(code: str, session: SessionDep) -> list[PhaseOut]:
+def list_phases(code: SiteCodePath, session: SessionDep) -> list[PhaseOut]:
     try:
         site = get_site(session, code)
     except ProgrammeError as exc:
@@ -83,7 +91,9 @@ def list_phases(code: str, session: SessionDep) -> list[PhaseOut]:
     status_code=201,
     dependencies=[Allow("programme:write")],
 )
-def post_phase(code: str, body: PhaseCreate, session: SessionDep, who: OpsRecorder) -> PhaseOut:
+def post_phase(
+    code: SiteCodePath, body: PhaseCreate, session: SessionDep, who: OpsRecorder
+) -> PhaseOut:
     try:
         site = get_site(session, code)
         phase = create_phase(
@@ -108,7 +118,11 @@ def post_phase(code: str, body: PhaseCreate, session: SessionDep, who: OpsRecord
     dependencies=[Allow("programme:write")],
 )
 def post_milestone(
-    code: str, phase: int, body: MilestoneCreate, session: SessionDep, who: OpsRecorder
+    code: SiteCodePath,
+    phase: PhaseNumberPath,
+    body: MilestoneCreate,
+    session: SessionDep,
+    who: OpsRecorder,
 ) -> MilestoneOut:
     facts = MilestoneFacts(
         milestone=body.milestone,
@@ -127,13 +141,13 @@ def post_milestone(
     dependencies=[Allow("programme:write")],
 )
 def patch_milestone(
-    code: str,
-    phase: int,
+    code: SiteCodePath,
+    phase: PhaseNumberPath,
     milestone_name: MilestoneName,
     body: MilestonePatch,
     session: SessionDep,
     who: OpsRecorder,
-    room: Annotated[str | None, Query(description="a classroom of the phase")] = None,
+    room: RoomFilter = None,
 ) -> MilestoneOut:
     room_id = room or PHASE_ITSELF
     try:
@@ -176,38 +190,56 @@ _FACTS = ("planned", "actual", "actual_end", "reached")
 @router.get("/programme", response_model=list[SiteProgramme], dependencies=[Allow("fleet:read")])
 def get_programme(
     session: SessionDep,
-    as_of: Annotated[date | None, Query(description="judge lateness on this day")] = None,
+    as_of: Annotated[Day | None, day_query("judge lateness on this day")] = None,
 ) -> list[SiteProgramme]:
     return site_programmes(session, utcnow(), as_of)
 
 
 @router.get("/programme.csv", response_class=Response, dependencies=[Allow("fleet:read")])
-def get_programme_csv(session: SessionDep, site: Annotated[str | None, Query()] = None) -> Response:
+def get_programme_csv(session: SessionDep, site: SiteFilter = None) -> Response:
     text = export_programme_csv(session, site)
     headers = {"Content-Disposition": 'attachment; filename="programme.csv"'}
     return Response(text, media_type="text/csv; charset=utf-8", headers=headers)
 
 
-@router.post("/programme.csv", response_model=ImportResult, dependencies=[Allow("programme:write")])
+MAX_CSV_BYTES = 5 * 1024 * 1024  # some 50,000 rows: far more than a programme holds
+
+
+@router.post(
+    "/programme.csv",
+    response_model=ImportResult,
+    dependencies=[Allow("programme:write")],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {"schema": {"type": "string", "maxLength": MAX_CSV_BYTES}}},
+        }
+    },
+)
 async def post_programme_csv(
     request: Request, session: SessionDep, who: OpsRecorder
 ) -> ImportResult:
     """Import an export (same columns): creates or overwrites, all rows or none."""
+    body = bytearray()
+    async for chunk in request.stream():  # read up to the cap, never the whole of a huge body
+        body += chunk
+        if len(body) > MAX_CSV_BYTES:
+            raise HTTPException(413, f"the CSV is over {MAX_CSV_BYTES} bytes: import it in parts")
     try:
-        text = (await request.body()).decode("utf-8-sig")
+        text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         error = ProgrammeError("csv", "the body is not UTF-8 text: send the CSV as UTF-8")
         raise refused(error) from None
     try:
         rows = import_programme_csv(session, text, utcnow())
     except ProgrammeError as exc:
-        raise refused(exc) from None
+        raise refused(exc, "body") from None
     session.commit()
     return ImportResult(rows=rows)
 
 
 @router.get("/sites/{code}/timeline", dependencies=[Allow("programme:read")])
-def get_timeline(code: str, session: SessionDep) -> dict[str, object]:
+def get_timeline(code: SiteCodePath, session: SessionDep) -> dict[str, object]:
     site = _site(session, code)
     return timeline_json(_timeline(session, site))
 
@@ -215,7 +247,7 @@ def get_timeline(code: str, session: SessionDep) -> dict[str, object]:
 @router.get(
     "/sites/{code}/timeline.svg", response_class=Response, dependencies=[Allow("programme:read")]
 )
-def get_timeline_svg(code: str, session: SessionDep) -> Response:
+def get_timeline_svg(code: SiteCodePath, session: SessionDep) -> Response:
     site = _site(session, code)
     return Response(timeline_svg(_timeline(session, site)), media_type="image/svg+xml")
 

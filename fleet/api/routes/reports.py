@@ -7,14 +7,26 @@ every report route hands it to `fleet.reports.queries`, which applies it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from fleet.api.deps import EngineDep, SessionDep, SettingsDep
+from fleet.api.paging import cursor_refused, link_next
+from fleet.api.params import (
+    After,
+    DeviceFilter,
+    RowIdPath,
+    SiteFilter,
+    VendorFilter,
+    day_query,
+    limit_query,
+    refused,
+    text_filter,
+)
 from fleet.auth.permissions import Allow
+from fleet.paging import BadCursor
 from fleet.reports.compute import ReportError, ReportRequest, build_report, check_request
 from fleet.reports.formats import MEDIA_TYPES, ReportFormat, filename, iter_csv, renderer
 from fleet.reports.queries import (
@@ -25,6 +37,7 @@ from fleet.reports.queries import (
     stored_reports,
 )
 from fleet.reports.schemas import StoredReportOut
+from fleet.time_window import Day
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 
@@ -62,26 +75,30 @@ def usage_report(
     engine: EngineDep,
     settings: SettingsDep,
     scope: VendorScopeDep,
-    start: Annotated[date, Query(alias="from", description="first local date, YYYY-MM-DD")],
-    end: Annotated[date, Query(alias="to", description="last local date (inclusive)")],
-    vendor: str | None = None,
-    site: str | None = None,
-    device: str | None = None,
-    format: Annotated[str, Query(description="json, csv, xlsx or html")] = "json",
+    start: Annotated[Day, day_query("first local date", alias="from")],
+    end: Annotated[Day, day_query("last local date (inclusive)", alias="to")],
+    vendor: VendorFilter = None,
+    site: SiteFilter = None,
+    device: DeviceFilter = None,
+    format: Annotated[str, Query(max_length=8, description="json, csv, xlsx or html")] = "json",
 ) -> StreamingResponse:
     try:
         fmt = ReportFormat(format.lower())
     except ValueError:
-        raise HTTPException(
-            422,
+        raise refused(
+            "query",
+            "format",
             f"format {format!r} is not supported: use one of "
             f"{', '.join(f.value for f in ReportFormat)}",
+            format,
         ) from None
     request = ReportRequest(start, end, _scoped_vendor(vendor, scope), site, device)
     with engine.connect() as conn:
         try:
             request = check_request(conn, request, settings.report_max_days)
         except ReportError as exc:
+            if exc.status == 422:  # the period: too long, or backwards
+                raise refused("query", "to", str(exc), end.isoformat()) from None
             raise HTTPException(exc.status, str(exc)) from None
         report = build_report(conn, request, settings.report_basis())
     body: Iterator[bytes] = (
@@ -96,19 +113,29 @@ def usage_report(
 
 @router.get("", response_model=list[StoredReportOut], dependencies=[Allow("reports:read")])
 def list_reports(
+    request: Request,
+    response: Response,
     session: SessionDep,
     scope: VendorScopeDep,
-    vendor: str | None = None,
-    period: str | None = None,
+    vendor: VendorFilter = None,
+    period: Annotated[str | None, text_filter("monthly or weekly", 16)] = None,
+    limit: Annotated[int, limit_query(1000)] = 100,
+    after: After = None,
 ) -> list[StoredReportOut]:
+    """Newest period first, then by vendor; the next page's URL is in the Link header
+    (rel="next")."""
     try:
-        return stored_reports(session, scope, vendor, period)
+        page = stored_reports(session, scope, vendor, period, limit=limit, after=after)
     except VendorOutOfScope as exc:
         raise HTTPException(403, str(exc)) from None
+    except BadCursor as exc:
+        raise cursor_refused(exc) from None
+    link_next(request, response, page.next)
+    return page.items
 
 
 @router.get("/{report_id}", response_class=StreamingResponse, dependencies=[Allow("reports:read")])
-def download_report(report_id: int, session: SessionDep, scope: VendorScopeDep) -> Any:
+def download_report(report_id: RowIdPath, session: SessionDep, scope: VendorScopeDep) -> Any:
     try:
         stored = stored_report(session, report_id, scope)
     except StoredReportNotFound as exc:

@@ -3,12 +3,18 @@ devices and the bytes its sites downloaded, and the operator's start, pause, res
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from sqlmodel import Session
 
 from fleet.api.deps import SessionDep, SettingsDep
+from fleet.api.paging import cursor_refused, link_next
+from fleet.api.params import After, Row32IdPath, limit_query
 from fleet.auth.permissions import Allow
 from fleet.devices.profile_book import profiles_in
+from fleet.paging import BadCursor
 from fleet.protocol.messages import utcnow
 from fleet.rollouts import moves, queries
 from fleet.rollouts.campaigns import (
@@ -30,17 +36,35 @@ def create(body: RolloutRequest, session: SessionDep, settings: SettingsDep) -> 
             session, profiles_in(settings.profiles_dir), settings.artifact_store(), body, utcnow()
         )
     except RolloutRefused as exc:
-        raise HTTPException(422, {"message": "rollout refused", "reasons": exc.reasons}) from None
+        # FastAPI's 422 shape, one entry a reason: what the OpenAPI schema declares.
+        raise RequestValidationError(
+            [
+                {"loc": ("body",), "msg": f"rollout refused: {r}", "type": "value_error"}
+                for r in exc.reasons
+            ]
+        ) from None
     return rollout_out(session, rollout)
 
 
 @router.get("", dependencies=[Allow("rollouts:read")])
-def list_rollouts(session: SessionDep) -> list[RolloutOut]:
-    return queries.list_rollouts(session)
+def list_rollouts(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    limit: Annotated[int, limit_query(1000)] = 100,
+    after: After = None,
+) -> list[RolloutOut]:
+    """Newest first; the next page's URL is in the Link header (rel="next")."""
+    try:
+        page = queries.list_rollouts(session, limit=limit, after=after)
+    except BadCursor as exc:
+        raise cursor_refused(exc) from None
+    link_next(request, response, page.next)
+    return page.items
 
 
 @router.get("/{rollout_id}", dependencies=[Allow("rollouts:read")])
-def get_rollout(rollout_id: int, session: SessionDep) -> RolloutDetailOut:
+def get_rollout(rollout_id: Row32IdPath, session: SessionDep) -> RolloutDetailOut:
     try:
         return queries.rollout_detail(session, rollout_id)
     except RolloutNotFound as exc:
@@ -57,22 +81,22 @@ def _move(session: Session, rollout_id: int, move: moves.Move) -> RolloutOut:
 
 
 @router.post("/{rollout_id}/start", dependencies=[Allow("rollouts:write")])
-def start(rollout_id: int, session: SessionDep, body: StartIn | None = None) -> RolloutOut:
+def start(rollout_id: Row32IdPath, session: SessionDep, body: StartIn | None = None) -> RolloutOut:
     start_at = body.start_at if body else None
     return _move(session, rollout_id, lambda s, i, now: moves.start(s, i, now, start_at))
 
 
 @router.post("/{rollout_id}/pause", dependencies=[Allow("rollouts:write")])
-def pause(rollout_id: int, session: SessionDep) -> RolloutOut:
+def pause(rollout_id: Row32IdPath, session: SessionDep) -> RolloutOut:
     return _move(session, rollout_id, moves.pause)
 
 
 @router.post("/{rollout_id}/resume", dependencies=[Allow("rollouts:write")])
-def resume(rollout_id: int, session: SessionDep) -> RolloutOut:
+def resume(rollout_id: Row32IdPath, session: SessionDep) -> RolloutOut:
     """Also the approval that lets a rollout paused after a wave go on."""
     return _move(session, rollout_id, moves.resume)
 
 
 @router.post("/{rollout_id}/cancel", dependencies=[Allow("rollouts:write")])
-def cancel(rollout_id: int, session: SessionDep) -> RolloutOut:
+def cancel(rollout_id: Row32IdPath, session: SessionDep) -> RolloutOut:
     return _move(session, rollout_id, moves.cancel)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException
 
 from fleet.api.deps import SessionDep
+from fleet.api.params import SiteCodePath
 from fleet.auth.permissions import Allow, Caller
 from fleet.sites.queries import SiteNotFound, site_detail, site_summaries
 from fleet.sites.schemas import SiteDetail, SiteSummary
@@ -22,7 +23,7 @@ def list_sites(
 
 
 @router.get("/{code}", response_model=SiteDetail, dependencies=[Allow("sites:read")])
-def get_site(code: str, session: SessionDep) -> SiteDetail:
+def get_site(code: SiteCodePath, session: SessionDep) -> SiteDetail:
     try:
         return site_detail(session, code)
     except SiteNotFound as exc:
