@@ -39,12 +39,21 @@ def deliveries(engine: Engine) -> list[WebhookDelivery]:
         return list(session.exec(select(WebhookDelivery)).all())
 
 
+def projector_at(ingest: Ingest, engine: Engine, celsius: float, *minutes: int) -> datetime:
+    """Readings of the projector at `celsius`, T + each of `minutes`, each judged as ingest
+    would; returns the time of the last."""
+    for minute in minutes:
+        t = T + timedelta(minutes=minute)
+        ingest.handle([health("upm", [reading("upm-sc2-projector", t, temperature_c=celsius)])])
+        evaluate_devices(engine, NOTIFYING, t, ["upm-sc2-projector"])
+    return t
+
+
 def test_signed_notification_retried_with_backoff_and_delivered_once(
     ingest: Ingest, registered: Engine, receiver: Receiver
 ) -> None:
     webhook = Webhook(receiver.url, SECRET, max_attempts=8)
-    ingest.handle([health("upm", [reading("upm-sc2-projector", T, temperature_c=90)])])
-    evaluate_devices(registered, NOTIFYING, T, ["upm-sc2-projector"])
+    projector_at(ingest, registered, 90, -2, -1, 0)  # hot for long enough: opened at T
     [queued] = deliveries(registered)
     assert queued.event == "alert.opened" and queued.next_attempt_at == T
 
@@ -76,11 +85,8 @@ def test_resolution_is_notified_and_a_dead_receiver_is_given_up_on(
 ) -> None:
     # Port 9 on loopback (discard) has no listener here: every attempt fails at once.
     webhook = Webhook("http://127.0.0.1:9/none", SECRET, max_attempts=2)
-    ingest.handle([health("upm", [reading("upm-sc2-projector", T, temperature_c=90)])])
-    evaluate_devices(registered, NOTIFYING, T, ["upm-sc2-projector"])
-    later = T + timedelta(minutes=1)
-    ingest.handle([health("upm", [reading("upm-sc2-projector", later, temperature_c=50)])])
-    evaluate_devices(registered, NOTIFYING, later, ["upm-sc2-projector"])
+    projector_at(ingest, registered, 90, -2, -1, 0)
+    later = projector_at(ingest, registered, 50, 1, 3, 6)  # cool for long enough
     assert [d.event for d in deliveries(registered)] == ["alert.opened", "alert.resolved"]
 
     send_due(registered, webhook, later)

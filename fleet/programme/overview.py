@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from fleet.alerts.evaluation import update_gauge
 from fleet.alerts.models import AlertKind, Severity
 from fleet.alerts.reconcile import Judgement, reconcile
-from fleet.alerts.rules import Finding
+from fleet.alerts.rules import Finding, Observation
 from fleet.models import Site
 from fleet.programme.milestones import MilestoneFacts, is_overdue, position
 from fleet.programme.models import ClassroomEvidence, MilestoneRecord, Phase
@@ -119,13 +119,14 @@ def check_overdue_milestones(engine: Engine, now: datetime, *, notify: bool) -> 
     `notify`: queue a webhook notification for each alert opened or resolved."""
     with Session(engine) as session:
         overview = programme_overview(session, now)
-    judgements = []
-    for site in overview:
-        finding = overdue_finding(site)
-        findings = frozenset({finding} if finding else set())
-        judgements.append(
-            Judgement(site.site.code, None, frozenset({AlertKind.programme_overdue}), findings)
+    judgements = [
+        Judgement(
+            site.site.code,
+            None,
+            (Observation.of(AlertKind.programme_overdue, now, overdue_finding(site)),),
         )
+        for site in overview
+    ]
     with engine.begin() as conn:
         result = reconcile(conn, judgements, now, notify=notify)
         update_gauge(conn)
