@@ -45,13 +45,15 @@ def each(
     *,
     chunk: int = 200,
     on_skip: Callable[[K, Exception], None] | None = None,
+    name: Callable[[K], object] = lambda key: key,
 ) -> list[R]:
     """Call `work` on `keys` `chunk` at a time and return what the calls gave, together.
 
     `work` must leave nothing behind when it raises (its own transaction, say), because a
     chunk that raises is done again one key at a time. A key that raises alone is skipped:
-    logged with `job`, the key and the reason, counted, and handed to `on_skip` (to mark it,
-    so that it does not come first again). Raises only a TRANSIENT error."""
+    logged with `job`, the key (as `name` gives it) and the reason, counted, and handed to
+    `on_skip` (to mark it, so that it does not come first again). Raises only a TRANSIENT
+    error."""
     out: list[R] = []
     for start in range(0, len(keys), max(chunk, 1)):
         part = list(keys[start : start + chunk])
@@ -62,7 +64,7 @@ def each(
             raise
         except Exception as exc:
             if len(part) == 1:
-                skip(job, part[0], exc, on_skip)
+                skip(job, part[0], exc, on_skip, name)
                 continue
             log.warning("%s: a chunk of %d raised (%r); taking it key by key", job, len(part), exc)
         for key in part:
@@ -71,19 +73,23 @@ def each(
             except TRANSIENT:
                 raise
             except Exception as exc:
-                skip(job, key, exc, on_skip)
+                skip(job, key, exc, on_skip, name)
     return out
 
 
 def skip(
-    job: str, key: K, exc: Exception, on_skip: Callable[[K, Exception], None] | None = None
+    job: str,
+    key: K,
+    exc: Exception,
+    on_skip: Callable[[K, Exception], None] | None = None,
+    name: Callable[[K], object] = lambda key: key,
 ) -> None:
     """Log and count one row a job could not handle."""
     ROW_FAILURES.labels(job).inc()
     log.error(
         "%s: skipped %s: %s: %s. The rest of the run goes on; fix or remove the row",
         job,
-        key,
+        name(key),
         type(exc).__name__,
         exc,
         exc_info=exc,
