@@ -381,9 +381,34 @@ def test_a_clearing_needs_several_in_a_row_and_one_raise_starts_it_over() -> Non
 
 
 def test_a_pending_raise_lapses_when_the_condition_stops() -> None:
-    # One warning, then silence on the subject (in between) for longer than a clearing takes.
-    assert play([(0, "raise"), (1, "band"), (7, "raise")]) == [Action.keep] * 3
-    assert play([(0, "raise"), (4, "raise")]) == [Action.keep, Action.open]
+    # One warning, then nothing at the raising level for over 15 min: a new run starts.
+    assert play([(0, "raise"), (1, "band"), (16, "raise")]) == [Action.keep] * 3
+    assert play([(0, "raise"), (1, "band"), (14, "raise")]) == [Action.keep] * 2 + [Action.open]
+
+
+@pytest.mark.parametrize("kind", list(AlertKind))
+@pytest.mark.parametrize("every_s", [5, 30, 120])
+def test_every_kind_held_steadily_opens_once_and_cleared_steadily_resolves_once(
+    kind: AlertKind, every_s: int
+) -> None:
+    """Whatever the poll: a condition that holds opens its alert within its hold (plus one
+    poll), and one that is gone clears it within its clearing hold (plus one poll)."""
+    hold = HOLDS[kind]
+    finding = Finding(kind, Severity.warning, "holds")
+    counts, raised, actions = NONE, False, []
+    poll = timedelta(seconds=every_s)
+    for i in range(int(timedelta(hours=1) / poll)):
+        on = i < int(timedelta(minutes=30) / poll)
+        observed = Observation(kind, T + i * poll, finding if on else None, cleared=not on)
+        counts, action = step(counts, raised, observed, hold)
+        raised = (raised or action == Action.open) and action != Action.resolve
+        if action != Action.keep:
+            actions.append((action, i * poll))
+    [(opened, open_at), (resolved, resolve_at)] = actions
+    assert (opened, resolved) == (Action.open, Action.resolve)
+    assert open_at <= max(hold.raise_after, (hold.raise_readings - 1) * poll) + poll
+    clear_from = timedelta(minutes=30)
+    assert resolve_at - clear_from <= max(hold.clear_after, (hold.clear_readings - 1) * poll) + poll
 
 
 def test_every_kind_has_a_hold_before_raising_and_before_clearing() -> None:

@@ -16,7 +16,7 @@ restarts.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from fleet.alerts.rules import Hold, Observation
@@ -27,7 +27,7 @@ class Counts:
     """What the observations of one (subject, kind) have built up so far."""
 
     # The run of observations at the raising level that may open an alert: when it began,
-    # how many, the latest. Only a clearing (or `clear_after` without any) ends it.
+    # how many, the latest. Only a clearing, or RUN_LAPSES_AFTER without any, ends it.
     raise_since: datetime | None = None
     raise_count: int = 0
     last_raise_at: datetime | None = None
@@ -44,6 +44,9 @@ class Counts:
 
 
 NONE = Counts()
+# A run of observations at the raising level that has had none for this long is over: three
+# spikes an hour apart are not one condition held.
+RUN_LAPSES_AFTER = timedelta(minutes=15)
 
 
 class Action(StrEnum):
@@ -63,7 +66,7 @@ def step(counts: Counts, raised: bool, seen: Observation, hold: Hold) -> tuple[C
         if raised:  # it holds still: any clearing run is over
             return replace(NONE, last_at=at), Action.keep
         counts = replace(counts, clear_since=None, clear_count=0, last_at=at)
-        if counts.last_raise_at is not None and at - counts.last_raise_at > hold.clear_after:
+        if counts.last_raise_at is not None and at - counts.last_raise_at > RUN_LAPSES_AFTER:
             counts = replace(counts, raise_since=None, raise_count=0)  # the earlier run lapsed
         counts = replace(
             counts,

@@ -245,7 +245,7 @@ def _write_counts(
     before: dict[tuple[str, str], Counts],
     now: datetime,
 ) -> None:
-    gone = [key for key, (_, counts) in changed.items() if counts.empty and key in before]
+    gone = sorted(key for key, (_, counts) in changed.items() if counts.empty and key in before)
     kept = [
         {
             "subject": subject,
@@ -254,7 +254,8 @@ def _write_counts(
             **{c: getattr(counts, c) for c in _COUNT_COLUMNS},
             "updated_at": now,
         }
-        for (subject, kind), (site, counts) in changed.items()
+        # In key order: two writers upserting the same rows take their locks in one order.
+        for (subject, kind), (site, counts) in sorted(changed.items())
         if not counts.empty
     ]
     for start in range(0, len(gone), IN_CHUNK):

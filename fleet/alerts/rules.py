@@ -91,7 +91,8 @@ class Hold:
     before it clears. An alert opens on an observation at the raising level once there have
     been `raise_readings` of them over at least `raise_after`, in a run that only a clearing
     ends; it clears once `clear_readings` observations in a row are at the clearing level over
-    at least `clear_after`. A raise not yet due lapses after `clear_after` with none."""
+    at least `clear_after`. A raise not yet due lapses after 15 min with no observation at the
+    raising level (fleet.alerts.hold.RUN_LAPSES_AFTER)."""
 
     raise_readings: int
     raise_after: timedelta
