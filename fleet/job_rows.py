@@ -8,8 +8,8 @@ a time; a chunk that raises is done again key by key, and a key that raises on i
 logged with the key and the reason, counted in `fleet_job_row_failures_total{job}`, and
 skipped, while the other keys are done.
 
-A database that is away or busy (`TRANSIENT`) is no row's fault: that error is raised, and the
-scheduler runs the job again at its next tick.
+A database that is away or busy, or a deployment that is wrong (`DATABASE_FAULTS`), is no
+row's fault: that error is raised, and the scheduler runs the job again at its next tick.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from prometheus_client import Counter
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 log = logging.getLogger(__name__)
@@ -34,8 +39,15 @@ ROW_FAILURES = Counter(
     ["job"],
 )
 
-# The database away or busy: a connection lost, a lock or pool timeout.
-TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+# The database away or busy (a connection lost, a lock or pool timeout, a deadlock), or the
+# deployment wrong (a missing table or privilege): every row would fail alike.
+DATABASE_FAULTS = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeoutError,
+    ProgrammingError,
+)
 
 
 def each(
@@ -52,7 +64,7 @@ def each(
     `work` must leave nothing behind when it raises (its own transaction, say), because a
     chunk that raises is done again one key at a time. A key that raises alone is skipped:
     logged with `job`, the key (as `name` gives it) and the reason, counted, and handed to
-    `on_skip` (to mark it, so that it does not come first again). Raises only a TRANSIENT
+    `on_skip` (to mark it, so that it does not come first again). Raises only a DATABASE_FAULTS
     error."""
     out: list[R] = []
     for start in range(0, len(keys), max(chunk, 1)):
@@ -60,7 +72,7 @@ def each(
         try:
             out.extend(work(part) or ())
             continue
-        except TRANSIENT:
+        except DATABASE_FAULTS:
             raise
         except Exception as exc:
             if len(part) == 1:
@@ -70,7 +82,7 @@ def each(
         for key in part:
             try:
                 out.extend(work([key]) or ())
-            except TRANSIENT:
+            except DATABASE_FAULTS:
                 raise
             except Exception as exc:
                 skip(job, key, exc, on_skip, name)
@@ -92,12 +104,13 @@ def skip(
         name(key),
         type(exc).__name__,
         exc,
-        exc_info=exc,
     )
+    # The traceback only on asking: the row fails again at every run until it is fixed.
+    log.debug("%s: %s skipped", job, name(key), exc_info=exc)
     if on_skip is not None:
         try:
             on_skip(key, exc)
-        except TRANSIENT:
+        except DATABASE_FAULTS:
             raise
         except Exception:
             log.exception("%s: could not mark %s as skipped", job, key)

@@ -117,6 +117,23 @@ def test_alerts_judge_every_device_and_site_past_a_device_they_cannot_read(
     assert set(skipped(logged, "alerts")) == {"upm-sc1-panel-2"}
 
 
+def test_alerts_leave_a_site_alone_whose_agent_row_they_cannot_read(
+    ingest: Ingest, registered: Engine, logged: pytest.LogCaptureFixture
+) -> None:
+    ingest.handle([agent_state("tuit", "offline", T0, T0), agent_state("upm", "offline", T0, T0)])
+    evaluate_alerts(registered, RULES, T0 + timedelta(minutes=6))
+    plant(
+        registered,
+        f"UPDATE agent_status SET received_at = {unreadable(registered)} WHERE site_code = 'tuit'",
+    )
+    for minutes in (7, 10, 15):  # were it taken as never heard, it would clear by now
+        evaluate_alerts(registered, RULES, T0 + timedelta(minutes=minutes))
+    with registered.connect() as conn:
+        alerts = set(conn.execute(text("SELECT site_code, state FROM alert")).all())
+    assert alerts == {("tuit", "open"), ("upm", "open")}
+    assert set(skipped(logged, "alerts")) == {"tuit"}
+
+
 def test_webhook_sends_the_rest_past_a_delivery_it_cannot_send(
     registered: Engine, logged: pytest.LogCaptureFixture
 ) -> None:

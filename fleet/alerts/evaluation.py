@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DEVICES = SQLModel.metadata.tables["device"]
 SITES = SQLModel.metadata.tables["site"]
+AGENTS = SQLModel.metadata.tables["agent_status"]
 IN_CHUNK = 500
 JOB = "alerts"
 
@@ -117,11 +118,14 @@ def evaluate_sites(
         polls.setdefault(device.site, []).append(device.poll_interval_s)
     with engine.connect() as conn:
         sites = list(conn.execute(select(SITES.c.code)).scalars())
+        heard = set(conn.execute(select(AGENTS.c.site_code)).scalars())
     result = ReconcileResult()
 
     def judge(chunk: list[str]) -> None:
         judgements = []
         for site in chunk:
+            if site in heard and site not in agents:
+                continue  # its agent's row could not be read (counted): not "never heard"
             silence = site_silence_threshold(polls.get(site, []))
             seen = observe_site(agents.get(site), silence, now, watching_since=watching_since)
             # None: not judged yet, and its alerts stay as they are.

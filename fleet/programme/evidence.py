@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Engine, Text, cast, func, literal_column, update
 from sqlmodel import Session, SQLModel, col, select
 
-from fleet.job_rows import TRANSIENT, each, skip
+from fleet.job_rows import DATABASE_FAULTS, each, skip
 from fleet.models import Device, Room, Sample, Site
 from fleet.programme.milestones import MilestoneFacts, MilestoneName
 from fleet.programme.models import ClassroomEvidence, MilestoneRecord, Phase, PhaseRoom
@@ -255,7 +255,7 @@ def _first_healthy_readings(
     groups: list[tuple[str, str | None, datetime]]
     try:
         groups = list(session.exec(query))
-    except TRANSIENT:
+    except DATABASE_FAULTS:
         raise
     except Exception as exc:
         # A sample whose time no datetime holds: read device by device, and skip only it.

@@ -35,7 +35,7 @@ from sqlmodel import SQLModel, col
 
 from fleet.devices.profile_book import poll_interval_s, profiles_in
 from fleet.devices.registry import timetable_from_json
-from fleet.job_rows import TRANSIENT, each
+from fleet.job_rows import DATABASE_FAULTS, each
 from fleet.protocol.timetable import Timetable
 from fleet.reports.models import PowerSession, UsageHour, UsageWatermark
 from fleet.reports.usage import (
@@ -171,7 +171,7 @@ def _touched(
         query = query.where(since)
     try:
         return [tuple(row) for row in conn.execute(query)]
-    except TRANSIENT:
+    except DATABASE_FAULTS:
         raise
     except Exception as exc:
         log.warning("%s: new samples unreadable together (%r); reading device by device", JOB, exc)

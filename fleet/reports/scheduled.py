@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, func, select
 from sqlmodel import col
 
-from fleet.job_rows import TRANSIENT, each
+from fleet.job_rows import DATABASE_FAULTS, each
 from fleet.models import Device, Site
 from fleet.reports.compute import ReportBasis, ReportRequest, build_report
 from fleet.reports.formats import MEDIA_TYPES, ReportFormat, filename, renderer
@@ -137,7 +137,7 @@ def _first_day(engine: Engine, conn: Connection) -> date | None:
     first = select(func.min(col(UsageHour.local_date)))
     try:
         return conn.execute(first).scalar()
-    except TRANSIENT:
+    except DATABASE_FAULTS:
         raise
     except Exception as exc:
         log.warning("%s: first usage date unreadable (%r); reading device by device", JOB, exc)
