@@ -49,6 +49,8 @@ class Judgement:
 
 @dataclass
 class ReconcileResult:
+    """The ids of the alerts one reconcile opened, escalated and resolved."""
+
     opened: list[int] = field(default_factory=list)
     escalated: list[int] = field(default_factory=list)
     resolved: list[int] = field(default_factory=list)
