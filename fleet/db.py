@@ -9,7 +9,36 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
+
+# The database away or busy (a connection lost, a lock or pool timeout, a deadlock), or the
+# deployment wrong (a missing table or privilege): no single message or row causes these, and
+# every one would fail alike. Ingest retries its group, a scheduled job its next run.
+DATABASE_FAULTS = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeoutError,
+    ProgrammingError,
+)
+# ...except the OperationalErrors that one message's values cause, which no retry cures.
+_VALUE_FAULTS = ("ProgramLimitExceeded",)
+
+
+def is_database_fault(exc: BaseException) -> bool:
+    """True when `exc` is the database's or the deployment's fault (retry later), False when
+    it is the data's (a value the store refuses: skip or dead-letter what carries it)."""
+    if not isinstance(exc, DATABASE_FAULTS):
+        return False
+    return type(getattr(exc, "orig", None)).__name__ not in _VALUE_FAULTS
+
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000

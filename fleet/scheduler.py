@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import Gauge
 from sqlalchemy import Engine
 
 from fleet.leader import Leadership
@@ -21,6 +22,14 @@ from fleet.memory import give_back
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# The clock of each job's last run that finished: an alert on its age catches a job that
+# keeps failing, and a test awaits a run that began after what it did.
+LAST_SUCCESS = Gauge(
+    "fleet_job_last_success_timestamp_seconds",
+    "Unix time at which the last run of each scheduled job that finished without raising began",
+    ["job"],
+)
 
 # Called as func(engine=..., now=...) [, watching_since=...]: by keyword, so that jobs() can
 # bind the job's other values with functools.partial whatever their place in its signature.
@@ -82,12 +91,14 @@ def _guarded(job: Job, engine: Engine, leadership: Leadership | None = None) -> 
     def run() -> None:
         if leadership is not None and not leadership.hold():
             return
+        now = datetime.now(UTC)
         try:
             if job.judges_silence:
                 since = leadership.since if leadership is not None else started
-                job.func(engine=engine, now=datetime.now(UTC), watching_since=since)
+                job.func(engine=engine, now=now, watching_since=since)
             else:
-                job.func(engine=engine, now=datetime.now(UTC))
+                job.func(engine=engine, now=now)
+            LAST_SUCCESS.labels(job.id).set(now.timestamp())
         except Exception:  # one failing run must not stop the schedule
             log.exception("scheduled job %s failed; it runs again in %.0f s", job.id, job.every_s)
         if job.every_s >= 60:

@@ -7,10 +7,13 @@ from zoneinfo import ZoneInfo
 
 from fleet.alerts.models import AlertKind, Severity
 from fleet.alerts.rules import (
+    Observation,
     SiteClock,
     after_hours_since,
     evaluate,
     evaluate_site,
+    observe,
+    observe_site,
     unjudged_kinds,
     version_key,
 )
@@ -209,3 +212,76 @@ def test_site_offline_after_a_grace_for_will_and_for_silence() -> None:
 
 def test_site_clock_timezone_is_the_sites() -> None:
     assert TRIBHUVAN.tz == ZoneInfo("Asia/Kathmandu")
+
+
+def observed(found: list[Observation], kind: AlertKind) -> str:
+    """ "raise", "clear" or "band" for `kind`, or "unjudged" when it was not observed."""
+    [seen] = [o for o in found if o.kind == kind] or [None]
+    if seen is None:
+        return "unjudged"
+    return "raise" if seen.finding else "clear" if seen.cleared else "band"
+
+
+def test_temperature_raises_above_its_limit_and_clears_3_degrees_below() -> None:
+    def level(celsius: float) -> str:
+        found = observe(device(), reading(temperature_c=celsius), PROJECTOR, TRIBHUVAN, NOON)
+        return observed(found, AlertKind.over_temperature)
+
+    assert [level(c) for c in (75.4, 75, 72.1, 72, 50)] == [
+        "raise",
+        "band",
+        "band",
+        "clear",
+        "clear",
+    ]
+
+
+def test_lamp_and_filter_clear_below_85_percent_of_their_life() -> None:
+    def level(hours: float) -> str:
+        found = observe(device(), reading(lamp_hours=hours), PROJECTOR, TRIBHUVAN, NOON)
+        return observed(found, AlertKind.lamp_hours)
+
+    assert [level(h) for h in (4500, 4300, 4249, 3)] == ["raise", "band", "clear", "clear"]
+
+
+def test_a_reading_without_flags_or_firmware_says_nothing_of_them() -> None:
+    found = observe(device(), reading(), PROJECTOR, TRIBHUVAN, NOON)
+    assert observed(found, AlertKind.device_error) == "unjudged"
+    assert observed(found, AlertKind.firmware_below_minimum) == "unjudged"
+    flagged = observe(device(), reading(errors={"fan": "ok"}), PROJECTOR, TRIBHUVAN, NOON)
+    assert observed(flagged, AlertKind.device_error) == "clear"
+
+
+def test_unreachable_not_yet_for_long_is_between_and_behind_an_offline_site_unjudged() -> None:
+    since = NOON - timedelta(minutes=5)
+    short = observe(device(state="unreachable", since=since), None, PROJECTOR, TRIBHUVAN, NOON)
+    assert observed(short, AlertKind.device_unreachable) == "band"
+    back = observe(device(), reading(), PROJECTOR, TRIBHUVAN, NOON)
+    assert observed(back, AlertKind.device_unreachable) == "clear"
+    behind = observe(device(state="site_offline"), reading(), PROJECTOR, TRIBHUVAN, NOON)
+    assert {o.kind for o in behind} == set()
+
+
+def test_a_site_offline_for_less_than_five_minutes_neither_raises_nor_clears() -> None:
+    went = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
+    will = AgentFacts("upm", "upm-agent-1", "offline", went, went)
+    silence = timedelta(minutes=3)
+    assert observe_site(will, silence, went + timedelta(minutes=4)) == Observation(
+        AlertKind.site_offline, went + timedelta(minutes=4)
+    )
+    online = AgentFacts("upm", "upm-agent-1", "online", went, went)
+    seen = observe_site(online, silence, went + timedelta(minutes=1))
+    assert seen is not None and seen.cleared
+
+
+def test_evidence_is_stamped_with_the_readings_time_or_the_clocks() -> None:
+    facts = device(state="unreachable", since=NOON - timedelta(hours=2))
+    later = NOON + timedelta(minutes=1)
+    found = observe(device(), reading(ts=NOON, temperature_c=80), PROJECTOR, TRIBHUVAN, later)
+    assert {o.kind: o.at for o in found} == {
+        AlertKind.over_temperature: NOON,  # judged again later, it counts once
+        AlertKind.left_on_after_hours: NOON,
+        AlertKind.device_unreachable: later,  # what time alone decides
+    }
+    [unreachable] = observe(facts, None, PROJECTOR, TRIBHUVAN, later)
+    assert unreachable.at == later

@@ -35,21 +35,26 @@ def rules() -> AlertRules:
 def client(
     ingest: Ingest, registered: Engine, settings: Settings, rules: AlertRules
 ) -> Iterator[TestClient]:
-    """upm: projector hot and at 95 % lamp, panel-1 with a fan warning; tuit offline."""
-    ingest.handle(
-        [
-            health(
-                "upm",
-                [
-                    reading("upm-sc2-projector", T, temperature_c=80, lamp_hours=4750),
-                    reading("upm-sc1-panel-1", T, errors={"fan": "warning"}),
-                ],
-            ),
-            health("tuit", [reading("tuit-sc1-projector", T)]),
-            agent_state("tuit", "offline", T, T),
-        ]
-    )
-    evaluate_alerts(registered, rules, T + timedelta(minutes=6))
+    """upm: projector hot and at 95 % lamp, panel-1 with a fan warning, each for long enough
+    to raise its alert; tuit offline."""
+    for minute in (0, 1, 2):
+        t = T + timedelta(minutes=minute)
+        ingest.handle(
+            [
+                health(
+                    "upm",
+                    [
+                        reading("upm-sc2-projector", t, temperature_c=80, lamp_hours=4750),
+                        reading("upm-sc1-panel-1", t, errors={"fan": "warning"}),
+                    ],
+                    received_at=t,
+                ),
+                health("tuit", [reading("tuit-sc1-projector", t)], received_at=t),
+            ]
+        )
+        evaluate_devices(registered, rules, t)
+    ingest.handle([agent_state("tuit", "offline", T, T + timedelta(minutes=2))])
+    evaluate_alerts(registered, rules, T + timedelta(minutes=8))
     app = create_app(settings, engine=registered)
     with TestClient(app, headers=ops_headers(registered)) as client:
         yield client
@@ -101,7 +106,7 @@ def test_ack_then_resolve_by_hand_keeps_the_alert_in_history(
         "fan checked Tuesday",
     )
     # Still hot: acknowledged counts as open, so no second alert is raised.
-    evaluate_devices(registered, rules, T + timedelta(minutes=7), ["upm-sc2-projector"])
+    evaluate_devices(registered, rules, T + timedelta(minutes=9), ["upm-sc2-projector"])
     listed = client.get("/api/v1/alerts", params={"kind": "over_temperature"}).json()
     assert listed["total"] == 1
 

@@ -17,6 +17,7 @@ from fleet.alerts.models import Alert, AlertKind, AlertState, Severity, WebhookD
 from fleet.alerts.reconcile import Judgement, _open
 from fleet.alerts.rules import Finding
 from fleet.ingest.pipeline import Ingest
+from fleet.models import Device
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from tests.fixtures_db import agent_state, health, reading
 
@@ -61,34 +62,39 @@ def lamp(ts: datetime, hours: float) -> list[dict[str, object]]:
 def test_one_open_alert_per_device_and_kind_escalated_then_resolved_with_history(
     clocked: Callable[[datetime], Ingest], registered: Engine
 ) -> None:
-    t = CLASS
-    clocked(t).handle([health("upm", lamp(t, 4600))])
-    clocked(t + timedelta(minutes=2)).handle(
-        [health("upm", lamp(t + timedelta(minutes=2), 4600.1))]
-    )
+    def at(minutes: int, hours: float) -> None:
+        t = CLASS + timedelta(minutes=minutes)
+        clocked(t).handle([health("upm", lamp(t, hours))])
 
+    at(0, 4600)  # 92 % of its life: one reading is not yet an alert (2 over 2 min are)
+    assert alerts(registered, kind="lamp_hours") == []
+    at(2, 4600.1)
     [alert] = alerts(registered, kind="lamp_hours")
     assert (alert.state, alert.severity, alert.device_id) == ("open", "warning", PROJECTOR)
-    assert alert.site_code == "upm" and alert.opened_at == t
-    assert "4600 h, 92% of its 5000 h life" in alert.message
+    assert alert.site_code == "upm" and alert.opened_at == CLASS + timedelta(minutes=2)
+    assert "4600.1 h, 92% of its 5000 h life" in alert.message
 
-    t2 = t + timedelta(minutes=4)
-    clocked(t2).handle([health("upm", lamp(t2, 5001))])
+    at(4, 5001)  # worse: escalated at once, in place
     [alert] = alerts(registered, kind="lamp_hours")
-    assert (alert.state, alert.severity, alert.updated_at) == ("open", "critical", t2)
+    assert (alert.state, alert.severity, alert.updated_at) == (
+        "open",
+        "critical",
+        CLASS + timedelta(minutes=4),
+    )
 
-    t3 = t + timedelta(minutes=6)  # lamp replaced
-    clocked(t3).handle([health("upm", lamp(t3, 3))])
+    at(6, 3)  # lamp replaced: cleared after two readings over two minutes
+    assert alerts(registered, kind="lamp_hours")[0].state == "open"
+    at(8, 3.03)
     [alert] = alerts(registered, kind="lamp_hours")
     assert (alert.state, alert.resolved_at, alert.resolution) == (
         "resolved",
-        t3,
+        CLASS + timedelta(minutes=8),
         "condition cleared",
     )
     assert alert.resolved_by is None
 
-    t4 = t + timedelta(minutes=8)
-    clocked(t4).handle([health("upm", lamp(t4, 4700))])
+    at(10, 4700)
+    at(12, 4700.03)
     history = alerts(registered, kind="lamp_hours")
     assert [a.state for a in history] == ["resolved", "open"]
 
@@ -96,9 +102,12 @@ def test_one_open_alert_per_device_and_kind_escalated_then_resolved_with_history
 def test_unreachable_reading_keeps_reading_alerts_open(
     clocked: Callable[[datetime], Ingest], registered: Engine
 ) -> None:
-    t = CLASS
-    clocked(t).handle([health("upm", [reading(PROJECTOR, t, temperature_c=80)])])
-    t2 = t + timedelta(minutes=2)
+    for minute in (0, 1, 2):  # three readings over the limit, over two minutes
+        t = CLASS + timedelta(minutes=minute)
+        clocked(t).handle([health("upm", [reading(PROJECTOR, t, temperature_c=80)])])
+    [alert] = alerts(registered, kind="over_temperature")
+    assert alert.state == "open"
+    t2 = CLASS + timedelta(minutes=4)
     clocked(t2).handle([health("upm", [reading(PROJECTOR, t2, reachable=False, error="timeout")])])
     [alert] = alerts(registered, kind="over_temperature")
     assert alert.state == "open"
@@ -134,6 +143,8 @@ def test_scheduled_job_raises_time_based_alerts_and_the_gauge(
         ]
     )
     evaluate_alerts(registered, rules, later)
+    assert {a.state for a in alerts(registered)} == {"open"}  # back, not yet for long
+    evaluate_alerts(registered, rules, later + timedelta(minutes=2))
     assert {a.state for a in alerts(registered)} == {"resolved"}
     assert open_gauge("site_offline") == 0
     with Session(registered) as session:
@@ -145,8 +156,11 @@ def test_left_on_after_hours_is_judged_by_the_job_with_a_fresh_reading(
 ) -> None:
     # 08:40 UTC is 16:40 in Kuala Lumpur: 40 min after Monday's last class.
     at = datetime.fromisoformat("2025-03-03T08:40:00+00:00")
-    ingest.handle([health("upm", [reading("upm-sc1-panel-1", at - timedelta(minutes=1))])])
-    evaluate_alerts(registered, rules, at)
+    for minutes in (6, 1):  # two fresh readings powered on, five minutes apart
+        ingest.handle(
+            [health("upm", [reading("upm-sc1-panel-1", at - timedelta(minutes=minutes))])]
+        )
+        evaluate_alerts(registered, rules, at - timedelta(minutes=minutes - 1))
     [alert] = alerts(registered, kind="left_on_after_hours")
     assert "since 16:30 Asia/Kuala_Lumpur" in alert.message
 
@@ -154,7 +168,7 @@ def test_left_on_after_hours_is_judged_by_the_job_with_a_fresh_reading(
 def test_second_unresolved_alert_for_the_same_subject_and_kind_is_refused(
     registered: Engine,
 ) -> None:
-    judgement = Judgement("upm", PROJECTOR, frozenset(), frozenset())
+    judgement = Judgement("upm", PROJECTOR, ())
     finding = Finding(AlertKind.device_error, Severity.warning, "fan=warning")
     with registered.begin() as conn:
         first = _open(conn, judgement, finding, CLASS)
@@ -205,3 +219,22 @@ def test_an_open_site_alert_stays_open_while_a_restarted_controller_listens(
     assert [a.site_code for a in alerts(registered, kind="site_offline")] == ["tuit"]
     evaluate_alerts(registered, rules, restarted + timedelta(minutes=7), watching_since=restarted)
     assert sorted(a.site_code for a in alerts(registered, kind="site_offline")) == ["tuit", "upm"]
+
+
+def test_a_retired_devices_alerts_resolve_at_once(
+    clocked: Callable[[datetime], Ingest], registered: Engine, rules: AlertRules
+) -> None:
+    for minute in (0, 1, 2):
+        t = CLASS + timedelta(minutes=minute)
+        clocked(t).handle([health("upm", [reading(PROJECTOR, t, temperature_c=80)])])
+    [alert] = alerts(registered, kind="over_temperature")
+    assert alert.state == "open"
+    with registered.begin() as conn:
+        conn.execute(
+            Device.__table__.update()  # type: ignore[attr-defined]
+            .where(Device.__table__.c.id == PROJECTOR)  # type: ignore[attr-defined]
+            .values(retired_at=CLASS)
+        )
+    evaluate_alerts(registered, rules, CLASS + timedelta(minutes=3))
+    [alert] = alerts(registered, kind="over_temperature")
+    assert (alert.state, alert.resolution) == ("resolved", "device retired")

@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlalchemy import Engine
@@ -22,6 +20,7 @@ from fleet.ingest.pipeline import Ingest
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from fleet.settings import Settings
 from tests.fixtures_db import health, reading
+from tests.webhook_receiver import Receiver, running_receiver
 
 SECRET = "s3cret-shared-with-the-receiver"
 T = datetime.fromisoformat("2025-03-03T03:00:00+00:00")
@@ -29,37 +28,10 @@ T = datetime.fromisoformat("2025-03-03T03:00:00+00:00")
 NOTIFYING = AlertRules(DEFAULT_PROFILES_DIR, unreachable_after=timedelta(minutes=10), notify=True)
 
 
-class Receiver:
-    """Answers 500 to the first `failures` requests, then 204; keeps what it received."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append((dict(self.headers), body))
-                failing = len(receiver.received) <= receiver.failures
-                self.send_response(500 if failing else 204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/fleet"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver(failures=2)
-    r.thread.start()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
+    with running_receiver(failures=2) as r:
+        yield r
 
 
 def deliveries(engine: Engine) -> list[WebhookDelivery]:
@@ -67,12 +39,21 @@ def deliveries(engine: Engine) -> list[WebhookDelivery]:
         return list(session.exec(select(WebhookDelivery)).all())
 
 
+def projector_at(ingest: Ingest, engine: Engine, celsius: float, *minutes: int) -> datetime:
+    """Readings of the projector at `celsius`, T + each of `minutes`, each judged as ingest
+    would; returns the time of the last."""
+    for minute in minutes:
+        t = T + timedelta(minutes=minute)
+        ingest.handle([health("upm", [reading("upm-sc2-projector", t, temperature_c=celsius)])])
+        evaluate_devices(engine, NOTIFYING, t, ["upm-sc2-projector"])
+    return t
+
+
 def test_signed_notification_retried_with_backoff_and_delivered_once(
     ingest: Ingest, registered: Engine, receiver: Receiver
 ) -> None:
     webhook = Webhook(receiver.url, SECRET, max_attempts=8)
-    ingest.handle([health("upm", [reading("upm-sc2-projector", T, temperature_c=90)])])
-    evaluate_devices(registered, NOTIFYING, T, ["upm-sc2-projector"])
+    projector_at(ingest, registered, 90, -2, -1, 0)  # hot for long enough: opened at T
     [queued] = deliveries(registered)
     assert queued.event == "alert.opened" and queued.next_attempt_at == T
 
@@ -104,11 +85,8 @@ def test_resolution_is_notified_and_a_dead_receiver_is_given_up_on(
 ) -> None:
     # Port 9 on loopback (discard) has no listener here: every attempt fails at once.
     webhook = Webhook("http://127.0.0.1:9/none", SECRET, max_attempts=2)
-    ingest.handle([health("upm", [reading("upm-sc2-projector", T, temperature_c=90)])])
-    evaluate_devices(registered, NOTIFYING, T, ["upm-sc2-projector"])
-    later = T + timedelta(minutes=1)
-    ingest.handle([health("upm", [reading("upm-sc2-projector", later, temperature_c=50)])])
-    evaluate_devices(registered, NOTIFYING, later, ["upm-sc2-projector"])
+    projector_at(ingest, registered, 90, -2, -1, 0)
+    later = projector_at(ingest, registered, 50, 1, 3, 6)  # cool for long enough
     assert [d.event for d in deliveries(registered)] == ["alert.opened", "alert.resolved"]
 
     send_due(registered, webhook, later)

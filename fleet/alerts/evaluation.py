@@ -1,6 +1,8 @@
 """When alerts are judged: after each ingest group for the devices it touched, and on the
 schedule for everything (the time-based kinds: unreachable for long, site offline, left on
-after hours). Both read in bulk, judge with rules.py and write through reconcile.py."""
+after hours). Both read in chunks, observe with rules.py and write through reconcile.py, a
+chunk a transaction; a row that raises is logged, counted and skipped (fleet.job_rows), and
+every other device and site is judged."""
 
 from __future__ import annotations
 
@@ -19,18 +21,12 @@ from sqlmodel import SQLModel
 
 from fleet.alerts.models import AlertKind, AlertState
 from fleet.alerts.reconcile import ALERTS, Judgement, ReconcileResult, reconcile
-from fleet.alerts.rules import (
-    DEVICE_KINDS,
-    SITE_KINDS,
-    SiteClock,
-    evaluate,
-    evaluate_site,
-    unjudged_kinds,
-)
-from fleet.devices.liveness import load_agent_facts, load_device_facts
+from fleet.alerts.rules import SiteClock, observe, observe_site
+from fleet.devices.liveness import read_agent_facts, read_device_facts
 from fleet.devices.profile_book import poll_interval_s, profiles_in
 from fleet.devices.registry import timetable_from_json
 from fleet.devices.state import DeviceFacts, site_silence_threshold
+from fleet.job_rows import each
 from fleet.protocol.messages import Reading
 from fleet.protocol.profiles import Profile
 
@@ -38,7 +34,9 @@ log = logging.getLogger(__name__)
 
 DEVICES = SQLModel.metadata.tables["device"]
 SITES = SQLModel.metadata.tables["site"]
+AGENTS = SQLModel.metadata.tables["agent_status"]
 IN_CHUNK = 500
+JOB = "alerts"
 
 OPEN_ALERTS = Gauge("fleet_alerts_open", "Alerts open or acknowledged, by kind", ["kind"])
 
@@ -82,15 +80,27 @@ def evaluate_alerts(
 def evaluate_devices(
     engine: Engine, rules: AlertRules, now: datetime, device_ids: list[str] | None = None
 ) -> ReconcileResult:
-    """Judge `device_ids` (every device when None) at `now` and write the alerts in one
-    transaction. Raises fleet.protocol.errors.ConfigErrors when a profile does not validate."""
+    """Judge `device_ids` (every device when None) at `now` and write their alerts, a chunk
+    of devices a transaction. Raises fleet.protocol.errors.ConfigErrors when a profile does
+    not validate."""
     profiles = profiles_in(rules.profiles_dir)
-    with engine.begin() as conn:
-        clocks = _site_clocks(conn)
-        judgements = []
-        for row in _device_rows(conn, device_ids):
-            judgements.append(_judge_device(row, profiles, clocks, rules.unreachable_after, now))
-        result = reconcile(conn, judgements, now, notify=rules.notify)
+    clocks = _site_clocks(engine)
+    if device_ids is None:
+        with engine.connect() as conn:
+            device_ids = list(conn.execute(select(DEVICES.c.id)).scalars())
+    result = ReconcileResult()
+
+    def judge(chunk: list[str]) -> None:
+        with engine.begin() as conn:
+            judgements = [
+                judgement
+                for row in _device_rows(conn, chunk)
+                if (judgement := _judge_device(row, profiles, clocks, rules, now)) is not None
+            ]
+            done = reconcile(conn, judgements, now, notify=rules.notify)
+        _merge(result, done)  # once committed: a chunk taken again key by key counts once
+
+    each(JOB, sorted(set(device_ids)), judge, chunk=IN_CHUNK)
     _log(result)
     return result
 
@@ -98,24 +108,33 @@ def evaluate_devices(
 def evaluate_sites(
     engine: Engine, rules: AlertRules, now: datetime, watching_since: datetime | None = None
 ) -> ReconcileResult:
-    """Judge every site's link at `now` and write the alerts in one transaction.
-    `watching_since`: when this controller began running the job (see
+    """Judge every site's link at `now` and write the alerts, a chunk of sites a
+    transaction. `watching_since`: when this controller began running the job (see
     fleet.devices.state.silence_unjudged)."""
     profiles = profiles_in(rules.profiles_dir)
-    with engine.begin() as conn:
-        agents = load_agent_facts(conn)
-        polls: dict[str, list[float]] = {}
-        for device in load_device_facts(conn, lambda p: poll_interval_s(profiles, p)):
-            polls.setdefault(device.site, []).append(device.poll_interval_s)
+    agents = read_agent_facts(engine, JOB)
+    polls: dict[str, list[float]] = {}
+    for device in read_device_facts(engine, JOB, lambda p: poll_interval_s(profiles, p)):
+        polls.setdefault(device.site, []).append(device.poll_interval_s)
+    with engine.connect() as conn:
+        sites = list(conn.execute(select(SITES.c.code)).scalars())
+        heard = set(conn.execute(select(AGENTS.c.site_code)).scalars())
+    result = ReconcileResult()
+
+    def judge(chunk: list[str]) -> None:
         judgements = []
-        for site in conn.execute(select(SITES.c.code)).scalars():
+        for site in chunk:
+            if site in heard and site not in agents:
+                continue  # its agent's row could not be read (counted): not "never heard"
             silence = site_silence_threshold(polls.get(site, []))
-            findings = evaluate_site(agents.get(site), silence, now, watching_since=watching_since)
-            if findings is None:  # not yet judged: its alerts stay as they are
-                judgements.append(Judgement(site, None, frozenset(), frozenset()))
-            else:
-                judgements.append(Judgement(site, None, SITE_KINDS, frozenset(findings)))
-        result = reconcile(conn, judgements, now, notify=rules.notify)
+            seen = observe_site(agents.get(site), silence, now, watching_since=watching_since)
+            # None: not judged yet, and its alerts stay as they are.
+            judgements.append(Judgement(site, None, (seen,) if seen is not None else ()))
+        with engine.begin() as conn:
+            done = reconcile(conn, judgements, now, notify=rules.notify)
+        _merge(result, done)
+
+    each(JOB, sites, judge, chunk=IN_CHUNK)
     _log(result)
     return result
 
@@ -136,11 +155,14 @@ def _judge_device(
     row: Any,
     profiles: dict[str, Profile],
     clocks: dict[str, SiteClock],
-    unreachable_after: timedelta,
+    rules: AlertRules,
     now: datetime,
-) -> Judgement:
+) -> Judgement | None:
     if row["retired_at"] is not None:
-        return Judgement(row["site_code"], row["id"], DEVICE_KINDS, frozenset())
+        return Judgement(row["site_code"], row["id"], (), gone=True)
+    clock = clocks.get(row["site_code"])
+    if clock is None:
+        return None  # its site's clock could not be read (skipped and counted): not judged
     facts = DeviceFacts(
         row["id"],
         row["site_code"],
@@ -149,18 +171,15 @@ def _judge_device(
         row["last_seen_at"],
         poll_interval_s(profiles, row["profile"]),
     )
-    reading = _reading(row)
-    clock = clocks.get(row["site_code"]) or SiteClock(timetable_from_json({}), ZoneInfo("UTC"))
-    findings = evaluate(
+    observations = observe(
         facts,
-        reading,
+        _reading(row),
         profiles.get(row["profile"]),
         clock,
         now,
-        unreachable_after=unreachable_after,
+        unreachable_after=rules.unreachable_after,
     )
-    judged = DEVICE_KINDS - unjudged_kinds(facts, reading, now)
-    return Judgement(row["site_code"], row["id"], frozenset(judged), frozenset(findings))
+    return Judgement(row["site_code"], row["id"], tuple(observations))
 
 
 def _reading(row: Any) -> Reading | None:
@@ -178,7 +197,7 @@ def _reading(row: Any) -> Reading | None:
     return reading
 
 
-def _device_rows(conn: Connection, device_ids: list[str] | None) -> list[Any]:
+def _device_rows(conn: Connection, device_ids: list[str]) -> list[Any]:
     columns = [
         DEVICES.c.id,
         DEVICES.c.site_code,
@@ -190,22 +209,32 @@ def _device_rows(conn: Connection, device_ids: list[str] | None) -> list[Any]:
         DEVICES.c.firmware,
         DEVICES.c.retired_at,
     ]
-    if device_ids is None:
-        return list(conn.execute(select(*columns)).mappings())
-    unique = sorted(set(device_ids))
-    rows: list[Any] = []
-    for start in range(0, len(unique), IN_CHUNK):
-        chunk = unique[start : start + IN_CHUNK]
-        rows += conn.execute(select(*columns).where(DEVICES.c.id.in_(chunk))).mappings()
-    return rows
+    return list(conn.execute(select(*columns).where(DEVICES.c.id.in_(device_ids))).mappings())
 
 
-def _site_clocks(conn: Connection) -> dict[str, SiteClock]:
-    query = select(SITES.c.code, SITES.c.timezone, SITES.c.timetable)
-    return {
-        code: SiteClock(timetable_from_json(timetable), ZoneInfo(tz))
-        for code, tz, timetable in conn.execute(query)
-    }
+def _site_clocks(engine: Engine) -> dict[str, SiteClock]:
+    """Every site's timetable and zone; a site whose timetable or zone cannot be read is
+    skipped (and counted): its devices are not judged until it is fixed."""
+    with engine.connect() as conn:
+        codes = list(conn.execute(select(SITES.c.code)).scalars())
+
+    def read(chunk: list[str]) -> list[tuple[str, SiteClock]]:
+        query = select(SITES.c.code, SITES.c.timezone, SITES.c.timetable).where(
+            SITES.c.code.in_(chunk)
+        )
+        with engine.connect() as conn:
+            return [
+                (code, SiteClock(timetable_from_json(timetable), ZoneInfo(tz)))
+                for code, tz, timetable in conn.execute(query)
+            ]
+
+    return dict(each(JOB, codes, read, chunk=IN_CHUNK))
+
+
+def _merge(into: ReconcileResult, result: ReconcileResult) -> None:
+    into.opened += result.opened
+    into.escalated += result.escalated
+    into.resolved += result.resolved
 
 
 def _log(result: ReconcileResult) -> None:

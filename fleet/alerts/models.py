@@ -93,3 +93,22 @@ class WebhookDelivery(SQLModel, table=True):
     delivered_at: datetime | None = utc_column()
     failed_at: datetime | None = utc_column()
     last_error: str | None = None
+
+
+class AlertCondition(SQLModel, table=True):
+    """The counts behind an alert's hold times (fleet.alerts.hold.Counts), kept between
+    judgements: a row per subject and kind while a raise is pending or an open alert is
+    clearing, none otherwise."""
+
+    __tablename__ = "alert_condition"
+
+    subject: str = Field(primary_key=True)  # as Alert.subject
+    kind: str = Field(primary_key=True)
+    site_code: str = Field(index=True)
+    raise_since: datetime | None = utc_column()
+    raise_count: int = 0
+    last_raise_at: datetime | None = utc_column()
+    clear_since: datetime | None = utc_column()
+    clear_count: int = 0
+    last_at: datetime | None = utc_column()
+    updated_at: datetime = utc_column(nullable=False)

@@ -1,5 +1,6 @@
-"""Findings into alert rows: open what is new, escalate what changed severity, resolve what
-was judged and no longer found. At most one unresolved alert per (subject, kind): the partial
+"""Observations into alert rows, through each kind's hold (hold.py): open what has held long
+enough, escalate what got worse, resolve what has been gone long enough. The hold's counts
+are kept in `alert_condition`. At most one unresolved alert per (subject, kind): the partial
 unique index guarantees it even when ingest and the scheduler race on the same device."""
 
 from __future__ import annotations
@@ -10,29 +11,36 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select, text
+from sqlalchemy import Connection, Table, delete, insert, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
 from ulid import ULID
 
+from fleet.alerts.hold import NONE, Action, Counts, step
+
 # Importing the models registers their tables on SQLModel.metadata, read just below.
-from fleet.alerts.models import NOT_RESOLVED, AlertKind, AlertState
-from fleet.alerts.rules import Finding
+from fleet.alerts.models import NOT_RESOLVED, AlertState, Severity
+from fleet.alerts.rules import HOLDS, Finding, Observation
 
 ALERTS: Table = SQLModel.metadata.tables["alert"]
 DELIVERIES: Table = SQLModel.metadata.tables["webhook_delivery"]
+CONDITIONS: Table = SQLModel.metadata.tables["alert_condition"]
 IN_CHUNK = 500
 CLEARED = "condition cleared"
+RETIRED = "device retired"
+_RANK = {Severity.warning.value: 0, Severity.critical.value: 1}
 
 
 @dataclass(frozen=True)
 class Judgement:
-    """What one evaluation said about one subject: `judged` kinds not in `findings` resolve."""
+    """What one evaluation said about one subject: an observation per kind it could judge
+    (a kind without one is left as it is). `gone`: the subject itself is gone (a device
+    retired): its alerts resolve at once."""
 
     site: str
     device: str | None
-    judged: frozenset[AlertKind]
-    findings: frozenset[Finding]
+    observations: tuple[Observation, ...]
+    gone: bool = False
 
     @property
     def subject(self) -> str:
@@ -41,6 +49,8 @@ class Judgement:
 
 @dataclass
 class ReconcileResult:
+    """The ids of the alerts one reconcile opened, escalated and resolved."""
+
     opened: list[int] = field(default_factory=list)
     escalated: list[int] = field(default_factory=list)
     resolved: list[int] = field(default_factory=list)
@@ -53,36 +63,64 @@ def subject_of(site: str, device: str | None) -> str:
 def reconcile(
     conn: Connection, judgements: list[Judgement], now: datetime, *, notify: bool
 ) -> ReconcileResult:
+    """Apply `judgements` at `now` in the caller's transaction; `notify` queues a webhook for
+    every alert opened or resolved (never for an escalation)."""
     result = ReconcileResult()
-    current = _unresolved(conn, [j.subject for j in judgements])
+    subjects = [j.subject for j in judgements]
+    current = _unresolved(conn, subjects)
+    counts = _counts(conn, subjects)
+    changed: dict[tuple[str, str], tuple[str, Counts]] = {}
     for judgement in judgements:
-        found = {f.kind: f for f in judgement.findings}
-        for kind, finding in found.items():
-            row = current.get((judgement.subject, kind.value))
-            if row is None:
-                alert_id = _open(conn, judgement, finding, now)
+        if judgement.gone:
+            for key in [k for k in current.keys() | counts.keys() if k[0] == judgement.subject]:
+                if key in current:
+                    _resolved(conn, result, current[key]["id"], now, RETIRED, notify)
+                changed[key] = (judgement.site, NONE)
+            continue
+        for seen in judgement.observations:
+            key = (judgement.subject, seen.kind.value)
+            row = current.get(key)
+            before = counts.get(key, NONE)
+            after, action = step(before, row is not None, seen, HOLDS[seen.kind])
+            if after != before:
+                changed[key] = (judgement.site, after)
+            if action == Action.open and seen.finding is not None:
+                alert_id = _open(conn, judgement, seen.finding, now)
                 if alert_id is not None:
                     result.opened.append(alert_id)
                     if notify:
                         enqueue(conn, "alert.opened", alert_id, now)
-            elif row["severity"] != finding.severity.value:
-                # The message is the one of the last severity change: rewriting it on every
-                # reading (lamp hours grow by the minute) would make every reading a write.
-                conn.execute(
-                    ALERTS.update()
-                    .where(ALERTS.c.id == row["id"])
-                    .values(
-                        severity=finding.severity.value, message=finding.message, updated_at=now
-                    )
-                )
-                result.escalated.append(row["id"])
-        for kind in judgement.judged - found.keys():
-            row = current.get((judgement.subject, kind.value))
-            if row is not None and resolve(conn, row["id"], now, by=None, note=CLEARED):
-                result.resolved.append(row["id"])
-                if notify:
-                    enqueue(conn, "alert.resolved", row["id"], now)
+            elif action == Action.resolve and row is not None:
+                _resolved(conn, result, row["id"], now, CLEARED, notify)
+            elif row is not None and seen.finding is not None:
+                _escalate(conn, result, row, seen.finding, now)
+    _write_counts(conn, changed, counts, now)
     return result
+
+
+def _resolved(
+    conn: Connection, result: ReconcileResult, alert_id: int, now: datetime, note: str, notify: bool
+) -> None:
+    if resolve(conn, alert_id, now, by=None, note=note):
+        result.resolved.append(alert_id)
+        if notify:
+            enqueue(conn, "alert.resolved", alert_id, now)
+
+
+def _escalate(
+    conn: Connection, result: ReconcileResult, row: Any, finding: Finding, now: datetime
+) -> None:
+    # Only upwards, and the message is the one of the last escalation: rewriting it on every
+    # reading (lamp hours grow by the minute) would make every reading a write, and a value
+    # wavering at a severity's edge would flap it.
+    if _RANK[finding.severity.value] <= _RANK.get(row["severity"], 0):
+        return
+    conn.execute(
+        ALERTS.update()
+        .where(ALERTS.c.id == row["id"])
+        .values(severity=finding.severity.value, message=finding.message, updated_at=now)
+    )
+    result.escalated.append(row["id"])
 
 
 def resolve(conn: Connection, alert_id: int, now: datetime, *, by: str | None, note: str) -> bool:
@@ -180,6 +218,64 @@ def _unresolved(conn: Connection, subjects: list[str]) -> dict[tuple[str, str], 
         for row in conn.execute(query).mappings():
             out[(row["subject"], row["kind"])] = row
     return out
+
+
+_COUNT_COLUMNS = (
+    "raise_since",
+    "raise_count",
+    "last_raise_at",
+    "clear_since",
+    "clear_count",
+    "last_at",
+)
+
+
+def _counts(conn: Connection, subjects: list[str]) -> dict[tuple[str, str], Counts]:
+    out: dict[tuple[str, str], Counts] = {}
+    for chunk in _chunks(sorted(set(subjects))):
+        query = select(
+            CONDITIONS.c.subject, CONDITIONS.c.kind, *(CONDITIONS.c[c] for c in _COUNT_COLUMNS)
+        ).where(CONDITIONS.c.subject.in_(chunk))
+        for subject, kind, *values in conn.execute(query):
+            out[(subject, kind)] = Counts(*values)
+    return out
+
+
+def _write_counts(
+    conn: Connection,
+    changed: dict[tuple[str, str], tuple[str, Counts]],
+    before: dict[tuple[str, str], Counts],
+    now: datetime,
+) -> None:
+    gone = sorted(key for key, (_, counts) in changed.items() if counts.empty and key in before)
+    kept = [
+        {
+            "subject": subject,
+            "kind": kind,
+            "site_code": site,
+            **{c: getattr(counts, c) for c in _COUNT_COLUMNS},
+            "updated_at": now,
+        }
+        # In key order: two writers upserting the same rows take their locks in one order.
+        for (subject, kind), (site, counts) in sorted(changed.items())
+        if not counts.empty
+    ]
+    for start in range(0, len(gone), IN_CHUNK):
+        chunk = gone[start : start + IN_CHUNK]
+        conn.execute(
+            delete(CONDITIONS).where(tuple_(CONDITIONS.c.subject, CONDITIONS.c.kind).in_(chunk))
+        )
+    if kept:
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        stmt = dialect_insert(CONDITIONS)
+        columns = [*_COUNT_COLUMNS, "site_code", "updated_at"]
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["subject", "kind"],
+                set_={c: stmt.excluded[c] for c in columns},
+            ),
+            kept,
+        )
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, select
 
 from fleet.alerts.reconcile import DELIVERIES
+from fleet.job_rows import each
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ MAX_RETRY_S = 3600.0
 TIMEOUT_S = 5.0
 BATCH = 50  # per run, so one slow receiver does not hold the scheduler's thread for long
 USER_AGENT = "classroom-fleet-webhook/1"
+JOB = "webhook"
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -82,35 +84,60 @@ def deliver_due(engine: Engine, webhook: Webhook, now: datetime) -> None:
 
 
 def send_due(engine: Engine, webhook: Webhook, now: datetime) -> int:
-    """Send what is due at `now`; returns how many were delivered. A failed attempt is
-    recorded on its row (retried with backoff, or given up), never raised."""
+    """Send what is due at `now`, one delivery at a time; returns how many were delivered.
+    A failed attempt is recorded on its row (retried with backoff, or given up), never
+    raised. A row that cannot even be read or sent (a delivery id no header can carry) is
+    logged, counted (fleet.job_rows) and marked failed, so it does not hold up the rest."""
     if not webhook.url:
         return 0
     with engine.connect() as conn:
-        due = conn.execute(
-            select(
-                DELIVERIES.c.id, DELIVERIES.c.delivery_id, DELIVERIES.c.body, DELIVERIES.c.attempts
-            )
-            .where(DELIVERIES.c.next_attempt_at <= now)
-            .order_by(DELIVERIES.c.next_attempt_at, DELIVERIES.c.id)
-            .limit(BATCH)
-        ).all()
-    delivered = 0
-    for row_id, delivery_id, body, attempts in due:
+        due = list(
+            conn.execute(
+                select(DELIVERIES.c.id)
+                .where(DELIVERIES.c.next_attempt_at <= now)
+                .order_by(DELIVERIES.c.next_attempt_at, DELIVERIES.c.id)
+                .limit(BATCH)
+            ).scalars()
+        )
+
+    def send(chunk: list[int]) -> list[int]:
+        [row_id] = chunk
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(DELIVERIES.c.delivery_id, DELIVERIES.c.body, DELIVERIES.c.attempts).where(
+                    DELIVERIES.c.id == row_id
+                )
+            ).one_or_none()
+        if row is None:
+            return []  # gone meanwhile
+        delivery_id, body, attempts = row
         attempts += 1
         try:
             post(webhook.url, webhook.secret, delivery_id, body.encode())
         except WebhookError as exc:
             _failed(engine, webhook.max_attempts, row_id, delivery_id, attempts, str(exc), now)
-            continue
+            return []
         with engine.begin() as conn:
             conn.execute(
                 DELIVERIES.update()
                 .where(DELIVERIES.c.id == row_id)
                 .values(attempts=attempts, delivered_at=now, next_attempt_at=None, last_error=None)
             )
-        delivered += 1
-    return delivered
+        return [row_id]
+
+    def give_up(row_id: int, exc: Exception) -> None:
+        with engine.begin() as conn:
+            conn.execute(
+                DELIVERIES.update()
+                .where(DELIVERIES.c.id == row_id)
+                .values(
+                    next_attempt_at=None,
+                    failed_at=now,
+                    last_error=f"cannot be sent: {type(exc).__name__}: {exc}"[:2000],
+                )
+            )
+
+    return len(each(JOB, due, send, chunk=1, on_skip=give_up))
 
 
 def _failed(

@@ -1,6 +1,8 @@
 """The scheduled job that turns silence into device state: a silent site agent makes its
 devices `site_offline`, a device its live agent no longer reports becomes `unreachable`.
-The decisions are fleet.devices.state.silence_changes; this module only reads and writes rows."""
+The decisions are fleet.devices.state.silence_changes; this module only reads and writes rows,
+each a chunk at a time with a per-row fallback (fleet.job_rows): a device or agent row that
+cannot be read is skipped, and every other site is still judged."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from sqlmodel import SQLModel
 
 from fleet.devices.profile_book import poll_interval_s, profiles_in
 from fleet.devices.state import AgentFacts, DeviceFacts, StateChange, silence_changes
+from fleet.job_rows import each
 from fleet.models import UtcDateTime
 
 log = logging.getLogger(__name__)
@@ -22,6 +25,7 @@ DEVICES = SQLModel.metadata.tables["device"]
 AGENTS = SQLModel.metadata.tables["agent_status"]
 
 PollOf = Callable[[str], float]  # profile id -> poll interval (s)
+JOB = "liveness"
 
 
 def mark_silent_devices(
@@ -35,20 +39,64 @@ def apply_silence(
     engine: Engine, profiles_dir: Path, now: datetime, watching_since: datetime | None = None
 ) -> list[StateChange]:
     """Judge every device's silence at `now` (each by its profile's poll interval, read from
-    `profiles_dir`) and write the state changes; returns them. Raises
+    `profiles_dir`) and write the state changes; returns them. A row that cannot be read or
+    written is logged, counted and skipped (fleet.job_rows). Raises
     fleet.protocol.errors.ConfigErrors when a profile does not validate."""
     profiles = profiles_in(profiles_dir)
-    with engine.begin() as conn:
-        agents = load_agent_facts(conn)
-        devices = load_device_facts(conn, lambda profile: poll_interval_s(profiles, profile))
-        changes = silence_changes(agents, devices, now, watching_since)
-        apply_changes(conn, changes, devices, now)
-    for change in changes:
+    agents = read_agent_facts(engine, JOB)
+    devices = read_device_facts(engine, JOB, lambda profile: poll_interval_s(profiles, profile))
+    by_site: dict[str, list[DeviceFacts]] = {}
+    for device in devices:
+        by_site.setdefault(device.site, []).append(device)
+
+    def judge(sites: list[str]) -> list[StateChange]:
+        members = [d for site in sites for d in by_site[site]]
+        return silence_changes(agents, members, now, watching_since)
+
+    changes = each(JOB, sorted(by_site), judge, chunk=100)
+    judged = {d.id: d for d in devices}
+
+    def write(chunk: list[StateChange]) -> list[StateChange]:
+        with engine.begin() as conn:
+            apply_changes(conn, chunk, [judged[c.device] for c in chunk], now)
+        return chunk
+
+    written = each(JOB, changes, write, chunk=500)
+    for change in written:
         log.info("device %s is now %s: %s", change.device, change.state.value, change.reason)
-    return changes
+    return written
 
 
-def load_agent_facts(conn: Connection) -> dict[str, AgentFacts]:
+def read_agent_facts(engine: Engine, job: str) -> dict[str, AgentFacts]:
+    """Every site's agent facts by site code; an agent row that cannot be read is skipped
+    (its site is then judged as never heard) and counted under `job`."""
+    with engine.connect() as conn:
+        sites = list(conn.execute(select(AGENTS.c.site_code)).scalars())
+
+    def read(chunk: list[str]) -> list[AgentFacts]:
+        with engine.connect() as conn:
+            return list(load_agent_facts(conn, chunk).values())
+
+    return {facts.site: facts for facts in each(job, sites, read, chunk=1000)}
+
+
+def read_device_facts(engine: Engine, job: str, poll_of: PollOf) -> list[DeviceFacts]:
+    """Every device in service; a device row that cannot be read is skipped and counted
+    under `job`."""
+    with engine.connect() as conn:
+        ids = list(
+            conn.execute(select(DEVICES.c.id).where(DEVICES.c.retired_at.is_(None))).scalars()
+        )
+
+    def read(chunk: list[str]) -> list[DeviceFacts]:
+        with engine.connect() as conn:
+            return load_device_facts(conn, poll_of, chunk)
+
+    return each(job, ids, read, chunk=1000)
+
+
+def load_agent_facts(conn: Connection, sites: list[str] | None = None) -> dict[str, AgentFacts]:
+    """The agents of `sites` (every site when None), by site code."""
     query = select(
         AGENTS.c.site_code,
         AGENTS.c.agent_id,
@@ -56,10 +104,15 @@ def load_agent_facts(conn: Connection) -> dict[str, AgentFacts]:
         AGENTS.c.received_at,
         AGENTS.c.last_message_at,
     )
+    if sites is not None:
+        query = query.where(AGENTS.c.site_code.in_(sites))
     return {row[0]: AgentFacts(*row) for row in conn.execute(query)}
 
 
-def load_device_facts(conn: Connection, poll_of: PollOf) -> list[DeviceFacts]:
+def load_device_facts(
+    conn: Connection, poll_of: PollOf, ids: list[str] | None = None
+) -> list[DeviceFacts]:
+    """The devices `ids` (every device in service when None)."""
     query = select(
         DEVICES.c.id,
         DEVICES.c.site_code,
@@ -68,6 +121,8 @@ def load_device_facts(conn: Connection, poll_of: PollOf) -> list[DeviceFacts]:
         DEVICES.c.last_seen_at,
         DEVICES.c.profile,
     ).where(DEVICES.c.retired_at.is_(None))
+    if ids is not None:
+        query = query.where(DEVICES.c.id.in_(ids))
     return [
         DeviceFacts(id_, site, state, since, seen, poll_of(profile))
         for id_, site, state, since, seen, profile in conn.execute(query)

@@ -4,9 +4,9 @@
 it is counted, logged and dead-lettered, and its outcome says so (the caller acks it). A batch
 is judged reading by reading: its good readings are stored, each bad one dead-lettered with its
 own reason. A value the store refuses costs only its own message. Only the database being away
-or busy (`TRANSIENT`) raises, so the caller does not ack and the broker delivers the group
-again; storing is idempotent (msg_id per batch, (device, ts) per sample), so that redelivery
-stores nothing twice.
+or busy (`fleet.db.DATABASE_FAULTS`) raises, so the caller does not ack and the broker delivers
+the group again; storing is idempotent (msg_id per batch, (device, ts) per sample), so that
+redelivery stores nothing twice.
 """
 
 from __future__ import annotations
@@ -22,15 +22,9 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import (
-    DBAPIError,
-    DisconnectionError,
-    InterfaceError,
-    OperationalError,
-    ProgrammingError,
-)
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import DBAPIError
 
+from fleet.db import is_database_fault
 from fleet.devices.registry import timetable_from_json
 from fleet.ingest.parse import (
     HealthMessage,
@@ -75,28 +69,6 @@ LAG_SECONDS = Histogram(
     "Age of each stored reading on arrival (received_at - reading ts)",
     buckets=(1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400),
 )
-
-# The database being away or busy (connection lost, a lock or pool timeout, a deadlock), or
-# the deployment being wrong (a missing table or privilege: ProgrammingError), which no single
-# message causes: the group is retried whole, with backoff, and /healthz says so. Every other
-# failure is the input's, and costs only the message that carries it.
-TRANSIENT = (
-    OperationalError,
-    InterfaceError,
-    DisconnectionError,
-    PoolTimeoutError,
-    ProgrammingError,
-)
-# ...except the OperationalErrors that one message's values cause, which no retry cures.
-_VALUE_FAULTS = ("ProgramLimitExceeded",)
-
-
-def _raise_if_transient(exc: Exception) -> None:
-    if isinstance(exc, TRANSIENT):
-        orig = getattr(exc, "orig", None)
-        if type(orig).__name__ not in _VALUE_FAULTS:
-            raise exc
-
 
 # A miss (unknown site or device) reloads the registry from the database at most this often,
 # so a `sync` done by another process is picked up without a flood of reloads on bad input.
@@ -165,7 +137,7 @@ class Ingest:
         self._reloaded_at = time.monotonic()
 
     def handle(self, messages: list[IncomingMessage]) -> list[Outcome]:
-        """Store a group; one outcome per message, in order. Raises only a TRANSIENT error
+        """Store a group; one outcome per message, in order. Raises only a database fault
         (the database away or busy), for the caller to retry the group whole."""
         with self._lock, GROUP_SECONDS.time():
             self._touched = set()
@@ -173,7 +145,8 @@ class Ingest:
             try:
                 outcomes = self._store(messages, parsed)
             except Exception as exc:
-                _raise_if_transient(exc)
+                if is_database_fault(exc):
+                    raise
                 # Not the database being away: one message carries what the store cannot take
                 # (a value it refuses, or one a conversion on the way cannot hold). Find it,
                 # dead-letter it, store the rest: no message may hold up those behind it.
@@ -233,7 +206,8 @@ class Ingest:
         try:
             return self._store([message], [parsed])[0]
         except Exception as exc:
-            _raise_if_transient(exc)
+            if is_database_fault(exc):
+                raise
             why = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
             detail = f"the store refused it: {type(why).__name__}: {why}"
             log.exception("message on %s cannot be stored; dead-lettering it", message.topic)

@@ -16,15 +16,14 @@ from sqlalchemy import (
     Connection,
     Insert,
     Table,
-    case,
     insert,
-    literal,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
 
-from fleet.devices.state import DeviceState, derive_state, site_offline_reason
+from fleet.devices.state import derive_state
+from fleet.ingest.agents import AgentRows
 from fleet.ingest.parse import (
     AgentStateMessage,
     BadReading,
@@ -50,8 +49,7 @@ from fleet.ingest.rows import (
     sqlite_sample_row,
     sqlite_ts,
 )
-from fleet.models import UtcDateTime
-from fleet.protocol.messages import AgentStateValue, Reading
+from fleet.protocol.messages import Reading
 
 DEVICES = SQLModel.metadata.tables["device"]
 INGESTED = SQLModel.metadata.tables["ingested_message"]
@@ -131,9 +129,10 @@ class GroupWriter:
         ingested: list[dict[str, Any]] = []
         notes: list[dict[str, Any]] = []
         latest: dict[str, _Latest] = {}
-        states: dict[str, tuple[AgentStateMessage, Arrival]] = {}
-        heard: dict[str, tuple[datetime, str]] = {}  # site -> (last received_at, agent_id)
-        offline = self._offline_sites({p.site for p in parsed if isinstance(p, HealthMessage)})
+        agents = AgentRows(
+            self.conn,
+            {p.site for p in parsed if isinstance(p, (HealthMessage, AgentStateMessage))},
+        )
         seen = self._stored_msg_ids(
             [p.batch.msg_id for p in parsed if isinstance(p, HealthMessage) and p.batch]
         )
@@ -160,7 +159,7 @@ class GroupWriter:
                             "readings": len(batch.readings),
                         }
                     )
-                    heard[item.site] = (message.received_at, batch.agent_id)
+                    agents.health(item.site, batch.agent_id, arrival)
                 msg_id = batch.msg_id if batch else None
                 row_of = (
                     sqlite_sample_row
@@ -187,12 +186,11 @@ class GroupWriter:
                     )
                 )
             elif isinstance(item, AgentStateMessage):
-                states[item.site] = (item, arrival)
-                if item.state.state == AgentStateValue.offline:
-                    offline[item.site] = arrival
-                else:
-                    offline.pop(item.site, None)
-                outcomes.append(Outcome(OutcomeStatus.stored))
+                why = agents.said(item.site, item.state, arrival)
+                if why is None:
+                    outcomes.append(Outcome(OutcomeStatus.stored))
+                else:  # a retained state replayed, or a stale one: acknowledged, no change
+                    outcomes.append(Outcome(OutcomeStatus.duplicate, detail=why))
             else:
                 notes.append(note_row(item, message.received_at))
                 outcomes.append(Outcome(OutcomeStatus.stored))
@@ -211,9 +209,8 @@ class GroupWriter:
             self.conn.execute(stmt, ingested)
         if notes:
             self.conn.execute(insert(NOTES), notes)
-        self._write_agent_states(states)
-        self._write_heard(heard)
-        self._update_devices(latest, offline)
+        agents.write()
+        self._update_devices(latest, agents.offline)
         return outcomes
 
     def _stored_msg_ids(self, msg_ids: list[str]) -> set[str]:
@@ -222,61 +219,6 @@ class GroupWriter:
             rows = self.conn.execute(select(INGESTED.c.msg_id).where(INGESTED.c.msg_id.in_(chunk)))
             found.update(rows.scalars())
         return found
-
-    def _offline_sites(self, sites: set[str]) -> dict[str, Arrival]:
-        if not sites:
-            return {}
-        query = select(AGENTS.c.site_code, AGENTS.c.received_at).where(
-            AGENTS.c.site_code.in_(sorted(sites)), AGENTS.c.state == AgentStateValue.offline.value
-        )
-        return {site: (received_at, -1) for site, received_at in self.conn.execute(query)}
-
-    def _write_agent_states(self, states: dict[str, tuple[AgentStateMessage, Arrival]]) -> None:
-        for site, (item, (received_at, _)) in states.items():
-            state = item.state
-            values = {
-                "agent_id": state.agent_id,
-                "state": state.state.value,
-                "version": state.version,
-                "boot_id": state.boot_id,
-                "ts": state.ts,
-                "received_at": received_at,
-                "last_message_at": received_at,
-            }
-            stmt = self.insert(AGENTS).values(site_code=site, **values)
-            self.conn.execute(stmt.on_conflict_do_update(index_elements=["site_code"], set_=values))
-            if state.state == AgentStateValue.offline:
-                # The link is down, not the devices: never flap them all to unreachable.
-                self.conn.execute(
-                    DEVICES.update()
-                    .where(DEVICES.c.site_code == site, DEVICES.c.retired_at.is_(None))
-                    .values(
-                        state=DeviceState.site_offline.value,
-                        state_reason=site_offline_reason(state.agent_id, received_at),
-                        state_since=case(
-                            (
-                                DEVICES.c.state == DeviceState.site_offline.value,
-                                DEVICES.c.state_since,
-                            ),
-                            else_=literal(received_at, UtcDateTime()),
-                        ),
-                    )
-                )
-
-    def _write_heard(self, heard: dict[str, tuple[datetime, str]]) -> None:
-        for site, (received_at, agent_id) in heard.items():
-            stmt = self.insert(AGENTS).values(
-                site_code=site,
-                agent_id=agent_id,
-                state=AgentStateValue.online.value,  # it is talking, though it never said so
-                ts=received_at,
-                received_at=received_at,
-                last_message_at=received_at,
-            )
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["site_code"], set_={"last_message_at": received_at}
-            )
-            self.conn.execute(stmt)
 
     def _update_devices(self, latest: dict[str, _Latest], offline: dict[str, Arrival]) -> None:
         rows = []

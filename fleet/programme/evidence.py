@@ -16,11 +16,14 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, Text, cast, func, literal_column, update
 from sqlmodel import Session, SQLModel, col, select
 
+from fleet.db import DATABASE_FAULTS
+from fleet.job_rows import each, skip
 from fleet.models import Device, Room, Sample, Site
 from fleet.programme.milestones import MilestoneFacts, MilestoneName
 from fleet.programme.models import ClassroomEvidence, MilestoneRecord, Phase, PhaseRoom
@@ -33,6 +36,7 @@ DEVICE_EVIDENCE = "device_evidence"
 # (the same margin as the usage roll-up's, fleet.reports.rollup).
 RESCAN_MARGIN = timedelta(minutes=2)
 SETTLED = ("confirmed", "attached")
+JOB = "programme_evidence"
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,65 @@ def check_classroom_evidence(engine: Engine, now: datetime) -> None:
 
 
 def update_classroom_evidence(engine: Engine, now: datetime) -> dict[str, str]:
-    """Run the check once, in one transaction; the status of each classroom that reported."""
-    with Session(engine) as session:
-        statuses = _update(session, now)
-        session.commit()
+    """Run the check once; the status of each classroom that reported. All classrooms are
+    judged in one transaction; if that raises, classroom by classroom, and one whose rows
+    cannot be read or written is logged, counted and skipped (fleet.job_rows)."""
+    devices_by_room: dict[str, list[DeviceSeen]] = defaultdict(list)
+    for room_id, seen in _devices_seen(engine):
+        devices_by_room[room_id].append(seen)
+    statuses, scanned = _kept_statuses(engine)
+    pending = {
+        room_id: devices
+        for room_id, devices in devices_by_room.items()
+        if (room_id in statuses and statuses[room_id] not in SETTLED)
+        or (room_id not in statuses and any(d.last_seen_at is not None for d in devices))
+    }
+
+    def judge(rooms: list[str]) -> list[tuple[str, str]]:
+        with Session(engine) as session:
+            judged = _update(session, {r: pending[r] for r in rooms}, scanned, now)
+            session.commit()
+        return list(judged.items())
+
+    rooms = sorted(pending)
+    statuses.update(each(JOB, rooms, judge, chunk=max(len(rooms), 1)))
     return statuses
+
+
+def _devices_seen(engine: Engine) -> list[tuple[str, DeviceSeen]]:
+    """(room, device) for every device in service. A classroom with a device that cannot be
+    read is left out this run: judged without it, it could look installed when it is not."""
+    with Session(engine) as session:
+        query = select(Device.id, Device.room_id).where(col(Device.retired_at).is_(None))
+        room_of = dict(session.exec(query).all())
+
+    def read(chunk: list[str]) -> list[tuple[str, DeviceSeen]]:
+        # Three columns, not whole devices: this runs every minute over the whole fleet, and
+        # loading every device's last reading each time only churns memory.
+        query = select(Device.id, Device.room_id, Device.last_seen_at).where(
+            col(Device.id).in_(chunk)
+        )
+        with Session(engine) as session:
+            return [(room, DeviceSeen(d, seen)) for d, room, seen in session.exec(query)]
+
+    seen = each(JOB, sorted(room_of), read, chunk=5000)
+    unread = {room_of[d] for d in room_of.keys() - {s.id for _, s in seen}}
+    return [(room, s) for room, s in seen if room not in unread]
+
+
+def _kept_statuses(engine: Engine) -> tuple[dict[str, str], dict[str, datetime | None]]:
+    with Session(engine) as session:
+        rooms = list(session.exec(select(ClassroomEvidence.room_id)))
+
+    def read(chunk: list[str]) -> list[tuple[str, str, datetime | None]]:
+        query = select(
+            ClassroomEvidence.room_id, ClassroomEvidence.status, ClassroomEvidence.scanned_through
+        ).where(col(ClassroomEvidence.room_id).in_(chunk))
+        with Session(engine) as session:
+            return list(session.exec(query))
+
+    kept = each(JOB, rooms, read, chunk=5000)
+    return {r: status for r, status, _ in kept}, {r: through for r, _, through in kept}
 
 
 @dataclass
@@ -82,12 +140,21 @@ class _Programme:
         rooms = dict(session.exec(select(Room.id, Room.site_code)).all())
         phases = {p.id: p for p in session.exec(select(Phase))}
         links = session.exec(select(PhaseRoom.room_id, PhaseRoom.phase_id)).all()
-        installed = session.exec(
-            select(MilestoneRecord).where(
-                MilestoneRecord.milestone == MilestoneName.installed.value,
-                col(MilestoneRecord.room_id).is_not(None),
+        installed_ids = list(
+            session.exec(
+                select(MilestoneRecord.id).where(
+                    MilestoneRecord.milestone == MilestoneName.installed.value,
+                    col(MilestoneRecord.room_id).is_not(None),
+                )
             )
         )
+
+        def records(ids: list[int | None]) -> list[MilestoneRecord]:
+            query = select(MilestoneRecord).where(col(MilestoneRecord.id).in_(ids))
+            return list(session.exec(query))
+
+        # One record whose dates cannot be read costs its classroom, not the run.
+        installed = each(JOB, installed_ids, records, chunk=5000)
         return cls(
             site_of_room=rooms,
             phase_of_room={room: phases[phase] for room, phase in links if phase in phases},
@@ -95,33 +162,13 @@ class _Programme:
         )
 
 
-def _update(session: Session, now: datetime) -> dict[str, str]:
-    devices_by_room: dict[str, list[DeviceSeen]] = defaultdict(list)
-    # Three columns, not whole devices: this runs every minute over the whole fleet, and
-    # loading every device's last reading each time only churns memory.
-    for device_id, room_id, last_seen_at in session.exec(
-        select(Device.id, Device.room_id, Device.last_seen_at).where(
-            col(Device.retired_at).is_(None)
-        )
-    ):
-        devices_by_room[room_id].append(DeviceSeen(device_id, last_seen_at))
+def _update(
+    session: Session,
+    pending: Mapping[str, list[DeviceSeen]],
+    scanned: Mapping[str, datetime | None],
+    now: datetime,
+) -> dict[str, str]:
     statuses: dict[str, str] = {}
-    scanned: dict[str, datetime | None] = {}
-    for room_id, status, scanned_through in session.exec(
-        select(
-            ClassroomEvidence.room_id,
-            ClassroomEvidence.status,
-            ClassroomEvidence.scanned_through,
-        )
-    ):
-        statuses[room_id] = status
-        scanned[room_id] = scanned_through
-    pending = {
-        room_id: devices
-        for room_id, devices in devices_by_room.items()
-        if (room_id in statuses and statuses[room_id] not in SETTLED)
-        or (room_id not in statuses and any(d.last_seen_at is not None for d in devices))
-    }
     if not pending:
         return statuses
     first_seen = _first_healthy_readings(session, pending, scanned)
@@ -206,15 +253,50 @@ def _first_healthy_readings(
         .where(where, col(Sample.reachable).is_(True))
         .group_by(device, errors_text)
     )
+    groups: list[tuple[str, str | None, datetime]]
+    try:
+        groups = list(session.exec(query))
+    except DATABASE_FAULTS:
+        raise
+    except Exception as exc:
+        # A sample whose time no datetime holds: read device by device, and skip only it.
+        log.warning("%s: samples unreadable together (%r); reading device by device", JOB, exc)
+        groups = each(JOB, sorted(room_of), partial(_groups_of, session, pending, since))
     found: dict[str, dict[str, datetime]] = defaultdict(dict)
-    for device_id, errors, ts in session.exec(query):
+    for device_id, errors, ts in groups:
         room_id = room_of.get(device_id)
-        if room_id is None or not is_healthy(True, json.loads(errors) if errors else None):
+        if room_id is None:
+            continue
+        try:
+            healthy = is_healthy(True, json.loads(errors) if errors else None)
+        except (ValueError, AttributeError) as exc:
+            skip(JOB, f"samples of device {device_id} with flags {errors!r}", exc)
             continue
         seen = found[room_id].get(device_id)
-        if seen is None or ts < seen:
+        if healthy and (seen is None or ts < seen):
             found[room_id][device_id] = ts
     return found
+
+
+def _groups_of(
+    session: Session,
+    pending: Mapping[str, list[DeviceSeen]],
+    since: Mapping[str, datetime],
+    devices: list[str],
+) -> list[tuple[str, str | None, datetime]]:
+    """Each of `devices`' earliest reachable sample per distinct flags, received since its
+    classroom was last scanned (its whole history if never), read in a session of its own."""
+    room_of = {d.id: room for room, members in pending.items() for d in members}
+    out: list[tuple[str, str | None, datetime]] = []
+    errors_text = cast(Sample.errors, Text)
+    with Session(session.get_bind()) as alone:
+        for device_id in devices:
+            where = [col(Sample.device_id) == device_id, col(Sample.reachable).is_(True)]
+            if room_of[device_id] in since:
+                where.append(col(Sample.received_at) > since[room_of[device_id]])
+            query = select(errors_text, func.min(Sample.ts)).where(*where).group_by(errors_text)
+            out += [(device_id, errors, ts) for errors, ts in alone.exec(query)]
+    return out
 
 
 def _judge(

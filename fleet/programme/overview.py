@@ -14,7 +14,8 @@ from sqlmodel import Session, col, select
 from fleet.alerts.evaluation import update_gauge
 from fleet.alerts.models import AlertKind, Severity
 from fleet.alerts.reconcile import Judgement, reconcile
-from fleet.alerts.rules import Finding
+from fleet.alerts.rules import Finding, Observation
+from fleet.job_rows import each
 from fleet.models import Site
 from fleet.programme.milestones import MilestoneFacts, is_overdue, position
 from fleet.programme.models import ClassroomEvidence, MilestoneRecord, Phase
@@ -83,10 +84,15 @@ def _order(m: Located) -> tuple[int, int, bool]:
     return (m.phase, position(m.facts.milestone), m.room == "")
 
 
-def located_milestones(session: Session, site_code: str | None = None) -> list[Located]:
+def located_milestones(
+    session: Session, site_code: str | None = None, *, sites: list[str] | None = None
+) -> list[Located]:
+    """The milestones of one site (`site_code`), of `sites`, or of every site."""
     query = select(MilestoneRecord, Phase).where(MilestoneRecord.phase_id == Phase.id)
     if site_code is not None:
         query = query.where(Phase.site_code == site_code)
+    if sites is not None:
+        query = query.where(col(Phase.site_code).in_(sites))
     rows = session.exec(query.order_by(col(Phase.site_code), col(Phase.number))).all()
     located = [
         Located(phase.site_code, phase.number, record.room_id, facts_of(record), record.note)
@@ -96,17 +102,23 @@ def located_milestones(session: Session, site_code: str | None = None) -> list[L
 
 
 def programme_overview(
-    session: Session, now: datetime, today: date | None = None
+    session: Session, now: datetime, today: date | None = None, *, codes: list[str] | None = None
 ) -> list[SiteProgress]:
-    """Every site's standing; `today` overrides each site's own date (for an "as of" view)."""
+    """Every site's standing (only `codes`' if given); `today` overrides each site's own date
+    (for an "as of" view)."""
     by_site: dict[str, list[Located]] = defaultdict(list)
-    for m in located_milestones(session):
+    for m in located_milestones(session, sites=codes):
         by_site[m.site_code].append(m)
     review: dict[str, list[str]] = defaultdict(list)
     flagged = select(ClassroomEvidence).where(ClassroomEvidence.status == "review")
+    if codes is not None:
+        flagged = flagged.where(col(ClassroomEvidence.site_code).in_(codes))
     for evidence in session.exec(flagged):
         review[evidence.site_code].append(evidence.room_id)
-    sites = session.exec(select(Site).order_by(col(Site.code))).all()
+    query = select(Site).order_by(col(Site.code))
+    if codes is not None:
+        query = query.where(col(Site.code).in_(codes))
+    sites = session.exec(query).all()
     return [
         progress(site, by_site[site.code], review[site.code], today or site_today(site, now))
         for site in sites
@@ -116,23 +128,36 @@ def programme_overview(
 def check_overdue_milestones(engine: Engine, now: datetime, *, notify: bool) -> None:
     """The scheduled check: one `programme_overdue` alert per site while any of its planned
     milestones is past its date (in the site's own calendar), resolved once none is.
-    `notify`: queue a webhook notification for each alert opened or resolved."""
+    `notify`: queue a webhook notification for each alert opened or resolved. A site whose
+    records cannot be read is logged, counted and skipped (fleet.job_rows); the others are
+    judged."""
     with Session(engine) as session:
-        overview = programme_overview(session, now)
-    judgements = []
-    for site in overview:
-        finding = overdue_finding(site)
-        findings = frozenset({finding} if finding else set())
-        judgements.append(
-            Judgement(site.site.code, None, frozenset({AlertKind.programme_overdue}), findings)
-        )
+        codes = list(session.exec(select(Site.code).order_by(col(Site.code))))
+    opened: list[int] = []
+    resolved: list[int] = []
+
+    def judge(chunk: list[str]) -> None:
+        with Session(engine) as session:
+            overview = programme_overview(session, now, codes=chunk)
+        judgements = [
+            Judgement(
+                site.site.code,
+                None,
+                (Observation.of(AlertKind.programme_overdue, now, overdue_finding(site)),),
+            )
+            for site in overview
+        ]
+        with engine.begin() as conn:
+            result = reconcile(conn, judgements, now, notify=notify)
+        opened.extend(result.opened)
+        resolved.extend(result.resolved)
+
+    # All sites at once; only if that raises, site by site.
+    each("programme_overdue", codes, judge, chunk=max(len(codes), 1))
     with engine.begin() as conn:
-        result = reconcile(conn, judgements, now, notify=notify)
         update_gauge(conn)
-    if result.opened or result.resolved:
-        log.info(
-            "programme_overdue: %d opened, %d resolved", len(result.opened), len(result.resolved)
-        )
+    if opened or resolved:
+        log.info("programme_overdue: %d opened, %d resolved", len(opened), len(resolved))
 
 
 def overdue_finding(site: SiteProgress) -> Finding | None:

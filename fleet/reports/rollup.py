@@ -33,9 +33,10 @@ from sqlalchemy import (
 )
 from sqlmodel import SQLModel, col
 
+from fleet.db import DATABASE_FAULTS
 from fleet.devices.profile_book import poll_interval_s, profiles_in
 from fleet.devices.registry import timetable_from_json
-from fleet.models import Device, Site
+from fleet.job_rows import each
 from fleet.protocol.timetable import Timetable
 from fleet.reports.models import PowerSession, UsageHour, UsageWatermark
 from fleet.reports.usage import (
@@ -63,6 +64,8 @@ SESSIONS = SQLModel.metadata.tables[str(PowerSession.__tablename__)]
 SAMPLES = SQLModel.metadata.tables["sample"]
 BEFORE = SAMPLES.alias("before")
 DEVICES = SQLModel.metadata.tables["device"]
+SITES = SQLModel.metadata.tables["site"]
+JOB = "usage_rollup"
 
 
 @dataclass(frozen=True)
@@ -75,18 +78,30 @@ class DeviceClock:
 
 
 def device_clocks(conn: Connection, profiles_dir: Path) -> dict[str, DeviceClock]:
-    """Every device's clock by id: its site's timezone and timetable, its profile's poll."""
+    """Every device's clock by id: its site's timezone and timetable, its profile's poll. A
+    site whose zone or timetable cannot be read is left out (its devices have no clock), and
+    so is a device that cannot be read: each logged and counted (fleet.job_rows)."""
     profiles = profiles_in(profiles_dir)
-    sites = {
-        code: (ZoneInfo(tz), timetable_from_json(tt))
-        for code, tz, tt in conn.execute(select(Site.code, Site.timezone, Site.timetable))  # type: ignore[call-overload]
-    }
+
+    def site_rows(codes: list[str]) -> list[tuple[str, tuple[ZoneInfo, Timetable]]]:
+        query = select(SITES.c.code, SITES.c.timezone, SITES.c.timetable)
+        return [
+            (code, (ZoneInfo(tz), timetable_from_json(tt)))
+            for code, tz, tt in conn.execute(query.where(SITES.c.code.in_(codes)))
+        ]
+
+    def device_rows(ids: list[str]) -> list[tuple[str, str, str]]:
+        query = select(DEVICES.c.id, DEVICES.c.site_code, DEVICES.c.profile)
+        return [tuple(row) for row in conn.execute(query.where(DEVICES.c.id.in_(ids)))]
+
+    codes = list(conn.execute(select(SITES.c.code)).scalars())
+    sites = dict(each(JOB, codes, site_rows, chunk=1000))
+    ids = list(conn.execute(select(DEVICES.c.id)).scalars())
     out = {}
-    for device_id, site_code, profile in conn.execute(
-        select(Device.id, Device.site_code, Device.profile)  # type: ignore[call-overload]
-    ):
-        tz, timetable = sites[site_code]
-        out[device_id] = DeviceClock(tz, timetable, poll_interval_s(profiles, profile))
+    for device_id, site_code, profile in each(JOB, ids, device_rows, chunk=5000):
+        if site_code in sites:
+            tz, timetable = sites[site_code]
+            out[device_id] = DeviceClock(tz, timetable, poll_interval_s(profiles, profile))
     return out
 
 
@@ -110,33 +125,72 @@ def roll_up_new_samples(engine: Engine, profiles_dir: Path, now: datetime) -> in
     Devices are recomputed in chunks, each in its own transaction, so that ingest is never
     kept waiting for the whole run (SQLite has one writer); the watermark moves only once
     every chunk is written, and recomputing is idempotent, so a run cut short is redone whole.
+    A device whose samples or clock cannot be read, or whose hours cannot be computed (a
+    sample stamped at the end of time), is logged, counted and skipped (fleet.job_rows): its
+    hours are recomputed when its next samples come, once the bad one is fixed or removed.
     """
     with engine.connect() as conn:
         watermark = read_watermark(conn)
-        device: ColumnElement[str] = SAMPLES.c.device_id
-        if conn.dialect.name == "sqlite":
-            # Grouped by the bare column, SQLite walks the whole table in (device, ts) order to
-            # group without sorting, rather than read the last minutes by received_at: every
-            # run, however many days of samples are kept. An expression keeps it on the index.
-            device = SAMPLES.c.device_id.concat(literal_column("''"))
-        query = select(
-            device, func.min(SAMPLES.c.ts), func.max(SAMPLES.c.ts), func.max(SAMPLES.c.received_at)
-        ).group_by(device)
-        if watermark is not None:
-            query = query.where(SAMPLES.c.received_at > watermark - RESCAN_MARGIN)
-        touched = conn.execute(query).all()
+        touched = _touched(engine, conn, watermark)
         if not touched:
             return 0
         clocks = device_clocks(conn, profiles_dir)
-    for start in range(0, len(touched), ROLLUP_CHUNK):
-        chunk = touched[start : start + ROLLUP_CHUNK]
+    work = [(d, clocks[d], first, last) for d, first, last, _ in touched if d in clocks]
+
+    def recompute(chunk: list[tuple[str, DeviceClock, datetime, datetime]]) -> list[str]:
         with engine.begin() as conn:
-            recompute_devices(conn, [(d, clocks[d], first, last) for d, first, last, _ in chunk])
+            recompute_devices(conn, chunk)
+        return [device for device, *_ in chunk]
+
+    done = each(JOB, work, recompute, chunk=ROLLUP_CHUNK, name=lambda item: item[0])
     newest = max(row[3] for row in touched)
     with engine.begin() as conn:
         _write_watermark(conn, watermark, max(newest, watermark) if watermark else newest)
-    log.debug("usage: recomputed %d devices", len(touched))
-    return len(touched)
+    log.debug("usage: recomputed %d devices", len(done))
+    return len(done)
+
+
+def _touched(
+    engine: Engine, conn: Connection, watermark: datetime | None
+) -> list[tuple[str, datetime, datetime, datetime]]:
+    """(device, first ts, last ts, last received_at) of the samples received since the
+    watermark (less the rescan margin), by device."""
+    device: ColumnElement[str] = SAMPLES.c.device_id
+    if conn.dialect.name == "sqlite":
+        # Grouped by the bare column, SQLite walks the whole table in (device, ts) order to
+        # group without sorting, rather than read the last minutes by received_at: every
+        # run, however many days of samples are kept. An expression keeps it on the index.
+        device = SAMPLES.c.device_id.concat(literal_column("''"))
+    aggregates = (
+        func.min(SAMPLES.c.ts),
+        func.max(SAMPLES.c.ts),
+        func.max(SAMPLES.c.received_at),
+    )
+    query = select(device, *aggregates).group_by(device)
+    since = None if watermark is None else SAMPLES.c.received_at > watermark - RESCAN_MARGIN
+    if since is not None:
+        query = query.where(since)
+    try:
+        return [tuple(row) for row in conn.execute(query)]
+    except DATABASE_FAULTS:
+        raise
+    except Exception as exc:
+        log.warning("%s: new samples unreadable together (%r); reading device by device", JOB, exc)
+    ids = list(conn.execute(select(DEVICES.c.id)).scalars())
+
+    def one_by_one(chunk: list[str]) -> list[tuple[str, datetime, datetime, datetime]]:
+        out = []
+        with engine.connect() as alone:
+            for device_id in chunk:
+                where = [SAMPLES.c.device_id == device_id]
+                if since is not None:
+                    where.append(since)
+                first, last, received = alone.execute(select(*aggregates).where(*where)).one()
+                if first is not None:
+                    out.append((device_id, first, last, received))
+        return out
+
+    return each(JOB, ids, one_by_one, chunk=500)
 
 
 def recompute_device(
@@ -318,7 +372,8 @@ def purge_samples(engine: Engine, retention: timedelta, now: datetime) -> None:
 
 def purge_rolled_up_samples(engine: Engine, retention: timedelta, now: datetime) -> int:
     """Delete raw samples older than `retention` at `now`, but only those already rolled
-    up; returns how many were deleted."""
+    up; returns how many were deleted. Plain SQL on ids, in chunks: no sample is read into
+    Python, so no sample's value can stop it."""
     cutoff = now - retention
     purged = 0
     with engine.begin() as conn:
