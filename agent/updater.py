@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from agent.artifact_cache import ArtifactCache, ArtifactMismatch, LocalArtifactServer
 from agent.collectors import Collectors, Target
+from agent.collectors.cleaning import clean_text
 from fleet.protocol.messages import (
     AgentEvent,
     Command,
@@ -161,7 +162,7 @@ class Updater:
             agent_id=self.agent_id,
             ok=False,
             ts=utcnow(),
-            message=reason[:2000],
+            message=_text(reason),
         )
         task = asyncio.get_running_loop().create_task(
             self._send(self.topics.cmd_ack(self.site), ack.to_json(), final=True),
@@ -200,8 +201,8 @@ class Updater:
             agent_id=self.agent_id,
             ok=ok,
             ts=utcnow(),
-            message="; ".join(
-                f"{d}: {o.state}" for d, o in zip(command.devices, outcomes, strict=True)
+            message=_text(
+                "; ".join(f"{d}: {o.state}" for d, o in zip(command.devices, outcomes, strict=True))
             ),
         )
         await self._send(self.topics.cmd_ack(self.site), ack.to_json(), final=True)
@@ -317,12 +318,12 @@ class Updater:
             agent_id=self.agent_id,
             ts=utcnow(),
             device=device,
-            message=message[:2000],
+            message=_text(message),
             data={
                 "cmd_id": command.cmd_id,
                 "rollout_id": command.args.get("rollout_id"),
                 "state": state,
-                "firmware": firmware,
+                "firmware": _text(firmware, 64) if firmware is not None else None,
                 "downloaded_bytes": self.cache.received_bytes,
             },
         )
@@ -349,3 +350,9 @@ class Updater:
             topic,
             last or "no PUBACK in time",
         )
+
+
+def _text(value: str, limit: int = 2000) -> str:
+    """Text for an event or ack: what a device or an exception said may hold control
+    characters, which the contract refuses (fleet/protocol/messages.py)."""
+    return clean_text(value, limit)[0]
