@@ -392,7 +392,7 @@ class Outbox:
             file_bytes=self.file_bytes(),
         )
 
-    # --- helpers ------------------------------------------------------------------------
+    # --- counters and transactions ------------------------------------------------------
 
     def _bump(self, name: str, by: int) -> int:
         (value,) = self._db.execute(
