@@ -81,6 +81,8 @@ def bad_inputs() -> list[tuple[RejectReason, object]]:
     good = batch("upm", [reading("upm-sc1-panel-1", T0)])
     return [
         (RejectReason.not_json, message("fleet/v1/upm/health", b"{not json")),
+        # The contract's JSON is UTF-8: the same batch in UTF-16 is not taken.
+        (RejectReason.not_json, message("fleet/v1/upm/health", json.dumps(good).encode("utf-16"))),
         (RejectReason.oversize, message("fleet/v1/upm/health", b" " * (MAX_PAYLOAD_BYTES + 1))),
         (RejectReason.invalid, message("fleet/v1/upm/health", {**good, "seq": -1})),
         (RejectReason.topic, message("fleet/v1/upm/nonsense", good)),
@@ -115,7 +117,7 @@ def test_each_bad_input_is_dead_lettered_and_the_rest_stored(
     with Session(registered) as session:
         dead = session.exec(select(DeadLetter).order_by(col(DeadLetter.id))).all()
     assert [d.reason for d in dead] == [reason.value for reason, _ in cases]
-    oversize = dead[1]
+    oversize = dead[2]
     assert oversize.size == MAX_PAYLOAD_BYTES + 1
     assert oversize.truncated and len(oversize.payload) == DEAD_LETTER_PAYLOAD_MAX
     assert ingest.rejected[RejectReason.invalid] == 3

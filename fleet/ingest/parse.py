@@ -237,9 +237,10 @@ def _judge_batch(
         if exc.errors()[0]["type"] != "json_invalid":
             return _invalid(HealthBatch, exc)
         # JSON that pydantic-core refuses but the standard allows (an escaped lone surrogate
-        # in one device's text): judged like any other, reading by reading.
+        # in one device's text): judged like any other, reading by reading. UTF-8 only, as
+        # the contract says: json.loads would also take UTF-16 and UTF-32.
         try:
-            envelope = HealthEnvelope.model_validate(json.loads(bytes(payload)))
+            envelope = HealthEnvelope.model_validate(json.loads(bytes(payload).decode("utf-8")))
         except (ValueError, RecursionError):
             return Rejected(RejectReason.not_json, f"not JSON: {exc.errors()[0]['msg']}")
         except ValidationError as inner:
