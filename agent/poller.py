@@ -10,6 +10,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from pydantic import ValidationError
+
 from agent import metrics
 from agent.collectors import (
     DEFAULT_PORTS,
@@ -19,7 +21,7 @@ from agent.collectors import (
     target_for,
     unreachable,
 )
-from fleet.protocol.messages import Reading
+from fleet.protocol.messages import Reading, describe_validation_error
 from fleet.protocol.site_config import LoadedSite
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,19 @@ class Poller:
             task.cancel()
 
     async def _poll_and_emit(self, target: Target) -> None:
-        self.emit(await self.poll(target))
+        try:
+            reading = await self.poll(target)
+        except ValidationError as exc:
+            # Not the device: a reading is stamped by this host's clock, and one outside the
+            # contract's years (a board without a battery-backed clock, before NTP) cannot be
+            # made. Said at each poll until the clock is set; the next poll tries again.
+            log.error(
+                "cannot make a reading of %s (%s): check this host's clock and NTP",
+                target.device.id,
+                describe_validation_error(exc),
+            )
+            return
+        self.emit(reading)
 
     async def close(self) -> None:
         for collector in self._collectors.values():

@@ -4,18 +4,21 @@ outbox: the agent never queues a reading the controller would refuse, and says w
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 from ulid import ULID
 
-from agent.collectors import target_for
+from agent.collectors import target_for, unreachable
 from agent.collectors.cleaning import CLEANED, clean_text, make_reading
 from agent.collectors.snmp import SnmpCollector
+from agent.poller import Poller
 from agent.simulator import start_site
 from fleet.ingest.pipeline import IncomingMessage, Ingest, OutcomeStatus
 from fleet.models import Device, Sample
@@ -130,3 +133,30 @@ def test_sys_name_ending_in_nul_is_cleaned_and_the_whole_site_is_stored(
         states = {d.id: d.state for d in session.exec(select(Device)).all()}
     assert sorted(stored) == sorted(r.device for r in readings)
     assert all(states[r.device] != "unknown" for r in readings)
+
+
+def test_a_host_clock_before_2000_is_said_and_polling_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A board without a battery-backed clock, before NTP: no reading can be stamped. The
+    agent says why at each poll instead of failing its poll tasks, and emits nothing."""
+    site = load_site("site_configs/tribhuvan.yaml")
+    _, device = site.config.devices()[0]
+    target = target_for(device, site.profile_of(device), ("127.0.0.1", 9))
+    monkeypatch.setattr("agent.collectors.utcnow", lambda: datetime(1970, 1, 1, tzinfo=UTC))
+
+    class Unanswered:
+        async def poll(self, target: object) -> Reading:
+            return unreachable(target, "no answer")  # type: ignore[arg-type]
+
+        async def close(self) -> None:
+            return None
+
+    emitted: list[Reading] = []
+    poller = Poller([target], emitted.append)
+    poller._collectors[site.profile_of(device).protocol] = Unanswered()
+    with caplog.at_level(logging.ERROR, logger="agent.poller"):
+        asyncio.run(poller._poll_and_emit(target))
+    assert emitted == []
+    assert "check this host's clock and NTP" in caplog.text
+    assert "1970-01-01" in caplog.text
