@@ -107,12 +107,9 @@ def _metric_values_in_range(value: object) -> object:
         if isinstance(item, float) and not math.isfinite(item):
             raise ValueError(f"metric {name!r}: {item} is not a finite number")
         if isinstance(item, str):
-            found = CONTROL_RE.search(item)
-            if found:
-                raise ValueError(
-                    f"metric {name!r}: text holds control character "
-                    f"U+{ord(found.group()):04X} at {found.start()}"
-                )
+            problem = control_character_problem(item)
+            if problem:
+                raise ValueError(f"metric {name!r}: {problem}")
     return value
 
 
@@ -152,12 +149,19 @@ def _json_safe(value: Any, depth: int = 0) -> None:
         raise ValueError(f"{type(value).__name__} is not a JSON value")
 
 
-def _check_text(value: str) -> None:
+def control_character_problem(value: str) -> str | None:
+    """What is wrong with `value` if it holds a control character (the first one, as
+    "text holds control character U+001B at 4"), or None."""
     found = CONTROL_RE.search(value)
-    if found:
-        raise ValueError(
-            f"text holds control character U+{ord(found.group()):04X} at {found.start()}"
-        )
+    if found is None:
+        return None
+    return f"text holds control character U+{ord(found.group()):04X} at {found.start()}"
+
+
+def _check_text(value: str) -> None:
+    problem = control_character_problem(value)
+    if problem:
+        raise ValueError(problem)
 
 
 def _json_object(value: dict[str, Any]) -> dict[str, Any]:
@@ -426,11 +430,8 @@ def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "(root)"
         message = err["msg"]
         if err["type"] == "string_pattern_mismatch" and isinstance(err["input"], str):
-            found = CONTROL_RE.search(err["input"])
-            if found:  # the pattern itself would print the control characters it refuses
-                message = (
-                    f"text holds control character U+{ord(found.group()):04X} at {found.start()}"
-                )
+            # The pattern itself would print the control characters it refuses.
+            message = control_character_problem(err["input"]) or message
         parts.append(f"{where}: {message.removeprefix('Value error, ')}")
     more = len(exc.errors()) - limit
     if more > 0:
