@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 import fleet
 from fleet import web
+from fleet.api.browser_policy import CrossSiteRefusal, SecurityHeaders
 from fleet.api.last_resort import LastResort
 from fleet.api.routes import (
     alerts,
@@ -81,5 +82,8 @@ def create_app(
     app.include_router(enrolment.router)
     app.include_router(audit.router)
     web.install(app)  # the dashboard pages at /, last: its 404 handler is for the pages
+    app.add_middleware(CrossSiteRefusal)
     app.add_middleware(LastResort)
+    # Outermost: the last resort's own 500 answer gets the headers too.
+    app.add_middleware(SecurityHeaders)
     return app

@@ -1,19 +1,23 @@
 """Roles, scopes and the one dependency every route declares: `Permission("devices:read")`.
 
 A route says what it needs by name; POLICY says which roles have it. The dependency then
-checks the caller's scope against everything the request names: a site code in the path
-(`{code}`, `{site}`), a device or alert id in the path, and `site`, `vendor` and `device` in
-the query string or a JSON body. Out of scope is 403, except for things whose existence is
-itself a secret (another vendor's device, another site's alert): those are 404, with the
-same words as a real 404. Every refusal is logged and written to the audit log.
+checks the caller's scope against what the request names that the route will use: a site
+code in the path (`{code}`, `{site}`), a device or alert id in the path, and every `site` and
+`vendor` value of the query string. A request body is never read here: how a body is parsed
+(its Content-Type, in any case) is the route's business, so a route whose validated body names
+a site, vendor or device checks it with `require_scope` on the parsed model, the very values it
+then uses. A `device` in the query filters a list that each route already narrows to the
+caller's scope, so another tenant's device there answers as a made-up id does. Out of scope is
+403, except for things whose existence is itself a secret (another vendor's device, another
+site's alert): those are 404, with the same words as a real 404. Every refusal is logged and
+written to the audit log.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -67,11 +71,10 @@ POLICY: dict[str, frozenset[str]] = {
 # Permissions whose every use is written to the audit log (refusals of any are, anyway).
 AUDITED = frozenset({"programme:write", "rollouts:write", "alerts:write", "reports:read"})
 
-# Path parameters that name a site, and query/body keys that name a site, vendor or device.
+# Path parameters that name a site, and query keys that name a site or a vendor.
 _SITE_PATH = ("code", "site", "site_code")
 _SITE_KEYS = ("site", "site_code")
 _VENDOR_KEYS = ("vendor",)
-_DEVICE_KEYS = ("device", "device_id")
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 
@@ -142,14 +145,13 @@ class Permission:
             yield ANONYMOUS
             return
         token = token or request.cookies.get(SESSION_COOKIE)
-        body = await _json_body(request)
         engine: Engine = request.app.state.engine
         try:
             # A token verified moments ago, of a caller with no scope to check (ops), needs
             # no database: answered here, without a trip through the thread pool.
             caller = self._known(token)
             if caller is None:
-                caller = await run_in_threadpool(self._check, engine, request, token, body)
+                caller = await run_in_threadpool(self._check, engine, request, token)
         except Refused as refusal:
             await run_in_threadpool(self._refused, engine, request, refusal)
             headers = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
@@ -190,9 +192,7 @@ class Permission:
             return None  # a scoped caller: the request's names are checked in the database
         return caller
 
-    def _check(
-        self, engine: Engine, request: Request, token: str | None, body: dict[str, Any] | None
-    ) -> Caller:
+    def _check(self, engine: Engine, request: Request, token: str | None) -> Caller:
         with Session(engine) as session:
             caller = VERIFIED.get(token)
             if not isinstance(caller, Caller):
@@ -217,7 +217,7 @@ class Permission:
                     f"a {caller.role} may not use this ({self.name}): ask ops",
                     "role",
                 )
-            check_scope(session, caller, request, body)
+            check_scope(session, caller, request)
         return caller
 
     def _refused(self, engine: Engine, request: Request, refusal: Refused) -> None:
@@ -253,45 +253,76 @@ def Allow(name: str) -> Any:
     return Depends(Permission(name))
 
 
-def check_scope(
-    session: Session, caller: Caller, request: Request, body: dict[str, Any] | None
-) -> None:
-    """Refuse when the request names a site, vendor, device or alert outside the scope."""
+def check_scope(session: Session, caller: Caller, request: Request) -> None:
+    """Refuse (Refused) when the path or query names a site, vendor, device or alert outside
+    the caller's scope. Every value of a repeated query key is checked."""
     if caller.sites is None and caller.vendor is None:
         return
-    named: dict[str, list[str]] = {"site": [], "vendor": [], "device": []}
-    for key in _SITE_PATH:
-        if key in request.path_params:
-            named["site"].append(str(request.path_params[key]))
-    sources: list[dict[str, Any]] = [dict(request.query_params)]
-    if body:
-        sources.append(body)
-    for source in sources:
-        for key, value in source.items():
-            if not isinstance(value, str):
-                continue
-            if key in _SITE_KEYS:
-                named["site"].append(value)
-            elif key in _VENDOR_KEYS:
-                named["vendor"].append(value)
-            elif key in _DEVICE_KEYS:
-                named["device"].append(value)
-    if "device_id" in request.path_params:
-        named["device"].append(str(request.path_params["device_id"]))
-    for site in named["site"]:
+    sites = [str(request.path_params[k]) for k in _SITE_PATH if k in request.path_params]
+    vendors: list[str] = []
+    for key, value in request.query_params.multi_items():
+        if key in _SITE_KEYS:
+            sites.append(value)
+        elif key in _VENDOR_KEYS:
+            vendors.append(value)
+    devices = [str(request.path_params["device_id"])] if "device_id" in request.path_params else []
+    _refuse_outside(session, caller, sites=sites, vendors=vendors, devices=devices)
+    if "alert_id" in request.path_params:
+        _check_alert(session, caller, request.path_params["alert_id"])
+
+
+def require_scope(
+    session: Session,
+    caller: Caller,
+    *,
+    sites: Iterable[str] = (),
+    vendors: Iterable[str] = (),
+    devices: Iterable[str] = (),
+) -> None:
+    """For a route whose validated body names sites, vendors or devices: raise HTTPException
+    (403, or 404 for a device, in a real 404's words) when one is outside the caller's scope,
+    audited like any refusal. Call it with the parsed model's values, the ones the route uses."""
+    try:
+        _refuse_outside(session, caller, sites=sites, vendors=vendors, devices=devices)
+    except Refused as refusal:
+        REFUSALS.labels(refusal.reason, "user").inc()
+        log.warning("refused body of %s (%s): %s", caller.name, caller.role, refusal.message)
+        session.rollback()
+        record(
+            session,
+            actor=caller.name,
+            role=caller.role,
+            action="scope",
+            target="request body",
+            outcome="denied",
+            detail={"status": refusal.status, "reason": refusal.reason},
+        )
+        session.commit()
+        raise HTTPException(refusal.status, refusal.message) from None
+
+
+def _refuse_outside(
+    session: Session,
+    caller: Caller,
+    *,
+    sites: Iterable[str],
+    vendors: Iterable[str],
+    devices: Iterable[str],
+) -> None:
+    if caller.sites is None and caller.vendor is None:
+        return
+    for site in sites:
         if not caller.may_see_site(site) and caller.role != "vendor":
             raise Refused(
                 403, f"{caller.name} may not see site {site!r}: outside your sites", "scope"
             )
-    for vendor in named["vendor"]:
+    for vendor in vendors:
         if not caller.may_see_vendor(vendor):
             raise Refused(
                 403, f"{caller.name} may see {caller.vendor} only, not {vendor!r}", "scope"
             )
-    for device_id in named["device"]:
+    for device_id in devices:
         _check_device(session, caller, device_id)
-    if "alert_id" in request.path_params:
-        _check_alert(session, caller, request.path_params["alert_id"])
 
 
 def _check_device(session: Session, caller: Caller, device_id: str) -> None:
@@ -328,15 +359,3 @@ def _check_alert(session: Session, caller: Caller, alert_id: Any) -> None:
         visible = caller.may_see_site(alert.site_code)
     if not visible:
         raise Refused(404, f"no alert {alert_id}: GET /api/v1/alerts lists them", "scope")
-
-
-async def _json_body(request: Request) -> dict[str, Any] | None:
-    if request.method not in ("POST", "PUT", "PATCH"):
-        return None
-    if "json" not in request.headers.get("content-type", ""):
-        return None
-    try:
-        data = json.loads(await request.body() or b"null")
-    except ValueError:
-        return None  # the route's validation answers 422
-    return data if isinstance(data, dict) else None

@@ -95,8 +95,11 @@ def check_request(conn: Connection, request: ReportRequest, max_days: int) -> Re
         vendors = sorted(set(conn.execute(select(col(Device.vendor)).distinct()).scalars()))
         match = [v for v in vendors if v.lower() == vendor.lower()]
         if not match:
+            # Never the list of vendors: a vendor's caller would learn every other's name.
             raise ReportError(
-                404, f"no devices of vendor {vendor!r}: known vendors are {', '.join(vendors)}"
+                404,
+                f"no devices of vendor {vendor!r}: spell it as the firmware profiles do "
+                "(GET /api/v1/devices lists the devices you may see)",
             )
         vendor = match[0]
     known_site = select(Site.code).where(Site.code == request.site)  # type: ignore[call-overload]
@@ -104,12 +107,12 @@ def check_request(conn: Connection, request: ReportRequest, max_days: int) -> Re
         raise ReportError(404, f"no site {request.site!r}: GET /api/v1/sites lists the codes")
     if request.device is not None:
         found = conn.execute(select(Device.vendor).where(Device.id == request.device)).first()  # type: ignore[call-overload]
-        if found is None:
+        # Another vendor's device answers as a made-up id does: its existence is not ours to
+        # tell (a vendor's caller always has `vendor` set to its own).
+        if found is None or (vendor is not None and found[0] != vendor):
             raise ReportError(
-                404, f"no device {request.device!r}: GET /api/v1/devices lists the ids"
+                404, f"no device {request.device!r}: GET /api/v1/devices lists the registered ids"
             )
-        if vendor is not None and found[0] != vendor:
-            raise ReportError(404, f"device {request.device!r} is not a {vendor} device")
     return ReportRequest(request.start, request.end, vendor, request.site, request.device)
 
 

@@ -33,6 +33,17 @@ async def http_error(request: Request, exc: Exception) -> Response:
         # A page without a login: to the login form, and back here after it.
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
     if exc.status_code == 404 and not request.url.path.startswith(API_PREFIXES):
+        device_id = request.path_params.get("device_id")
+        if device_id is not None:
+            # Refused as out of scope (fleet.auth.permissions): the same page as a device that
+            # does not exist (fleet.web.device_page), so that ids cannot be enumerated.
+            return render(
+                request,
+                "not_found.html",
+                status_code=404,
+                what=f"There is no device {device_id!r}.",
+                hint="Open its site from the overview to find it.",
+            )
         return render(
             request,
             "not_found.html",

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from fleet.api.deps import SessionDep, SettingsDep
 from fleet.auth.audit import record
 from fleet.auth.mqtt_auth import rotate_site_credential
-from fleet.auth.permissions import REFUSALS, Allow, Caller
+from fleet.auth.permissions import REFUSALS, Allow, Caller, require_scope
 from fleet.auth.tokens import TokenRefused, issue_enrolment_token, redeem_enrolment_token
 from fleet.models import Site
 from fleet.protocol.messages import SITE_CODE_PATTERN
@@ -68,6 +68,8 @@ def create_enrolment_token(
     session: SessionDep,
     settings: SettingsDep,
 ) -> EnrolmentTokenOut:
+    # On the validated body, the site the token will be for, whatever the Content-Type said.
+    require_scope(session, caller, sites=[body.site])
     if session.get(Site, body.site) is None:
         raise HTTPException(404, f"no site {body.site!r}: GET /api/v1/sites lists the codes")
     ttl = timedelta(seconds=settings.enrolment_ttl_s)

@@ -3,6 +3,7 @@ interrupted download resumes), and the bytes each site has downloaded."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated
 
@@ -26,6 +27,7 @@ from fleet.rollouts.artifacts import (
 )
 from fleet.rollouts.models import ArtifactDownload
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/firmware", tags=["firmware"])
 
 
@@ -107,7 +109,14 @@ def get_artifact(
     try:
         path = verified_artifact(settings.artifact_store(), release)
     except ArtifactError as exc:
-        raise HTTPException(409, str(exc)) from None
+        # An open route: the reason (which names the server's folder) goes to the log and to
+        # ops' GET /api/v1/firmware, never to whoever asks here.
+        log.warning("artifact %s not served: %s", sha256, exc)
+        raise HTTPException(
+            409,
+            f"the artifact of SHA-256 {sha256} cannot be served yet: ops see why in "
+            "GET /api/v1/firmware (artifact_status)",
+        ) from None
     size = release.size
     try:
         wanted = parse_range(range_, size)
