@@ -91,6 +91,28 @@ class Settings(BaseSettings):
     login_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     enrolment_ttl_s: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
     agent_mqtt_url: str = ""
+    # Failed logins allowed per account and per client address, as ladders of limits (the
+    # `limits` notation); counted in memory, or in a shared store (redis://...) when several
+    # API workers run. A second factor (TOTP) is required of these roles (ops, technician;
+    # comma-separated; empty: optional for everyone).
+    login_limits_account: str = "5/minute;20/hour;100/day"
+    login_limits_address: str = "30/minute;300/hour;2000/day"
+    login_limits_storage: str = "memory://"
+    second_factor_roles: str = ""
+
+    @model_validator(mode="after")
+    def _known_second_factor_roles(self) -> Settings:
+        unknown = set(self.required_second_factor()) - {"ops", "technician"}
+        if unknown:
+            raise ValueError(
+                f"FLEET_SECOND_FACTOR_ROLES names {', '.join(sorted(unknown))}: only ops and "
+                "technician log in with a second factor (vendors use API tokens)"
+            )
+        return self
+
+    def required_second_factor(self) -> frozenset[str]:
+        """The roles that must log in with a second factor."""
+        return frozenset(r.strip() for r in self.second_factor_roles.split(",") if r.strip())
 
     @model_validator(mode="after")
     def _default_database_in_data_dir(self) -> Settings:

@@ -13,8 +13,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from fleet.api.app import create_app
-from fleet.auth.models import ApiToken, AuditEntry
-from fleet.auth.passwords import hash_password, verify_password
+from fleet.auth import passwords
+from fleet.auth.models import ApiToken, AuditEntry, User
+from fleet.auth.passwords import verify_password
 from fleet.auth.tokens import token_hash
 from fleet.auth.users import revoke_user
 from fleet.protocol.messages import utcnow
@@ -62,12 +63,45 @@ def test_tokens_are_stored_only_as_hashes(registered: Engine, tokens: Tokens) ->
     assert token_hash(tokens.ops) in stored and tokens.ops not in stored
 
 
-def test_passwords_are_stored_as_pbkdf2_with_600000_rounds() -> None:
-    """The product's own hashing (the tests' users use fewer rounds, fixtures_auth)."""
-    stored = hash_password(PASSWORD)
-    scheme, rounds, _salt, _digest = stored.split("$")
-    assert (scheme, rounds) == ("pbkdf2_sha256", "600000") and PASSWORD not in stored
+def test_passwords_are_stored_as_argon2id_at_the_products_parameters() -> None:
+    """The product's own hashing (the tests' users use cheaper parameters, fixtures_auth)."""
+    stored = passwords.password_context().hash(PASSWORD)
+    assert stored.startswith("$argon2id$v=19$m=65536,t=3,p=4$") and PASSWORD not in stored
     assert verify_password(PASSWORD, stored) and not verify_password(PASSWORD + "!", stored)
+
+
+def test_a_pbkdf2_hash_still_verifies_and_is_replaced_at_the_next_login(
+    client: TestClient, registered: Engine, tokens: Tokens
+) -> None:
+    old = passwords.LegacyPbkdf2Hasher().hash(PASSWORD)
+    with Session(registered) as session:
+        user = session.exec(select(User).where(User.name == "tech-upm")).one()
+        user.password_hash = old
+        session.add(user)
+        session.commit()
+    refused = client.post("/api/v1/auth/token", data={"username": "tech-upm", "password": "x"})
+    assert refused.status_code == 401
+    with Session(registered) as session:  # a wrong password changes nothing
+        assert session.exec(select(User).where(User.name == "tech-upm")).one().password_hash == old
+    answer = client.post("/api/v1/auth/token", data={"username": "tech-upm", "password": PASSWORD})
+    assert answer.status_code == 200, answer.text
+    with Session(registered) as session:
+        stored = session.exec(select(User).where(User.name == "tech-upm")).one().password_hash
+    assert stored is not None and stored.startswith("$argon2id$")
+    assert verify_password(PASSWORD, stored)
+    again = client.post("/api/v1/auth/token", data={"username": "tech-upm", "password": PASSWORD})
+    assert again.status_code == 200
+
+
+def test_unknown_or_mangled_hashes_are_no_match() -> None:
+    for stored in (
+        "",
+        "plain",
+        "pbkdf2_sha256$x$y$z",
+        "pbkdf2_sha256$99999999999$AA==$AA==",
+        "$argon2id$v=19$m=1,t=1,p=1$broken",
+    ):
+        assert not verify_password(PASSWORD, stored)
 
 
 @pytest.mark.parametrize(

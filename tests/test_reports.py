@@ -226,10 +226,22 @@ def test_purge_keeps_samples_not_yet_rolled_up(ingest: Ingest, registered: Engin
     [
         ("2025-03-04", "2025-03-03", {}, 422, "swap"),
         ("2025-01-01", "2025-12-31", {}, 422, "FLEET_REPORT_MAX_DAYS"),
-        ("2025-03-01", "2025-03-31", {"vendor": "Acme"}, 404, "spell it as the firmware profiles do"),
+        (
+            "2025-03-01",
+            "2025-03-31",
+            {"vendor": "Acme"},
+            404,
+            "spell it as the firmware profiles do",
+        ),
         ("2025-03-01", "2025-03-31", {"site": "atlantis"}, 404, "atlantis"),
         ("2025-03-01", "2025-03-31", {"device": "nope"}, 404, "nope"),
-        ("2025-03-01", "2025-03-31", {"vendor": "MAXHUB", "device": PANEL}, 404, f"no device {PANEL!r}"),
+        (
+            "2025-03-01",
+            "2025-03-31",
+            {"vendor": "MAXHUB", "device": PANEL},
+            404,
+            f"no device {PANEL!r}",
+        ),
     ],
 )
 def test_bad_requests_name_the_problem(

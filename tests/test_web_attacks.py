@@ -116,7 +116,9 @@ def test_a_technician_still_makes_tokens_for_their_own_site_in_any_json_spelling
         headers = tokens.headers("technician")
         if content_type:
             headers["Content-Type"] = content_type
-        answer = client.post("/api/v1/enrolment/tokens", content=b'{"site": "upm"}', headers=headers)
+        answer = client.post(
+            "/api/v1/enrolment/tokens", content=b'{"site": "upm"}', headers=headers
+        )
         assert answer.status_code == 201, (content_type, answer.text)
 
 
@@ -137,7 +139,7 @@ def test_another_tenants_device_answers_as_a_made_up_one_on_every_route(
     other, made_up = "usthb-sc1-panel-1", "zz-no-such-device-1"
     routes = {p: r for p, r in all_routes(app) if isinstance(r, APIRoute)}
     tried, wrong = 0, []
-    for method, path, permission in route_cells(app):
+    for method, path, _ in route_cells(app):
         if method != "GET":
             continue
         route = routes[path]
@@ -150,7 +152,7 @@ def test_another_tenants_device_answers_as_a_made_up_one_on_every_route(
             if role not in perm.roles:
                 continue
 
-            def url(device: str, path: str = path) -> str:
+            def url(device: str, path: str = path, in_path: bool = in_path) -> str:
                 base = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: IN_SCOPE[m.group(1)], path)
                 if in_path:
                     return base.replace(IN_SCOPE["device_id"], device)
@@ -189,9 +191,7 @@ def test_a_vendor_without_devices_is_not_told_the_other_vendors(
         assert vendor not in answer.text
 
 
-def test_public_artifact_download_names_no_server_path(
-    client: TestClient, tmp_path: Path
-) -> None:
+def test_public_artifact_download_names_no_server_path(client: TestClient, tmp_path: Path) -> None:
     sha = next(
         r.sha256
         for p in profiles_in(DEFAULT_PROFILES_DIR).values()
@@ -302,7 +302,9 @@ def test_every_response_carries_the_security_headers(
             if missing:
                 wrong.append(f"GET {path} ({answer.status_code}): {missing}")
     # Refusals and failed validation too.
-    refused = client.post("/api/v1/enrolment/tokens", content=b"x", headers={"Origin": "http://e.x"})
+    refused = client.post(
+        "/api/v1/enrolment/tokens", content=b"x", headers={"Origin": "http://e.x"}
+    )
     wrong += _check_headers(refused)
     assert not wrong, "\n".join(wrong)
 

@@ -33,6 +33,7 @@ from fleet.api.routes import (
     rollouts,
     sites,
 )
+from fleet.auth.login import LoginThrottle
 from fleet.db import make_engine
 from fleet.settings import Settings
 
@@ -69,6 +70,9 @@ def create_app(
     app.state.settings = settings
     app.state.engine = db
     app.state.ingest_status = None  # a StatusSource, set by whoever runs ingest
+    app.state.login_throttle = LoginThrottle(
+        settings.login_limits_storage, settings.login_limits_account, settings.login_limits_address
+    )
     app.include_router(meta.router)
     app.include_router(sites.router)
     app.include_router(events.router)

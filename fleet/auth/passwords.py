@@ -1,6 +1,8 @@
-"""Password hashing, with the standard library only.
+"""Password hashing.
 
-Users' passwords: PBKDF2-SHA256, `pbkdf2_sha256$<iterations>$<salt b64>$<hash b64>`.
+Users' passwords: Argon2id through pwdlib (`$argon2id$...`), as FastAPI's own docs do. Hashes
+written before it, PBKDF2-SHA256 as `pbkdf2_sha256$<iterations>$<salt b64>$<hash b64>`, still
+verify, and `verify_and_update` gives their Argon2 replacement, stored at the next login.
 Broker passwords: Mosquitto 2's own `$7$` form (PBKDF2-SHA512), which `mosquitto_passwd`
 writes and the broker checks, so the exported password file needs no plain password.
 """
@@ -12,7 +14,10 @@ import hashlib
 import hmac
 import secrets
 
-USER_ITERATIONS = 600_000  # OWASP 2023 for PBKDF2-SHA256
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+LEGACY_PREFIX = "pbkdf2_sha256$"
 MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's default; the broker reads the count per entry
 MOSQUITTO_SALT_BYTES = 12
 
@@ -21,26 +26,83 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def hash_password(password: str, iterations: int = USER_ITERATIONS) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    return f"pbkdf2_sha256${iterations}${_b64(salt)}${_b64(digest)}"
+class LegacyPbkdf2Hasher:
+    """pwdlib hasher for the PBKDF2-SHA256 hashes written before Argon2: verifies them, and
+    always asks for a rehash. It never makes new ones (`hash` is for the tests that check the
+    upgrade)."""
+
+    @classmethod
+    def identify(cls, hash: str | bytes) -> bool:
+        text = hash.decode("ascii", "replace") if isinstance(hash, bytes) else hash
+        return text.startswith(LEGACY_PREFIX)
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        iterations = 600_000
+        salt = salt or secrets.token_bytes(16)
+        secret = password.encode() if isinstance(password, str) else password
+        digest = hashlib.pbkdf2_hmac("sha256", secret, salt, iterations)
+        return f"{LEGACY_PREFIX}{iterations}${_b64(salt)}${_b64(digest)}"
+
+    def verify(self, password: str | bytes, hash: str | bytes) -> bool:
+        text = hash.decode("ascii", "replace") if isinstance(hash, bytes) else hash
+        secret = password.encode() if isinstance(password, str) else password
+        try:
+            _scheme, iterations, salt, digest = text.split("$")
+            rounds = int(iterations)
+            if not 1 <= rounds <= 10_000_000:
+                return False  # a stored count this large would hold a login for minutes
+            expected = base64.b64decode(digest)
+            actual = hashlib.pbkdf2_hmac("sha256", secret, base64.b64decode(salt), rounds)
+        except ValueError:
+            return False
+        return hmac.compare_digest(expected, actual)
+
+    def check_needs_rehash(self, hash: str | bytes) -> bool:
+        return True
+
+
+def password_context(argon2: Argon2Hasher | None = None) -> PasswordHash:
+    """The current hasher first (new hashes, rehash target), then the legacy one."""
+    return PasswordHash((argon2 or Argon2Hasher(), LegacyPbkdf2Hasher()))
+
+
+# Argon2id at pwdlib's defaults (time 3, memory 64 MiB, parallelism 4): RFC 9106's second
+# recommended option. Tests swap in cheaper parameters (tests/fixtures_auth.py).
+PASSWORDS = password_context()
+
+
+def hash_password(password: str) -> str:
+    """A new hash of the password, in the current scheme (Argon2id)."""
+    return PASSWORDS.hash(password)
 
 
 def verify_password(password: str, stored: str | None) -> bool:
+    """Whether the password matches the stored hash (either scheme); False for no hash."""
+    return verify_and_update(password, stored)[0]
+
+
+def verify_and_update(password: str, stored: str | None) -> tuple[bool, str | None]:
+    """(matches, the hash to store instead or None): a match of an old scheme, or of older
+    parameters, gives its replacement. An unknown or broken hash is no match."""
     if not stored:
-        return False
+        return False, None
     try:
-        scheme, iterations, salt, digest = stored.split("$")
-        if scheme != "pbkdf2_sha256":
-            return False
-        expected = base64.b64decode(digest)
-        actual = hashlib.pbkdf2_hmac(
-            "sha256", password.encode(), base64.b64decode(salt), int(iterations)
-        )
-    except ValueError:
-        return False
-    return hmac.compare_digest(expected, actual)
+        return PASSWORDS.verify_and_update(password, stored)
+    except Exception:  # pwdlib's UnknownHashError, or argon2's for a mangled hash
+        return False, None
+
+
+# A hash of a password nobody has, checked when the user does not exist (or cannot log in),
+# so that a refusal costs the same work whoever was named.
+_DECOY: str | None = None
+
+
+def spend_as_a_check(password: str) -> None:
+    """Do the work of checking a password, and discard the outcome."""
+    global _DECOY
+    if _DECOY is None:
+        _DECOY = PASSWORDS.hash(secrets.token_urlsafe(16))
+    PASSWORDS.verify(password, _DECOY)
 
 
 def mosquitto_hash(password: str, iterations: int = MOSQUITTO_ITERATIONS) -> str:

@@ -29,7 +29,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from fleet.auth.audit import record
-from fleet.auth.tokens import VERIFIED, TokenRefused, resolve_api_token
+from fleet.auth.tokens import SETUP_SESSION, VERIFIED, TokenRefused, resolve_api_token
 from fleet.protocol.messages import DEVICE_ID_PATTERN, INT64_MAX
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ class Caller:
     sites: frozenset[str] | None = None
     vendor: str | None = None
     token_id: int | None = None
+    # A login session of a user who must set up a second factor first: it may do only that
+    # (routes of the `authenticated` permission: /api/v1/auth/...).
+    setup_only: bool = False
 
     @property
     def is_anonymous(self) -> bool:
@@ -190,6 +193,8 @@ class Permission:
             return None  # unknown, or to be refused: the full check says why, and audits it
         if caller.sites is not None or caller.vendor is not None:
             return None  # a scoped caller: the request's names are checked in the database
+        if caller.setup_only and self.name != "authenticated":
+            return None  # to be refused, with the reason, by the full check
         return caller
 
     def _check(self, engine: Engine, request: Request, token: str | None) -> Caller:
@@ -207,6 +212,7 @@ class Permission:
                     sites=frozenset(user.sites) if user.role == "technician" else None,
                     vendor=user.vendor if user.role == "vendor" else None,
                     token_id=bearer.token.id,
+                    setup_only=bearer.token.kind == SETUP_SESSION,
                 )
                 assert token is not None  # resolve_api_token refuses a missing one
                 VERIFIED.put(token, caller, bearer.token.expires_at)
@@ -216,6 +222,13 @@ class Permission:
                     403,
                     f"a {caller.role} may not use this ({self.name}): ask ops",
                     "role",
+                )
+            if caller.setup_only and self.name != "authenticated":
+                raise Refused(
+                    403,
+                    "a second factor is required of your role: set it up (POST "
+                    "/api/v1/auth/totp, then /api/v1/auth/totp/confirm) and log in again",
+                    "second_factor",
                 )
             check_scope(session, caller, request)
         return caller

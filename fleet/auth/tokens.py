@@ -28,6 +28,10 @@ _BODY = r"[A-Za-z0-9_-]{43}"
 API_TOKEN_RE = re.compile(rf"^{API_PREFIX}{_BODY}$")
 ENROL_TOKEN_RE = re.compile(rf"^{ENROL_PREFIX}{_BODY}$")
 LOGIN_TTL = timedelta(hours=1)
+# The kind of a login token that may only set up the user's second factor.
+SETUP_SESSION = "setup"
+# Kinds of token a login makes (and logout revokes); "api" tokens are made by `fleet tokens`.
+SESSION_KINDS = ("session", SETUP_SESSION)
 ENROL_TTL = timedelta(hours=24)
 
 
@@ -199,6 +203,15 @@ def redeem_enrolment_token(
         )
     if row.expires_at <= now:
         raise TokenRefused("expired", "the enrolment token has expired: ask for a new one")
+    # Revoking a user reaches what they issued: checked here too, so that a revocation made
+    # by another process (`fleet users revoke`) holds at once, whatever revoke_user did.
+    maker = session.exec(select(User).where(User.name == row.created_by)).first()
+    if maker is None or maker.revoked_at is not None:
+        raise TokenRefused(
+            "revoked",
+            "the enrolment token's maker was revoked: ask ops or the site's technician for a "
+            "new one",
+        )
     # Conditional update: of two agents racing with one token, exactly one wins.
     won = session.execute(
         update(EnrolmentToken)

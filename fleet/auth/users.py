@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
-from fleet.auth.models import ROLES, ApiToken, User
+from fleet.auth.models import ROLES, ApiToken, EnrolmentToken, User
 from fleet.auth.passwords import hash_password
 from fleet.auth.tokens import VERIFIED, issue_api_token
 from fleet.models import Site
@@ -84,7 +84,9 @@ def list_users(session: Session) -> list[User]:
 
 
 def revoke_user(session: Session, name: str) -> int:
-    """Revoke the user and every token of theirs; returns how many tokens were revoked."""
+    """Revoke the user and every credential they hold or issued: API tokens, login sessions,
+    and the enrolment tokens they made that no agent has used yet (ended by expiring them
+    now). Returns how many were revoked."""
     user = get_user(session, name)
     now = utcnow()
     user.revoked_at = user.revoked_at or now
@@ -94,10 +96,20 @@ def revoke_user(session: Session, name: str) -> int:
     for token in tokens:
         token.revoked_at = now
         session.add(token)
+    enrolments = session.exec(
+        select(EnrolmentToken).where(
+            EnrolmentToken.created_by == user.name,
+            col(EnrolmentToken.used_at).is_(None),
+            col(EnrolmentToken.expires_at) > now,
+        )
+    ).all()
+    for enrolment in enrolments:
+        enrolment.expires_at = now
+        session.add(enrolment)
     session.add(user)
     session.commit()
     VERIFIED.forget_all()
-    return len(tokens)
+    return len(tokens) + len(enrolments)
 
 
 def create_token(

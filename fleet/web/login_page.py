@@ -8,12 +8,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlmodel import select
 
 from fleet.api.deps import SessionDep, SettingsDep
-from fleet.auth.audit import record
-from fleet.auth.models import User
-from fleet.auth.passwords import verify_password
+from fleet.auth.login import LoginRefused, log_in
 from fleet.auth.permissions import SESSION_COOKIE, Allow
 from fleet.auth.tokens import issue_api_token
 from fleet.web.templating import render
@@ -36,26 +33,44 @@ def login_submit(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    username: Annotated[str, Form()],
-    password: Annotated[str, Form()],
-    next: Annotated[str, Form()] = "/",
+    username: Annotated[str, Form(max_length=200)],
+    password: Annotated[str, Form(max_length=1000)],
+    next: Annotated[str, Form(max_length=2000)] = "/",
+    otp: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
-    user = session.exec(select(User).where(User.name == username)).first()
-    if (
-        user is None
-        or user.revoked_at is not None
-        or not verify_password(password, user.password_hash)
-    ):
-        record(session, actor=username[:64], action="login", target="dashboard", outcome="denied")
-        session.commit()
-        problem = "Wrong user name or password, or the user is revoked."
+    try:
+        done = log_in(
+            session,
+            request.app.state.login_throttle,
+            name=username,
+            password=password,
+            code=otp or None,
+            address=request.client.host if request.client else "",
+            target="dashboard",
+            second_factor_roles=settings.required_second_factor(),
+        )
+    except LoginRefused as refused:
+        page = render(
+            request,
+            "login.html",
+            status_code=refused.status,
+            next=_safe_next(next),
+            problem=refused.message[:1].upper() + refused.message[1:] + ".",
+        )
+        if refused.retry_after is not None:
+            page.headers["Retry-After"] = str(refused.retry_after)
+        return page
+    if done.must_enrol_second_factor:
+        problem = (
+            "Your role needs a second factor before the dashboard opens: set it up through the "
+            "API (POST /api/v1/auth/totp, then /api/v1/auth/totp/confirm), then log in here "
+            "with its code."
+        )
         return render(
-            request, "login.html", status_code=401, next=_safe_next(next), problem=problem
+            request, "login.html", status_code=403, next=_safe_next(next), problem=problem
         )
     ttl = timedelta(seconds=settings.login_ttl_s)
-    token, _ = issue_api_token(session, user, ttl=ttl, kind="session", label="dashboard")
-    record(session, actor=user.name, role=user.role, action="login", target="dashboard")
-    session.commit()
+    token, _ = issue_api_token(session, done.user, ttl=ttl, kind="session", label="dashboard")
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,

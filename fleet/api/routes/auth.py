@@ -1,4 +1,5 @@
-"""Login (OAuth2 password flow: POST form `username`, `password`), who am I, and logout.
+"""Login (OAuth2 password flow: POST form `username`, `password`, and `otp` where a second
+factor is on), who am I, logout, and setting up the second factor (TOTP).
 
 The login token is short-lived (FLEET_LOGIN_TTL_S). It is returned as JSON, the FastAPI
 convention, and also set as an HttpOnly cookie so that the dashboard pages work after login.
@@ -9,18 +10,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel
-from sqlmodel import select
+from pydantic import BaseModel, Field
 
 from fleet.api.deps import SessionDep, SettingsDep
+from fleet.auth import second_factor
 from fleet.auth.audit import record
+from fleet.auth.login import LoginRefused, log_in
 from fleet.auth.models import ApiToken, User
-from fleet.auth.passwords import verify_password
-from fleet.auth.permissions import REFUSALS, SESSION_COOKIE, Allow, Caller
-from fleet.auth.tokens import VERIFIED, issue_api_token
-from fleet.auth.users import USER_NAME_RE
+from fleet.auth.permissions import SESSION_COOKIE, Allow, Caller
+from fleet.auth.tokens import SESSION_KINDS, SETUP_SESSION, VERIFIED, issue_api_token
 from fleet.protocol.messages import utcnow
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
@@ -30,6 +30,19 @@ class TokenOut(BaseModel):
     access_token: str
     token_type: str = "bearer"
     expires_in: int
+    # True: this token may only set up the second factor (POST /api/v1/auth/totp), which
+    # FLEET_SECOND_FACTOR_ROLES requires of the user's role; then log in again.
+    second_factor_setup_required: bool = False
+
+
+class TotpOut(BaseModel):
+    secret: str
+    otpauth_uri: str
+    recovery_codes: list[str]
+
+
+class TotpConfirmIn(BaseModel):
+    code: str = Field(min_length=6, max_length=16)
 
 
 class MeOut(BaseModel):
@@ -39,51 +52,41 @@ class MeOut(BaseModel):
     vendor: str | None
 
 
-@router.post("/token", response_model=TokenOut, dependencies=[Allow("public")])
+@router.post(
+    "/token",
+    response_model=TokenOut,
+    dependencies=[Allow("public")],
+    responses={429: {"description": "too many failed logins: wait Retry-After seconds"}},
+)
 def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
+    otp: Annotated[
+        str | None, Form(max_length=64, description="the authenticator app's code, if set up")
+    ] = None,
 ) -> TokenOut:
-    # A name no user can have (PostgreSQL's text cannot even hold a NUL to look it up)
-    # is answered like any unknown name.
-    user = (
-        session.exec(select(User).where(User.name == form.username)).first()
-        if USER_NAME_RE.match(form.username)
-        else None
-    )
-    ok = (
-        user is not None
-        and user.revoked_at is None
-        and verify_password(form.password, user.password_hash)
-    )
-    if not ok or user is None:
-        if user is None:
-            # A name nobody has: counted, not stored, so that guessing names cannot grow
-            # the audit table (and the typed text, whatever it holds, is never written).
-            REFUSALS.labels("login_unknown_user", "anonymous").inc()
-        else:
-            record(
-                session,
-                actor=user.name,
-                role=user.role,
-                action="login",
-                target=request.client.host if request.client else "",
-                outcome="denied",
-            )
-            session.commit()
-        # The same answer for an unknown user and a wrong password: no user enumeration.
-        raise HTTPException(
-            401,
-            "wrong user name or password, or the user is revoked: check them, or ask ops",
-            headers={"WWW-Authenticate": "Bearer"},
+    try:
+        done = log_in(
+            session,
+            request.app.state.login_throttle,
+            name=form.username,
+            password=form.password,
+            code=otp,
+            address=request.client.host if request.client else "",
+            target="api",
+            second_factor_roles=settings.required_second_factor(),
         )
+    except LoginRefused as refused:
+        headers = {"WWW-Authenticate": "Bearer"}
+        if refused.retry_after is not None:
+            headers["Retry-After"] = str(refused.retry_after)
+        raise HTTPException(refused.status, refused.message, headers=headers) from None
     ttl = timedelta(seconds=settings.login_ttl_s)
-    token, _row = issue_api_token(session, user, ttl=ttl, kind="session", label="login")
-    record(session, actor=user.name, role=user.role, action="login", target="api")
-    session.commit()
+    kind = SETUP_SESSION if done.must_enrol_second_factor else "session"
+    token, _row = issue_api_token(session, done.user, ttl=ttl, kind=kind, label="login")
     response.set_cookie(
         SESSION_COOKIE,
         token,
@@ -92,7 +95,11 @@ def login(
         samesite="lax",
         secure=request.url.scheme == "https",
     )
-    return TokenOut(access_token=token, expires_in=settings.login_ttl_s)
+    return TokenOut(
+        access_token=token,
+        expires_in=settings.login_ttl_s,
+        second_factor_setup_required=done.must_enrol_second_factor,
+    )
 
 
 @router.get("/me", response_model=MeOut)
@@ -110,9 +117,54 @@ def logout(
     caller: Annotated[Caller, Allow("authenticated")], session: SessionDep, response: Response
 ) -> None:
     token = session.get(ApiToken, caller.token_id)
-    if token is not None and token.kind == "session":
+    if token is not None and token.kind in SESSION_KINDS:
         token.revoked_at = utcnow()
         session.add(token)
         session.commit()
         VERIFIED.forget_all()
     response.delete_cookie(SESSION_COOKIE)
+
+
+@router.post("/totp", response_model=TotpOut, status_code=201)
+def begin_second_factor(
+    caller: Annotated[Caller, Allow("authenticated")], session: SessionDep
+) -> TotpOut:
+    """Set up a second factor: a new TOTP secret (add `otpauth_uri` to an authenticator app)
+    and ten recovery codes, all shown this once. Not in force until confirmed."""
+    user = _logged_in_user(session, caller)
+    try:
+        enrolment = second_factor.begin(session, user)
+    except second_factor.SecondFactorError as exc:
+        raise HTTPException(409, str(exc)) from None
+    record(session, actor=caller.name, role=caller.role, action="second_factor.begin")
+    session.commit()
+    return TotpOut(
+        secret=enrolment.secret, otpauth_uri=enrolment.uri, recovery_codes=enrolment.recovery_codes
+    )
+
+
+@router.post("/totp/confirm", status_code=204)
+def confirm_second_factor(
+    body: TotpConfirmIn, caller: Annotated[Caller, Allow("authenticated")], session: SessionDep
+) -> None:
+    """Switch the second factor on with a current code; every login then needs one."""
+    user = _logged_in_user(session, caller)
+    try:
+        second_factor.confirm(session, user, body.code)
+    except second_factor.SecondFactorError as exc:
+        raise HTTPException(422, str(exc)) from None
+    record(session, actor=caller.name, role=caller.role, action="second_factor.on")
+    session.commit()
+    VERIFIED.forget_all()
+
+
+def _logged_in_user(session: SessionDep, caller: Caller) -> User:
+    token = session.get(ApiToken, caller.token_id)
+    if token is None or token.kind not in SESSION_KINDS:
+        # An API token is no login: a second factor is set up by the person, logged in.
+        raise HTTPException(
+            403, "set up a second factor from a login (POST /api/v1/auth/token), not an API token"
+        )
+    user = session.get(User, token.user_id)
+    assert user is not None  # resolve_api_token refused a token without its user
+    return user

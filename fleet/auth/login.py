@@ -1,0 +1,169 @@
+"""Logging in with a password (and a second factor where one is in force): the one check the
+API's POST /api/v1/auth/token and the dashboard's login form both make.
+
+Throttling: failed logins are counted per account and per client address, each against a
+ladder of moving windows (by default 5 a minute, 20 an hour, 100 a day for an account), so a
+guesser is slowed more the longer they go on: the wait (Retry-After) grows from a minute to an
+hour to a day. Counting is the `limits` library's (its storage by URI: memory:// in one
+process, redis:// shared by several API workers). A success clears the account's count.
+
+Timing: a refusal does the same work whoever was named. An unknown user name, a revoked user
+or one without a password still has a password hash checked (a decoy's), so the answer's
+time says nothing of who exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from prometheus_client import Counter
+from sqlmodel import Session, select
+
+from fleet.auth import second_factor
+from fleet.auth.audit import record
+from fleet.auth.models import User
+from fleet.auth.passwords import spend_as_a_check, verify_and_update
+from fleet.auth.permissions import REFUSALS
+
+log = logging.getLogger(__name__)
+
+THROTTLED = Counter(
+    "fleet_login_throttled_total", "Logins refused without a check, too many failures", ["by"]
+)
+# Mirrors fleet.auth.users.USER_NAME_RE (not imported: users imports passwords, not login).
+MAX_NAME = 64
+
+
+class LoginRefused(Exception):
+    """A login refused: its HTTP status, the message for the person, and for 429 the seconds
+    to wait (Retry-After)."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+WRONG = "wrong user name or password, or the user is revoked: check them, or ask ops"
+
+
+class LoginThrottle:
+    """Failed logins per account and per address, against ladders of limits such as
+    "5/minute;20/hour;100/day" (the `limits` notation)."""
+
+    def __init__(
+        self, storage_uri: str = "memory://", account: str = "", address: str = ""
+    ) -> None:
+        self.limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        self.account: list[RateLimitItem] = parse_many(account) if account else []
+        self.address: list[RateLimitItem] = parse_many(address) if address else []
+
+    def _ladders(self, name: str, address: str) -> list[tuple[str, RateLimitItem, str]]:
+        return [("account", item, name.lower()) for item in self.account] + [
+            ("address", item, address) for item in self.address
+        ]
+
+    def wait_s(self, name: str, address: str) -> tuple[str, int] | None:
+        """(what is throttled, seconds to wait) when a limit is used up, else None."""
+        worst: tuple[str, int] | None = None
+        for by, item, key in self._ladders(name, address):
+            if not self.limiter.test(item, "login", by, key):
+                reset = self.limiter.get_window_stats(item, "login", by, key).reset_time
+                wait = max(1, math.ceil(reset - time.time()))
+                if worst is None or wait > worst[1]:
+                    worst = (by, wait)
+        return worst
+
+    def failed(self, name: str, address: str) -> None:
+        for by, item, key in self._ladders(name, address):
+            self.limiter.hit(item, "login", by, key)
+
+    def succeeded(self, name: str) -> None:
+        for item in self.account:
+            self.limiter.clear(item, "login", "account", name.lower())
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    user: User
+    # True when a second factor is required of this user and not yet set up: the session
+    # may only set it up (fleet.auth.permissions refuses the rest).
+    must_enrol_second_factor: bool
+
+
+def log_in(
+    session: Session,
+    throttle: LoginThrottle,
+    *,
+    name: str,
+    password: str,
+    code: str | None,
+    address: str,
+    target: str,
+    second_factor_roles: frozenset[str],
+) -> LoggedIn:
+    """Check a login, audit it and return who logged in; raises LoginRefused (401, or 429
+    with Retry-After). A hash of an older scheme is replaced by its Argon2 rehash here."""
+    throttled = throttle.wait_s(name, address)
+    if throttled is not None:
+        by, wait = throttled
+        THROTTLED.labels(by).inc()
+        log.warning("login of %r from %s throttled (%s) for %d s", name[:64], address, by, wait)
+        raise LoginRefused(
+            429,
+            f"too many failed logins from this {by}: wait {wait} s and try again, or ask ops",
+            retry_after=wait,
+        )
+    user = None
+    if 0 < len(name) <= MAX_NAME and "\x00" not in name:
+        user = session.exec(select(User).where(User.name == name)).first()
+    usable = user is not None and user.revoked_at is None and bool(user.password_hash)
+    if user is None or not usable:
+        spend_as_a_check(password)
+        ok, new_hash = False, None
+    else:
+        ok, new_hash = verify_and_update(password, user.password_hash)
+    password_ok = ok
+    if ok and user is not None and not second_factor.check(session, user, code):
+        ok = False
+    if not ok or user is None:
+        throttle.failed(name, address)
+        if user is None:
+            # A name nobody has: counted, not stored, so that guessing names cannot grow
+            # the audit table (and the typed text, whatever it holds, is never written).
+            REFUSALS.labels("login_unknown_user", "anonymous").inc()
+        else:
+            record(
+                session,
+                actor=user.name,
+                role=user.role,
+                action="login",
+                target=f"{target} {address}",
+                outcome="denied",
+            )
+            session.commit()
+        # The same answer for an unknown user, a wrong password or a wrong code.
+        # Only who gave the right password learns that a code was wrong or missing.
+        message = WRONG
+        if password_ok:
+            message = (
+                "the second factor is wrong or missing: give the 6-digit code your "
+                "authenticator app shows now (or an unused recovery code)"
+            )
+        raise LoginRefused(401, message)
+    if new_hash is not None:
+        user.password_hash = new_hash  # PBKDF2 (or weaker Argon2) replaced at this login
+        session.add(user)
+    throttle.succeeded(name)
+    record(session, actor=user.name, role=user.role, action="login", target=target)
+    session.commit()
+    session.refresh(user)
+    required = user.role in second_factor_roles
+    return LoggedIn(user, required and not second_factor.is_active(session, user))
