@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from sqlmodel import Session, col, select
 
+from fleet.exports import UTF8_BOM, csv_text, restore_cell
 from fleet.programme.milestones import MilestoneFacts, MilestoneName, position
 from fleet.programme.models import PHASE_ITSELF, MilestoneRecord, Phase, PhaseRoom
 from fleet.programme.records import (
@@ -49,10 +50,28 @@ T = TypeVar("T")
 MAX_CELL_CHARS = 10_000
 
 
-def export_programme_csv(session: Session, site_code: str | None = None) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
+def export_programme_csv(
+    session: Session, site_code: str | None = None, *, bom: bool = False
+) -> str:
+    """The programme as CSV, every cell neutralised against formulas (fleet.exports), which
+    the import undoes; a UTF-8 BOM first when `bom` (for Excel)."""
+    rows: list[dict[str, object]] = []
+    _collect(session, site_code, rows)
+    return csv_text([list(COLUMNS), *([row.get(c, "") for c in COLUMNS] for row in rows)], bom=bom)
+
+
+class _Rows:
+    """The `writerow` of a DictWriter, into a list."""
+
+    def __init__(self, rows: list[dict[str, object]]) -> None:
+        self.rows = rows
+
+    def writerow(self, row: dict[str, object]) -> None:
+        self.rows.append(row)
+
+
+def _collect(session: Session, site_code: str | None, out: list[dict[str, object]]) -> None:
+    writer = _Rows(out)
     query = select(Phase).order_by(col(Phase.site_code), col(Phase.number))
     if site_code is not None:
         query = query.where(Phase.site_code == site_code)
@@ -82,7 +101,6 @@ def export_programme_csv(session: Session, site_code: str | None = None) -> str:
                     "recorded_at": r.recorded_at.isoformat(),
                 }
             )
-    return out.getvalue()
 
 
 def import_programme_csv(session: Session, text: str, now: datetime) -> int:
@@ -92,7 +110,7 @@ def import_programme_csv(session: Session, text: str, now: datetime) -> int:
     MAX_PHASE_NUMBER, dates and times in fleet.time_window's window, evidence a JSON object.
     Raises ProgrammeError naming the line and column at fault; the caller rolls back.
     """
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text.removeprefix(UTF8_BOM)))
     line = 1
     try:
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
@@ -168,7 +186,7 @@ def _checked_cells(row: dict[str, str | None]) -> dict[str, str]:
     cell holding a control character (PostgreSQL's text holds no NUL) or too long a text."""
     cells = {}
     for column in COLUMNS:
-        text = row.get(column) or ""
+        text = restore_cell(row.get(column) or "")
         found = CONTROL_RE.search(text.replace("\t", " ").replace("\n", " ").replace("\r", " "))
         if found:
             raise ProgrammeError(

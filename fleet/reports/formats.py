@@ -7,7 +7,6 @@ time of generation.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import zipfile
@@ -16,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from fleet.exports import csv_rows, xlsx_append
 from fleet.reports.rows import COLUMNS, public
 
 INPUT_PREFIX = "input_share:"
@@ -63,20 +63,15 @@ def render_json(report: dict[str, Any]) -> bytes:
     return (json.dumps(public(report), indent=1, ensure_ascii=False) + "\n").encode()
 
 
-def render_csv(report: dict[str, Any]) -> bytes:
-    return b"".join(iter_csv(report))
+def render_csv(report: dict[str, Any], *, bom: bool = False) -> bytes:
+    return b"".join(iter_csv(report, bom=bom))
 
 
-def iter_csv(report: dict[str, Any]) -> Iterator[bytes]:
-    """Row by row, for a streamed download."""
+def iter_csv(report: dict[str, Any], *, bom: bool = False) -> Iterator[bytes]:
+    """Row by row, for a streamed download; every cell neutralised (fleet.exports)."""
     header, body = table(report)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for row in [header, *body]:
-        writer.writerow(["" if v is None else v for v in row])
-        yield buffer.getvalue().encode()
-        buffer.seek(0)
-        buffer.truncate()
+    for line in csv_rows([header, *body], bom=bom):
+        yield line.encode()
 
 
 def render_xlsx(report: dict[str, Any]) -> bytes:
@@ -88,17 +83,18 @@ def render_xlsx(report: dict[str, Any]) -> bytes:
     summary = workbook.active
     assert summary is not None
     summary.title = "Summary"
+    # Every row through xlsx_append: a name such as `=HYPERLINK(...)` stays text.
     for key in ("report", "vendor", "site", "device", "from", "to", "days"):
-        summary.append([key, report[key]])
+        xlsx_append(summary, [key, report[key]])
     summary.append([])
     summary.append(["definitions"])
     for key, text in report["definitions"].items():
-        summary.append([key, text])
+        xlsx_append(summary, [key, text])
     figures = workbook.create_sheet("Figures")
     header, body = table(report)
-    figures.append(header)
+    xlsx_append(figures, header)
     for row in body:
-        figures.append(row)
+        xlsx_append(figures, row)
     figures.freeze_panes = "D2"
     charts = workbook.create_sheet("Charts")
     charts.append(["local hour", "hours on"])
@@ -107,7 +103,7 @@ def render_xlsx(report: dict[str, Any]) -> bytes:
     charts.append([])
     charts.append(["weekday", "hours on"])
     for day, value in zip(WEEKDAYS, report["charts"]["hours_on_by_weekday"], strict=True):
-        charts.append([day, value])
+        xlsx_append(charts, [day, value])
     props = workbook.properties
     props.creator = "classroom-fleet"
     props.title = f"Usage report {report['from']}..{report['to']}"

@@ -9,12 +9,13 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from sqlmodel import Session
 
 from fleet.api.deps import SessionDep
 from fleet.api.params import RoomFilter, SiteCodePath, SiteFilter, day_query
 from fleet.auth.permissions import Allow
+from fleet.exports import content_disposition
 from fleet.models import Site
 from fleet.programme.csv_records import export_programme_csv, import_programme_csv
 from fleet.programme.milestones import MilestoneFacts, MilestoneName, is_overdue
@@ -196,9 +197,15 @@ def get_programme(
 
 
 @router.get("/programme.csv", response_class=Response, dependencies=[Allow("fleet:read")])
-def get_programme_csv(session: SessionDep, site: SiteFilter = None) -> Response:
-    text = export_programme_csv(session, site)
-    headers = {"Content-Disposition": 'attachment; filename="programme.csv"'}
+def get_programme_csv(
+    session: SessionDep,
+    site: SiteFilter = None,
+    bom: Annotated[
+        bool, Query(description="start with a UTF-8 byte order mark, for Excel")
+    ] = False,
+) -> Response:
+    text = export_programme_csv(session, site, bom=bom)
+    headers = {"Content-Disposition": content_disposition("programme.csv")}
     return Response(text, media_type="text/csv; charset=utf-8", headers=headers)
 
 

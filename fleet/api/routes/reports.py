@@ -26,6 +26,7 @@ from fleet.api.params import (
     text_filter,
 )
 from fleet.auth.permissions import Allow
+from fleet.exports import content_disposition
 from fleet.paging import BadCursor
 from fleet.reports.compute import ReportError, ReportRequest, build_report, check_request
 from fleet.reports.formats import MEDIA_TYPES, ReportFormat, filename, iter_csv, renderer
@@ -81,6 +82,9 @@ def usage_report(
     site: SiteFilter = None,
     device: DeviceFilter = None,
     format: Annotated[str, Query(max_length=8, description="json, csv, xlsx or html")] = "json",
+    bom: Annotated[
+        bool, Query(description="CSV: start with a UTF-8 byte order mark, for Excel")
+    ] = False,
 ) -> StreamingResponse:
     try:
         fmt = ReportFormat(format.lower())
@@ -102,12 +106,12 @@ def usage_report(
             raise HTTPException(exc.status, str(exc)) from None
         report = build_report(conn, request, settings.report_basis())
     body: Iterator[bytes] = (
-        iter_csv(report) if fmt == ReportFormat.csv else _chunks(renderer(fmt)(report))
+        iter_csv(report, bom=bom) if fmt == ReportFormat.csv else _chunks(renderer(fmt)(report))
     )
     return StreamingResponse(
         body,
         media_type=MEDIA_TYPES[fmt],
-        headers={"Content-Disposition": f'attachment; filename="{filename(report, fmt)}"'},
+        headers={"Content-Disposition": content_disposition(filename(report, fmt))},
     )
 
 
@@ -144,7 +148,7 @@ def download_report(report_id: RowIdPath, session: SessionDep, scope: VendorScop
         _chunks(stored.content),
         media_type=stored.media_type,
         headers={
-            "Content-Disposition": f'attachment; filename="{stored.filename}"',
+            "Content-Disposition": content_disposition(stored.filename),
             "X-Content-SHA256": stored.sha256,
         },
     )
