@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck audit unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy fleet agent
 
-test: lint typecheck
+# Known vulnerabilities in the installed dependencies (pip-audit; tests/dependency_audit.py says
+# so, and does not fail, when the vulnerability database cannot be reached).
+audit: $(STAMP)
+	$(BIN)/python -m tests.dependency_audit
+
+test: lint typecheck audit
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)
