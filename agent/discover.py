@@ -182,7 +182,7 @@ class SnmpProber:
         for community in self.communities:
             error_indication, _status, _index, answers = await get_cmd(
                 self._engine,
-                CommunityData(community, mpModel=1),
+                CommunityData(community, mpModel=1),  # noqa: S508  (v2c: what the site's devices speak)
                 transport,
                 ContextData(),
                 *(ObjectType(ObjectIdentity(oid)) for oid in (SYS_DESCR, SYS_OBJECT_ID, SYS_NAME)),

@@ -186,10 +186,11 @@ class Outbox:
         batches = [
             b
             for (b,) in self._db.execute(
-                f"SELECT DISTINCT batch FROM reading WHERE batch IS NOT NULL AND {where}", args
+                f"SELECT DISTINCT batch FROM reading WHERE batch IS NOT NULL AND {where}",  # noqa: S608  (fixed SQL text; values bound)
+                args,
             )
         ]
-        cur = self._db.execute(f"DELETE FROM reading WHERE {where}", args)
+        cur = self._db.execute(f"DELETE FROM reading WHERE {where}", args)  # noqa: S608  (fixed SQL text; values bound)
         for b in batches:
             self._db.execute("UPDATE reading SET batch = NULL WHERE batch = ?", (b,))
             self._db.execute("DELETE FROM batch WHERE msg_id = ?", (b,))
@@ -258,7 +259,7 @@ class Outbox:
                     (msg_id, seq, datetime.now(UTC).isoformat()),
                 )
                 self._db.execute(
-                    f"UPDATE reading SET batch = ? WHERE id IN ({','.join('?' * len(ids))})",
+                    f"UPDATE reading SET batch = ? WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608  (placeholders only)
                     (msg_id, *ids),
                 )
                 out.append(PendingBatch(msg_id, seq, self._readings_of(msg_id)))

@@ -124,7 +124,7 @@ class SnmpCollector:
                 continue  # the device lacks this object: leave the field out
             try:
                 values[obj.field] = convert(obj, value)
-            except Exception:  # one garbled value costs its field, not the reading
+            except Exception:  # noqa: S112  one garbled value costs its field, not the reading
                 continue
         return reading_from_values(target, values, ts)
 

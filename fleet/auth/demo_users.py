@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 from fleet.auth.models import User
 from fleet.auth.users import add_user, create_token
 
-DEMO_PASSWORD = "demo"
+DEMO_PASSWORD = "demo"  # noqa: S105  (the demo's users only)
 # (name, role, sites, vendor)
 DEMO_USERS = (
     ("demo-ops", "ops", None, None),

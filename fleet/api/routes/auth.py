@@ -28,7 +28,7 @@ router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 class TokenOut(BaseModel):
     access_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105  (OAuth2's token type)
     expires_in: int
     # True: this token may only set up the second factor (POST /api/v1/auth/totp), which
     # FLEET_SECOND_FACTOR_ROLES requires of the user's role; then log in again.
