@@ -44,10 +44,12 @@ def restore_cell(text: str) -> str:
 
 
 def csv_rows(rows: Iterable[Sequence[Any]], *, bom: bool = False) -> Iterator[str]:
-    """Each row as one CSV line (LF), every cell neutralised; the first preceded by a UTF-8
+    """Each row as one CSV line (CRLF), every cell neutralised; the first preceded by a UTF-8
     BOM when `bom` (Excel then reads the file as UTF-8)."""
     buffer = io.StringIO()
-    writer = defused.writer(buffer, lineterminator="\n")
+    # CRLF, as RFC 4180 has it: the csv module quotes a cell holding a character of the line
+    # terminator, so only with both in it does a cell's own CR or LF stay inside its row.
+    writer = defused.writer(buffer, lineterminator="\r\n")
     if bom:
         buffer.write(UTF8_BOM)
     for row in rows:

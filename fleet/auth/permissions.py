@@ -371,4 +371,4 @@ def _check_alert(session: Session, caller: Caller, alert_id: Any) -> None:
     else:
         visible = caller.may_see_site(alert.site_code)
     if not visible:
-        raise Refused(404, f"no alert {alert_id}: GET /api/v1/alerts lists them", "scope")
+        raise Refused(404, f"no alert {number}: GET /api/v1/alerts lists them", "scope")

@@ -33,6 +33,16 @@ async def http_error(request: Request, exc: Exception) -> Response:
         # A page without a login: to the login form, and back here after it.
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
     if exc.status_code == 404 and not request.url.path.startswith(API_PREFIXES):
+        alert_id = request.path_params.get("alert_id")
+        if alert_id is not None and str(alert_id).isdigit():
+            # As fleet.web.alerts_page answers an alert that does not exist.
+            return render(
+                request,
+                "not_found.html",
+                status_code=404,
+                what=f"There is no alert {int(alert_id)}.",
+                hint="",
+            )
         device_id = request.path_params.get("device_id")
         if device_id is not None:
             # Refused as out of scope (fleet.auth.permissions): the same page as a device that

@@ -162,8 +162,9 @@ def _logged_in_user(session: SessionDep, caller: Caller) -> User:
     token = session.get(ApiToken, caller.token_id)
     if token is None or token.kind not in SESSION_KINDS:
         # An API token is no login: a second factor is set up by the person, logged in.
+        # 409, not 403: the caller may use this route, only not with this kind of token.
         raise HTTPException(
-            403, "set up a second factor from a login (POST /api/v1/auth/token), not an API token"
+            409, "set up a second factor from a login (POST /api/v1/auth/token), not an API token"
         )
     user = session.get(User, token.user_id)
     assert user is not None  # resolve_api_token refused a token without its user
