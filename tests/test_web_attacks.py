@@ -371,3 +371,53 @@ def test_an_unhandled_failure_still_carries_the_headers(app: FastAPI) -> None:
         answer = client.get("/api/v1/boom")
     assert answer.status_code == 500
     assert not _check_headers(answer)
+
+
+def test_over_real_http_the_cookie_cannot_post_cross_site_and_pages_carry_the_headers(
+    registered: Engine, tokens: Tokens
+) -> None:
+    """The example as a browser would send it, to a controller served by uvicorn."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from fleet.embedded_broker import free_port
+
+    app = create_app(Settings(database_url=str(registered.url)), engine=registered)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base) as browser:
+            page = browser.get("/login")
+            assert page.status_code == 200 and not _check_headers(page)
+            logged_in = browser.post(
+                "/login",
+                data={"username": "tech-upm", "password": PASSWORD},
+                headers={"Origin": base},
+            )
+            assert logged_in.status_code == 303 and browser.cookies.get("fleet_token")
+            forged = browser.post(
+                "/api/v1/enrolment/tokens",
+                content=b'{"site": "upm"}',
+                headers={"Origin": "http://evil.example", "Content-Type": "text/plain"},
+            )
+            assert forged.status_code == 403 and "cross-site" in forged.text
+            assert not _check_headers(forged)
+            own = browser.post(
+                "/api/v1/enrolment/tokens", json={"site": "upm"}, headers={"Origin": base}
+            )
+            assert own.status_code == 201, own.text
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    with Session(registered) as session:
+        assert session.exec(select(func.count()).select_from(EnrolmentToken)).one() == 1
