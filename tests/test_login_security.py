@@ -271,3 +271,32 @@ def test_0008_adds_second_factor_as_the_model_declares_and_goes_back(db_url: str
         assert "second_factor" not in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+def test_any_name_password_and_code_is_refused_cleanly(registered: Engine, tokens: Tokens) -> None:
+    """Hostile form values (NUL, control characters, huge, right-to-left, emoji): a 401 with
+    its reason or a 422 for a value past the form's bounds, never a 500; the real user is
+    still let in afterwards."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    with make_client(registered, login_limits_account="", login_limits_address="") as client:
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(
+            name=st.text(max_size=300) | st.sampled_from(["ops-centre", "tech-upm", "\x00"]),
+            password=st.text(max_size=2000),
+            code=st.none() | st.text(max_size=80),
+        )
+        def attempt(name: str, password: str, code: str | None) -> None:
+            data = {"username": name, "password": password}
+            if code is not None:
+                data["otp"] = code
+            answer = client.post("/api/v1/auth/token", data=data)
+            assert answer.status_code in (401, 422), (answer.status_code, answer.text)
+            assert answer.json()["detail"]
+            page = client.post("/login", data={**data, "next": "/"})
+            assert page.status_code in (401, 422), page.status_code
+
+        attempt()
+        assert login(client, "ops-centre", PASSWORD).status_code == 200  # type: ignore[attr-defined]
