@@ -82,6 +82,16 @@ async def test_nul_padded_name_and_bytes_around_replies_are_stripped() -> None:
     assert "cleaned" not in got.metrics  # stripped as PJLink, not left for the cleaner
 
 
+@pytest.mark.parametrize("password", [PASSWORD, None])
+@aio
+async def test_bytes_before_the_greeting_are_stripped(password: str | None) -> None:
+    q = quirks(before_greeting=b"\r\n\x00\x00\xff\xfb\x01login ok ")
+    async with projector(password=password, quirks=q) as server:
+        got = await poll(server, password=password)
+    assert got.reachable and got.error is None, got.error
+    assert server.auth_failures == 0
+
+
 def stored_metrics(engine: Engine, device: str, ts: datetime) -> dict[str, Any] | None:
     with Session(engine) as session:
         row = session.exec(

@@ -57,6 +57,8 @@ class PjlinkQuirks:
     reply_delay_s: tuple[float, float] | None = None
     # NAME padded with NUL bytes to its buffer's size before the CR.
     name_nul_padding: int = 0
+    # Bytes sent before the greeting (a telnet prompt, NULs, a blank line).
+    before_greeting: bytes = b""
     # Bytes sent before every reply (a prompt, NULs, an echo), and after its CR.
     before_reply: bytes = b""
     after_reply: bytes = b""
@@ -139,7 +141,8 @@ class ProjectorServer:
             await writer.drain()
             return
         token = f"{self.rng.getrandbits(32):08x}"
-        writer.write(f"PJLINK 1 {token}\r".encode() if self.password else b"PJLINK 0\r")
+        greeting = f"PJLINK 1 {token}\r".encode() if self.password else b"PJLINK 0\r"
+        writer.write(self.quirks.before_greeting + greeting)
         await writer.drain()
         first = True
         while True:
