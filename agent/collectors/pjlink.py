@@ -73,6 +73,8 @@ INPUT_TYPES = {
 IDENTITY = {"NAME": "name", "INF1": "manufacturer", "INF2": "product", "INFO": "info"}
 # Read every poll, in this order: what a technician and the alerts need.
 ESSENTIAL = ("POWR", "ERST", "LAMP")
+# Asked every `static_interval_s` only: they do not change while the projector is the same.
+STATIC = frozenset({"CLSS", "SVER", "SNUM", *IDENTITY})
 # After this many queries in a row without an answer the projector is taken to be gone.
 SILENT_QUERIES = 2
 # What connecting and the greeting may take, in per-query timeouts.
@@ -155,14 +157,11 @@ async def read_projector(
     in_a_row = 0
     statics_answered = True
     for command, pjclass in plan.queries:
-        if command in ("FILT", "SVER", "SNUM") or (command == "INPT" and pjclass == 2):
-            # Class 2 queries only to a projector that said it is class 2.
-            known = _class_of(into, cached)
-            if not (settings.class2 and known == 2):
-                if command == "INPT":
-                    pjclass = 1
-                else:
-                    continue
+        class2 = settings.class2 and _class_of(into, cached) == 2
+        if command == "INPT":
+            pjclass = 2 if class2 else 1  # CLSS may have been answered just now
+        elif pjclass == 2 and not class2:
+            continue  # class 2 queries only to a projector that said it is class 2
         try:
             answer = await session.query(command, pjclass)
         except TimeoutError:
@@ -182,8 +181,6 @@ async def read_projector(
     if plan.static and statics_answered:
         cached.read_at = now
 
-
-STATIC = frozenset({"CLSS", "SVER", "SNUM", *IDENTITY})
 
 
 def _class_of(into: ProjectorAnswers, cached: StaticAnswers) -> int | None:
