@@ -21,14 +21,14 @@ from pyasn1.codec.ber import encoder
 from pysnmp.proto import rfc1902
 
 from agent.collectors import Target, target_for
-from agent.collectors.snmp import SnmpCollector
+from agent.collectors.snmp import SnmpCollector, reading_from_values
 from agent.collectors.snmp_values import ValueProblem, convert, unwrap_opaque
 from agent.poller import deadline_of
 from agent.simulator import SimulatedSite, start_devices
 from agent.simulator.snmp_responder import DeviceResponder
-from fleet.protocol.messages import Power, Reading
+from fleet.protocol.messages import Power, Reading, utcnow
 from fleet.protocol.profiles import Profile, SnmpObject, load_profile
-from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig
 
 TEMPERATURE = "1.3.6.1.4.1.32473.50.1.3.0"
 PROBE = "1.3.6.1.4.1.32473.50.9.1.0"  # a metric object of the tests' own
@@ -451,3 +451,17 @@ def test_an_agent_answering_hostile_values_gives_a_reading_naming_what_it_lost(
             # Not read: the reading says so (or its error was cut at the contract's length).
             said = reading.error or ""
             assert obj.oid in said or len(said) >= 450 or "cleaned" in reading.metrics, obj
+
+
+def test_a_power_or_flag_value_no_state_matches_is_said_not_dropped() -> None:
+    profile = projector_profile()
+    target = target_for(
+        DeviceConfig(id="p", profile=profile.id, address="192.0.2.1"), profile, ("127.0.0.1", 9)
+    )
+    reading = reading_from_values(
+        target, {"power": "running", "errors.fan": "spinning", "firmware": "1.4.0"}, utcnow()
+    )
+    assert reading.reachable and reading.power == Power.unknown and reading.errors is None
+    assert reading.firmware == "1.4.0"
+    assert "power: 'running' is not a power state" in (reading.error or "")
+    assert "errors.fan: 'spinning' is not ok, warning or error" in (reading.error or "")

@@ -398,6 +398,9 @@ def reading_from_values(
             metrics[name.split(".", 1)[1]] = value
         elif name == "power":
             fields["power"] = Power(value) if value in Power.__members__ else Power.unknown
+            if fields["power"] == Power.unknown and value != Power.unknown:
+                bad = f"power: {str(value)[:24]!r} is not a power state (give it a map)"
+                error = f"{error}; {bad}" if error else f"{target.where}: {bad}"
         elif name in ("input", "firmware"):
             fields[name] = str(value)
         else:
