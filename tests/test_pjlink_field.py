@@ -368,3 +368,12 @@ def test_a_projector_answering_hostile_bytes_never_stops_the_poll(
     if not got.reachable:  # a refused password, a reply that broke the line, POWR silent
         assert got.error and "cannot reach" in got.error
     assert "\x00" not in json.dumps(got.model_dump(mode="json"))
+
+
+def test_the_shipped_profile_gives_a_projector_answering_in_1_9_s_time_for_every_query() -> None:
+    shipped = profile(poll={"interval_s": 120, "timeout_s": 5, "retries": 1})
+    target = target_for(behaviour(shipped).device, shipped)
+    collector = PjlinkCollector()
+    # A first poll asks 12 queries: at 1.9 s each, 22.8 s, past the old 10 s cut.
+    assert deadline_of(target, collector) > 12 * 1.9 + 5
+    assert deadline_of(target, collector) < shipped.poll.interval_s  # done before the next
