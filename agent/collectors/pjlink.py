@@ -182,7 +182,6 @@ async def read_projector(
         cached.read_at = now
 
 
-
 def _class_of(into: ProjectorAnswers, cached: StaticAnswers) -> int | None:
     clss = into.answers.get("CLSS")
     if clss is not None:
