@@ -57,7 +57,13 @@ def build_targets(
     return targets
 
 
-def deadline_of(target: Target) -> float:
+def deadline_of(target: Target, collector: Collector | None = None) -> float:
+    """How long one poll of `target` may take, in seconds. A collector whose polls make
+    several requests in turn says how long its poll may take (`deadline_s`); otherwise one
+    request with its retries. Two seconds on top so that the collector answers first."""
+    own = getattr(collector, "deadline_s", None)
+    if own is not None:
+        return float(own(target)) + 2.0
     poll = target.profile.poll
     return poll.timeout_s * (poll.retries + 1) + 2.0
 
@@ -89,12 +95,13 @@ class Poller:
         """One poll under the concurrency bound and a hard deadline; never raises."""
         async with self._semaphore:
             collector = self.collector_for(target.profile.protocol)
+            deadline = deadline_of(target, collector)
             try:
-                reading = await asyncio.wait_for(collector.poll(target), deadline_of(target))
+                reading = await asyncio.wait_for(collector.poll(target), deadline)
             except TimeoutError:
                 reading = unreachable(
                     target,
-                    f"no answer within {deadline_of(target):.0f} s",
+                    f"no answer within {deadline:.0f} s",
                     fix="check that the device is powered and on the network",
                 )
             except Exception as exc:  # a collector bug must not stop the site's polling
