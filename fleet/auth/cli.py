@@ -138,13 +138,35 @@ def tokens_create(
         typer.echo(token)
 
 
+# Debian's and the upstream package's user: Mosquitto started as root drops to it.
+BROKER_USER = "mosquitto"
+
+
 @mqtt_auth_app.command("export")
 def mqtt_auth_export(
     out: Annotated[Path, typer.Option(help="Directory for `passwd` and `acl`.")],
     format: Annotated[str, typer.Option(help="Only mosquitto for now.")] = "mosquitto",
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            help="User to own both files [default: mosquitto where it exists, the user "
+            "Mosquitto drops to when started as root]."
+        ),
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="Group of both files [default: the owner's group].")
+    ] = None,
+    controller_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A further controller user (repeat): one per ingest worker, each with the "
+            "controller's password and ACL."
+        ),
+    ] = None,
 ) -> None:
-    """Write the broker's password file and ACL file: the controller's login (the user of
-    FLEET_MQTT_URL, the password of FLEET_MQTT_PASSWORD) and each enrolled site's."""
+    """Write the broker's password file and ACL file (mode 0600, owned by the broker's user):
+    the controller's login (the user of FLEET_MQTT_URL, the password of FLEET_MQTT_PASSWORD)
+    and each enrolled site's."""
     from fleet.auth.mqtt_auth import ControllerLogin, ExportError, export_mosquitto
     from fleet.protocol.broker_url import BrokerUrlError, parse_mqtt_url
     from fleet.settings import Settings
@@ -161,17 +183,45 @@ def mqtt_auth_export(
             "the controller's broker login is not set: put the user in FLEET_MQTT_URL "
             "(mqtt://fleet-controller@host:port) and the password in FLEET_MQTT_PASSWORD"
         )
+    ids, owner_name = _file_owner(owner, group)
+    login = ControllerLogin(address.username, address.password, tuple(controller_user or ()))
     with _session() as session:
         try:
-            passwd, acl = export_mosquitto(
-                session,
-                out,
-                ControllerLogin(address.username, address.password),
-                settings.topic_root,
-            )
+            passwd, acl = export_mosquitto(session, out, login, settings.topic_root, ids)
         except ExportError as exc:
             raise _fail(str(exc)) from None
-    typer.echo(f"wrote {passwd} and {acl}: reload Mosquitto (kill -HUP) to apply them")
+        except PermissionError:
+            raise _fail(
+                f"cannot give {out}/passwd and acl to {owner_name}: run the export as root, "
+                "or pass --owner with the user Mosquitto runs as",
+                1,
+            ) from None
+    whose = f"owner {owner_name}" if owner_name else "owner: you (no mosquitto user here)"
+    typer.echo(
+        f"wrote {passwd} and {acl} (mode 0600, {whose}): reload Mosquitto (kill -HUP) to apply them"
+    )
+
+
+def _file_owner(owner: str | None, group: str | None) -> tuple[tuple[int, int] | None, str]:
+    """(uid, gid) to give the broker's files, and a name for them; (None, "") to keep the
+    caller's: no --owner given and no mosquitto user on this host."""
+    import grp
+    import pwd
+
+    name = owner or BROKER_USER
+    try:
+        user = pwd.getpwnam(name)
+    except KeyError:
+        if owner is None:
+            return None, ""
+        raise _fail(f"no user {owner!r} on this host: pass --owner with an existing user") from None
+    gid = user.pw_gid
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise _fail(f"no group {group!r} on this host: pass --group with one") from None
+    return (user.pw_uid, gid), f"{name}:{group or grp.getgrgid(gid).gr_name}"
 
 
 def _sync_sites(session: Session) -> None:
