@@ -30,7 +30,10 @@ def _session() -> Iterator[Session]:
     from fleet.db import make_engine, migrate
     from fleet.settings import Settings
 
-    engine = make_engine(Settings().database_url)
+    settings = Settings()
+    # Says which database, so a user added to the wrong one is seen at once.
+    typer.echo(f"fleet: {settings.where()}", err=True)
+    engine = make_engine(settings.database_url)
     try:
         migrate(engine)  # `fleet users add` may be the very first command on a new host
         with Session(engine) as session:
