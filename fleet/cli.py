@@ -22,9 +22,14 @@ app = typer.Typer(
 
 
 def _logging(level: str) -> None:
+    """Log lines with time, level and logger at `level`. APScheduler says "Running job" and
+    "executed successfully" at INFO for every run of every job (the ingest and rollout ticks
+    run each second): those stay under WARNING unless `level` is debug."""
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _config_errors(exc: ConfigErrors) -> typer.Exit:

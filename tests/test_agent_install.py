@@ -211,6 +211,9 @@ def test_enrolment_writes_what_the_unit_reads_and_its_execstart_publishes(
         listener.loop_stop()
         listener.disconnect()
     assert "polling 1 devices" in out, out
+    # A device that does not answer is said, with why, not left to silence.
+    assert "device lab-panel-1 at 127.0.0.1:" in out and "unreachable" in out, out
+    assert "every device polled once: 0 of 1 answered; unreachable: lab-panel-1" in out, out
 
 
 def test_shipped_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ controller's session by connecting with its client id."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -15,7 +16,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ from paho.mqtt.properties import Properties
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from agent.check import check_broker
 from bench.brokers import mosquitto_binary, port_open
 from fleet.auth.mqtt_auth import rotate_site_credential
 from fleet.embedded_broker import free_port
+from fleet.protocol.broker_url import parse_mqtt_url
 from tests.conftest import need
 from tests.procs import BIN, wait_for
 from tests.test_mqtt_tls import make_ca, make_leaf
@@ -252,3 +255,15 @@ def test_without_the_shipped_setting_the_takeover_succeeds(
             controller.close()
     finally:
         next(brokers, None)
+
+
+def test_check_says_credentials_accepted_only_where_the_broker_checks_them(
+    packaged: PackagedBroker,
+) -> None:
+    base = f"mqtts://site-upm@127.0.0.1:{packaged.port}?ca={packaged.ca}"
+    right = replace(parse_mqtt_url(base), password=packaged.passwords["upm"])
+    wrong = replace(right, password="not-the-password")
+    ok = asyncio.run(check_broker(right, "check-upm-1"))
+    assert (ok.status, "credentials accepted" in ok.detail) == ("ok", True), ok.detail
+    refused = asyncio.run(check_broker(wrong, "check-upm-2"))
+    assert refused.status == "fail" and "credentials accepted" not in refused.detail

@@ -3,6 +3,7 @@ controller's host (they talk to the database of FLEET_DATABASE_URL directly)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,13 +69,20 @@ def users_add(
         float, typer.Option(help="Also print an API token valid this many days (0: none).")
     ] = 30,
 ) -> None:
-    """Add a user (the first ops user: `fleet users add alice --role ops`)."""
+    """Add a user (the first ops user: `fleet users add alice --role ops`). A password must be
+    at least 12 characters and hard to guess; a vendor must be one the fleet knows."""
     from fleet.auth.audit import record
+    from fleet.auth.password_policy import password_problem
     from fleet.auth.users import UserError, add_user, create_token
 
+    if password is not None and (problem := password_problem(password, [name])):
+        raise _fail(problem)
     with _session() as session:
         if site:
             _sync_sites(session)
+            site = [_site_code(session, code) for code in site]
+        if vendor is not None:
+            vendor = _known_vendor(session, vendor)
         try:
             user = add_user(session, name, role, sites=site, vendor=vendor, password=password)
         except UserError as exc:
@@ -225,6 +233,46 @@ def _file_owner(owner: str | None, group: str | None) -> tuple[tuple[int, int] |
         except KeyError:
             raise _fail(f"no group {group!r} on this host: pass --group with one") from None
     return (user.pw_uid, gid), f"{name}:{group or grp.getgrgid(gid).gr_name}"
+
+
+def _site_code(session: Session, code: str) -> str:
+    """`code` itself, or a refusal that names the site meant when only its case differs
+    (site codes are lowercase: `UPM` is `upm`)."""
+    from sqlmodel import select
+
+    from fleet.models import Site
+
+    known = set(session.exec(select(Site.code)).all())
+    if code not in known and code.lower() in known:
+        raise _fail(f"unknown site {code!r}: site codes are lowercase, use --site {code.lower()}")
+    return code
+
+
+def _known_vendor(session: Session, vendor: str) -> str:
+    """The vendor as the fleet spells it (its devices' and profiles' vendor names), or a
+    refusal naming the near matches: a typo would give a user who sees nothing."""
+    import difflib
+
+    from sqlmodel import select
+
+    from fleet.models import Device
+    from fleet.protocol.errors import ConfigErrors
+    from fleet.protocol.profiles import load_profiles
+    from fleet.settings import Settings
+
+    known = set(session.exec(select(Device.vendor).distinct()).all())
+    # On profiles that do not load, the registry's names still stand (`fleet serve` says why).
+    with contextlib.suppress(ConfigErrors):
+        known |= {p.vendor for p in load_profiles(Settings().profiles_dir).values()}
+    by_lower = {v.lower(): v for v in known if v}
+    if vendor.lower() in by_lower:
+        return by_lower[vendor.lower()]
+    near = difflib.get_close_matches(vendor.lower(), list(by_lower), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(repr(by_lower[n]) for n in near)}? " if near else ""
+    raise _fail(
+        f"unknown vendor {vendor!r}: {hint}known vendors are "
+        f"{', '.join(sorted(by_lower.values())) or 'none yet'}"
+    )
 
 
 def _sync_sites(session: Session) -> None:
