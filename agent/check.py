@@ -64,6 +64,10 @@ async def check_broker(address: BrokerAddress, client_id: str, timeout: float = 
             f"cannot reach {address.display()}: {why}. (check sends nothing; `fleet-agent run` "
             "keeps readings on disk until the broker is back.)",
         )
+    if not address.username and address.cert_file:
+        return CheckResult(
+            "broker", "ok", f"connected to {address.display()} with client certificate"
+        )
     if not address.username:
         return CheckResult(
             "broker",

@@ -34,7 +34,13 @@ from fleet.api.app import create_app
 from fleet.db import make_engine, migrate
 from fleet.devices.registry import sync_registry
 from fleet.embedded_broker import free_port
-from fleet.protocol.enrolment import ENROL_PREFIX, enrol_token_problem
+from fleet.protocol.enrolment import (
+    ENROL_PREFIX,
+    EnrolmentAnswerError,
+    enrol_token_problem,
+    inside,
+    parse_enrolment_answer,
+)
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, load_sites
 from fleet.settings import Settings
 from tests.conftest import need
@@ -478,3 +484,27 @@ def test_shell_and_our_reader_agree_on_the_env_file(tmp_path: Path) -> None:
         timeout=10,
     )
     assert shell.stdout.decode().split("\0")[:-1] == list(values.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    site=st.one_of(
+        st.text(max_size=40),
+        st.from_regex(r"[a-z./\\-]{1,20}", fullmatch=True),
+        st.sampled_from(["..", ".", "../x", "a/b", "upm\x00", "UPM", "upm\n", "u" * 33]),
+    ),
+    password=st.one_of(st.text(max_size=300), st.binary(max_size=40).map(repr)),
+)
+def test_whatever_the_contract_takes_stays_in_the_folder_and_on_one_line(
+    site: str, password: str
+) -> None:
+    try:
+        answer = parse_enrolment_answer(good_answer(site=site, password=password))
+    except EnrolmentAnswerError as exc:
+        assert str(exc)  # refused with its reason
+        return
+    folder = Path("/srv/enrol")
+    for name in answer.file_names():
+        assert inside(folder, name).parent == folder
+    line = env_line("FLEET_MQTT_PASSWORD", answer.mqtt.password)
+    assert "\n" not in line and parse_env_text(line)["FLEET_MQTT_PASSWORD"] == password
