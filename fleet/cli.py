@@ -105,8 +105,7 @@ def serve(
 def _say_where(settings: Settings) -> None:
     """One line on stderr: the database, data folder, site configs and profiles in use."""
     typer.echo(
-        f"fleet: {settings.where()}; sites {settings.sites_dir}; profiles "
-        f"{settings.profiles_dir}",
+        f"fleet: {settings.where()}; sites {settings.sites_dir}; profiles {settings.profiles_dir}",
         err=True,
     )
 

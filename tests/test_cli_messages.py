@@ -198,3 +198,20 @@ def test_apscheduler_run_lines_stay_out_of_the_default_log(level: str, shown: bo
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.split() == [str(shown), "True"]
+
+
+def test_programme_of_an_empty_database_says_which_and_what_to_do(
+    users_env: dict[str, str], tmp_path: Path
+) -> None:
+    # `users add` migrates the data folder's database; nobody has loaded the sites into it.
+    assert users_add(users_env, "o4", "--role", "ops").returncode == 0
+    result = subprocess.run(
+        [str(BIN / "fleet"), "programme"],
+        env=users_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"no site has a programme in database sqlite:///{tmp_path / 'data'}" in result.stderr
+    assert "FLEET_DATA_DIR" in result.stderr
