@@ -222,9 +222,23 @@ def test_enrolment_writes_what_the_unit_reads_and_its_execstart_publishes(
     assert "every device polled once: 0 of 1 answered; unreachable: lab-panel-1" in out, out
 
 
-def test_shipped_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    """systemd's own check of the template, instance `upm`, in a root of the test's own (the
-    ExecStart binary must exist in it; the system's units give the targets it names)."""
+@pytest.mark.parametrize(
+    ("unit", "instance", "binary"),
+    [
+        (UNIT, "fleet-agent@upm.service", "opt/fleet-agent/bin/fleet-agent"),
+        (
+            UNIT.with_name("fleet-controller.service"),
+            "fleet-controller.service",
+            "opt/fleet/bin/fleet",
+        ),
+    ],
+)
+def test_shipped_units_pass_systemd_analyze_verify(
+    tmp_path: Path, unit: Path, instance: str, binary: str
+) -> None:
+    """systemd's own check of each shipped unit (the agent's template as instance `upm`), in
+    a root of the test's own: the ExecStart binary must exist in it, and the system's units
+    give the targets the unit names."""
     verify = shutil.which("systemd-analyze")
     if verify is None:
         need("systemd-analyze", "Debian's systemd package; .ci/run installs it")
@@ -232,26 +246,21 @@ def test_shipped_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "usr/lib/systemd").mkdir(parents=True)
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
-    shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
-    binary = root / "opt/fleet-agent/bin/fleet-agent"
-    binary.parent.mkdir(parents=True)
-    binary.write_text("#!/bin/sh\n")
-    binary.chmod(0o755)
+    shutil.copy(unit, root / "etc/systemd/system" / unit.name)
+    program = root / binary
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    target = root / "etc/systemd/system" / instance
     result = subprocess.run(
-        [
-            str(verify),
-            "verify",
-            "--man=no",
-            f"--root={root}",
-            str(root / "etc/systemd/system/fleet-agent@upm.service"),
-        ],
+        [str(verify), "verify", "--man=no", f"--root={root}", str(target)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
     # verify passes a misspelt key with a warning only: none may appear.
-    assert "fleet-agent@" not in result.stderr, result.stderr
+    assert unit.name.split("@")[0].removesuffix(".service") not in result.stderr, result.stderr
 
 
 # --- a hostile controller ---------------------------------------------------------------------
