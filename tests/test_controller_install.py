@@ -170,3 +170,31 @@ def test_profiles_error_names_a_fix_that_exists(installed: Path, tmp_path: Path)
         env={**readme_env(), "COLUMNS": "200"},
     ).stdout
     assert "--profiles" in helptext and "--sites" in helptext
+
+
+def test_installed_agent_reads_a_site_config_with_the_packaged_profiles(
+    installed: Path, tmp_path: Path
+) -> None:
+    """The agent installed from the same wheel finds the firmware profiles in the package,
+    for a site config where `fleet-agent enroll` puts it (no firmware_profiles/ beside it)."""
+    etc = tmp_path / "etc" / "fleet-agent"
+    etc.mkdir(parents=True)
+    shutil.copy(ROOT / "site_configs" / "upm.yaml", etc / "upm.yaml")
+    result = subprocess.run(
+        [
+            str(installed / "fleet-agent"),
+            "status",
+            "--config",
+            str(etc / "upm.yaml"),
+            "--data-dir",
+            str(tmp_path / "var"),
+        ],
+        cwd=tmp_path,
+        env=readme_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # The config loaded (profiles found); there is just no outbox yet.
+    assert "no outbox at" in result.stderr, result.stderr
+    assert "profiles folder" not in result.stderr

@@ -72,6 +72,10 @@ def enroll(
             f".env; to run by hand: set -a; . {done.env_path}; set +a; "
             f"fleet-agent run --config {done.config_path}"
         )
+    typer.echo(
+        "the broker learns this credential when ops run `fleet mqtt-auth export` and reload "
+        "Mosquitto; until then the agent's login is refused"
+    )
     if done.secrets_missing:
         typer.echo(
             f"fill in {', '.join(done.secrets_missing)} in {done.env_path} before running",
