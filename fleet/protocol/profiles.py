@@ -292,7 +292,8 @@ def load_profiles(directory: Path) -> dict[str, Profile]:
                     directory,
                     "",
                     "the firmware profiles folder does not exist",
-                    "pass --profiles pointing at the firmware_profiles/ folder",
+                    "set FLEET_PROFILES_DIR (or `fleet serve --profiles`) to a folder of "
+                    "profile YAMLs, or unset it to use the profiles shipped with the package",
                 )
             ]
         )
