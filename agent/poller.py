@@ -57,7 +57,13 @@ def build_targets(
     return targets
 
 
-def deadline_of(target: Target) -> float:
+def deadline_of(target: Target, collector: Collector | None = None) -> float:
+    """How long one poll of `target` may take, in seconds. A collector whose polls make
+    several requests in turn says how long its poll may take (`deadline_s`); otherwise one
+    request with its retries. Two seconds on top so that the collector answers first."""
+    own = getattr(collector, "deadline_s", None)
+    if own is not None:
+        return float(own(target)) + 2.0
     poll = target.profile.poll
     return poll.timeout_s * (poll.retries + 1) + 2.0
 
@@ -79,6 +85,8 @@ class Poller:
         self._tasks: set[asyncio.Task[None]] = set()
         self.polls = 0
         self.poll_errors = 0
+        # Each device's last reachability, so the log says when one changes, not every poll.
+        self._reachable: dict[str, bool] = {}
 
     def collector_for(self, protocol: str) -> Collector:
         if protocol not in self._collectors:
@@ -89,12 +97,13 @@ class Poller:
         """One poll under the concurrency bound and a hard deadline; never raises."""
         async with self._semaphore:
             collector = self.collector_for(target.profile.protocol)
+            deadline = deadline_of(target, collector)
             try:
-                reading = await asyncio.wait_for(collector.poll(target), deadline_of(target))
+                reading = await asyncio.wait_for(collector.poll(target), deadline)
             except TimeoutError:
                 reading = unreachable(
                     target,
-                    f"no answer within {deadline_of(target):.0f} s",
+                    f"no answer within {deadline:.0f} s",
                     fix="check that the device is powered and on the network",
                 )
             except Exception as exc:  # a collector bug must not stop the site's polling
@@ -149,7 +158,33 @@ class Poller:
                 describe_validation_error(exc),
             )
             return
+        self._log_change(target, reading)
         self.emit(reading)
+
+    def _log_change(self, target: Target, reading: Reading) -> None:
+        """Log a device going unreachable (with why) or coming back, once per change, and a
+        summary once every device has been polled once."""
+        device = target.device.id
+        before = self._reachable.get(device)
+        self._reachable[device] = reading.reachable
+        if not reading.reachable and before is not False:
+            log.warning(
+                "device %s at %s:%s unreachable: %s",
+                device,
+                target.host,
+                target.port,
+                reading.error or "no answer",
+            )
+        elif before is False and reading.reachable:
+            log.info("device %s at %s:%s answers again", device, target.host, target.port)
+        if before is None and len(self._reachable) == len(self.targets):
+            down = sorted(d for d, up in self._reachable.items() if not up)
+            log.info(
+                "every device polled once: %d of %d answered%s",
+                len(self.targets) - len(down),
+                len(self.targets),
+                f"; unreachable: {', '.join(down)}" if down else "",
+            )
 
     async def close(self) -> None:
         for collector in self._collectors.values():

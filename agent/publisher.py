@@ -93,11 +93,15 @@ class MqttLink:
         keepalive: int = 30,
         session_expiry_s: int | None = None,
         reconnect_max_s: int = RECONNECT_MAX_S,
+        log_unreachable: bool = True,
     ) -> None:
         """`session_expiry_s`: keep the session (subscriptions, queued QoS 1 messages) on
         the broker for this long after a disconnect; None or 0 for a clean session.
-        `reconnect_max_s`: the longest wait between connect attempts."""
+        `reconnect_max_s`: the longest wait between connect attempts. `log_unreachable`:
+        log that readings wait in the outbox while the broker is away (the running agent's
+        words; `fleet-agent check`, which has no outbox, says its own)."""
         self.address = address
+        self._log_unreachable = log_unreachable
         self.client_id = client_id
         self._on_connected_hook = on_connected
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,6 +165,8 @@ class MqttLink:
                 asyncio.shield(self._first_result), first_connect_timeout
             )
         except TimeoutError:
+            if not self._log_unreachable:
+                return
             log.warning(
                 "broker %s not reachable yet; readings wait in the outbox, retrying",
                 self.address.display(),

@@ -2,8 +2,9 @@
 
 In a site config or profile, a secret is written as a reference, `secret:NAME`
 (`fleet.protocol.secret_refs`). NAME is looked up first in the environment, then in the
-agent's secrets file: KEY=VALUE lines (the format of systemd's EnvironmentFile, and of the file
-`fleet-agent enroll` writes), at the path in FLEET_AGENT_SECRETS_FILE.
+agent's secrets file: KEY=VALUE lines (the format of systemd's EnvironmentFile, read by
+`agent/env_file.py`, and of the file `fleet-agent enroll` writes), at the path in
+FLEET_AGENT_SECRETS_FILE.
 
 Secrets never appear in logs, API output or error messages: errors name the secret, never
 its value.
@@ -16,27 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.env_file import EnvFileError, read_env_file
 from fleet.protocol.secret_refs import NAME_RE, REF_PREFIX, is_reference
 
 SECRETS_FILE_ENV = "FLEET_AGENT_SECRETS_FILE"
+__all__ = ["SECRETS_FILE_ENV", "SecretMissing", "Secrets", "read_env_file"]
 
 
 class SecretMissing(LookupError):
     """A `secret:NAME` reference that neither the environment nor the secrets file answers."""
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
 
 
 @dataclass
@@ -85,4 +74,6 @@ class Secrets:
                         f"cannot read the secrets file {self.file} ({exc.strerror}): check "
                         f"{SECRETS_FILE_ENV} and the file's permissions"
                     ) from None
+                except EnvFileError as exc:
+                    raise SecretMissing(f"the secrets file {self.file}: {exc}") from None
         return self._file_values

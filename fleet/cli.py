@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fleet.protocol.errors import ConfigErrors
+
+if TYPE_CHECKING:
+    from fleet.settings import Settings
 
 app = typer.Typer(
     help="The classroom-fleet controller: registry, ingest, alerts, rollouts, reports.",
@@ -19,9 +22,14 @@ app = typer.Typer(
 
 
 def _logging(level: str) -> None:
+    """Log lines with time, level and logger at `level`. APScheduler says "Running job" and
+    "executed successfully" at INFO for every run of every job (the ingest and rollout ticks
+    run each second): those stay under WARNING unless `level` is debug."""
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _config_errors(exc: ConfigErrors) -> typer.Exit:
@@ -44,6 +52,20 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "info",
+    profiles: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of firmware profiles (FLEET_PROFILES_DIR) [default: those shipped "
+            "with the package]."
+        ),
+    ] = None,
+    sites: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of site configs (FLEET_SITES_DIR) [default: /etc/fleet/sites, or "
+            "site_configs/ in a source checkout]."
+        ),
+    ] = None,
 ) -> None:
     """Run the controller: API, dashboard and MQTT ingest.
 
@@ -63,8 +85,11 @@ def serve(
     limit_arenas()  # before uvicorn, the scheduler and paho start their threads
     try:
         settings = Settings()
-        if role:
-            settings = Settings.model_validate({**settings.model_dump(), "role": role})
+        given = {"role": role, "profiles_dir": profiles, "sites_dir": sites}
+        chosen = {k: v for k, v in given.items() if v is not None}
+        if chosen:
+            settings = Settings.model_validate({**settings.model_dump(), **chosen})
+        _say_where(settings)
         controller = build_controller(settings)
     except ValidationError as exc:
         typer.echo(f"error: bad FLEET_* setting: {exc}", err=True)
@@ -77,11 +102,24 @@ def serve(
     uvicorn.run(controller.app, host=host, port=port, log_level=log_level.lower())
 
 
+def _say_where(settings: Settings) -> None:
+    """One line on stderr: the database, data folder, site configs and profiles in use."""
+    typer.echo(
+        f"fleet: {settings.where()}; sites {settings.sites_dir}; profiles {settings.profiles_dir}",
+        err=True,
+    )
+
+
 @app.command()
 def demo(
-    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its database.")] = Path(
-        "data/demo"
-    ),
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="FLEET_DATA_DIR",
+            help="The data folder, as for every command: the database (unless "
+            "FLEET_DATABASE_URL) and the agents' outboxes.",
+        ),
+    ] = Path("data"),
     port: Annotated[int, typer.Option(help="HTTP port; a free one if taken.")] = 8000,
     log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "warning",
 ) -> None:
@@ -123,7 +161,8 @@ def programme(
     except ValueError:
         typer.echo(f"error: --as-of {as_of!r} is not a date: write YYYY-MM-DD", err=True)
         raise typer.Exit(2) from None
-    engine = make_engine(Settings().database_url)
+    settings = Settings()
+    engine = make_engine(settings.database_url)
     try:
         with Session(engine) as session:
             if csv:
@@ -140,6 +179,13 @@ def programme(
     finally:
         engine.dispose()
     Console().print(programme_table(overview))
+    if not overview:
+        typer.echo(
+            f"no site has a programme in {settings.where()}: is this the database you meant? "
+            "Set FLEET_DATA_DIR or FLEET_DATABASE_URL as for `fleet serve` (or `fleet demo`), "
+            "which loads the programme from the site configs",
+            err=True,
+        )
 
 
 def _add_auth_commands() -> None:

@@ -39,7 +39,9 @@ class _Server(uvicorn.Server):
 
 @dataclass
 class DemoOptions:
-    data_dir: Path = Path("data/demo")
+    # The data folder of every command (FLEET_DATA_DIR, ./data): `fleet users add` and
+    # `fleet programme` after a demo read the demo's database.
+    data_dir: Path = Path("data")
     host: str = "127.0.0.1"
     port: int = 8000
     sites_dir: Path = DEFAULT_SITES_DIR
@@ -74,7 +76,6 @@ async def run_demo(options: DemoOptions) -> None:
     await broker.start()
     settings = Settings(
         data_dir=options.data_dir,
-        database_url=f"sqlite:///{options.data_dir / 'fleet.db'}",
         mqtt_url=broker.url,
         sites_dir=options.sites_dir,
         profiles_dir=options.profiles_dir,
@@ -112,7 +113,7 @@ async def run_demo(options: DemoOptions) -> None:
     devices = sum(len(s.address_map) for s in simulations)
     options.say(
         f"classroom-fleet demo: {len(sites)} sites, {devices} simulated devices, "
-        f"broker {broker.url}, data in {options.data_dir}\n"
+        f"broker {broker.url}, {settings.where()}\n"
         f"  controller   {base}/\n"
         f"  API docs     {base}/docs\n"
         f"  sites        {base}/api/v1/sites\n"

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.alerts.evaluation import AlertRules
 from fleet.alerts.webhook import Webhook
-from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, controller_sites_dir
 from fleet.reports.compute import ReportBasis
 from fleet.reports.scheduled import ReportSchedule
 from fleet.retention import Retention
@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     # With MQTT v5, ingest workers sharing this group split the health stream between them
     # ($share/<group>/...); each worker keeps its own FLEET_MQTT_CLIENT_ID.
     ingest_shared_group: str = ""
-    sites_dir: Path = DEFAULT_SITES_DIR
+    # site_configs/ of a source checkout, /etc/fleet/sites when installed; the firmware
+    # profiles shipped with the package (fleet/protocol/site_config.py).
+    sites_dir: Path = Field(default_factory=controller_sites_dir)
     profiles_dir: Path = DEFAULT_PROFILES_DIR
     # Ingest groups up to this many messages, or waits at most this long, per transaction.
     ingest_batch_max: int = Field(default=500, ge=1, le=100_000)
@@ -139,6 +141,14 @@ class Settings(BaseSettings):
                 "shared with the receiver, which checks X-Fleet-Signature with it"
             )
         return self
+
+    def where(self) -> str:
+        """Where this process's data lives, for the line each command that writes prints:
+        `database sqlite:///data/fleet.db (data folder /abs/data)`, the password hidden."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database_url).render_as_string(hide_password=True)
+        return f"database {url} (data folder {self.data_dir.resolve()})"
 
     # --- the values the domains take -------------------------------------------------------
 

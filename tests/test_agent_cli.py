@@ -76,7 +76,9 @@ def test_check_passes_when_broker_and_devices_answer(
     )
     results = {r["check"]: r for r in json.loads(out.stdout)}
     assert out.returncode == 0, out.stdout + out.stderr
-    assert results["broker"]["status"] == "ok"
+    # Connected; a test broker lets anyone in, which check says rather than vouch for it.
+    assert results["broker"]["status"] == "warn"
+    assert "lets anyone in" in results["broker"]["detail"]
     devices = [r for name, r in results.items() if name.startswith("device ")]
     assert len(devices) == 5 and all(r["status"] == "ok" for r in devices)
     assert results["clock"]["status"] == "warn"  # no controller given to compare with

@@ -1,5 +1,6 @@
 """`fleet demo`, as `make demo` runs it: every simulated device shows a fresh reading through
-the API within 30 s of the start, and Ctrl-C stops everything cleanly."""
+the API within 30 s of the start, and Ctrl-C stops everything cleanly. It keeps its data where
+every command does (FLEET_DATA_DIR), so a user added afterwards logs in to the demo."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def get_json(url: str, token: str) -> Any:
 def test_demo_shows_every_device_within_30_s_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     started_at = datetime.now(UTC)
     started = time.monotonic()
+    env = {
+        "PATH": str(BIN) + ":/usr/bin:/bin",
+        "PYTHONUNBUFFERED": "1",
+        "FLEET_DATA_DIR": str(tmp_path / "data"),
+    }
     demo = Proc(
-        "demo",
-        [str(BIN / "fleet"), "demo", "--port", "0", "--data-dir", str(tmp_path / "demo")],
-        env={"PATH": str(BIN) + ":/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
-        log=tmp_path / "demo.log",
+        "demo", [str(BIN / "fleet"), "demo", "--port", "0"], env=env, log=tmp_path / "demo.log"
     ).start()
     try:
         url = wait_for(
@@ -55,6 +58,24 @@ def test_demo_shows_every_device_within_30_s_and_stops_on_ctrl_c(tmp_path: Path)
         wait_for(all_fresh, max(remaining, 1), "a fresh reading from every simulated device")
         elapsed = time.monotonic() - started
         print(f"\n[demo] {expected} devices fresh through the API {elapsed:.1f} s after start")
+        assert f"data folder {tmp_path / 'data'}" in demo.output()
+        # The same rule for every command: a user added now is the demo's, and logs in.
+        add = [str(BIN / "fleet"), "users", "add", "late-ops", "--role", "ops"]
+        added = subprocess.run(
+            [*add, "--password", "correct horse battery staple", "--token-days", "0"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert added.returncode == 0, added.stderr
+        assert f"{tmp_path / 'data' / 'fleet.db'}" in added.stderr
+        form = b"username=late-ops&password=correct+horse+battery+staple"
+        login = urllib.request.urlopen(
+            urllib.request.Request(f"{url}/api/v1/auth/token", data=form), timeout=10
+        )
+        assert login.status == 200
     finally:
         assert demo.popen is not None
         demo.popen.send_signal(signal.SIGINT)

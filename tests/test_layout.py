@@ -175,7 +175,7 @@ def test_readme_names_only_paths_that_exist() -> None:
     """A move that leaves the README pointing at an old path fails here, not at a reader."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     named = re.findall(
-        r"(?<![\w/.-])((?:fleet|agent|tests|bench|deploy|firmware_profiles|site_configs)/[\w./-]*)"
+        r"(?<![\w/.-])((?:fleet|agent|tests|bench|deploy|firmware_profiles|site_configs)/[\w./@-]*)"
         r"(?![\w<*])",
         text,
     )

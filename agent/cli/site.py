@@ -77,7 +77,7 @@ def run(
 ) -> None:
     """Poll the site's devices and publish their health until stopped."""
     from agent.publisher import BrokerError
-    from agent.runner import AgentOptions, SiteAgent
+    from agent.runner import AgentOptions, SiteAgent, outbox_path
 
     set_up_logging(log_level)
     site = load_site_or_exit(config)
@@ -110,10 +110,11 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop.set)
         logging.getLogger("agent").info(
-            "site %s: polling %d devices, publishing to %s",
+            "site %s: polling %d devices, publishing to %s, outbox %s",
             site.config.code,
             len(agent.poller.targets),
             broker.display(),
+            outbox_path(data_dir, site.config.code).resolve(),
         )
         try:
             await agent.run()
@@ -132,24 +133,39 @@ def check(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Check the config, the broker, each device and the clock. Exit 1 if any check fails."""
-    from agent.check import run_checks
+    """Check the config, the broker, each device and the clock. Exit 1 if any check fails
+    (a config that cannot be loaded is a failed check too); progress goes to stderr."""
+    from agent.check import run_checks, run_checks_without_config
+    from fleet.protocol.errors import ConfigErrors
+    from fleet.protocol.site_config import load_site
 
-    site = load_site_or_exit(config)
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
     broker = broker_or_exit(mqtt_url)
+    say(f"checking {config} ...")
     try:
+        site = load_site(config)
+    except ConfigErrors as exc:
+        title = f"fleet-agent check: {config}"
         results = asyncio.run(
-            run_checks(site, broker, address_map_or_exit(address_map), controller)
+            run_checks_without_config(broker, controller, [str(e) for e in exc.errors])
         )
-    except AddressMapError as exc:
-        raise fail(str(exc)) from None
+    else:
+        title = f"fleet-agent check: {site.config.code}"
+        try:
+            results = asyncio.run(
+                run_checks(site, broker, address_map_or_exit(address_map), controller, say)
+            )
+        except AddressMapError as exc:
+            raise fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
     else:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"fleet-agent check: {site.config.code}")
+        table = Table(title=title)
         for column in ("check", "status", "detail"):
             table.add_column(column, overflow="fold")
         colour = {"ok": "green", "warn": "yellow", "fail": "red"}

@@ -3,6 +3,7 @@ controller's host (they talk to the database of FLEET_DATABASE_URL directly)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +31,10 @@ def _session() -> Iterator[Session]:
     from fleet.db import make_engine, migrate
     from fleet.settings import Settings
 
-    engine = make_engine(Settings().database_url)
+    settings = Settings()
+    # Says which database, so a user added to the wrong one is seen at once.
+    typer.echo(f"fleet: {settings.where()}", err=True)
+    engine = make_engine(settings.database_url)
     try:
         migrate(engine)  # `fleet users add` may be the very first command on a new host
         with Session(engine) as session:
@@ -65,13 +69,20 @@ def users_add(
         float, typer.Option(help="Also print an API token valid this many days (0: none).")
     ] = 30,
 ) -> None:
-    """Add a user (the first ops user: `fleet users add alice --role ops`)."""
+    """Add a user (the first ops user: `fleet users add alice --role ops`). A password must be
+    at least 12 characters and hard to guess; a vendor must be one the fleet knows."""
     from fleet.auth.audit import record
+    from fleet.auth.password_policy import password_problem
     from fleet.auth.users import UserError, add_user, create_token
 
+    if password is not None and (problem := password_problem(password, [name])):
+        raise _fail(problem)
     with _session() as session:
         if site:
             _sync_sites(session)
+            site = [_site_code(session, code) for code in site]
+        if vendor is not None:
+            vendor = _known_vendor(session, vendor)
         try:
             user = add_user(session, name, role, sites=site, vendor=vendor, password=password)
         except UserError as exc:
@@ -138,13 +149,35 @@ def tokens_create(
         typer.echo(token)
 
 
+# Debian's and the upstream package's user: Mosquitto started as root drops to it.
+BROKER_USER = "mosquitto"
+
+
 @mqtt_auth_app.command("export")
 def mqtt_auth_export(
     out: Annotated[Path, typer.Option(help="Directory for `passwd` and `acl`.")],
     format: Annotated[str, typer.Option(help="Only mosquitto for now.")] = "mosquitto",
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            help="User to own both files [default: mosquitto where it exists, the user "
+            "Mosquitto drops to when started as root]."
+        ),
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="Group of both files [default: the owner's group].")
+    ] = None,
+    controller_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A further controller user (repeat): one per ingest worker, each with the "
+            "controller's password and ACL."
+        ),
+    ] = None,
 ) -> None:
-    """Write the broker's password file and ACL file: the controller's login (the user of
-    FLEET_MQTT_URL, the password of FLEET_MQTT_PASSWORD) and each enrolled site's."""
+    """Write the broker's password file and ACL file (mode 0600, owned by the broker's user):
+    the controller's login (the user of FLEET_MQTT_URL, the password of FLEET_MQTT_PASSWORD)
+    and each enrolled site's."""
     from fleet.auth.mqtt_auth import ControllerLogin, ExportError, export_mosquitto
     from fleet.protocol.broker_url import BrokerUrlError, parse_mqtt_url
     from fleet.settings import Settings
@@ -161,17 +194,85 @@ def mqtt_auth_export(
             "the controller's broker login is not set: put the user in FLEET_MQTT_URL "
             "(mqtt://fleet-controller@host:port) and the password in FLEET_MQTT_PASSWORD"
         )
+    ids, owner_name = _file_owner(owner, group)
+    login = ControllerLogin(address.username, address.password, tuple(controller_user or ()))
     with _session() as session:
         try:
-            passwd, acl = export_mosquitto(
-                session,
-                out,
-                ControllerLogin(address.username, address.password),
-                settings.topic_root,
-            )
+            passwd, acl = export_mosquitto(session, out, login, settings.topic_root, ids)
         except ExportError as exc:
             raise _fail(str(exc)) from None
-    typer.echo(f"wrote {passwd} and {acl}: reload Mosquitto (kill -HUP) to apply them")
+        except PermissionError:
+            raise _fail(
+                f"cannot give {out}/passwd and acl to {owner_name}: run the export as root, "
+                "or pass --owner with the user Mosquitto runs as",
+                1,
+            ) from None
+    whose = f"owner {owner_name}" if owner_name else "owner: you (no mosquitto user here)"
+    typer.echo(
+        f"wrote {passwd} and {acl} (mode 0600, {whose}): reload Mosquitto (kill -HUP) to apply them"
+    )
+
+
+def _file_owner(owner: str | None, group: str | None) -> tuple[tuple[int, int] | None, str]:
+    """(uid, gid) to give the broker's files, and a name for them; (None, "") to keep the
+    caller's: no --owner given and no mosquitto user on this host."""
+    import grp
+    import pwd
+
+    name = owner or BROKER_USER
+    try:
+        user = pwd.getpwnam(name)
+    except KeyError:
+        if owner is None:
+            return None, ""
+        raise _fail(f"no user {owner!r} on this host: pass --owner with an existing user") from None
+    gid = user.pw_gid
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise _fail(f"no group {group!r} on this host: pass --group with one") from None
+    return (user.pw_uid, gid), f"{name}:{group or grp.getgrgid(gid).gr_name}"
+
+
+def _site_code(session: Session, code: str) -> str:
+    """`code` itself, or a refusal that names the site meant when only its case differs
+    (site codes are lowercase: `UPM` is `upm`)."""
+    from sqlmodel import select
+
+    from fleet.models import Site
+
+    known = set(session.exec(select(Site.code)).all())
+    if code not in known and code.lower() in known:
+        raise _fail(f"unknown site {code!r}: site codes are lowercase, use --site {code.lower()}")
+    return code
+
+
+def _known_vendor(session: Session, vendor: str) -> str:
+    """The vendor as the fleet spells it (its devices' and profiles' vendor names), or a
+    refusal naming the near matches: a typo would give a user who sees nothing."""
+    import difflib
+
+    from sqlmodel import select
+
+    from fleet.models import Device
+    from fleet.protocol.errors import ConfigErrors
+    from fleet.protocol.profiles import load_profiles
+    from fleet.settings import Settings
+
+    known = set(session.exec(select(Device.vendor).distinct()).all())
+    # On profiles that do not load, the registry's names still stand (`fleet serve` says why).
+    with contextlib.suppress(ConfigErrors):
+        known |= {p.vendor for p in load_profiles(Settings().profiles_dir).values()}
+    by_lower = {v.lower(): v for v in known if v}
+    if vendor.lower() in by_lower:
+        return by_lower[vendor.lower()]
+    near = difflib.get_close_matches(vendor.lower(), list(by_lower), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(repr(by_lower[n]) for n in near)}? " if near else ""
+    raise _fail(
+        f"unknown vendor {vendor!r}: {hint}known vendors are "
+        f"{', '.join(sorted(by_lower.values())) or 'none yet'}"
+    )
 
 
 def _sync_sites(session: Session) -> None:

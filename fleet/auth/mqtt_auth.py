@@ -55,18 +55,30 @@ def rotate_site_credential(session: Session, site_code: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class ControllerLogin:
+    """The controller's broker login; `more_users` share its password and ACL, one per
+    further controller process (each ingest worker), since the shipped broker config makes a
+    client's id its user name (`use_username_as_clientid`) and two processes on one user
+    would take each other's session."""
+
     username: str
     password: str
+    more_users: tuple[str, ...] = ()
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        return (self.username, *self.more_users)
 
 
-def acl_text(topic_root: str, controller_user: str, site_codes: list[str]) -> str:
+def acl_text(topic_root: str, controller_user: str | tuple[str, ...], site_codes: list[str]) -> str:
+    """Mosquitto's ACL file: each controller user reads and writes the whole root; each
+    site's user writes its agent topics and reads its `cmd`, nothing else."""
+    users = (controller_user,) if isinstance(controller_user, str) else controller_user
     lines = [
         "# Written by `fleet mqtt-auth export`: regenerate, do not edit.",
         "# Anything not granted here is denied (and anonymous access is off).",
-        "",
-        f"user {controller_user}",
-        f"topic readwrite {topic_root}/#",
     ]
+    for user in users:
+        lines += ["", f"user {user}", f"topic readwrite {topic_root}/#"]
     for code in site_codes:
         lines += ["", f"user {site_username(code)}"]
         lines += [f"topic write {topic_root}/{code}/{suffix}" for suffix in SITE_WRITES]
@@ -75,30 +87,46 @@ def acl_text(topic_root: str, controller_user: str, site_codes: list[str]) -> st
 
 
 def export_mosquitto(
-    session: Session, out_dir: Path, controller: ControllerLogin, topic_root: str
+    session: Session,
+    out_dir: Path,
+    controller: ControllerLogin,
+    topic_root: str,
+    owner: tuple[int, int] | None = None,
 ) -> tuple[Path, Path]:
-    """Write `passwd` and `acl` into out_dir (mode 0600). Returns their paths."""
+    """Write `passwd` and `acl` into out_dir, mode 0600, owned by `owner` (uid, gid) when
+    given: Mosquitto started as root reads them after it has dropped to its own user.
+    Returns their paths. Raises ExportError for a controller user that is also a site's,
+    PermissionError when the files cannot be given to `owner` (not root)."""
     rows = session.exec(select(MqttCredential).order_by(col(MqttCredential.site_code))).all()
-    if any(r.username == controller.username for r in rows):
+    site_users = {r.username for r in rows}
+    clash = [u for u in controller.users if u in site_users]
+    if clash:
         raise ExportError(
-            f"the controller's MQTT user {controller.username!r} is also a site's: pick "
+            f"the controller's MQTT user {clash[0]!r} is also a site's: pick "
             "another user name in FLEET_MQTT_URL"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = [f"{controller.username}:{mosquitto_hash(controller.password)}"]
+    controller_hash = mosquitto_hash(controller.password)
+    entries = [f"{user}:{controller_hash}" for user in controller.users]
     entries += [f"{r.username}:{r.password_hash}" for r in rows]
     passwd = out_dir / "passwd"
     acl = out_dir / "acl"
-    _write_private(passwd, "\n".join(entries) + "\n")
-    _write_private(acl, acl_text(topic_root, controller.username, [r.site_code for r in rows]))
+    _write_private(passwd, "\n".join(entries) + "\n", owner)
+    _write_private(acl, acl_text(topic_root, controller.users, [r.site_code for r in rows]), owner)
     return passwd, acl
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Create with mode 0600 from the start: never a moment when others can read it."""
+def _write_private(path: Path, text: str, owner: tuple[int, int] | None) -> None:
+    """Create with mode 0600 from the start, given to `owner` before it takes the name: never
+    a moment when others can read it, nor one when the broker finds a file it cannot read."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            if owner is not None:
+                os.fchown(out.fileno(), *owner)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from fleet.auth.models import ApiToken, EnrolmentToken, User
+from fleet.protocol.enrolment import enrol_token_problem
 from fleet.protocol.messages import utcnow
 
 API_PREFIX = "fleet_"
@@ -187,9 +188,8 @@ def redeem_enrolment_token(
 ) -> EnrolmentToken:
     """Mark the token used (in the caller's transaction) and return it, or raise TokenRefused."""
     if not ENROL_TOKEN_RE.match(token or ""):
-        raise TokenRefused(
-            "malformed", "the enrolment token is malformed: it should start with 'enrol_'"
-        )
+        # Says what is wrong with it (cut short, a wrong prefix, a stray character).
+        raise TokenRefused("malformed", enrol_token_problem(token or "") or "malformed")
     row = session.exec(
         select(EnrolmentToken).where(EnrolmentToken.token_hash == token_hash(token))
     ).first()

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
 
-from fleet.protocol.documents import Strict, read_yaml
+from fleet.protocol.documents import Strict, TextEncoding, read_yaml
 from fleet.protocol.errors import ConfigError, ConfigErrors, config_errors_from_validation
 from fleet.protocol.messages import (
     DEVICE_ID_PATTERN,
@@ -28,10 +28,21 @@ from fleet.protocol.profiles import Profile, load_profiles
 from fleet.protocol.snmpv3 import SnmpV3Settings
 from fleet.protocol.timetable import Timetable
 
-# The source tree: fleet/protocol/ -> the checkout holding firmware_profiles/ and site_configs/.
+# fleet/protocol/ -> the folder holding fleet/, firmware_profiles/ and site_configs/: a source
+# checkout, or the site-packages of an installed wheel, which carries both as package data.
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PROFILES_DIR = ROOT / "firmware_profiles"
+# The example sites (the demo's and the tests'), shipped with the package.
 DEFAULT_SITES_DIR = ROOT / "site_configs"
+# Where an installed controller reads its site configs unless FLEET_SITES_DIR says otherwise:
+# the operator's own files, never the examples shipped with the package.
+INSTALLED_SITES_DIR = Path("/etc/fleet/sites")
+
+
+def controller_sites_dir() -> Path:
+    """The controller's default site configs folder: site_configs/ of a source checkout (where
+    `make demo` and the tests run), /etc/fleet/sites in an installed package."""
+    return DEFAULT_SITES_DIR if (ROOT / "pyproject.toml").is_file() else INSTALLED_SITES_DIR
 
 
 class SiteInfo(Strict):
@@ -67,6 +78,8 @@ class DeviceConfig(Strict):
     password: str | None = Field(default=None, min_length=1, max_length=128, repr=False)
     # SNMPv3 user and keys of this device, instead of its profile's snmp.v3.
     snmp_v3: SnmpV3Settings | None = None
+    # How this device encodes its free text, instead of its profile's (e.g. latin-1).
+    text_encoding: TextEncoding | None = None
 
     @field_validator("password")
     @classmethod
@@ -273,6 +286,19 @@ def check_site(path: Path, data: object, profiles: dict[str, Profile]) -> Loaded
 
 def load_sites(directory: Path | None = None, profiles_dir: Path | None = None) -> list[LoadedSite]:
     directory = directory or DEFAULT_SITES_DIR
+    if not directory.is_dir():
+        # A missing folder is not an empty fleet: syncing from it would retire every device.
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    directory,
+                    "",
+                    "the site configs folder does not exist",
+                    f"create it with one YAML per site (examples: {DEFAULT_SITES_DIR}), or set "
+                    "FLEET_SITES_DIR (or `fleet serve --sites`) to the folder holding them",
+                )
+            ]
+        )
     profiles = load_profiles(profiles_dir or DEFAULT_PROFILES_DIR)
     sites: list[LoadedSite] = []
     errors: list[ConfigError] = []
