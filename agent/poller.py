@@ -21,6 +21,7 @@ from agent.collectors import (
     target_for,
     unreachable,
 )
+from agent.collectors.chain import poll_chain, step_deadline
 from fleet.protocol.messages import Reading, describe_validation_error
 from fleet.protocol.site_config import LoadedSite
 
@@ -53,11 +54,16 @@ def build_targets(
                 raise AddressMapError(
                     f"address map sends {device.id} to {address[0]}: only loopback is allowed"
                 )
-        targets.append(target_for(device, profile, address))
+        enabled = frozenset(site.config.agent.enable_collectors)
+        targets.append(target_for(device, profile, address, enabled))
     return targets
 
 
 def deadline_of(target: Target) -> float:
+    """The hard deadline of one poll. A chain's collectors run together, each under its own
+    deadline (agent.collectors.chain.step_deadline); the poll waits for the slowest."""
+    if target.steps:
+        return max(step_deadline(target.at(step), step.collector) for step in target.steps) + 2.0
     poll = target.profile.poll
     return poll.timeout_s * (poll.retries + 1) + 2.0
 
@@ -88,9 +94,8 @@ class Poller:
     async def poll(self, target: Target) -> Reading:
         """One poll under the concurrency bound and a hard deadline; never raises."""
         async with self._semaphore:
-            collector = self.collector_for(target.profile.protocol)
             try:
-                reading = await asyncio.wait_for(collector.poll(target), deadline_of(target))
+                reading = await asyncio.wait_for(self._read(target), deadline_of(target))
             except TimeoutError:
                 reading = unreachable(
                     target,
@@ -108,6 +113,11 @@ class Poller:
             self.poll_errors += 1
             metrics.POLL_ERRORS.labels(target.device.id).inc()
         return reading
+
+    async def _read(self, target: Target) -> Reading:
+        if not target.steps:
+            return await self.collector_for(target.profile.protocol).poll(target)
+        return await poll_chain(target, self.collector_for)
 
     async def poll_all_once(self) -> list[Reading]:
         return list(await asyncio.gather(*(self.poll(t) for t in self.targets)))

@@ -119,6 +119,30 @@ class PjlinkSettings(Strict):
     identity: bool = True
 
 
+CollectorName = Literal["snmp", "simulated", "pjlink", "maxhub-lan", "reachability"]
+# Collectors read from a simulated device only: with an address map (`fleet-agent simulate`,
+# the demo, tests), never at a real site.
+SIMULATION_ONLY = {"simulated"}
+
+
+class ChainStep(Strict):
+    """One way of reading a device, in the order the profile tries them."""
+
+    collector: CollectorName
+    # Used only where the site config turns it on (agent.enable_collectors), e.g. PJLink,
+    # which a panel answers only once someone enables it in the panel's settings.
+    where_enabled: bool = False
+
+
+class ReachabilitySettings(Strict):
+    """How `reachability` tells a device is there: ICMP echo, or a TCP connect to a port."""
+
+    # None: ICMP echo. A port: TCP connect to it (a device that drops ICMP, or a site that
+    # filters it); a refused connection counts as reachable, since the host answered.
+    tcp_port: int | None = Field(default=None, ge=1, le=65535)
+    count: int = Field(default=2, ge=1, le=10)
+
+
 class MatchRules(Strict):
     """How `fleet-agent discover` recognises this model from what a device answers.
 
@@ -188,7 +212,11 @@ class Profile(Strict):
     vendor: str = Field(min_length=1)
     model: str = Field(min_length=1)
     kind: Literal["panel", "projector", "device"]
-    protocol: Literal["snmp", "pjlink", "mqtt"]
+    # The primary way of reading it: what discovery matches on and what firmware pushes use.
+    protocol: Literal["snmp", "simulated", "pjlink", "maxhub-lan", "reachability", "mqtt"]
+    # The ways, in order, a reading is made of (agent/collectors/chain.py); none: protocol only.
+    collectors: list[ChainStep] | None = None
+    reachability: ReachabilitySettings = ReachabilitySettings()
     illustrative: bool = True
     note: str = ""
     poll: PollSettings = PollSettings()
@@ -200,6 +228,12 @@ class Profile(Strict):
     update: UpdateSettings = UpdateSettings()
     releases: tuple[Release, ...] = ()
     simulation: SimulationHints = SimulationHints()
+
+    def chain(self) -> list[ChainStep]:
+        """The collectors a reading of this model is made of, in order (none for MQTT)."""
+        if self.collectors is not None:
+            return list(self.collectors)
+        return [] if self.protocol == "mqtt" else [ChainStep(collector=self.protocol)]
 
     def release(self, version: str) -> Release | None:
         return next((r for r in self.releases if r.version == version), None)
@@ -216,7 +250,7 @@ class Profile(Strict):
                 "the agent cannot push firmware to it. Fix: give its releases method "
                 "technician (someone installs it on site) or vendor_cloud"
             )
-        if self.protocol != "snmp":
+        if self.protocol not in ("snmp", "simulated"):
             return (
                 f"profile {self.id} is read over {self.protocol}; the agent pushes firmware "
                 "over SNMP only. Fix: give its releases method technician or vendor_cloud"
@@ -231,10 +265,13 @@ class Profile(Strict):
 
     @model_validator(mode="after")
     def _protocol_section(self) -> Profile:
-        if self.protocol == "snmp" and self.snmp is None:
+        uses_snmp = self.protocol in ("snmp", "simulated") or any(
+            step.collector in ("snmp", "simulated") for step in self.chain()
+        )
+        if uses_snmp and self.snmp is None:
             raise ValueError(
-                "protocol is snmp but there is no snmp section. Fix: add snmp.objects listing "
-                "each OID read and the reading field it maps to"
+                "it is read over snmp (or simulated) but there is no snmp section. Fix: add "
+                "snmp.objects listing each OID read and the reading field it maps to"
             )
         versions = [r.version for r in self.releases]
         if len(set(versions)) != len(versions):
@@ -244,7 +281,7 @@ class Profile(Strict):
         if problem:
             raise ValueError(f"release {pushes[0]} has method agent, but {problem}")
         if self.match is not None:
-            prefix = "sys_" if self.protocol == "snmp" else "pjlink_"
+            prefix = "sys_" if self.protocol in ("snmp", "simulated") else "pjlink_"
             foreign = sorted(k for k in self.match.rules() if not k.startswith(prefix))
             if foreign:
                 raise ValueError(

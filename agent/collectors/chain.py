@@ -1,0 +1,104 @@
+"""Collector chains: several ways of reading one device, merged into one Reading.
+
+A profile lists its collectors in order (`collectors:` in firmware_profiles/*.yaml), e.g. a
+MAXHUB panel: `maxhub-lan`, then `pjlink` where the site enables it, then `reachability`.
+Each runs under its own deadline, all at once (they speak to different ports); the reading
+takes each field from the first collector in the chain that gave it, is reachable when any
+collector reached the device, and records in `collectors` which of them answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agent.collectors import Collector, Step, Target, unreachable
+from agent.collectors.cleaning import make_reading
+from fleet.protocol.messages import Power, Reading, utcnow
+
+log = logging.getLogger(__name__)
+
+# Fields a later collector may fill when an earlier one did not give them.
+_FIELDS = ("input", "temperature_c", "lamp_hours", "filter_hours", "uptime_s", "firmware", "errors")
+
+
+def step_deadline(target: Target, collector: str) -> float:
+    """Seconds one collector of the chain may take for one poll of `target`. A collector
+    that makes several queries per poll says how long they may take (`deadline_s`)."""
+    poll = target.profile.poll
+    if collector == "maxhub-lan":
+        from agent.collectors.maxhub_lan import poll_deadline
+
+        return poll_deadline(target)
+    if collector == "reachability":
+        return poll.timeout_s * target.profile.reachability.count + 1.0
+    return poll.timeout_s * (poll.retries + 1) + 1.0
+
+
+async def poll_chain(target: Target, collector_for: Callable[[str], Collector]) -> Reading:
+    """One reading of `target` from every collector of its chain (never raises for the
+    device's trouble; a collector's own bug is logged and counts as no answer)."""
+    steps = target.steps
+    started = utcnow()
+    readings = await asyncio.gather(*(_poll_step(target, step, collector_for) for step in steps))
+    return merge_readings(target, list(zip(steps, readings, strict=True)), started)
+
+
+async def _poll_step(
+    target: Target, step: Step, collector_for: Callable[[str], Collector]
+) -> Reading:
+    at = target.at(step)
+    deadline = step_deadline(at, step.collector)
+    try:
+        collector = collector_for(step.collector)
+        return await asyncio.wait_for(collector.poll(at), deadline)
+    except TimeoutError:
+        return unreachable(
+            at,
+            f"{step.collector}: no answer within {deadline:.0f} s",
+            fix="check that the device is powered and on the network",
+        )
+    except Exception as exc:  # one collector's bug must not cost the others' answers
+        log.exception("collector %s failed on %s", step.collector, target.device.id)
+        return unreachable(
+            at, f"{step.collector}: agent error while polling ({exc})", fix="report this agent bug"
+        )
+
+
+def merge_readings(
+    target: Target, answers: Sequence[tuple[Step, Reading]], ts: Any = None
+) -> Reading:
+    """One Reading from the chain's, in chain order: each field from the first collector
+    that gave it; power from the first that knew it (not `unknown`); reachable if any
+    reached the device; `collectors` says which answered. Errors of collectors that did
+    not answer are kept in the reading's `error` only when none answered."""
+    answered = {step.collector: reading.reachable for step, reading in answers}
+    reached = [reading for _, reading in answers if reading.reachable]
+    ts = ts or (answers[0][1].ts if answers else utcnow())
+    if not reached:
+        why = "; ".join(
+            f"{step.collector}: {reading.error or 'no answer'}" for step, reading in answers
+        )
+        return make_reading(target.device.id, ts, False, error=why[:500], collectors=answered)
+    values: dict[str, Any] = {}
+    power = Power.unknown
+    metrics: dict[str, Any] = {}
+    for reading in reached:
+        if power == Power.unknown and reading.power != Power.unknown:
+            power = reading.power
+        for name in _FIELDS:
+            if values.get(name) is None and getattr(reading, name) is not None:
+                values[name] = getattr(reading, name)
+        for key, value in reading.metrics.items():
+            metrics.setdefault(key, value)
+    return make_reading(
+        target.device.id,
+        ts,
+        True,
+        power=power,
+        metrics=metrics,
+        collectors=answered,
+        **values,
+    )
