@@ -32,6 +32,9 @@ DEFAULT_PORTS = {
 }
 
 
+TCP_PROTOCOLS = {"pjlink", "maxhub-lan", "reachability"}
+
+
 @dataclass(frozen=True)
 class Step:
     """One collector of a device's chain and where it reads the device."""
@@ -90,7 +93,9 @@ def steps_for(
             continue
         if address is not None:
             host, port = address
-            if name != profile.protocol and name != "reachability":
+            # A TCP connect says something of a simulated device only on its TCP port.
+            tcp_primary = profile.protocol in TCP_PROTOCOLS
+            if name != profile.protocol and not (name == "reachability" and tcp_primary):
                 continue
             steps.append(Step(name, host, port))
             continue

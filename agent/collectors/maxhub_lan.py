@@ -163,8 +163,9 @@ async def _ask_all(target: Target, timeout: float) -> _Answers:
             try:
                 digits = await asyncio.wait_for(_read_reply(reader, command), timeout)
             except TimeoutError:
-                unanswered.append(name)
-                continue
+                # A panel busy after power-on answers none of them: do not wait out each.
+                unanswered.extend(n for n, _ in QUERIES[len(values) + len(unanswered) :])
+                break
             if digits is None:
                 unanswered.append(name)
             else:
