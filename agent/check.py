@@ -57,23 +57,31 @@ async def check_broker(address: BrokerAddress, client_id: str, timeout: float = 
 async def check_devices(
     site: LoadedSite, address_map: dict[str, tuple[str, int]] | None
 ) -> list[CheckResult]:
+    """One result per device: each way its profile lists (collector), whether it answered and
+    what it said; ok if the chain the site runs reached it, warn if only a way the site
+    has not enabled did, fail if nothing did."""
+    from agent.chain_probe import probe_chains
+
+    proposals = await probe_chains(site, address_map)
     poller = Poller(build_targets(site, address_map), lambda r: None)
-    try:
-        readings = await poller.poll_all_once()
-    finally:
-        await poller.close()
     results = []
-    for target, reading in zip(poller.targets, readings, strict=True):
-        name = f"device {target.device.id} ({target.host}:{target.port})"
-        if reading.reachable:
-            parts = [f"power {reading.power.value}"]
-            if reading.firmware:
-                parts.append(f"firmware {reading.firmware}")
-            if reading.temperature_c is not None:
-                parts.append(f"{reading.temperature_c:.1f} °C")
-            results.append(CheckResult(name, "ok", ", ".join(parts)))
+    for target, proposal in zip(poller.targets, proposals, strict=True):
+        name = f"device {target.device.id} ({target.host})"
+        running = {step.collector for step in target.steps}
+        ways = "; ".join(
+            f"{w.collector} {'ok' if w.answered else 'no'}: {w.detail}" for w in proposal.ways
+        )
+        if any(w.answered and w.collector in running for w in proposal.ways):
+            status = "ok"
+        elif proposal.proposed:
+            status = "warn"
+            ways += (
+                f". Only {', '.join(proposal.proposed)} answered, which this site does not "
+                f"run: add it to agent.enable_collectors in {site.path.name}"
+            )
         else:
-            results.append(CheckResult(name, "fail", reading.error or "unreachable"))
+            status = "fail"
+        results.append(CheckResult(name, status, ways or "no collector for this profile"))
     return results
 
 
