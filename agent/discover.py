@@ -261,7 +261,9 @@ def match_profile(finding: Finding, profiles: dict[str, Profile]) -> str | None:
     with an empty `match` is the fallback for its protocol."""
     best: tuple[int, str] | None = None
     for profile in profiles.values():
-        if profile.protocol != finding.probe.protocol or profile.match is None:
+        # A `simulated` profile's illustrative objects answer over SNMP (simulated devices).
+        wire = "snmp" if profile.protocol == "simulated" else profile.protocol
+        if wire != finding.probe.protocol or profile.match is None:
             continue
         rules = profile.match.rules()
         if all(
@@ -280,7 +282,7 @@ def site_secrets(site: LoadedSite) -> tuple[list[str], list[str | None]]:
     passwords: list[str | None] = [None]
     for _, device in site.config.devices():
         profile = site.profile_of(device)
-        if profile.protocol == "snmp" and profile.snmp is not None:
+        if profile.protocol in ("snmp", "simulated") and profile.snmp is not None:
             communities.append(device.community or profile.snmp.community)
         if device.password:
             passwords.append(device.password)

@@ -195,6 +195,11 @@ class SimulationHints(Strict):
     # version) and how long a device is away installing before it answers again.
     update_failure_share: float = Field(default=0.1, ge=0, le=1)
     update_reboot_s: float = Field(default=20.0, ge=0, le=3600)
+    # The share of class periods a device is not switched on for, and of days it is left on
+    # after the last class (per device: the timetable's exceptions that ops should notice).
+    # None: the simulator's own (agent/simulator/behaviour.py).
+    off_in_class_share: float | None = Field(default=None, ge=0, le=1)
+    left_on_share: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("faults")
     @classmethod
