@@ -126,7 +126,7 @@ def test_any_bytes_around_a_reply_leave_its_value(noise: bytes, tail: bytes, cod
     found = parse_reply(noise + reply + tail, 0x3A)
     # The reply is found unless the noise itself held a (different) complete reply first.
     if b":01r:" not in noise:
-        assert found == "%03d" % code
+        assert found == f"{code:03d}"
 
 
 @settings(max_examples=300, deadline=None)
