@@ -34,7 +34,7 @@ def step_deadline(target: Target, collector: str) -> float:
         return poll_deadline(target)
     if collector == "reachability":
         return poll.timeout_s * target.profile.reachability.count + 1.0
-    return poll.timeout_s * (poll.retries + 1) + 1.0
+    return poll.timeout_s * (poll.retries + 1) + 2.0
 
 
 async def poll_chain(target: Target, collector_for: Callable[[str], Collector]) -> Reading:

@@ -1,0 +1,178 @@
+"""The reachability collector on loopback: ICMP echo (unprivileged socket, or raw as root)
+and TCP connect; a reachability-only panel that serves its port while on; and what the
+controller makes of no answer outside class and during class."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import socket
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent.collectors import target_for
+from agent.collectors import reachability as reach_module
+from agent.collectors.reachability import ICMP_FIX, ReachabilityCollector
+from agent.simulator.behaviour import DeviceBehaviour
+from agent.simulator.maxhub_server import ReachableHost
+from fleet.devices.state import DeviceState, derive_state
+from fleet.protocol.messages import Power, Reading
+from fleet.protocol.profiles import Profile, load_profile
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig
+from fleet.protocol.timetable import Timetable
+
+BEFORE_CLASS = datetime(2025, 3, 3, 7, 0, tzinfo=UTC)
+IN_CLASS = datetime(2025, 3, 3, 8, 30, tzinfo=UTC)
+TIMETABLE = Timetable.model_validate({"weekly": {"mon": ["08:00-10:00"]}})
+
+
+def aio(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 20))
+
+    return run
+
+
+def profile(tcp_port: int | None = None) -> Profile:
+    data = load_profile(DEFAULT_PROFILES_DIR / "maxhub-panel-unmanaged.yaml").model_dump()
+    data["poll"].update({"timeout_s": 0.5, "retries": 0})
+    data["reachability"] = {"tcp_port": tcp_port, "count": 2}
+    data["simulation"].update({"off_in_class_share": 0.0, "left_on_share": 0.0})
+    return Profile.model_validate(data)
+
+
+def device() -> DeviceConfig:
+    return DeviceConfig(id="room-panel", profile="maxhub-panel-unmanaged", address="127.0.0.1")
+
+
+async def poll(prof: Profile, address: tuple[str, int] | None = None) -> Reading:
+    collector = ReachabilityCollector()
+    target = target_for(device(), prof, address)
+    if address is None:
+        target = target.at(target.steps[-1])
+    return await collector.poll(target)
+
+
+@aio
+async def test_icmp_echo_to_loopback_is_reachable() -> None:
+    # Unprivileged ICMP where ping_group_range allows it, else the raw socket (root in CI).
+    reading = await poll(profile())
+    assert reading.reachable, reading
+    assert reading.power == Power.unknown  # reachability says nothing of power
+    assert reading.metrics["rtt_ms"] >= 0
+
+
+@aio
+async def test_icmp_refused_by_the_kernel_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Cannot be had here as root: the kernel refusing both ICMP sockets to the agent.
+    from icmplib.exceptions import SocketPermissionError
+
+    async def refused(*_args: Any, privileged: bool, **_kwargs: Any) -> Any:
+        raise SocketPermissionError(privileged)
+
+    monkeypatch.setattr("icmplib.async_ping", refused)
+    reading = await poll(profile())
+    assert not reading.reachable
+    assert "ICMP echo not permitted" in (reading.error or "")
+    assert ICMP_FIX in (reading.error or "")
+
+
+@aio
+async def test_tcp_connect_to_a_listening_port_is_reachable() -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reading = await poll(profile(tcp_port=port))
+    finally:
+        server.close()
+    assert reading.reachable and reading.metrics["rtt_ms"] >= 0, reading
+
+
+@aio
+async def test_tcp_connect_refused_is_unreachable_with_the_reason() -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    reading = await poll(profile(tcp_port=port))
+    assert not reading.reachable
+    assert f"TCP connect to port {port} refused" in (reading.error or "")
+
+
+@aio
+async def test_tcp_connect_with_no_answer_times_out_per_try() -> None:
+    # A listener whose backlog is full answers no further SYN: a silent device.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(0)
+        port = sock.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(8):
+                filler = socket.socket()
+                filler.setblocking(False)
+                try:
+                    filler.connect(("127.0.0.1", port))
+                except BlockingIOError:
+                    pass
+                fillers.append(filler)
+            reading = await poll(profile(tcp_port=port))
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert not reading.reachable
+    assert f"no TCP answer on port {port}" in (reading.error or ""), reading
+
+
+@aio
+async def test_reachability_only_panel_follows_its_power() -> None:
+    prof = profile()
+    now = [BEFORE_CLASS]
+    behaviour = DeviceBehaviour(
+        device(),
+        prof,
+        timetable=TIMETABLE,
+        tz=ZoneInfo("UTC"),
+        room_name="Room 1",
+        clock=lambda: now[0],
+        rng=random.Random(3),
+    )
+    host = await ReachableHost(behaviour).start()
+    try:
+        off = await poll(prof, host.address)
+        now[0] = IN_CLASS
+        await host.sync()
+        on = await poll(prof, host.address)
+        host.alive = False  # unplugged during class
+        await host.sync()
+        unplugged = await poll(prof, host.address)
+    finally:
+        host.close()
+    assert not off.reachable and on.reachable and not unplugged.reachable
+    # The controller's view: off outside class is expected; the same during class is not.
+    assert off.collectors is None  # one collector alone: the chain adds this
+    chained = off.model_copy(update={"collectors": {"reachability": False}})
+    state, reason = derive_state(chained, in_class=False)
+    assert state == DeviceState.standby and "switched off (expected)" in reason
+    state, reason = derive_state(chained, in_class=True)
+    assert state == DeviceState.unreachable and "cannot reach" in reason
+
+
+def test_unreachable_without_reachability_stays_unreachable_outside_class() -> None:
+    """An SNMP device (or an agent from before chains) with no answer is unreachable at any
+    hour: a wrong community is not a panel switched off."""
+    base = Reading(device="d-1", ts=IN_CLASS, reachable=False, error="SNMP timeout")
+    for reading in (base, base.model_copy(update={"collectors": {"snmp": False}})):
+        state, _ = derive_state(reading, in_class=False)
+        assert state == DeviceState.unreachable
+
+
+def test_module_names_its_fix() -> None:
+    assert "ping_group_range" in reach_module.ICMP_FIX
