@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.collectors import target_for
 from agent.collectors import reachability as reach_module
+from agent.collectors import target_for
 from agent.collectors.reachability import ICMP_FIX, ReachabilityCollector
 from agent.simulator.behaviour import DeviceBehaviour
 from agent.simulator.maxhub_server import ReachableHost
