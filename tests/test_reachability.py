@@ -5,6 +5,7 @@ controller makes of no answer outside class and during class."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import socket
@@ -118,10 +119,8 @@ async def test_tcp_connect_with_no_answer_times_out_per_try() -> None:
             for _ in range(8):
                 filler = socket.socket()
                 filler.setblocking(False)
-                try:
+                with contextlib.suppress(BlockingIOError):
                     filler.connect(("127.0.0.1", port))
-                except BlockingIOError:
-                    pass
                 fillers.append(filler)
             reading = await poll(profile(tcp_port=port))
         finally:
