@@ -59,11 +59,14 @@ async def check_devices(
 ) -> list[CheckResult]:
     """One result per device: each way its profile lists (collector), whether it answered and
     what it said; ok if the chain the site runs reached it, warn if only a way the site
-    has not enabled did, fail if nothing did."""
+    has not enabled did, or if nothing answered a device read by reachability outside class
+    hours (switched off, as expected), fail if nothing did."""
     from agent.chain_probe import probe_chains
 
     proposals = await probe_chains(site, address_map)
     poller = Poller(build_targets(site, address_map), lambda r: None)
+    config = site.config
+    in_class = config.timetable.in_class(datetime.now(UTC), config.tz)
     results = []
     for target, proposal in zip(poller.targets, proposals, strict=True):
         name = f"device {target.device.id} ({target.host})"
@@ -79,6 +82,10 @@ async def check_devices(
                 f". Only {', '.join(proposal.proposed)} answered, which this site does not "
                 f"run: add it to agent.enable_collectors in {site.path.name}"
             )
+        elif "reachability" in running and not in_class:
+            # As the controller judges it: a panel is switched off after class.
+            status = "warn"
+            ways += ". Outside class hours: it may be switched off; check again during class"
         else:
             status = "fail"
         results.append(CheckResult(name, status, ways or "no collector for this profile"))

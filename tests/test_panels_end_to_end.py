@@ -155,3 +155,17 @@ def test_check_and_discover_show_which_ways_work(in_class: Stack) -> None:
     assert f"{PING_PANEL} (maxhub-panel-unmanaged): reachability" in out.stdout
     proposal = yaml.safe_load(out.stdout)
     assert proposal == {"agent": {"enable_collectors": []}}
+
+
+def test_check_outside_class_warns_that_a_silent_panel_may_be_off(no_class: Stack) -> None:
+    stack = no_class
+    stack.simulate()
+    common = ["--config", str(stack.config), "--address-map", str(stack.address_map)]
+    out = run_agent(stack, "check", *common, "--mqtt-url", stack.broker_url, "--json")
+    results = {r["check"]: r for r in json.loads(out.stdout)}
+    for device in (LAN_PANEL, PING_PANEL):
+        result = results[f"device {device} (127.0.0.1)"]
+        assert result["status"] == "warn", result
+        assert "Outside class hours: it may be switched off" in result["detail"]
+        assert "refused" in result["detail"]  # the reason itself is still given
+    assert out.returncode == 0, out.stdout  # warnings only: nothing failed
