@@ -265,3 +265,49 @@ async def test_panel_that_is_off_serves_no_port() -> None:
         panel.close()
     assert not panel.serving
     assert not reading.reachable and "LAN control is disabled" in (reading.error or "")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    answer=st.lists(st.binary(min_size=1, max_size=40), min_size=0, max_size=4),
+    close_after=st.booleans(),
+)
+def test_any_bytes_a_port_sends_give_a_reading_never_an_exception(
+    answer: list[bytes], close_after: bool
+) -> None:
+    """Another device on 4664, a bridge sending noise, half a frame, a close mid-reply: the
+    collector gives a reading (reachable, since the port answered) and never raises."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(9)
+        for piece in answer:
+            writer.write(piece)
+            await writer.drain()
+        if close_after:
+            writer.close()
+        else:
+            await reader.read(1024)
+
+    async def run() -> Reading:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        profile = maxhub_profile().model_copy(
+            update={"poll": maxhub_profile().poll.model_copy(update={"retries": 0})}
+        )
+        device = DeviceConfig(id="room-panel", profile=profile.id, address="127.0.0.1")
+        target = target_for(device, profile, server.sockets[0].getsockname()[:2])
+        try:
+            return await poll(target)
+        finally:
+            server.close()
+
+    reading = asyncio.run(asyncio.wait_for(run(), 10))
+    if reading.reachable:
+        assert reading.power in (Power.on, Power.standby, Power.off, Power.unknown)
+        assert reading.input is None or reading.input in {
+            "hdmi1",
+            "slot-in-pc",
+            "type-c1",
+            "type-c2",
+        }
+    else:
+        assert "another client holds it" in (reading.error or ""), reading

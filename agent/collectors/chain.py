@@ -41,6 +41,10 @@ async def poll_chain(target: Target, collector_for: Callable[[str], Collector]) 
     """One reading of `target` from every collector of its chain (never raises for the
     device's trouble; a collector's own bug is logged and counts as no answer)."""
     steps = target.steps
+    if len(steps) == 1:
+        # One way only: its reading as it is (cleaned once already), saying who answered.
+        reading = await _poll_step(target, steps[0], collector_for)
+        return reading.model_copy(update={"collectors": {steps[0].collector: reading.reachable}})
     started = utcnow()
     readings = await asyncio.gather(*(_poll_step(target, step, collector_for) for step in steps))
     return merge_readings(target, list(zip(steps, readings, strict=True)), started)
