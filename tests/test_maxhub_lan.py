@@ -311,3 +311,38 @@ def test_any_bytes_a_port_sends_give_a_reading_never_an_exception(
         }
     else:
         assert "another client holds it" in (reading.error or ""), reading
+
+
+@aio
+async def test_discover_finds_a_maxhub_panel_and_nothing_else_on_its_port() -> None:
+    from agent.discover import Probe, discover
+
+    clock = Clock(IN_CLASS)
+    panel, _target = await start_panel(clock)
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(9)
+        writer.write(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    other = await asyncio.start_server(http, "127.0.0.1", 0)
+    other_port = other.sockets[0].getsockname()[1]
+    port = panel.address[1]
+    probes = [
+        Probe("127.0.0.1", "maxhub-lan", port),
+        Probe("127.0.0.1", "pjlink", port),  # a MAXHUB panel greets nobody: not PJLink
+        Probe("127.0.0.1", "maxhub-lan", other_port),  # another service on the port
+    ]
+    profiles = {p.id: p for p in [maxhub_profile()]}
+    try:
+        findings = await discover(
+            probes, profiles, communities=["public"], passwords=[None], timeout=0.5
+        )
+    finally:
+        panel.close()
+        other.close()
+    assert [f.probe for f in findings] == [probes[0]], findings
+    assert findings[0].facts["maxhub_power"] == "001"  # backlight on
+    assert findings[0].facts["maxhub_input"] in {"001", "103", "104", "105"}
+    assert findings[0].profile == "maxhub-panel"

@@ -41,8 +41,8 @@ def discover(
     ports: Annotated[
         list[str] | None,
         typer.Option(
-            help="Ports per protocol, e.g. 'snmp=161 pjlink=4352,40003-40005'. "
-            "Default: snmp=161 pjlink=4352."
+            help="Ports per protocol, e.g. 'snmp=161 pjlink=4352,40003-40005 maxhub-lan=4664'. "
+            "Default: snmp=161 pjlink=4352 maxhub-lan=4664."
         ),
     ] = None,
     community: Annotated[
@@ -67,7 +67,8 @@ def discover(
     mqtt_url: MqttOpt = DEFAULT_MQTT,
     topic_root: Annotated[str, typer.Option(envvar="FLEET_TOPIC_ROOT")] = "fleet/v1",
 ) -> None:
-    """Find SNMP and PJLink devices on the listed targets; draft a devices section to review."""
+    """Find SNMP, PJLink and MAXHUB LAN devices on the listed targets; draft a devices section
+    to review. With --chains: which collectors answer each configured device."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

@@ -286,7 +286,9 @@ class Profile(Strict):
         if problem:
             raise ValueError(f"release {pushes[0]} has method agent, but {problem}")
         if self.match is not None:
-            prefix = "sys_" if self.protocol in ("snmp", "simulated") else "pjlink_"
+            prefix = {"snmp": "sys_", "simulated": "sys_", "pjlink": "pjlink_"}.get(
+                self.protocol, "-"
+            )
             foreign = sorted(k for k in self.match.rules() if not k.startswith(prefix))
             if foreign:
                 raise ValueError(
