@@ -158,3 +158,11 @@ def test_collectors_field_takes_names_and_booleans_only(value: dict[str, object]
         assert "collectors" in str(exc)  # the reason names the field
     else:
         assert good and reading.collectors == value
+
+
+def test_device_page_says_which_collectors_read_it() -> None:
+    from fleet.web.device_page import _shown
+
+    shown = _shown("collectors", {"maxhub-lan": False, "reachability": True})
+    assert shown == "maxhub-lan no answer, reachability answered"
+    assert _shown("collectors", None) is None  # a reading from before chains: not shown
