@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import random
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,6 +31,7 @@ from fleet.protocol.profiles import Profile, load_profile
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig
 from fleet.protocol.timetable import Timetable
 
+PING_GROUP_RANGE = Path("/proc/sys/net/ipv4/ping_group_range")
 BEFORE_CLASS = datetime(2025, 3, 3, 7, 0, tzinfo=UTC)
 IN_CLASS = datetime(2025, 3, 3, 8, 30, tzinfo=UTC)
 TIMETABLE = Timetable.model_validate({"weekly": {"mon": ["08:00-10:00"]}})
@@ -67,6 +72,29 @@ async def test_icmp_echo_to_loopback_is_reachable() -> None:
     assert reading.reachable, reading
     assert reading.power == Power.unknown  # reachability says nothing of power
     assert reading.metrics["rtt_ms"] >= 0
+    # This host's kernel (ping_group_range "1 0" by default) allows no unprivileged ICMP
+    # to root's group: the raw socket it is, as root.
+    allowed = PING_GROUP_RANGE.read_text().split()  # noqa: ASYNC240 (procfs: instant)
+    unprivileged = int(allowed[0]) <= os.getgid() <= int(allowed[1])
+    assert reading.metrics["icmp_socket"] == ("unprivileged" if unprivileged else "raw")
+
+
+def test_unprivileged_icmp_is_used_where_the_kernel_allows_it() -> None:
+    """In a network namespace of its own whose ping_group_range admits our group, the
+    datagram socket is taken first (no raw socket, no CAP_NET_RAW needed)."""
+    script = (
+        "import asyncio; from agent.collectors.reachability import icmp_echo; "
+        "print(asyncio.run(icmp_echo('127.0.0.1', 2, 1.0))[1])"
+    )
+    shell = (
+        "ip link set lo up && sysctl -q -w net.ipv4.ping_group_range='0 2147483647' && "
+        f'{sys.executable} -c "{script}"'
+    )
+    out = subprocess.run(
+        ["unshare", "--net", "sh", "-c", shell], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "unprivileged"
 
 
 @aio

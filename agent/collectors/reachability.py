@@ -36,8 +36,9 @@ ICMP_FIX = (
 )
 
 
-async def icmp_echo(host: str, count: int, timeout: float) -> float | None:
-    """Round-trip time in ms of the first echo answered, or None if none was.
+async def icmp_echo(host: str, count: int, timeout: float) -> tuple[float | None, str]:
+    """The best round-trip time in ms (None if no echo was answered) and the socket used:
+    `unprivileged` (datagram) or `raw`.
 
     Raises IcmpNotPermittedError when this process may open no ICMP socket at all."""
     from icmplib import async_ping
@@ -52,7 +53,8 @@ async def icmp_echo(host: str, count: int, timeout: float) -> float | None:
             continue
         except ICMPLibError as exc:
             raise OSError(str(exc)) from None
-        return host_result.min_rtt if host_result.is_alive else None
+        mode = "raw" if privileged else "unprivileged"
+        return (host_result.min_rtt if host_result.is_alive else None), mode
     raise IcmpNotPermittedError(f"no ICMP socket allowed: {ICMP_FIX}")
 
 
@@ -96,7 +98,7 @@ class ReachabilityCollector:
                 target, why, ts, fix="check that the device is powered and on the network"
             )
         try:
-            rtt_ms = await icmp_echo(target.host, settings.count, timeout)
+            rtt_ms, mode = await icmp_echo(target.host, settings.count, timeout)
         except IcmpNotPermittedError:
             return unreachable(target, "ICMP echo not permitted to the agent", ts, fix=ICMP_FIX)
         except OSError as exc:
@@ -108,7 +110,8 @@ class ReachabilityCollector:
                 ts,
                 fix="check that the device is powered and on the network",
             )
-        return make_reading(target.device.id, ts, True, metrics={"rtt_ms": round(rtt_ms, 2)})
+        metrics = {"rtt_ms": round(rtt_ms, 2), "icmp_socket": mode}
+        return make_reading(target.device.id, ts, True, metrics=metrics)
 
     async def close(self) -> None:
         return None
