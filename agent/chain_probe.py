@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass, field, replace
 
 from agent.collectors import Collectors, Target, steps_for
-from agent.collectors.chain import _poll_step
+from agent.collectors.chain import poll_step
 from agent.poller import build_targets
 from fleet.protocol.messages import Reading
 from fleet.protocol.site_config import LoadedSite
@@ -68,7 +68,7 @@ async def probe_chains(
     try:
         answers = await asyncio.gather(
             *(
-                asyncio.gather(*(_poll_step(t, step, collectors.for_protocol) for step in t.steps))
+                asyncio.gather(*(poll_step(t, step, collectors.for_protocol) for step in t.steps))
                 for t in targets
             )
         )

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -171,10 +171,13 @@ async def test_reachability_only_panel_follows_its_power() -> None:
         clock=lambda: now[0],
         rng=random.Random(3),
     )
-    host = await ReachableHost(behaviour).start()
+    host = await ReachableHost(behaviour, boot_s=30).start()
     try:
         off = await poll(prof, host.address)
-        now[0] = IN_CLASS
+        now[0] = IN_CLASS  # switched on: its network is up once it has booted, 30 s on
+        await host.sync()
+        booting = await poll(prof, host.address)
+        now[0] = IN_CLASS + timedelta(seconds=31)
         await host.sync()
         on = await poll(prof, host.address)
         host.alive = False  # unplugged during class
@@ -182,7 +185,8 @@ async def test_reachability_only_panel_follows_its_power() -> None:
         unplugged = await poll(prof, host.address)
     finally:
         host.close()
-    assert not off.reachable and on.reachable and not unplugged.reachable
+    assert not off.reachable and not booting.reachable
+    assert on.reachable and not unplugged.reachable
     # The controller's view: off outside class is expected; the same during class is not.
     assert off.collectors is None  # one collector alone: the chain adds this
     chained = off.model_copy(update={"collectors": {"reachability": False}})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from agent.collectors import Collector, Step, Target, unreachable
@@ -43,16 +44,18 @@ async def poll_chain(target: Target, collector_for: Callable[[str], Collector]) 
     steps = target.steps
     if len(steps) == 1:
         # One way only: its reading as it is (cleaned once already), saying who answered.
-        reading = await _poll_step(target, steps[0], collector_for)
+        reading = await poll_step(target, steps[0], collector_for)
         return reading.model_copy(update={"collectors": {steps[0].collector: reading.reachable}})
     started = utcnow()
-    readings = await asyncio.gather(*(_poll_step(target, step, collector_for) for step in steps))
+    readings = await asyncio.gather(*(poll_step(target, step, collector_for) for step in steps))
     return merge_readings(target, list(zip(steps, readings, strict=True)), started)
 
 
-async def _poll_step(
+async def poll_step(
     target: Target, step: Step, collector_for: Callable[[str], Collector]
 ) -> Reading:
+    """One collector of `target`'s chain, under its own deadline; never raises for the
+    device (no answer, or a collector's bug, is a Reading with reachable=False)."""
     at = target.at(step)
     deadline = step_deadline(at, step.collector)
     try:
@@ -72,7 +75,7 @@ async def _poll_step(
 
 
 def merge_readings(
-    target: Target, answers: Sequence[tuple[Step, Reading]], ts: Any = None
+    target: Target, answers: Sequence[tuple[Step, Reading]], ts: datetime | None = None
 ) -> Reading:
     """One Reading from the chain's, in chain order: each field from the first collector
     that gave it; power from the first that knew it (not `unknown`); reachable if any

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from agent.collectors import Target, register, unreachable
 from agent.collectors.cleaning import make_reading
@@ -236,7 +237,7 @@ class MaxhubLanCollector:
 
 
 def reading_from(
-    target: Target, values: dict[str, str], unanswered: list[str], ts: object
+    target: Target, values: dict[str, str], unanswered: list[str], ts: datetime
 ) -> Reading:
     """The Reading the table's replies give; what it is silent on stays unknown."""
     metrics: dict[str, object] = {}
@@ -264,7 +265,7 @@ def reading_from(
             )
     return make_reading(
         target.device.id,
-        ts,  # type: ignore[arg-type]
+        ts,
         True,
         power=power,
         input=input_name,

@@ -181,7 +181,8 @@ async def start_site(
                 lan = maxhub_quirks or MaxhubQuirks(busy_after_power_on_s=3.0)
                 panels.append(MaxhubPanelServer(behaviour, lan))
             else:
-                panels.append(ReachableHost(behaviour))
+                # Its network is up 20 s after it is switched on (the panel's OS boots).
+                panels.append(ReachableHost(behaviour, boot_s=20.0))
             continue
         if profile.protocol == "pjlink":
             behaviour = DeviceBehaviour(

@@ -114,4 +114,9 @@ class MaxhubPanelServer(SwitchedPort):
 
 class ReachableHost(SwitchedPort):
     """A panel with no management protocol: a TCP port that answers a connect while the panel
-    is on (`drop_chance` of connections reset at once, which still shows it is there)."""
+    is on, from `boot_s` after it is switched on (its network comes up once it has booted),
+    and closes each connection as soon as the client has connected: there is nothing to
+    say on it."""
+
+    async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        return None  # the connect was the answer; the caller closes the connection

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from agent.simulator.behaviour import DeviceBehaviour
 from fleet.protocol.messages import Power
@@ -24,15 +24,21 @@ POWERED = {Power.on, Power.warming}
 
 
 class SwitchedPort:
-    """Listens on one loopback port while `powered` (the behaviour says on, and `alive`).
+    """Listens on one loopback port while `powered` (the behaviour says on, and `alive`),
+    from `boot_s` after it was switched on (a panel's network is up once its OS has booted;
+    one already on when the simulator starts has long booted).
 
     `alive = False` takes the device off the network whatever its power (unplugged).
-    `powered_at` is when the port last came up: the device's boot, for busy periods."""
+    `powered_at` is when the port last came up, for busy periods after it."""
 
-    def __init__(self, behaviour: DeviceBehaviour, check_s: float = 0.1) -> None:
+    def __init__(
+        self, behaviour: DeviceBehaviour, check_s: float = 0.1, boot_s: float = 0.0
+    ) -> None:
         self.behaviour = behaviour
         self.alive = True
         self.check_s = check_s
+        self.boot_s = boot_s
+        self._on_since: datetime | None = None
         self.address: tuple[str, int] = ("", 0)
         self.powered_at: datetime | None = None
         self.connections = 0
@@ -58,13 +64,24 @@ class SwitchedPort:
         probe.bind((host, port))
         self.address = probe.getsockname()[:2]
         probe.close()
+        if self.powered():
+            self._on_since = datetime.min.replace(tzinfo=UTC)  # on before we started: booted
         await self.sync()
         self._watch = asyncio.create_task(self._follow_power())
         return self
 
     async def sync(self) -> None:
         """Open or close the port as the device's power and `alive` say, now."""
+        now = self.behaviour.clock()
         want = self.powered()
+        if not want:
+            self._on_since = None
+        elif self._on_since is None:
+            self._on_since = now
+        booted = (
+            self._on_since is not None and (now - self._on_since).total_seconds() >= self.boot_s
+        )
+        want = want and booted
         if want and self._server is None:
             self._server = await asyncio.start_server(
                 self._accept, *self.address, reuse_address=True, limit=1024
