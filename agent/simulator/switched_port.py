@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 POWERED = {Power.on, Power.warming}
+LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 
 class SwitchedPort:
@@ -65,7 +66,7 @@ class SwitchedPort:
         self.address = probe.getsockname()[:2]
         probe.close()
         if self.powered():
-            self._on_since = datetime.min.replace(tzinfo=UTC)  # on before we started: booted
+            self._on_since = LONG_AGO  # on before we started: booted
         await self.sync()
         self._watch = asyncio.create_task(self._follow_power())
         return self
@@ -86,7 +87,8 @@ class SwitchedPort:
             self._server = await asyncio.start_server(
                 self._accept, *self.address, reuse_address=True, limit=1024
             )
-            self.powered_at = self.behaviour.clock()
+            # One on before the simulator started came up long ago: not busy booting now.
+            self.powered_at = now if self._on_since != LONG_AGO else LONG_AGO
         elif not want and self._server is not None:
             self._drop()
 
