@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field, replace
 
-from agent.collectors import Collectors, Target, steps_for
+from agent.collectors import Collectors, Step, Target, steps_for
 from agent.collectors.chain import poll_step
 from agent.poller import build_targets
 from fleet.protocol.messages import Reading
@@ -60,25 +60,25 @@ async def probe_chains(
     every = frozenset({"pjlink", "maxhub-lan", "snmp"})
     enabled = set(site.config.agent.enable_collectors)
     collectors = Collectors()
-    targets: list[Target] = []
+    targets: list[tuple[Target, tuple[Step, ...]]] = []
     for target in build_targets(site, address_map):
         address = address_map.get(target.device.id) if address_map is not None else None
         all_steps = steps_for(target.device, target.profile, address, every)
-        targets.append(replace(target, steps=all_steps))
+        targets.append((replace(target, steps=all_steps), all_steps))
     try:
         answers = await asyncio.gather(
             *(
-                asyncio.gather(*(poll_step(t, step, collectors.for_protocol) for step in t.steps))
-                for t in targets
+                asyncio.gather(*(poll_step(t, step, collectors.for_protocol) for step in steps))
+                for t, steps in targets
             )
         )
     finally:
         await collectors.close()
     proposals = []
-    for target, readings in zip(targets, answers, strict=True):
+    for (target, steps), readings in zip(targets, answers, strict=True):
         proposal = ChainProposal(target.device.id, target.profile.id)
         optional = {s.collector for s in target.profile.chain() if s.where_enabled}
-        for step, reading in zip(target.steps, readings, strict=True):
+        for step, reading in zip(steps, readings, strict=True):
             where = target.at(step).where
             proposal.ways.append(
                 WayResult(step.collector, where, reading.reachable, _describe(reading))

@@ -70,7 +70,7 @@ async def check_devices(
     results = []
     for target, proposal in zip(poller.targets, proposals, strict=True):
         name = f"device {target.device.id} ({target.host})"
-        running = {step.collector for step in target.steps}
+        running = {step.collector for step in target.steps or ()}
         ways = "; ".join(
             f"{w.collector} {'ok' if w.answered else 'no'}: {w.detail}" for w in proposal.ways
         )

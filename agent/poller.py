@@ -115,8 +115,17 @@ class Poller:
         return reading
 
     async def _read(self, target: Target) -> Reading:
-        if not target.steps:
+        if target.steps is None:
             return await self.collector_for(target.profile.protocol).poll(target)
+        if not target.steps:
+            # E.g. a panel whose only ways are simulated SNMP and a PJLink the site has not
+            # enabled: nothing is sent rather than the illustrative objects to a real device.
+            return unreachable(
+                target,
+                f"none of profile {target.profile.id}'s collectors runs at this site",
+                fix="enable one in the site config's agent.enable_collectors (see "
+                "`fleet-agent discover --chains`), or give the profile a reachability step",
+            )
         return await poll_chain(target, self.collector_for)
 
     async def poll_all_once(self) -> list[Reading]:

@@ -166,3 +166,20 @@ def test_device_page_says_which_collectors_read_it() -> None:
     shown = _shown("collectors", {"maxhub-lan": False, "reachability": True})
     assert shown == "maxhub-lan no answer, reachability answered"
     assert _shown("collectors", None) is None  # a reading from before chains: not shown
+
+
+def test_a_profile_with_nothing_to_run_at_a_real_site_sends_nothing() -> None:
+    """Simulated SNMP and a PJLink the site has not enabled: no illustrative object is ever
+    asked of a real device; the reading says what to enable."""
+    seewo = PROFILES["seewo-panel"]
+    only_simulated = seewo.model_copy(
+        update={"collectors": [c for c in seewo.chain() if c.collector != "reachability"]}
+    )
+    target = target_for(device("seewo-panel"), only_simulated)
+    assert target.steps == ()
+    poller = Poller([target], lambda r: None)
+    reading = asyncio.run(poller.poll(target))
+    assert not reading.reachable
+    assert "none of profile seewo-panel's collectors runs at this site" in (reading.error or "")
+    assert "agent.enable_collectors" in (reading.error or "")
+    assert poller._collectors == {}  # no collector was even made: nothing sent

@@ -56,9 +56,9 @@ class Target:
     community: str = field(repr=False)
     # SNMPv3 (when the device or its profile uses version 3): settings with resolved keys.
     snmp_v3: SnmpV3Settings | None = field(default=None, repr=False)
-    # The profile's collector chain as it applies here (agent/collectors/chain.py); empty:
-    # the profile's protocol alone, at host:port.
-    steps: tuple[Step, ...] = ()
+    # The profile's collector chain as it applies here (agent/collectors/chain.py); None:
+    # the profile's protocol alone, at host:port; empty: none of its collectors runs here.
+    steps: tuple[Step, ...] | None = None
 
     @property
     def where(self) -> str:
@@ -68,7 +68,7 @@ class Target:
 
     def at(self, step: Step) -> Target:
         """This target as one collector of its chain reads it."""
-        return replace(self, host=step.host, port=step.port, steps=())
+        return replace(self, host=step.host, port=step.port, steps=None)
 
 
 def steps_for(

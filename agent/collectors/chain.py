@@ -41,7 +41,7 @@ def step_deadline(target: Target, collector: str) -> float:
 async def poll_chain(target: Target, collector_for: Callable[[str], Collector]) -> Reading:
     """One reading of `target` from every collector of its chain (never raises for the
     device's trouble; a collector's own bug is logged and counts as no answer)."""
-    steps = target.steps
+    steps = target.steps or ()
     if len(steps) == 1:
         # One way only: its reading as it is (cleaned once already), saying who answered.
         reading = await poll_step(target, steps[0], collector_for)
