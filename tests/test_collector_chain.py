@@ -5,9 +5,14 @@ carries it (old agents' readings without it still accepted, bad ones refused wit
 from __future__ import annotations
 
 import asyncio
+import random
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -16,9 +21,11 @@ from agent.collectors import Step, steps_for, target_for
 from agent.collectors.chain import merge_readings
 from agent.poller import Poller, build_targets
 from agent.simulator import MaxhubQuirks, start_site
+from fleet.protocol.errors import ConfigErrors
 from fleet.protocol.messages import ErrorFlags, Flag, Power, Reading
-from fleet.protocol.profiles import load_profiles
-from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig, load_site
+from fleet.protocol.profiles import Profile, load_profiles
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig, check_site, load_site
+from fleet.protocol.timetable import Timetable
 
 TS = datetime(2025, 3, 3, 8, 30, tzinfo=UTC)
 PROFILES = load_profiles(DEFAULT_PROFILES_DIR)
@@ -183,3 +190,71 @@ def test_a_profile_with_nothing_to_run_at_a_real_site_sends_nothing() -> None:
     assert "none of profile seewo-panel's collectors runs at this site" in (reading.error or "")
     assert "agent.enable_collectors" in (reading.error or "")
     assert poller._collectors == {}  # no collector was even made: nothing sent
+
+
+def test_site_enabling_a_collector_that_does_not_exist_is_refused_with_the_fix(
+    tmp_path: Path,
+) -> None:
+    data = yaml.safe_load(Path("site_configs/usthb.yaml").read_text())
+    data["agent"]["enable_collectors"] = ["pjlink", "icmp"]
+    with pytest.raises(ConfigErrors) as caught:
+        check_site(tmp_path / "usthb.yaml", data, PROFILES)
+    text = str(caught.value)
+    assert "agent.enable_collectors" in text and "pjlink" in text
+
+
+def test_profile_naming_an_unknown_collector_is_refused() -> None:
+    data = PROFILES["maxhub-panel"].model_dump()
+    data["collectors"] = [{"collector": "maxhub-lan"}, {"collector": "telnet"}]
+    with pytest.raises(ValidationError, match="collectors"):
+        Profile.model_validate(data)
+
+
+def test_enabled_pjlink_on_a_lan_panel_merges_on_loopback() -> None:
+    """The site enabled PJLink on its MAXHUB panels: three collectors, three ports (one
+    simulated MAXHUB panel and one simulated PJLink server on loopback), one reading."""
+    from agent.simulator.behaviour import DeviceBehaviour
+    from agent.simulator.maxhub_server import MaxhubPanelServer, MaxhubQuirks
+    from agent.simulator.pjlink_server import PjlinkQuirks, ProjectorServer
+
+    data = PROFILES["maxhub-panel"].model_dump()
+    data["poll"].update({"timeout_s": 0.5, "retries": 0})
+    data["simulation"].update({"off_in_class_share": 0.0, "left_on_share": 0.0})
+    maxhub = Profile.model_validate(data)
+    panel_device = DeviceConfig(id="room-panel", profile=maxhub.id, address="127.0.0.1")
+
+    async def run() -> Reading:
+        behaviour = DeviceBehaviour(
+            panel_device,
+            maxhub,
+            timetable=Timetable.model_validate({"weekly": {"mon": ["08:00-10:00"]}}),
+            tz=ZoneInfo("UTC"),
+            room_name="Room 1",
+            clock=lambda: TS,
+            rng=random.Random(5),
+        )
+        lan = await MaxhubPanelServer(behaviour, MaxhubQuirks()).start()
+        pjlink = await ProjectorServer(behaviour, None, PjlinkQuirks(slow_reply_chance=0)).start()
+        target = target_for(panel_device, maxhub, lan.address)
+        target = replace(
+            target,
+            steps=(
+                Step("maxhub-lan", *lan.address),
+                Step("pjlink", *pjlink.address),
+                Step("reachability", *lan.address),
+            ),
+        )
+        poller = Poller([target], lambda r: None)
+        try:
+            return await poller.poll(target)
+        finally:
+            await poller.close()
+            lan.close()
+            pjlink.close()
+
+    reading = asyncio.run(asyncio.wait_for(run(), 30))
+    assert reading.collectors == {"maxhub-lan": True, "pjlink": True, "reachability": True}
+    assert reading.power == Power.on
+    assert reading.input in {"hdmi1", "slot-in-pc", "type-c1"}  # MAXHUB's, first in chain
+    assert reading.errors is not None  # only PJLink gives error flags
+    assert reading.metrics["pjlink_class"] == 2 and "volume_pct" in reading.metrics
