@@ -25,8 +25,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy fleet agent
 
+# Test files run in parallel workers, each file whole in one worker (its module fixtures, such
+# as the browser, start once). Most tests wait on real brokers and processes, so more workers
+# than cores pays; TEST_WORKERS=0 runs them one after the other.
+TEST_WORKERS ?= 4
+
 test: lint typecheck
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

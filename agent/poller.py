@@ -59,11 +59,27 @@ def build_targets(
     return targets
 
 
-def deadline_of(target: Target) -> float:
-    """The hard deadline of one poll. A chain's collectors run together, each under its own
-    deadline (agent.collectors.chain.step_deadline); the poll waits for the slowest."""
-    if target.steps:
-        return max(step_deadline(target.at(step), step.collector) for step in target.steps) + 2.0
+def deadline_of(
+    target: Target,
+    collector: Collector | None = None,
+    collector_for: Callable[[str], Collector] | None = None,
+) -> float:
+    """How long one poll of `target` may take, in seconds. A collector whose polls make
+    several requests in turn says how long its poll may take (`deadline_s`); otherwise one
+    request with its retries. A chain's collectors run together, each under its own
+    deadline (agent.collectors.chain.step_deadline): the poll waits for the slowest. Two
+    seconds on top so that the collector answers first."""
+    if target.steps and collector_for is not None:
+        return (
+            max(
+                step_deadline(target.at(step), collector_for(step.collector))
+                for step in target.steps
+            )
+            + 2.0
+        )
+    own = getattr(collector, "deadline_s", None)
+    if own is not None:
+        return float(own(target)) + 2.0
     poll = target.profile.poll
     return poll.timeout_s * (poll.retries + 1) + 2.0
 
@@ -94,12 +110,16 @@ class Poller:
     async def poll(self, target: Target) -> Reading:
         """One poll under the concurrency bound and a hard deadline; never raises."""
         async with self._semaphore:
+            collector = (
+                None if target.steps is not None else self.collector_for(target.profile.protocol)
+            )
+            deadline = deadline_of(target, collector, self.collector_for)
             try:
-                reading = await asyncio.wait_for(self._read(target), deadline_of(target))
+                reading = await asyncio.wait_for(self._read(target), deadline)
             except TimeoutError:
                 reading = unreachable(
                     target,
-                    f"no answer within {deadline_of(target):.0f} s",
+                    f"no answer within {deadline:.0f} s",
                     fix="check that the device is powered and on the network",
                 )
             except Exception as exc:  # a collector bug must not stop the site's polling

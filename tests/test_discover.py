@@ -131,7 +131,7 @@ def test_discovery_finds_simulated_devices_and_their_profiles(
             profiles,
             communities=communities,
             passwords=passwords,
-            timeout=0.5,
+            timeout=3.0,
             on_done=done.append,
         )
     )
@@ -174,7 +174,7 @@ def test_projector_password_unknown_is_still_listed(
             profiles,
             communities=["public"],
             passwords=[None, "wrong"],
-            timeout=0.5,
+            timeout=3.0,
         )
     )
     assert len(findings) == 1
@@ -196,7 +196,7 @@ def test_cli_writes_a_draft_to_review(tmp_path: Path, lab: LoadedSite) -> None:
     try:
         out = tmp_path / "draft.yaml"
         args = ["discover", "--config", str(path), "--targets", "127.0.0.1"]
-        args += ["--ports", ports_option(sim.simulated), "--timeout", "0.5", "--out", str(out)]
+        args += ["--ports", ports_option(sim.simulated), "--timeout", "3", "--out", str(out)]
         result = CliRunner().invoke(app, args)
     finally:
         sim.stop()
@@ -277,7 +277,7 @@ def test_published_findings_reach_the_controller_and_name_what_is_unregistered(
         path = tmp_path / "upm.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         wait_for(lambda: subscriber.status().get("connected"), 15, "the controller's connection")
-        args = ["discover", "--config", str(path), "--targets", "127.0.0.1", "--timeout", "0.5"]
+        args = ["discover", "--config", str(path), "--targets", "127.0.0.1", "--timeout", "3"]
         args += ["--ports", ports_option(sim.simulated), "--out", str(tmp_path / "draft.yaml")]
         args += ["--publish", "--mqtt-url", broker.url, "--topic-root", broker.topic_root]
         result = CliRunner().invoke(app, args)

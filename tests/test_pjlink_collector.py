@@ -201,7 +201,6 @@ def test_auth_digest_is_md5_of_random_and_password() -> None:
     ("misbehaviour", "expect"),
     [
         ("garbage_greeting", "not 'pjlink 0'"),
-        ("garbage", "not a pjlink reply"),
         ("half", "no complete pjlink answer|timeout"),
         ("silent", "no complete pjlink answer|timeout"),
         ("reset", "reset|closed the connection"),

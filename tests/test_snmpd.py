@@ -14,7 +14,7 @@ import pytest
 from agent.collectors import target_for
 from agent.collectors.snmp import SnmpCollector
 from fleet.protocol.messages import Power, Reading
-from fleet.protocol.profiles import PollSettings, load_profiles
+from fleet.protocol.profiles import PollSettings, SnmpObject, load_profiles
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig
 from tests.conftest import need
 
@@ -97,3 +97,47 @@ def test_collector_reads_sys_name_and_uptime_from_net_snmp(snmpd: tuple[str, int
     assert reading.uptime_s is not None and 0 <= reading.uptime_s < 60
     assert reading.power == Power.on  # mib2-device: power_when_reachable
     assert reading.errors is None
+
+
+# net-snmp's UCD-SNMP-MIB: the 1-minute load average as text (laLoad) and as an Opaque-wrapped
+# float (laLoadFloat), which is how net-snmp agents send floats. Real enterprise OIDs (2021,
+# UCD): profiles refuse them (they hold simulated objects only), so this test builds its
+# objects without that check.
+LA_LOAD = "1.3.6.1.4.1.2021.10.1.3.1"
+LA_LOAD_FLOAT = "1.3.6.1.4.1.2021.10.1.6.1"
+
+
+def test_an_opaque_float_from_net_snmp_is_read_as_a_float(snmpd: tuple[str, int]) -> None:
+    profile = load_profiles(DEFAULT_PROFILES_DIR)["mib2-device"]
+    assert profile.snmp is not None
+    objects = [
+        SnmpObject.model_construct(field="metrics.load_text", oid=LA_LOAD, type="float"),
+        SnmpObject.model_construct(field="metrics.load_float", oid=LA_LOAD_FLOAT, type="float"),
+        SnmpObject.model_construct(
+            field="uptime_s", oid="1.3.6.1.2.1.1.3.0", type="timeticks", scale=1.0
+        ),
+    ]
+    snmp = profile.snmp.model_copy(update={"objects": objects})
+    quick = profile.model_copy(
+        update={"snmp": snmp, "poll": PollSettings(timeout_s=0.3, retries=0)}
+    )
+    device = DeviceConfig(id="lab-pc-1", profile=profile.id, address="127.0.0.1")
+
+    async def scenario() -> Reading:
+        collector = SnmpCollector()
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 15
+            while True:
+                reading = await collector.poll(target_for(device, quick, snmpd))
+                if reading.reachable or loop.time() > deadline:
+                    return reading
+        finally:
+            await collector.close()
+
+    reading = asyncio.run(scenario())
+    assert reading.reachable and reading.error is None, reading.error
+    as_float = reading.metrics["load_float"]
+    assert isinstance(as_float, float) and 0 <= as_float < 1000
+    # The same figure net-snmp also gives as text (both from one cached load sample).
+    assert abs(as_float - float(reading.metrics["load_text"])) < 0.01

@@ -25,16 +25,14 @@ log = logging.getLogger(__name__)
 _FIELDS = ("input", "temperature_c", "lamp_hours", "filter_hours", "uptime_s", "firmware", "errors")
 
 
-def step_deadline(target: Target, collector: str) -> float:
-    """Seconds one collector of the chain may take for one poll of `target`. A collector
-    that makes several queries per poll says how long they may take (`deadline_s`)."""
+def step_deadline(target: Target, collector: Collector) -> float:
+    """Seconds one collector of the chain may take for one poll of `target`: what the
+    collector says its poll may take (`deadline_s`, when it makes several requests in turn),
+    or one request with its retries; a second on top so that it answers first."""
+    own = getattr(collector, "deadline_s", None)
+    if own is not None:
+        return float(own(target)) + 1.0
     poll = target.profile.poll
-    if collector == "maxhub-lan":
-        from agent.collectors.maxhub_lan import poll_deadline
-
-        return poll_deadline(target)
-    if collector == "reachability":
-        return poll.timeout_s * target.profile.reachability.count + 1.0
     return poll.timeout_s * (poll.retries + 1) + 2.0
 
 
@@ -57,9 +55,10 @@ async def poll_step(
     """One collector of `target`'s chain, under its own deadline; never raises for the
     device (no answer, or a collector's bug, is a Reading with reachable=False)."""
     at = target.at(step)
-    deadline = step_deadline(at, step.collector)
+    deadline = 0.0
     try:
         collector = collector_for(step.collector)
+        deadline = step_deadline(at, collector)
         return await asyncio.wait_for(collector.poll(at), deadline)
     except TimeoutError:
         return unreachable(

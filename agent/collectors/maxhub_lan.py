@@ -203,6 +203,10 @@ async def _read_reply(reader: asyncio.StreamReader, command: int) -> str | None:
 class MaxhubLanCollector:
     """Power, input and the panel settings the public table lets one read (see module doc)."""
 
+    def deadline_s(self, target: Target) -> float:
+        """Seconds a poll may take: see `poll_deadline`."""
+        return poll_deadline(target)
+
     async def poll(self, target: Target) -> Reading:
         poll = target.profile.poll
         ts = utcnow()

@@ -1,9 +1,16 @@
-"""PJLink collector (class 1, plus class 2 queries) over TCP 4352, with our own small client.
+"""PJLink collector (class 1, plus class 2 queries) over TCP 4352.
 
-One TCP connection per poll: greeting, MD5 authentication when the projector asks for it,
-then one query at a time (never pipelined: some projectors lock up when pushed), then close.
+One TCP connection per poll (agent/collectors/pjlink_session.py: greeting, MD5 auth, the reply
+bytes as projectors send them), one query at a time (never pipelined: some projectors lock up
+when pushed), then close. What matters is asked first: power, errors, lamp, input; then filter
+hours; the static queries (class, firmware, serial, name, manufacturer, model) only every
+`static_interval_s`, their last answers reported in between. Each query has the profile's
+timeout to itself (a projector may take up to 2 s per answer), and the poll's deadline is the
+number of its queries times that timeout (`deadline_s`), which the poller honours.
+
 Replies are read case-insensitively. ERR3 ("unavailable time", during warm-up or standby) means
-busy, not faulty: the field is left out and the reading says which queries were busy.
+busy, not faulty: the field is left out and the reading says which queries were busy. An
+answer that is not PJLink costs that field (said in the reading's error), not the projector.
 
 Why not a library: aiopjlink2 opens a new connection (and authenticates again) for every
 command, a dozen per poll, and pulls in a serial-port dependency; the protocol is small.
@@ -12,22 +19,44 @@ command, a dozen per poll, and pulls in a serial-port dependency; the protocol i
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import re
-from collections.abc import AsyncIterator
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from agent.collectors import Target, register, unreachable
 from agent.collectors.cleaning import make_reading
+from agent.collectors.pjlink_session import (
+    ERROR_MEANING,
+    PJLINK_PORT,
+    Answer,
+    PjlinkAuthError,
+    PjlinkClosed,
+    PjlinkError,
+    PjlinkProtocolError,
+    PjlinkSession,
+    auth_digest,
+    parse_reply,
+    pjlink_session,
+)
 from fleet.protocol.messages import ErrorFlags, Flag, Power, Reading, utcnow
 from fleet.protocol.profiles import PjlinkSettings
 
-PJLINK_PORT = 4352
-# The longest valid reply is ~140 bytes (a 128-byte class 2 parameter): longer is not PJLink.
-LINE_LIMIT = 512
+__all__ = [
+    "ERROR_MEANING",
+    "PJLINK_PORT",
+    "Answer",
+    "PjlinkAuthError",
+    "PjlinkClosed",
+    "PjlinkCollector",
+    "PjlinkError",
+    "PjlinkProtocolError",
+    "ProjectorAnswers",
+    "auth_digest",
+    "parse_reply",
+    "pjlink_session",
+    "reading_from_answers",
+]
 
 POWER = {"0": Power.off, "1": Power.on, "2": Power.cooling, "3": Power.warming}
 FLAGS = {"0": Flag.ok, "1": Flag.warning, "2": Flag.error}
@@ -40,147 +69,16 @@ INPUT_TYPES = {
     "5": "network",
     "6": "internal",
 }
-ERROR_MEANING = {
-    "ERR1": "undefined command",
-    "ERR2": "out of parameter",
-    "ERR3": "unavailable time (busy)",
-    "ERR4": "projector failure",
-}
 # Identity queries and the metric each fills.
 IDENTITY = {"NAME": "name", "INF1": "manufacturer", "INF2": "product", "INFO": "info"}
-_REPLY = re.compile(r"^%([12])([A-Za-z0-9]{4})=(.*)$", re.DOTALL)
-
-
-class PjlinkError(Exception):
-    """Talking PJLink failed; the message says what happened."""
-
-
-class PjlinkAuthError(PjlinkError):
-    """The projector refused the password (PJLINK ERRA) or wants one we do not have."""
-
-
-class PjlinkProtocolError(PjlinkError):
-    """The peer answered, but not in PJLink: garbage, an oversized line, an out-of-order reply."""
-
-
-class PjlinkClosed(PjlinkError):
-    """The projector closed or reset the connection mid-conversation."""
-
-
-@dataclass(frozen=True)
-class Answer:
-    command: str  # upper case, e.g. POWR
-    value: str = ""  # the parameter, as sent
-    error: str | None = None  # ERR1..ERR4, upper case
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def busy(self) -> bool:
-        return self.error == "ERR3"
-
-
-def auth_digest(token: str, password: str) -> str:
-    """PJLink's authentication: md5(random from the greeting + password), lowercase hex."""
-    return hashlib.md5((token + password).encode(), usedforsecurity=False).hexdigest()
-
-
-async def _read_line(reader: asyncio.StreamReader, timeout: float) -> str:
-    try:
-        raw = await asyncio.wait_for(reader.readuntil(b"\r"), timeout)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial.strip():
-            shown = exc.partial[:40].decode("ascii", "replace")
-            raise PjlinkClosed(f"connection closed after half a reply ({shown!r})") from None
-        raise PjlinkClosed("the projector closed the connection") from None
-    except asyncio.LimitOverrunError:
-        raise PjlinkProtocolError(f"a reply longer than {LINE_LIMIT} bytes: not PJLink") from None
-    except ValueError:  # StreamReader turns a limit overrun into ValueError in some paths
-        raise PjlinkProtocolError(f"a reply longer than {LINE_LIMIT} bytes: not PJLink") from None
-    # Some projectors end lines with CR LF: the LF then starts the next line.
-    return raw.decode("utf-8", "replace").strip("\r\n")
-
-
-class PjlinkSession:
-    """One authenticated connection; `query` sends one command and reads its reply."""
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        digest: str | None,
-        timeout: float,
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._digest = digest  # sent before the first command only
-        self._timeout = timeout
-        self.auth_required = digest is not None
-
-    async def query(self, command: str, pjclass: int = 1) -> Answer:
-        line = f"%{pjclass}{command} ?\r"
-        if self._digest is not None:
-            line, self._digest = self._digest + line, None
-        try:
-            self._writer.write(line.encode("ascii"))
-            await asyncio.wait_for(self._writer.drain(), self._timeout)
-        except ConnectionError as exc:
-            raise PjlinkClosed(f"the connection broke while sending {command} ({exc})") from None
-        reply = await _read_line(self._reader, self._timeout)
-        return parse_reply(reply, command, pjclass)
-
-
-def parse_reply(reply: str, command: str, pjclass: int = 1) -> Answer:
-    """One reply line (without CR) checked against the command it answers."""
-    if reply.upper().startswith("PJLINK ERRA"):
-        raise PjlinkAuthError("the projector refused the password (PJLINK ERRA)")
-    found = _REPLY.match(reply)
-    if found is None:
-        raise PjlinkProtocolError(f"answered {reply[:40]!r} to {command}, not a PJLink reply")
-    got_class, got_command, value = found.groups()
-    if got_command.upper() != command or int(got_class) != pjclass:
-        raise PjlinkProtocolError(
-            f"answered %{got_class}{got_command} to %{pjclass}{command}: replies out of order"
-        )
-    if value.upper() in ERROR_MEANING:
-        return Answer(command, value, value.upper())
-    return Answer(command, value)
-
-
-def _parse_greeting(greeting: str, password: str | None) -> str | None:
-    """The digest to send with the first command (None: no authentication)."""
-    parts = greeting.split(" ")
-    head = [p.upper() for p in parts]
-    if head[:2] == ["PJLINK", "0"]:
-        return None
-    if head[:2] == ["PJLINK", "ERRA"]:
-        raise PjlinkAuthError("the projector refused the connection (PJLINK ERRA)")
-    if head[:2] == ["PJLINK", "1"] and len(parts) == 3 and parts[2]:
-        if password is None:
-            raise PjlinkAuthError("the projector asks for a PJLink password and none is set")
-        return auth_digest(parts[2], password)
-    raise PjlinkProtocolError(f"greeted with {greeting[:40]!r}, not 'PJLINK 0' or 'PJLINK 1 ...'")
-
-
-@contextlib.asynccontextmanager
-async def pjlink_session(
-    host: str, port: int, password: str | None, timeout: float
-) -> AsyncIterator[PjlinkSession]:
-    """Connect, read the greeting, prepare authentication; close on exit, whatever happened."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, limit=LINE_LIMIT), timeout
-    )
-    try:
-        greeting = await _read_line(reader, timeout)
-        digest = _parse_greeting(greeting, password)
-        yield PjlinkSession(reader, writer, digest, timeout)
-    finally:
-        writer.close()
-        # A peer that never acknowledges the close must not hold the poll.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer.wait_closed(), 1.0)
+# Read every poll, in this order: what a technician and the alerts need.
+ESSENTIAL = ("POWR", "ERST", "LAMP")
+# Asked every `static_interval_s` only: they do not change while the projector is the same.
+STATIC = frozenset({"CLSS", "SVER", "SNUM", *IDENTITY})
+# After this many queries in a row without an answer the projector is taken to be gone.
+SILENT_QUERIES = 2
+# What connecting and the greeting may take, in per-query timeouts.
+CONNECT_COST = 2
 
 
 @dataclass
@@ -189,26 +87,106 @@ class ProjectorAnswers:
 
     answers: dict[str, Answer] = field(default_factory=dict)
     pjlink_class: int = 1
+    # Queries that had no answer within their timeout.
+    silent: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StaticAnswers:
+    """A projector's static answers (CLSS, SVER, SNUM, identity) and when they were read."""
+
+    answers: dict[str, Answer] = field(default_factory=dict)
+    read_at: float | None = None  # time.monotonic() of the last complete read
+
+    def due(self, interval_s: float, now: float) -> bool:
+        return self.read_at is None or now - self.read_at >= interval_s
+
+    @property
+    def pjlink_class(self) -> int | None:
+        clss = self.answers.get("CLSS")
+        if clss is None or not clss.ok:
+            return None if clss is None else 1
+        return 2 if clss.value.strip() == "2" else 1
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """The queries of one poll, in order: (command, class). `static` ones refresh the cache."""
+
+    queries: tuple[tuple[str, int], ...]
+    static: bool
+
+
+def plan_queries(settings: PjlinkSettings, cached: StaticAnswers, now: float) -> QueryPlan:
+    """Which queries this poll makes. Without a known class, CLSS comes before INPT (whose
+    class depends on it); the static ones only when due."""
+    due = cached.due(settings.static_interval_s, now)
+    known = cached.pjlink_class
+    queries: list[tuple[str, int]] = [(c, 1) for c in ESSENTIAL]
+    if known is None or due:
+        queries.append(("CLSS", 1))
+    pjclass = known or 1
+    class2 = settings.class2 and pjclass == 2
+    # After CLSS, INPT's class is decided at run time (read_projector); the plan counts it.
+    queries.append(("INPT", 2 if class2 else 1))
+    if settings.class2 and (class2 or known is None):
+        queries.append(("FILT", 2))
+    if due:
+        if settings.class2 and (class2 or known is None):
+            queries.append(("SVER", 2))
+        if settings.identity:
+            queries += [(c, 1) for c in IDENTITY]
+            if settings.class2 and (class2 or known is None):
+                queries.append(("SNUM", 2))
+    return QueryPlan(tuple(queries), due)
 
 
 async def read_projector(
-    session: PjlinkSession, settings: PjlinkSettings, into: ProjectorAnswers
+    session: PjlinkSession,
+    settings: PjlinkSettings,
+    into: ProjectorAnswers,
+    cached: StaticAnswers | None = None,
+    now: float | None = None,
 ) -> None:
-    """Every query of a poll, most important first, one at a time."""
-    for command in ("POWR", "CLSS", "ERST", "LAMP"):
-        into.answers[command] = await session.query(command)
-    clss = into.answers["CLSS"]
-    class2 = settings.class2 and clss.ok and clss.value.strip() == "2"
-    into.pjlink_class = 2 if clss.ok and clss.value.strip() == "2" else 1
-    into.answers["INPT"] = await session.query("INPT", 2 if class2 else 1)
-    if class2:
-        for command in ("FILT", "SVER"):
-            into.answers[command] = await session.query(command, 2)
-    if settings.identity:
-        for command in IDENTITY:
-            into.answers[command] = await session.query(command)
-        if class2:
-            into.answers["SNUM"] = await session.query("SNUM", 2)
+    """The poll's queries (plan_queries), one at a time. A query that times out is noted
+    and the next one asked; POWR timing out, or SILENT_QUERIES in a row, ends the poll
+    (TimeoutError), with what arrived kept in `into`."""
+    cached = cached if cached is not None else StaticAnswers()
+    now = time.monotonic() if now is None else now
+    plan = plan_queries(settings, cached, now)
+    in_a_row = 0
+    statics_answered = True
+    for command, pjclass in plan.queries:
+        class2 = settings.class2 and _class_of(into, cached) == 2
+        if command == "INPT":
+            pjclass = 2 if class2 else 1  # CLSS may have been answered just now
+        elif pjclass == 2 and not class2:
+            continue  # class 2 queries only to a projector that said it is class 2
+        try:
+            answer = await session.query(command, pjclass)
+        except TimeoutError:
+            if command == "POWR":
+                raise
+            into.silent.append(command)
+            statics_answered = statics_answered and command not in STATIC
+            in_a_row += 1
+            if in_a_row >= SILENT_QUERIES:
+                raise
+            continue
+        in_a_row = 0
+        into.answers[command] = answer
+        if command in STATIC:
+            cached.answers[command] = answer
+    into.pjlink_class = _class_of(into, cached) or 1
+    if plan.static and statics_answered:
+        cached.read_at = now
+
+
+def _class_of(into: ProjectorAnswers, cached: StaticAnswers) -> int | None:
+    clss = into.answers.get("CLSS")
+    if clss is not None:
+        return 2 if clss.ok and clss.value.strip() == "2" else 1
+    return cached.pjlink_class
 
 
 def _input_name(value: str) -> str | None:
@@ -235,7 +213,18 @@ def reading_from_answers(
     metrics: dict[str, Any] = {"pjlink_class": got.pjlink_class}
     notes = [problem] if problem else []
     busy = []
+    # What was stripped or how text was decoded: not a fault, but a technician may want it.
+    remarks = [
+        f"{command}: {note}"
+        for command, a in got.answers.items()
+        if not a.unsupported
+        for note in a.notes
+    ]
+    unsupported = []
     for command, answer in got.answers.items():
+        if answer.unsupported:
+            unsupported.append(f"{command} {'; '.join(answer.notes)}")
+            continue
         if answer.busy:
             busy.append(command)
             continue
@@ -280,9 +269,18 @@ def reading_from_answers(
             metrics[IDENTITY[command]] = value.strip()
         if bad:
             notes.append(f"{command} answered {value[:24]!r}, which is not PJLink")
+    if unsupported:
+        notes.append(f"left out, not a PJLink reply: {'; '.join(unsupported)}")
+    if got.silent:
+        notes.append(f"no answer in time to {', '.join(got.silent)}")
     if busy:
         # Busy is normal while warming up or in standby: say so without calling it a fault.
         metrics["pjlink_busy"] = ",".join(busy)
+    stripped = [f"{c} {a.stripped}" for c, a in got.answers.items() if a.stripped]
+    if stripped:
+        remarks.insert(0, f"bytes not part of the reply stripped: {', '.join(stripped)}")
+    if remarks:
+        metrics["pjlink_notes"] = "; ".join(remarks)
     error = f"{target.where}: {'; '.join(notes)}" if notes else None
     return make_reading(
         target.device.id,
@@ -298,24 +296,44 @@ def reading_from_answers(
 
 @register("pjlink")
 class PjlinkCollector:
+    """Polls projectors over PJLink; keeps each projector's static answers between polls."""
+
+    def __init__(self) -> None:
+        self._static: dict[str, StaticAnswers] = {}
+
+    def deadline_s(self, target: Target) -> float:
+        """How long a poll of `target` may take, in seconds: each query its timeout, plus
+        connecting and the greeting, for each try; the poller adds its own margin."""
+        poll = target.profile.poll
+        settings = target.profile.pjlink or PjlinkSettings()
+        cached = self._static.get(target.device.id, StaticAnswers())
+        queries = len(plan_queries(settings, cached, time.monotonic()).queries)
+        # A retry happens only when POWR, the first query, got nothing: it costs one query.
+        return poll.timeout_s * (CONNECT_COST + queries + poll.retries * (CONNECT_COST + 1))
+
     async def poll(self, target: Target) -> Reading:
         ts = utcnow()
         poll = target.profile.poll
         settings = target.profile.pjlink or PjlinkSettings()
+        encoding = target.device.text_encoding or settings.text_encoding
+        cached = self._static.setdefault(target.device.id, StaticAnswers())
+        budget = self.deadline_s(target)
         got = ProjectorAnswers()
         attempts = poll.retries + 1
-        # Inside the poller's deadline (timeout * tries + 2 s), so we answer before it cancels.
-        budget = poll.timeout_s * attempts
         problem = "no answer"
         try:
             async with asyncio.timeout(budget):
                 for attempt in range(attempts):
                     try:
                         async with pjlink_session(
-                            target.host, target.port, target.device.password, poll.timeout_s
+                            target.host,
+                            target.port,
+                            target.device.password,
+                            poll.timeout_s,
+                            encoding,
                         ) as session:
-                            await read_projector(session, settings, got)
-                        return reading_from_answers(target, got, ts)
+                            await read_projector(session, settings, got, cached)
+                        return reading_from_answers(target, _with_static(got, cached), ts)
                     except (PjlinkClosed, ConnectionResetError, TimeoutError) as exc:
                         problem = _describe(exc, poll.timeout_s)
                         if "POWR" in got.answers or attempt + 1 == attempts:
@@ -357,13 +375,22 @@ class PjlinkCollector:
             )
         if "POWR" in got.answers:
             # It answered the essential query before failing: keep what arrived.
+            got = _with_static(got, cached)
             return reading_from_answers(target, got, ts, f"poll cut short: {problem}")
         return unreachable(
             target, problem, ts, fix="check that the projector is powered and on the network"
         )
 
     async def close(self) -> None:
-        return None  # nothing shared: a new connection per poll
+        self._static.clear()
+
+
+def _with_static(got: ProjectorAnswers, cached: StaticAnswers) -> ProjectorAnswers:
+    """This poll's answers, and the cached static ones it did not ask again."""
+    answers = dict(got.answers)
+    for command, answer in cached.answers.items():
+        answers.setdefault(command, answer)
+    return ProjectorAnswers(answers, got.pjlink_class, list(got.silent))
 
 
 def _describe(exc: BaseException, timeout: float) -> str:

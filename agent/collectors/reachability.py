@@ -73,6 +73,10 @@ async def tcp_connect(host: str, port: int, timeout: float) -> float:
 class ReachabilityCollector:
     """Reachable or not, and the round-trip time (`metrics.rtt_ms`); power stays unknown."""
 
+    def deadline_s(self, target: Target) -> float:
+        """Each try (echo or connect) under the poll timeout, in turn."""
+        return target.profile.poll.timeout_s * target.profile.reachability.count + 0.5
+
     async def poll(self, target: Target) -> Reading:
         settings = target.profile.reachability
         timeout = target.profile.poll.timeout_s

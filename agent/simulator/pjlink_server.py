@@ -4,7 +4,9 @@ Password authentication (`PJLINK 1 <random>`, `PJLINK ERRA` on a wrong digest), 
 replies on some models, ERR3 while warming up or cooling down (and for INPT in standby), the
 connection dropped after 30 s idle, now and then a slow reply, lamp and filter hours that age
 and faults that come and go (from DeviceBehaviour). Times are `PjlinkQuirks` fields so that
-tests need not wait 30 s. `misbehave` makes it answer badly, for fault tests.
+tests need not wait 30 s. `misbehave` makes it answer badly, for fault tests. Field quirks:
+every reply slow (1.0-1.9 s, inside the spec's 2 s), NAME padded with NULs, bytes before and
+after replies, text in Latin-1 (NEC), a query answered with something that is not PJLink.
 """
 
 from __future__ import annotations
@@ -50,6 +52,24 @@ class PjlinkQuirks:
     slow_reply_s: float = 2.0  # inside the profile's timeout: slow, not dead
     lowercase: bool = False
     pjlink_class: int = 2
+    # Every reply after a delay drawn from this range (s): a projector that answers each
+    # query in 1.0-1.9 s, inside the spec's 2 s.
+    reply_delay_s: tuple[float, float] | None = None
+    # NAME padded with NUL bytes to its buffer's size before the CR.
+    name_nul_padding: int = 0
+    # Bytes sent before the greeting (a telnet prompt, NULs, a blank line).
+    before_greeting: bytes = b""
+    # Bytes sent before every reply (a prompt, NULs, an echo), and after its CR.
+    before_reply: bytes = b""
+    after_reply: bytes = b""
+    # The encoding of NAME, INF1, INF2, INFO (NEC sends Latin-1).
+    text_encoding: str = "utf-8"
+    # Commands answered with something that is not a PJLink reply.
+    not_pjlink: frozenset[str] = frozenset()
+    # Commands answered only after `slow_reply_s` (past the client's timeout: a late reply).
+    slow_commands: frozenset[str] = frozenset()
+    # Replies as given here instead of the model's, by command: hostile-input tests.
+    raw_replies: dict[str, bytes] | None = None
 
 
 class ProjectorServer:
@@ -73,6 +93,7 @@ class ProjectorServer:
         self.commands = 0
         self.auth_failures = 0
         self.idle_drops = 0
+        self.received: list[str] = []  # the commands asked, e.g. "%1POWR"
         self.address: tuple[str, int] = ("", 0)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -120,7 +141,8 @@ class ProjectorServer:
             await writer.drain()
             return
         token = f"{self.rng.getrandbits(32):08x}"
-        writer.write(f"PJLINK 1 {token}\r".encode() if self.password else b"PJLINK 0\r")
+        greeting = f"PJLINK 1 {token}\r".encode() if self.password else b"PJLINK 0\r"
+        writer.write(self.quirks.before_greeting + greeting)
         await writer.drain()
         first = True
         while True:
@@ -156,8 +178,28 @@ class ProjectorServer:
                 continue
             if self.rng.random() < self.quirks.slow_reply_chance:
                 await asyncio.sleep(self.quirks.slow_reply_s)
-            writer.write(self.reply(line).encode() + b"\r")
+            if self.quirks.reply_delay_s is not None:
+                await asyncio.sleep(self.rng.uniform(*self.quirks.reply_delay_s))
+            if line[2:6].upper() in self.quirks.slow_commands:
+                await asyncio.sleep(self.quirks.slow_reply_s)
+            self.received.append(line[:6].upper())
+            q = self.quirks
+            writer.write(q.before_reply + self.reply_bytes(line) + b"\r" + q.after_reply)
             await writer.drain()
+
+    def reply_bytes(self, line: str) -> bytes:
+        """The reply's bytes as this model sends them: text in its encoding, NAME padded."""
+        found = _COMMAND.match(line)
+        command = found[2].upper() if found else ""
+        if command in self.quirks.not_pjlink:
+            return b"OK"  # what a serial-to-LAN box in front of some projectors says
+        if self.quirks.raw_replies is not None and command in self.quirks.raw_replies:
+            return self.quirks.raw_replies[command]
+        text = self.reply(line)
+        data = text.encode(self.quirks.text_encoding, "replace")
+        if command == "NAME" and not text.upper().endswith("=ERR1"):
+            data += b"\x00" * self.quirks.name_nul_padding
+        return data
 
     def reply(self, line: str) -> str:
         """The reply (without CR) to one command line (without digest or CR)."""

@@ -4,7 +4,8 @@ and SET of the one object that starts a firmware update.
 One UDP socket per simulated device, all in one asyncio loop and without an SnmpEngine, so a
 thousand devices cost a thousand sockets and little else. Messages are decoded and encoded with
 pysnmp's protocol modules. Like a real agent it ignores a wrong community (no answer), and it
-can be switched dead and back for fault tests.
+can be switched dead and back for fault tests. `quirks` (SnmpQuirks) make it answer as some
+agents in the field do: one OID per request, only the first, tooBig, genErr, odd types.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import bisect
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pyasn1.codec.ber import decoder, encoder
@@ -26,8 +27,29 @@ from fleet.protocol.profiles import Profile, SnmpObject
 
 log = logging.getLogger(__name__)
 
+
+@dataclass
+class SnmpQuirks:
+    """Ways real agents answer that a test or the demo can switch on, one per field."""
+
+    # Silent (no answer at all) on a GET of more OIDs than this.
+    max_oids: int | None = None
+    # Answers only the first OID of a GET, whatever it was asked.
+    first_only: bool = False
+    # tooBig on a GET of more OIDs than this.
+    too_big_over: int | None = None
+    # SNMPv1: genErr, not noSuchName, for an object it does not have.
+    gen_err_for_missing: bool = False
+    # Var-binds answered in reverse order.
+    reversed_order: bool = False
+    # Values served as given instead of the device's, by OID (Opaque floats, odd types).
+    raw_values: dict[str, Any] = field(default_factory=dict)
+
+
 OidTuple = tuple[int, ...]
+_TOO_BIG = 1  # error-status
 _NO_SUCH_NAME = 2  # SNMPv1 error-status
+_GEN_ERR = 5  # error-status
 _NOT_WRITABLE = 17  # SNMPv2 error-status
 _INT32 = (-(2**31), 2**31 - 1)
 
@@ -77,6 +99,7 @@ class DeviceResponder(asyncio.DatagramProtocol):
         self.alive = True
         # OIDs this device does not have (noSuchObject), for tests of partial answers.
         self.missing: set[str] = set()
+        self.quirks = SnmpQuirks()
         self.requests = 0
         self.update_task: asyncio.Task[None] | None = None
         self.transport: asyncio.DatagramTransport | None = None
@@ -131,7 +154,17 @@ class DeviceResponder(asyncio.DatagramProtocol):
         response_pdu = p_mod.apiMessage.get_pdu(response)
         now = self.behaviour.clock()
         var_binds = []
-        for index, (oid, _) in enumerate(p_mod.apiPDU.get_varbinds(pdu), start=1):
+        asked = list(p_mod.apiPDU.get_varbinds(pdu))
+        q = self.quirks
+        if q.max_oids is not None and len(asked) > q.max_oids:
+            return None
+        if q.too_big_over is not None and len(asked) > q.too_big_over:
+            p_mod.apiPDU.set_error_status(response_pdu, _TOO_BIG)
+            p_mod.apiPDU.set_varbinds(response_pdu, asked)
+            return bytes(encoder.encode(response))
+        if q.first_only:
+            asked = asked[:1]
+        for index, (oid, _) in enumerate(asked, start=1):
             key = tuple(oid)
             if next_:
                 key, value = self._next(p_mod, key, now)
@@ -139,7 +172,8 @@ class DeviceResponder(asyncio.DatagramProtocol):
                 value = self._value(p_mod, key, now)
             if value is None:
                 if version == api.SNMP_VERSION_1:
-                    p_mod.apiPDU.set_error_status(response_pdu, _NO_SUCH_NAME)
+                    status = _GEN_ERR if q.gen_err_for_missing else _NO_SUCH_NAME
+                    p_mod.apiPDU.set_error_status(response_pdu, status)
                     p_mod.apiPDU.set_error_index(response_pdu, index)
                     var_binds = list(p_mod.apiPDU.get_varbinds(pdu))
                     break
@@ -150,6 +184,8 @@ class DeviceResponder(asyncio.DatagramProtocol):
                 else:
                     value = p_mod.NoSuchObject()
             var_binds.append((p_mod.ObjectIdentifier(key), value))
+        if q.reversed_order:
+            var_binds.reverse()
         p_mod.apiPDU.set_varbinds(response_pdu, var_binds)
         return bytes(encoder.encode(response))
 
@@ -177,6 +213,8 @@ class DeviceResponder(asyncio.DatagramProtocol):
         obj = self.table.by_oid.get(key)
         if obj is None or obj.oid in self.missing:
             return None
+        if obj.oid in self.quirks.raw_values:
+            return self.quirks.raw_values[obj.oid]
         raw = self.behaviour.value_for(obj, now)
         if raw is None:
             return None

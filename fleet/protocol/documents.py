@@ -3,15 +3,32 @@ name the file, the line and the fix instead of a traceback."""
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from fleet.protocol.errors import ConfigError, ConfigErrors
 
 # An SNMP object identifier in dotted form, as profiles write them (e.g. 1.3.6.1.2.1.1.5.0).
 OID_PATTERN = r"^1(\.\d+)+$"
+
+
+def _text_encoding(value: str) -> str:
+    try:
+        return codecs.lookup(value).name
+    except LookupError:
+        raise ValueError(
+            f"{value!r} is not a text encoding Python knows. Fix: use utf-8, latin-1, "
+            "cp1252 or shift_jis, as the device's manual gives it"
+        ) from None
+
+
+# How a device encodes its free text (a projector's NAME, INF2): a codec name, normalised
+# (`Latin-1` -> `iso8859-1`). Text that is not in it is read as Latin-1 and said so.
+TextEncoding = Annotated[str, AfterValidator(_text_encoding)]
 
 
 class Strict(BaseModel):

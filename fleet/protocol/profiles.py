@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from fleet.protocol.documents import OID_PATTERN, Strict, read_yaml
+from fleet.protocol.documents import OID_PATTERN, Strict, TextEncoding, read_yaml
 from fleet.protocol.errors import ConfigError, ConfigErrors, config_errors_from_validation
 from fleet.protocol.releases import Release, UpdateMethodName, UpdateSettings
 from fleet.protocol.snmpv3 import SnmpV3Settings
@@ -99,6 +99,10 @@ class SnmpSettings(Strict):
     objects: list[SnmpObject] = Field(min_length=1)
     # What a reachable device that reports no power object is taken to be.
     power_when_reachable: Literal["on", "unknown"] = "unknown"
+    # The most objects one GET asks for (None: all of them). Some agents answer only one, or
+    # only the first of several; the collector also learns a lower limit from a timeout, a
+    # tooBig or a short answer.
+    max_oids_per_request: int | None = Field(default=None, ge=1, le=128)
 
     @model_validator(mode="after")
     def _v3_needs_user(self) -> SnmpSettings:
@@ -117,6 +121,12 @@ class PjlinkSettings(Strict):
     class2: bool = True
     # NAME, INF1, INF2, INFO (and SNUM): constant, but cheap, and they show a swapped projector.
     identity: bool = True
+    # How often the static queries (CLSS, SVER, SNUM and the identity ones) are asked again;
+    # between, their last answers are reported. Power, errors, lamp, input are read every poll.
+    static_interval_s: float = Field(default=3600, ge=0, le=7 * 86400)
+    # The encoding of NAME, INF1, INF2, INFO (NEC projectors send Latin-1); a device's own
+    # `text_encoding` in the site config wins.
+    text_encoding: TextEncoding = "utf-8"
 
 
 CollectorName = Literal["snmp", "simulated", "pjlink", "maxhub-lan", "reachability"]

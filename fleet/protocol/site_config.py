@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
 
-from fleet.protocol.documents import Strict, read_yaml
+from fleet.protocol.documents import Strict, TextEncoding, read_yaml
 from fleet.protocol.errors import ConfigError, ConfigErrors, config_errors_from_validation
 from fleet.protocol.messages import (
     DEVICE_ID_PATTERN,
@@ -67,6 +67,8 @@ class DeviceConfig(Strict):
     password: str | None = Field(default=None, min_length=1, max_length=128, repr=False)
     # SNMPv3 user and keys of this device, instead of its profile's snmp.v3.
     snmp_v3: SnmpV3Settings | None = None
+    # How this device encodes its free text, instead of its profile's (e.g. latin-1).
+    text_encoding: TextEncoding | None = None
 
     @field_validator("password")
     @classmethod
