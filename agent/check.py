@@ -95,23 +95,38 @@ async def check_broker(address: BrokerAddress, client_id: str, timeout: float = 
 async def check_devices(
     site: LoadedSite, address_map: dict[str, tuple[str, int]] | None
 ) -> list[CheckResult]:
+    """One result per device: each way its profile lists (collector), whether it answered and
+    what it said; ok if the chain the site runs reached it, warn if only a way the site
+    has not enabled did, or if nothing answered a device read by reachability outside class
+    hours (switched off, as expected), fail if nothing did."""
+    from agent.chain_probe import probe_chains
+
+    proposals = await probe_chains(site, address_map)
     poller = Poller(build_targets(site, address_map), lambda r: None)
-    try:
-        readings = await poller.poll_all_once()
-    finally:
-        await poller.close()
+    config = site.config
+    in_class = config.timetable.in_class(datetime.now(UTC), config.tz)
     results = []
-    for target, reading in zip(poller.targets, readings, strict=True):
-        name = f"device {target.device.id} ({target.host}:{target.port})"
-        if reading.reachable:
-            parts = [f"power {reading.power.value}"]
-            if reading.firmware:
-                parts.append(f"firmware {reading.firmware}")
-            if reading.temperature_c is not None:
-                parts.append(f"{reading.temperature_c:.1f} °C")
-            results.append(CheckResult(name, "ok", ", ".join(parts)))
+    for target, proposal in zip(poller.targets, proposals, strict=True):
+        name = f"device {target.device.id} ({target.host})"
+        running = {step.collector for step in target.steps or ()}
+        ways = "; ".join(
+            f"{w.collector} {'ok' if w.answered else 'no'}: {w.detail}" for w in proposal.ways
+        )
+        if any(w.answered and w.collector in running for w in proposal.ways):
+            status = "ok"
+        elif proposal.proposed:
+            status = "warn"
+            ways += (
+                f". Only {', '.join(proposal.proposed)} answered, which this site does not "
+                f"run: add it to agent.enable_collectors in {site.path.name}"
+            )
+        elif "reachability" in running and not in_class:
+            # As the controller judges it: a panel is switched off after class.
+            status = "warn"
+            ways += ". Outside class hours: it may be switched off; check again during class"
         else:
-            results.append(CheckResult(name, "fail", reading.error or "unreachable"))
+            status = "fail"
+        results.append(CheckResult(name, status, ways or "no collector for this profile"))
     return results
 
 

@@ -1,6 +1,7 @@
 """`fleet-agent discover`: what answers on a classroom network, and which profile fits it.
 
-Probes SNMP (sysDescr, sysObjectID, sysName) and PJLink (CLSS, INF1, INF2, NAME) on exactly
+Probes SNMP (sysDescr, sysObjectID, sysName), PJLink (CLSS, INF1, INF2, NAME) and MAXHUB's LAN
+control (its power and video source queries, TCP 4664) on exactly
 the addresses and ports the technician listed, with bounded concurrency, matches each answer
 to a firmware profile's `match` rules; agent.discovery_report drafts a site config `devices:`
 section to review from what answered (and, with --publish, the event for the controller).
@@ -11,6 +12,7 @@ refused unless forced, so a typo cannot sweep a campus network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -22,8 +24,8 @@ from agent.collectors.pjlink import PjlinkAuthError, PjlinkError, pjlink_session
 from fleet.protocol.profiles import Profile
 from fleet.protocol.site_config import LoadedSite
 
-Protocol = Literal["snmp", "pjlink"]
-PROTOCOLS: tuple[Protocol, ...] = ("snmp", "pjlink")
+Protocol = Literal["snmp", "pjlink", "maxhub-lan"]
+PROTOCOLS: tuple[Protocol, ...] = ("snmp", "pjlink", "maxhub-lan")
 MAX_ADDRESSES = 1024  # a /22: a building's classroom network, not a campus
 # Each wrong PJLink password is a failed login on the projector: some lock out after a few.
 MAX_PASSWORDS = 3
@@ -97,8 +99,8 @@ def parse_ports(specs: Iterable[str]) -> dict[Protocol, list[int]]:
         protocol, sep, numbers = spec.partition("=")
         if not sep or protocol not in PROTOCOLS:
             raise DiscoveryError(
-                f"{spec!r} is not protocol=ports. Fix: write e.g. snmp=161 or "
-                "pjlink=4352,40003-40005"
+                f"{spec!r} is not protocol=ports. Fix: write e.g. snmp=161, "
+                "pjlink=4352,40003-40005 or maxhub-lan=4664"
             )
         found = ports.setdefault(cast(Protocol, protocol), [])
         for item in numbers.split(","):
@@ -153,6 +155,40 @@ async def probe_pjlink(probe: Probe, passwords: list[str | None], timeout: float
             note="PJLink asks for a password that the site config does not have: add password:",
         )
     return None
+
+
+async def probe_maxhub(probe: Probe, timeout: float) -> Finding | None:
+    """MAXHUB LAN control: the power and video source queries (agent/collectors/maxhub_lan.py).
+    A reply frame or the table's failure ack is MAXHUB's; anything else is not."""
+    from agent.collectors.maxhub_lan import ACK_FAIL, POWER, VIDEO_SOURCE, parse_reply, query_frame
+
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(probe.host, probe.port), timeout
+    )
+    facts: dict[str, str] = {}
+    try:
+        for command, key in ((POWER, "maxhub_power"), (VIDEO_SOURCE, "maxhub_input")):
+            writer.write(query_frame(command))
+            await writer.drain()
+            data = b""
+            try:
+                while b"\r" not in data and len(data) < 64:
+                    chunk = await asyncio.wait_for(reader.read(64), timeout)
+                    if not chunk:
+                        break
+                    data += chunk
+            except TimeoutError:
+                break
+            digits = parse_reply(data, command)
+            if digits is not None:
+                facts[key] = digits
+            elif ACK_FAIL in data:
+                facts.setdefault("maxhub_lan", "answers, not this query")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return Finding(probe, facts) if facts else None
 
 
 class SnmpProber:
@@ -234,6 +270,8 @@ async def discover(
     async def run(probe: Probe) -> Finding | None:
         async with semaphore:
             try:
+                if probe.protocol == "maxhub-lan":
+                    return await asyncio.wait_for(probe_maxhub(probe, timeout), timeout * 4)
                 if probe.protocol == "snmp":
                     # Bounded here too: pysnmp's own timer is per try, not per probe.
                     budget = timeout * len(communities) + 1
@@ -261,7 +299,9 @@ def match_profile(finding: Finding, profiles: dict[str, Profile]) -> str | None:
     with an empty `match` is the fallback for its protocol."""
     best: tuple[int, str] | None = None
     for profile in profiles.values():
-        if profile.protocol != finding.probe.protocol or profile.match is None:
+        # A `simulated` profile's illustrative objects answer over SNMP (simulated devices).
+        wire = "snmp" if profile.protocol == "simulated" else profile.protocol
+        if wire != finding.probe.protocol or profile.match is None:
             continue
         rules = profile.match.rules()
         if all(
@@ -280,7 +320,7 @@ def site_secrets(site: LoadedSite) -> tuple[list[str], list[str | None]]:
     passwords: list[str | None] = [None]
     for _, device in site.config.devices():
         profile = site.profile_of(device)
-        if profile.protocol == "snmp" and profile.snmp is not None:
+        if profile.protocol in ("snmp", "simulated") and profile.snmp is not None:
             communities.append(device.community or profile.snmp.community)
         if device.password:
             passwords.append(device.password)

@@ -89,7 +89,9 @@ def draft_devices_yaml(
         "devices:",
     ]
     if not findings:
-        lines.append("  []  # nothing answered SNMP or PJLink on the given targets and ports")
+        lines.append(
+            "  []  # nothing answered SNMP, PJLink or MAXHUB LAN on the given targets and ports"
+        )
     for finding in sorted(findings, key=lambda f: (_sort_key(f.probe.host), f.probe.port)):
         probe = finding.probe
         device_id = _device_id(finding, code, taken)
@@ -124,6 +126,11 @@ def _comment(finding: Finding, known_as: str | None) -> str:
         what = f"SNMP: sysDescr {facts.get('sys_descr', '?')!r}"
         if "sys_object_id" in facts:
             what += f", sysObjectID {facts['sys_object_id']}"
+    elif finding.probe.protocol == "maxhub-lan":
+        what = (
+            f"MAXHUB LAN control: power {facts.get('maxhub_power', 'not answered')}, "
+            f"video source {facts.get('maxhub_input', 'not answered')}"
+        )
     else:
         what = (
             f"PJLink class {facts.get('pjlink_class', '?')}: {facts.get('pjlink_inf1', '?')!r} "
@@ -145,7 +152,8 @@ def _device_id(finding: Finding, code: str, taken: set[str]) -> str:
     name = finding.facts.get("name", "").strip().lower().replace(" ", "-")
     if DEVICE_RE.match(name) and name not in taken:
         return name
-    kind = "projector" if finding.probe.protocol == "pjlink" else "device"
+    kinds = {"pjlink": "projector", "maxhub-lan": "panel"}
+    kind = kinds.get(finding.probe.protocol, "device")
     base = f"{code}-{kind}-{finding.probe.host.replace('.', '-').replace(':', '-')}"
     if finding.probe.port != DEFAULT_PORTS[finding.probe.protocol]:
         base += f"-{finding.probe.port}"

@@ -21,6 +21,7 @@ from agent.collectors import (
     target_for,
     unreachable,
 )
+from agent.collectors.chain import poll_chain, step_deadline
 from fleet.protocol.messages import Reading, describe_validation_error
 from fleet.protocol.site_config import LoadedSite
 
@@ -53,14 +54,29 @@ def build_targets(
                 raise AddressMapError(
                     f"address map sends {device.id} to {address[0]}: only loopback is allowed"
                 )
-        targets.append(target_for(device, profile, address))
+        enabled = frozenset(site.config.agent.enable_collectors)
+        targets.append(target_for(device, profile, address, enabled))
     return targets
 
 
-def deadline_of(target: Target, collector: Collector | None = None) -> float:
+def deadline_of(
+    target: Target,
+    collector: Collector | None = None,
+    collector_for: Callable[[str], Collector] | None = None,
+) -> float:
     """How long one poll of `target` may take, in seconds. A collector whose polls make
     several requests in turn says how long its poll may take (`deadline_s`); otherwise one
-    request with its retries. Two seconds on top so that the collector answers first."""
+    request with its retries. A chain's collectors run together, each under its own
+    deadline (agent.collectors.chain.step_deadline): the poll waits for the slowest. Two
+    seconds on top so that the collector answers first."""
+    if target.steps and collector_for is not None:
+        return (
+            max(
+                step_deadline(target.at(step), collector_for(step.collector))
+                for step in target.steps
+            )
+            + 2.0
+        )
     own = getattr(collector, "deadline_s", None)
     if own is not None:
         return float(own(target)) + 2.0
@@ -96,10 +112,12 @@ class Poller:
     async def poll(self, target: Target) -> Reading:
         """One poll under the concurrency bound and a hard deadline; never raises."""
         async with self._semaphore:
-            collector = self.collector_for(target.profile.protocol)
-            deadline = deadline_of(target, collector)
+            collector = (
+                None if target.steps is not None else self.collector_for(target.profile.protocol)
+            )
+            deadline = deadline_of(target, collector, self.collector_for)
             try:
-                reading = await asyncio.wait_for(collector.poll(target), deadline)
+                reading = await asyncio.wait_for(self._read(target), deadline)
             except TimeoutError:
                 reading = unreachable(
                     target,
@@ -117,6 +135,20 @@ class Poller:
             self.poll_errors += 1
             metrics.POLL_ERRORS.labels(target.device.id).inc()
         return reading
+
+    async def _read(self, target: Target) -> Reading:
+        if target.steps is None:
+            return await self.collector_for(target.profile.protocol).poll(target)
+        if not target.steps:
+            # E.g. a panel whose only ways are simulated SNMP and a PJLink the site has not
+            # enabled: nothing is sent rather than the illustrative objects to a real device.
+            return unreachable(
+                target,
+                f"none of profile {target.profile.id}'s collectors runs at this site",
+                fix="enable one in the site config's agent.enable_collectors (see "
+                "`fleet-agent discover --chains`), or give the profile a reachability step",
+            )
+        return await poll_chain(target, self.collector_for)
 
     async def poll_all_once(self) -> list[Reading]:
         return list(await asyncio.gather(*(self.poll(t) for t in self.targets)))

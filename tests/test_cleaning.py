@@ -96,7 +96,7 @@ def test_sys_name_ending_in_nul_is_cleaned_and_the_whole_site_is_stored(
             behaviour.device = behaviour.device.model_copy(update={"name": f"{odd}\x00"})
             readings = []
             for _, device in site.config.devices():
-                if site.profile_of(device).protocol != "snmp":
+                if site.profile_of(device).protocol not in ("snmp", "simulated"):
                     continue
                 address = simulated.address_map[device.id]
                 readings.append(

@@ -213,7 +213,11 @@ def test_targets_expand_only_to_what_was_asked() -> None:
     assert parse_targets(["192.0.2.0/30"]) == ["192.0.2.1", "192.0.2.2"]
     assert parse_targets(["127.0.0.1, 127.0.0.2", "127.0.0.1"]) == ["127.0.0.1", "127.0.0.2"]
     probes = plan_probes(["192.0.2.1"], parse_ports([]))
-    assert probes == [Probe("192.0.2.1", "snmp", 161), Probe("192.0.2.1", "pjlink", 4352)]
+    assert probes == [
+        Probe("192.0.2.1", "snmp", 161),
+        Probe("192.0.2.1", "pjlink", 4352),
+        Probe("192.0.2.1", "maxhub-lan", 4664),
+    ]
     assert len(parse_targets(["10.1.0.0/22"])) == 1022
 
 

@@ -78,6 +78,20 @@ def bad_readings(draw: st.DrawFn) -> Any:
                 ),
             ),
             st.tuples(st.just("reachable"), st.sampled_from(["maybe", None, 2])),
+            st.tuples(
+                st.just("collectors"),
+                st.sampled_from(
+                    [
+                        {"maxhub-lan": "yes"},
+                        {"": True},
+                        {"Reachability": True},
+                        {"pjlink\x00": True},
+                        {f"c{i}": True for i in range(9)},
+                        ["reachability"],
+                        "reachability",
+                    ]
+                ),
+            ),
             st.tuples(st.just("device"), st.sampled_from(["upm-sc9-ghost", "tuit-sc1-projector"])),
             st.tuples(st.just("extra"), st.just(1)),
             st.tuples(st.just("_whole"), st.sampled_from(["text", 42, None, [], [1, 2]])),

@@ -11,8 +11,10 @@ import typer
 
 from agent.cli.options import (
     DEFAULT_MQTT,
+    AddressMapOpt,
     ConfigOpt,
     MqttOpt,
+    address_map_or_exit,
     broker_or_exit,
     fail,
     load_site_or_exit,
@@ -25,14 +27,22 @@ from fleet.protocol.site_config import LoadedSite
 def discover(
     config: ConfigOpt,
     targets: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(help="Addresses or CIDR ranges to probe (repeat, or comma-separate)."),
-    ],
+    ] = None,
+    chains: Annotated[
+        bool,
+        typer.Option(
+            help="Instead: try every collector each configured device's profile lists and "
+            "propose the chain (and agent.enable_collectors) from what answered."
+        ),
+    ] = False,
+    address_map: AddressMapOpt = None,
     ports: Annotated[
         list[str] | None,
         typer.Option(
-            help="Ports per protocol, e.g. 'snmp=161 pjlink=4352,40003-40005'. "
-            "Default: snmp=161 pjlink=4352."
+            help="Ports per protocol, e.g. 'snmp=161 pjlink=4352,40003-40005 maxhub-lan=4664'. "
+            "Default: snmp=161 pjlink=4352 maxhub-lan=4664."
         ),
     ] = None,
     community: Annotated[
@@ -57,7 +67,8 @@ def discover(
     mqtt_url: MqttOpt = DEFAULT_MQTT,
     topic_root: Annotated[str, typer.Option(envvar="FLEET_TOPIC_ROOT")] = "fleet/v1",
 ) -> None:
-    """Find SNMP and PJLink devices on the listed targets; draft a devices section to review."""
+    """Find SNMP, PJLink and MAXHUB LAN devices on the listed targets; draft a devices section
+    to review. With --chains: which collectors answer each configured device."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -67,6 +78,18 @@ def discover(
     from fleet.protocol.site_config import profiles_dir_for
 
     site = load_site_or_exit(config)
+    if chains:
+        from agent.chain_probe import probe_chains, proposals_yaml
+        from agent.poller import AddressMapError
+
+        try:
+            proposals = asyncio.run(probe_chains(site, address_map_or_exit(address_map)))
+        except AddressMapError as exc:
+            raise fail(str(exc)) from None
+        typer.echo(proposals_yaml(site, proposals), nl=False)
+        return
+    if not targets:
+        raise fail("no targets. Fix: pass --targets 192.0.2.0/24 (or addresses), or --chains")
     try:
         hosts = discovery.parse_targets(targets, force=force)
         probes = discovery.plan_probes(hosts, discovery.parse_ports(ports or []))

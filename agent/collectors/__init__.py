@@ -10,19 +10,38 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol, TypeVar
 
 from agent.collectors.cleaning import make_reading
 from agent.secrets import Secrets
 from fleet.protocol.messages import Reading, utcnow
-from fleet.protocol.profiles import Profile
+from fleet.protocol.profiles import SIMULATION_ONLY, Profile
 from fleet.protocol.secret_refs import is_reference
 from fleet.protocol.site_config import DeviceConfig
 from fleet.protocol.snmpv3 import SnmpV3Settings
 
-DEFAULT_PORTS = {"snmp": 161, "pjlink": 4352}
+# reachability's 0: ICMP echo, no port (a profile may name a TCP port instead).
+DEFAULT_PORTS = {
+    "snmp": 161,
+    "simulated": 161,
+    "pjlink": 4352,
+    "maxhub-lan": 4664,
+    "reachability": 0,
+}
+
+
+TCP_PROTOCOLS = {"pjlink", "maxhub-lan", "reachability"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One collector of a device's chain and where it reads the device."""
+
+    collector: str
+    host: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -37,16 +56,67 @@ class Target:
     community: str = field(repr=False)
     # SNMPv3 (when the device or its profile uses version 3): settings with resolved keys.
     snmp_v3: SnmpV3Settings | None = field(default=None, repr=False)
+    # The profile's collector chain as it applies here (agent/collectors/chain.py); None:
+    # the profile's protocol alone, at host:port; empty: none of its collectors runs here.
+    steps: tuple[Step, ...] | None = None
 
     @property
     def where(self) -> str:
+        if self.port == 0:
+            return self.host  # ICMP: no port
         return f"{self.host}:{self.port}"
+
+    def at(self, step: Step) -> Target:
+        """This target as one collector of its chain reads it."""
+        return replace(self, host=step.host, port=step.port, steps=None)
+
+
+def steps_for(
+    device: DeviceConfig,
+    profile: Profile,
+    address: tuple[str, int] | None = None,
+    enabled: frozenset[str] = frozenset(),
+) -> tuple[Step, ...]:
+    """The collectors that read `device`, in its profile's order, and where each reads it.
+
+    A `where_enabled` step runs only if the site enabled it (`enabled`). A simulation-only
+    step (`simulated`) runs only against a simulated device, that is with an `address`
+    from the address map. With an address map, only the primary collector and
+    reachability (a TCP connect to the mapped port) are used: the config's addresses are
+    documentation addresses, never sent to."""
+    steps = []
+    for index, step in enumerate(profile.chain()):
+        name = step.collector
+        if step.where_enabled and name not in enabled:
+            continue
+        if name in SIMULATION_ONLY and address is None:
+            continue
+        if address is not None:
+            host, port = address
+            # A TCP connect says something of a simulated device only on its TCP port.
+            tcp_primary = profile.protocol in TCP_PROTOCOLS
+            if name != profile.protocol and not (name == "reachability" and tcp_primary):
+                continue
+            steps.append(Step(name, host, port))
+            continue
+        if name == "reachability":
+            port = profile.reachability.tcp_port or 0
+        elif index == 0 or name == profile.protocol:
+            port = device.port or DEFAULT_PORTS[name]
+        else:
+            port = DEFAULT_PORTS[name]
+        steps.append(Step(name, device.address, port))
+    return tuple(steps)
 
 
 def target_for(
-    device: DeviceConfig, profile: Profile, address: tuple[str, int] | None = None
+    device: DeviceConfig,
+    profile: Profile,
+    address: tuple[str, int] | None = None,
+    enabled: frozenset[str] = frozenset(),
 ) -> Target:
-    """The Target for a device; `address` overrides the config's (simulated devices)."""
+    """The Target for a device; `address` overrides the config's (simulated devices);
+    `enabled`: the `where_enabled` collectors the site turned on."""
     if address is not None:
         host, port = address
     else:
@@ -77,6 +147,7 @@ def target_for(
         port=port,
         community=community or "",
         snmp_v3=v3 if uses_v3 else None,
+        steps=steps_for(device, profile, address, enabled),
     )
 
 

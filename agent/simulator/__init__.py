@@ -17,8 +17,10 @@ from zoneinfo import ZoneInfo
 
 from agent.simulator.address_map import Address, read_address_map, write_address_map
 from agent.simulator.behaviour import Clock, DeviceBehaviour
+from agent.simulator.maxhub_server import MaxhubPanelServer, MaxhubQuirks, ReachableHost
 from agent.simulator.pjlink_server import PjlinkQuirks, ProjectorServer
 from agent.simulator.snmp_responder import DeviceResponder, ObjectTable, serve_device
+from agent.simulator.switched_port import SwitchedPort
 from fleet.protocol.messages import utcnow
 from fleet.protocol.profiles import Profile
 from fleet.protocol.site_config import DeviceConfig, LoadedSite
@@ -27,8 +29,11 @@ from fleet.protocol.timetable import Timetable
 __all__ = [
     "DeviceBehaviour",
     "DeviceResponder",
+    "MaxhubPanelServer",
+    "MaxhubQuirks",
     "PjlinkQuirks",
     "ProjectorServer",
+    "ReachableHost",
     "SimulatedSite",
     "read_address_map",
     "start_devices",
@@ -43,11 +48,20 @@ class SimulatedSite:
 
     responders: dict[str, DeviceResponder] = field(default_factory=dict)
     projectors: dict[str, ProjectorServer] = field(default_factory=dict)  # PJLink
+    # Panels on a TCP port: MAXHUB LAN control, and reachability-only ones.
+    panels: dict[str, SwitchedPort] = field(default_factory=dict)
 
     @property
     def address_map(self) -> dict[str, Address]:
         addresses = {device_id: r.address for device_id, r in self.responders.items()}
+        addresses |= {device_id: p.address for device_id, p in self.panels.items()}
         return addresses | {device_id: p.address for device_id, p in self.projectors.items()}
+
+    def panel(self, device_id: str) -> SwitchedPort:
+        try:
+            return self.panels[device_id]
+        except KeyError:
+            raise KeyError(f"no simulated LAN or reachability-only panel {device_id!r}") from None
 
     def projector(self, device_id: str) -> ProjectorServer:
         try:
@@ -66,6 +80,8 @@ class SimulatedSite:
             responder.close()
         for projector in self.projectors.values():
             projector.close()
+        for panel in self.panels.values():
+            panel.close()
         await asyncio.sleep(0)  # let the transports finish closing their sockets
 
     async def __aenter__(self) -> SimulatedSite:
@@ -135,18 +151,39 @@ async def start_site(
     seed: int = 0,
     base_port: int | None = None,
     pjlink_quirks: PjlinkQuirks | None = None,
+    maxhub_quirks: MaxhubQuirks | None = None,
 ) -> SimulatedSite:
     """Responders for every SNMP device of `site`, PJLink servers for its PJLink projectors
     (MQTT-native devices publish by themselves: not simulated here). `pjlink_quirks`, if
-    given, applies to every projector; by default about a third reply in lowercase."""
+    given, applies to every projector; by default about a third reply in lowercase. MAXHUB
+    panels speak their LAN protocol (`maxhub_quirks`, by default split replies and 3 s busy
+    after power-on); reachability-only panels serve a TCP port while on."""
     host = _loopback(host)
     clock = clock or utcnow
     config = site.config
     behaviours: list[DeviceBehaviour] = []
     projectors: list[ProjectorServer] = []
+    panels: list[SwitchedPort] = []
     community_of: dict[str, str] = {}
     for room, device in config.devices():
         profile = site.profile_of(device)
+        if profile.protocol in ("maxhub-lan", "reachability"):
+            behaviour = DeviceBehaviour(
+                device,
+                profile,
+                timetable=config.timetable,
+                tz=config.tz,
+                room_name=room.name,
+                clock=clock,
+                rng=random.Random(f"{seed}:{config.code}:{device.id}"),
+            )
+            if profile.protocol == "maxhub-lan":
+                lan = maxhub_quirks or MaxhubQuirks(busy_after_power_on_s=3.0)
+                panels.append(MaxhubPanelServer(behaviour, lan))
+            else:
+                # Its network is up 20 s after it is switched on (the panel's OS boots).
+                panels.append(ReachableHost(behaviour, boot_s=20.0))
+            continue
         if profile.protocol == "pjlink":
             behaviour = DeviceBehaviour(
                 device,
@@ -161,7 +198,7 @@ async def start_site(
             quirks = pjlink_quirks or PjlinkQuirks(lowercase=quirk_rng.random() < 1 / 3)
             projectors.append(ProjectorServer(behaviour, device.password, quirks, quirk_rng))
             continue
-        if profile.protocol != "snmp" or profile.snmp is None:
+        if profile.protocol not in ("snmp", "simulated") or profile.snmp is None:
             continue
         behaviours.append(
             DeviceBehaviour(
@@ -182,6 +219,10 @@ async def start_site(
             port = 0 if base_port is None else base_port + index
             await projector.start(host, port)
             simulated.projectors[projector.device_id] = projector
+        for index, panel in enumerate(panels, start=len(behaviours) + len(projectors)):
+            port = 0 if base_port is None else base_port + index
+            await panel.start(host, port)
+            simulated.panels[panel.device_id] = panel
     except BaseException:
         await simulated.close()
         raise

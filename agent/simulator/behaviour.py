@@ -122,20 +122,30 @@ class DeviceBehaviour:
             level = Flag.warning if self.rng.random() < 0.7 else Flag.error
             self.faults[flag] = (level, at + timedelta(minutes=self.rng.uniform(5, 60)))
 
+    @property
+    def _off_in_class(self) -> float:
+        share = self.profile.simulation.off_in_class_share
+        return OFF_IN_CLASS_CHANCE if share is None else share
+
+    @property
+    def _left_on(self) -> float:
+        share = self.profile.simulation.left_on_share
+        return LEFT_ON_CHANCE if share is None else share
+
     def _wants_on(self, at: datetime) -> bool:
         local = at.astimezone(self.tz)
         day_rng = self._day_rng(local.date())
         if self.timetable.in_class(at, self.tz):
             # One draw per period of the day, in order, so the draw for a period is stable.
             for period in self.timetable.periods_on(local.date()):
-                off = day_rng.random() < OFF_IN_CLASS_CHANCE
+                off = day_rng.random() < self._off_in_class
                 if period.start <= local.time() < period.end:
                     return not off
             return True
         for _ in self.timetable.periods_on(local.date()):
             day_rng.random()
         last_end = self.timetable.last_class_end(at, self.tz)
-        left_on = day_rng.random() < LEFT_ON_CHANCE
+        left_on = day_rng.random() < self._left_on
         return left_on and last_end is not None and at >= last_end
 
     def _day_rng(self, day: date) -> random.Random:

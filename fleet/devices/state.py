@@ -28,6 +28,12 @@ def derive_state(reading: Reading, *, in_class: bool) -> tuple[DeviceState, str]
     """What one reading says about its device; `in_class` is the site's timetable at reading.ts."""
     if not reading.reachable:
         why = reading.error or "the agent gave no reason"
+        if not in_class and _reachability_tried(reading):
+            # A panel is switched off after class: no answer to ICMP or TCP then is what
+            # an off panel gives, not a fault. During class the same is `unreachable`.
+            return DeviceState.standby, (
+                f"no answer outside class hours: taken as switched off (expected) ({why})"
+            )
         return DeviceState.unreachable, f"cannot reach {reading.device}: {why}"
     flags = _flags(reading, Flag.error)
     if flags:
@@ -47,6 +53,12 @@ def derive_state(reading: Reading, *, in_class: bool) -> tuple[DeviceState, str]
     if reading.input:
         reason += f", input {reading.input}"
     return DeviceState.online, reason + suffix
+
+
+def _reachability_tried(reading: Reading) -> bool:
+    """The reading's chain asked `reachability`: an answer from nothing means nothing of the
+    device was up, rather than one protocol failing (an SNMP community, a PJLink password)."""
+    return reading.collectors is not None and "reachability" in reading.collectors
 
 
 def site_offline_reason(

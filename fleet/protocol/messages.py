@@ -176,6 +176,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+CollectorKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
+CollectorAnswers = Annotated[dict[CollectorKey, StrictBool], Field(max_length=8)]
+
+
 class Power(StrEnum):
     on = "on"
     standby = "standby"
@@ -231,6 +235,9 @@ class Reading(BaseModel):
     # Why the device could not be read, in words a technician can act on.
     error: Text | None = Field(default=None, max_length=500)
     metrics: Metrics = Field(default_factory=dict)
+    # Which of the device's collectors (its profile's chain, in order) answered this poll,
+    # e.g. {"maxhub-lan": true, "reachability": true}. Absent from agents before chains.
+    collectors: CollectorAnswers | None = None
 
 
 class HealthEnvelope(BaseModel):

@@ -129,6 +129,30 @@ class PjlinkSettings(Strict):
     text_encoding: TextEncoding = "utf-8"
 
 
+CollectorName = Literal["snmp", "simulated", "pjlink", "maxhub-lan", "reachability"]
+# Collectors read from a simulated device only: with an address map (`fleet-agent simulate`,
+# the demo, tests), never at a real site.
+SIMULATION_ONLY = {"simulated"}
+
+
+class ChainStep(Strict):
+    """One way of reading a device, in the order the profile tries them."""
+
+    collector: CollectorName
+    # Used only where the site config turns it on (agent.enable_collectors), e.g. PJLink,
+    # which a panel answers only once someone enables it in the panel's settings.
+    where_enabled: bool = False
+
+
+class ReachabilitySettings(Strict):
+    """How `reachability` tells a device is there: ICMP echo, or a TCP connect to a port."""
+
+    # None: ICMP echo. A port: TCP connect to it (a device that drops ICMP, or a site that
+    # filters it); a refused connection counts as reachable, since the host answered.
+    tcp_port: int | None = Field(default=None, ge=1, le=65535)
+    count: int = Field(default=2, ge=1, le=10)
+
+
 class MatchRules(Strict):
     """How `fleet-agent discover` recognises this model from what a device answers.
 
@@ -181,6 +205,11 @@ class SimulationHints(Strict):
     # version) and how long a device is away installing before it answers again.
     update_failure_share: float = Field(default=0.1, ge=0, le=1)
     update_reboot_s: float = Field(default=20.0, ge=0, le=3600)
+    # The share of class periods a device is not switched on for, and of days it is left on
+    # after the last class (per device: the timetable's exceptions that ops should notice).
+    # None: the simulator's own (agent/simulator/behaviour.py).
+    off_in_class_share: float | None = Field(default=None, ge=0, le=1)
+    left_on_share: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("faults")
     @classmethod
@@ -198,7 +227,11 @@ class Profile(Strict):
     vendor: str = Field(min_length=1)
     model: str = Field(min_length=1)
     kind: Literal["panel", "projector", "device"]
-    protocol: Literal["snmp", "pjlink", "mqtt"]
+    # The primary way of reading it: what discovery matches on and what firmware pushes use.
+    protocol: Literal["snmp", "simulated", "pjlink", "maxhub-lan", "reachability", "mqtt"]
+    # The ways, in order, a reading is made of (agent/collectors/chain.py); none: protocol only.
+    collectors: list[ChainStep] | None = None
+    reachability: ReachabilitySettings = ReachabilitySettings()
     illustrative: bool = True
     note: str = ""
     poll: PollSettings = PollSettings()
@@ -210,6 +243,12 @@ class Profile(Strict):
     update: UpdateSettings = UpdateSettings()
     releases: tuple[Release, ...] = ()
     simulation: SimulationHints = SimulationHints()
+
+    def chain(self) -> list[ChainStep]:
+        """The collectors a reading of this model is made of, in order (none for MQTT)."""
+        if self.collectors is not None:
+            return list(self.collectors)
+        return [] if self.protocol == "mqtt" else [ChainStep(collector=self.protocol)]
 
     def release(self, version: str) -> Release | None:
         return next((r for r in self.releases if r.version == version), None)
@@ -226,7 +265,7 @@ class Profile(Strict):
                 "the agent cannot push firmware to it. Fix: give its releases method "
                 "technician (someone installs it on site) or vendor_cloud"
             )
-        if self.protocol != "snmp":
+        if self.protocol not in ("snmp", "simulated"):
             return (
                 f"profile {self.id} is read over {self.protocol}; the agent pushes firmware "
                 "over SNMP only. Fix: give its releases method technician or vendor_cloud"
@@ -241,10 +280,13 @@ class Profile(Strict):
 
     @model_validator(mode="after")
     def _protocol_section(self) -> Profile:
-        if self.protocol == "snmp" and self.snmp is None:
+        uses_snmp = self.protocol in ("snmp", "simulated") or any(
+            step.collector in ("snmp", "simulated") for step in self.chain()
+        )
+        if uses_snmp and self.snmp is None:
             raise ValueError(
-                "protocol is snmp but there is no snmp section. Fix: add snmp.objects listing "
-                "each OID read and the reading field it maps to"
+                "it is read over snmp (or simulated) but there is no snmp section. Fix: add "
+                "snmp.objects listing each OID read and the reading field it maps to"
             )
         versions = [r.version for r in self.releases]
         if len(set(versions)) != len(versions):
@@ -254,7 +296,9 @@ class Profile(Strict):
         if problem:
             raise ValueError(f"release {pushes[0]} has method agent, but {problem}")
         if self.match is not None:
-            prefix = "sys_" if self.protocol == "snmp" else "pjlink_"
+            prefix = {"snmp": "sys_", "simulated": "sys_", "pjlink": "pjlink_"}.get(
+                self.protocol, "-"
+            )
             foreign = sorted(k for k in self.match.rules() if not k.startswith(prefix))
             if foreign:
                 raise ValueError(

@@ -128,6 +128,9 @@ class AgentSection(Strict):
     id: str = Field(default="", max_length=64)
     poll_concurrency: int = Field(default=64, ge=1, le=2000)
     batch_size: int = Field(default=50, ge=1)
+    # Collectors a profile lists as `where_enabled` that this site has turned on (PJLink on
+    # panels: a technician enables it in each panel's settings).
+    enable_collectors: list[Literal["pjlink", "maxhub-lan", "snmp"]] = Field(default_factory=list)
 
     @field_validator("batch_size")
     @classmethod

@@ -41,6 +41,7 @@ READING_FIELDS = (
     ("uptime_s", "Uptime"),
     ("firmware", "Firmware"),
     ("error", "Error"),
+    ("collectors", "Read by"),
 )
 
 
@@ -129,4 +130,9 @@ def _shown(key: str, value: Any) -> str | None:
         return f"{value:,.0f} h"
     if key == "temperature_c":
         return f"{value:.1f}"
+    if key == "collectors" and isinstance(value, dict):
+        # The profile's collectors in chain order, and which answered this reading.
+        return ", ".join(
+            f"{name} {'answered' if ok else 'no answer'}" for name, ok in value.items()
+        )
     return str(value)

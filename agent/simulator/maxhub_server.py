@@ -1,0 +1,122 @@
+"""A simulated MAXHUB panel speaking the LAN control protocol (agent/collectors/maxhub_lan.py
+cites the public table) on a loopback TCP port, with the quirks of serial-over-LAN.
+
+- Replies come split across TCP segments (`split_replies`), as a serial bridge forwards
+  bytes as they trickle in at 9600 baud.
+- For `busy_after_power_on_s` after it comes on, the panel reads frames and answers none.
+- One client at a time: a second connection is closed at once, unanswered.
+- The power query is answered (`power_query_over_lan`); the table calls it RS-232 only, so
+  a panel may instead answer it with the failure ack, and the agent must take that.
+- Switched off (the timetable, or `alive = False`), it serves no port at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from agent.collectors.maxhub_lan import (
+    ACK_FAIL,
+    BACKLIGHT,
+    FRAME_LENGTH,
+    INPUT_CODES,
+    MUTE,
+    POWER,
+    TOUCH,
+    VIDEO_SOURCE,
+    VOLUME,
+)
+from agent.simulator.behaviour import DeviceBehaviour
+from agent.simulator.switched_port import SwitchedPort
+
+
+@dataclass
+class MaxhubQuirks:
+    split_replies: bool = True
+    segment_gap_s: float = 0.02
+    busy_after_power_on_s: float = 0.0
+    power_query_over_lan: bool = True
+    # Bytes a serial bridge sends before a reply now and then (line noise, a NUL).
+    leading_noise: bytes = b""
+
+
+class MaxhubPanelServer(SwitchedPort):
+    """One simulated MAXHUB panel; `frames` counts the query frames it read."""
+
+    def __init__(self, behaviour: DeviceBehaviour, quirks: MaxhubQuirks | None = None) -> None:
+        super().__init__(behaviour)
+        self.quirks = quirks or MaxhubQuirks()
+        self.frames = 0
+        self.refused_second_client = 0
+        self.unanswered_busy = 0
+        self._client: asyncio.StreamWriter | None = None
+        self.volume = 30
+        self.backlight = 80
+
+    def busy(self) -> bool:
+        if self.powered_at is None:
+            return False
+        since = (self.behaviour.clock() - self.powered_at).total_seconds()
+        return since < self.quirks.busy_after_power_on_s
+
+    async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._client is not None:
+            self.refused_second_client += 1
+            return  # closed at once: the port serves one client
+        self._client = writer
+        try:
+            while True:
+                raw = await reader.readexactly(FRAME_LENGTH)
+                self.frames += 1
+                if self.busy():
+                    self.unanswered_busy += 1
+                    continue
+                await self._send(writer, self.reply(raw))
+        finally:
+            self._client = None
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        data = self.quirks.leading_noise + data
+        if not self.quirks.split_replies:
+            writer.write(data)
+            await writer.drain()
+            return
+        for piece in (data[:3], data[3:6], data[6:]):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(self.quirks.segment_gap_s)
+
+    def reply(self, raw: bytes) -> bytes:
+        """The reply to one 9-byte frame: `:01r<command><3 digits>\\r`, or the failure ack."""
+        if raw[:4] != b":01G" or raw[-1:] != b"\r":
+            return ACK_FAIL  # sets and malformed frames: the simulator answers queries only
+        command = raw[4]
+        value = self._value(command)
+        if value is None:
+            return ACK_FAIL
+        return b":01r" + bytes([command]) + b"%03d" % value + b"\r"
+
+    def _value(self, command: int) -> int | None:
+        b = self.behaviour
+        if command == POWER:
+            return 1 if self.quirks.power_query_over_lan else None  # serving: backlight on
+        if command == VIDEO_SOURCE:
+            codes = {name: int(code) for code, name in INPUT_CODES.items()}
+            return codes.get(b.input or "", 1)
+        if command == BACKLIGHT:
+            return self.backlight
+        if command == VOLUME:
+            return self.volume
+        if command in (MUTE, TOUCH):
+            return 0 if command == MUTE else 1
+        return None
+
+
+class ReachableHost(SwitchedPort):
+    """A panel with no management protocol: a TCP port that answers a connect while the panel
+    is on, from `boot_s` after it is switched on (its network comes up once it has booted),
+    and closes each connection as soon as the client has connected: there is nothing to
+    say on it."""
+
+    async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        return None  # the connect was the answer; the caller closes the connection
