@@ -192,9 +192,9 @@ async def start_site(
                 tz=config.tz,
                 room_name=room.name,
                 clock=clock,
-                rng=random.Random(f"{seed}:{config.code}:{device.id}"),  # noqa: S311  (simulated behaviour)
+                rng=random.Random(f"{seed}:{config.code}:{device.id}"),
             )
-            quirk_rng = random.Random(f"{seed}:{config.code}:{device.id}:pjlink")  # noqa: S311  (simulated behaviour)
+            quirk_rng = random.Random(f"{seed}:{config.code}:{device.id}:pjlink")
             quirks = pjlink_quirks or PjlinkQuirks(lowercase=quirk_rng.random() < 1 / 3)
             projectors.append(ProjectorServer(behaviour, device.password, quirks, quirk_rng))
             continue
@@ -209,7 +209,7 @@ async def start_site(
                 room_name=room.name,
                 clock=clock,
                 # Seeded per device, so one device's behaviour does not depend on the others.
-                rng=random.Random(f"{seed}:{config.code}:{device.id}"),  # noqa: S311  (simulated behaviour)
+                rng=random.Random(f"{seed}:{config.code}:{device.id}"),
             )
         )
         community_of[device.id] = device.community or profile.snmp.community
@@ -257,7 +257,7 @@ async def start_devices(
                 tz=tz or ZoneInfo("UTC"),
                 room_name=f"Simulated room {index // 4 + 1}",
                 clock=clock,
-                rng=random.Random(f"{seed}:{device.id}"),  # noqa: S311  (simulated behaviour)
+                rng=random.Random(f"{seed}:{device.id}"),
             )
         )
         community_of[device.id] = profile.snmp.community

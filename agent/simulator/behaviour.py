@@ -54,7 +54,7 @@ class DeviceBehaviour:
         self.tz = tz
         self.room_name = room_name
         self.clock = clock
-        self.rng = rng or random.Random(0)  # noqa: S311  (simulated behaviour)
+        self.rng = rng or random.Random(0)
         hints = profile.simulation
         self.firmware = hints.firmware
         # Quirks (left on, off in class) are drawn per day from this, not from the stream,
@@ -149,7 +149,7 @@ class DeviceBehaviour:
         return left_on and last_end is not None and at >= last_end
 
     def _day_rng(self, day: date) -> random.Random:
-        return random.Random(self._quirk_seed * 1_000_003 + day.toordinal())  # noqa: S311  (simulated behaviour)
+        return random.Random(self._quirk_seed * 1_000_003 + day.toordinal())
 
     def _target_temperature(self) -> float:
         hints = self.profile.simulation

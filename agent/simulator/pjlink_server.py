@@ -86,7 +86,7 @@ class ProjectorServer:
         self.behaviour = behaviour
         self.password = password
         self.quirks = quirks or PjlinkQuirks()
-        self.rng = rng or random.Random(behaviour.device.id)  # noqa: S311  (simulated behaviour)
+        self.rng = rng or random.Random(behaviour.device.id)
         self.misbehave: Misbehaviour | None = None
         self.alive = True
         self.connections = 0
