@@ -117,9 +117,9 @@ def site_problems(
         problems.append(
             t.ngettext("%(num)d warning alert", "%(num)d warning alerts", n) % {"num": n}
         )
-    if open_alerts.kinds:
+    if open_alerts.kinds and problems:
         kinds = sorted(word(t, ALERT_KINDS, k) for k in open_alerts.kinds)
-        problems.append("(" + ", ".join(kinds) + ")")
+        problems[-1] += " (" + ", ".join(kinds) + ")"
     return problems
 
 

@@ -50,6 +50,8 @@ def ago(value: datetime | None, now: datetime | None = None, lang: str = "en") -
     seconds = ((now or utcnow()) - value).total_seconds()
     if seconds < -60:  # a clock ahead of ours by more than a poll's jitter
         return t.gettext("in the future")
+    if seconds < 10:  # within a request's time, or a clock a little ahead
+        return t.gettext("just now")
     return format_timedelta(
         timedelta(seconds=max(seconds, 0)),
         threshold=1.5,
