@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -220,3 +220,49 @@ def test_make_is_not_doubled() -> None:
     assert make_and_model("MAXHUB", "maxhub V6") == "maxhub V6"
     assert make_and_model("Epson", "EB-2250U") == "Epson EB-2250U"
     assert make_and_model("", "EB-2250U") == "EB-2250U"
+
+
+def test_times_in_stored_texts_are_shown_in_the_sites_zone(
+    registered: Engine, client: TestClient, tokens: Tokens
+) -> None:
+    """A state reason and an alert message keep UTC (the API's words); the pages show them in
+    the site's time with its zone named, and no UTC stamp at all."""
+    from fleet.devices.state import site_offline_reason
+
+    at = datetime(2025, 3, 3, 14, 15, tzinfo=UTC)
+    with Session(registered) as session:
+        devices = session.exec(select(Device).where(Device.site_code == "tribhuvan")).all()
+        for d in devices:
+            d.state, d.state_reason = "site_offline", site_offline_reason("tu-agent", at)
+            session.add(d)
+        session.commit()
+        first = devices[0].id
+    alert = _open(registered, "tribhuvan", first, "device_error", "critical")
+    with Session(registered) as session:
+        row = session.get(Alert, alert)
+        assert row is not None
+        row.message = f"healthy since {at.isoformat()}, then not"
+        session.add(row)
+        session.commit()
+    local = "20:00 Asia/Kathmandu"  # 14:15 UTC at +05:45
+    for path in ("/sites/tribhuvan", f"/devices/{first}", "/alerts?site=tribhuvan"):
+        html = _page(client, path, tokens)
+        assert local in html, path
+        assert "14:15:00Z" not in html and "14:15:00+00:00" not in html, path
+    # The API keeps UTC.
+    api = client.get(f"/api/v1/devices/{first}", headers=tokens.headers("ops")).json()
+    assert "2025-03-03 14:15:00Z" in api["state_reason"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=200), year=st.integers(1, 9999))
+def test_any_text_goes_through_the_stamp_filter(text: str, year: int) -> None:
+    from jinja2.runtime import new_context
+
+    from fleet.web.templating import ENV, stamps
+
+    context = new_context(ENV, "t", {}, {"lang": "en", "user_zone": None, "zone": "Asia/Tokyo"})
+    mixed = f"{text} {year:04d}-12-31 23:59:59Z {text} 2025-13-40 99:99:99Z"
+    shown = stamps(context, mixed)
+    assert "2025-13-40 99:99:99Z" in shown  # not a time: left as written
+    assert f"{year:04d}-12-31 23:59:59Z" not in shown  # a time: shown with its zone named

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gettext
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -86,7 +87,10 @@ def _zone_of(context: Context, zone: str | ZoneInfo | None) -> ZoneInfo:
 
 def local_text(value: datetime, zone: ZoneInfo, lang: str) -> str:
     """A time as a person there reads it, with its zone named: "30 Nov 2026, 21:05 Asia/Tokyo"."""
-    there = value.astimezone(zone)
+    try:
+        there = value.astimezone(zone)
+    except OverflowError:  # at the edge of what datetime holds (year 1 or 9999): UTC, named
+        return f"{value.astimezone(UTC).strftime('%Y-%m-%d %H:%M')} UTC"
     locale = babel_locale(lang)
     day = format_date(there, "medium", locale=locale)
     return f"{day} {format_time(there, 'HH:mm', locale=locale)} {zone.key}"
@@ -122,6 +126,32 @@ def when(context: Context, value: datetime | None, zone: str | ZoneInfo | None =
         local_text(value, _zone_of(context, zone), lang),
         ago(value, context.get("now"), lang),
     )
+
+
+# A UTC (or offset) time written into a stored text: a state reason, an alert's message.
+STAMP_RE = re.compile(
+    r"\b\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})"
+)
+
+
+@pass_context
+def stamps(context: Context, text: str | None, zone: str | ZoneInfo | None = None) -> str:
+    """`{{ a.message | stamps(zone) }}`: the text with every time in it written in the site's
+    zone (or the user's), named, as the rest of the page: stored texts keep UTC, the API's
+    words; the pages show no UTC. A stamp that is no real time is left as it is."""
+    if not text:
+        return text or ""
+    shown_in = _zone_of(context, zone)
+    lang = context.get("lang", "en")
+
+    def shown(match: re.Match[str]) -> str:
+        try:
+            at = datetime.fromisoformat(match.group(0).replace(" ", "T"))
+        except ValueError:
+            return match.group(0)
+        return local_text(at, shown_in, lang)
+
+    return STAMP_RE.sub(shown, str(text))
 
 
 WORD_TABLES = {
@@ -176,7 +206,9 @@ def _environment() -> Environment:
         # Templates ship with the package: no stat of every template file on every render.
         auto_reload=False,
     )
-    env.filters.update(word=word, utc=utc, epoch=epoch, number=number, when=when, local=local)
+    env.filters.update(
+        stamps=stamps, word=word, utc=utc, epoch=epoch, number=number, when=when, local=local
+    )
     env.globals.update(
         state_rank=state_rank, STATE_ORDER=STATE_ORDER, LANGUAGES=LANGUAGES, SITE_ZONE=SITE_ZONE
     )
