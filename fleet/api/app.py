@@ -23,6 +23,7 @@ from fleet.api.routes import (
     audit,
     auth,
     devices,
+    docs,
     enrolment,
     events,
     firmware,
@@ -64,11 +65,15 @@ def create_app(
         title="Classroom fleet controller",
         version=getattr(fleet, "__version__", "0"),
         lifespan=lifespan,
+        # Ours instead (fleet.api.routes.docs): FastAPI's load Swagger UI from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = db
     app.state.ingest_status = None  # a StatusSource, set by whoever runs ingest
     app.include_router(meta.router)
+    app.include_router(docs.router)
     app.include_router(sites.router)
     app.include_router(events.router)
     app.include_router(devices.router)
