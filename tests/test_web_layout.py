@@ -135,3 +135,72 @@ def test_a_vendor_reaches_its_devices_and_reports(
         assert not tab.errors, tab.errors
     finally:
         tab.context.close()
+
+
+@pytest.mark.parametrize(
+    ("lang", "heading", "direction"),
+    [
+        ("en", "Fleet overview", "ltr"),
+        ("fr", "Vue d'ensemble du parc", "ltr"),
+        ("ar", "نظرة عامة على الأسطول", "rtl"),
+        ("ru", "Обзор парка", "ltr"),
+    ],
+)
+def test_overview_in_each_language(
+    stack: Stack,  # noqa: F811
+    browser: Any,
+    role_tokens: dict[str, str],
+    lang: str,
+    heading: str,
+    direction: str,
+) -> None:
+    for width in WIDTHS:
+        tab = _tab(browser, width, stack.base, role_tokens["ops"])
+        try:
+            tab.context.add_cookies([{"name": "fleet_lang", "value": lang, "url": stack.base}])
+            tab.goto(stack.base + "/")
+            assert tab.locator("h1").inner_text() == heading
+            # The words made in macros and filters too, not only the template's own.
+            badge = tab.locator(".cards .badge[data-state=site_offline]").inner_text()
+            level = tab.locator("tr[data-site=upm] .level").inner_text()
+            assert (badge == "site offline") == (lang == "en"), badge
+            assert ("Warning" in level or "Critical" in level) == (lang == "en"), level
+            assert tab.evaluate("document.documentElement.dir") == direction
+            assert tab.evaluate("getComputedStyle(document.body).direction") == direction
+            _no_sideways_scroll(tab, f"overview in {lang} at {width}")
+            if width >= 1366:  # the whole sites table in view, not scrolled inside its box
+                fits = (
+                    "(t => t.scrollWidth <= t.parentElement.clientWidth)"
+                    "(document.querySelector('table.sites'))"
+                )
+                assert tab.evaluate(fits), f"sites table wider than the screen in {lang}"
+            if direction == "rtl":
+                # Right to left: the header starts at the right edge, with the brand.
+                brand = tab.locator("header .brand").bounding_box()
+                assert brand is not None and brand["x"] + brand["width"] > width - 40, brand
+            screenshot(tab, f"overview-{lang}-{width}.png")
+            assert not tab.errors, tab.errors
+        finally:
+            tab.context.close()
+
+
+def test_the_language_is_chosen_in_the_page(
+    stack: Stack,  # noqa: F811
+    browser: Any,
+    role_tokens: dict[str, str],
+) -> None:
+    tab = _tab(browser, 390, stack.base, role_tokens["technician"])
+    try:
+        tab.goto(stack.base + "/alerts")
+        tab.select_option("footer select[name=lang]", "ru")
+        tab.locator("footer [data-testid=preferences] button").click()
+        tab.wait_for_url("**/alerts")
+        assert tab.locator("h1").inner_text() == "Оповещения"
+        # The browser's own zone is offered, and chosen, and then named in the footer.
+        own = tab.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone")
+        tab.select_option("footer select[name=tz]", own)
+        tab.locator("footer [data-testid=preferences] button").click()
+        tab.wait_for_url("**/alerts")
+        assert own in tab.locator("footer").inner_text()
+    finally:
+        tab.context.close()
