@@ -84,6 +84,8 @@ FIELDS = {
     "info": N_("Information (PJLink)"),
     "cleaned": N_("Cleaned by the agent"),
 }
+# The rollout page's buttons (fleet/web/templates/_rollouts.html).
+ROLLOUT_MOVES = {"start": N_("Start"), "pause": N_("Pause"), "resume": N_("Resume")}
 FLAGS = {"ok": N_("ok"), "warning": N_("warning"), "error": N_("error")}
 _UNITS = (("_pct", " (%)"), ("_c", " (°C)"), ("_s", " (s)"), ("_hours", " (h)"))
 
