@@ -117,3 +117,21 @@ def test_faults_change_what_the_simulated_devices_answer() -> None:
                 await simulation.close()
 
     asyncio.run(scenario())
+
+
+def test_alerts_have_the_time_to_open() -> None:
+    """The unreachable device is at a site in class (its alert counts class minutes) and the
+    site stays offline past the 5 min its alert waits."""
+    sites = load_sites()
+    morning = datetime(2025, 3, 3, 5, 0, tzinfo=UTC)  # Monday: 13:00 in Kuala Lumpur
+    in_class = {
+        s.config.site.code for s in sites if s.config.timetable.in_class(morning, s.config.tz)
+    }
+    assert in_class
+    plan = {f.kind: f for f in plan_faults(sites, morning)}
+    assert plan[UNREACHABLE].site in in_class
+    assert plan[UNREACHABLE].lasting is not None and plan[UNREACHABLE].lasting > timedelta(
+        minutes=10
+    )
+    assert plan[SITE_OFFLINE].lasting is not None
+    assert plan[SITE_OFFLINE].lasting > timedelta(minutes=5)

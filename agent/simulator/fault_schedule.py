@@ -56,8 +56,9 @@ def _after_hours(site: LoadedSite, now: datetime) -> bool:
 
 def plan_faults(sites: list[LoadedSite], now: datetime) -> list[ScheduledFault]:
     """The demo's faults, each on a different device, in the first few minutes. The site taken
-    offline is the smallest (it is back after four minutes); a device is left on at a site
-    where it is after hours `now`, if any is. A kind no device can show is left out."""
+    offline is the smallest (it is back after seven minutes); the device made unreachable is at
+    a site in class `now` if any is; a device is left on at a site where it is after hours
+    `now`, if any is. A kind no device can show is left out."""
     by_size = sorted(sites, key=lambda s: (len(s.config.devices()), s.config.site.code))
     if not by_size:
         return []
@@ -92,9 +93,22 @@ def plan_faults(sites: list[LoadedSite], now: datetime) -> list[ScheduledFault]:
 
         return test
 
+    # The unreachable alert counts class minutes (10): a site in class now shows it soonest.
+    in_class = [s for s in others if s.config.timetable.in_class(now, s.config.tz)]
+    code, device = pick(lambda s, d: True, in_class + others)
+    if device:
+        plan.append(
+            ScheduledFault(
+                timedelta(seconds=30),
+                UNREACHABLE,
+                code,
+                device,
+                timedelta(minutes=15),
+                "stops answering: unreachable, and a device_unreachable alert after 10 min "
+                "of class time",
+            )
+        )
     wants = [
-        (timedelta(seconds=30), UNREACHABLE, lambda s, d: True, timedelta(minutes=8),
-         "stops answering: unreachable, then a device_unreachable alert"),
         (timedelta(seconds=60), FAULTY, has_error_flags, timedelta(minutes=10),
          "reports an error flag: faulty, and a device_error alert"),
         (timedelta(seconds=90), OVERHEAT, has_limit("temperature_c_max"), timedelta(minutes=12),
@@ -125,8 +139,10 @@ def plan_faults(sites: list[LoadedSite], now: datetime) -> list[ScheduledFault]:
             SITE_OFFLINE,
             offline.config.site.code,
             None,
-            timedelta(minutes=4),
-            "its agent stops: every device site_offline, a site_offline alert; back in 4 min",
+            # Longer than the 5 min after which the site_offline alert opens.
+            timedelta(minutes=7),
+            "its agent stops: every device site_offline, a site_offline alert after 5 min; "
+            "back in 7 min",
         )
     )
     return sorted(plan, key=lambda f: f.after)
