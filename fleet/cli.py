@@ -122,6 +122,9 @@ def demo(
     ] = Path("data"),
     port: Annotated[int, typer.Option(help="HTTP port; a free one if taken.")] = 8000,
     log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "warning",
+    faults: Annotated[
+        bool, typer.Option(help="Devices fail and a site goes offline on a schedule.")
+    ] = True,
 ) -> None:
     """Everything on one machine: embedded broker, SQLite, controller, agents, simulated
     devices. Prints the URL; Ctrl-C stops it all."""
@@ -129,7 +132,7 @@ def demo(
 
     _logging(log_level)
     try:
-        asyncio.run(run_demo(DemoOptions(data_dir=data_dir, port=port)))
+        asyncio.run(run_demo(DemoOptions(data_dir=data_dir, port=port, faults=faults)))
     except ConfigErrors as exc:
         raise _config_errors(exc) from None
 

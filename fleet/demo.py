@@ -18,11 +18,18 @@ from pathlib import Path
 import uvicorn
 
 from agent.runner import AgentOptions, SiteAgent
-from agent.simulator import start_site
+from agent.simulator import SimulatedSite, start_site
+from agent.simulator.fault_schedule import plan_faults, run_faults
 from fleet.auth.demo_users import DEMO_PASSWORD, demo_tokens
 from fleet.embedded_broker import EmbeddedBroker, free_port
-from fleet.protocol.broker_url import parse_mqtt_url
-from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR, load_sites
+from fleet.protocol.broker_url import BrokerAddress, parse_mqtt_url
+from fleet.protocol.messages import utcnow
+from fleet.protocol.site_config import (
+    DEFAULT_PROFILES_DIR,
+    DEFAULT_SITES_DIR,
+    LoadedSite,
+    load_sites,
+)
 from fleet.service import build_controller
 from fleet.settings import Settings
 
@@ -52,6 +59,8 @@ class DemoOptions:
     ready: asyncio.Event | None = None
     urls: dict[str, str] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)  # demo user name -> API token
+    # Devices failing and a site going offline on a schedule (agent.simulator.fault_schedule).
+    faults: bool = True
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -108,6 +117,7 @@ async def run_demo(options: DemoOptions) -> None:
         agents.append(agent)
         agent_tasks.append(asyncio.create_task(agent.run(), name=f"agent-{site.config.code}"))
 
+    faults = _schedule_faults(options, sites, simulations, agents, agent_tasks, address)
     base = f"http://{options.host}:{port}"
     options.urls.update(base=base, broker=broker.url)
     devices = sum(len(s.address_map) for s in simulations)
@@ -129,6 +139,9 @@ async def run_demo(options: DemoOptions) -> None:
         await stop.wait()
     finally:
         options.say("stopping: agents, simulated devices, controller, broker")
+        if faults is not None:
+            faults.cancel()
+            await asyncio.gather(faults, return_exceptions=True)
         for agent in agents:
             agent.stop.set()
         await asyncio.gather(*agent_tasks, return_exceptions=True)
@@ -138,3 +151,47 @@ async def run_demo(options: DemoOptions) -> None:
         await server_task
         controller.engine.dispose()
         await broker.stop()
+
+
+def _schedule_faults(
+    options: DemoOptions,
+    sites: list[LoadedSite],
+    simulations: list[SimulatedSite],
+    agents: list[SiteAgent],
+    agent_tasks: list[asyncio.Task[None]],
+    address: BrokerAddress,
+) -> asyncio.Task[None] | None:
+    """The demo's scheduled faults (agent.simulator.fault_schedule): devices unreachable,
+    faulty, hot, worn, left on, and one site offline and back, in the first minutes."""
+    if not options.faults:
+        return None
+    codes = [site.config.site.code for site in sites]
+
+    async def stop_agent(code: str) -> None:
+        n = codes.index(code)
+        agents[n].stop.set()
+        await asyncio.gather(agent_tasks[n], return_exceptions=True)
+
+    async def start_agent(code: str) -> None:
+        n = codes.index(code)
+        agents[n] = SiteAgent(
+            sites[n],
+            address,
+            AgentOptions(
+                data_dir=options.data_dir / "agents", address_map=simulations[n].address_map
+            ),
+        )
+        agent_tasks[n] = asyncio.create_task(agents[n].run(), name=f"agent-{code}")
+
+    plan = plan_faults(sites, utcnow())
+    options.say(
+        "demo faults, on a schedule: "
+        + "; ".join(
+            f"+{int(f.after.total_seconds())} s {f.kind} {f.device or f.site}" for f in plan
+        )
+    )
+    return asyncio.create_task(
+        run_faults(plan, dict(zip(codes, simulations, strict=True)), stop_agent, start_agent,
+                   options.say),
+        name="demo-faults",
+    )  # fmt: skip

@@ -76,10 +76,12 @@ def xlsx_append(sheet: Any, row: Sequence[Any]) -> None:
                 cell.quotePrefix = True
 
 
-def content_disposition(filename: str) -> str:
-    """`attachment` with the name for every client: an ASCII `filename` (other characters as
-    `_`) and the exact UTF-8 name in `filename*` (RFC 6266, RFC 8187)."""
+def content_disposition(filename: str, inline: bool = False) -> str:
+    """`attachment` (or `inline`, shown in the browser) with the name for every client: an
+    ASCII `filename` (other characters as `_`) and the exact UTF-8 name in `filename*`
+    (RFC 6266, RFC 8187)."""
     ascii_name = (
         "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename) or "download"
     )
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+    how = "inline" if inline else "attachment"
+    return f"{how}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -71,7 +71,7 @@ def jobs(settings: Settings) -> list[Job]:
         Job("alerts", partial(evaluate_alerts, rules=alerts), 30, judges_silence=True),
         # Every second, so the webhook's first retries (1 s, 2 s, 4 s) keep their pace.
         Job("webhook", partial(deliver_due, webhook=settings.webhook()), 1),
-        Job("programme_evidence", check_classroom_evidence, 60),
+        Job("programme_evidence", partial(check_classroom_evidence, notify=alerts.notify), 60),
         Job("programme_overdue", partial(check_overdue_milestones, notify=alerts.notify), 3600),
         Job("usage_rollup", partial(derive_usage, profiles_dir=profiles), 60),
         Job("sample_purge", partial(purge_samples, retention=retention), 3600),

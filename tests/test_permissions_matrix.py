@@ -59,6 +59,7 @@ IN_SCOPE = {
     "rollout_id": "1",
     "report_id": "1",
     "sha256": "0" * 64,
+    "asset": "swagger-ui.css",
 }
 # Outside both scopes: another site, and a MAXHUB device at it.
 OUT_OF_SCOPE = {**IN_SCOPE, "code": "usthb", "site": "usthb", "device_id": "usthb-sc1-panel-1"}

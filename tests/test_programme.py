@@ -309,3 +309,82 @@ def test_timeline_shows_planned_against_actual_as_json_and_svg(registered: Engin
     assert "installed 2024-06-01 to 2024-06-30" in svg
     assert "installed planned 2025-12-31 (late)" in svg
     assert "<script" not in svg and "http://" not in svg.replace("http://www.w3.org/2000/svg", "")
+
+
+def ugb_progress(engine: Engine, now: str) -> Any:
+    with Session(engine) as session:
+        return next(p for p in programme_overview(session, at(now)) if p.site.code == "ugb")
+
+
+def test_installed_confirmed_by_devices_closes_the_overdue_alert_and_late_mark(
+    ingest: Ingest, registered: Engine
+) -> None:
+    """ugb: installed planned for 31 December 2025 and overdue; its classroom's devices then
+    report healthy. The phase's installed is reached with its classroom, the overdue alert is
+    resolved at once by the evidence job (not at the hourly check), and the late mark goes."""
+    from fleet.programme.evidence import check_classroom_evidence
+
+    with Session(registered) as session:
+        # Ops moved the in-use date on: installed is the only thing late at ugb.
+        in_use = milestone_rows(registered)[("ugb", 1, "", "in_use")]
+        in_use.planned = D("2027-06-30")
+        session.add(in_use)
+        session.commit()
+        devices = list(
+            session.exec(
+                text("SELECT id FROM device WHERE room_id = 'ugb-smart-1' AND retired_at IS NULL")
+            ).scalars()
+        )
+    assert devices
+    check_overdue_milestones(registered, at("2026-03-02T09:00:00"), notify=False)
+    assert overdue_alerts(registered).get("ugb") == "open"
+    with Session(registered) as session:
+        ugb = next(
+            p for p in programme_overview(session, at("2026-03-02T09:00")) if p.site.code == "ugb"
+        )
+    assert ugb.late and [m.facts.milestone for m in ugb.overdue] == ["installed"]
+
+    ts = at("2026-03-02T10:00:00")
+    ingest.handle([health("ugb", [reading(d, ts) for d in devices], received_at=ts)])
+    check_classroom_evidence(registered, at("2026-03-02T10:05:00"))
+
+    rows = milestone_rows(registered)
+    assert rows[("ugb", 1, "ugb-smart-1", "installed")].reached
+    phase = rows[("ugb", 1, "", "installed")]
+    assert phase.reached and phase.actual == D("2026-03-02") and phase.planned == D("2025-12-31")
+    assert phase.recorded_by == "device_evidence"
+    assert overdue_alerts(registered).get("ugb") == "resolved"
+    with Session(registered) as session:
+        ugb = next(
+            p for p in programme_overview(session, at("2026-03-02T10:06")) if p.site.code == "ugb"
+        )
+    assert not ugb.late and ugb.overdue == []
+    from fleet.web.programme_page import milestones_by_site
+
+    with Session(registered) as session:
+        assert milestones_by_site(session)["ugb"][1] is False
+
+
+def test_timeline_labels_never_overlap(registered: Engine) -> None:
+    """ugb plans installed and in use for the same day: their names are not drawn over each
+    other, in any row of any site's timeline."""
+    from fleet.programme.timeline import label_width
+
+    with Session(registered) as session:
+        sites = list(session.exec(select(Site)))
+        svgs = [
+            timeline_svg(build_timeline(s, located_milestones(session, s.code), D("2026-01-15")))
+            for s in sites
+        ]
+    for svg in svgs:
+        root = ElementTree.fromstring(svg)
+        labels = [
+            (float(t.get("x", 0)), float(t.get("y", 0)), t.text or "")
+            for t in root.iter("{http://www.w3.org/2000/svg}text")
+            if t.get("font-size") == "9" and float(t.get("x", 0)) >= 190
+        ]
+        for n, (x1, y1, a) in enumerate(labels):
+            for x2, y2, b in labels[n + 1 :]:
+                if abs(y1 - y2) < 9:
+                    apart = x1 + label_width(a) <= x2 or x2 + label_width(b) <= x1
+                    assert apart, (a, x1, y1, b, x2, y2)

@@ -50,6 +50,25 @@ def monday(ingest: Ingest) -> None:
     feed(ingest, "tribhuvan", readings, received_at=LATER)
 
 
+def test_utilization_is_unknown_when_no_class_hour_is_known(
+    ingest: Ingest, registered: Engine
+) -> None:
+    """A device never heard in the period: its class hours are unknown, and so is its
+    utilization; never 0 %, which would say it stood unused."""
+    from fleet.reports.html import render_html
+
+    monday(ingest)  # the panel was heard; the projector was not
+    roll_up(registered)
+    rep = report(registered, "2025-03-03", "2025-03-03")
+    row = device_row(rep, PROJECTOR)
+    assert row["class_hours"] == 6 and row["class_hours_known"] == 0
+    assert row["utilization"] is None
+    assert device_row(rep, PANEL)["utilization"] == round(4 / 6, 4)
+    html = render_html(rep).decode()
+    projector = html[html.index(PROJECTOR) :].split("</tr>")[0]
+    assert "unknown" in projector and "0.0 %" not in projector
+
+
 def test_utilization_and_after_hours_by_hand(ingest: Ingest, registered: Engine) -> None:
     monday(ingest)
     roll_up(registered)

@@ -127,9 +127,8 @@ def test_site_then_device_page_match_the_api(stack: Stack, page: Any) -> None:
     for room in api["rooms"]:
         for device in room["devices"]:
             row = page.locator(f"tr[data-device='{device['id']}']")
-            assert row.locator("[data-testid=state]").inner_text() == device["state"].replace(
-                "_", " "
-            )
+            badge = row.locator("[data-testid=state] .badge")
+            assert badge.get_attribute("data-state") == device["state"]
             assert device["state_reason"] in row.inner_text()
     assert "now" in (page.locator("svg.timetable").text_content() or "")
     assert "Local time at the site" in page.locator("[data-testid=local-now]").inner_text()

@@ -60,6 +60,10 @@ class DeviceBehaviour:
         # Quirks (left on, off in class) are drawn per day from this, not from the stream,
         # so they do not depend on how often the device is polled.
         self._quirk_seed = self.rng.getrandbits(48)
+        # Set by a scheduled fault (agent.simulator.fault_schedule): on or off whatever the
+        # timetable says, and heat on top of the profile's figures.
+        self.forced_on: bool | None = None
+        self.extra_heat_c = 0.0
         now = clock()
         self.booted_at = now - timedelta(seconds=self.rng.uniform(3600, 30 * 86400))
         self.on = self._wants_on(now)
@@ -133,6 +137,8 @@ class DeviceBehaviour:
         return LEFT_ON_CHANCE if share is None else share
 
     def _wants_on(self, at: datetime) -> bool:
+        if self.forced_on is not None:
+            return self.forced_on
         local = at.astimezone(self.tz)
         day_rng = self._day_rng(local.date())
         if self.timetable.in_class(at, self.tz):
@@ -153,7 +159,8 @@ class DeviceBehaviour:
 
     def _target_temperature(self) -> float:
         hints = self.profile.simulation
-        return hints.temperature_on_c if self.on else hints.temperature_standby_c
+        base = hints.temperature_on_c if self.on else hints.temperature_standby_c
+        return base + self.extra_heat_c
 
     # --- what the device reports ----------------------------------------------------------
 

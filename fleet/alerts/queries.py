@@ -30,10 +30,26 @@ class AlertNotFound(LookupError):
 
 @dataclass(frozen=True)
 class OpenAlerts:
-    """Alerts nobody has acknowledged yet, at one site."""
+    """Alerts nobody has acknowledged yet, at one site or about one device."""
 
     total: int = 0
     critical: int = 0
+    kinds: frozenset[str] = frozenset()  # AlertKind values among them
+
+    @property
+    def warning(self) -> int:
+        return self.total - self.critical
+
+    @property
+    def severity(self) -> str | None:
+        """The worst severity among them ("critical", "warning"), None when there is none."""
+        if self.critical:
+            return Severity.critical.value
+        return Severity.warning.value if self.total else None
+
+    def plus(self, severity: str, kind: str, count: int) -> OpenAlerts:
+        critical = count if severity == Severity.critical.value else 0
+        return OpenAlerts(self.total + count, self.critical + critical, self.kinds | {kind})
 
 
 def _devices_of(vendor: str) -> SelectOfScalar[str]:
@@ -128,15 +144,36 @@ def unacknowledged_alerts_by_site(session: Session, caller: Caller | None) -> di
     """Per site code, the alerts in state open that the caller may see; sites without any are
     absent."""
     query = (
-        select(Alert.site_code, Alert.severity, func.count())
+        select(Alert.site_code, Alert.severity, Alert.kind, func.count())
         .where(Alert.state == AlertState.open.value, *_in_scope(caller))
-        .group_by(col(Alert.site_code), col(Alert.severity))
+        .group_by(col(Alert.site_code), col(Alert.severity), col(Alert.kind))
     )
     counts: dict[str, OpenAlerts] = {}
-    for site, severity, count in session.exec(query):
-        before = counts.get(site, OpenAlerts())
-        critical = count if severity == Severity.critical.value else 0
-        counts[site] = OpenAlerts(before.total + count, before.critical + critical)
+    for site, severity, kind, count in session.exec(query):
+        counts[site] = counts.get(site, OpenAlerts()).plus(severity, kind, count)
+    return counts
+
+
+def unacknowledged_alerts_by_device(
+    session: Session, caller: Caller | None, site_code: str | None = None
+) -> dict[str, OpenAlerts]:
+    """Per device id, the alerts in state open that the caller may see (at one site, if
+    given); devices without any, and site-wide alerts, are absent."""
+    conditions: list[ColumnElement[bool]] = [
+        col(Alert.state) == AlertState.open.value,
+        col(Alert.device_id).is_not(None),
+    ]
+    if site_code is not None:
+        conditions.append(col(Alert.site_code) == site_code)
+    query = (
+        select(Alert.device_id, Alert.severity, Alert.kind, func.count())
+        .where(*conditions, *_in_scope(caller))
+        .group_by(col(Alert.device_id), col(Alert.severity), col(Alert.kind))
+    )
+    counts: dict[str, OpenAlerts] = {}
+    for device, severity, kind, count in session.exec(query):
+        if device is not None:
+            counts[device] = counts.get(device, OpenAlerts()).plus(severity, kind, count)
     return counts
 
 

@@ -24,6 +24,7 @@ from fleet.api.routes import (
     audit,
     auth,
     devices,
+    docs,
     enrolment,
     events,
     firmware,
@@ -66,6 +67,9 @@ def create_app(
         title="Classroom fleet controller",
         version=getattr(fleet, "__version__", "0"),
         lifespan=lifespan,
+        # Ours instead (fleet.api.routes.docs): FastAPI's load Swagger UI from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = db
@@ -74,6 +78,7 @@ def create_app(
         settings.login_limits_storage, settings.login_limits_account, settings.login_limits_address
     )
     app.include_router(meta.router)
+    app.include_router(docs.router)
     app.include_router(sites.router)
     app.include_router(events.router)
     app.include_router(devices.router)

@@ -26,7 +26,13 @@ from fleet.db import DATABASE_FAULTS
 from fleet.job_rows import each, skip
 from fleet.models import Device, Room, Sample, Site
 from fleet.programme.milestones import MilestoneFacts, MilestoneName
-from fleet.programme.models import ClassroomEvidence, MilestoneRecord, Phase, PhaseRoom
+from fleet.programme.models import (
+    PHASE_ITSELF,
+    ClassroomEvidence,
+    MilestoneRecord,
+    Phase,
+    PhaseRoom,
+)
 from fleet.programme.records import MilestoneInput, ProgrammeError, site_today, write_milestone
 
 log = logging.getLogger(__name__)
@@ -57,12 +63,27 @@ def all_healthy_at(devices: list[str], first_healthy: Mapping[str, datetime]) ->
     return max(first_healthy[d] for d in devices)
 
 
-def check_classroom_evidence(engine: Engine, now: datetime) -> None:
-    """The scheduled job: see update_classroom_evidence; logs the classrooms to review."""
+def check_classroom_evidence(engine: Engine, now: datetime, *, notify: bool = False) -> None:
+    """The scheduled job: see update_classroom_evidence; logs the classrooms to review. When a
+    classroom's installation was just confirmed, the programme's overdue check runs at once:
+    its overdue alert and late mark go now, not at the hourly check. `notify`: as that
+    check's."""
+    before, _ = _kept_statuses(engine)
     statuses = update_classroom_evidence(engine, now)
     flagged = sorted(room for room, status in statuses.items() if status == "review")
     if flagged:
         log.info("programme: classrooms to review: %s", ", ".join(flagged))
+    confirmed = sorted(
+        room
+        for room, status in statuses.items()
+        if status == "confirmed" and before.get(room) != "confirmed"
+    )
+    if confirmed:
+        # Imported here: the overview's module reads this one's results, not the other way.
+        from fleet.programme.overview import check_overdue_milestones
+
+        log.info("programme: installed confirmed by device readings: %s", ", ".join(confirmed))
+        check_overdue_milestones(engine, now, notify=notify)
 
 
 def update_classroom_evidence(engine: Engine, now: datetime) -> dict[str, str]:
@@ -360,4 +381,45 @@ def _judge(
             f"every device of classroom {room_id} has been healthy since {at.isoformat()}, but "
             f"installed cannot be confirmed: {exc.message}"
         )
+    _phase_installed_when_every_classroom_is(session, site, phase, now)
     return "confirmed", ""
+
+
+def _phase_installed_when_every_classroom_is(
+    session: Session, site: Site, phase: Phase, now: datetime
+) -> None:
+    """The phase's own `installed` milestone sums its classrooms up: once device readings
+    confirmed every one, it is reached too, on the last classroom's date, so that the phase
+    is neither overdue nor late for want of a record nobody had to write."""
+    rooms = set(session.exec(select(PhaseRoom.room_id).where(PhaseRoom.phase_id == phase.id)))
+    installed = MilestoneName.installed.value
+    records = {
+        r.room_id: r
+        for r in session.exec(
+            select(MilestoneRecord).where(
+                MilestoneRecord.phase_id == phase.id, MilestoneRecord.milestone == installed
+            )
+        )
+    }
+    own = records.get(PHASE_ITSELF)
+    if not rooms or (own is not None and own.reached):
+        return
+    if not all(room in records and records[room].reached for room in rooms):
+        return
+    days = [d for d in (records[room].actual for room in rooms) if d is not None]
+    facts = MilestoneFacts(
+        milestone=MilestoneName.installed,
+        planned=own.planned if own is not None else None,
+        actual=max(days) if days else site_today(site, now),
+        reached=True,
+    )
+    note = own.note if own is not None and own.note else "every classroom confirmed by devices"
+    given = MilestoneInput(facts=facts, note=note, evidence={"classrooms_confirmed": sorted(rooms)})
+    try:
+        write_milestone(
+            session, site, phase, PHASE_ITSELF, given, recorded_by=DEVICE_EVIDENCE, now=now,
+            mode="upsert",
+        )  # fmt: skip
+    except ProgrammeError as exc:  # the classrooms stay confirmed; the phase is for ops
+        log.warning("programme: phase %s of %s not marked installed: %s", phase.number,
+                    site.code, exc.message)  # fmt: skip

@@ -111,10 +111,14 @@ def timeline_svg(timeline: Timeline) -> str:
             'stroke="#eee"/>'
         )
         undated = []
+        labels: list[tuple[float, str, str]] = []
         for m in items:
-            out += _marks(m, x, y, timeline.today)
+            shapes, label = _marks(m, x, y, timeline.today)
+            out += shapes
+            labels += label
             if m.facts.reached and m.facts.actual is None:
                 undated.append(m.facts.milestone.value)
+        out += _place_labels(labels, y)
         if undated:
             out.append(
                 f'<text x="{PAD}" y="{y + 15:.1f}" font-size="9" fill="#555">'
@@ -131,10 +135,41 @@ def timeline_svg(timeline: Timeline) -> str:
     return "\n".join(out) + "\n"
 
 
-def _marks(m: Located, x: Any, y: float, today: date) -> list[str]:
+LABEL_CHAR_W = 5.6  # px a character of the 9 px labels takes, at most (sans-serif)
+LABEL_GAP = 4.0
+
+
+def label_width(text: str) -> float:
+    return len(text) * LABEL_CHAR_W
+
+
+def _place_labels(labels: list[tuple[float, str, str]], y: float) -> list[str]:
+    """A row's milestone names (x, name, colour), none over another: each goes above its mark,
+    else below it, else after the last label above. Two milestones on the same day (installed
+    and in use both planned for 31 December) are written one above, one below."""
+    lanes = [y - 9, y + 17]  # the marks span y - 6 to y + 6
+    ends = [-1e9, -1e9]
+    out = []
+    for lx, name, colour in sorted(labels, key=lambda label: (label[0], label[1])):
+        free = [n for n, end in enumerate(ends) if lx >= end + LABEL_GAP]
+        lane = free[0] if free else 0
+        at = lx if free else ends[0] + LABEL_GAP
+        ends[lane] = at + label_width(name)
+        out.append(
+            f'<text x="{at:.1f}" y="{lanes[lane]:.1f}" font-size="9" fill="{colour}">'
+            f"{escape(name)}</text>"
+        )
+    return out
+
+
+def _marks(
+    m: Located, x: Any, y: float, today: date
+) -> tuple[list[str], list[tuple[float, str, str]]]:
+    """A milestone's shapes, and its label (x, name, colour) for `_place_labels` to lay out."""
     colour = COLOURS[m.facts.milestone]
     name = escape(m.facts.milestone.value)
     out = []
+    labels: list[tuple[float, str, str]] = []
     if m.facts.planned is not None:
         px = x(m.facts.planned)
         stroke = LATE if is_overdue(m.facts, today) else colour
@@ -153,15 +188,10 @@ def _marks(m: Located, x: Any, y: float, today: date) -> list[str]:
             f'<rect x="{ax - 2:.1f}" y="{y - 6:.1f}" width="{width:.1f}" height="12" rx="2" '
             f'fill="{colour}"><title>{name} {span}</title></rect>'
         )
-        out.append(
-            f'<text x="{ax:.1f}" y="{y - 9:.1f}" font-size="9" fill="{colour}">{name}</text>'
-        )
+        labels.append((ax, m.facts.milestone.value, colour))
     elif m.facts.planned is not None:
-        out.append(
-            f'<text x="{x(m.facts.planned):.1f}" y="{y - 9:.1f}" font-size="9" '
-            f'fill="{colour}">{name}</text>'
-        )
-    return out
+        labels.append((x(m.facts.planned), m.facts.milestone.value, colour))
+    return out, labels
 
 
 def _legend(y: float) -> list[str]:

@@ -48,7 +48,7 @@ SHOWN = [
 
 def _cell(value: Any, how: str) -> str:
     if value is None:
-        return "-"
+        return "unknown" if how == "pct" else "-"
     if how == "pct":
         return f"{value * 100:.1f} %"
     if how == "int":

@@ -198,7 +198,10 @@ def add_inputs(row: dict[str, Any], minutes: dict[str, float]) -> None:
 
 def finish(row: dict[str, Any]) -> dict[str, Any]:
     """Ratios from the sums, and numbers rounded so every format shows the same figures."""
-    row["utilization"] = _ratio(row["class_hours_on"], row["class_hours"])
+    # Unknown when no class hour is known: none heard is not "never on" (0 %).
+    row["utilization"] = (
+        _ratio(row["class_hours_on"], row["class_hours"]) if row["class_hours_known"] else None
+    )
     row["availability"] = _ratio(row["class_hours_available"], row["class_hours_known"])
     row["mtbf_hours"] = round(row["hours_on"] / row["faults"], 2) if row["faults"] else None
     row["firmware_compliance"] = _ratio(

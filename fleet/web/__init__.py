@@ -17,6 +17,7 @@ from fleet.web import (
 )
 from fleet.web.not_found import PageNotFound, http_error, page_not_found
 from fleet.web.templating import STATIC_DIR
+from fleet.web.words import N_
 
 
 def install(app: FastAPI) -> None:
@@ -33,9 +34,9 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     # (label, path, the permission its page declares): each viewer sees the links it may open.
     app.state.web_nav = (
-        ("Overview", "/", "dashboard:read"),
-        ("Alerts", "/alerts", "dashboard:read"),
-        ("Programme", "/programme", "fleet:read"),
-        ("Rollouts", "/rollouts", "rollouts:read"),
-        ("Reports", "/reports", "reports:read"),
+        (N_("Overview"), "/", "dashboard:read"),
+        (N_("Alerts"), "/alerts", "dashboard:read"),
+        (N_("Programme"), "/programme", "fleet:read"),
+        (N_("Rollouts"), "/rollouts", "rollouts:read"),
+        (N_("Reports"), "/reports", "reports:read"),
     )

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlmodel import select
 
 from fleet.alerts.actions import AlertAlreadyResolved, acknowledge
 from fleet.alerts.models import AlertKind, AlertState, Severity
@@ -23,6 +24,7 @@ from fleet.alerts.schemas import AckIn, AlertPage
 from fleet.api.deps import SessionDep
 from fleet.api.params import RowIdPath
 from fleet.auth.permissions import Allow, Caller
+from fleet.models import Site
 from fleet.paging import MAX_CURSOR_CHARS, BadCursor
 from fleet.protocol.messages import CONTROL_RE, SITE_CODE_PATTERN, utcnow
 from fleet.web.not_found import PageNotFound
@@ -96,6 +98,8 @@ def alerts_page(
         severities=[s.value for s in Severity],
         kinds=[k.value for k in AlertKind],
         sites=sites_with_alerts(session, caller),
+        # Each alert's times in its own site's zone.
+        site_zones=dict(session.exec(select(Site.code, Site.timezone)).all()),
     )
 
 

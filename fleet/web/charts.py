@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import pairwise
 from statistics import median
 
@@ -88,7 +88,8 @@ class _Frame:
         return HEIGHT - BOTTOM - share * (HEIGHT - TOP - BOTTOM)
 
 
-def _time_axis(frame: _Frame) -> list[str]:
+def _time_axis(frame: _Frame, zone: tzinfo = UTC) -> list[str]:
+    """Ticks labelled in `zone` (the site's time, or the user's chosen zone)."""
     step = next((s for s in TIME_STEPS if frame.seconds / s.total_seconds() <= 8), TIME_STEPS[-1])
     step_s = step.total_seconds()
     first = math.ceil(frame.start.timestamp() / step_s) * step_s
@@ -97,7 +98,7 @@ def _time_axis(frame: _Frame) -> list[str]:
     tick = frame.start + timedelta(seconds=first - frame.start.timestamp())
     while tick <= frame.end:
         x = frame.x(tick)
-        label = tick.strftime("%d %b %H:%M" if with_date else "%H:%M")
+        label = tick.astimezone(zone).strftime("%d %b %H:%M" if with_date else "%H:%M")
         parts.append(
             f'<line class="grid" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM}"/>'
             f'<text class="tick" x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="middle">{label}</text>'
@@ -115,7 +116,13 @@ def _svg(title: str, body: list[str], height: int = HEIGHT) -> Markup:
 
 
 def line_chart(
-    points: Sequence[Point], *, title: str, unit: str, start: datetime, end: datetime
+    points: Sequence[Point],
+    *,
+    title: str,
+    unit: str,
+    start: datetime,
+    end: datetime,
+    zone: tzinfo = UTC,
 ) -> Markup:
     """A line of one numeric field; gaps in the samples show as gaps in the line. Values that
     are not finite (NaN, ±Infinity, stored before ingest refused them) are left out: they
@@ -131,7 +138,7 @@ def line_chart(
     step = nice_step(high - low)
     low, high = math.floor(low / step) * step, math.ceil(high / step) * step
     frame = _Frame(start, end, low, high)
-    body = _time_axis(frame)
+    body = _time_axis(frame, zone)
     tick = low
     while tick <= high + step / 2:
         y = frame.y(tick)
@@ -164,7 +171,12 @@ BAND_HEIGHT = 86
 
 
 def power_band(
-    segments: Sequence[Segment], *, title: str, start: datetime, end: datetime
+    segments: Sequence[Segment],
+    *,
+    title: str,
+    start: datetime,
+    end: datetime,
+    zone: tzinfo = UTC,
 ) -> Markup:
     """Power state over time as coloured spans; white where there are no samples."""
     if not segments:
@@ -184,7 +196,7 @@ def power_band(
             "</title></rect>"
         )
     axis = _Frame(start, end, 0, 1)
-    for part in _time_axis(axis):
+    for part in _time_axis(axis, zone):
         # The shared axis draws grid lines for the full chart height: shorten them for a band.
         body.append(
             part.replace(f'y2="{HEIGHT - BOTTOM}"', f'y2="{bottom}"').replace(

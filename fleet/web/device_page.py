@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import gettext
 import math
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel.dates import format_timedelta
+from babel.numbers import format_decimal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from fleet.alerts.queries import recent_alerts_of_device
+from fleet.alerts.queries import recent_alerts_of_device, unacknowledged_alerts_by_device
 from fleet.api.deps import SessionDep
 from fleet.auth.permissions import Allow
 from fleet.models import Device, Room, Site
@@ -23,26 +27,36 @@ from fleet.web.device_history import (
     history,
     newest_sample_at,
 )
+from fleet.web.i18n import babel_locale, language_of, translations, zone_choice
 from fleet.web.not_found import PageNotFound
-from fleet.web.templating import render, utc
+from fleet.web.templating import local_text, render
 from fleet.web.viewer import ViewerDep
+from fleet.web.words import FIELDS, POWER, word
 
 router = APIRouter(include_in_schema=False)
 
-# Reading fields shown in the "latest reading" table, in this order, with their labels.
+# Reading fields shown in the "latest reading" table, in this order (labels: fleet.web.words).
 READING_FIELDS = (
-    ("ts", "Read at"),
-    ("reachable", "Reachable"),
-    ("power", "Power"),
-    ("input", "Input"),
-    ("temperature_c", "Temperature (°C)"),
-    ("lamp_hours", "Lamp hours"),
-    ("filter_hours", "Filter hours"),
-    ("uptime_s", "Uptime"),
-    ("firmware", "Firmware"),
-    ("error", "Error"),
-    ("collectors", "Read by"),
+    "ts",
+    "reachable",
+    "power",
+    "input",
+    "temperature_c",
+    "lamp_hours",
+    "filter_hours",
+    "uptime_s",
+    "firmware",
+    "error",
+    "collectors",
 )
+
+
+def make_and_model(vendor: str, model: str) -> str:
+    """ "Seewo interactive flat panel", not "Seewo Seewo interactive flat panel": a model name
+    that already starts with its make is not given the make twice."""
+    if not vendor or model.casefold().startswith(vendor.casefold()):
+        return model
+    return f"{vendor} {model}"
 
 
 @router.get(
@@ -66,6 +80,8 @@ def device_page(
         window = DEFAULT_WINDOW
     site = session.get(Site, device.site_code)
     room = session.get(Room, device.room_id)
+    zone = _zone(site)
+    shown = zone_choice(request) or zone  # the zone the page's times are in
     newest = newest_sample_at(session, device.id)
     charts = None
     if newest is not None:
@@ -73,24 +89,37 @@ def device_page(
         charts = {
             "history": h,
             "temperature": line_chart(
-                h.temperature, title="Temperature", unit="°", start=h.start, end=h.end
+                h.temperature, title="Temperature", unit="°", start=h.start, end=h.end, zone=shown
             ),
-            "power": power_band(h.power, title="Power", start=h.start, end=h.end),
-            "lamp": line_chart(h.lamp_hours, title="Lamp hours", unit="", start=h.start, end=h.end)
+            "power": power_band(h.power, title="Power", start=h.start, end=h.end, zone=shown),
+            "lamp": line_chart(
+                h.lamp_hours, title="Lamp hours", unit="", start=h.start, end=h.end, zone=shown
+            )
             if h.lamp_hours
             else None,
         }
     reading = device.last_reading or {}
-    shown = [(label, _shown(key, reading.get(key))) for key, label in READING_FIELDS]
+    lang = language_of(request)
+    t = translations(lang)
+    fields = [
+        (word(t, FIELDS, key), _shown(key, reading.get(key), t, shown, lang))
+        for key in READING_FIELDS
+    ]
     return render(
         request,
         "_device.html" if partial else "device.html",
+        lang=lang,
         viewer=viewer,
         device=device,
+        make_model=make_and_model(device.vendor, device.model),
         site=site,
+        zone=zone,
         room=room,
         reading=reading,
-        reading_fields=[(label, value) for label, value in shown if value is not None],
+        reading_fields=[(label, value) for label, value in fields if value is not None],
+        open_alerts=unacknowledged_alerts_by_device(
+            session, getattr(request.state, "caller", None), device.site_code
+        ).get(device.id),
         error_flags=reading.get("errors") or {},
         metrics=reading.get("metrics") or {},
         charts=charts,
@@ -108,31 +137,49 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _shown(key: str, value: Any) -> str | None:
-    """A reading's value as a person reads it; None when the device did not report it. The
-    reading is whatever was stored, from before ingest checked values too: a number that is
-    not one (NaN, Infinity, text) is shown as given, not computed with."""
+def _zone(site: Site | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(site.timezone) if site is not None else ZoneInfo("UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _shown(
+    key: str,
+    value: Any,
+    t: gettext.NullTranslations | None = None,
+    zone: ZoneInfo | None = None,
+    lang: str = "en",
+) -> str | None:
+    """A reading's value as a person reads it, in the page's language and the site's zone;
+    None when the device did not report it. The reading is whatever was stored, from before
+    ingest checked values too: a number that is not one (NaN, Infinity, text) is shown as
+    given, not computed with."""
+    t = t or gettext.NullTranslations()
     if value is None:
         return None
+    locale = babel_locale(lang)
     if key == "ts":
         try:
-            return utc(datetime.fromisoformat(value))
+            return local_text(datetime.fromisoformat(value), zone or ZoneInfo("UTC"), lang)
         except (TypeError, ValueError, OverflowError):
             return str(value)
     if key == "reachable":
-        return "yes" if value else "no"
+        return t.gettext("yes") if value else t.gettext("no")
+    if key == "power":
+        return word(t, POWER, str(value))
     if key in NUMBERS and not _finite(value):
-        return f"{value} (not a number a device can report)"
+        return t.gettext("%(value)s (not a number a device can report)") % {"value": value}
     if key == "uptime_s":
-        minutes = int(value) // 60
-        return f"{minutes // 1440} d {minutes // 60 % 24} h {minutes % 60} min"
+        return format_timedelta(timedelta(seconds=int(value)), threshold=1.5, locale=locale)
     if key in ("lamp_hours", "filter_hours"):
-        return f"{value:,.0f} h"
+        return f"{format_decimal(value, format='#,##0', locale=locale)} h"
     if key == "temperature_c":
-        return f"{value:.1f}"
+        return format_decimal(value, format="#,##0.0", locale=locale)
     if key == "collectors" and isinstance(value, dict):
         # The profile's collectors in chain order, and which answered this reading.
         return ", ".join(
-            f"{name} {'answered' if ok else 'no answer'}" for name, ok in value.items()
+            f"{name} {t.gettext('answered') if ok else t.gettext('no answer')}"
+            for name, ok in value.items()
         )
     return str(value)

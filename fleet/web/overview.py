@@ -7,6 +7,7 @@ site where it has devices, counting only its own devices and the alerts about th
 
 from __future__ import annotations
 
+import gettext
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -19,6 +20,19 @@ from fleet.sites.queries import site_summaries
 from fleet.sites.schemas import SiteSummary
 from fleet.web.programme_page import milestones_by_site
 from fleet.web.templating import PROBLEM_STATES, STATE_ORDER
+from fleet.web.words import AGENT_STATES, ALERT_KINDS, N_, STATES, word
+
+NULL_TRANSLATIONS = gettext.NullTranslations()
+
+
+# A site's status, worst first: what the overview sorts by and the "need attention" card counts.
+LEVELS = ("critical", "warning", "silent", "ok")
+LEVEL_WORDS = {
+    "critical": N_("Critical"),
+    "warning": N_("Warning"),
+    "silent": N_("Not reporting yet"),
+    "ok": N_("All well"),
+}
 
 
 @dataclass
@@ -28,10 +42,12 @@ class SiteRow:
     open_alerts: OpenAlerts = field(default_factory=OpenAlerts)  # not yet acknowledged
     milestone: str = "—"  # the latest reached in its installation programme
     programme_late: bool = False
+    level: str = "ok"  # one of LEVELS
 
     @property
     def is_problem(self) -> bool:
-        return bool(self.problems)
+        """Whether the site needs attention: the overview's card counts these."""
+        return self.level in ("critical", "warning")
 
     @property
     def never_reported(self) -> bool:
@@ -57,24 +73,61 @@ class SiteRow:
         return sum(self.site.devices_by_state.get(s, 0) for s in PROBLEM_STATES)
 
 
-def site_problems(site: SiteSummary, open_alerts: OpenAlerts = OpenAlerts()) -> list[str]:
-    """What an ops person should look at first; empty for a healthy (or silent, new) site."""
+def site_level(site: SiteSummary, open_alerts: OpenAlerts) -> str:
+    """The site's status (LEVELS): its worst open alert's severity, or critical when its agent
+    or devices are down even before an alert says so; `silent` for a site never heard from."""
+    agent_down = site.agent is not None and site.agent.state != "online"
+    devices_down = any(site.devices_by_state.get(s, 0) for s in PROBLEM_STATES)
+    if open_alerts.critical or agent_down or devices_down:
+        return "critical"
+    if open_alerts.total:
+        return "warning"
+    if site.last_reported_at is None and site.agent is None:
+        return "silent"
+    return "ok"
+
+
+def site_problems(
+    site: SiteSummary,
+    open_alerts: OpenAlerts = OpenAlerts(),
+    t: gettext.NullTranslations = NULL_TRANSLATIONS,
+) -> list[str]:
+    """What to look at first, in the page's language; empty for a healthy (or silent) site."""
     problems = []
     if site.agent is not None and site.agent.state != "online":
-        problems.append(f"site agent {site.agent.state}")
+        problems.append(
+            t.gettext("site agent %(state)s") % {"state": word(t, AGENT_STATES, site.agent.state)}
+        )
     for state in STATE_ORDER:
         count = site.devices_by_state.get(state, 0)
         if state in PROBLEM_STATES and count:
-            problems.append(f"{count} {state.replace('_', ' ')}")
-    # Warnings (a panel left on after hours) show in their column; only critical ones make
-    # a site stand out, or nearly every site would, every evening.
+            problems.append(
+                t.ngettext("%(num)d device %(state)s", "%(num)d devices %(state)s", count)
+                % {"num": count, "state": word(t, STATES, state)}
+            )
+    # Every open alert counts, by severity: a panel left on after hours is a warning to see,
+    # not a site "all well".
     if open_alerts.critical:
-        plural = "s" if open_alerts.critical != 1 else ""
-        problems.append(f"{open_alerts.critical} critical alert{plural}")
+        n = open_alerts.critical
+        problems.append(
+            t.ngettext("%(num)d critical alert", "%(num)d critical alerts", n) % {"num": n}
+        )
+    if open_alerts.warning:
+        n = open_alerts.warning
+        problems.append(
+            t.ngettext("%(num)d warning alert", "%(num)d warning alerts", n) % {"num": n}
+        )
+    if open_alerts.kinds and problems:
+        kinds = sorted(word(t, ALERT_KINDS, k) for k in open_alerts.kinds)
+        problems[-1] += " (" + ", ".join(kinds) + ")"
     return problems
 
 
-def site_rows(session: Session, caller: Caller | None = None) -> list[SiteRow]:
+def site_rows(
+    session: Session,
+    caller: Caller | None = None,
+    t: gettext.NullTranslations = NULL_TRANSLATIONS,
+) -> list[SiteRow]:
     """Every site the caller may see (None: every site), as the overview shows it."""
     alerts = unacknowledged_alerts_by_site(session, caller)
     # A site's installation programme is its own business, not a vendor's.
@@ -87,14 +140,22 @@ def site_rows(session: Session, caller: Caller | None = None) -> list[SiteRow]:
         rows.append(
             SiteRow(
                 site=site,
-                problems=site_problems(site, open_alerts),
+                problems=site_problems(site, open_alerts, t),
                 open_alerts=open_alerts,
                 milestone=milestone,
                 programme_late=late,
+                level=site_level(site, open_alerts),
             )
         )
-    # Problem sites first, the most troubled on top; then by name.
-    rows.sort(key=lambda r: (not r.is_problem, -r.troubled_devices, r.site.name.lower()))
+    # The worst status first, the most troubled on top; then by name.
+    rows.sort(
+        key=lambda r: (
+            LEVELS.index(r.level),
+            -r.troubled_devices,
+            -r.open_alerts.total,
+            r.site.name.lower(),
+        )
+    )
     return rows
 
 

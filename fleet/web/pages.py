@@ -5,26 +5,46 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, available_timezones
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlmodel import col, select
 
-from fleet.alerts.queries import OpenAlerts, unacknowledged_alerts_by_site
+from fleet.alerts.queries import (
+    OpenAlerts,
+    unacknowledged_alerts_by_device,
+    unacknowledged_alerts_by_site,
+)
 from fleet.api.deps import SessionDep
 from fleet.auth.permissions import Allow, Caller
+from fleet.devices.queries import find_devices
 from fleet.devices.registry import timetable_from_json
 from fleet.models import Device
 from fleet.protocol.messages import SITE_CODE_PATTERN, utcnow
 from fleet.sites.queries import SiteNotFound, site_detail
+from fleet.web.i18n import (
+    LANG_COOKIE,
+    LANGUAGES,
+    SITE_ZONE,
+    ZONE_COOKIE,
+    language_of,
+    translations,
+)
 from fleet.web.not_found import PageNotFound
-from fleet.web.overview import fleet_totals, newest_report, site_problems, site_rows
+from fleet.web.overview import (
+    fleet_totals,
+    newest_report,
+    site_level,
+    site_problems,
+    site_rows,
+)
 from fleet.web.templating import render, state_rank
 from fleet.web.timetable_chart import local_now, week_chart
 from fleet.web.viewer import ViewerDep
 
 router = APIRouter(include_in_schema=False)
+VENDOR_DEVICES_SHOWN = 500  # a vendor's devices on its overview; the API pages through more
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -36,15 +56,26 @@ def overview(
     viewer: ViewerDep,
     partial: bool = False,
 ) -> HTMLResponse:
-    rows = site_rows(session, caller)  # only the caller's sites, or vendor's devices
+    lang = language_of(request)
+    rows = site_rows(session, caller, translations(lang))  # the caller's sites, or devices
+    # A vendor opens no site page: its own devices are listed here instead, each linked.
+    devices = (
+        find_devices(session, caller, limit=VENDOR_DEVICES_SHOWN)
+        if caller.vendor is not None
+        else None
+    )
     return render(
         request,
         "_overview.html" if partial else "overview.html",
+        lang=lang,
         viewer=viewer,
         rows=rows,
         totals=fleet_totals(rows),
         newest=newest_report(rows),
         problem_sites=sum(1 for r in rows if r.is_problem),
+        devices=devices,
+        device_alerts=unacknowledged_alerts_by_device(session, caller) if devices else {},
+        site_zones={r.site.code: r.site.timezone for r in rows},
     )
 
 
@@ -67,6 +98,7 @@ def site_page(
             f"There is no site {code!r}.", "The overview lists every site."
         ) from None
     open_alerts = unacknowledged_alerts_by_site(session, caller).get(code, OpenAlerts())
+    lang = language_of(request)
     readings: dict[str, dict[str, Any]] = {
         device_id: dict(reading or {})
         for device_id, reading in session.exec(
@@ -88,13 +120,41 @@ def site_page(
     return render(
         request,
         "_site.html" if partial else "site.html",
+        lang=lang,
         viewer=viewer,
         site=detail,
+        zone=tz,
+        level=site_level(detail, open_alerts),
         rooms=rooms,
         readings=readings,
-        problems=site_problems(detail, open_alerts),
+        problems=site_problems(detail, open_alerts, translations(lang)),
         open_alerts=open_alerts,
+        device_alerts=unacknowledged_alerts_by_device(session, caller, code),
         local=local_now(timetable, tz, now),
         week=week_chart(timetable, tz, now),
         now=now,
     )
+
+
+def _local_path(path: str) -> str:
+    # Only a path on this site: never an open redirect ("//host", "/\host" reach elsewhere).
+    ok = path.startswith("/") and not path.startswith(("//", "/\\")) and path.isprintable()
+    return path if ok else "/"
+
+
+@router.get("/preferences", dependencies=[Allow("public")])
+def preferences(
+    lang: Annotated[str, Query(max_length=8)] = "",
+    tz: Annotated[str, Query(max_length=64)] = "",
+    next: Annotated[str, Query(max_length=512)] = "/",
+) -> RedirectResponse:
+    """The footer's form: the language and the time zone the pages are read in, kept in two
+    cookies for a year. A value we do not have is ignored, not refused: it comes from a form
+    or a URL people edit."""
+    response = RedirectResponse(_local_path(next), status_code=303)
+    year = 365 * 24 * 3600
+    if lang in LANGUAGES:
+        response.set_cookie(LANG_COOKIE, lang, max_age=year, samesite="lax")
+    if tz == SITE_ZONE or tz in available_timezones():
+        response.set_cookie(ZONE_COOKIE, tz, max_age=year, samesite="lax")
+    return response

@@ -6,11 +6,16 @@ site configs, so every value is escaped unless a template marks it safe (only ou
 
 from __future__ import annotations
 
+import gettext
 import math
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel.dates import format_date, format_time, format_timedelta
+from babel.numbers import format_decimal
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
@@ -18,6 +23,17 @@ from jinja2.runtime import Context
 from markupsafe import Markup
 
 from fleet.protocol.messages import utcnow
+from fleet.web import words
+from fleet.web.i18n import (
+    LANGUAGES,
+    RIGHT_TO_LEFT,
+    SITE_ZONE,
+    babel_locale,
+    language_of,
+    translations,
+    zone_choice,
+)
+from fleet.web.viewer import current_viewer
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -27,38 +43,134 @@ STATE_ORDER = ("faulty", "unreachable", "site_offline", "unknown", "standby", "o
 PROBLEM_STATES = frozenset({"faulty", "unreachable", "site_offline"})
 
 
-def ago(value: datetime | None, now: datetime | None = None) -> str:
+def ago(value: datetime | None, now: datetime | None = None, lang: str = "en") -> str:
+    """How long ago, in the language's words ("3 minutes ago", "il y a 3 minutes")."""
+    t = translations(lang)
     if value is None:
-        return "never"
-    seconds = int(((now or utcnow()) - value).total_seconds())
-    if seconds < 0:
-        return "in the future"
-    if seconds < 90:
-        return f"{seconds} s ago"
-    if seconds < 90 * 60:
-        return f"{seconds // 60} min ago"
-    if seconds < 36 * 3600:
-        return f"{seconds // 3600} h ago"
-    return f"{seconds // 86400} d ago"
+        return t.gettext("never")
+    seconds = ((now or utcnow()) - value).total_seconds()
+    if seconds < -60:  # a clock ahead of ours by more than a poll's jitter
+        return t.gettext("in the future")
+    if seconds < 10:  # within a request's time, or a clock a little ahead
+        return t.gettext("just now")
+    return format_timedelta(
+        timedelta(seconds=max(seconds, 0)),
+        threshold=1.5,
+        add_direction=True,
+        locale=babel_locale(lang),
+    )
 
 
 def utc(value: datetime | None) -> str:
+    """UTC, for the API's words and logs; the pages show `local` times."""
     if value is None:
         return "—"
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _zone_of(context: Context, zone: str | ZoneInfo | None) -> ZoneInfo:
+    """The zone a time is shown in: the user's choice, else the one given (the time's site),
+    else the page's site, else UTC."""
+    chosen = context.get("user_zone")
+    if chosen is not None:
+        return cast(ZoneInfo, chosen)
+    for candidate in (zone, context.get("zone")):
+        if isinstance(candidate, ZoneInfo):
+            return candidate
+        if isinstance(candidate, str) and candidate:
+            try:
+                return ZoneInfo(candidate)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def local_text(value: datetime, zone: ZoneInfo, lang: str) -> str:
+    """A time as a person there reads it, with its zone named: "30 Nov 2026, 21:05 Asia/Tokyo"."""
+    try:
+        there = value.astimezone(zone)
+    except OverflowError:  # at the edge of what datetime holds (year 1 or 9999): UTC, named
+        return f"{value.astimezone(UTC).strftime('%Y-%m-%d %H:%M')} UTC"
+    locale = babel_locale(lang)
+    day = format_date(there, "medium", locale=locale)
+    return f"{day} {format_time(there, 'HH:mm', locale=locale)} {zone.key}"
+
+
 @pass_context
-def when(context: Context, value: datetime | None) -> Markup:
-    """`{{ t | when }}`: a time as "3 min ago", the exact UTC time on hover. A filter, not a macro:
-    the overview calls it once a row, and a Jinja macro call costs ten times as much."""
+def local(
+    context: Context,
+    value: datetime | None,
+    zone: str | ZoneInfo | None = None,
+    fixed: bool = False,
+) -> Markup:
+    """`{{ t | local(site.timezone) }}`: the time in the site's zone (or the user's), named;
+    `fixed`: in `zone` whatever the user chose (the local time at a site)."""
+    lang = context.get("lang", "en")
     if not value:
-        return Markup('<span class="muted">never</span>')
-    # Every part is made here from a datetime: nothing in it needs escaping.
-    return Markup(  # noqa: S704  (made from a datetime)
-        f'<time datetime="{value.isoformat()}" title="{utc(value)}">'
-        f"{ago(value, context.get('now'))}</time>"
+        return Markup('<span class="muted">{}</span>').format(translations(lang).gettext("never"))
+    shown_in = zone if fixed and isinstance(zone, ZoneInfo) else _zone_of(context, zone)
+    text = local_text(value, shown_in, lang)
+    return Markup('<time datetime="{}">{}</time>').format(value.isoformat(), text)
+
+
+@pass_context
+def when(context: Context, value: datetime | None, zone: str | ZoneInfo | None = None) -> Markup:
+    """`{{ t | when(site.timezone) }}`: a time as "3 minutes ago", the local time and zone on
+    hover. A filter, not a macro: the overview calls it once a row, and a Jinja macro call
+    costs ten times as much."""
+    lang = context.get("lang", "en")
+    if not value:
+        return Markup('<span class="muted">{}</span>').format(translations(lang).gettext("never"))
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        value.isoformat(),
+        local_text(value, _zone_of(context, zone), lang),
+        ago(value, context.get("now"), lang),
     )
+
+
+# A UTC (or offset) time written into a stored text: a state reason, an alert's message.
+STAMP_RE = re.compile(
+    r"\b\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})"
+)
+
+
+@pass_context
+def stamps(context: Context, text: str | None, zone: str | ZoneInfo | None = None) -> str:
+    """`{{ a.message | stamps(zone) }}`: the text with every time in it written in the site's
+    zone (or the user's), named, as the rest of the page: stored texts keep UTC, the API's
+    words; the pages show no UTC. A stamp that is no real time is left as it is."""
+    if not text:
+        return text or ""
+    shown_in = _zone_of(context, zone)
+    lang = context.get("lang", "en")
+
+    def shown(match: re.Match[str]) -> str:
+        try:
+            at = datetime.fromisoformat(match.group(0).replace(" ", "T"))
+        except ValueError:
+            return match.group(0)
+        return local_text(at, shown_in, lang)
+
+    return STAMP_RE.sub(shown, str(text))
+
+
+WORD_TABLES = {
+    "state": words.STATES,
+    "kind": words.ALERT_KINDS,
+    "severity": words.SEVERITIES,
+    "alert_state": words.ALERT_STATES,
+    "power": words.POWER,
+    "agent": words.AGENT_STATES,
+    "field": words.FIELDS,
+    "flag": words.FLAGS,
+}
+
+
+@pass_context
+def word(context: Context, code: str | None, table: str) -> str:
+    """`{{ d.state | word("state") }}`: a code's word in the page's language."""
+    t = context.get("t") or translations("en")
+    return words.word(t, WORD_TABLES[table], code)
 
 
 def epoch(value: datetime | None) -> int:
@@ -70,19 +182,23 @@ def state_rank(state: str) -> int:
     return STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER)
 
 
-def number(value: float | None, digits: int = 1) -> str:
-    """A number with thousands separators. A stored value that is not a finite number (NaN or
-    Infinity kept before ingest refused them, or text) is shown as it is."""
+@pass_context
+def number(context: Context, value: float | None, digits: int = 1) -> str:
+    """A number as the page's language writes it ("1,234.5", "1 234,5"). A stored value that
+    is not a finite number (NaN or Infinity kept before ingest refused them, or text) is shown
+    as it is."""
     if value is None:
         return "—"
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return str(value)
-    return f"{value:,.{digits}f}"
+    pattern = "#,##0" + ("." + "0" * digits if digits > 0 else "")
+    return format_decimal(value, format=pattern, locale=babel_locale(context.get("lang", "en")))
 
 
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES_DIR),
+        extensions=["jinja2.ext.i18n"],
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -90,16 +206,52 @@ def _environment() -> Environment:
         # Templates ship with the package: no stat of every template file on every render.
         auto_reload=False,
     )
-    env.filters.update(ago=ago, utc=utc, epoch=epoch, number=number, when=when)
-    env.globals.update(state_rank=state_rank, STATE_ORDER=STATE_ORDER)
+    env.filters.update(
+        stamps=stamps, word=word, utc=utc, epoch=epoch, number=number, when=when, local=local
+    )
+    env.globals.update(
+        state_rank=state_rank, STATE_ORDER=STATE_ORDER, LANGUAGES=LANGUAGES, SITE_ZONE=SITE_ZONE
+    )
+    env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
     return env
+
+
+def _gettext_callables(t: gettext.NullTranslations) -> dict[str, Any]:
+    """`_`, `gettext` and `ngettext` for one render, as Jinja's newstyle gettext makes them: the
+    translation is trusted, the `%(name)s` values put into it are escaped."""
+
+    @pass_context
+    def gettext_(context: Context, message: str, **variables: Any) -> str:
+        text = t.gettext(message)
+        if context.eval_ctx.autoescape:
+            text = Markup(text)
+        return text % variables if variables else text
+
+    @pass_context
+    def ngettext_(context: Context, singular: str, plural: str, n: int, **variables: Any) -> str:
+        variables.setdefault("num", n)
+        text = t.ngettext(singular, plural, n)
+        if context.eval_ctx.autoescape:
+            text = Markup(text)
+        return text % variables
+
+    return {"_": gettext_, "gettext": gettext_, "ngettext": ngettext_}
 
 
 ENV = _environment()
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """The page in the request's language (`fleet.web.i18n`), times in the site's zone or the
+    user's chosen one."""
+    lang = context.setdefault("lang", language_of(request))
     context.setdefault("now", utcnow())
+    context.setdefault("viewer", current_viewer(request))  # a 404 page keeps the menu
     context.setdefault("nav", getattr(request.app.state, "web_nav", ()))
+    context.setdefault("text_direction", "rtl" if lang in RIGHT_TO_LEFT else "ltr")
+    context.setdefault("user_zone", zone_choice(request))
+    context.setdefault("zone", None)
+    context.setdefault("t", translations(lang))
+    context.update(_gettext_callables(translations(lang)))
     html = ENV.get_template(template).render(request=request, **context)
     return HTMLResponse(html, status_code=status_code)

@@ -111,8 +111,14 @@ def usage_report(
     return StreamingResponse(
         body,
         media_type=MEDIA_TYPES[fmt],
-        headers={"Content-Disposition": content_disposition(filename(report, fmt))},
+        headers={"Content-Disposition": disposition(MEDIA_TYPES[fmt], filename(report, fmt))},
     )
+
+
+def disposition(media_type: str, name: str) -> str:
+    """The printable HTML report opens in the browser (inline); the others download."""
+    html = media_type.split(";")[0].strip().lower() == "text/html"
+    return content_disposition(name, inline=html)
 
 
 @router.get("", response_model=list[StoredReportOut], dependencies=[Allow("reports:read")])
@@ -148,7 +154,7 @@ def download_report(report_id: RowIdPath, session: SessionDep, scope: VendorScop
         _chunks(stored.content),
         media_type=stored.media_type,
         headers={
-            "Content-Disposition": content_disposition(stored.filename),
+            "Content-Disposition": disposition(stored.media_type, stored.filename),
             "X-Content-SHA256": stored.sha256,
         },
     )

@@ -84,8 +84,21 @@
     live.refreshNow = tick; // for tests and a future "refresh" button
   }
 
+  // The zone choice offers the browser's own zone: "read times in my time".
+  function offerOwnZone(doc) {
+    var select = doc.querySelector("select[name=tz]");
+    var own = window.Intl && Intl.DateTimeFormat().resolvedOptions().timeZone;
+    if (!select || !own) return;
+    for (var i = 0; i < select.options.length; i++) if (select.options[i].value === own) return;
+    var option = doc.createElement("option");
+    option.value = own;
+    option.textContent = own;
+    select.appendChild(option);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     wireSorting(document);
+    offerOwnZone(document);
     var live = document.getElementById("live");
     if (live && live.hasAttribute("data-refresh")) startRefresh(live);
   });

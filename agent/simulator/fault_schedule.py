@@ -1,0 +1,227 @@
+"""Faults on a schedule for `fleet demo`: within its first minutes a newcomer sees every device
+state and every kind of device alert, not a fleet where all is online or in standby.
+
+`plan_faults` is pure (sites and a time in, a list of `ScheduledFault` out), so the choice of
+devices is tested without sockets; `run_faults` carries the plan out on the running simulated
+devices, and takes a site's agent down and back through the two callables the demo gives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from agent.simulator import SimulatedSite
+from agent.simulator.behaviour import DeviceBehaviour
+from fleet.protocol.messages import Flag
+from fleet.protocol.site_config import LoadedSite
+
+log = logging.getLogger(__name__)
+
+# What a fault does, and the device state or alert a newcomer then sees.
+UNREACHABLE = "unreachable"  # stops answering: state unreachable, alert device_unreachable
+FAULTY = "faulty"  # reports an error flag: state faulty, alert device_error
+OVERHEAT = "overheat"  # runs hot past its profile's limit: alert over_temperature
+LAMP_WORN = "lamp_worn"  # lamp past its rated life: alert lamp_hours
+LEFT_ON = "left_on"  # on after the last class: alert left_on_after_hours
+SITE_OFFLINE = "site_offline"  # its agent stops: every device site_offline, alert site_offline
+
+ALERT_HOLD_MARGIN = timedelta(minutes=2)  # past the last class: the rule waits 30 min
+
+
+@dataclass(frozen=True)
+class ScheduledFault:
+    """One fault: `after` the demo starts, for `lasting` (None: until the demo stops)."""
+
+    after: timedelta
+    kind: str
+    site: str
+    device: str | None
+    lasting: timedelta | None
+    why: str  # what the newcomer will see, as the demo says it
+
+
+def _after_hours(site: LoadedSite, now: datetime) -> bool:
+    """Past the last class of the local day by more than the left-on rule waits, or a day
+    with no class at all."""
+    timetable, tz = site.config.timetable, site.config.tz
+    if timetable.in_class(now, tz):
+        return False
+    last = timetable.last_class_end(now, tz)
+    return last is None or now >= last + timedelta(minutes=30) + ALERT_HOLD_MARGIN
+
+
+def plan_faults(sites: list[LoadedSite], now: datetime) -> list[ScheduledFault]:
+    """The demo's faults, each on a different device, in the first few minutes. The site taken
+    offline is the smallest (it is back after seven minutes); the device made unreachable is at
+    a site in class `now` if any is; a device is left on at a site where it is after hours
+    `now`, if any is. A kind no device can show is left out."""
+    by_size = sorted(sites, key=lambda s: (len(s.config.devices()), s.config.site.code))
+    if not by_size:
+        return []
+    offline = by_size[0]
+    others = [s for s in sorted(sites, key=lambda s: s.config.site.code) if s is not offline]
+    used: set[str] = set()
+    plan: list[ScheduledFault] = []
+
+    def pick(want: Callable[[LoadedSite, str], bool], among: list[LoadedSite]) -> tuple[str, str]:
+        for site in among:
+            for _, device in site.config.devices():
+                if device.id not in used and want(site, device.id):
+                    used.add(device.id)
+                    return site.config.site.code, device.id
+        return "", ""
+
+    def profile(site: LoadedSite, device_id: str) -> tuple[str, object]:
+        device = next(d for _, d in site.config.devices() if d.id == device_id)
+        p = site.profile_of(device)
+        return p.protocol, p
+
+    def has_error_flags(site: LoadedSite, device_id: str) -> bool:
+        protocol, p = profile(site, device_id)
+        snmp = getattr(p, "snmp", None)
+        fields = [o.field for o in snmp.objects] if snmp else []
+        return protocol == "pjlink" or any(f.startswith("errors.") for f in fields)
+
+    def has_limit(name: str) -> Callable[[LoadedSite, str], bool]:
+        def test(site: LoadedSite, device_id: str) -> bool:
+            _, p = profile(site, device_id)
+            return getattr(getattr(p, "thresholds", None), name, None) is not None
+
+        return test
+
+    # The unreachable alert counts class minutes (10): a site in class now shows it soonest.
+    in_class = [s for s in others if s.config.timetable.in_class(now, s.config.tz)]
+    code, device = pick(lambda s, d: True, in_class + others)
+    if device:
+        plan.append(
+            ScheduledFault(
+                timedelta(seconds=30),
+                UNREACHABLE,
+                code,
+                device,
+                timedelta(minutes=15),
+                "stops answering: unreachable, and a device_unreachable alert after 10 min "
+                "of class time",
+            )
+        )
+    wants = [
+        (timedelta(seconds=60), FAULTY, has_error_flags, timedelta(minutes=10),
+         "reports an error flag: faulty, and a device_error alert"),
+        (timedelta(seconds=90), OVERHEAT, has_limit("temperature_c_max"), timedelta(minutes=12),
+         "runs hot past its limit: an over_temperature alert"),
+        (timedelta(seconds=120), LAMP_WORN, has_limit("lamp_hours_life"), None,
+         "lamp past its rated life: a lamp_hours alert"),
+    ]  # fmt: skip
+    for after, kind, want, lasting, why in wants:
+        code, device = pick(want, others)
+        if device:
+            plan.append(ScheduledFault(after, kind, code, device, lasting, why))
+    late = [s for s in others if _after_hours(s, now)]
+    code, device = pick(lambda s, d: True, late)
+    if device:
+        plan.append(
+            ScheduledFault(
+                timedelta(seconds=150),
+                LEFT_ON,
+                code,
+                device,
+                timedelta(minutes=45),
+                "left on after hours: a left_on_after_hours alert after the rule's 30 min",
+            )
+        )
+    plan.append(
+        ScheduledFault(
+            timedelta(seconds=180),
+            SITE_OFFLINE,
+            offline.config.site.code,
+            None,
+            # Longer than the 5 min after which the site_offline alert opens.
+            timedelta(minutes=7),
+            "its agent stops: every device site_offline, a site_offline alert after 5 min; "
+            "back in 7 min",
+        )
+    )
+    return sorted(plan, key=lambda f: f.after)
+
+
+AgentSwitch = Callable[[str], Awaitable[None]]
+
+
+def _behaviour(simulation: SimulatedSite, device: str) -> tuple[DeviceBehaviour, object]:
+    if device in simulation.projectors:
+        server = simulation.projectors[device]
+        return server.behaviour, server
+    responder = simulation.device(device)
+    return responder.behaviour, responder
+
+
+def _start(fault: ScheduledFault, simulation: SimulatedSite) -> None:
+    assert fault.device is not None
+    behaviour, server = _behaviour(simulation, fault.device)
+    if fault.kind == UNREACHABLE:
+        server.alive = False  # type: ignore[attr-defined]
+    elif fault.kind == FAULTY:
+        flags = behaviour._error_flags or ["other"]
+        until = behaviour.clock() + (fault.lasting or timedelta(days=3650))
+        behaviour.faults["fan" if "fan" in flags else flags[0]] = (Flag.error, until)
+    elif fault.kind == OVERHEAT:
+        limit = behaviour.profile.thresholds.temperature_c_max or 60.0
+        behaviour.forced_on = True
+        behaviour.extra_heat_c = limit + 8 - behaviour.profile.simulation.temperature_on_c
+        behaviour.temperature_c = limit + 5  # hot now, not after the ten-minute drift
+    elif fault.kind == LAMP_WORN:
+        life = behaviour.profile.thresholds.lamp_hours_life or 0.0
+        behaviour.lamp_hours = life + 1
+    elif fault.kind == LEFT_ON:
+        behaviour.forced_on = True
+
+
+def _end(fault: ScheduledFault, simulation: SimulatedSite) -> None:
+    assert fault.device is not None
+    behaviour, server = _behaviour(simulation, fault.device)
+    if fault.kind == UNREACHABLE:
+        server.alive = True  # type: ignore[attr-defined]
+    elif fault.kind == FAULTY:
+        behaviour.faults.clear()
+    elif fault.kind in (OVERHEAT, LEFT_ON):
+        behaviour.forced_on = None
+        behaviour.extra_heat_c = 0.0
+
+
+async def run_faults(
+    plan: list[ScheduledFault],
+    simulations: Mapping[str, SimulatedSite],
+    stop_agent: AgentSwitch,
+    start_agent: AgentSwitch,
+    say: Callable[[str], None] = print,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Carry the plan out, each fault at its time and its end after `lasting`; returns when the
+    last has ended (those without an end stay). Cancel it to stop early: nothing is undone."""
+    events: list[tuple[timedelta, int, ScheduledFault, bool]] = []
+    for n, fault in enumerate(plan):
+        events.append((fault.after, n, fault, True))
+        if fault.lasting is not None:
+            events.append((fault.after + fault.lasting, n, fault, False))
+    events.sort(key=lambda e: (e[0], e[1]))
+    elapsed = timedelta(0)
+    for at, _, fault, starting in events:
+        await sleep(max(0.0, (at - elapsed).total_seconds()))
+        elapsed = at
+        where = f"{fault.site}/{fault.device}" if fault.device else fault.site
+        try:
+            if fault.kind == SITE_OFFLINE:
+                await (stop_agent if starting else start_agent)(fault.site)
+            elif starting:
+                _start(fault, simulations[fault.site])
+            else:
+                _end(fault, simulations[fault.site])
+        except (KeyError, OSError, RuntimeError) as exc:  # one fault, not the demo
+            log.warning("demo fault %s at %s could not be %s: %s", fault.kind, where,
+                        "started" if starting else "ended", exc)  # fmt: skip
+            continue
+        say(f"demo fault: {where} {fault.why}" if starting else f"demo fault over: {where}")

@@ -1,0 +1,112 @@
+"""The words the pages show for the product's codes: device states, alert kinds and severities,
+power states, reading fields and device metrics, each a msgid of the catalogs
+(`fleet/web/locale`). A code not listed (a metric a new profile adds) is made readable from its
+name rather than shown raw.
+"""
+
+from __future__ import annotations
+
+import gettext
+import re
+
+
+def N_(message: str) -> str:  # the name Babel's extractor looks for
+    """Marks a msgid for the catalogs; translated where it is shown."""
+    return message
+
+
+ROLES = {"ops": N_("ops"), "technician": N_("technician"), "vendor": N_("vendor")}
+STATES = {
+    "online": N_("online"),
+    "standby": N_("standby"),
+    "faulty": N_("faulty"),
+    "unreachable": N_("unreachable"),
+    "site_offline": N_("site offline"),
+    "unknown": N_("unknown"),
+}
+ALERT_KINDS = {
+    "device_unreachable": N_("device unreachable"),
+    "site_offline": N_("site offline"),
+    "over_temperature": N_("over temperature"),
+    "lamp_hours": N_("lamp near end of life"),
+    "filter_hours": N_("filter due"),
+    "device_error": N_("device error"),
+    "left_on_after_hours": N_("left on after hours"),
+    "firmware_below_minimum": N_("firmware below minimum"),
+    "programme_overdue": N_("programme overdue"),
+}
+SEVERITIES = {"critical": N_("critical"), "warning": N_("warning")}
+ALERT_STATES = {
+    "open": N_("open"),
+    "acknowledged": N_("acknowledged"),
+    "resolved": N_("resolved"),
+    "active": N_("open or acknowledged"),
+}
+POWER = {
+    "on": N_("on"),
+    "standby": N_("standby"),
+    "off": N_("off"),
+    "warming": N_("warming up"),
+    "cooling": N_("cooling down"),
+    "unknown": N_("unknown"),
+    "unreachable": N_("unreachable"),
+}
+AGENT_STATES = {"online": N_("online"), "offline": N_("offline")}
+# Reading fields (fleet.protocol.messages.Reading) and the metrics profiles and collectors add.
+FIELDS = {
+    "ts": N_("Read at"),
+    "reachable": N_("Reachable"),
+    "power": N_("Power"),
+    "input": N_("Input"),
+    "temperature_c": N_("Temperature (°C)"),
+    "lamp_hours": N_("Lamp hours"),
+    "filter_hours": N_("Filter hours"),
+    "uptime_s": N_("Uptime"),
+    "firmware": N_("Firmware"),
+    "error": N_("Error"),
+    "collectors": N_("Read by"),
+    "fan": N_("Fan"),
+    "lamp": N_("Lamp"),
+    "temperature": N_("Temperature"),
+    "cover": N_("Cover"),
+    "filter": N_("Filter"),
+    "other": N_("Other"),
+    "sys_name": N_("Device name (sysName)"),
+    "sys_descr": N_("Description (sysDescr)"),
+    "sys_location": N_("Location (sysLocation)"),
+    "update_status": N_("Firmware update status"),
+    "brightness_pct": N_("Brightness (%)"),
+    "pjlink_class": N_("PJLink class"),
+    "pjlink_busy": N_("PJLink busy"),
+    "serial": N_("Serial number"),
+    "name": N_("Name (PJLink)"),
+    "manufacturer": N_("Manufacturer (PJLink)"),
+    "product": N_("Product (PJLink)"),
+    "info": N_("Information (PJLink)"),
+    "cleaned": N_("Cleaned by the agent"),
+}
+# The rollout page's buttons (fleet/web/templates/_rollouts.html).
+ROLLOUT_MOVES = {"start": N_("Start"), "pause": N_("Pause"), "resume": N_("Resume")}
+FLAGS = {"ok": N_("ok"), "warning": N_("warning"), "error": N_("error")}
+_UNITS = (("_pct", " (%)"), ("_c", " (°C)"), ("_s", " (s)"), ("_hours", " (h)"))
+
+
+def readable(code: str) -> str:
+    """A code no table names, made readable: `lamp2_hours` → "Lamp2 (h)"."""
+    text = str(code)
+    unit = ""
+    for suffix, shown in _UNITS:
+        if text.endswith(suffix) and len(text) > len(suffix):
+            text, unit = text[: -len(suffix)], shown
+            break
+    text = re.sub(r"[_\s]+", " ", text).strip()
+    return (text[:1].upper() + text[1:] + unit) if text else str(code)
+
+
+def word(t: gettext.NullTranslations, table: dict[str, str], code: str | None) -> str:
+    """The code's word in the page's language; an unlisted code made readable, untranslated."""
+    if code is None:
+        return "—"
+    if code in table:
+        return t.gettext(table[code])
+    return readable(code)
