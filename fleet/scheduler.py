@@ -112,6 +112,7 @@ def build_scheduler(
     settings: Settings,
     publish: Callable[[str, bytes], None] | None = None,
     leadership: Leadership | None = None,
+    publish_retained: Callable[[str, bytes], None] | None = None,
 ) -> BackgroundScheduler:
     """Every job asks `leadership` first, so with several controller processes only the
     holder of the scheduler lock runs them (see fleet.leader)."""
@@ -122,7 +123,15 @@ def build_scheduler(
     from fleet.rollouts.schedule import add_tick_job
 
     delivery = settings.firmware_delivery()
-    add_tick_job(scheduler, engine, delivery, publish, leadership, settings.rollout_tick_s)
+    add_tick_job(
+        scheduler,
+        engine,
+        delivery,
+        publish,
+        leadership,
+        settings.rollout_tick_s,
+        publish_retained,
+    )
     for job in jobs(settings):
         scheduler.add_job(
             _guarded(job, engine, leadership),

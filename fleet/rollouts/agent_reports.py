@@ -13,7 +13,13 @@ from sqlmodel import Session, col, select
 from fleet.models import AgentMessage
 from fleet.rollouts.campaigns import policy_from_json
 from fleet.rollouts.models import Rollout, RolloutDevice, TickLease
-from fleet.rollouts.plan import IN_FLIGHT, DeviceUpdateState, MarkDevice, on_device_report
+from fleet.rollouts.plan import (
+    ENDED,
+    IN_FLIGHT,
+    DeviceUpdateState,
+    MarkDevice,
+    on_device_report,
+)
 from fleet.rollouts.snapshot import apply_mark, device_view, next_window
 
 REPORTS_PER_TICK = 5000
@@ -48,12 +54,18 @@ def _apply_report(session: Session, kind: str, body: dict[str, Any], now: dateti
     assert rollout is not None
     policy = policy_from_json(rollout.policy)
     view = device_view(target, None, None, rollout)
+    # A cancelled rollout sends nothing again: what its agents report is final.
+    ended = rollout.state in {s.value for s in ENDED}
     if kind == "cmd_ack":
         if body.get("ok"):
             return 0  # success counts only when the device reports the version (events)
-        mark = on_device_report(
-            view, DeviceUpdateState.failed, policy, body.get("message") or "refused"
+        message = body.get("message") or "refused"
+        refused = (
+            DeviceUpdateState.cancelled
+            if ended and message.startswith("cancelled")
+            else DeviceUpdateState.failed
         )
+        mark = on_device_report(view, refused, policy, message, ended=ended)
     else:
         try:
             reported = DeviceUpdateState(data.get("state", ""))
@@ -66,7 +78,7 @@ def _apply_report(session: Session, kind: str, body: dict[str, Any], now: dateti
         ):
             reported = DeviceUpdateState.failed
             message = f"agent reported success but the device reports {data.get('firmware')!r}"
-        mark = on_device_report(view, reported, policy, message)
+        mark = on_device_report(view, reported, policy, message, ended=ended)
         if reported == DeviceUpdateState.skipped:
             mark = MarkDevice(
                 mark.device_id,
