@@ -52,7 +52,7 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 DONE_KEPT = 2000  # finished command ids remembered, so a redelivered command is not re-run
 REVOKED_KEPT = 1000
 # Kinds that change a device: held for the controller's word before they start.
-GATED = frozenset({CommandKind.firmware_update})
+GATED = frozenset({CommandKind.firmware_update, CommandKind.power, CommandKind.input})
 
 
 @dataclass(frozen=True)

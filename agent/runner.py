@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.commands import CommandInbox, PollNow
+from agent.device_control import DeviceControl
 from agent.outbox import Outbox
 from agent.poller import Poller, build_targets
 from agent.publisher import RECONNECT_MAX_S, BrokerError, MqttLink, PublishRefused
@@ -124,6 +125,9 @@ class SiteAgent:
         )
         self.commands.handlers[CommandKind.firmware_update] = self.updater
         self.commands.handlers[CommandKind.poll_now] = PollNow(self.poller, targets, self._emit)
+        control = DeviceControl(targets, self.poller.poll, self._emit)
+        self.commands.handlers[CommandKind.power] = control
+        self.commands.handlers[CommandKind.input] = control
         self.link.subscribe_current(self.topics.cmd(self.code), self.commands.on_message)
 
     def _on_connected(self) -> None:

@@ -132,7 +132,15 @@ def build_scheduler(
         settings.rollout_tick_s,
         publish_retained,
     )
-    for job in jobs(settings):
+    from fleet.commands.schedules import run_power_schedules
+
+    # Its commands go out on the scheduler's MQTT link, which only this function is given.
+    schedule_job = Job(
+        "power_schedules",
+        partial(run_power_schedules, publish=publish, topic_root=settings.topic_root),
+        settings.power_schedule_s,
+    )
+    for job in [*jobs(settings), schedule_job]:
         scheduler.add_job(
             _guarded(job, engine, leadership),
             "interval",

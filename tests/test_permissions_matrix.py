@@ -34,6 +34,7 @@ MAY = {
     "dashboard:read": {"ops", "technician", "vendor"},
     "sites:read": {"ops", "technician"},
     "devices:read": {"ops", "technician", "vendor"},
+    "devices:command": {"ops", "technician"},
     "alerts:read": {"ops", "technician", "vendor"},
     "alerts:write": {"ops", "technician"},
     "programme:read": {"ops", "technician"},
@@ -59,6 +60,8 @@ IN_SCOPE = {
     "rollout_id": "1",
     "report_id": "1",
     "sha256": "0" * 64,
+    "room_id": "upm-smart-1",
+    "day": "2026-12-24",
 }
 # Outside both scopes: another site, and a MAXHUB device at it.
 OUT_OF_SCOPE = {**IN_SCOPE, "code": "usthb", "site": "usthb", "device_id": "usthb-sc1-panel-1"}

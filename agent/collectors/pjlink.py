@@ -131,6 +131,19 @@ class PjlinkSession:
         reply = await _read_line(self._reader, self._timeout)
         return parse_reply(reply, command, pjclass)
 
+    async def set(self, command: str, param: str, pjclass: int = 1) -> Answer:
+        """Send a set command (`%1POWR 0`) and read its reply: `OK`, or ERR1 to ERR4."""
+        line = f"%{pjclass}{command} {param}\r"
+        if self._digest is not None:
+            line, self._digest = self._digest + line, None
+        try:
+            self._writer.write(line.encode("ascii"))
+            await asyncio.wait_for(self._writer.drain(), self._timeout)
+        except ConnectionError as exc:
+            raise PjlinkClosed(f"the connection broke while sending {command} ({exc})") from None
+        reply = await _read_line(self._reader, self._timeout)
+        return parse_reply(reply, command, pjclass)
+
 
 def parse_reply(reply: str, command: str, pjclass: int = 1) -> Answer:
     """One reply line (without CR) checked against the command it answers."""

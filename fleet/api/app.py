@@ -22,11 +22,13 @@ from fleet.api.routes import (
     alerts,
     audit,
     auth,
+    commands,
     devices,
     enrolment,
     events,
     firmware,
     meta,
+    power_schedules,
     programme,
     reports,
     rollouts,
@@ -72,6 +74,8 @@ def create_app(
     app.include_router(sites.router)
     app.include_router(events.router)
     app.include_router(devices.router)
+    app.include_router(commands.router)
+    app.include_router(power_schedules.router)
     app.include_router(alerts.router)
     app.include_router(programme.router)
     app.include_router(firmware.router)

@@ -13,7 +13,7 @@ command ids it has revoked; the agent starts nothing the latest word revokes.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -76,21 +76,42 @@ class CancelArgs(BaseModel):
     cmd_ids: list[CmdId] = Field(default_factory=list, max_length=MAX_REVOKED)
 
 
+INPUT_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+class PowerArgs(BaseModel):
+    """`power`: switch the listed devices on or off (standby)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    power: Literal["on", "off"]
+
+
+class InputArgs(BaseModel):
+    """`input`: select an input by the name readings use (`hdmi1`, `digital1`, `rgb1`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(pattern=INPUT_PATTERN)
+
+
 class PollNowArgs(BaseModel):
     """`poll_now`: read the listed devices (all of the site's when none are listed) now."""
 
     model_config = ConfigDict(extra="forbid")
 
 
-ArgsModel = type[FirmwareArgs] | type[CancelArgs] | type[PollNowArgs]
-ARGS: dict[CommandKind, ArgsModel] = {
+Args = FirmwareArgs | CancelArgs | PollNowArgs | PowerArgs | InputArgs
+ARGS: dict[CommandKind, type[Args]] = {
     CommandKind.firmware_update: FirmwareArgs,
     CommandKind.cancel: CancelArgs,
     CommandKind.poll_now: PollNowArgs,
+    CommandKind.power: PowerArgs,
+    CommandKind.input: InputArgs,
 }
 
 
-def args_of(command: Command) -> FirmwareArgs | CancelArgs | PollNowArgs:
+def args_of(command: Command) -> Args:
     """The command's args as its kind's model. Raises pydantic.ValidationError (bad args) or
     KeyError (a kind this contract gives no args model)."""
     model = ARGS[command.kind]

@@ -310,6 +310,8 @@ class CommandKind(StrEnum):
     poll_now = "poll_now"
     # The controller's word: what it has revoked (fleet/protocol/commands.py).
     cancel = "cancel"
+    power = "power"
+    input = "input"
 
 
 class Command(BaseModel):

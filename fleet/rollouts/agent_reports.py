@@ -1,7 +1,8 @@
 """What the agents said of the update commands, applied to the rollout's devices: a refused
 command (cmd_ack) fails its device, an update result (event) moves it to the state reported,
-judged by plan.on_device_report. Each tick reads the agents' messages stored by ingest since
-its cursor; a report of an older attempt, or of a device already settled, changes nothing."""
+judged by plan.on_device_report; a power or input command's ack goes to fleet.commands.
+Each tick reads the agents' messages stored by ingest since its cursor; a report of an older
+attempt, or of a device already settled, changes nothing."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from fleet.commands.sending import apply_ack
 from fleet.models import AgentMessage
 from fleet.rollouts.campaigns import policy_from_json
 from fleet.rollouts.models import Rollout, RolloutDevice, TickLease
@@ -48,6 +50,8 @@ def _apply_report(session: Session, kind: str, body: dict[str, Any], now: dateti
     if not cmd_id:
         return 0
     target = session.exec(select(RolloutDevice).where(RolloutDevice.cmd_id == cmd_id)).first()
+    if target is None and kind == "cmd_ack":
+        return apply_ack(session, body, now)  # a power or input command's answer
     if target is None or target.state not in IN_FLIGHT:
         return 0  # stale: an older attempt, or already settled
     rollout = session.get(Rollout, target.rollout_id)

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col, select
 
+from fleet.commands.sending import settle as settle_commands
 from fleet.devices.profile_book import profiles_in
 from fleet.protocol.commands import campaign_of_rollout
 from fleet.protocol.messages import Command, CommandKind, Topics
@@ -109,6 +110,7 @@ def tick(
         lease = session.get(TickLease, LEASE)
         assert lease is not None
         result.reports = apply_reports(session, lease, now)
+        result.reports += settle_commands(session, now)
         for rollout in session.exec(select(Rollout).where(col(Rollout.state).in_(LIVE))).all():
             _advance(session, delivery.artifacts, profiles, rollout, now, result)
         for rollout in unsettled_ended(session):
