@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import Engine
 
 from fleet.commands.schedules import Display, SchedulePolicy, due_offs
 from fleet.protocol.timetable import Timetable
@@ -76,3 +77,76 @@ def test_nothing_is_ever_switched_off_during_a_class(
         assert offs == []
     if n is None and m is None:
         assert offs == []
+
+
+# --- the scheduled job, on the real database (SQLite and PostgreSQL) ----------------------
+
+
+def _job_scenario(registered: Engine) -> None:
+    from sqlmodel import Session, select
+
+    from fleet.commands.models import DeviceCommand, PowerException, PowerSchedule
+    from fleet.commands.schedules import run_power_schedules
+    from fleet.models import Device, Site
+    from fleet.protocol.messages import Command
+
+    with Session(registered) as session:
+        site = session.get(Site, "upm")
+        assert site is not None
+        tz = ZoneInfo(site.timezone)
+        # Monday 2026-03-02 at 20:00 local: long after upm's last class (16:00).
+        now = datetime(2026, 3, 2, 20, 0, tzinfo=tz).astimezone(UTC)
+        panel = session.get(Device, "upm-sc1-panel-1")
+        assert panel is not None
+        panel.power, panel.state_since, panel.last_seen_at = "on", now - timedelta(hours=5), now
+        session.add(panel)
+        session.add(PowerSchedule(site_code="upm", off_after_last_class_min=30, updated_at=now))
+        session.commit()
+    published: list[tuple[str, bytes, bool]] = []
+
+    def publish(topic: str, payload: bytes, retain: bool = False) -> None:
+        published.append((topic, payload, retain))
+
+    def rows() -> list[DeviceCommand]:
+        with Session(registered) as session:
+            return list(session.exec(select(DeviceCommand).order_by(DeviceCommand.id)))
+
+    run_power_schedules(registered, now, publish)
+    run_power_schedules(registered, now + timedelta(minutes=1), publish)  # noted once only
+    assert published == []
+    (note,) = rows()
+    assert (note.device_id, note.state) == ("upm-sc1-panel-1", "notified")
+    assert note.reason == (
+        "power schedule would switch off: 30 min after the day's last class "
+        "(ended 16:00 local time)"
+    )
+
+    with Session(registered) as session:
+        schedule = session.get(PowerSchedule, ("upm", ""))
+        assert schedule is not None
+        schedule.mode = "act"
+        session.add(schedule)
+        session.add(PowerException(site_code="upm", day=date(2026, 3, 2), created_at=now))
+        session.commit()
+    run_power_schedules(registered, now + timedelta(minutes=2), publish)
+    assert published == [] and len(rows()) == 1  # the exception date holds it back
+
+    with Session(registered) as session:
+        exception = session.get(PowerException, ("upm", date(2026, 3, 2)))
+        session.delete(exception)
+        session.commit()
+    run_power_schedules(registered, now + timedelta(minutes=3), publish)
+    run_power_schedules(registered, now + timedelta(minutes=4), publish)  # sent once only
+    commands = [Command.model_validate_json(p) for _, p, retain in published if not retain]
+    assert [(c.kind.value, c.devices, c.args) for c in commands] == [
+        ("power", ["upm-sc1-panel-1"], {"power": "off"})
+    ]
+    assert any(retain for _, _, retain in published)  # the word that lets the agent start it
+    sent = rows()[-1]
+    assert (sent.state, sent.requested_by) == ("sent", "schedule")
+
+
+def test_power_schedule_job_notes_then_acts_and_keeps_exception_dates(
+    registered: Engine,
+) -> None:
+    _job_scenario(registered)
