@@ -110,6 +110,23 @@ def due_offs(
 
 
 Publish = Callable[..., None]
+# The most one switch-off is credited with: a display left on overnight would be switched on
+# for the next morning's class anyway.
+AVOIDED_CAP = timedelta(hours=24)
+
+
+def avoided_hours(switched_off: datetime, timetable: Timetable, tz: ZoneInfo) -> float:
+    """On-time a schedule's switch-off avoided, in hours: from the switch-off to the next
+    timetabled class (when the display would be wanted on again), at most AVOIDED_CAP. An
+    estimate: it assumes the display would otherwise have stayed on until then."""
+    local = switched_off.astimezone(tz)
+    for offset in range(8):
+        day = local.date() + timedelta(days=offset)
+        for period in timetable.periods_on(day):
+            start = datetime.combine(day, period.start, tzinfo=tz)
+            if start > local:
+                return min(start - local, AVOIDED_CAP).total_seconds() / 3600
+    return AVOIDED_CAP.total_seconds() / 3600
 
 
 def run_power_schedules(
