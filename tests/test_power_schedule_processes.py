@@ -11,6 +11,7 @@ off, confirmed by the projector's next reading)."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -119,6 +120,11 @@ def test_projector_left_on_after_the_last_class_is_switched_off(stack: Stack) ->
             "the schedule's switch-off, confirmed",
         )
         reading = stack.get(f"/api/v1/devices/{PROJECTOR}")
+        request = urllib.request.Request(
+            f"{stack.base}/devices/{PROJECTOR}", headers={"Authorization": f"Bearer {ops}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            page = resp.read().decode()
         print(
             f"\n[power schedule] notify_only noted: {noted[0]['reason']!r}; on the exception "
             f"date nothing; then sent by {done['requested_by']!r}: {done['reason']!r}, answer "
@@ -129,6 +135,10 @@ def test_projector_left_on_after_the_last_class_is_switched_off(stack: Stack) ->
         assert done["requested_by"] == "schedule" and "POWR 0: OK" in done["answer"]
         assert done["reason"].startswith("power schedule: 1 min after the day's last class")
         assert reading["power"] in ("cooling", "standby", "off")
+        # The dashboard's device page shows the note and the action, each with its reason.
+        assert 'data-testid="device-commands"' in page
+        assert "power schedule would switch off: 1 min after" in page
+        assert "POWR 0: OK" in page and "notified" in page
     except BaseException:
         print(stack.logs())
         raise
