@@ -13,6 +13,7 @@ has its own state and answer, then judged by what comes back.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,14 +51,13 @@ def send(
     now: datetime,
 ) -> list[DeviceCommand]:
     """Send `kind` (power or input) with `value` to each device; returns the rows, each
-    `sent`, or `failed` with the reason when its publish failed. Raises NotSent (nothing
-    stored) when there is no MQTT link at all."""
-    if publish is None:
-        raise NotSent("this controller has no MQTT link: run it with ingest (FLEET_ROLE=all)")
+    `sent`, or `failed` with the reason when it could not be published (`publish` None: this
+    controller has no MQTT link)."""
     args = PowerArgs(power=value) if kind == CommandKind.power else InputArgs(input=value)
     rows = [
         DeviceCommand(
-            cmd_id="pending",
+            # Named after its row id once flushed; until then unique all the same.
+            cmd_id=f"new-{uuid.uuid4().hex}",
             campaign="pending",
             device_id=d.id,
             site_code=d.site_code,
@@ -90,15 +90,18 @@ def send(
             args=args.model_dump(),
         )
         try:
+            if publish is None:
+                raise NotSent("this controller has no MQTT link: send it from one with ingest")
             publish(topics.cmd(row.site_code), command.to_json())
         except Exception as exc:
-            row.state, row.answer = "failed", f"not sent: the broker did not take it ({exc})"
+            row.state, row.answer = "failed", f"not sent: {exc}"
             row.updated_at = now
             session.add(row)
     # The word after the commands: issued after them, so each agent starts its own at once.
     for site in sorted({r.site_code for r in rows if r.state == "sent"}):
         word = word_for(session, site, max(utcnow(), now + timedelta(milliseconds=1)))
         try:
+            assert publish is not None  # a row is sent only through it
             publish(topics.cmd(site), word.to_json(), retain=True)
         except Exception as exc:
             log.warning("could not publish the word to %s (%s): next rollout tick", site, exc)

@@ -16,7 +16,7 @@ from fleet.api.params import DeviceIdPath, SiteCodePath
 from fleet.auth.audit import record
 from fleet.auth.permissions import Allow, Caller
 from fleet.commands.models import DeviceCommand
-from fleet.commands.sending import NotSent, send
+from fleet.commands.sending import send
 from fleet.models import Device
 from fleet.protocol.commands import INPUT_PATTERN
 from fleet.protocol.messages import DEVICE_ID_PATTERN, TEXT_PATTERN, CommandKind, utcnow
@@ -75,20 +75,17 @@ def _send(
     kind = CommandKind.power if body.power is not None else CommandKind.input
     value = body.power or body.input or ""
     publish = getattr(getattr(request.app.state, "ingest_status", None), "publish", None)
-    try:
-        rows = send(
-            session,
-            publish,
-            settings.topic_root,
-            devices,
-            kind,
-            value,
-            caller.name,
-            body.reason,
-            utcnow(),
-        )
-    except NotSent as exc:
-        raise HTTPException(503, str(exc)) from None
+    rows = send(
+        session,
+        publish,
+        settings.topic_root,
+        devices,
+        kind,
+        value,
+        caller.name,
+        body.reason,
+        utcnow(),
+    )
     record(
         session,
         actor=caller.name,
@@ -110,8 +107,9 @@ def device_command(
     settings: SettingsDep,
     caller: Annotated[Caller, Allow("devices:command")],
 ) -> list[CommandOut]:
-    """Switch one device's power or input. 202: sent; each command's state follows in
-    GET .../commands (sent, then done, failed or expired, with the device's answer)."""
+    """Switch one device's power or input. 202: each command `sent` (or `failed` with why, if
+    it could not be published); its state follows in GET .../commands (sent, then done,
+    failed or expired, with the device's answer)."""
     device = session.get(Device, device_id)
     if device is None or device.retired_at is not None:
         raise HTTPException(404, f"no device {device_id}")

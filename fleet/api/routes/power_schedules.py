@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
@@ -17,6 +18,7 @@ from fleet.auth.permissions import Allow, Caller
 from fleet.commands.models import PowerException, PowerSchedule, RoomInUse
 from fleet.models import Room, Site
 from fleet.protocol.messages import DEVICE_ID_PATTERN, TEXT_PATTERN, utcnow
+from fleet.time_window import WINDOW, Day
 
 router = APIRouter(prefix="/api/v1/sites/{code}", tags=["power schedules"])
 
@@ -48,7 +50,7 @@ class ScheduleOut(PolicyIn):
 class ExceptionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    day: date
+    day: Day
     note: Note = ""
 
 
@@ -102,7 +104,17 @@ def put_schedule(
     rooms = set(session.exec(select(Room.id).where(Room.site_code == code)))
     unknown = sorted(set(body.rooms) - rooms)
     if unknown:
-        raise HTTPException(422, f"not rooms of {code}: {', '.join(unknown[:10])}")
+        # FastAPI's 422 shape, as the OpenAPI schema declares it.
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("body", "rooms", room),
+                    "msg": f"not a room of {code}",
+                    "type": "value_error",
+                }
+                for room in unknown[:10]
+            ]
+        )
     for row in session.exec(select(PowerSchedule).where(PowerSchedule.site_code == code)):
         session.delete(row)
     session.flush()
@@ -165,7 +177,7 @@ def add_exception(
 @router.delete("/power-exceptions/{day}", status_code=204)
 def remove_exception(
     code: SiteCodePath,
-    day: date,
+    day: Annotated[Day, Path(description=f"the site's local date; YYYY-MM-DD, {WINDOW}")],
     session: SessionDep,
     caller: Annotated[Caller, Allow("devices:command")],
 ) -> None:
