@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 SPAN_S = 2.0  # a throttled download's request: this many seconds' worth
 _SHA = re.compile(r"^/artifacts/([0-9a-f]{64})$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _CONTROLLER_ARTIFACT = re.compile(r"/api/v1/firmware/artifacts/[0-9a-f]{64}$")
 
 
@@ -48,10 +49,14 @@ class ArtifactCache:
         self._stopping.set()
 
     def path(self, sha256: str) -> Path:
+        """The cached file of the artifact `sha256` (64 lowercase hex digits: anything else,
+        such as a path, raises ValueError and so never names a file outside the cache)."""
+        if not _HEX64.match(sha256):
+            raise ValueError(f"{sha256[:80]!r} is not a SHA-256 (64 lowercase hex digits)")
         return self.directory / sha256
 
     def partial(self, sha256: str) -> Path:
-        return self.directory / f"{sha256}.part"
+        return self.path(sha256).with_name(f"{sha256}.part")
 
     async def fetch(self, url: str, sha256: str, size: int) -> Path:
         """The artifact's verified file, downloading (the rest of) it first if needed. Every

@@ -20,6 +20,7 @@ run on the event loop, so a command the agent dies holding is delivered again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -145,9 +146,16 @@ class MqttLink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         # topic -> callback, (re)subscribed on every connect: a clean session forgets them,
         # and a persistent one may have expired while the agent was away.
         self._subscriptions: dict[str, Callable[[bytes], None]] = {}
+        # Topics whose callback also takes `current` (see subscribe_current).
+        self._current_callbacks: dict[str, Callable[[bytes, bool], None]] = {}
+        # Network thread only: subscribe mid -> topic, and the topics the broker has
+        # acknowledged (SUBACK) on this connection.
+        self._sub_mids: dict[int, str] = {}
+        self._subacked: set[str] = set()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -251,7 +259,20 @@ class MqttLink:
         from the next connect on (and now, if connected)."""
         self._subscriptions[topic] = on_message
         if self.connected.is_set():
-            self._client.subscribe(topic, qos=1)
+            self._subscribe(self._client, topic)
+
+    def subscribe_current(self, topic: str, on_message: Callable[[bytes, bool], None]) -> None:
+        """As `subscribe`, with `on_message(payload, current)`: `current` is true for a
+        message that came after the broker acknowledged this connection's subscription
+        (the retained message the broker hands over then, or a later one), false for one the
+        broker had queued for this persistent session while the agent was away."""
+        self._current_callbacks[topic] = on_message
+        self.subscribe(topic, lambda payload: on_message(payload, False))
+
+    def _subscribe(self, client: mqtt.Client, topic: str) -> None:
+        _rc, mid = client.subscribe(topic, qos=1)
+        if mid is not None:
+            self._sub_mids[mid] = topic
 
     # --- paho callbacks (network thread) ------------------------------------------------
 
@@ -277,8 +298,9 @@ class MqttLink:
                 self.address.display(),
                 f" (Maximum Packet Size {announced:,} bytes)" if announced else "",
             )
+            self._subacked.clear()
             for topic in self._subscriptions:
-                client.subscribe(topic, qos=1)
+                self._subscribe(client, topic)
         self._call(self._connected_result, message)
 
     def _connected_result(self, refusal: str | None) -> None:
@@ -323,8 +345,22 @@ class MqttLink:
                 PublishRefused(puback_refusal(reason, self.address, topic), topic, size)
             )
 
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        topic = self._sub_mids.pop(mid, None)
+        if topic is not None:
+            self._subacked.add(topic)
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        callback = self._subscriptions.get(msg.topic)
+        callback: Callable[[bytes], None] | None
+        current = self._current_callbacks.get(msg.topic)
+        if current is not None:
+            # Judged here, on the network thread, in the order the broker sent the packets.
+            flag = msg.topic in self._subacked
+            callback = functools.partial(_with_flag, current, flag)
+        else:
+            callback = self._subscriptions.get(msg.topic)
         self._call(self._deliver, callback, bytes(msg.payload), msg.mid, msg.qos)
 
     def _deliver(
@@ -349,3 +385,7 @@ class MqttLink:
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fn, *args)
+
+
+def _with_flag(callback: Callable[[bytes, bool], None], flag: bool, payload: bytes) -> None:
+    callback(payload, flag)

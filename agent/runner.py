@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import __version__
+from agent.commands import CommandInbox, PollNow
+from agent.device_control import DeviceControl
 from agent.outbox import Outbox
 from agent.poller import Poller, build_targets
 from agent.publisher import RECONNECT_MAX_S, BrokerError, MqttLink, PublishRefused
@@ -23,7 +25,7 @@ from agent.sender import Backoff, OutboxSender
 from agent.token_bucket import SendRate
 from agent.updater import UpdateOptions, Updater
 from fleet.protocol.broker_url import BrokerAddress
-from fleet.protocol.messages import AgentState, AgentStateValue, Reading, Topics
+from fleet.protocol.messages import AgentState, AgentStateValue, CommandKind, Reading, Topics
 from fleet.protocol.site_config import LoadedSite
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ class SiteAgent:
             broker,
             client_id=options.client_id or default_client_id(self.code, self.agent_id),
             will=(self.topics.agent_state(self.code), self._state(AgentStateValue.offline)),
-            on_connected=self._wake_sender.set,
+            on_connected=self._on_connected,
             session_expiry_s=options.session_expiry_s,
             reconnect_max_s=options.reconnect_max_s,
         )
@@ -111,16 +113,26 @@ class SiteAgent:
             refusal_retry_s=options.refusal_retry_s,
             outage_log_interval_s=options.outage_log_interval_s,
         )
-        # Firmware commands from the controller, carried out by the updater.
-        self.updater = Updater(
-            self.code,
-            self.agent_id,
-            targets,
-            self.link.publish,
-            self.topics,
-            UpdateOptions.from_env(options.data_dir),
+        # Every command from the controller goes through the inbox (agent/commands.py),
+        # which hands each kind to its handler.
+        self.commands = CommandInbox(
+            self.code, self.agent_id, self.link.publish, self.topics, options.data_dir, {}
         )
-        self.link.subscribe(self.topics.cmd(self.code), self.updater.on_command)
+        self.updater = Updater(
+            targets,
+            self.commands.report,
+            UpdateOptions.from_env(options.data_dir, self.code, broker.host),
+        )
+        self.commands.handlers[CommandKind.firmware_update] = self.updater
+        self.commands.handlers[CommandKind.poll_now] = PollNow(self.poller, targets, self._emit)
+        control = DeviceControl(targets, self.poller.poll, self._emit)
+        self.commands.handlers[CommandKind.power] = control
+        self.commands.handlers[CommandKind.input] = control
+        self.link.subscribe_current(self.topics.cmd(self.code), self.commands.on_message)
+
+    def _on_connected(self) -> None:
+        self.commands.on_connected()
+        self._wake_sender.set()
 
     def _state(self, value: AgentStateValue) -> bytes:
         return AgentState(
@@ -138,6 +150,7 @@ class SiteAgent:
     async def run(self) -> None:
         """Run until `stop` is set; raises BrokerError if the broker refuses our login."""
         await self.updater.start()
+        self.commands.load()
         await self.link.start()
         tasks = [
             asyncio.create_task(self.poller.run(self.stop), name="poller"),
@@ -154,6 +167,7 @@ class SiteAgent:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._flush_incoming()
             await self.sender.drain(timeout=5.0)
+            await self.commands.close()
             await self.updater.close()
             await self._say_offline()
             await self.link.close()

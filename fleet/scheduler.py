@@ -112,6 +112,7 @@ def build_scheduler(
     settings: Settings,
     publish: Callable[[str, bytes], None] | None = None,
     leadership: Leadership | None = None,
+    publish_retained: Callable[[str, bytes], None] | None = None,
 ) -> BackgroundScheduler:
     """Every job asks `leadership` first, so with several controller processes only the
     holder of the scheduler lock runs them (see fleet.leader)."""
@@ -122,8 +123,24 @@ def build_scheduler(
     from fleet.rollouts.schedule import add_tick_job
 
     delivery = settings.firmware_delivery()
-    add_tick_job(scheduler, engine, delivery, publish, leadership, settings.rollout_tick_s)
-    for job in jobs(settings):
+    add_tick_job(
+        scheduler,
+        engine,
+        delivery,
+        publish,
+        leadership,
+        settings.rollout_tick_s,
+        publish_retained,
+    )
+    from fleet.commands.schedules import run_power_schedules
+
+    # Its commands go out on the scheduler's MQTT link, which only this function is given.
+    schedule_job = Job(
+        "power_schedules",
+        partial(run_power_schedules, publish=publish, topic_root=settings.topic_root),
+        settings.power_schedule_s,
+    )
+    for job in [*jobs(settings), schedule_job]:
         scheduler.add_job(
             _guarded(job, engine, leadership),
             "interval",

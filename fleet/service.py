@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,7 +74,13 @@ def build_controller(settings: Settings) -> Controller:
     @contextmanager
     def run_schedule(app: FastAPI) -> Iterator[None]:
         leadership = Leadership(engine)
-        scheduler = build_scheduler(engine, settings, subscriber.publish, leadership)
+        scheduler = build_scheduler(
+            engine,
+            settings,
+            subscriber.publish,
+            leadership,
+            functools.partial(subscriber.publish, retain=True),
+        )
         scheduler.start()
         try:
             yield

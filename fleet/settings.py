@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     artifacts_dir: Path | None = None
     public_url: str = "http://127.0.0.1:8000"
     rollout_tick_s: float = Field(default=10.0, gt=0, le=3600)
+    # How often the power schedules (fleet/commands/schedules.py) are judged.
+    power_schedule_s: float = Field(default=60.0, gt=0, le=3600)
 
     # Retention of what grows with traffic (fleet/retention.py): days, and the newest rows kept.
     # The ledger of ingested msg_ids outlives the broker's session (mqtt_session_expiry_s),

@@ -27,11 +27,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.collectors import target_for
 from agent.simulator import start_devices
 from agent.simulator.firmware_image import make_image
-from agent.updater import UpdateOptions, Updater
+from agent.updater import UpdateOptions
 from fleet.devices.profile_book import profiles_in
 from fleet.protocol.broker_url import parse_mqtt_url
 from fleet.protocol.messages import Command, CommandAck, CommandKind, Topics
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
+from tests.agent_commands import CommandPath, word
 from tests.fixtures_broker import BrokerThread
 from tests.procs import Stack, wait_for
 from tests.range_server import RangeServer
@@ -130,9 +131,17 @@ class Controller:
                 self.states.append(json.loads(msg.payload))
 
     def send(self, payload: bytes) -> None:
+        """The command, then the controller's word after it (retained), as the rollout tick
+        sends them: the agent starts the command on the word."""
         info = self.client.publish(self.topics.cmd(SITE), payload, qos=1)
         info.wait_for_publish(10)
         assert info.is_published(), "the broker did not take the command"
+        issued = Command.model_validate_json(payload).issued_at
+        info = self.client.publish(
+            self.topics.cmd(SITE), word(SITE, issued + timedelta(milliseconds=1)), 1, True
+        )
+        info.wait_for_publish(10)
+        assert info.is_published(), "the broker did not take the word"
 
     def acks_for(self, cmd_id: str) -> list[CommandAck]:
         with self._lock:
@@ -252,37 +261,62 @@ def test_command_sent_while_the_agent_is_down_is_carried_out_once(
             stack.stop_all()
 
 
+class Kept(CommandPath):
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        self.sent.append((topic, payload))
+
+    def acks(self) -> list[CommandAck]:
+        return [CommandAck.model_validate_json(p) for t, p in self.sent if t.endswith("/ack")]
+
+    def states(self) -> list[str]:
+        return [json.loads(p)["data"]["state"] for t, p in self.sent if t.endswith("/events")]
+
+
 async def _stale(tmp_path: Path) -> None:
     profile = profiles_in(DEFAULT_PROFILES_DIR)[PROFILE]
+    release = profile.release(NEW)
+    assert release is not None
+    url = f"http://127.0.0.1:9/api/v1/firmware/artifacts/{release.sha256}"
     async with await start_devices(1, profile) as sim:
         device = next(iter(sim.responders))
         targets = [
             target_for(r.behaviour.device, profile, r.address) for r in sim.responders.values()
         ]
-        sent: list[tuple[str, bytes]] = []
-
-        async def publish(topic: str, payload: bytes) -> None:
-            sent.append((topic, payload))
-
-        updater = Updater(SITE, "upm-agent-1", targets, publish, Topics(), UpdateOptions(tmp_path))
-        await updater.start()
+        agent = Kept()
+        agent.build(SITE, tmp_path, targets, UpdateOptions(tmp_path))
+        await agent.start()
+        loop = asyncio.get_running_loop()
         try:
-            old = Command.model_validate_json(
-                firmware_command("c-old", device, "http://127.0.0.1:9/x")
-            )
-            old = old.model_copy(update={"issued_at": datetime.now(UTC) - timedelta(hours=2)})
-            updater.on_command(old.to_json())
-            deadline = asyncio.get_running_loop().time() + 10
-            while not sent:
-                assert asyncio.get_running_loop().time() < deadline, "no answer"
+            issued = datetime.now(UTC) - timedelta(hours=2)
+            template = Command.model_validate_json(firmware_command("c", device, url))
+            # Two hours old by this host's clock, but the controller's word, one second after
+            # it, says it is fresh (this host's clock is off): carried out.
+            skewed = template.model_copy(update={"cmd_id": "c-skewed", "issued_at": issued})
+            agent.inbox.on_message(skewed.to_json(), True)
+            await asyncio.sleep(0.2)
+            assert agent.sent == [], "started before any word from the controller"
+            agent.inbox.on_message(word(SITE, issued + timedelta(seconds=1)), True)
+            deadline = loop.time() + 10
+            while not agent.acks():
+                assert loop.time() < deadline, "no answer"
+                await asyncio.sleep(0.02)
+            # Two hours old by the controller's own latest word: expired, not started.
+            old = template.model_copy(update={"cmd_id": "c-old", "issued_at": issued})
+            agent.inbox.on_message(old.to_json(), True)
+            agent.inbox.on_message(word(SITE, datetime.now(UTC)), True)
+            while len(agent.acks()) < 2:
+                assert loop.time() < deadline, "no answer to the second"
                 await asyncio.sleep(0.02)
         finally:
-            await updater.close()
-        topic, payload = sent[0]
-        ack = CommandAck.model_validate_json(payload)
-        assert topic == Topics().cmd_ack(SITE) and not ack.ok
-        assert "expired" in ack.message
-        assert len(sent) == 1  # no progress: nothing was downloaded or pushed
+            await agent.close()
+        carried, expired = agent.acks()
+        assert carried.cmd_id == "c-skewed" and "deferred" in carried.message, carried.message
+        assert expired.cmd_id == "c-old" and not expired.ok and "expired" in expired.message
+        # c-skewed was downloading when it found no server; c-old never got that far.
+        assert agent.states() == ["downloading", "deferred", "expired"]
         assert sim.device(device).behaviour.firmware == OLD
 
 

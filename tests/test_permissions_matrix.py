@@ -34,6 +34,7 @@ MAY = {
     "dashboard:read": {"ops", "technician", "vendor"},
     "sites:read": {"ops", "technician"},
     "devices:read": {"ops", "technician", "vendor"},
+    "devices:command": {"ops", "technician"},
     "alerts:read": {"ops", "technician", "vendor"},
     "alerts:write": {"ops", "technician"},
     "programme:read": {"ops", "technician"},
@@ -60,6 +61,8 @@ IN_SCOPE = {
     "report_id": "1",
     "sha256": "0" * 64,
     "asset": "swagger-ui.css",
+    "room_id": "upm-smart-1",
+    "day": "2026-12-24",
 }
 # Outside both scopes: another site, and a MAXHUB device at it.
 OUT_OF_SCOPE = {**IN_SCOPE, "code": "usthb", "site": "usthb", "device_id": "usthb-sc1-panel-1"}

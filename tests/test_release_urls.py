@@ -22,14 +22,14 @@ from agent.collectors import target_for
 from agent.poller import build_targets
 from agent.simulator import SimulatedSite, start_devices, start_site
 from agent.simulator.firmware_image import make_image
-from agent.updater import UpdateOptions, Updater
+from agent.updater import UpdateOptions
 from fleet.db import make_engine, migrate
 from fleet.devices.profile_book import profiles_in
 from fleet.devices.registry import sync_registry
 from fleet.ingest.pipeline import Ingest
 from fleet.models import AgentStatus, Device
 from fleet.protocol.errors import ConfigErrors
-from fleet.protocol.messages import AgentEvent, Command, CommandAck, CommandKind, Topics
+from fleet.protocol.messages import AgentEvent, Command, CommandAck, CommandKind
 from fleet.protocol.profiles import Profile, load_profile
 from fleet.protocol.site_config import (
     DEFAULT_PROFILES_DIR,
@@ -43,6 +43,7 @@ from fleet.rollouts.campaigns import RolloutRequest, TargetFilter, create_rollou
 from fleet.rollouts.engine import FirmwareDelivery
 from fleet.rollouts.models import RolloutDevice
 from fleet.settings import Settings
+from tests.agent_commands import CommandPath
 from tests.fixtures_db import message
 from tests.range_server import RangeServer
 
@@ -78,7 +79,7 @@ def quiet_site(tmp_path: Path, profiles: Path) -> LoadedSite:
     return load_site(sites / f"{SITE}.yaml", profiles_dir=profiles)
 
 
-class Agent:
+class Agent(CommandPath):
     """The site agent's updater, with what it publishes kept."""
 
     def __init__(self, data_dir: Path, targets: list[Any]) -> None:
@@ -86,7 +87,7 @@ class Agent:
         self.acks: list[CommandAck] = []
         self.sent: list[tuple[str, bytes]] = []
         options = UpdateOptions(data_dir, read_every_s=0.1)
-        self.updater = Updater(SITE, "upm-agent-1", targets, self.publish, Topics(), options)
+        self.build(SITE, data_dir, targets, options)
 
     async def publish(self, topic: str, payload: bytes) -> None:
         self.sent.append((topic, payload))
@@ -181,13 +182,13 @@ async def _url_release_rolls_out(tmp_path: Path) -> None:
 
         async with await start_site(site) as sim:
             agent = Agent(tmp_path / "agent", build_targets(site, sim.address_map))
-            await agent.updater.start()
+            await agent.start()
             try:
                 for _, payload in published:
-                    agent.updater.on_command(payload)
+                    agent.deliver(payload)
                 await agent.wait_acks(3)
             finally:
-                await agent.updater.close()
+                await agent.close()
             assert all(a.ok for a in agent.acks), [a.message for a in agent.acks]
             assert {sim.device(p).behaviour.firmware for p in panels} == {NEW}
             received = agent.updater.cache.received_bytes
@@ -227,9 +228,9 @@ async def _broken_link_resumes_on_the_next_attempt(tmp_path: Path) -> None:
         async with await start_devices(1, profile) as sim:
             device = next(iter(sim.responders))
             agent = panel_agent(tmp_path / "agent", sim, profile)
-            await agent.updater.start()
+            await agent.start()
             try:
-                agent.updater.on_command(command(server.url, device, 1))
+                agent.deliver(command(server.url, device, 1))
                 part = agent.updater.cache.partial(profile.releases[0].sha256)
                 deadline = time.monotonic() + 20
                 while not (part.exists() and part.stat().st_size == cut):
@@ -241,10 +242,10 @@ async def _broken_link_resumes_on_the_next_attempt(tmp_path: Path) -> None:
                 assert not first.ok and "deferred" in first.message, first.message
                 assert part.stat().st_size == cut  # kept for the next attempt
 
-                agent.updater.on_command(command(server.url, device, 2))  # the retry
+                agent.deliver(command(server.url, device, 2))  # the retry
                 await agent.wait_acks(2)
             finally:
-                await agent.updater.close()
+                await agent.close()
             assert agent.acks[1].ok, agent.acks[1].message
             assert sim.device(device).behaviour.firmware == NEW
             assert agent.updater.cache.received_bytes == len(IMAGE), "bytes downloaded twice"
@@ -267,12 +268,12 @@ async def _wrong_bytes_are_never_pushed(tmp_path: Path) -> None:
         async with await start_devices(1, profile) as sim:
             device = next(iter(sim.responders))
             agent = panel_agent(tmp_path / "agent", sim, profile)
-            await agent.updater.start()
+            await agent.start()
             try:
-                agent.updater.on_command(command(server.url, device))
+                agent.deliver(command(server.url, device))
                 await agent.wait_acks(1)
             finally:
-                await agent.updater.close()
+                await agent.close()
             ack = agent.acks[0]
             assert not ack.ok
             failed = [e for e in agent.events if e.data["state"] == "failed"]
@@ -295,12 +296,12 @@ async def _only_http_urls(tmp_path: Path) -> None:
     async with await start_devices(1, profile) as sim:
         device = next(iter(sim.responders))
         agent = panel_agent(tmp_path / "agent", sim, profile)
-        await agent.updater.start()
+        await agent.start()
         try:
-            agent.updater.on_command(command(secret.as_uri(), device))
+            agent.deliver(command(secret.as_uri(), device))
             await agent.wait_acks(1)
         finally:
-            await agent.updater.close()
+            await agent.close()
     assert not agent.acks[0].ok
     assert "not http(s)" in agent.acks[0].message or any(
         "not http(s)" in e.message for e in agent.events

@@ -19,17 +19,18 @@ from sqlalchemy import Engine
 from agent.collectors import target_for
 from agent.simulator import SimulatedSite, start_devices
 from agent.simulator.firmware_image import write_image
-from agent.updater import UpdateOptions, Updater
+from agent.updater import UpdateOptions
 from fleet.api.app import create_app
 from fleet.db import make_engine, migrate
 from fleet.devices.profile_book import profiles_in
 from fleet.devices.registry import sync_registry
 from fleet.embedded_broker import free_port
-from fleet.protocol.messages import AgentEvent, Command, CommandAck, CommandKind, Topics
+from fleet.protocol.messages import AgentEvent, Command, CommandAck, CommandKind
 from fleet.protocol.profiles import Profile
 from fleet.protocol.site_config import LoadedSite
 from fleet.rollouts.artifacts import SERVED
 from fleet.settings import Settings
+from tests.agent_commands import CommandPath
 
 SITE = "upm"
 
@@ -106,7 +107,7 @@ def command(settings: Settings, port: int, device: str, n: int = 1) -> bytes:
     ).to_json()
 
 
-class Agent:
+class Agent(CommandPath):
     """The updater as the site agent runs it, with what it publishes kept."""
 
     def __init__(
@@ -118,7 +119,7 @@ class Agent:
             target_for(r.behaviour.device, profile, r.address) for r in sim.responders.values()
         ]
         options = UpdateOptions(data_dir, download_bytes_per_s=rate, read_every_s=0.1)
-        self.updater = Updater(SITE, "upm-agent-1", targets, self.publish, Topics(), options)
+        self.build(SITE, data_dir, targets, options)
 
     async def publish(self, topic: str, payload: bytes) -> None:
         if topic.endswith("/cmd/ack"):
@@ -142,13 +143,13 @@ async def _scenario_one_download_per_site_however_many_devices(
     release = profile.releases[0]
     async with await start_devices(6, profile) as sim:
         agent = Agent(tmp_path / "agent", sim, profile, rate=None)
-        await agent.updater.start()
+        await agent.start()
         try:
             for device in sim.responders:
-                agent.updater.on_command(command(settings, controller.port, device))
+                agent.deliver(command(settings, controller.port, device))
             await agent.wait_acks(6)
         finally:
-            await agent.updater.close()
+            await agent.close()
         assert all(ack.ok for ack in agent.acks), [a.message for a in agent.acks]
         assert {r.behaviour.firmware for r in sim.responders.values()} == {"3.3.0"}
         served = SERVED.counts[(SITE, release.sha256)]
@@ -170,23 +171,23 @@ async def _scenario_agent_restart_during_a_download_resumes_it(
     async with await start_devices(1, profile) as sim:
         device = next(iter(sim.responders))
         first = Agent(data, sim, profile, rate=release.size / 2)  # about two seconds
-        await first.updater.start()
-        first.updater.on_command(command(settings, controller.port, device))
+        await first.start()
+        first.deliver(command(settings, controller.port, device))
         part = first.updater.cache.partial(release.sha256)
         deadline = time.monotonic() + 10
         while not (part.exists() and part.stat().st_size > release.size // 4):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
-        await first.updater.close()  # the agent stops half-way
+        await first.close()  # the agent stops half-way
         kept = part.stat().st_size
         assert 0 < kept < release.size and first.acks == []
 
         second = Agent(data, sim, profile, rate=None)  # the journal brings the command back
-        await second.updater.start()
+        await second.start()
         try:
             await second.wait_acks(1)
         finally:
-            await second.updater.close()
+            await second.close()
         assert second.acks[0].ok, second.acks[0].message
         assert sim.device(device).behaviour.firmware == "3.3.0"
         received = first.updater.cache.received_bytes + second.updater.cache.received_bytes
@@ -207,15 +208,15 @@ async def _scenario_device_that_returns_on_the_old_version_is_failed_not_succeed
     async with await start_devices(4, profile) as sim:
         agent = Agent(tmp_path / "agent", sim, profile, rate=None)
         agent.updater.options.read_every_s = 0.1
-        await agent.updater.start()
+        await agent.start()
         for responder in sim.responders.values():
             responder.behaviour.profile = profile
         try:
             for device in sim.responders:
-                agent.updater.on_command(command(settings, controller.port, device))
+                agent.deliver(command(settings, controller.port, device))
             await agent.wait_acks(4, timeout=60)
         finally:
-            await agent.updater.close()
+            await agent.close()
     assert not any(ack.ok for ack in agent.acks)
     finals = [e for e in agent.events if e.data["state"] not in ("downloading", "installing")]
     assert {e.data["state"] for e in finals} <= {"failed", "timed_out"}

@@ -238,3 +238,49 @@ def test_canary_spans_sites_and_every_device_gets_a_wave() -> None:
     canary = sorted(d for d, w in waves.items() if w == 0)
     assert canary == ["a0", "b0"]
     assert sorted(waves.values()).count(1) == 3 and len(waves) == 10
+
+
+# --- a cancelled rollout: every device ends in a final state ---------------------------------
+
+
+def test_every_device_of_a_cancelled_rollout_ends_final() -> None:
+    policy = Policy(device_timeout_s=600, max_retries=1)
+    sent_at = NOW - timedelta(seconds=60)
+    devices = (
+        DeviceView("never-sent", "upm", 1, S.pending),
+        DeviceView("deferred", "upm", 1, S.deferred),
+        DeviceView("in-flight", "upm", 1, S.sent, attempts=1, sent_at=sent_at),
+        DeviceView(
+            "updated",
+            "upm",
+            1,
+            S.installing,
+            attempts=1,
+            sent_at=sent_at,
+            firmware="3.3.0",
+            seen_at=NOW,
+        ),
+        DeviceView("done", "upm", 0, S.succeeded, attempts=1),
+    )
+    cancelled = RolloutView(RolloutState.aborted, 1, "3.3.0", policy, devices)
+    marks = {m.device_id: m.state for m in next_actions(cancelled, NOW, always, never_next)}  # type: ignore[union-attr]
+    assert marks == {
+        "never-sent": S.cancelled,
+        "deferred": S.cancelled,
+        "updated": S.succeeded,
+    }
+    # The one in flight waits for its agent's report, then times out: never pending again.
+    later = next_actions(cancelled, NOW + timedelta(seconds=601), always, never_next)
+    assert {m.device_id: m.state for m in later}["in-flight"] == S.timed_out  # type: ignore[union-attr]
+
+
+def test_a_failure_reported_after_the_cancel_is_final_not_a_retry() -> None:
+    policy = Policy(max_retries=1)
+    device = DeviceView("d", "upm", 0, S.sent, attempts=1)
+    running = on_device_report(device, S.failed, policy, "held command failed")
+    ended = on_device_report(device, S.failed, policy, "held command failed", ended=True)
+    assert running.state == S.pending and "retry 1 of 1" in running.message
+    assert ended.state == S.failed and "retry" not in ended.message
+    # An agent's `cancelled` counts only for a cancelled rollout; otherwise it is a failure.
+    assert on_device_report(device, S.cancelled, policy, "x", ended=True).state == S.cancelled
+    assert on_device_report(device, S.cancelled, policy, "x").state == S.pending

@@ -218,7 +218,15 @@ class PjlinkSession:
         """Send `%<class><command> ?` and read its answer. Raises TimeoutError when nothing
         answers it within the timeout, PjlinkClosed when the connection breaks,
         PjlinkAuthError on PJLINK ERRA."""
-        line = f"%{pjclass}{command} ?\r"
+        return await self._exchange(command, "?", pjclass)
+
+    async def set(self, command: str, param: str, pjclass: int = 1) -> Answer:
+        """Send a set command (`%1POWR 0`) and read its answer: `OK`, or ERR1 to ERR4 in
+        `Answer.error` (PJLink 1.04 section 4). Raises as `query` does."""
+        return await self._exchange(command, param, pjclass)
+
+    async def _exchange(self, command: str, param: str, pjclass: int) -> Answer:
+        line = f"%{pjclass}{command} {param}\r"
         if self._digest is not None:
             line, self._digest = self._digest + line, None
         try:

@@ -85,6 +85,28 @@ class DeviceBehaviour:
         self._updated = now
         # Firmware update progress, as the device reports it (metrics.update_status).
         self.update_status = "idle"
+        # A power command's state, and what the timetable wanted when it came: the command
+        # holds until the timetable changes its mind (a class starts or ends).
+        self._switched: tuple[bool, bool] | None = None
+
+    def switch(self, on: bool, now: datetime | None = None) -> bool:
+        """A power command: False (refused, as PJLink's ERR3) while warming or cooling."""
+        now = now or self.clock()
+        if self.power(now) in (Power.warming, Power.cooling):
+            return False
+        self._switched = (on, self._wants_on(now))
+        if on != self.on:
+            self.on, self.changed_at = on, now
+            if on and self.profile.simulation.inputs and self.input is None:
+                self.input = self.profile.simulation.inputs[0]
+        return True
+
+    def select_input(self, name: str) -> bool:
+        """An input command: False for an input this model does not have, or when off."""
+        if not self.on or name not in self.profile.simulation.inputs:
+            return False
+        self.input = name
+        return True
 
     # --- the model ------------------------------------------------------------------------
 
@@ -103,6 +125,12 @@ class DeviceBehaviour:
 
     def _step(self, at: datetime, dt: float, coarse: bool = False) -> None:
         wants_on = self._wants_on(at)
+        if self._switched is not None:
+            switched, timetable_wanted = self._switched
+            if wants_on == timetable_wanted:
+                wants_on = switched
+            else:
+                self._switched = None
         if wants_on != self.on:
             self.on = wants_on
             self.changed_at = at

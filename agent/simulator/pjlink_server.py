@@ -207,8 +207,10 @@ class ProjectorServer:
         if found is None:
             return "%1ERR1=ERR1"  # not a command at all: what many projectors send back
         pjclass, command, param = int(found[1]), found[2].upper(), found[3]
-        if param != "?":
-            value = "ERR2"  # the simulator answers queries only
+        if param != "?" and command in ("POWR", "INPT") and pjclass == 1:
+            value = self._set(command, param.strip())
+        elif param != "?":
+            value = "ERR2"  # the simulator sets power and input only
         elif pjclass > self.quirks.pjlink_class or command not in (CLASS1, CLASS2)[pjclass - 1]:
             value = "ERR1"
         else:
@@ -216,6 +218,19 @@ class ProjectorServer:
         if self.quirks.lowercase:
             return f"%{pjclass}{command.lower()}={value.lower() if value[:3] == 'ERR' else value}"
         return f"%{pjclass}{command}={value}"
+
+    def _set(self, command: str, param: str) -> str:
+        b = self.behaviour
+        if command == "POWR":
+            if param not in ("0", "1"):
+                return "ERR2"
+            return "OK" if b.switch(param == "1") else "ERR3"
+        if b.power() != Power.on:
+            return "ERR3"  # no input switching in standby or while warming
+        names = {_input_code(n): n for n in b.profile.simulation.inputs}
+        if param not in names:
+            return "ERR2"
+        return "OK" if b.select_input(names[param]) else "ERR2"
 
     def _value(self, command: str) -> str:
         b = self.behaviour

@@ -23,12 +23,14 @@ from fleet.api.routes import (
     alerts,
     audit,
     auth,
+    commands,
     devices,
     docs,
     enrolment,
     events,
     firmware,
     meta,
+    power_schedules,
     programme,
     reports,
     rollouts,
@@ -82,6 +84,8 @@ def create_app(
     app.include_router(sites.router)
     app.include_router(events.router)
     app.include_router(devices.router)
+    app.include_router(commands.router)
+    app.include_router(power_schedules.router)
     app.include_router(alerts.router)
     app.include_router(programme.router)
     app.include_router(firmware.router)

@@ -55,6 +55,8 @@ POLICY: dict[str, frozenset[str]] = {
     "dashboard:read": frozenset(ROLES),
     "sites:read": frozenset({"ops", "technician"}),
     "devices:read": frozenset({"ops", "technician", "vendor"}),
+    # Power and input commands: ops, and technicians on their own sites; vendors never.
+    "devices:command": frozenset({"ops", "technician"}),
     # Vendors: the alerts about their own devices only (never a site's, nor another make's).
     "alerts:read": frozenset({"ops", "technician", "vendor"}),
     "alerts:write": frozenset({"ops", "technician"}),
@@ -69,7 +71,9 @@ POLICY: dict[str, frozenset[str]] = {
 }
 
 # Permissions whose every use is written to the audit log (refusals of any are, anyway).
-AUDITED = frozenset({"programme:write", "rollouts:write", "alerts:write", "reports:read"})
+AUDITED = frozenset(
+    {"programme:write", "rollouts:write", "alerts:write", "reports:read", "devices:command"}
+)
 
 # Path parameters that name a site, and query keys that name a site or a vendor.
 _SITE_PATH = ("code", "site", "site_code")

@@ -153,12 +153,15 @@ class Subscriber:
             time.sleep(0.02)
         return False
 
-    def publish(self, topic: str, payload: bytes, timeout: float = 10.0) -> None:
-        """Publish a command at QoS 1 and wait for the broker's PUBACK; raises ConnectionError
-        when that does not happen (the caller puts the work back for its next turn)."""
+    def publish(
+        self, topic: str, payload: bytes, timeout: float = 10.0, retain: bool = False
+    ) -> None:
+        """Publish a command at QoS 1 (`retain`: kept by the broker for every later
+        subscriber) and wait for the broker's PUBACK; raises ConnectionError when that does
+        not happen (the caller puts the work back for its next turn)."""
         if not self.stats.connected:
             raise ConnectionError(f"not connected to the broker {self.address.display()}")
-        info = self._client.publish(topic, payload, qos=1)
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ConnectionError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         info.wait_for_publish(timeout)

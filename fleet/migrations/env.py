@@ -9,6 +9,7 @@ from sqlmodel import SQLModel
 import fleet.alerts.models
 import fleet.auth.models
 import fleet.auth.second_factor
+import fleet.commands.models
 import fleet.models  # registers the tables on SQLModel.metadata (so do the others)
 import fleet.programme.models
 import fleet.reports.models

@@ -37,6 +37,9 @@ MAX_BATCH_BYTES = 240 * 1024
 
 SITE_CODE_PATTERN = r"^[a-z][a-z0-9_-]{1,31}$"
 DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+# A command's id, and the campaign (a rollout: `rollout-12`) it belongs to.
+CMD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+CAMPAIGN_PATTERN = r"^[a-z][a-z0-9_]{0,30}-[0-9]{1,18}$"
 _SITE_RE = re.compile(SITE_CODE_PATTERN)
 _DEVICE_RE = re.compile(DEVICE_ID_PATTERN)
 
@@ -312,19 +315,28 @@ class CommandKind(StrEnum):
     firmware_update = "firmware_update"
     config_reload = "config_reload"
     poll_now = "poll_now"
+    # The controller's word: what it has revoked (fleet/protocol/commands.py).
+    cancel = "cancel"
+    power = "power"
+    input = "input"
 
 
 class Command(BaseModel):
-    """Published by the controller on `fleet/v1/<site>/cmd`."""
+    """Published by the controller on `fleet/v1/<site>/cmd`. Each kind's `args` are checked
+    by fleet.protocol.commands. `campaign` names the work the command belongs to (a rollout),
+    which a `cancel` revokes as a whole; `expires_at` (the controller's clock) is when it is
+    no longer to be started."""
 
     model_config = ConfigDict(extra="forbid")
 
-    cmd_id: str = Field(min_length=1, max_length=64)
+    cmd_id: str = Field(min_length=1, max_length=64, pattern=CMD_ID_PATTERN)
     kind: CommandKind
     site: SiteCode
     issued_at: UtcDatetime
-    devices: list[DeviceId] = Field(default_factory=list)
-    args: dict[str, Any] = Field(default_factory=dict)
+    devices: list[DeviceId] = Field(default_factory=list, max_length=1000)
+    args: JsonObject = Field(default_factory=dict)
+    campaign: str | None = Field(default=None, max_length=50, pattern=CAMPAIGN_PATTERN)
+    expires_at: UtcDatetime | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()

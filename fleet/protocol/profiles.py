@@ -89,6 +89,22 @@ class SnmpObject(Strict):
         return self
 
 
+class SnmpSetObject(Strict):
+    """An object the agent SETs to switch the device: `values` maps what is asked (`on`,
+    `off`, an input name) to the value written; without it an input's name is written."""
+
+    oid: str = Field(pattern=OID_PATTERN)
+    type: Literal["int", "string"] = "int"
+    values: dict[str, str] | None = None
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _values_as_text(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+
 class SnmpSettings(Strict):
     version: Literal["1", "2c", "3"] = "2c"
     # v1/v2c: a literal or `secret:NAME` (fleet/protocol/secret_refs.py). repr=False keeps it
@@ -103,6 +119,10 @@ class SnmpSettings(Strict):
     # only the first of several; the collector also learns a lower limit from a timeout, a
     # tooBig or a short answer.
     max_oids_per_request: int | None = Field(default=None, ge=1, le=128)
+    # Where the model takes power and input commands, if it does (agent/collectors/
+    # snmp_control.py); values: {on: ..., off: ...} for power.
+    power_set: SnmpSetObject | None = None
+    input_set: SnmpSetObject | None = None
 
     @model_validator(mode="after")
     def _v3_needs_user(self) -> SnmpSettings:

@@ -32,6 +32,9 @@ COLUMNS = [
     "after_hours_energy_kwh",
     "after_hours_lamp_hours",
     "after_hours_lamp_life_pct",
+    "saved_on_hours",
+    "saved_lamp_hours",
+    "saved_energy_kwh",
     "class_hours_known",
     "class_hours_unknown",
     "class_hours_available",
@@ -61,6 +64,9 @@ SUMMED = [
     "after_hours_on",
     "after_hours_energy_kwh",
     "after_hours_lamp_hours",
+    "saved_on_hours",
+    "saved_lamp_hours",
+    "saved_energy_kwh",
     "class_hours_known",
     "class_hours_unknown",
     "class_hours_available",
@@ -135,6 +141,9 @@ def device_row(
         after_hours_on=after,
         after_hours_energy_kwh=after * draw_w / 1000,
         after_hours_lamp_hours=after if is_projector else 0.0,
+        saved_on_hours=0.0,
+        saved_lamp_hours=0.0,
+        saved_energy_kwh=0.0,
         class_hours_known=class_known,
         class_hours_unknown=max(0.0, class_hours - class_known),
         class_hours_available=class_available / 60,
@@ -150,6 +159,17 @@ def device_row(
         _room_name=info.room_name,
     )
     return finish(row)
+
+
+def add_savings(
+    row: dict[str, Any], avoided_hours: float, power_draw_w: Mapping[str, float]
+) -> None:
+    """What the power schedules' switch-offs saved on this device: on-time avoided (h), lamp
+    hours (projectors) and energy at the illustrative draw of its kind (kWh)."""
+    row["saved_on_hours"] = avoided_hours
+    row["saved_lamp_hours"] = avoided_hours if row["kind"] == "projector" else 0.0
+    row["saved_energy_kwh"] = avoided_hours * power_draw_w.get(row["kind"], 0.0) / 1000
+    finish(row)
 
 
 def add_lasts(

@@ -1,7 +1,8 @@
 """What the agents said of the update commands, applied to the rollout's devices: a refused
 command (cmd_ack) fails its device, an update result (event) moves it to the state reported,
-judged by plan.on_device_report. Each tick reads the agents' messages stored by ingest since
-its cursor; a report of an older attempt, or of a device already settled, changes nothing."""
+judged by plan.on_device_report; a power or input command's ack goes to fleet.commands.
+Each tick reads the agents' messages stored by ingest since its cursor; a report of an older
+attempt, or of a device already settled, changes nothing."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from fleet.commands.sending import apply_ack
 from fleet.models import AgentMessage
 from fleet.rollouts.campaigns import policy_from_json
 from fleet.rollouts.models import Rollout, RolloutDevice, TickLease
-from fleet.rollouts.plan import IN_FLIGHT, DeviceUpdateState, MarkDevice, on_device_report
+from fleet.rollouts.plan import (
+    ENDED,
+    IN_FLIGHT,
+    DeviceUpdateState,
+    MarkDevice,
+    on_device_report,
+)
 from fleet.rollouts.snapshot import apply_mark, device_view, next_window
 
 REPORTS_PER_TICK = 5000
@@ -42,18 +50,26 @@ def _apply_report(session: Session, kind: str, body: dict[str, Any], now: dateti
     if not cmd_id:
         return 0
     target = session.exec(select(RolloutDevice).where(RolloutDevice.cmd_id == cmd_id)).first()
+    if target is None and kind == "cmd_ack":
+        return apply_ack(session, body, now)  # a power or input command's answer
     if target is None or target.state not in IN_FLIGHT:
         return 0  # stale: an older attempt, or already settled
     rollout = session.get(Rollout, target.rollout_id)
     assert rollout is not None
     policy = policy_from_json(rollout.policy)
     view = device_view(target, None, None, rollout)
+    # A cancelled rollout sends nothing again: what its agents report is final.
+    ended = rollout.state in {s.value for s in ENDED}
     if kind == "cmd_ack":
         if body.get("ok"):
             return 0  # success counts only when the device reports the version (events)
-        mark = on_device_report(
-            view, DeviceUpdateState.failed, policy, body.get("message") or "refused"
+        message = body.get("message") or "refused"
+        refused = (
+            DeviceUpdateState.cancelled
+            if ended and message.startswith("cancelled")
+            else DeviceUpdateState.failed
         )
+        mark = on_device_report(view, refused, policy, message, ended=ended)
     else:
         try:
             reported = DeviceUpdateState(data.get("state", ""))
@@ -66,7 +82,7 @@ def _apply_report(session: Session, kind: str, body: dict[str, Any], now: dateti
         ):
             reported = DeviceUpdateState.failed
             message = f"agent reported success but the device reports {data.get('firmware')!r}"
-        mark = on_device_report(view, reported, policy, message)
+        mark = on_device_report(view, reported, policy, message, ended=ended)
         if reported == DeviceUpdateState.skipped:
             mark = MarkDevice(
                 mark.device_id,

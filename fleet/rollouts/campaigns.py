@@ -8,6 +8,7 @@ from datetime import datetime, time
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from fleet.models import Device
@@ -212,6 +213,10 @@ def create_rollout(
             reasons.append(str(exc))
     if reasons:
         raise RolloutRefused(reasons)
+    claim_devices(session, [d.id for d in todo])
+    busy = devices_in_other_rollouts(session, [d.id for d in todo], None)
+    if busy:
+        raise RolloutRefused([busy])
 
     state = RolloutState.draft
     if request.start:
@@ -253,6 +258,57 @@ def create_rollout(
     session.commit()
     session.refresh(rollout)
     return rollout
+
+
+# A rollout holds its devices from creation (a draft too) until it ends; one device is in
+# one rollout's command stream at a time, or two ticks would send it two updates.
+HOLDING = (
+    RolloutState.draft.value,
+    RolloutState.scheduled.value,
+    RolloutState.running.value,
+    RolloutState.paused.value,
+)
+
+
+def claim_devices(session: Session, device_ids: list[str]) -> None:
+    """Lock the devices' registry rows for this transaction (a no-op UPDATE: PostgreSQL's
+    row locks, SQLite's write lock), so that two rollouts created at once over the same
+    devices are judged one after the other, each seeing the other's rows."""
+    for start in range(0, len(device_ids), 500):
+        chunk = device_ids[start : start + 500]
+        session.execute(update(Device).where(col(Device.id).in_(chunk)).values(id=Device.id))
+
+
+def devices_in_other_rollouts(
+    session: Session, device_ids: list[str], rollout_id: int | None
+) -> str | None:
+    """Why these devices cannot go in a rollout (other than `rollout_id`): the rollouts
+    that hold some of them, named, with a few device ids each; or None."""
+    held: dict[int, list[str]] = {}
+    for start in range(0, len(device_ids), 500):
+        chunk = device_ids[start : start + 500]
+        rows = session.exec(
+            select(RolloutDevice.rollout_id, RolloutDevice.device_id)
+            .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+            .where(col(RolloutDevice.device_id).in_(chunk), col(Rollout.state).in_(HOLDING))
+        ).all()
+        for other, device in rows:
+            if other != rollout_id:
+                held.setdefault(other, []).append(device)
+    if not held:
+        return None
+    names = {
+        r.id: r.name for r in session.exec(select(Rollout).where(col(Rollout.id).in_(list(held))))
+    }
+    parts = []
+    for other, devices in sorted(held.items()):
+        shown = ", ".join(sorted(devices)[:5]) + (" ..." if len(devices) > 5 else "")
+        parts.append(f"rollout {other} ({names.get(other, '')!r}) holds {len(devices)}: {shown}")
+    return (
+        "a device is in one rollout at a time: "
+        + "; ".join(parts)
+        + ". Fix: wait for that rollout to end, cancel it, or leave those devices out"
+    )
 
 
 def start_rollout(

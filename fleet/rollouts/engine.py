@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, update
@@ -25,7 +25,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col, select
 
+from fleet.commands.sending import settle as settle_commands
 from fleet.devices.profile_book import profiles_in
+from fleet.protocol.commands import campaign_of_rollout
 from fleet.protocol.messages import Command, CommandKind, Topics
 from fleet.protocol.profiles import Profile
 from fleet.rollouts.agent_reports import apply_reports
@@ -44,6 +46,7 @@ from fleet.rollouts.plan import (
 )
 from fleet.rollouts.snapshot import apply_mark, next_window, read_rollout, site_calendar
 from fleet.rollouts.windows import window_open
+from fleet.rollouts.word import publish_words, unsettled_ended, words_due
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +95,14 @@ def tick(
     now: datetime,
     publish: Publish | None,
     holder: str,
+    publish_word: Publish | None = None,
 ) -> TickResult:
     """One tick at `now`, by `holder` (the controller holding the scheduler lock); `publish`
     (topic, payload) sends the commands, None when this controller has no MQTT link (the
-    devices go back to pending). Raises fleet.protocol.errors.ConfigErrors when a profile
-    does not validate."""
+    devices go back to pending). `publish_word` (retained) sends the controller's word to
+    each site with commands in flight, before this tick's commands: the agents start a
+    command only on a word issued after it (fleet.rollouts.word). Raises
+    fleet.protocol.errors.ConfigErrors when a profile does not validate."""
     result = TickResult(holder)
     with Session(engine) as session:
         claim_tick(session, holder, now)
@@ -104,10 +110,15 @@ def tick(
         lease = session.get(TickLease, LEASE)
         assert lease is not None
         result.reports = apply_reports(session, lease, now)
-        rollouts = session.exec(select(Rollout).where(col(Rollout.state).in_(LIVE))).all()
-        for rollout in rollouts:
+        result.reports += settle_commands(session, now)
+        for rollout in session.exec(select(Rollout).where(col(Rollout.state).in_(LIVE))).all():
+            _advance(session, delivery.artifacts, profiles, rollout, now, result)
+        for rollout in unsettled_ended(session):
             _advance(session, delivery.artifacts, profiles, rollout, now, result)
         session.commit()
+        words = words_due(session, now)
+    if publish_word is not None:
+        publish_words(publish_word, delivery.topic_root, words)
     if result.commands:
         _publish(engine, delivery.topic_root, publish, result.commands, now)
     return result
@@ -207,12 +218,17 @@ def _send(
         row.message = f"watching for {row.method} to install {rollout.release_version}"
         return
     row.message = f"command {row.cmd_id} sent"
+    assert rollout.id is not None
     result.commands.append(
         Command(
             cmd_id=row.cmd_id,
             kind=CommandKind.firmware_update,
             site=row.site_code,
             issued_at=now,
+            campaign=campaign_of_rollout(rollout.id),
+            # An agent away longer than the device timeout starts it no more: by then the
+            # controller has timed the device out (and may have sent a new command).
+            expires_at=now + timedelta(seconds=policy.device_timeout_s),
             devices=[row.device_id],
             args={
                 "rollout_id": rollout.id,

@@ -35,10 +35,16 @@ class DeviceUpdateState(StrEnum):
     timed_out = "timed_out"
     skipped = "skipped"  # in use at the time: tried again in the next window
     deferred = "deferred"  # device or site unreachable, or outside the window: not a failure
+    cancelled = "cancelled"  # the rollout was cancelled before the device's update started
 
 
 FINAL = frozenset(
-    {DeviceUpdateState.succeeded, DeviceUpdateState.failed, DeviceUpdateState.timed_out}
+    {
+        DeviceUpdateState.succeeded,
+        DeviceUpdateState.failed,
+        DeviceUpdateState.timed_out,
+        DeviceUpdateState.cancelled,
+    }
 )
 IN_FLIGHT = frozenset(
     {DeviceUpdateState.sent, DeviceUpdateState.downloading, DeviceUpdateState.installing}
@@ -199,12 +205,23 @@ def policy_problems(policy: Policy, targets: int) -> list[str]:
 
 
 def on_device_report(
-    device: DeviceView, reported: DeviceUpdateState, policy: Policy, message: str
+    device: DeviceView,
+    reported: DeviceUpdateState,
+    policy: Policy,
+    message: str,
+    *,
+    ended: bool = False,
 ) -> MarkDevice:
     """What an agent's progress report makes of a device: a failure is retried while
-    retries are left (the attempt already counted when the update was sent)."""
+    retries are left (the attempt already counted when the update was sent), unless the
+    rollout has `ended` (cancelled or aborted): then nothing is sent again, so the failure
+    is final."""
     failed = reported in (DeviceUpdateState.failed, DeviceUpdateState.timed_out)
-    if failed and device.attempts <= policy.max_retries:
+    if reported == DeviceUpdateState.cancelled and not ended:
+        # Only a cancelled rollout's commands are revoked; any other refusal is a failure.
+        reported = DeviceUpdateState.failed
+        failed = True
+    if failed and not ended and device.attempts <= policy.max_retries:
         retry = f"{message}; retry {device.attempts} of {policy.max_retries}"
         return MarkDevice(device.device_id, DeviceUpdateState.pending, retry)
     return MarkDevice(device.device_id, reported, message)
@@ -333,6 +350,49 @@ def _sends(
     return actions
 
 
+def settle_ended(view: RolloutView, now: datetime) -> list[MarkDevice]:
+    """Marks that bring every device of an aborted (cancelled) rollout to a final state:
+    one never sent is `cancelled`; one on the target version since its command is
+    `succeeded`; one whose command went out is left to its agent's report (`cancelled` if
+    the agent dropped it, or how the update it had started ended) until the device timeout,
+    then `timed_out`."""
+    if view.state != RolloutState.aborted:
+        return []
+    marks: list[MarkDevice] = []
+    timeout = timedelta(seconds=view.policy.device_timeout_s)
+    for d in view.devices:
+        if d.state in FINAL:
+            continue
+        if d.state in WAITING:
+            marks.append(
+                MarkDevice(
+                    d.device_id,
+                    DeviceUpdateState.cancelled,
+                    "the rollout was cancelled before this device's update was sent",
+                )
+            )
+        elif (
+            d.firmware == view.target_version
+            and d.sent_at is not None
+            and d.seen_at is not None
+            and d.seen_at > d.sent_at
+        ):
+            marks.append(
+                MarkDevice(d.device_id, DeviceUpdateState.succeeded, f"reports {d.firmware}")
+            )
+        elif d.sent_at is not None and now - d.sent_at > timeout:
+            marks.append(
+                MarkDevice(
+                    d.device_id,
+                    DeviceUpdateState.timed_out,
+                    f"the rollout was cancelled and the site agent did not report on its "
+                    f"command within {view.policy.device_timeout_s:.0f} s; the command "
+                    "is revoked, so an agent that gets it later drops it",
+                )
+            )
+    return marks
+
+
 def next_actions(
     view: RolloutView, now: datetime, window_open: WindowOpen, next_window: NextWindow
 ) -> list[Action]:
@@ -340,6 +400,8 @@ def next_actions(
         if view.start_at is not None and view.start_at <= now:
             return [MoveRollout(RolloutState.running, view.current_wave, "started on schedule")]
         return []
+    if view.state == RolloutState.aborted:
+        return list(settle_ended(view, now))
     if view.state != RolloutState.running:
         return []
     actions: list[Action] = list(_device_marks(view, now))

@@ -25,12 +25,22 @@ _runtime: dict[str, Any] = {}
 
 
 def configure_tick(
-    engine: Engine, delivery: FirmwareDelivery, publish: Publish | None, leadership: Leadership
+    engine: Engine,
+    delivery: FirmwareDelivery,
+    publish: Publish | None,
+    leadership: Leadership,
+    publish_word: Publish | None = None,
 ) -> None:
     """Set what `scheduled_tick` uses in this process. The job itself lives in the database
     (SQLAlchemyJobStore) and so names this module's function, not a closure."""
     _runtime.clear()
-    _runtime.update(engine=engine, delivery=delivery, publish=publish, leadership=leadership)
+    _runtime.update(
+        engine=engine,
+        delivery=delivery,
+        publish=publish,
+        leadership=leadership,
+        publish_word=publish_word,
+    )
 
 
 def scheduled_tick() -> None:
@@ -52,6 +62,7 @@ def scheduled_tick() -> None:
             utcnow(),
             _runtime["publish"],
             leadership.holder,
+            _runtime.get("publish_word"),
         )
     except Exception:  # one failing tick must not stop the schedule
         log.exception("rollout tick failed; it runs again at the next interval")
@@ -64,12 +75,13 @@ def add_tick_job(
     publish: Publish | None,
     leadership: Leadership,
     every_s: float,
+    publish_word: Publish | None = None,
 ) -> None:
     """Add the rollout tick, every `every_s` seconds, to `scheduler` (its job kept in the
     database), and configure this process to run it with these values."""
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 
-    configure_tick(engine, delivery, publish, leadership)
+    configure_tick(engine, delivery, publish, leadership, publish_word)
     scheduler.add_jobstore(SQLAlchemyJobStore(engine=engine), alias="rollouts")
     scheduler.add_job(
         "fleet.rollouts.schedule:scheduled_tick",

@@ -1,4 +1,5 @@
-"""One device's page: latest reading, charts from its samples, alerts, firmware history."""
+"""One device's page: latest reading, charts from its samples, alerts, firmware history, and
+its power and input commands (the power schedule's notes and actions with their reasons)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from babel.dates import format_timedelta
 from babel.numbers import format_decimal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
+from sqlmodel import col, select
 
 from fleet.alerts.queries import recent_alerts_of_device, unacknowledged_alerts_by_device
 from fleet.api.deps import SessionDep
 from fleet.auth.permissions import Allow
+from fleet.commands.models import DeviceCommand
 from fleet.models import Device, Room, Site
 from fleet.protocol.messages import DEVICE_ID_PATTERN
 from fleet.web.charts import line_chart, power_band
@@ -127,6 +130,20 @@ def device_page(
         windows=list(WINDOWS),
         firmware=firmware_history(session, device.id),
         alerts=recent_alerts_of_device(session, device.id),
+        # Power and input commands, the schedule's notes among them: staff only (vendors
+        # hold devices:read but not devices:command).
+        commands=_commands(session, device.id) if viewer.may("devices:command") else None,
+    )
+
+
+def _commands(session: SessionDep, device_id: str) -> list[DeviceCommand]:
+    return list(
+        session.exec(
+            select(DeviceCommand)
+            .where(DeviceCommand.device_id == device_id)
+            .order_by(col(DeviceCommand.id).desc())
+            .limit(20)
+        )
     )
 
 

@@ -1,0 +1,85 @@
+"""Power and input over SNMP SET, where the device's profile names the object
+(`snmp.power_set`, `snmp.input_set`). The agent's answer is the device's: a SET it refuses
+comes back with its error status (notWritable, wrongValue, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.collectors import Target
+from agent.collectors.control import ControlAnswer, register_control
+from fleet.protocol.profiles import SnmpSetObject
+
+
+class SnmpControl:
+    def __init__(self) -> None:
+        self._engine: Any = None
+
+    async def set_power(self, target: Target, on: bool) -> ControlAnswer:
+        settings = target.profile.snmp
+        obj = settings.power_set if settings else None
+        if obj is None:
+            return ControlAnswer(
+                False, f"profile {target.profile.id} names no SNMP object for power: not sent"
+            )
+        return await self._set(target, obj, "on" if on else "off")
+
+    async def set_input(self, target: Target, name: str) -> ControlAnswer:
+        settings = target.profile.snmp
+        obj = settings.input_set if settings else None
+        if obj is None:
+            return ControlAnswer(
+                False, f"profile {target.profile.id} names no SNMP object for input: not sent"
+            )
+        return await self._set(target, obj, name)
+
+    async def _set(self, target: Target, obj: SnmpSetObject, wanted: str) -> ControlAnswer:
+        from pysnmp.hlapi.v3arch.asyncio import (
+            CommunityData,
+            ContextData,
+            ObjectIdentity,
+            ObjectType,
+            SnmpEngine,
+            UdpTransportTarget,
+            set_cmd,
+        )
+        from pysnmp.proto.rfc1902 import Integer32, OctetString
+
+        raw = obj.values.get(wanted) if obj.values is not None else wanted
+        if raw is None:
+            known = ", ".join(sorted(obj.values or {}))
+            return ControlAnswer(False, f"{wanted!r} is not one of {known}: not sent")
+        if obj.type == "int":
+            try:
+                value: Any = Integer32(int(raw))
+            except ValueError:
+                return ControlAnswer(False, f"{raw!r} is not an integer: not sent")
+        else:
+            value = OctetString(raw)
+        settings = target.profile.snmp
+        if target.snmp_v3 is not None:
+            return ControlAnswer(False, "SET over SNMPv3 is not supported yet: not sent")
+        if self._engine is None:
+            self._engine = SnmpEngine()
+        mp_model = 0 if settings is not None and settings.version == "1" else 1
+        poll = target.profile.poll
+        transport = await UdpTransportTarget.create(
+            (target.host, target.port), timeout=poll.timeout_s, retries=poll.retries
+        )
+        error, status, _index, _binds = await set_cmd(
+            self._engine,
+            CommunityData(target.community, mpModel=mp_model),
+            transport,
+            ContextData(),
+            ObjectType(ObjectIdentity(obj.oid), value),
+        )
+        if error:
+            return ControlAnswer(False, f"SET {obj.oid} = {raw}: {error}")
+        if status:
+            return ControlAnswer(False, f"SET {obj.oid} = {raw}: {status.prettyPrint()}")
+        return ControlAnswer(True, f"SET {obj.oid} = {raw}: noError")
+
+
+_shared = SnmpControl()
+register_control("snmp", lambda: _shared)
