@@ -30,7 +30,8 @@ rooms:
   - id: lab-room-1
     name: Lab room
     devices:
-      - {id: lab-panel-1, profile: weidong-panel, address: 127.0.0.1, port: %(port)d}
+      # SNMP only: a panel's reachability way would vouch for it, loopback answering ICMP.
+      - {id: lab-panel-1, profile: snmp-projector, address: 127.0.0.1, port: %(port)d}
 """
 
 

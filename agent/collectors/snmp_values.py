@@ -62,7 +62,7 @@ def unwrap_opaque(payload: bytes) -> int | float | bytes | str:
         return int.from_bytes(body, "big", signed=kind == "int64")
     try:
         inner, rest = decoder.decode(payload)
-    except (PyAsn1Error, ValueError, TypeError, IndexError) as exc:
+    except (PyAsn1Error, ValueError, TypeError, IndexError, OverflowError) as exc:
         raise ValueError(
             f"an Opaque whose contents are not BER ({exc.__class__.__name__})"
         ) from None

@@ -106,6 +106,13 @@ def get_artifact(
             404, f"no release has SHA-256 {sha256}: GET /api/v1/firmware lists them"
         )
     _, release = found
+    if release.url is not None:
+        # The release's own public URL, from its profile: nothing of this server's is named.
+        raise HTTPException(
+            409,
+            f"release {release.version} is downloaded by each site's agent from "
+            f"{release.url}; the controller holds no file for it",
+        )
     try:
         path = verified_artifact(settings.artifact_store(), release)
     except ArtifactError as exc:
