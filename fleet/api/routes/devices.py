@@ -20,7 +20,7 @@ from fleet.api.params import (
     text_filter,
 )
 from fleet.api.schemas import DeviceDetail, DeviceHealth, DevicePage, SampleOut
-from fleet.auth.permissions import Allow, Caller
+from fleet.auth.permissions import Allow, Caller, no_device_detail
 from fleet.devices.queries import find_devices
 from fleet.devices.state import DeviceState
 from fleet.models import Device, Sample
@@ -108,7 +108,5 @@ def device_health(
 def _device_or_404(session: SessionDep, device_id: str) -> Device:
     device = session.get(Device, device_id)
     if device is None:
-        raise HTTPException(
-            404, f"no device {device_id!r}: GET /api/v1/devices lists the registered ids"
-        )
+        raise HTTPException(404, no_device_detail(device_id))
     return device
