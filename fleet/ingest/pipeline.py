@@ -12,8 +12,10 @@ redelivery stores nothing twice.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -276,8 +278,27 @@ def _on_whole_minutes(timetable: Timetable) -> bool:
 def _observe_lag(
     messages: list[IncomingMessage], parsed: list[Parsed], outcomes: list[Outcome]
 ) -> None:
+    lags: list[float] = []
     for message, result, outcome in zip(messages, parsed, outcomes, strict=True):
         if outcome.status == OutcomeStatus.stored and isinstance(result, HealthMessage):
-            for reading in result.readings:
-                # A device clock ahead of ours is not negative lag: count it as none.
-                LAG_SECONDS.observe(max((message.received_at - reading.ts).total_seconds(), 0.0))
+            received = message.received_at
+            # A device clock ahead of ours is not negative lag: count it as none.
+            lags.extend(max((received - r.ts).total_seconds(), 0.0) for r in result.readings)
+    observe_many(LAG_SECONDS, lags)
+
+
+def observe_many(histogram: Histogram, values: list[float]) -> None:
+    """`histogram.observe(v)` for each of `values`, with one lock taken per bucket rather than
+    two per value: a group's thousands of readings were a tenth of its ingest time. Falls back
+    to one observe each where prometheus_client's (private) bucket layout is not as known."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    counts: Tally[int] = Tally(bisect_left(bounds, value) for value in values)
+    for index, count in counts.items():
+        buckets[index].inc(count)
+    total.inc(math.fsum(values))
