@@ -11,13 +11,15 @@ redelivery stores nothing twice.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import threading
 import time
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -141,7 +143,7 @@ class Ingest:
     def handle(self, messages: list[IncomingMessage]) -> list[Outcome]:
         """Store a group; one outcome per message, in order. Raises only a database fault
         (the database away or busy), for the caller to retry the group whole."""
-        with self._lock, GROUP_SECONDS.time():
+        with self._lock, GROUP_SECONDS.time(), _no_cyclic_gc():
             self._touched = set()
             parsed = [self._parse(m) for m in messages]
             try:
@@ -264,6 +266,22 @@ class Ingest:
         self.readings += readings
         READINGS.inc(readings)
         self.last_group_at = utcnow()
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while a group is handled. A group makes tens of
+    thousands of objects that live until it is stored (readings, rows); each few hundred
+    allocations started a collection that walked them all again, and the whole heap now and
+    then: a fifth to a third of a large group's time. Nothing a group makes needs the cyclic
+    collector (reference counting frees it); it runs again, once, as soon as it is resumed."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _on_whole_minutes(timetable: Timetable) -> bool:

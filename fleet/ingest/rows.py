@@ -82,13 +82,14 @@ SQLITE_SAMPLE_INSERT = (
 _POSTGRES = postgresql_psycopg.dialect(paramstyle="pyformat")
 POSTGRES_DEVICE_UPDATE = str(DEVICE_UPDATE.compile(dialect=_POSTGRES))
 # PostgreSQL takes bulk rows fastest by COPY, which has no ON CONFLICT: a group's samples are
-# copied into a temporary table of this connection (emptied at each commit), then merged with
-# ON CONFLICT DO NOTHING, which keeps redelivery idempotent exactly as a plain insert did.
+# copied straight into `sample`, or, when one is stored already, into a temporary table of this
+# connection (emptied at each commit) and merged with ON CONFLICT DO NOTHING (GroupWriter).
 POSTGRES_SAMPLE_STAGE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS fleet_sample_stage ON COMMIT DELETE ROWS AS "
     f"SELECT {_COLUMN_LIST} FROM sample WITH NO DATA"
 )
 POSTGRES_SAMPLE_COPY = f"COPY fleet_sample_stage ({_COLUMN_LIST}) FROM STDIN"
+POSTGRES_SAMPLE_COPY_DIRECT = f"COPY sample ({_COLUMN_LIST}) FROM STDIN"
 POSTGRES_SAMPLE_MERGE = (
     f"INSERT INTO sample ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM fleet_sample_stage "
     "ON CONFLICT (device_id, ts) DO NOTHING"
@@ -126,9 +127,7 @@ def sample_row(reading: Reading, received_at: datetime, msg_id: str | None) -> d
     }
 
 
-def sqlite_sample_values(
-    reading: Reading, received_at: str, msg_id: str | None
-) -> tuple[Any, ...]:
+def sqlite_sample_values(reading: Reading, received_at: str, msg_id: str | None) -> tuple[Any, ...]:
     """One sample as the SQLite driver is given it, in `SAMPLE_COLUMNS` order: a plain tuple
     (a dict per row cost more than the insert), text timestamps, JSON as text.
     `received_at` is already text (`sqlite_ts`): one per message, shared by its readings."""

@@ -7,11 +7,12 @@ is updated once per group, and only by a reading newer than the one it already s
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg.errors import UniqueViolation
 from sqlalchemy import (
     Connection,
     Insert,
@@ -40,6 +41,7 @@ from fleet.ingest.rows import (
     DEVICE_UPDATE,
     POSTGRES_DEVICE_UPDATE,
     POSTGRES_SAMPLE_COPY,
+    POSTGRES_SAMPLE_COPY_DIRECT,
     POSTGRES_SAMPLE_MERGE,
     POSTGRES_SAMPLE_STAGE,
     SAMPLES,
@@ -204,7 +206,7 @@ class GroupWriter:
         if samples and self.raw_sqlite:
             self.conn.exec_driver_sql(SQLITE_SAMPLE_INSERT, list(samples.values()))
         elif samples and self.raw_postgres:
-            self._copy_samples(samples.values())
+            self._copy_samples(list(samples.values()))
         elif samples:
             stmt = self.insert(SAMPLES).on_conflict_do_nothing(index_elements=["device_id", "ts"])
             self.conn.execute(stmt, list(samples.values()))
@@ -217,18 +219,31 @@ class GroupWriter:
         self._update_devices(latest, agents.offline)
         return outcomes
 
-    def _copy_samples(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """COPY into this connection's staging table, then merge with ON CONFLICT DO NOTHING
-        (rows.POSTGRES_SAMPLE_MERGE): on PostgreSQL, COPY is how bulk rows go in fast."""
+    def _copy_samples(self, rows: list[tuple[Any, ...]]) -> None:
+        """COPY, how bulk rows go into PostgreSQL fast; COPY has no ON CONFLICT. Straight into
+        `sample` under a savepoint first: a group of new readings, the usual case, costs one
+        COPY. If any (device, ts) is stored already (a batch sent again under a new msg_id),
+        that COPY fails whole and is rolled back; then the rows go into a temporary table of
+        this connection (emptied at commit) and are merged with ON CONFLICT DO NOTHING, so
+        redelivery stores nothing twice, exactly as a plain INSERT ... ON CONFLICT did."""
+        try:
+            with self.conn.begin_nested():
+                self._copy(POSTGRES_SAMPLE_COPY_DIRECT, rows)
+            return
+        except UniqueViolation:
+            pass
         self.conn.exec_driver_sql(POSTGRES_SAMPLE_STAGE)
+        self._copy(POSTGRES_SAMPLE_COPY, rows)
+        self.conn.exec_driver_sql(POSTGRES_SAMPLE_MERGE)
+
+    def _copy(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
         cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            with cursor.copy(POSTGRES_SAMPLE_COPY) as copy:
+            with cursor.copy(statement) as copy:
                 for row in rows:
                     copy.write_row(row)
         finally:
             cursor.close()
-        self.conn.exec_driver_sql(POSTGRES_SAMPLE_MERGE)
 
     def _stored_msg_ids(self, msg_ids: list[str]) -> set[str]:
         found: set[str] = set()
