@@ -149,13 +149,16 @@ def build_report(conn: Connection, request: ReportRequest, basis: ReportBasis) -
     in_period = [USAGE.c.local_date >= request.start, USAGE.c.local_date <= request.end]
     joined = USAGE.join(DEVICES, DEVICES.c.id == USAGE.c.device_id)
 
-    sums, inputs, last = _per_device(conn, joined, in_period + scope)
+    sums, inputs, last = _per_device(conn, in_period, scope)
+    # The scope filters by device: when it keeps every device (a whole-fleet report, nothing
+    # retired before the period), the chart's pass needs no look-up of each row's device.
+    every_device = len(devices) == conn.execute(select(func.count()).select_from(DEVICES)).scalar()
     by_hour = [0.0] * 24
     by_weekday = [0.0] * 7
     for hour, weekday, minutes in conn.execute(
         select(USAGE.c.local_hour, USAGE.c.local_weekday, func.sum(USAGE.c.minutes_on))
-        .select_from(joined)
-        .where(*in_period, *scope)
+        .select_from(USAGE if every_device else joined)
+        .where(*in_period, *([] if every_device else scope))
         .group_by(USAGE.c.local_hour, USAGE.c.local_weekday)
     ):
         by_hour[hour] += float(minutes or 0) / 60
@@ -274,13 +277,14 @@ _LASTS = (
 
 
 def _per_device(
-    conn: Connection, joined: Any, where: list[Any]
+    conn: Connection, in_period: list[Any], scope: list[Any]
 ) -> tuple[dict[str, tuple[Any, ...]], dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
     """Each device's sums over the period (device id, the seven sums, the peak temperature),
     its minutes on by top input, and its newest non-empty firmware, lamp and filter hours:
     all from ONE pass over the period's roll-ups, grouped by device and top input in the
     database, with the newest values looked up by primary key. (One query each, as before,
-    was six passes over the month's roll-ups: six times the cost of the aggregate itself.)"""
+    was six passes over the month's roll-ups: six times the cost of the aggregate itself.)
+    The scope, a condition on devices, is applied to the groups, not to each roll-up row."""
     grouped = (
         select(
             USAGE.c.device_id,
@@ -292,16 +296,21 @@ def _per_device(
                 for key, column in _LASTS
             ),
         )
-        .select_from(joined)
-        .where(*where)
+        .where(*in_period)
         .group_by(USAGE.c.device_id, USAGE.c.top_input)
         .subquery("grouped")
     )
+    in_scope = (
+        select(grouped)
+        .select_from(grouped.join(DEVICES, DEVICES.c.id == grouped.c.device_id))
+        .where(*scope)
+        .subquery("in_scope")
+    )
     # The newest hour of each value over all of a device's input groups, then that hour's row.
     newest = select(
-        grouped,
+        in_scope,
         *(
-            func.max(grouped.c[key]).over(partition_by=grouped.c.device_id).label(f"{key}_at")
+            func.max(in_scope.c[key]).over(partition_by=in_scope.c.device_id).label(f"{key}_at")
             for key, _ in _LASTS
         ),
     ).subquery("newest")
