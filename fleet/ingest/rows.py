@@ -71,9 +71,10 @@ _SAMPLE_COLUMNS = [
 ]
 SAMPLE_COLUMNS = tuple(_SAMPLE_COLUMNS)
 _COLUMN_LIST = ", ".join(SAMPLE_COLUMNS)
-# Positional parameters: rows go as plain tuples in SAMPLE_COLUMNS order.
+# Positional parameters: rows go as plain tuples in SAMPLE_COLUMNS order. (The statements
+# below are built from the fixed column names above, never from input: S608 does not apply.)
 SQLITE_SAMPLE_INSERT = (
-    f"INSERT INTO sample ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(SAMPLE_COLUMNS))}) "
+    f"INSERT INTO sample ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(SAMPLE_COLUMNS))}) "  # noqa: S608
     "ON CONFLICT (device_id, ts) DO NOTHING"
 )
 
@@ -85,13 +86,13 @@ POSTGRES_DEVICE_UPDATE = str(DEVICE_UPDATE.compile(dialect=_POSTGRES))
 # copied straight into `sample`, or, when one is stored already, into a temporary table of this
 # connection (emptied at each commit) and merged with ON CONFLICT DO NOTHING (GroupWriter).
 POSTGRES_SAMPLE_STAGE = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS fleet_sample_stage ON COMMIT DELETE ROWS AS "
+    "CREATE TEMPORARY TABLE IF NOT EXISTS fleet_sample_stage ON COMMIT DELETE ROWS AS "  # noqa: S608
     f"SELECT {_COLUMN_LIST} FROM sample WITH NO DATA"
 )
 POSTGRES_SAMPLE_COPY = f"COPY fleet_sample_stage ({_COLUMN_LIST}) FROM STDIN"
 POSTGRES_SAMPLE_COPY_DIRECT = f"COPY sample ({_COLUMN_LIST}) FROM STDIN"
 POSTGRES_SAMPLE_MERGE = (
-    f"INSERT INTO sample ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM fleet_sample_stage "
+    f"INSERT INTO sample ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM fleet_sample_stage "  # noqa: S608
     "ON CONFLICT (device_id, ts) DO NOTHING"
 )
 

@@ -26,7 +26,7 @@ class UsageHour(SQLModel, table=True):
     __tablename__ = "usage_hour"
     __table_args__ = (
         Index("ix_usage_hour_local_date_device_id", "local_date", "device_id"),
-        # A report's hour-of-day chart from the index alone (migration 0008).
+        # A report's hour-of-day chart from the index alone (migration 0010).
         Index(
             "ix_usage_hour_local_date_local_hour",
             "local_date",
