@@ -19,6 +19,7 @@ from fleet.api.params import (
     since_query,
     text_filter,
 )
+from fleet.api.responses import prevalidated
 from fleet.api.schemas import DeviceDetail, DeviceHealth, DevicePage, SampleOut
 from fleet.auth.permissions import Allow, Caller, no_device_detail
 from fleet.devices.queries import find_devices
@@ -46,7 +47,7 @@ def list_devices(
     limit: Annotated[int, limit_query(MAX_PAGE)] = 100,
     after: After = None,
     caller: Annotated[Caller | None, Allow("devices:read")] = None,
-) -> DevicePage:
+) -> Response:
     """By id, a page at a time: the next page is `after=` this page's `next`."""
     try:
         page = find_devices(
@@ -63,7 +64,8 @@ def list_devices(
     except BadCursor as exc:
         raise cursor_refused(exc) from None
     link_next(request, response, page.next)
-    return DevicePage(items=page.items, total=page.total or 0, limit=limit, next=page.next)
+    body = DevicePage(items=page.items, total=page.total or 0, limit=limit, next=page.next)
+    return prevalidated(body, response)
 
 
 @router.get("/{device_id}", response_model=DeviceDetail, dependencies=[Allow("devices:read")])
