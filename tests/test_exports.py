@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from openpyxl import load_workbook
 from sqlalchemy import Engine, update
@@ -73,6 +73,7 @@ def test_neutral_then_restore_is_the_identity(text: str) -> None:
     assert neutral_cell(text)[:1] not in {"\t", "\r"}
 
 
+@settings(deadline=None)  # a workbook a case: its time is openpyxl's, and a loaded machine's
 @given(st.lists(st.text(max_size=30), min_size=1, max_size=6))
 def test_no_xlsx_text_cell_is_a_formula(row: list[str]) -> None:
     from openpyxl import Workbook

@@ -168,7 +168,7 @@ def test_agent_killed_mid_download_resumes_and_rollout_completes(stack: RolloutS
     part = stack.agent_data / "artifacts" / f"{sha}.part"
     wait_for(
         lambda: part.exists() and size // 8 < part.stat().st_size < size // 2,
-        20,
+        60,
         "the agent to be part-way through the artifact",
         interval=0.05,
     )

@@ -343,7 +343,9 @@ def test_a_dead_agent_costs_one_probe_then_is_unreachable() -> None:
             finally:
                 await collector.close()
             assert not reading.reachable and "SNMP timeout after 2 tries" in (reading.error or "")
-            assert took < 1.0 * 2 * 2 + 1  # the whole request, then one OID alone
+            # The whole request, then one OID alone, each with its retry: counted at the
+            # agent, not timed, so a loaded machine cannot fail it.
+            assert responder.unanswered == 4, responder.unanswered
             assert took < deadline_of(target, SnmpCollector())
 
     run(scenario())

@@ -101,6 +101,7 @@ class DeviceResponder(asyncio.DatagramProtocol):
         self.missing: set[str] = set()
         self.quirks = SnmpQuirks()
         self.requests = 0
+        self.unanswered = 0  # datagrams that came while it was not answering
         self.update_task: asyncio.Task[None] | None = None
         self.transport: asyncio.DatagramTransport | None = None
         self.address: tuple[str, int] = ("", 0)
@@ -116,6 +117,7 @@ class DeviceResponder(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if not self.alive or self.transport is None:
+            self.unanswered += 1
             return
         self.requests += 1
         try:
