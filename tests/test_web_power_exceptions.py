@@ -8,16 +8,21 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
+from fleet.api.app import create_app
 from fleet.db import make_engine
 from fleet.protocol.messages import utcnow
 from fleet.protocol.site_config import DEFAULT_SITES_DIR
-from tests.fixtures_auth import sign_in, user_token
+from fleet.settings import Settings
+from tests.fixtures_auth import Tokens, sign_in, user_token
 from tests.fixtures_broker import BrokerThread
 from tests.procs import Stack, wait_for
 
@@ -147,3 +152,45 @@ def test_a_technician_of_another_site_is_refused(
         assert day not in _exceptions(stack)
     finally:
         tab.context.close()
+
+
+@pytest.fixture
+def client(registered: Engine, tokens: Tokens, tmp_path: Any) -> Iterator[TestClient]:
+    app = create_app(Settings(data_dir=tmp_path, database_url=str(registered.url)), registered)
+    with TestClient(app, headers=tokens.headers("technician"), follow_redirects=False) as c:
+        yield c
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    day=st.one_of(
+        # Mostly dates near today, which the API's window takes, so the stored path is run.
+        st.integers(-800, 800).map(lambda n: (date.today() + timedelta(days=n)).isoformat()),
+        st.dates(min_value=date(1, 1, 1)).map(date.isoformat),
+        st.text(max_size=120),
+        st.sampled_from(["", "2026-02-30", "9999-12-31", "-1", "NaN", "2026-13-01", "\x00"]),
+    ),
+    note=st.one_of(
+        st.text(max_size=700),
+        st.sampled_from(["\x00\x1b[31m", "<script>alert(1)</script>", "=1+1", "é" * 500]),
+    ),
+)
+def test_any_form_post_is_stored_or_refused_with_its_reason(
+    client: TestClient, day: str, note: str
+) -> None:
+    """Hostile form values: a date and note the API takes are stored (303 back to the page),
+    anything else is a 422 page that says why; never a 500, and nothing half-stored."""
+    answer = client.post(
+        "/sites/upm/power-exceptions",
+        data={"day": day, "note": note},
+        headers={"Origin": "http://testserver"},
+    )
+    assert answer.status_code in (303, 422), (answer.status_code, answer.text[:300])
+    stored = client.get("/api/v1/sites/upm/power-schedule").json()["exceptions"]
+    event(f"status {answer.status_code}")
+    if answer.status_code == 303:
+        assert day in stored
+        assert client.delete(f"/api/v1/sites/upm/power-exceptions/{day}").status_code == 204
+    else:
+        assert 'data-testid="problem"' in answer.text
+        assert day not in stored
