@@ -44,7 +44,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def engine(stack: Stack) -> Iterator[Engine]:
+def stack_engine(stack: Stack) -> Iterator[Engine]:
     engine = make_engine(stack.database_url)
     yield engine
     engine.dispose()
@@ -62,9 +62,9 @@ def _exceptions(stack: Stack) -> list[str]:
 
 
 def test_a_technician_adds_and_deletes_an_exception_date_from_the_site_page(
-    stack: Stack, engine: Engine, browser: Any
+    stack: Stack, stack_engine: Engine, browser: Any
 ) -> None:
-    tech = user_token(engine, "tech-upm", "technician", sites=["upm"])
+    tech = user_token(stack_engine, "tech-upm", "technician", sites=["upm"])
     day = (utcnow() + timedelta(days=10)).date().isoformat()
     tab = _tab(browser, stack, tech)
     try:
@@ -97,7 +97,7 @@ def test_a_technician_adds_and_deletes_an_exception_date_from_the_site_page(
         assert day not in _exceptions(stack)
     finally:
         tab.context.close()
-    with engine.connect() as conn:
+    with stack_engine.connect() as conn:
         audit = conn.execute(
             text(
                 "SELECT actor, action, detail FROM audit_entry "
@@ -114,8 +114,8 @@ def test_a_technician_adds_and_deletes_an_exception_date_from_the_site_page(
     assert details[0] == {"day": day, "note": "Examens de fin de semestre"}
 
 
-def test_a_vendor_is_shown_no_form(stack: Stack, engine: Engine, browser: Any) -> None:
-    vendor = user_token(engine, "vendor-seewo-p", "vendor", vendor="Seewo")
+def test_a_vendor_is_shown_no_form(stack: Stack, stack_engine: Engine, browser: Any) -> None:
+    vendor = user_token(stack_engine, "vendor-seewo-p", "vendor", vendor="Seewo")
     tab = _tab(browser, stack, vendor)
     try:
         response = tab.goto(f"{stack.base}/sites/upm")
@@ -127,9 +127,9 @@ def test_a_vendor_is_shown_no_form(stack: Stack, engine: Engine, browser: Any) -
 
 
 def test_a_technician_of_another_site_is_refused(
-    stack: Stack, engine: Engine, browser: Any
+    stack: Stack, stack_engine: Engine, browser: Any
 ) -> None:
-    other = user_token(engine, "tech-tribhuvan", "technician", sites=["tribhuvan"])
+    other = user_token(stack_engine, "tech-tribhuvan", "technician", sites=["tribhuvan"])
     day = (utcnow() + timedelta(days=12)).date().isoformat()
     tab = _tab(browser, stack, other)
     try:

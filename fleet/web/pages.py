@@ -9,7 +9,7 @@ from collections import defaultdict
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, available_timezones
 
-from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
@@ -21,17 +21,18 @@ from fleet.alerts.queries import (
 )
 from fleet.api.deps import SessionDep
 from fleet.api.params import SiteCodePath
-from fleet.api.routes.power_schedules import (
-    ExceptionIn,
-    add_exception,
-    get_schedule,
-    remove_exception,
-)
 from fleet.auth.permissions import Allow, Caller
-from fleet.commands.models import PowerException
+from fleet.commands.power_exceptions import (
+    ExceptionIn,
+    ExceptionNotFound,
+    add_exception,
+    remove_exception,
+    site_exceptions,
+    site_schedule,
+)
 from fleet.devices.queries import find_devices
 from fleet.devices.registry import timetable_from_json
-from fleet.models import Device
+from fleet.models import Device, Site
 from fleet.protocol.messages import CONTROL_RE, SITE_CODE_PATTERN, utcnow
 from fleet.sites.queries import SiteNotFound, site_detail
 from fleet.time_window import Day
@@ -168,16 +169,7 @@ def _site_page(
 def _power_schedule(session: Session, code: str) -> dict[str, Any]:
     """The site's power schedule as `GET /api/v1/sites/{code}/power-schedule` gives it, with
     each exception date's note and who added it."""
-    return {
-        "schedule": get_schedule(code, session),
-        "exceptions": list(
-            session.exec(
-                select(PowerException)
-                .where(PowerException.site_code == code)
-                .order_by(col(PowerException.day))
-            )
-        ),
-    }
+    return {"schedule": site_schedule(session, code), "exceptions": site_exceptions(session, code)}
 
 
 @router.post("/sites/{code}/power-exceptions")
@@ -193,6 +185,8 @@ def add_exception_from_page(
 ) -> Response:
     """The site page's form: what `POST /api/v1/sites/{code}/power-exceptions` does, audited
     alike; a date or note the API would refuse is said on the page (422)."""
+    if session.get(Site, code) is None:
+        raise PageNotFound(f"There is no site {code!r}.", "The overview lists every site.")
     try:
         # A form's text may hold what a note may not (a pasted control character): dropped.
         body = ExceptionIn.model_validate({"day": day, "note": CONTROL_RE.sub("", note)})
@@ -200,7 +194,7 @@ def add_exception_from_page(
         request.state.audit_outcome = "failed 422"
         reasons = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
         return _site_page(request, session, caller, viewer, code, problem=reasons, status_code=422)
-    add_exception(code, body, session, caller)
+    add_exception(session, code, body, caller)
     return RedirectResponse(f"/sites/{code}#power", status_code=303)
 
 
@@ -214,8 +208,8 @@ def remove_exception_from_page(
     """The site page's delete button (a form cannot send DELETE): what `DELETE
     /api/v1/sites/{code}/power-exceptions/{day}` does, audited alike; 404 when there is none."""
     try:
-        remove_exception(code, day, session, caller)
-    except HTTPException:
+        remove_exception(session, code, day, caller)
+    except ExceptionNotFound:
         raise PageNotFound(
             f"There is no exception on {day.isoformat()} at {code}.", "The site page lists them."
         ) from None
