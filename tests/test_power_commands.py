@@ -157,3 +157,67 @@ def test_technician_switches_a_projector_of_their_site_and_no_one_else_may(
     except BaseException:
         print(stack.logs())
         raise
+
+
+SNMP_PROJECTOR = "upm-sc2-projector"  # snmp-projector: power by SET of its power_set object
+
+
+@pytest.fixture
+def upm_stack(tmp_path: Any, broker: TestBroker) -> Iterator[Stack]:
+    s = Stack(tmp_path, broker.url, broker.topic_root, f"sqlite:///{tmp_path / 'fleet.db'}", "upm")
+    config = yaml.safe_load(s.config.read_text())
+    config["timetable"] = {"weekly": {}}  # no classes: standby until we switch it
+    s.config.write_text(yaml.safe_dump(config, sort_keys=False))
+    yield s
+    s.stop_all()
+
+
+@pytest.mark.timeout(120)
+def test_technician_switches_an_snmp_projector_by_set_and_the_reading_confirms(
+    upm_stack: Stack,
+) -> None:
+    stack = upm_stack
+    try:
+        stack.simulate()
+        stack.controller(FLEET_ROLLOUT_TICK_S="0.5")
+        stack.agent()
+        engine = create_engine(stack.database_url)
+        tech = user_token(engine, "tech-upm", "technician", sites=["upm"])
+        engine.dispose()
+        path = f"/api/v1/devices/{SNMP_PROJECTOR}"
+        first = wait_for(
+            lambda: (d := stack.get(path))["last_seen_at"] and d, 60, "the first reading"
+        )
+        assert first["power"] in ("standby", "off"), first
+
+        def send(power: str) -> dict[str, Any]:
+            code, sent = call(
+                stack, tech, "POST", f"{path}/commands", {"power": power, "reason": "test"}
+            )
+            assert code == 202, sent
+            cmd_id = sent[0]["cmd_id"]
+
+            def final() -> dict[str, Any] | None:
+                _, rows = call(stack, tech, "GET", f"{path}/commands")
+                row = next(r for r in rows if r["cmd_id"] == cmd_id)
+                if row["state"] == "done" and not row["confirmed_at"]:
+                    return None  # done, not yet confirmed by a reading
+                return row if row["state"] in ("done", "failed", "expired") else None
+
+            row: dict[str, Any] = wait_for(final, 30, f"the power-{power} command settled")
+            return row
+
+        on = send("on")
+        reading = stack.get(path)
+        busy = send("off")  # still warming: the device's agent says inconsistentValue
+        print(
+            f"\n[snmp power] on: {on['state']} ({on['answer']}), power {reading['power']}; "
+            f"off while warming: {busy['state']} ({busy['answer']})"
+        )
+        assert on["state"] == "done" and "noError" in on["answer"], on
+        assert on["confirmed_at"] is not None
+        assert reading["power"] in ("on", "warming")
+        assert busy["state"] == "failed" and "inconsistentValue" in busy["answer"], busy
+    except BaseException:
+        print(stack.logs())
+        raise

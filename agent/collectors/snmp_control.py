@@ -5,6 +5,7 @@ comes back with its error status (notWritable, wrongValue, ...).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from agent.collectors import Target
@@ -13,8 +14,14 @@ from fleet.protocol.profiles import SnmpSetObject
 
 
 class SnmpControl:
+    """Power and input by SNMP v1/v2c SET of the profile's `power_set` / `input_set` object
+    (RFC 3416 SetRequest); the answer is the device's error-status by name, or noError."""
+
     def __init__(self) -> None:
         self._engine: Any = None
+        # The loop the engine was made in: pysnmp's engine binds its transport to one loop,
+        # so a control used from another (a second asyncio.run) makes an engine of its own.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def set_power(self, target: Target, on: bool) -> ControlAnswer:
         settings = target.profile.snmp
@@ -60,8 +67,9 @@ class SnmpControl:
         settings = target.profile.snmp
         if target.snmp_v3 is not None:
             return ControlAnswer(False, "SET over SNMPv3 is not supported yet: not sent")
-        if self._engine is None:
-            self._engine = SnmpEngine()
+        loop = asyncio.get_running_loop()
+        if self._engine is None or self._loop is not loop:
+            self._engine, self._loop = SnmpEngine(), loop
         mp_model = 0 if settings is not None and settings.version == "1" else 1
         poll = target.profile.poll
         transport = await UdpTransportTarget.create(

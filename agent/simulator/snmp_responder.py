@@ -1,5 +1,6 @@
 """A small SNMP v1/v2c agent for simulated devices: GET and GETNEXT (enough for snmpwalk),
-and SET of the one object that starts a firmware update.
+and SET of the objects a profile names: the firmware-URL object that starts an update, and
+`snmp.power_set` / `snmp.input_set`, which switch the device as its buttons would.
 
 One UDP socket per simulated device, all in one asyncio loop and without an SnmpEngine, so a
 thousand devices cost a thousand sockets and little else. Messages are decoded and encoded with
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pyasn1.codec.ber import decoder, encoder
+from pyasn1.type import univ
 from pysnmp.proto import api
 from pysnmp.proto.api import verdec
 
@@ -49,8 +51,22 @@ class SnmpQuirks:
 OidTuple = tuple[int, ...]
 _TOO_BIG = 1  # error-status
 _NO_SUCH_NAME = 2  # SNMPv1 error-status
+_BAD_VALUE = 3  # SNMPv1 error-status
 _GEN_ERR = 5  # error-status
-_NOT_WRITABLE = 17  # SNMPv2 error-status
+# SNMPv2 error-status (RFC 3416 section 3); an SNMPv1 agent says noSuchName or badValue
+# instead (the RFC 3584 section 4.3 mapping).
+_NO_ACCESS = 6
+_WRONG_TYPE = 7
+_WRONG_VALUE = 10
+_INCONSISTENT_VALUE = 12
+_NOT_WRITABLE = 17
+_V1_STATUS = {
+    _NO_ACCESS: _NO_SUCH_NAME,
+    _NOT_WRITABLE: _NO_SUCH_NAME,
+    _WRONG_TYPE: _BAD_VALUE,
+    _WRONG_VALUE: _BAD_VALUE,
+    _INCONSISTENT_VALUE: _BAD_VALUE,
+}
 _INT32 = (-(2**31), 2**31 - 1)
 
 # MIB-II's system group, served by every simulated device whether or not its profile reads
@@ -63,6 +79,12 @@ SYSTEM_GROUP = (
     SnmpObject(field="metrics.sys_name", oid="1.3.6.1.2.1.1.5.0", type="string"),
     SnmpObject(field="metrics.sys_location", oid="1.3.6.1.2.1.1.6.0", type="string"),
 )
+
+
+def _is(value: Any, kind: type[univ.Integer] | type[univ.OctetString]) -> bool:
+    """The var-bind's value is exactly of that ASN.1 type (its tag): a Counter32 or an
+    IpAddress is not an INTEGER or an OCTET STRING for a SET, though pyasn1 subclasses them."""
+    return bool(getattr(value, "tagSet", None) == kind.tagSet)
 
 
 def _oid(text: str) -> OidTuple:
@@ -96,6 +118,8 @@ class DeviceResponder(asyncio.DatagramProtocol):
         self.behaviour = behaviour
         self.table = table
         self.community = community.encode()
+        # Communities that read but may not write (a `rocommunity`): a SET is refused noAccess.
+        self.read_only_communities: set[bytes] = set()
         self.alive = True
         # OIDs this device does not have (noSuchObject), for tests of partial answers.
         self.missing: set[str] = set()
@@ -141,11 +165,13 @@ class DeviceResponder(asyncio.DatagramProtocol):
             request, _ = decoder.decode(data, asn1Spec=p_mod.Message())
         except Exception:
             return None  # not SNMP v1/v2c: real agents drop it
-        if bytes(p_mod.apiMessage.get_community(request)) != self.community:
+        community = bytes(p_mod.apiMessage.get_community(request))
+        if community != self.community and community not in self.read_only_communities:
             return None
         pdu = p_mod.apiMessage.get_pdu(request)
         if pdu.isSameTypeWith(p_mod.SetRequestPDU()):
-            return self._set(p_mod, version, request, pdu)
+            writable = community == self.community
+            return self._set(p_mod, version, request, pdu, writable)
         if pdu.isSameTypeWith(p_mod.GetRequestPDU()):
             next_ = False
         elif pdu.isSameTypeWith(p_mod.GetNextRequestPDU()):
@@ -191,25 +217,83 @@ class DeviceResponder(asyncio.DatagramProtocol):
         p_mod.apiPDU.set_varbinds(response_pdu, var_binds)
         return bytes(encoder.encode(response))
 
-    def _set(self, p_mod: Any, version: int, request: Any, pdu: Any) -> bytes:
-        """SET: only the profile's firmware-URL object is writable; taking it starts an update
-        (download, check, reboot), as a device's own updater would."""
+    def _set(self, p_mod: Any, version: int, request: Any, pdu: Any, writable: bool) -> bytes:
+        """SET, all or nothing as RFC 3416 4.2.5 asks: every var-bind is checked before any is
+        applied. Writable are the profile's firmware-URL object (taking it starts an update:
+        download, check, reboot, as a device's own updater would), and its `power_set` and
+        `input_set` objects. A refusal carries the error a real agent gives: noAccess for a
+        read-only community, notWritable for another object, wrongType, wrongValue for a value
+        the object does not take, inconsistentValue for a power switch while warming or
+        cooling (PJLink's ERR3)."""
         response = p_mod.apiMessage.get_response(request)
         response_pdu = p_mod.apiMessage.get_pdu(response)
         var_binds = list(p_mod.apiPDU.get_varbinds(pdu))
-        url_oid = self.behaviour.profile.update.snmp_url_oid
-        for index, (oid, _value) in enumerate(var_binds, start=1):
-            if url_oid is None or tuple(oid) != _oid(url_oid):
-                # notWritable (v2c), noSuchName (v1)
-                status = _NO_SUCH_NAME if version == api.SNMP_VERSION_1 else _NOT_WRITABLE
+        actions: list[tuple[str, Any]] = []
+        for index, (oid, value) in enumerate(var_binds, start=1):
+            status, action = (
+                (_NO_ACCESS, None) if not writable else self._set_action(tuple(oid), value)
+            )
+            if status:
+                if version == api.SNMP_VERSION_1:
+                    status = _V1_STATUS.get(status, status)
                 p_mod.apiPDU.set_error_status(response_pdu, status)
                 p_mod.apiPDU.set_error_index(response_pdu, index)
                 break
+            actions.append(cast(tuple[str, Any], action))
         else:
-            url = bytes(var_binds[0][1]).decode(errors="replace")
-            self.update_task = asyncio.get_running_loop().create_task(take_update(self, url))
+            self._apply(actions)
         p_mod.apiPDU.set_varbinds(response_pdu, var_binds)
         return bytes(encoder.encode(response))
+
+    def _set_action(self, key: OidTuple, value: Any) -> tuple[int, tuple[str, Any] | None]:
+        """(error-status, what to do): error-status 0 when the var-bind may be applied."""
+        profile = self.behaviour.profile
+        url_oid = profile.update.snmp_url_oid
+        if url_oid is not None and key == _oid(url_oid):
+            if not _is(value, univ.OctetString):
+                return _WRONG_TYPE, None
+            return 0, ("firmware", bytes(value).decode(errors="replace"))
+        settings = profile.snmp
+        for kind, obj in (
+            ("power", settings.power_set if settings else None),
+            ("input", settings.input_set if settings else None),
+        ):
+            if obj is None or key != _oid(obj.oid):
+                continue
+            if obj.type == "int":
+                if not _is(value, univ.Integer):
+                    return _WRONG_TYPE, None
+                written = str(int(value))
+            else:
+                if not _is(value, univ.OctetString):
+                    return _WRONG_TYPE, None
+                written = bytes(value).decode(errors="replace")
+            # What was asked: the name the written value stands for (no map: the name itself).
+            names = {v: k for k, v in (obj.values or {}).items()}
+            wanted = names.get(written) if obj.values is not None else written
+            if kind == "power":
+                if wanted not in ("on", "off"):
+                    return _WRONG_VALUE, None
+                if self.behaviour.power().value in ("warming", "cooling"):
+                    return _INCONSISTENT_VALUE, None
+                return 0, ("power", wanted == "on")
+            if wanted is None or wanted not in profile.simulation.inputs:
+                return _WRONG_VALUE, None
+            if not self.behaviour.on:
+                return _INCONSISTENT_VALUE, None  # an input is chosen only with the display on
+            return 0, ("input", wanted)
+        return _NOT_WRITABLE, None
+
+    def _apply(self, actions: list[tuple[str, Any]]) -> None:
+        for kind, argument in actions:
+            if kind == "firmware":
+                self.update_task = asyncio.get_running_loop().create_task(
+                    take_update(self, argument)
+                )
+            elif kind == "power":
+                self.behaviour.switch(argument)
+            else:
+                self.behaviour.select_input(argument)
 
     def _value(self, p_mod: Any, key: OidTuple, now: Any) -> Any:
         obj = self.table.by_oid.get(key)

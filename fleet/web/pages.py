@@ -1,4 +1,6 @@
-"""The fleet overview and one site's page. `?partial=1` returns only the part that refreshes."""
+"""The fleet overview and one site's page. `?partial=1` returns only the part that refreshes.
+The site page also shows the site's power schedule and its exception dates, and takes an
+exception date added or deleted by ops or the site's technicians (same-origin form posts)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ from collections import defaultdict
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, available_timezones
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
-from sqlmodel import col, select
+from fastapi import APIRouter, Form, Path, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sqlmodel import Session, col, select
 
 from fleet.alerts.queries import (
     OpenAlerts,
@@ -17,12 +20,22 @@ from fleet.alerts.queries import (
     unacknowledged_alerts_by_site,
 )
 from fleet.api.deps import SessionDep
+from fleet.api.params import SiteCodePath
 from fleet.auth.permissions import Allow, Caller
+from fleet.commands.power_exceptions import (
+    ExceptionIn,
+    ExceptionNotFound,
+    add_exception,
+    remove_exception,
+    site_exceptions,
+    site_schedule,
+)
 from fleet.devices.queries import find_devices
 from fleet.devices.registry import timetable_from_json
-from fleet.models import Device
-from fleet.protocol.messages import SITE_CODE_PATTERN, utcnow
+from fleet.models import Device, Site
+from fleet.protocol.messages import CONTROL_RE, SITE_CODE_PATTERN, utcnow
 from fleet.sites.queries import SiteNotFound, site_detail
+from fleet.time_window import Day
 from fleet.web.i18n import (
     LANG_COOKIE,
     LANGUAGES,
@@ -41,7 +54,7 @@ from fleet.web.overview import (
 )
 from fleet.web.templating import render, state_rank
 from fleet.web.timetable_chart import local_now, week_chart
-from fleet.web.viewer import ViewerDep
+from fleet.web.viewer import Viewer, ViewerDep
 
 router = APIRouter(include_in_schema=False)
 VENDOR_DEVICES_SHOWN = 500  # a vendor's devices on its overview; the API pages through more
@@ -89,6 +102,20 @@ def site_page(
     viewer: ViewerDep,
     partial: bool = False,
 ) -> HTMLResponse:
+    return _site_page(request, session, caller, viewer, code, partial=partial)
+
+
+def _site_page(
+    request: Request,
+    session: Session,
+    caller: Caller,
+    viewer: Viewer,
+    code: str,
+    *,
+    partial: bool = False,
+    problem: str = "",
+    status_code: int = 200,
+) -> HTMLResponse:
     try:
         if not re.fullmatch(SITE_CODE_PATTERN, code):
             raise SiteNotFound(code)  # no site can have it: not looked up
@@ -133,7 +160,60 @@ def site_page(
         local=local_now(timetable, tz, now),
         week=week_chart(timetable, tz, now),
         now=now,
+        power=_power_schedule(session, code) if not partial else None,
+        problem=problem,
+        status_code=status_code,
     )
+
+
+def _power_schedule(session: Session, code: str) -> dict[str, Any]:
+    """The site's power schedule as `GET /api/v1/sites/{code}/power-schedule` gives it, with
+    each exception date's note and who added it."""
+    return {"schedule": site_schedule(session, code), "exceptions": site_exceptions(session, code)}
+
+
+@router.post("/sites/{code}/power-exceptions")
+def add_exception_from_page(
+    code: SiteCodePath,
+    request: Request,
+    session: SessionDep,
+    # The same permission and site scope as the API's route: ops, a technician of this site.
+    caller: Annotated[Caller, Allow("devices:command")],
+    viewer: ViewerDep,
+    day: Annotated[str, Form(max_length=100)] = "",
+    note: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """The site page's form: what `POST /api/v1/sites/{code}/power-exceptions` does, audited
+    alike; a date or note the API would refuse is said on the page (422)."""
+    if session.get(Site, code) is None:
+        raise PageNotFound(f"There is no site {code!r}.", "The overview lists every site.")
+    try:
+        # A form's text may hold what a note may not (a pasted control character): dropped.
+        body = ExceptionIn.model_validate({"day": day, "note": CONTROL_RE.sub("", note)})
+    except ValidationError as exc:
+        request.state.audit_outcome = "failed 422"
+        reasons = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
+        return _site_page(request, session, caller, viewer, code, problem=reasons, status_code=422)
+    add_exception(session, code, body, caller)
+    return RedirectResponse(f"/sites/{code}#power", status_code=303)
+
+
+@router.post("/sites/{code}/power-exceptions/{day}/delete")
+def remove_exception_from_page(
+    code: SiteCodePath,
+    day: Annotated[Day, Path()],
+    session: SessionDep,
+    caller: Annotated[Caller, Allow("devices:command")],
+) -> Response:
+    """The site page's delete button (a form cannot send DELETE): what `DELETE
+    /api/v1/sites/{code}/power-exceptions/{day}` does, audited alike; 404 when there is none."""
+    try:
+        remove_exception(session, code, day, caller)
+    except ExceptionNotFound:
+        raise PageNotFound(
+            f"There is no exception on {day.isoformat()} at {code}.", "The site page lists them."
+        ) from None
+    return RedirectResponse(f"/sites/{code}#power", status_code=303)
 
 
 def _local_path(path: str) -> str:

@@ -3,55 +3,42 @@ in use: what fleet/commands/schedules.py judges. Ops, and technicians for their 
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
-from typing import Annotated, Literal
+from datetime import datetime, timedelta
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
-from sqlmodel import col, select
+from sqlmodel import select
 
 from fleet.api.deps import SessionDep
 from fleet.api.params import SiteCodePath
 from fleet.auth.audit import record
 from fleet.auth.permissions import Allow, Caller
-from fleet.commands.models import PowerException, PowerSchedule, RoomInUse
+from fleet.commands import power_exceptions
+from fleet.commands.models import PowerSchedule, RoomInUse
+from fleet.commands.power_exceptions import (
+    ExceptionIn,
+    ExceptionNotFound,
+    Minutes,
+    Note,
+    PolicyIn,
+    ScheduleOut,
+    site_schedule,
+)
 from fleet.models import Room, Site
-from fleet.protocol.messages import DEVICE_ID_PATTERN, TEXT_PATTERN, utcnow
+from fleet.protocol.messages import DEVICE_ID_PATTERN, utcnow
 from fleet.time_window import WINDOW, Day
 
 router = APIRouter(prefix="/api/v1/sites/{code}", tags=["power schedules"])
 
-Minutes = Annotated[int, Field(ge=1, le=24 * 60)]
 RoomId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
-Note = Annotated[str, Field(max_length=500, pattern=TEXT_PATTERN)]
-
-
-class PolicyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    mode: Literal["notify_only", "act"] = "notify_only"
-    off_after_last_class_min: Minutes | None = None
-    off_after_idle_min: Minutes | None = None
 
 
 class ScheduleIn(PolicyIn):
     """The site's policy, and rooms whose own policy overrides it."""
 
     rooms: dict[RoomId, PolicyIn] = Field(default_factory=dict, max_length=1000)
-
-
-class ScheduleOut(PolicyIn):
-    rooms: dict[str, PolicyIn] = Field(default_factory=dict)
-    exceptions: list[date] = Field(default_factory=list)
-    rooms_in_use: dict[str, datetime] = Field(default_factory=dict)
-
-
-class ExceptionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    day: Day
-    note: Note = ""
 
 
 class InUseIn(BaseModel):
@@ -71,24 +58,7 @@ def _site(session: SessionDep, code: str) -> Site:
 @router.get("/power-schedule", dependencies=[Allow("devices:command")])
 def get_schedule(code: SiteCodePath, session: SessionDep) -> ScheduleOut:
     _site(session, code)
-    rows = session.exec(select(PowerSchedule).where(PowerSchedule.site_code == code)).all()
-    policy = {r.room_id: PolicyIn.model_validate(r, from_attributes=True) for r in rows}
-    base = policy.pop("", PolicyIn())
-    now = utcnow()
-    return ScheduleOut(
-        **base.model_dump(),
-        rooms=policy,
-        exceptions=sorted(
-            e.day
-            for e in session.exec(select(PowerException).where(PowerException.site_code == code))
-        ),
-        rooms_in_use={
-            r.room_id: r.until
-            for r in session.exec(
-                select(RoomInUse).where(RoomInUse.site_code == code, col(RoomInUse.until) > now)
-            )
-        },
-    )
+    return site_schedule(session, code)
 
 
 @router.put("/power-schedule")
@@ -153,24 +123,7 @@ def add_exception(
 ) -> ExceptionIn:
     """A local date on which the site's power schedules do nothing (exam, event, holiday)."""
     _site(session, code)
-    session.merge(
-        PowerException(
-            site_code=code,
-            day=body.day,
-            note=body.note,
-            created_by=caller.name,
-            created_at=utcnow(),
-        )
-    )
-    record(
-        session,
-        actor=caller.name,
-        role=caller.role,
-        action="power_exception.add",
-        target=f"site {code}",
-        detail=body.model_dump(mode="json"),
-    )
-    session.commit()
+    power_exceptions.add_exception(session, code, body, caller)
     return body
 
 
@@ -181,19 +134,10 @@ def remove_exception(
     session: SessionDep,
     caller: Annotated[Caller, Allow("devices:command")],
 ) -> None:
-    row = session.get(PowerException, (code, day))
-    if row is None:
-        raise HTTPException(404, f"no exception on {day.isoformat()} at {code}")
-    session.delete(row)
-    record(
-        session,
-        actor=caller.name,
-        role=caller.role,
-        action="power_exception.remove",
-        target=f"site {code}",
-        detail={"day": day.isoformat()},
-    )
-    session.commit()
+    try:
+        power_exceptions.remove_exception(session, code, day, caller)
+    except ExceptionNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
 
 
 @router.post("/rooms/{room_id}/in-use", status_code=201)
