@@ -87,6 +87,15 @@ FIELDS = {
 }
 # The rollout page's buttons (fleet/web/templates/_rollouts.html).
 ROLLOUT_MOVES = {"start": N_("Start"), "pause": N_("Pause"), "resume": N_("Resume")}
+# The installation programme's milestones (fleet.protocol.site_config.Milestone); the API keeps
+# the codes.
+MILESTONES = {
+    "agreement_signed": N_("agreement signed"),
+    "equipment_delivered": N_("equipment delivered"),
+    "installed": N_("installed"),
+    "training_done": N_("training done"),
+    "in_use": N_("in use"),
+}
 FLAGS = {"ok": N_("ok"), "warning": N_("warning"), "error": N_("error")}
 _UNITS = (("_pct", " (%)"), ("_c", " (°C)"), ("_s", " (s)"), ("_hours", " (h)"))
 
@@ -110,3 +119,18 @@ def word(t: gettext.NullTranslations, table: dict[str, str], code: str | None) -
     if code in table:
         return t.gettext(table[code])
     return readable(code)
+
+
+def milestone_text(
+    t: gettext.NullTranslations, milestone: str, phase: int, room: str | None = None
+) -> str:
+    """A milestone with where it stands, in the page's language: "training done (phase 1)",
+    "installed (phase 2, B-101)"; `room` None or empty: the phase's own milestone."""
+    shown = word(t, MILESTONES, milestone)
+    if room:
+        return t.gettext("%(milestone)s (phase %(phase)s, %(room)s)") % {
+            "milestone": shown,
+            "phase": phase,
+            "room": room,
+        }
+    return t.gettext("%(milestone)s (phase %(phase)s)") % {"milestone": shown, "phase": phase}
