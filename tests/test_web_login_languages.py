@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from html import unescape
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +24,7 @@ from tests.test_login_security import set_up_totp
 DIRECTION = {"en": "ltr", "fr": "ltr", "ar": "rtl", "ru": "ltr"}
 
 
-def make_client(engine: Engine, **settings: str) -> TestClient:
+def make_client(engine: Engine, **settings: Any) -> TestClient:
     app = create_app(Settings(database_url=str(engine.url), **settings), engine=engine)
     return TestClient(app)
 
