@@ -11,22 +11,24 @@ import functools
 import gettext
 from collections import defaultdict
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session, col, select
 
 from fleet.api.deps import SessionDep
+from fleet.api.params import SiteCodePath
 from fleet.auth.permissions import Allow
 from fleet.models import Site
 from fleet.programme.overview import Located, located_milestones, progress
 from fleet.programme.queries import milestone_ref, site_programmes
-from fleet.programme.records import site_today
+from fleet.programme.records import ProgrammeError, get_site, site_today
 from fleet.programme.schemas import MilestoneRef
+from fleet.programme.timeline import build_timeline, timeline_svg
 from fleet.protocol.messages import utcnow
 from fleet.web.i18n import language_of, translations
 from fleet.web.templating import render
 from fleet.web.viewer import ViewerDep
-from fleet.web.words import milestone_text
+from fleet.web.words import milestone_text, timeline_words
 
 router = APIRouter(include_in_schema=False)
 NULL_TRANSLATIONS = gettext.NullTranslations()
@@ -73,3 +75,22 @@ def programme_page(request: Request, session: SessionDep, viewer: ViewerDep) -> 
         sites=site_programmes(session, utcnow()),
         label=functools.partial(milestone_label, t=translations(language_of(request))),
     )
+
+
+@router.get(
+    "/programme/{code}/timeline.svg",
+    response_class=Response,
+    dependencies=[Allow("programme:read")],
+)
+def timeline_image(request: Request, code: SiteCodePath, session: SessionDep) -> Response:
+    """The site's timeline as `GET /api/v1/sites/{code}/timeline.svg` draws it, its words in
+    the page's language (the API's stays English, with its codes)."""
+    try:
+        site = get_site(session, code)
+    except ProgrammeError:
+        raise HTTPException(404, "no such site") from None
+    timeline = build_timeline(
+        site, located_milestones(session, site.code), site_today(site, utcnow())
+    )
+    words = timeline_words(translations(language_of(request)))
+    return Response(timeline_svg(timeline, words), media_type="image/svg+xml")

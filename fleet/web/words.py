@@ -9,6 +9,8 @@ from __future__ import annotations
 import gettext
 import re
 
+from fleet.programme.timeline import TimelineWords
+
 
 def N_(message: str) -> str:  # the name Babel's extractor looks for
     """Marks a msgid for the catalogs; translated where it is shown."""
@@ -134,3 +136,22 @@ def milestone_text(
             "room": room,
         }
     return t.gettext("%(milestone)s (phase %(phase)s)") % {"milestone": shown, "phase": phase}
+
+
+def timeline_words(t: gettext.NullTranslations) -> TimelineWords:
+    """The programme timeline's words (fleet.programme.timeline) in the page's language."""
+    return TimelineWords(
+        milestones={code: t.gettext(text) for code, text in MILESTONES.items()},
+        phase=t.gettext(N_("phase %(phase)s")),
+        phase_room=t.gettext(N_("phase %(phase)s · %(room)s")),
+        title=t.gettext(N_("%(site)s: programme, planned against actual (as of %(today)s)")),
+        planned=t.gettext(N_("%(milestone)s planned %(day)s")),
+        planned_late=t.gettext(N_("%(milestone)s planned %(day)s (late)")),
+        happened=t.gettext(N_("%(milestone)s %(day)s")),
+        happened_span=t.gettext(N_("%(milestone)s %(day)s to %(end)s")),
+        undated=t.gettext(N_("reached, date not given: %(milestones)s")),
+        today=t.gettext(N_("today")),
+        legend=t.gettext(
+            N_("filled: happened · hollow diamond: planned · red: planned date passed")
+        ),
+    )
