@@ -87,6 +87,14 @@ FIELDS = {
     "info": N_("Information (PJLink)"),
     "cleaned": N_("Cleaned by the agent"),
 }
+# A power or input command (fleet.commands.models.DeviceCommand): its kind and state.
+COMMAND_KINDS = {"power": N_("power"), "input": N_("input")}
+COMMAND_STATES = {
+    "sent": N_("sent"),
+    "done": N_("done"),
+    "failed": N_("failed"),
+    "expired": N_("expired"),
+}
 # The rollout page's buttons (fleet/web/templates/_rollouts.html).
 ROLLOUT_MOVES = {"start": N_("Start"), "pause": N_("Pause"), "resume": N_("Resume")}
 # The installation programme's milestones (fleet.protocol.site_config.Milestone); the API keeps
@@ -155,3 +163,63 @@ def timeline_words(t: gettext.NullTranslations) -> TimelineWords:
             N_("filled: happened · hollow diamond: planned · red: planned date passed")
         ),
     )
+
+
+# A device's state reason as fleet.devices.state words it (stored in English, the API's), each
+# pattern with the msgid the pages say it with; a reason no pattern knows is shown as stored.
+REASONS = (
+    (re.compile(r"never heard"), N_("never heard")),
+    (re.compile(r"reachable, power (?P<power>[a-z]+)"), N_("reachable, power %(power)s")),
+    (re.compile(r"reachable, power not reported"), N_("reachable, power not reported")),
+    (
+        re.compile(r"(?P<power>standby|power [a-z]+) during class hours"),
+        N_("%(power)s during class hours"),
+    ),
+    (
+        re.compile(r"(?P<power>standby|power [a-z]+) outside class hours \(expected\)"),
+        N_("%(power)s outside class hours (expected)"),
+    ),
+    (
+        re.compile(
+            r"no answer outside class hours: taken as switched off \(expected\) \((?P<why>.*)\)"
+        ),
+        N_("no answer outside class hours: taken as switched off (expected) (%(why)s)"),
+    ),
+    (
+        re.compile(r"cannot reach (?P<device>\S+): (?P<why>.*)"),
+        N_("cannot reach %(device)s: %(why)s"),
+    ),
+    (re.compile(r"error flags: (?P<flags>.*)"), N_("error flags: %(flags)s")),
+)
+_REASON_TAIL = re.compile(
+    r"^(?P<head>.*?)(?:, input (?P<input>[^;]*))?(?:; warnings: (?P<warnings>.*))?$"
+)
+
+
+def reason_text(t: gettext.NullTranslations, reason: str | None) -> str:
+    """A stored state reason in the page's language: "reachable, power on, input HDMI1" ->
+    "joignable, alimentation allumée, entrée HDMI1". Unknown wording: as stored."""
+    if not reason:
+        return reason or ""
+    tail = _REASON_TAIL.match(reason)
+    head = tail.group("head") if tail else reason
+    for pattern, message in REASONS:
+        found = pattern.fullmatch(head)
+        if found is None:
+            continue
+        values = dict(found.groupdict())
+        if "power" in values:
+            power = values["power"]
+            if power.startswith("power ") and "reachable" not in message:
+                values["power"] = t.gettext(N_("power %(state)s")) % {
+                    "state": word(t, POWER, power.removeprefix("power "))
+                }
+            else:
+                values["power"] = word(t, POWER, power)
+        text = t.gettext(message) % values if values else t.gettext(message)
+        if tail and tail.group("input"):
+            text += t.gettext(N_(", input %(input)s")) % {"input": tail.group("input")}
+        if tail and tail.group("warnings"):
+            text += t.gettext(N_("; warnings: %(warnings)s")) % {"warnings": tail.group("warnings")}
+        return text
+    return reason
