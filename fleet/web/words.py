@@ -94,6 +94,8 @@ COMMAND_STATES = {
     "done": N_("done"),
     "failed": N_("failed"),
     "expired": N_("expired"),
+    # A power schedule in notify_only mode: what it would have done, noted, nothing sent.
+    "notified": N_("notified"),
 }
 # The rollout page's buttons (fleet/web/templates/_rollouts.html).
 ROLLOUT_MOVES = {"start": N_("Start"), "pause": N_("Pause"), "resume": N_("Resume")}
