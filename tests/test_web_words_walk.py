@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from babel.messages.pofile import read_po
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
@@ -219,3 +221,33 @@ def test_the_device_page_says_its_reason_and_commands_in_the_language(
     assert "Команды питания и входа" in html and "Power and input commands" not in html
     assert "выполнена" in html and "(confirmed" not in html
     assert not re.search(r"\d\d:\d\d:\d\dZ", html)  # no UTC stamp: the site's time
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.text(),
+        st.builds(
+            lambda head, tail: head + tail,
+            st.sampled_from(
+                [
+                    "reachable, power ",
+                    "cannot reach ",
+                    "error flags: ",
+                    "standby during class hours",
+                    "power off outside class hours (expected)",
+                    "no answer outside class hours: taken as switched off (expected) (",
+                ]
+            ),
+            st.text(),
+        ),
+    ),
+    st.sampled_from(["en", "fr", "ar", "ru"]),
+)
+def test_any_stored_reason_is_shown(text: str, lang: str) -> None:
+    """A reason of any wording (an agent's error text, control characters, a placeholder-like
+    "%(x)s") is shown, translated where known, never an error; in English as stored."""
+    shown_text = words.reason_text(translations(lang), text)
+    assert isinstance(shown_text, str)
+    if lang == "en":
+        assert shown_text == text

@@ -212,12 +212,11 @@ def reason_text(t: gettext.NullTranslations, reason: str | None) -> str:
         values = dict(found.groupdict())
         if "power" in values:
             power = values["power"]
+            state = power.removeprefix("power ")
+            shown = t.gettext(POWER[state]) if state in POWER else state  # an unknown: as is
             if power.startswith("power ") and "reachable" not in message:
-                values["power"] = t.gettext(N_("power %(state)s")) % {
-                    "state": word(t, POWER, power.removeprefix("power "))
-                }
-            else:
-                values["power"] = word(t, POWER, power)
+                shown = t.gettext(N_("power %(state)s")) % {"state": shown}
+            values["power"] = shown
         text = t.gettext(message) % values if values else t.gettext(message)
         if tail and tail.group("input"):
             text += t.gettext(N_(", input %(input)s")) % {"input": tail.group("input")}
