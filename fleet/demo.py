@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -16,10 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
+import yaml
 
 from agent.runner import AgentOptions, SiteAgent
 from agent.simulator import SimulatedSite, start_site
-from agent.simulator.fault_schedule import plan_faults, run_faults
+from agent.simulator.fault_schedule import (
+    OPEN_LAB_CODE,
+    needs_open_lab,
+    open_lab_config,
+    plan_faults,
+    run_faults,
+)
 from fleet.auth.demo_users import DEMO_PASSWORD, demo_tokens
 from fleet.embedded_broker import EmbeddedBroker, free_port
 from fleet.protocol.broker_url import BrokerAddress, parse_mqtt_url
@@ -79,14 +87,22 @@ async def run_demo(options: DemoOptions) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     options.data_dir.mkdir(parents=True, exist_ok=True)
-    sites = load_sites(options.sites_dir, options.profiles_dir)
+    sites_dir = options.sites_dir
+    sites = load_sites(sites_dir, options.profiles_dir)
+    if options.faults and needs_open_lab(sites, utcnow()):
+        sites_dir = _with_open_lab(options.sites_dir, options.data_dir / "demo-sites")
+        sites = load_sites(sites_dir, options.profiles_dir)
+        options.say(
+            "no site is in class now: the demo adds its open lab (simulated, in class around "
+            "the clock), where a device goes unreachable and its alert opens after 10 min"
+        )
 
     broker = EmbeddedBroker()
     await broker.start()
     settings = Settings(
         data_dir=options.data_dir,
         mqtt_url=broker.url,
-        sites_dir=options.sites_dir,
+        sites_dir=sites_dir,
         profiles_dir=options.profiles_dir,
     )
     controller = await asyncio.to_thread(build_controller, settings)
@@ -151,6 +167,20 @@ async def run_demo(options: DemoOptions) -> None:
         await server_task
         controller.engine.dispose()
         await broker.stop()
+
+
+def _with_open_lab(sites_dir: Path, into: Path) -> Path:
+    """A folder with the site configs of `sites_dir` and the demo's open lab
+    (agent.simulator.fault_schedule.open_lab_config); the real configs are copied unchanged,
+    and the folder's old configs (of an earlier demo) replaced."""
+    into.mkdir(parents=True, exist_ok=True)
+    for old in into.glob("*.yaml"):
+        old.unlink()
+    for path in sites_dir.glob("*.yaml"):
+        shutil.copyfile(path, into / path.name)
+    lab = yaml.safe_dump(open_lab_config(), sort_keys=False, allow_unicode=True)
+    (into / f"{OPEN_LAB_CODE}.yaml").write_text(lab, encoding="utf-8")
+    return into
 
 
 def _schedule_faults(

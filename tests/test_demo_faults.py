@@ -5,8 +5,10 @@ simulated devices answer, and takes the small site's agent down and back."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,17 +20,26 @@ from agent.simulator.fault_schedule import (
     FAULTY,
     LAMP_WORN,
     LEFT_ON,
+    OPEN_LAB_CODE,
+    OPEN_LAB_DEVICE,
     OVERHEAT,
     SITE_OFFLINE,
     UNREACHABLE,
+    needs_open_lab,
     plan_faults,
     run_faults,
 )
+from fleet.alerts.models import AlertKind
+from fleet.alerts.rules import UNREACHABLE_AFTER, SiteClock, observe
+from fleet.demo import _with_open_lab
+from fleet.devices.state import DeviceFacts
 from fleet.protocol.messages import Flag, Power
-from fleet.protocol.site_config import load_sites
+from fleet.protocol.site_config import DEFAULT_SITES_DIR, LoadedSite, load_sites
 
 # Monday 3 March 2025, 20:00 UTC: after the last class at every Asian site, in class nowhere.
 MONDAY_EVENING = datetime(2025, 3, 3, 20, 0, tzinfo=UTC)
+# Sunday 2 March 2025, 23:00 UTC: no class at any site.
+SUNDAY_NIGHT = datetime(2025, 3, 2, 23, 0, tzinfo=UTC)
 
 
 def test_every_kind_is_planned_in_the_first_minutes() -> None:
@@ -135,3 +146,102 @@ def test_alerts_have_the_time_to_open() -> None:
     )
     assert plan[SITE_OFFLINE].lasting is not None
     assert plan[SITE_OFFLINE].lasting > timedelta(minutes=5)
+
+
+def _with_lab_if_needed(now: datetime, tmp: Path) -> list[LoadedSite]:
+    """The sites as `fleet demo` runs them at `now`: the real ones, and its open lab when no
+    real site is in class long enough."""
+    sites = load_sites()
+    if needs_open_lab(sites, now):
+        return load_sites(_with_open_lab(DEFAULT_SITES_DIR, tmp))
+    return sites
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)))
+def test_the_unreachable_alert_opens_at_any_hour(at: datetime) -> None:
+    """Whatever the time of day or week, the real rule (10 min of class time) opens the
+    device_unreachable alert on the demo's unreachable device while its fault lasts."""
+    now = at.replace(tzinfo=UTC)
+    with tempfile.TemporaryDirectory() as tmp:
+        sites = _with_lab_if_needed(now, Path(tmp))
+    fault = next(f for f in plan_faults(sites, now) if f.kind == UNREACHABLE)
+    site = next(s for s in sites if s.config.site.code == fault.site)
+    assert fault.lasting is not None and fault.after <= timedelta(minutes=1)
+    # The controller marks it unreachable within a minute of its silence; the alert must
+    # have opened before the fault ends and the device answers again.
+    since = now + fault.after + timedelta(minutes=1)
+    judged = now + fault.after + fault.lasting - timedelta(seconds=1)
+    device = DeviceFacts(fault.device or "", fault.site, "unreachable", since, since, 60.0)
+    clock = SiteClock(site.config.timetable, site.config.tz)
+    found = [o.finding for o in observe(device, None, None, clock, judged) if o.finding]
+    assert [f.kind for f in found] == [AlertKind.device_unreachable], (now, fault.site)
+    assert timedelta(minutes=10) == UNREACHABLE_AFTER  # the real rule, not a demo's
+
+
+def test_the_open_lab_is_added_only_when_no_site_is_in_class(tmp_path: Path) -> None:
+    sites = load_sites()
+    morning = datetime(2025, 3, 3, 5, 0, tzinfo=UTC)  # Monday: in class in Asia
+    assert not needs_open_lab(sites, morning)
+    assert needs_open_lab(sites, SUNDAY_NIGHT)
+    sunday_night = SUNDAY_NIGHT
+    folder = _with_open_lab(DEFAULT_SITES_DIR, tmp_path / "demo-sites")
+    for real in DEFAULT_SITES_DIR.glob("*.yaml"):  # the real sites as they are
+        assert (folder / real.name).read_bytes() == real.read_bytes()
+    with_lab = load_sites(folder)
+    assert len(with_lab) == len(sites) + 1
+    lab = next(s for s in with_lab if s.config.site.code == OPEN_LAB_CODE)
+    assert [d.id for _, d in lab.config.devices()] == [OPEN_LAB_DEVICE]
+    plan = plan_faults(with_lab, sunday_night)
+    by_kind = {f.kind: f for f in plan}
+    assert by_kind[UNREACHABLE].site == OPEN_LAB_CODE
+    assert by_kind[SITE_OFFLINE].site != OPEN_LAB_CODE  # the smallest real site goes offline
+    assert all(f.site != OPEN_LAB_CODE for f in plan if f.kind != UNREACHABLE)
+    # A second demo in the same folder starts from the real configs again.
+    (folder / "stale.yaml").write_text("not: a site\n")
+    assert len(load_sites(_with_open_lab(DEFAULT_SITES_DIR, folder))) == len(with_lab)
+
+
+@pytest.mark.timeout(180)
+def test_a_demo_outside_class_hours_runs_its_open_lab(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A demo started when no site is in class (made so here: the clock of the hour is the
+    one thing not under the test's control) serves the open lab beside the real sites, its
+    projector polled by its own agent, and plans the unreachable fault there."""
+    import httpx
+
+    import fleet.demo as demo
+
+    monkeypatch.setattr(demo, "needs_open_lab", lambda sites, now: True)
+    monkeypatch.setattr(demo, "plan_faults", lambda sites, now: plan_faults(sites, SUNDAY_NIGHT))
+    said: list[str] = []
+
+    async def scenario() -> None:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        options = demo.DemoOptions(
+            data_dir=tmp_path, port=0, say=said.append, stop=stop, ready=ready
+        )
+        task = asyncio.create_task(demo.run_demo(options))
+        try:
+            await asyncio.wait_for(ready.wait(), 60)
+            token = options.tokens["demo-ops"]
+            headers = {"Authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(base_url=options.urls["base"], headers=headers) as c:
+                deadline = asyncio.get_running_loop().time() + 60
+                while True:
+                    answer = await c.get(f"/api/v1/devices/{OPEN_LAB_DEVICE}")
+                    if answer.status_code == 200 and answer.json().get("state") == "online":
+                        break
+                    assert asyncio.get_running_loop().time() < deadline, answer.text
+                    await asyncio.sleep(0.5)
+                sites = (await c.get("/api/v1/sites")).json()
+            codes = [s["code"] for s in (sites["items"] if isinstance(sites, dict) else sites)]
+            assert OPEN_LAB_CODE in codes and "upm" in codes
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 60)
+
+    asyncio.run(scenario())
+    assert any("open lab" in line for line in said)
+    assert any(f"{UNREACHABLE} {OPEN_LAB_DEVICE}" in line for line in said)

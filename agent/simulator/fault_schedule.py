@@ -18,6 +18,7 @@ from agent.simulator import SimulatedSite
 from agent.simulator.behaviour import DeviceBehaviour
 from fleet.protocol.messages import Flag
 from fleet.protocol.site_config import LoadedSite
+from fleet.protocol.timetable import WEEKDAYS
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,14 @@ LEFT_ON = "left_on"  # on after the last class: alert left_on_after_hours
 SITE_OFFLINE = "site_offline"  # its agent stops: every device site_offline, alert site_offline
 
 ALERT_HOLD_MARGIN = timedelta(minutes=2)  # past the last class: the rule waits 30 min
+# The unreachable alert opens after 10 min of class time since the device stopped answering
+# (fleet.alerts.rules); the fault starts at 30 s and lasts 15 min: a site must be in class
+# for this long from the demo's start for the alert to open while the fault lasts.
+UNREACHABLE_CLASS_TIME = timedelta(minutes=13)
+# The demo's own site, added only when no real site has that much class time ahead: a
+# simulated open lab in class around the clock, so that the real rule fires on its device.
+OPEN_LAB_CODE = "demo-open-lab"
+OPEN_LAB_DEVICE = "demo-lab-projector"
 
 
 @dataclass(frozen=True)
@@ -54,16 +63,72 @@ def _after_hours(site: LoadedSite, now: datetime) -> bool:
     return last is None or now >= last + timedelta(minutes=30) + ALERT_HOLD_MARGIN
 
 
+def class_time_ahead(site: LoadedSite, now: datetime, span: timedelta) -> timedelta:
+    """Class time at the site in [now, now + span), by its timetable in its zone."""
+    timetable, tz = site.config.timetable, site.config.tz
+    return sum((b - a for a, b in timetable.class_intervals(now, now + span, tz)), timedelta())
+
+
+def _offline_site(sites: list[LoadedSite]) -> LoadedSite | None:
+    """The site the demo takes offline: the smallest real one (never the open lab)."""
+    real = [s for s in sites if s.config.site.code != OPEN_LAB_CODE] or sites
+    ranked = sorted(real, key=lambda s: (len(s.config.devices()), s.config.site.code))
+    return ranked[0] if ranked else None
+
+
+def needs_open_lab(sites: list[LoadedSite], now: datetime) -> bool:
+    """Whether no real site (but the one taken offline) is in class long enough from `now`
+    for the device_unreachable alert to open within the demo's first minutes."""
+    offline = _offline_site(sites)
+    window = UNREACHABLE_CLASS_TIME + timedelta(minutes=2)
+    return not any(
+        class_time_ahead(s, now, window) >= UNREACHABLE_CLASS_TIME
+        for s in sites
+        if s is not offline and s.config.site.code != OPEN_LAB_CODE
+    )
+
+
+def open_lab_config(profile: str = "snmp-projector") -> dict[str, object]:
+    """The demo's open lab as a site config (the YAML's shape, fleet.protocol.site_config):
+    one room with one simulated projector, in class every day from 00:00 to 23:59 UTC."""
+    every_day = ["00:00-23:59"]
+    return {
+        "site": {
+            "code": OPEN_LAB_CODE,
+            "name": "Demo open lab (simulated)",
+            "institution": "classroom-fleet demo",
+            "country": "none (simulated)",
+            "timezone": "UTC",
+        },
+        "illustrative": "Added by `fleet demo` when no real site is in class: an open lab in "
+        "class around the clock, so that an unreachable device raises its alert at any hour.",
+        "timetable": {"weekly": {day: every_day for day in WEEKDAYS}},
+        "agent": {"id": f"{OPEN_LAB_CODE}-agent-1"},
+        "rooms": [
+            {
+                "id": "demo-lab-1",
+                "name": "Open lab",
+                "devices": [{"id": OPEN_LAB_DEVICE, "profile": profile, "address": "192.0.2.250"}],
+            }
+        ],
+    }
+
+
 def plan_faults(sites: list[LoadedSite], now: datetime) -> list[ScheduledFault]:
     """The demo's faults, each on a different device, in the first few minutes. The site taken
-    offline is the smallest (it is back after seven minutes); the device made unreachable is at
-    a site in class `now` if any is; a device is left on at a site where it is after hours
-    `now`, if any is. A kind no device can show is left out."""
-    by_size = sorted(sites, key=lambda s: (len(s.config.devices()), s.config.site.code))
-    if not by_size:
+    offline is the smallest real one (it is back after seven minutes); the device made
+    unreachable is at a site in class for long enough from `now` if any is, else the open lab's
+    (`open_lab_config`, which the demo adds then: `needs_open_lab`); a device is left on at a
+    site where it is after hours `now`, if any is. A kind no device can show is left out."""
+    offline = _offline_site(sites)
+    if offline is None:
         return []
-    offline = by_size[0]
-    others = [s for s in sorted(sites, key=lambda s: s.config.site.code) if s is not offline]
+    lab = [s for s in sites if s.config.site.code == OPEN_LAB_CODE and s is not offline]
+    others = [
+        s
+        for s in sorted(sites, key=lambda s: s.config.site.code)
+        if s is not offline and s.config.site.code != OPEN_LAB_CODE
+    ]
     used: set[str] = set()
     plan: list[ScheduledFault] = []
 
@@ -93,9 +158,14 @@ def plan_faults(sites: list[LoadedSite], now: datetime) -> list[ScheduledFault]:
 
         return test
 
-    # The unreachable alert counts class minutes (10): a site in class now shows it soonest.
-    in_class = [s for s in others if s.config.timetable.in_class(now, s.config.tz)]
-    code, device = pick(lambda s, d: True, in_class + others)
+    # The unreachable alert counts class minutes (10): a site in class long enough from now
+    # shows it while the fault lasts; else the open lab, in class around the clock.
+    ahead = UNREACHABLE_CLASS_TIME + timedelta(minutes=2)
+    in_class = sorted(
+        (s for s in others if class_time_ahead(s, now, ahead) >= UNREACHABLE_CLASS_TIME),
+        key=lambda s: -class_time_ahead(s, now, ahead),
+    )
+    code, device = pick(lambda s, d: True, in_class + lab + others)
     if device:
         plan.append(
             ScheduledFault(

@@ -7,7 +7,8 @@ classroom, a hollow diamond where a milestone is planned, a filled mark or bar w
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 from xml.sax.saxutils import escape
@@ -25,6 +26,36 @@ COLOURS = {
 }
 LATE = "#e31a1c"
 LABEL_W, PLOT_W, ROW_H, TOP, PAD = 190, 680, 34, 40, 10
+
+
+@dataclass(frozen=True)
+class TimelineWords:
+    """The SVG's words, English by default; the dashboard gives its page's language's
+    (`fleet.web.words.timeline_words`). Each `%(name)s` is filled in here; `milestones` maps a
+    milestone's code to its name (a code not in it is shown with spaces for underscores)."""
+
+    milestones: Mapping[str, str] = field(default_factory=dict)
+    phase: str = "phase %(phase)s"
+    phase_room: str = "phase %(phase)s · %(room)s"
+    title: str = "%(site)s: programme, planned against actual (as of %(today)s)"
+    planned: str = "%(milestone)s planned %(day)s"
+    planned_late: str = "%(milestone)s planned %(day)s (late)"
+    happened: str = "%(milestone)s %(day)s"
+    happened_span: str = "%(milestone)s %(day)s to %(end)s"
+    undated: str = "reached, date not given: %(milestones)s"
+    today: str = "today"
+    legend: str = "filled: happened · hollow diamond: planned · red: planned date passed"
+
+    def milestone(self, name: MilestoneName) -> str:
+        return self.milestones.get(name.value) or name.value.replace("_", " ")
+
+    def subject(self, phase: int, room: str | None) -> str:
+        if room:
+            return self.phase_room % {"phase": phase, "room": room}
+        return self.phase % {"phase": phase}
+
+
+ENGLISH = TimelineWords()
 
 
 @dataclass(frozen=True)
@@ -78,7 +109,9 @@ def timeline_json(timeline: Timeline) -> dict[str, Any]:
     }
 
 
-def timeline_svg(timeline: Timeline) -> str:
+def timeline_svg(timeline: Timeline, words: TimelineWords = ENGLISH) -> str:
+    """The timeline as a standalone SVG document (text; no script, nothing fetched), its
+    words in `words`' language."""
     start, end = timeline.span()
     total = max((end - start).days, 1)
 
@@ -88,7 +121,7 @@ def timeline_svg(timeline: Timeline) -> str:
     rows = list(timeline.rows.items())
     height = TOP + ROW_H * max(len(rows), 1) + 76
     width = LABEL_W + PLOT_W + PAD
-    title = f"{timeline.site.name}: programme, planned against actual (as of {timeline.today})"
+    title = words.title % {"site": timeline.site.name, "today": timeline.today}
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
@@ -105,7 +138,8 @@ def timeline_svg(timeline: Timeline) -> str:
         out.append(f'<text x="{tx:.1f}" y="{bottom + 14}" text-anchor="middle">{tick:%Y-%m}</text>')
     for index, (subject, items) in enumerate(rows):
         y = TOP + ROW_H * index + ROW_H / 2
-        out.append(f'<text x="{PAD}" y="{y + 4:.1f}">{escape(subject)}</text>')
+        shown = words.subject(items[0].phase, items[0].room) if items else subject
+        out.append(f'<text x="{PAD}" y="{y + 4:.1f}">{escape(shown)}</text>')
         out.append(
             f'<line x1="{LABEL_W}" y1="{y:.1f}" x2="{LABEL_W + PLOT_W}" y2="{y:.1f}" '
             'stroke="#eee"/>'
@@ -113,24 +147,27 @@ def timeline_svg(timeline: Timeline) -> str:
         undated = []
         labels: list[tuple[float, str, str]] = []
         for m in items:
-            shapes, label = _marks(m, x, y, timeline.today)
+            shapes, label = _marks(m, x, y, timeline.today, words)
             out += shapes
             labels += label
             if m.facts.reached and m.facts.actual is None:
-                undated.append(m.facts.milestone.value)
+                undated.append(words.milestone(m.facts.milestone))
         out += _place_labels(labels, y)
         if undated:
             out.append(
                 f'<text x="{PAD}" y="{y + 15:.1f}" font-size="9" fill="#555">'
-                f"reached, date not given: {escape(', '.join(undated))}</text>"
+                f"{escape(words.undated % {'milestones': ', '.join(undated)})}</text>"
             )
     tx = x(timeline.today)
     out.append(
         f'<line x1="{tx:.1f}" y1="{TOP - 10}" x2="{tx:.1f}" y2="{bottom}" stroke="{LATE}" '
         'stroke-dasharray="4 3"/>'
     )
-    out.append(f'<text x="{tx:.1f}" y="{TOP - 12}" text-anchor="middle" fill="{LATE}">today</text>')
-    out += _legend(bottom + 34)
+    out.append(
+        f'<text x="{tx:.1f}" y="{TOP - 12}" text-anchor="middle" fill="{LATE}">'
+        f"{escape(words.today)}</text>"
+    )
+    out += _legend(bottom + 34, words)
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -163,50 +200,50 @@ def _place_labels(labels: list[tuple[float, str, str]], y: float) -> list[str]:
 
 
 def _marks(
-    m: Located, x: Any, y: float, today: date
+    m: Located, x: Any, y: float, today: date, words: TimelineWords
 ) -> tuple[list[str], list[tuple[float, str, str]]]:
     """A milestone's shapes, and its label (x, name, colour) for `_place_labels` to lay out."""
     colour = COLOURS[m.facts.milestone]
-    name = escape(m.facts.milestone.value)
+    label = words.milestone(m.facts.milestone)
     out = []
     labels: list[tuple[float, str, str]] = []
     if m.facts.planned is not None:
         px = x(m.facts.planned)
         stroke = LATE if is_overdue(m.facts, today) else colour
-        late = " (late)" if is_overdue(m.facts, today) else ""
+        said = words.planned_late if is_overdue(m.facts, today) else words.planned
+        tip = said % {"milestone": label, "day": m.facts.planned}
         out.append(
             f'<path d="M{px:.1f} {y - 6:.1f} L{px + 6:.1f} {y:.1f} L{px:.1f} {y + 6:.1f} '
             f'L{px - 6:.1f} {y:.1f} Z" fill="white" stroke="{stroke}" stroke-width="2">'
-            f"<title>{name} planned {m.facts.planned}{late}</title></path>"
+            f"<title>{escape(tip)}</title></path>"
         )
     if m.facts.actual is not None:
         ax = x(m.facts.actual)
         end = m.facts.actual_end or m.facts.actual
         width = max(x(end) - ax, 4.0)
-        span = f"{m.facts.actual}" + (f" to {m.facts.actual_end}" if m.facts.actual_end else "")
+        said = words.happened_span if m.facts.actual_end else words.happened
+        tip = said % {"milestone": label, "day": m.facts.actual, "end": m.facts.actual_end}
         out.append(
             f'<rect x="{ax - 2:.1f}" y="{y - 6:.1f}" width="{width:.1f}" height="12" rx="2" '
-            f'fill="{colour}"><title>{name} {span}</title></rect>'
+            f'fill="{colour}"><title>{escape(tip)}</title></rect>'
         )
-        labels.append((ax, m.facts.milestone.value, colour))
+        labels.append((ax, label, colour))
     elif m.facts.planned is not None:
-        labels.append((x(m.facts.planned), m.facts.milestone.value, colour))
+        labels.append((x(m.facts.planned), label, colour))
     return out, labels
 
 
-def _legend(y: float) -> list[str]:
+def _legend(y: float, words: TimelineWords) -> list[str]:
     out = []
     lx = float(PAD)
     for name in ORDER:
+        shown = words.milestone(name)
         out.append(
             f'<rect x="{lx:.0f}" y="{y - 9:.0f}" width="10" height="10" fill="{COLOURS[name]}"/>'
         )
-        out.append(f'<text x="{lx + 14:.0f}" y="{y:.0f}">{name.value}</text>')
-        lx += 24 + 7 * len(name.value)
-    out.append(
-        f'<text x="{PAD}" y="{y + 16:.0f}">filled: happened · hollow diamond: planned · '
-        "red: planned date passed</text>"
-    )
+        out.append(f'<text x="{lx + 14:.0f}" y="{y:.0f}">{escape(shown)}</text>')
+        lx += 24 + 7 * len(shown)
+    out.append(f'<text x="{PAD}" y="{y + 16:.0f}">{escape(words.legend)}</text>')
     return out
 
 

@@ -10,12 +10,48 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from fleet.api.deps import SessionDep, SettingsDep
-from fleet.auth.login import LoginRefused, log_in
+from fleet.auth.login import WRONG, LoginRefused, log_in
 from fleet.auth.permissions import SESSION_COOKIE, Allow
 from fleet.auth.tokens import issue_api_token
+from fleet.web.i18n import language_of, translations
 from fleet.web.templating import render
+from fleet.web.words import N_
 
 router = APIRouter(include_in_schema=False)
+
+
+# The login's refusals (fleet.auth.login says them in English, for the API) as the page says
+# them in its language; the policy behind them stays in fleet.auth.login.
+WRONG_LOGIN = N_("Wrong user name or password, or the user is revoked: check them, or ask ops.")
+WRONG_CODE = N_(
+    "The second factor is wrong or missing: give the 6-digit code your authenticator app "
+    "shows now (or an unused recovery code)."
+)
+THROTTLED = {
+    "account": N_(
+        "Too many failed logins for this account: wait %(seconds)s s and try again, or ask ops."
+    ),
+    "address": N_(
+        "Too many failed logins from this address: wait %(seconds)s s and try again, or ask ops."
+    ),
+}
+MUST_ENROL = N_(
+    "Your role needs a second factor before the dashboard opens: set it up through the API "
+    "(POST /api/v1/auth/totp, then /api/v1/auth/totp/confirm), then log in here with its code."
+)
+
+
+def refusal_text(refused: LoginRefused, lang: str) -> str:
+    """A refused login's reason in the page's language: a wrong name or password, a wrong or
+    missing code, or too many failures (by account or by address, with the seconds to wait).
+    A reason this page does not know is shown as the login gave it."""
+    t = translations(lang)
+    if refused.status == 429 and refused.retry_after is not None:
+        by = "account" if "this account" in refused.message else "address"
+        return t.gettext(THROTTLED[by]) % {"seconds": refused.retry_after}
+    if refused.status == 401:
+        return t.gettext(WRONG_LOGIN if refused.message == WRONG else WRONG_CODE)
+    return refused.message[:1].upper() + refused.message[1:] + "."
 
 
 def _safe_next(next_path: str) -> str:
@@ -55,17 +91,13 @@ def login_submit(
             "login.html",
             status_code=refused.status,
             next=_safe_next(next),
-            problem=refused.message[:1].upper() + refused.message[1:] + ".",
+            problem=refusal_text(refused, language_of(request)),
         )
         if refused.retry_after is not None:
             page.headers["Retry-After"] = str(refused.retry_after)
         return page
     if done.must_enrol_second_factor:
-        problem = (
-            "Your role needs a second factor before the dashboard opens: set it up through the "
-            "API (POST /api/v1/auth/totp, then /api/v1/auth/totp/confirm), then log in here "
-            "with its code."
-        )
+        problem = translations(language_of(request)).gettext(MUST_ENROL)
         return render(
             request, "login.html", status_code=403, next=_safe_next(next), problem=problem
         )

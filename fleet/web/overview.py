@@ -132,7 +132,7 @@ def site_rows(
     alerts = unacknowledged_alerts_by_site(session, caller)
     # A site's installation programme is its own business, not a vendor's.
     is_vendor = caller is not None and caller.vendor is not None
-    milestones = {} if is_vendor else milestones_by_site(session)
+    milestones = {} if is_vendor else milestones_by_site(session, t)
     rows = []
     for site in site_summaries(session, caller):
         open_alerts = alerts.get(site.code, OpenAlerts())

@@ -163,6 +163,8 @@ WORD_TABLES = {
     "agent": words.AGENT_STATES,
     "field": words.FIELDS,
     "flag": words.FLAGS,
+    "command": words.COMMAND_KINDS,
+    "command_state": words.COMMAND_STATES,
 }
 
 
@@ -171,6 +173,13 @@ def word(context: Context, code: str | None, table: str) -> str:
     """`{{ d.state | word("state") }}`: a code's word in the page's language."""
     t = context.get("t") or translations("en")
     return words.word(t, WORD_TABLES[table], code)
+
+
+@pass_context
+def reason(context: Context, text: str | None) -> str:
+    """`{{ d.state_reason | reason | stamps }}`: a stored state reason in the page's language."""
+    t = context.get("t") or translations("en")
+    return words.reason_text(t, text)
 
 
 def epoch(value: datetime | None) -> int:
@@ -207,7 +216,14 @@ def _environment() -> Environment:
         auto_reload=False,
     )
     env.filters.update(
-        stamps=stamps, word=word, utc=utc, epoch=epoch, number=number, when=when, local=local
+        stamps=stamps,
+        word=word,
+        reason=reason,
+        utc=utc,
+        epoch=epoch,
+        number=number,
+        when=when,
+        local=local,
     )
     env.globals.update(
         state_rank=state_rank, STATE_ORDER=STATE_ORDER, LANGUAGES=LANGUAGES, SITE_ZONE=SITE_ZONE

@@ -9,6 +9,8 @@ from __future__ import annotations
 import gettext
 import re
 
+from fleet.programme.timeline import TimelineWords
+
 
 def N_(message: str) -> str:  # the name Babel's extractor looks for
     """Marks a msgid for the catalogs; translated where it is shown."""
@@ -85,8 +87,27 @@ FIELDS = {
     "info": N_("Information (PJLink)"),
     "cleaned": N_("Cleaned by the agent"),
 }
+# A power or input command (fleet.commands.models.DeviceCommand): its kind and state.
+COMMAND_KINDS = {"power": N_("power"), "input": N_("input")}
+COMMAND_STATES = {
+    "sent": N_("sent"),
+    "done": N_("done"),
+    "failed": N_("failed"),
+    "expired": N_("expired"),
+    # A power schedule in notify_only mode: what it would have done, noted, nothing sent.
+    "notified": N_("notified"),
+}
 # The rollout page's buttons (fleet/web/templates/_rollouts.html).
 ROLLOUT_MOVES = {"start": N_("Start"), "pause": N_("Pause"), "resume": N_("Resume")}
+# The installation programme's milestones (fleet.protocol.site_config.Milestone); the API keeps
+# the codes.
+MILESTONES = {
+    "agreement_signed": N_("agreement signed"),
+    "equipment_delivered": N_("equipment delivered"),
+    "installed": N_("installed"),
+    "training_done": N_("training done"),
+    "in_use": N_("in use"),
+}
 FLAGS = {"ok": N_("ok"), "warning": N_("warning"), "error": N_("error")}
 _UNITS = (("_pct", " (%)"), ("_c", " (°C)"), ("_s", " (s)"), ("_hours", " (h)"))
 
@@ -110,3 +131,96 @@ def word(t: gettext.NullTranslations, table: dict[str, str], code: str | None) -
     if code in table:
         return t.gettext(table[code])
     return readable(code)
+
+
+def milestone_text(
+    t: gettext.NullTranslations, milestone: str, phase: int, room: str | None = None
+) -> str:
+    """A milestone with where it stands, in the page's language: "training done (phase 1)",
+    "installed (phase 2, B-101)"; `room` None or empty: the phase's own milestone."""
+    shown = word(t, MILESTONES, milestone)
+    if room:
+        return t.gettext("%(milestone)s (phase %(phase)s, %(room)s)") % {
+            "milestone": shown,
+            "phase": phase,
+            "room": room,
+        }
+    return t.gettext("%(milestone)s (phase %(phase)s)") % {"milestone": shown, "phase": phase}
+
+
+def timeline_words(t: gettext.NullTranslations) -> TimelineWords:
+    """The programme timeline's words (fleet.programme.timeline) in the page's language."""
+    return TimelineWords(
+        milestones={code: t.gettext(text) for code, text in MILESTONES.items()},
+        phase=t.gettext(N_("phase %(phase)s")),
+        phase_room=t.gettext(N_("phase %(phase)s · %(room)s")),
+        title=t.gettext(N_("%(site)s: programme, planned against actual (as of %(today)s)")),
+        planned=t.gettext(N_("%(milestone)s planned %(day)s")),
+        planned_late=t.gettext(N_("%(milestone)s planned %(day)s (late)")),
+        happened=t.gettext(N_("%(milestone)s %(day)s")),
+        happened_span=t.gettext(N_("%(milestone)s %(day)s to %(end)s")),
+        undated=t.gettext(N_("reached, date not given: %(milestones)s")),
+        today=t.gettext(N_("today")),
+        legend=t.gettext(
+            N_("filled: happened · hollow diamond: planned · red: planned date passed")
+        ),
+    )
+
+
+# A device's state reason as fleet.devices.state words it (stored in English, the API's), each
+# pattern with the msgid the pages say it with; a reason no pattern knows is shown as stored.
+REASONS = (
+    (re.compile(r"never heard"), N_("never heard")),
+    (re.compile(r"reachable, power (?P<power>[a-z]+)"), N_("reachable, power %(power)s")),
+    (re.compile(r"reachable, power not reported"), N_("reachable, power not reported")),
+    (
+        re.compile(r"(?P<power>standby|power [a-z]+) during class hours"),
+        N_("%(power)s during class hours"),
+    ),
+    (
+        re.compile(r"(?P<power>standby|power [a-z]+) outside class hours \(expected\)"),
+        N_("%(power)s outside class hours (expected)"),
+    ),
+    (
+        re.compile(
+            r"no answer outside class hours: taken as switched off \(expected\) \((?P<why>.*)\)"
+        ),
+        N_("no answer outside class hours: taken as switched off (expected) (%(why)s)"),
+    ),
+    (
+        re.compile(r"cannot reach (?P<device>\S+): (?P<why>.*)"),
+        N_("cannot reach %(device)s: %(why)s"),
+    ),
+    (re.compile(r"error flags: (?P<flags>.*)"), N_("error flags: %(flags)s")),
+)
+_REASON_TAIL = re.compile(
+    r"^(?P<head>.*?)(?:, input (?P<input>[^;]*))?(?:; warnings: (?P<warnings>.*))?$"
+)
+
+
+def reason_text(t: gettext.NullTranslations, reason: str | None) -> str:
+    """A stored state reason in the page's language: "reachable, power on, input HDMI1" ->
+    "joignable, alimentation allumée, entrée HDMI1". Unknown wording: as stored."""
+    if not reason:
+        return reason or ""
+    tail = _REASON_TAIL.match(reason)
+    head = tail.group("head") if tail else reason
+    for pattern, message in REASONS:
+        found = pattern.fullmatch(head)
+        if found is None:
+            continue
+        values = dict(found.groupdict())
+        if "power" in values:
+            power = values["power"]
+            state = power.removeprefix("power ")
+            shown = t.gettext(POWER[state]) if state in POWER else state  # an unknown: as is
+            if power.startswith("power ") and "reachable" not in message:
+                shown = t.gettext(N_("power %(state)s")) % {"state": shown}
+            values["power"] = shown
+        text = t.gettext(message) % values if values else t.gettext(message)
+        if tail and tail.group("input"):
+            text += t.gettext(N_(", input %(input)s")) % {"input": tail.group("input")}
+        if tail and tail.group("warnings"):
+            text += t.gettext(N_("; warnings: %(warnings)s")) % {"warnings": tail.group("warnings")}
+        return text
+    return reason
