@@ -64,9 +64,7 @@ def upgrade() -> None:
             ["alert_id"], ["alert.id"], name=op.f("fk_email_delivery_alert_id_alert")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_email_delivery")),
-    )
-    op.create_index(
-        op.f("ix_email_delivery_message_id"), "email_delivery", ["message_id"], unique=True
+        sa.UniqueConstraint("message_id", name=op.f("uq_email_delivery_message_id")),
     )
     op.create_index(
         op.f("ix_email_delivery_alert_id"), "email_delivery", ["alert_id"], unique=False
