@@ -193,3 +193,53 @@ def test_hostile_bodies_are_refused_with_a_reason_and_good_ones_still_work(
     for row in listed.json():  # whatever was accepted is well-formed
         assert "@" in row["email"] and row["site_code"] in (None, "upm")
         client.delete(f"{SUBS}/{row['id']}", headers=tech)
+
+
+def test_dashboard_marks_silenced_alerts_and_shows_who_did_what(
+    client: TestClient, tokens: Tokens, registered: Engine
+) -> None:
+    from sqlmodel import Session
+
+    from fleet.alerts.models import Alert
+
+    ops, tech = tokens.headers("ops"), tokens.headers("technician")
+    now = datetime.now(UTC)
+    ids = {}
+    with Session(registered) as session:
+        for site in ("upm", "usthb"):
+            alert = Alert(
+                kind="site_offline",
+                severity="critical",
+                state="acknowledged",
+                subject=f"site:{site}",
+                site_code=site,
+                message="site agent offline",
+                opened_at=now,
+                updated_at=now,
+                acknowledged_at=now,
+                acknowledged_by="tech-upm",
+                ack_note="generator on its way",
+            )
+            session.add(alert)
+            session.commit()
+            ids[site] = alert.id
+    made = client.post(
+        SILENCES, json={"site": "upm", "reason": "power cut", "ends_at": soon()}, headers=tech
+    )
+    assert made.status_code == 201
+
+    listed = client.get("/alerts", headers=ops).text
+    row = listed.split(f'data-alert="{ids["upm"]}"')[1].split("</tr>")[0]
+    assert 'data-testid="silenced"' in row
+    other = listed.split(f'data-alert="{ids["usthb"]}"')[1].split("</tr>")[0]
+    assert 'data-testid="silenced"' not in other
+
+    page = client.get(f"/alerts/{ids['upm']}", headers=ops)
+    assert page.status_code == 200
+    acknowledged = page.text.split('data-testid="acknowledged">')[1].split("</dd>")[0]
+    assert "tech-upm" in acknowledged and "generator on its way" in acknowledged
+    silenced = page.text.split('data-testid="silenced">')[1].split("</dd>")[0]
+    assert "tech-upm" in silenced
+    # Another site's alert is not the technician's to see: not found, as a missing one.
+    assert client.get(f"/alerts/{ids['usthb']}", headers=tech).status_code == 404
+    assert client.get("/alerts/999999", headers=tech).status_code == 404

@@ -196,3 +196,19 @@ def hold_for(conn: Connection, alert_id: int, now: datetime) -> Hold:
         if ended is not None and alert["resolved_at"] <= (ended[1] or ended[0]):
             return Hold(drop=True)
     return Hold()
+
+
+def silenced_now(
+    conn: Connection, alerts: Iterable[tuple[int, str, str | None]], now: datetime
+) -> dict[int, Muted]:
+    """Of these (alert id, site, device), those a silence mutes at `now`, with the silence:
+    what the dashboard marks as silenced, even before the notice job has recorded it."""
+    silences = active(conn, now)
+    if not silences:
+        return {}
+    out: dict[int, Muted] = {}
+    for alert_id, site, device in alerts:
+        found = covering(silences, site, room_of(conn, device), device)
+        if found is not None:
+            out[alert_id] = found
+    return out

@@ -13,7 +13,7 @@ from fleet.alerts import silences
 from fleet.alerts.schemas import SilenceIn, SilenceOut
 from fleet.alerts.silences import SilenceNotFound, SilenceOutOfPlace
 from fleet.api.deps import SessionDep
-from fleet.api.params import Row32IdPath, limit_query
+from fleet.api.params import Row32IdPath, limit_query, refused
 from fleet.auth.audit import record
 from fleet.auth.permissions import Allow, Caller
 from fleet.models import Site
@@ -52,10 +52,18 @@ def create_silence(
         raise HTTPException(404, f"no site {body.site!r}: GET /api/v1/sites lists the codes")
     starts = body.starts_at or now
     if body.ends_at <= max(starts, now):
-        raise HTTPException(422, "ends_at must be after starts_at and in the future")
+        raise refused(
+            "body",
+            "ends_at",
+            "ends_at must be after starts_at and in the future",
+            body.ends_at.isoformat(),
+        )
     if body.ends_at - starts > MAX_LENGTH:
-        raise HTTPException(
-            422, f"a silence lasts at most {MAX_LENGTH.days} days: retire the device instead"
+        raise refused(
+            "body",
+            "ends_at",
+            f"a silence lasts at most {MAX_LENGTH.days} days: retire the device instead",
+            body.ends_at.isoformat(),
         )
     try:
         silence = silences.create(
