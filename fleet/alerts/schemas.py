@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.alerts.models import Severity
 from fleet.protocol.messages import DEVICE_ID_PATTERN, SITE_CODE_PATTERN, TEXT_PATTERN
+from fleet.time_window import Instant
 
 # An address as RFC 5321 bounds it (local part 64, whole 254), printable ASCII, no spaces: the
 # SMTP server is the judge of the rest, and a refused address is recorded on its delivery.
@@ -91,8 +92,8 @@ class SilenceIn(BaseModel):
     room: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
     device: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
     reason: str = Field(min_length=1, max_length=500, pattern=TEXT_PATTERN)
-    starts_at: AwareDatetime | None = None
-    ends_at: AwareDatetime
+    starts_at: Instant | None = None
+    ends_at: Instant
 
 
 class SilenceOut(BaseModel):
