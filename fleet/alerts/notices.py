@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, Table, insert, select
+from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select
 from sqlmodel import SQLModel
 from ulid import ULID
 
@@ -59,17 +59,10 @@ def notify_due(engine: Engine, policy: NoticePolicy, now: datetime) -> None:
 def advance(conn: Connection, policy: NoticePolicy, now: datetime) -> list[tuple[int, int]]:
     """Move every unresolved alert that is due to its next level, in the caller's transaction;
     returns (alert id, level reached) for each move."""
-    rows = list(
-        conn.execute(
-            select(ALERTS)
-            .where(ALERTS.c.state != AlertState.resolved.value, ALERTS.c.notice_level < OPS)
-            .order_by(ALERTS.c.id)
-            .limit(BATCH)
-        ).mappings()
-    )
+    silences = active(conn, now)
+    rows = _candidates(conn, policy, silences, now)
     if not rows:
         return []
-    silences = active(conn, now)
     rooms = _rooms(conn, [r["device_id"] for r in rows if r["device_id"]])
     moved: list[tuple[int, int]] = []
     for alert in rows:
@@ -93,6 +86,35 @@ def advance(conn: Connection, policy: NoticePolicy, now: datetime) -> list[tuple
         conn.execute(ALERTS.update().where(ALERTS.c.id == alert["id"]).values(**values))
         moved.append((alert["id"], level))
     return moved
+
+
+def _candidates(
+    conn: Connection, policy: NoticePolicy, silences: list[Muted], now: datetime
+) -> list[Any]:
+    """The alerts that may move now: those nobody was told of yet, and open ones whose
+    severity's delay has passed at their level. An alert already marked with a silence still
+    in force is left out, so a muted site's many alerts never crowd out another's new one."""
+    not_muted = or_(
+        ALERTS.c.silence_id.is_(None), ALERTS.c.silence_id.not_in([s.id for s in silences])
+    )
+    fresh = select(ALERTS).where(
+        ALERTS.c.state != AlertState.resolved.value, ALERTS.c.notice_level == 0, not_muted
+    )
+    since = func.coalesce(ALERTS.c.escalated_at, ALERTS.c.noticed_at)
+    due = [
+        and_(ALERTS.c.severity == severity, since <= now - delay)
+        for severity, delay in policy.escalate_after.items()
+    ]
+    rows = list(conn.execute(fresh.order_by(ALERTS.c.id).limit(BATCH)).mappings())
+    if due:
+        waiting = select(ALERTS).where(
+            ALERTS.c.state == AlertState.open.value,
+            ALERTS.c.notice_level.between(SUBSCRIBERS, OPS - 1),
+            or_(*due),
+            not_muted,
+        )
+        rows += conn.execute(waiting.order_by(ALERTS.c.id).limit(BATCH)).mappings()
+    return rows
 
 
 def _due_level(alert: Any, policy: NoticePolicy, now: datetime) -> int | None:
