@@ -1,6 +1,6 @@
 """E-mail subscriptions to alerts: each user lists, adds and removes their own. A technician
-subscribes to their own sites only, a vendor to alerts about its own devices (whatever site
-it names); a site outside the caller's scope answers as an unknown one."""
+subscribes to their own sites only, a vendor to alerts about its own devices (and names no
+site); a site outside the caller's scope answers as an unknown one."""
 
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def subscribe(
     MAX_PER_USER."""
     if body.site is not None:
         site = session.get(Site, body.site)
-        visible = caller.role == "vendor" or caller.sites is None or body.site in caller.sites
-        if site is None or not visible:
+        # A vendor names no site (a site's business is not its own): its subscriptions cover
+        # its devices wherever they are, as if it had named none.
+        if site is None or not caller.may_see_site(body.site):
             raise HTTPException(404, f"no site {body.site!r}: GET /api/v1/sites lists the codes")
     count = len(
         session.exec(
