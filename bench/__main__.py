@@ -1,12 +1,18 @@
-"""`make bench`: every benchmark in turn, each printing its figure, its limit and the ratio.
+"""`make bench`: every benchmark in turn, each printing its figure, its limit and the ratio,
+then every target again as one table (figure, limit, ratio, goal, met or MISSED).
 
-`python -m bench --quick` runs the tiny version of each (what `make test` keeps from rotting).
+    python -m bench [--quick | --full]
+
+`--quick` runs the tiny version of each (what `make test` keeps from rotting); `--full` adds
+the scales that take long (the API at 100,000 devices).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from bench.targets import RESULTS, summary
 
 BENCHMARKS = [
     "bench.agent_poll",
@@ -17,6 +23,8 @@ BENCHMARKS = [
     "bench.memory",
     "bench.soak",
 ]
+# The benchmarks that take `--full`; the others run the same either way.
+FULL = {"bench.api"}
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +32,9 @@ def main(argv: list[str]) -> int:
     for name in BENCHMARKS:
         print(f"\n=== {name} ===", flush=True)
         module = importlib.import_module(name)
-        status |= module.main(argv)
+        args = argv if name in FULL else [a for a in argv if a != "--full"]
+        status |= module.main(args)
+    print("\n" + summary(RESULTS))
     return status
 
 

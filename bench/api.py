@@ -1,23 +1,27 @@
 """API latency with a large fleet registered, against the bare SQL of the same data.
 
-    python -m bench.api [--quick] [--sites 100] [--devices-per-site 100] [--requests 200]
+    python -m bench.api [--quick | --full] [--sites 100] [--devices-per-site 100] [--requests 200]
 
 A SQLite database is seeded through the real registry sync (10,000 devices across 100 sites by
-default) and given a latest state per device. The app runs in-process under Starlette's
-TestClient (the whole ASGI stack, auth and serialisation included, no socket), called as ops
-with a bearer token. Each endpoint's p50 and p95 is compared with the bare sqlite3 query that
-fetches the same rows, timed in the same run:
+default; `--full` then does it again with 100,000 across 1,000 sites, the scale the README's
+scale-out section promises) and given a latest state per device. The app runs in-process
+under httpx's ASGI transport (the whole ASGI stack, auth and serialisation included, no
+socket), called as ops with a bearer token. Each endpoint's p50 and p95 is compared with the
+bare sqlite3 query that fetches the same rows, timed in the same run:
 
 - fleet overview: `GET /api/v1/sites` and the dashboard `/`, against the per-site, per-state
   counts plus the site, agent and open-alert rows;
-- `GET /api/v1/devices?site=..&state=..`, against the same count and page of device rows.
+- `GET /api/v1/devices?site=..&state=..`, against the same count and page of device rows;
+- `GET /api/v1/devices` unfiltered, its first page and a page deep in the fleet by cursor
+  (`after=`), against the same count and keyset page.
 
-Target: p95 no more than 3 x the bare SQL's p95.
+Target: p95 no more than 2 x the bare SQL's p95.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sqlite3
 import statistics
@@ -28,15 +32,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import Engine, text
 
+from bench.targets import target
 from fleet.db import make_engine, migrate
+from fleet.devices.queries import ORDER
 from fleet.devices.registry import sync_registry
 from fleet.protocol.profiles import load_profiles
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, LoadedSite, check_site
 
 STATES = ["online"] * 4 + ["standby", "unreachable", "site_offline", "faulty", "unknown"]
-LIMIT = 3.0
+LIMIT = 2.0
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
 
 
@@ -191,15 +198,39 @@ def bare_devices(db: sqlite3.Connection, site: str, state: str) -> Callable[[], 
     return query
 
 
-def report(name: str, ours: Timing, bare: Timing) -> bool:
+def bare_device_page(db: sqlite3.Connection, after: str | None) -> Callable[[], Any]:
+    from fleet.devices.schemas import DeviceOut
+
+    columns = ", ".join(DeviceOut.model_fields)
+
+    def query() -> Any:
+        total = db.execute("SELECT count(*) FROM device WHERE retired_at IS NULL").fetchone()
+        rows = db.execute(
+            f"SELECT {columns} FROM device WHERE retired_at IS NULL AND id > ? "
+            "ORDER BY id LIMIT 101",
+            (after or "",),
+        ).fetchall()
+        return total, rows
+
+    return query
+
+
+def report(name: str, ours: Timing, bare: Timing, devices: int) -> bool:
     ratio = ours[1] / bare[1] if bare[1] else 0.0
-    met = ratio <= LIMIT
     print(
         f"  {name}: p50 {ours[0] * 1000:.2f} ms, p95 {ours[1] * 1000:.2f} ms; "
         f"bare SQL p50 {bare[0] * 1000:.2f} ms, p95 {bare[1] * 1000:.2f} ms; "
-        f"ratio p95 {ratio:.1f} (target <= {LIMIT:.0f}): {'met' if met else 'MISSED'}"
+        f"ratio p95 {ratio:.1f} (target <= {LIMIT:.0f})"
     )
-    return met
+    found = target(
+        f"API {name}, {devices:,} devices: p95 vs bare SQL",
+        ours[1] * 1000,
+        bare[1] * 1000,
+        "ms",
+        goal=LIMIT,
+        at_least=False,
+    )
+    return found.met
 
 
 def run(tmp: Path, sites: int, per_site: int, requests: int) -> None:
@@ -214,28 +245,42 @@ def run(tmp: Path, sites: int, per_site: int, requests: int) -> None:
     engine = seed(path, sites, per_site)
     print(
         f"seeded {sites * per_site:,} devices across {sites} sites "
-        f"in {time.perf_counter() - start:.1f} s; app under TestClient (in-process ASGI)"
+        f"in {time.perf_counter() - start:.1f} s; app in-process over ASGI"
     )
     token = user_token(engine, "bench-ops", "ops", ttl=timedelta(hours=1))
     app = create_app(Settings(database_url=f"sqlite:///{path}", data_dir=tmp), engine=engine)
     headers = {"Authorization": f"Bearer {token}"}
     db = sqlite3.connect(path)
     site, state = site_code(sites // 2), "online"
-    with TestClient(app, headers=headers, cookies={"fleet_token": token}) as client:
+    # TestClient runs the app's lifespan; the requests go through httpx's ASGI transport on
+    # this thread's own event loop: TestClient's portal hands every request to another
+    # thread and back several times, which on a busy 2-core machine cost more than the
+    # request itself and is no part of what a deployment serves.
+    loop = asyncio.new_event_loop()
+    asgi = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://bench",
+        headers=headers,
+        cookies={"fleet_token": token},
+    )
+    with TestClient(app, headers=headers, cookies={"fleet_token": token}):
 
         def get(url: str, **params: str) -> Callable[[], Any]:
             def call() -> Any:
-                response = client.get(url, params=params)
+                response = loop.run_until_complete(asgi.get(url, params=params))
                 if response.status_code != 200:
                     raise RuntimeError(f"GET {url}: {response.status_code} {response.text[:200]}")
                 return response
 
             return call
 
+        devices = sites * per_site
         report(
-            "GET /api/v1/sites", *timed_against(get("/api/v1/sites"), bare_overview(db), requests)
+            "GET /api/v1/sites",
+            *timed_against(get("/api/v1/sites"), bare_overview(db), requests),
+            devices,
         )
-        report("GET / (dashboard)", *timed_against(get("/"), bare_overview(db), requests))
+        report("GET / (dashboard)", *timed_against(get("/"), bare_overview(db), requests), devices)
         floor = timed(get("/api/v1/devices", site="none"), requests)
         print(
             f"  floor (auth, routing, session; no rows): GET /api/v1/devices?site=none: "
@@ -248,7 +293,28 @@ def run(tmp: Path, sites: int, per_site: int, requests: int) -> None:
                 bare_devices(db, site, state),
                 requests,
             ),
+            devices,
         )
+        report(
+            "GET /api/v1/devices (first page)",
+            *timed_against(get("/api/v1/devices"), bare_device_page(db, None), requests),
+            devices,
+        )
+        # A page half-way through the fleet, reached as a client does: by the cursor a page
+        # before it handed out.
+        middle = db.execute(
+            "SELECT id FROM device ORDER BY id LIMIT 1 OFFSET ?", (devices // 2,)
+        ).fetchone()[0]
+        cursor = ORDER.cursor((middle,))
+        report(
+            "GET /api/v1/devices?after=<cursor> (a page mid-fleet)",
+            *timed_against(
+                get("/api/v1/devices", after=cursor), bare_device_page(db, middle), requests
+            ),
+            devices,
+        )
+    loop.run_until_complete(asgi.aclose())
+    loop.close()
     db.close()
     engine.dispose()
 
@@ -259,11 +325,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices-per-site", type=int, default=100)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="a tiny run, to keep it working")
+    parser.add_argument("--full", action="store_true", help="then 100,000 devices (1,000 sites)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sites, args.devices_per_site, args.requests = 3, 20, 10
-    with tempfile.TemporaryDirectory() as tmp:
-        run(Path(tmp), args.sites, args.devices_per_site, args.requests)
+    scales = [(args.sites, args.devices_per_site)]
+    if args.full and not args.quick:
+        scales.append((args.sites * 10, args.devices_per_site))
+    for sites, per_site in scales:
+        with tempfile.TemporaryDirectory() as tmp:
+            run(Path(tmp), sites, per_site, args.requests)
     return 0
 
 

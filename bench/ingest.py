@@ -5,7 +5,8 @@
 - Batched: agents publish batches of 50 readings; readings persisted per second by the real
   controller ingest (paho subscriber, ack after commit) on SQLite, against a raw sqlite3
   `executemany` of the same rows into the same table (the database limit); likewise on
-  PostgreSQL against a raw psycopg `executemany`.
+  PostgreSQL against a raw psycopg COPY of the same rows (how bulk rows go in there).
+  Target: >= 0.5 x the limit on each.
 - One reading a message (the MQTT-native path): messages persisted per second, against a bare
   paho subscriber on the same broker that only counts (the transport limit).
 
@@ -34,6 +35,7 @@ from sqlalchemy import Engine, text
 from ulid import ULID
 
 from bench.brokers import OwnMosquitto, mosquitto_binary
+from bench.targets import target
 from fleet.db import make_engine, migrate
 from fleet.devices.registry import sync_registry
 from fleet.ingest.pipeline import Ingest
@@ -246,22 +248,23 @@ def raw_sqlite(path: Path, rows: list[dict[str, Any]]) -> float:
     return elapsed
 
 
-def raw_postgres(url: str, rows: list[dict[str, Any]]) -> float:
+def raw_postgres_copy(url: str, rows: list[dict[str, Any]]) -> float:
+    """Seconds for psycopg's COPY of `rows` into the sample table, one transaction."""
     import psycopg
     from sqlalchemy.engine import make_url
 
+    columns = list(rows[0]) if rows else []
     sa_url = make_url(url)
     options = sa_url.query.get("options")
     conninfo = sa_url.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
     with psycopg.connect(conninfo, options=str(options) if options else "") as conn:
         start = time.perf_counter()
-        with conn.cursor() as cur:
-            cur.executemany(
-                INSERT + "(%(device_id)s, %(ts)s, %(received_at)s, %(msg_id)s, %(reachable)s, "
-                "%(power)s, %(input)s, %(temperature_c)s, %(uptime_s)s, %(firmware)s, "
-                "%(metrics)s)",
-                rows,
-            )
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY sample ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(tuple(row.values()))
         conn.commit()
         return time.perf_counter() - start
 
@@ -299,10 +302,8 @@ def clear_samples(engine: Engine) -> None:
         conn.execute(text("DELETE FROM sample"))
 
 
-def report(name: str, figure: float, limit: float, unit: str) -> float:
-    ratio = figure / limit if limit else 0.0
-    print(f"{name}: {figure:,.0f} {unit}; limit {limit:,.0f} {unit}; ratio {ratio:.2f}")
-    return ratio
+def report(name: str, figure: float, limit: float, unit: str, goal: float) -> float:
+    return target(name, figure, limit, unit, goal=goal, at_least=True).ratio
 
 
 def best(runs: int, rate: Callable[[], float]) -> float:
@@ -355,10 +356,12 @@ def batched(
 
     ours = best(runs, lambda: sqlite_ingest_rate(url, tmp, site, items, total, root))
     limit = best(runs, raw)
-    report("  SQLite, readings persisted/s vs raw sqlite3 executemany", ours, limit, "readings/s")
-    print(
-        f"  target: >= 10,000 readings/s and >= 0.5 x the raw limit: "
-        f"{'met' if ours >= 10_000 and ours >= 0.5 * limit else 'MISSED'}"
+    report(
+        "ingest batched, SQLite: readings persisted/s vs raw sqlite3 executemany",
+        ours,
+        limit,
+        "readings/s",
+        0.5,
     )
     if postgres:
 
@@ -368,14 +371,15 @@ def batched(
 
         def raw_pg() -> float:
             with fresh_postgres(postgres, site) as (_, raw_url):
-                return total / raw_postgres(raw_url, sample_rows(all_readings))
+                return total / raw_postgres_copy(raw_url, sample_rows(all_readings))
 
         ours_pg, limit_pg = best(runs, ours_postgres), best(runs, raw_pg)
         report(
-            "  PostgreSQL, readings persisted/s vs raw psycopg executemany",
+            "ingest batched, PostgreSQL: readings persisted/s vs raw psycopg COPY",
             ours_pg,
             limit_pg,
             "readings/s",
+            0.5,
         )
 
 
@@ -390,10 +394,13 @@ def unbatched(url: str, tmp: Path, messages: int, devices: int, runs: int) -> No
     print(f"one reading a message: {messages} messages")
     limit = best(runs, lambda: messages / bare_paho_count(url, items, f"{root}/+/devices/+/health"))
     ours = best(runs, lambda: sqlite_ingest_rate(url, tmp, site, items, messages, root))
-    ratio = report(
-        "  SQLite, messages persisted/s vs a bare paho subscriber counting", ours, limit, "msg/s"
+    report(
+        "ingest one reading a message, SQLite: messages persisted/s vs a bare paho subscriber",
+        ours,
+        limit,
+        "msg/s",
+        0.7,
     )
-    print(f"  target: >= 0.7 x the transport limit: {'met' if ratio >= 0.7 else 'MISSED'}")
 
 
 def bare_paho_count(url: str, items: list[tuple[str, bytes]], subscription: str) -> float:

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.targets import target
+
 AGENT_LIMIT_MB = 100.0
 BIN = Path(sys.executable).parent
 
@@ -278,6 +280,14 @@ def main(argv: list[str] | None = None) -> int:
             f"in {args.agent_seconds:.0f} s (peak VmHWM {hwm:.1f} MB); "
             f"limit {AGENT_LIMIT_MB:.0f} MB; ratio {hwm / AGENT_LIMIT_MB:.2f}: "
             f"{'met' if hwm < AGENT_LIMIT_MB else 'MISSED'}"
+        )
+        target(
+            f"agent RSS (VmHWM) polling {args.agent_devices} devices",
+            hwm,
+            AGENT_LIMIT_MB,
+            "MB",
+            goal=1.0,
+            at_least=False,
         )
     return 0
 

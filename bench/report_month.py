@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from bench.targets import target
 from fleet.db import make_engine, migrate
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from fleet.reports.compute import ReportBasis, ReportRequest, build_report
@@ -122,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.report_month")
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=3, help="each figure is the best of these")
     parser.add_argument("--quick", action="store_true", help="50 devices x 7 days")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.runs = 1
     devices, days = (50, 7) if args.quick else (args.devices, args.days)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,12 +140,6 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         end = MONTH + timedelta(days=days - 1)
-        db = sqlite3.connect(path)
-        started = time.perf_counter()
-        limit_rows = db.execute(LIMIT_SQL, (MONTH.isoformat(), end.isoformat())).fetchall()
-        limit_s = time.perf_counter() - started
-        db.close()
-
         engine = make_engine(f"sqlite:///{path}")
         # The repository's profiles and the controller's default illustrative draws (W).
         basis = ReportBasis(
@@ -153,18 +151,40 @@ def main(argv: list[str] | None = None) -> int:
             with engine.connect() as conn:
                 return len(render_json(build_report(conn, request, basis)))
 
-        started = time.perf_counter()
-        size = run()
-        ours_s = time.perf_counter() - started
+        def limit() -> int:
+            db = sqlite3.connect(path)
+            try:
+                return len(db.execute(LIMIT_SQL, (MONTH.isoformat(), end.isoformat())).fetchall())
+            finally:
+                db.close()
+
+        # Each the best of `runs`, taken in turns, so a slow spell of the machine lands on
+        # the figure and the limit alike.
+        limit_s = ours_s = float("inf")
+        for _ in range(args.runs):
+            started = time.perf_counter()
+            limit_devices = limit()
+            limit_s = min(limit_s, time.perf_counter() - started)
+            started = time.perf_counter()
+            size = run()
+            ours_s = min(ours_s, time.perf_counter() - started)
         tracemalloc.start()
         run()
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         engine.dispose()
 
-    print(f"limit (one raw SQL aggregate, {len(limit_rows)} devices): {limit_s:.3f} s")
+    print(f"limit (one raw SQL aggregate, {limit_devices} devices): {limit_s:.3f} s")
     print(f"ours (full report as JSON, {size / 1e6:.1f} MB): {ours_s:.3f} s")
     print(f"ratio (ours / limit, wall time): {ours_s / limit_s:.2f}")
+    target(
+        f"report_month, {devices:,} devices x {days} days: full report vs one raw SQL aggregate",
+        ours_s,
+        limit_s,
+        "s",
+        goal=2.0,
+        at_least=False,
+    )
     print(f"peak memory of the report: {peak / 1e6:.1f} MB (tracemalloc)")
     return 0
 

@@ -13,5 +13,5 @@ def test_api_bench_quick_prints_p95_ratios(capsys: pytest.CaptureFixture[str]) -
     assert api.main(["--quick"]) == 0
     out = capsys.readouterr().out
     ratios = [float(r) for r in re.findall(r"ratio p95 ([0-9.]+)", out)]
-    assert len(ratios) == 3, out  # the sites list, the dashboard, the filtered device list
+    assert len(ratios) == 5, out  # sites, dashboard, filtered devices, first page, by cursor
     assert all(r > 0 for r in ratios)

@@ -67,6 +67,21 @@ def test_same_reading_in_two_batches_is_stored_once(ingest: Ingest, registered: 
     assert count(registered, IngestedMessage) == 3
 
 
+def test_group_with_a_stored_reading_stores_its_new_ones(
+    ingest: Ingest, registered: Engine
+) -> None:
+    # PostgreSQL copies a group's samples straight in and falls back to a merge when one is
+    # there already: the new readings beside it must still be stored, the old one not twice.
+    old = reading("upm-sc1-panel-1", T0)
+    ingest.handle([health("upm", [old])])
+    new = [reading("upm-sc1-panel-2", T0), reading("upm-sc1-panel-1", T0 + timedelta(minutes=1))]
+    outcomes = ingest.handle([health("upm", [old, *new]), health("upm", [new[0]])])
+
+    assert [o.status for o in outcomes] == [OutcomeStatus.stored, OutcomeStatus.stored]
+    assert count(registered, Sample) == 3
+    assert device(registered, "upm-sc1-panel-1").last_seen_at == T0 + timedelta(minutes=1)
+
+
 def test_device_topic_reading_is_idempotent_on_device_and_ts(
     ingest: Ingest, registered: Engine
 ) -> None:

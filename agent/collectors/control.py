@@ -40,7 +40,7 @@ class Control(Protocol):
 
 
 _CONTROLS: dict[str, Callable[[], Control]] = {}
-_PROTOCOL = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_PROTOCOL = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 def register_control(protocol: str, factory: Callable[[], Control]) -> None:
@@ -50,10 +50,12 @@ def register_control(protocol: str, factory: Callable[[], Control]) -> None:
 def control_for(protocol: str) -> Control | None:
     """The Control of `protocol`, or None when the agent cannot switch such devices."""
     if protocol not in _CONTROLS and _PROTOCOL.match(protocol):
+        # `maxhub-lan` is agent/collectors/maxhub_lan_control.py: a module name has no '-'.
+        module = f"agent.collectors.{protocol.replace('-', '_')}_control"
         try:
-            importlib.import_module(f"agent.collectors.{protocol}_control")
+            importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != f"agent.collectors.{protocol}_control":
+            if exc.name != module:
                 raise  # the module exists but something it imports does not
     factory = _CONTROLS.get(protocol)
     return factory() if factory is not None else None

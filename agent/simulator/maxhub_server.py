@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from agent.collectors.maxhub_lan import (
     ACK_FAIL,
+    ACK_OK,
     BACKLIGHT,
     FRAME_LENGTH,
     INPUT_CODES,
@@ -52,6 +53,7 @@ class MaxhubPanelServer(SwitchedPort):
         self._client: asyncio.StreamWriter | None = None
         self.volume = 30
         self.backlight = 80
+        self.backlight_on = True
 
     def busy(self) -> bool:
         if self.powered_at is None:
@@ -87,19 +89,41 @@ class MaxhubPanelServer(SwitchedPort):
             await asyncio.sleep(self.quirks.segment_gap_s)
 
     def reply(self, raw: bytes) -> bytes:
-        """The reply to one 9-byte frame: `:01r<command><3 digits>\\r`, or the failure ack."""
+        """The reply to one 9-byte frame: `:01r<command><3 digits>\\r` to a get, `401+` or
+        `401-` to a set, the failure ack to anything else."""
+        if raw[:4] == b":01S" and raw[-1:] == b"\r" and raw[5:8].isdigit():
+            return ACK_OK if self._set(raw[4], int(raw[5:8])) else ACK_FAIL
         if raw[:4] != b":01G" or raw[-1:] != b"\r":
-            return ACK_FAIL  # sets and malformed frames: the simulator answers queries only
+            return ACK_FAIL
         command = raw[4]
         value = self._value(command)
         if value is None:
             return ACK_FAIL
         return b":01r" + bytes([command]) + b"%03d" % value + b"\r"
 
+    def _set(self, command: int, value: int) -> bool:
+        """A set frame, as the table gives them: power 000 backlight off, 001 backlight on,
+        002 power off (the port goes with it), 003 power on (already on: it is serving);
+        video source by its code."""
+        b = self.behaviour
+        if command == POWER and value in (0, 1):
+            self.backlight_on = value == 1
+            return True
+        if command == POWER and value == 2:
+            return b.switch(False)
+        if command == POWER and value == 3:
+            return True
+        if command == VIDEO_SOURCE:
+            name = INPUT_CODES.get(f"{value:03d}")
+            return name is not None and b.select_input(name)
+        return False
+
     def _value(self, command: int) -> int | None:
         b = self.behaviour
         if command == POWER:
-            return 1 if self.quirks.power_query_over_lan else None  # serving: backlight on
+            if not self.quirks.power_query_over_lan:
+                return None
+            return 1 if self.backlight_on else 0  # serving: backlight on, or off (standby)
         if command == VIDEO_SOURCE:
             codes = {name: int(code) for code, name in INPUT_CODES.items()}
             return codes.get(b.input or "", 1)

@@ -355,6 +355,12 @@ def _refuse_outside(
         _check_device(session, caller, device_id)
 
 
+def no_device_detail(device_id: str) -> str:
+    """The one answer for a device that does not exist and for one outside the caller's
+    scope: the two must read the same, or other tenants' ids could be enumerated."""
+    return f"no device {device_id!r}: GET /api/v1/devices lists the registered ids"
+
+
 def _check_device(session: Session, caller: Caller, device_id: str) -> None:
     from fleet.models import Device
 
@@ -363,9 +369,7 @@ def _check_device(session: Session, caller: Caller, device_id: str) -> None:
     device = session.get(Device, device_id)
     if device is not None and not caller.may_see_device(device.site_code, device.vendor):
         # The same words as a device that does not exist: its existence is not ours to tell.
-        raise Refused(
-            404, f"no device {device_id!r}: GET /api/v1/devices lists the registered ids", "scope"
-        )
+        raise Refused(404, no_device_detail(device_id), "scope")
 
 
 def _check_alert(session: Session, caller: Caller, alert_id: Any) -> None:

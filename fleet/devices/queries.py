@@ -53,13 +53,14 @@ def find_devices(
         conditions.append(col(Device.state) == state.value)
     if not include_retired:
         conditions.append(col(Device.retired_at).is_(None))
-    total = session.exec(select(func.count()).select_from(Device).where(*conditions)).one()
+    conn = session.connection()  # plain rows: no ORM result machinery per row
+    total = conn.execute(select(func.count()).select_from(Device).where(*conditions)).scalar_one()
     query = select(*LIST_COLUMNS).where(*conditions)
     if after is not None:
         query = query.where(ORDER.after(after))
     # Only the listed columns: loading whole Device rows would parse every last_reading's JSON
     # and build ORM objects only to copy them out again.
-    rows = session.execute(query.order_by(*ORDER.order_by()).limit(limit + 1)).mappings().all()
+    rows = conn.execute(query.order_by(*ORDER.order_by()).limit(limit + 1)).mappings().all()
     return ORDER.page([DeviceOut.model_validate(dict(r)) for r in rows], limit, _key, total)
 
 

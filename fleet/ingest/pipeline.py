@@ -11,11 +11,15 @@ redelivery stores nothing twice.
 
 from __future__ import annotations
 
+import gc
 import logging
+import math
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -139,7 +143,7 @@ class Ingest:
     def handle(self, messages: list[IncomingMessage]) -> list[Outcome]:
         """Store a group; one outcome per message, in order. Raises only a database fault
         (the database away or busy), for the caller to retry the group whole."""
-        with self._lock, GROUP_SECONDS.time():
+        with self._lock, GROUP_SECONDS.time(), _no_cyclic_gc():
             self._touched = set()
             parsed = [self._parse(m) for m in messages]
             try:
@@ -264,6 +268,22 @@ class Ingest:
         self.last_group_at = utcnow()
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while a group is handled. A group makes tens of
+    thousands of objects that live until it is stored (readings, rows); each few hundred
+    allocations started a collection that walked them all again, and the whole heap now and
+    then: a fifth to a third of a large group's time. Nothing a group makes needs the cyclic
+    collector (reference counting frees it); it runs again, once, as soon as it is resumed."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _on_whole_minutes(timetable: Timetable) -> bool:
     return all(
         t.second == 0 and t.microsecond == 0
@@ -276,8 +296,27 @@ def _on_whole_minutes(timetable: Timetable) -> bool:
 def _observe_lag(
     messages: list[IncomingMessage], parsed: list[Parsed], outcomes: list[Outcome]
 ) -> None:
+    lags: list[float] = []
     for message, result, outcome in zip(messages, parsed, outcomes, strict=True):
         if outcome.status == OutcomeStatus.stored and isinstance(result, HealthMessage):
-            for reading in result.readings:
-                # A device clock ahead of ours is not negative lag: count it as none.
-                LAG_SECONDS.observe(max((message.received_at - reading.ts).total_seconds(), 0.0))
+            received = message.received_at
+            # A device clock ahead of ours is not negative lag: count it as none.
+            lags.extend(max((received - r.ts).total_seconds(), 0.0) for r in result.readings)
+    observe_many(LAG_SECONDS, lags)
+
+
+def observe_many(histogram: Histogram, values: list[float]) -> None:
+    """`histogram.observe(v)` for each of `values`, with one lock taken per bucket rather than
+    two per value: a group's thousands of readings were a tenth of its ingest time. Falls back
+    to one observe each where prometheus_client's (private) bucket layout is not as known."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    counts: Tally[int] = Tally(bisect_left(bounds, value) for value in values)
+    for index, count in counts.items():
+        buckets[index].inc(count)
+    total.inc(math.fsum(values))

@@ -8,12 +8,11 @@ text cast in the statement).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from pydantic_core import to_json
 from sqlalchemy import JSON, BindParameter, String, bindparam, case, func, or_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlmodel import SQLModel
 
@@ -70,28 +69,38 @@ _SAMPLE_COLUMNS = [
     "error",
     "metrics",
 ]
-SQLITE_SAMPLE_INSERT = str(
-    sqlite.insert(SAMPLES)
-    .on_conflict_do_nothing(index_elements=["device_id", "ts"])
-    .compile(dialect=_SQLITE_NAMED, column_keys=_SAMPLE_COLUMNS)
+SAMPLE_COLUMNS = tuple(_SAMPLE_COLUMNS)
+_COLUMN_LIST = ", ".join(SAMPLE_COLUMNS)
+# Positional parameters: rows go as plain tuples in SAMPLE_COLUMNS order. (The statements
+# below are built from the fixed column names above, never from input: S608 does not apply.)
+SQLITE_SAMPLE_INSERT = (
+    f"INSERT INTO sample ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(SAMPLE_COLUMNS))}) "  # noqa: S608
+    "ON CONFLICT (device_id, ts) DO NOTHING"
 )
 
 # And as psycopg runs them (%(name)s parameters, casts). Without RETURNING: nothing reads the
 # new ids, and executemany over psycopg's pipeline is the fast path.
 _POSTGRES = postgresql_psycopg.dialect(paramstyle="pyformat")
 POSTGRES_DEVICE_UPDATE = str(DEVICE_UPDATE.compile(dialect=_POSTGRES))
-POSTGRES_SAMPLE_INSERT = str(
-    postgresql.insert(SAMPLES)
-    .on_conflict_do_nothing(index_elements=["device_id", "ts"])
-    .compile(dialect=_POSTGRES, column_keys=_SAMPLE_COLUMNS)
-).removesuffix(" RETURNING sample.id")
-assert "RETURNING" not in POSTGRES_SAMPLE_INSERT, POSTGRES_SAMPLE_INSERT
+# PostgreSQL takes bulk rows fastest by COPY, which has no ON CONFLICT: a group's samples are
+# copied straight into `sample`, or, when one is stored already, into a temporary table of this
+# connection (emptied at each commit) and merged with ON CONFLICT DO NOTHING (GroupWriter).
+POSTGRES_SAMPLE_STAGE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS fleet_sample_stage ON COMMIT DELETE ROWS AS "  # noqa: S608
+    f"SELECT {_COLUMN_LIST} FROM sample WITH NO DATA"
+)
+POSTGRES_SAMPLE_COPY = f"COPY fleet_sample_stage ({_COLUMN_LIST}) FROM STDIN"
+POSTGRES_SAMPLE_COPY_DIRECT = f"COPY sample ({_COLUMN_LIST}) FROM STDIN"
+POSTGRES_SAMPLE_MERGE = (
+    f"INSERT INTO sample ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM fleet_sample_stage "  # noqa: S608
+    "ON CONFLICT (device_id, ts) DO NOTHING"
+)
 
 
 def sqlite_ts(value: datetime) -> str:
     """What UtcDateTime and SQLite's DATETIME binding store: naive UTC, microseconds, no T."""
-    if value.tzinfo is UTC:  # as parsing leaves every reading: the short way
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is UTC:  # as parsing leaves every reading: the short way ("+00:00" cut)
+        return value.isoformat(" ", "microseconds")[:26]
     offset = value.utcoffset()
     if offset is None:
         raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
@@ -119,35 +128,55 @@ def sample_row(reading: Reading, received_at: datetime, msg_id: str | None) -> d
     }
 
 
-def sqlite_sample_row(
+def sqlite_sample_values(reading: Reading, received_at: str, msg_id: str | None) -> tuple[Any, ...]:
+    """One sample as the SQLite driver is given it, in `SAMPLE_COLUMNS` order: a plain tuple
+    (a dict per row cost more than the insert), text timestamps, JSON as text.
+    `received_at` is already text (`sqlite_ts`): one per message, shared by its readings."""
+    errors = reading.errors
+    metrics = reading.metrics
+    return (
+        reading.device,
+        sqlite_ts(reading.ts),
+        received_at,
+        msg_id,
+        reading.reachable,
+        reading.power.value,
+        reading.input,
+        reading.temperature_c,
+        reading.lamp_hours,
+        reading.filter_hours,
+        reading.uptime_s,
+        reading.firmware,
+        errors.model_dump_json() if errors is not None else None,
+        reading.error,
+        json_text(metrics) if metrics else None,
+    )
+
+
+def postgres_sample_values(
     reading: Reading, received_at: datetime, msg_id: str | None
-) -> dict[str, Any]:
-    """`sample_row` with each value as the SQLite driver is given it (JSON as text)."""
-    row = sample_row(reading, received_at, msg_id)
-    row["ts"] = sqlite_ts(reading.ts)
-    row["received_at"] = _received_text(received_at)
-    for key in ("errors", "metrics"):
-        if row[key] is not None:
-            row[key] = json_text(row[key])
-    return row
-
-
-@lru_cache(maxsize=64)
-def _received_text(received_at: datetime) -> str:
-    # One per message, shared by its readings.
-    return sqlite_ts(received_at)
-
-
-def postgres_sample_row(
-    reading: Reading, received_at: datetime, msg_id: str | None
-) -> dict[str, Any]:
-    """`sample_row` as psycopg is given it: JSON as text (cast in the statement); aware
-    datetimes as they are, since timestamptz keeps the instant whatever the offset."""
-    row = sample_row(reading, received_at, msg_id)
-    for key in ("errors", "metrics"):
-        if row[key] is not None:
-            row[key] = json_text(row[key])
-    return row
+) -> tuple[Any, ...]:
+    """One sample as psycopg's COPY is given it, in `SAMPLE_COLUMNS` order: aware datetimes
+    as they are (timestamptz keeps the instant whatever the offset), JSON as text."""
+    errors = reading.errors
+    metrics = reading.metrics
+    return (
+        reading.device,
+        reading.ts,
+        received_at,
+        msg_id,
+        reading.reachable,
+        reading.power.value,
+        reading.input,
+        reading.temperature_c,
+        reading.lamp_hours,
+        reading.filter_hours,
+        reading.uptime_s,
+        reading.firmware,
+        errors.model_dump_json() if errors is not None else None,
+        reading.error,
+        json_text(metrics) if metrics else None,
+    )
 
 
 def json_text(value: Any) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg.errors import UniqueViolation
 from sqlalchemy import (
     Connection,
     Insert,
@@ -39,14 +40,17 @@ from fleet.ingest.parse import (
 from fleet.ingest.rows import (
     DEVICE_UPDATE,
     POSTGRES_DEVICE_UPDATE,
-    POSTGRES_SAMPLE_INSERT,
+    POSTGRES_SAMPLE_COPY,
+    POSTGRES_SAMPLE_COPY_DIRECT,
+    POSTGRES_SAMPLE_MERGE,
+    POSTGRES_SAMPLE_STAGE,
     SAMPLES,
     SQLITE_DEVICE_UPDATE,
     SQLITE_SAMPLE_INSERT,
     note_row,
-    postgres_sample_row,
+    postgres_sample_values,
     sample_row,
-    sqlite_sample_row,
+    sqlite_sample_values,
     sqlite_ts,
 )
 from fleet.protocol.messages import Reading
@@ -125,7 +129,9 @@ class GroupWriter:
     def write(self, messages: list[IncomingMessage], parsed: list[Parsed]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         dead: list[dict[str, Any]] = []
-        samples: dict[tuple[str, datetime], dict[str, Any]] = {}
+        # (device, ts) -> the row as its driver takes it (a tuple in SAMPLE_COLUMNS order on
+        # the raw drivers, a dict otherwise); a later copy in the group replaces an earlier.
+        samples: dict[tuple[str, datetime], Any] = {}
         ingested: list[dict[str, Any]] = []
         notes: list[dict[str, Any]] = []
         latest: dict[str, _Latest] = {}
@@ -161,20 +167,20 @@ class GroupWriter:
                     )
                     agents.health(item.site, batch.agent_id, arrival)
                 msg_id = batch.msg_id if batch else None
-                row_of = (
-                    sqlite_sample_row
-                    if self.raw_sqlite
-                    else postgres_sample_row
-                    if self.raw_postgres
-                    else sample_row
-                )
+                received: Any = message.received_at
+                if self.raw_sqlite:
+                    row_of: Callable[[Reading, Any, str | None], Any] = sqlite_sample_values
+                    received = sqlite_ts(received)
+                elif self.raw_postgres:
+                    row_of = postgres_sample_values
+                else:
+                    row_of = sample_row
                 for reading in item.readings:
-                    samples[(reading.device, reading.ts)] = row_of(
-                        reading, message.received_at, msg_id
-                    )
-                    known = latest.get(reading.device)
-                    if known is None or known.reading.ts <= reading.ts:
-                        latest[reading.device] = _Latest(reading, item.site, arrival)
+                    device, ts = reading.device, reading.ts
+                    samples[(device, ts)] = row_of(reading, received, msg_id)
+                    known = latest.get(device)
+                    if known is None or known.reading.ts <= ts:
+                        latest[device] = _Latest(reading, item.site, arrival)
                 for bad in item.refused:
                     dead.append(_refused_reading_row(message, bad))
                 outcomes.append(
@@ -200,7 +206,7 @@ class GroupWriter:
         if samples and self.raw_sqlite:
             self.conn.exec_driver_sql(SQLITE_SAMPLE_INSERT, list(samples.values()))
         elif samples and self.raw_postgres:
-            self.conn.exec_driver_sql(POSTGRES_SAMPLE_INSERT, list(samples.values()))
+            self._copy_samples(list(samples.values()))
         elif samples:
             stmt = self.insert(SAMPLES).on_conflict_do_nothing(index_elements=["device_id", "ts"])
             self.conn.execute(stmt, list(samples.values()))
@@ -212,6 +218,32 @@ class GroupWriter:
         agents.write()
         self._update_devices(latest, agents.offline)
         return outcomes
+
+    def _copy_samples(self, rows: list[tuple[Any, ...]]) -> None:
+        """COPY, how bulk rows go into PostgreSQL fast; COPY has no ON CONFLICT. Straight into
+        `sample` under a savepoint first: a group of new readings, the usual case, costs one
+        COPY. If any (device, ts) is stored already (a batch sent again under a new msg_id),
+        that COPY fails whole and is rolled back; then the rows go into a temporary table of
+        this connection (emptied at commit) and are merged with ON CONFLICT DO NOTHING, so
+        redelivery stores nothing twice, exactly as a plain INSERT ... ON CONFLICT did."""
+        try:
+            with self.conn.begin_nested():
+                self._copy(POSTGRES_SAMPLE_COPY_DIRECT, rows)
+            return
+        except UniqueViolation:
+            pass
+        self.conn.exec_driver_sql(POSTGRES_SAMPLE_STAGE)
+        self._copy(POSTGRES_SAMPLE_COPY, rows)
+        self.conn.exec_driver_sql(POSTGRES_SAMPLE_MERGE)
+
+    def _copy(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        finally:
+            cursor.close()
 
     def _stored_msg_ids(self, msg_ids: list[str]) -> set[str]:
         found: set[str] = set()

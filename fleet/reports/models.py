@@ -24,7 +24,17 @@ class UsageHour(SQLModel, table=True):
     """
 
     __tablename__ = "usage_hour"
-    __table_args__ = (Index("ix_usage_hour_local_date_device_id", "local_date", "device_id"),)
+    __table_args__ = (
+        Index("ix_usage_hour_local_date_device_id", "local_date", "device_id"),
+        # A report's hour-of-day chart from the index alone (migration 0010).
+        Index(
+            "ix_usage_hour_local_date_local_hour",
+            "local_date",
+            "local_hour",
+            "local_weekday",
+            "minutes_on",
+        ),
+    )
 
     device_id: str = Field(primary_key=True, foreign_key="device.id")
     hour_start: datetime = Field(sa_column=Column("hour_start", UtcDateTime(), primary_key=True))

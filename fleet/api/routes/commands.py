@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from fleet.api.deps import SessionDep, SettingsDep
 from fleet.api.params import DeviceIdPath, SiteCodePath
 from fleet.auth.audit import record
-from fleet.auth.permissions import Allow, Caller
+from fleet.auth.permissions import Allow, Caller, no_device_detail
 from fleet.commands.models import DeviceCommand
 from fleet.commands.sending import send
 from fleet.models import Device
@@ -112,7 +112,7 @@ def device_command(
     failed or expired, with the device's answer)."""
     device = session.get(Device, device_id)
     if device is None or device.retired_at is not None:
-        raise HTTPException(404, f"no device {device_id}")
+        raise HTTPException(404, no_device_detail(device_id))
     return _send(request, session, settings, caller, [device], body, f"device {device_id}")
 
 
@@ -136,7 +136,10 @@ def site_command(
 
 @router.get("/devices/{device_id}/commands", dependencies=[Allow("devices:command")])
 def device_commands(device_id: DeviceIdPath, session: SessionDep) -> list[CommandOut]:
-    """The device's power and input commands, newest first (at most 200)."""
+    """The device's power and input commands, newest first (at most 200). 404 for a device
+    that does not exist, in the same words as for one outside the caller's scope."""
+    if session.get(Device, device_id) is None:
+        raise HTTPException(404, no_device_detail(device_id))
     rows = session.exec(
         select(DeviceCommand)
         .where(DeviceCommand.device_id == device_id)

@@ -19,8 +19,9 @@ from fleet.api.params import (
     since_query,
     text_filter,
 )
+from fleet.api.responses import prevalidated
 from fleet.api.schemas import DeviceDetail, DeviceHealth, DevicePage, SampleOut
-from fleet.auth.permissions import Allow, Caller
+from fleet.auth.permissions import Allow, Caller, no_device_detail
 from fleet.devices.queries import find_devices
 from fleet.devices.state import DeviceState
 from fleet.models import Device, Sample
@@ -46,7 +47,7 @@ def list_devices(
     limit: Annotated[int, limit_query(MAX_PAGE)] = 100,
     after: After = None,
     caller: Annotated[Caller | None, Allow("devices:read")] = None,
-) -> DevicePage:
+) -> Response:
     """By id, a page at a time: the next page is `after=` this page's `next`."""
     try:
         page = find_devices(
@@ -63,7 +64,8 @@ def list_devices(
     except BadCursor as exc:
         raise cursor_refused(exc) from None
     link_next(request, response, page.next)
-    return DevicePage(items=page.items, total=page.total or 0, limit=limit, next=page.next)
+    body = DevicePage(items=page.items, total=page.total or 0, limit=limit, next=page.next)
+    return prevalidated(body, response)
 
 
 @router.get("/{device_id}", response_model=DeviceDetail, dependencies=[Allow("devices:read")])
@@ -108,7 +110,5 @@ def device_health(
 def _device_or_404(session: SessionDep, device_id: str) -> Device:
     device = session.get(Device, device_id)
     if device is None:
-        raise HTTPException(
-            404, f"no device {device_id!r}: GET /api/v1/devices lists the registered ids"
-        )
+        raise HTTPException(404, no_device_detail(device_id))
     return device
