@@ -1,8 +1,8 @@
 """alert_subscription, email_delivery, alert_silence, and on alert the notice level reached
 and the silence that muted it: e-mail notifications, escalation and silences
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-11-30
 
 Written against fleet.alerts.models with plain sa types, like 0001.
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010"
-down_revision: str | None = "0009"
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
