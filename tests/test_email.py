@@ -304,3 +304,18 @@ def test_message_pending_at_a_restart_is_sent_once(
             engine.dispose()
     finally:
         stack.stop_all()
+
+
+def test_vendor_hears_of_its_own_devices_only(
+    ingest: Ingest, registered: Engine, sink: tuple[Sink, Mailer]
+) -> None:
+    smtp, mailer = sink
+    with Session(registered) as session:
+        device = session.get(Device, DEVICE)
+        assert device is not None
+        make = device.vendor
+    subscribe(registered, "vendor-own", "vendor", "own@vendor.example", None, vendor=make.upper())
+    subscribe(registered, "vendor-else", "vendor", "else@vendor.example", None, vendor="Other")
+    opened = hot(ingest, registered, -2, -1, 0)
+    run(registered, mailer, opened)
+    assert [r for r, _ in smtp.received()] == [["own@vendor.example"]]
