@@ -319,3 +319,50 @@ def test_vendor_hears_of_its_own_devices_only(
     opened = hot(ingest, registered, -2, -1, 0)
     run(registered, mailer, opened)
     assert [r for r, _ in smtp.received()] == [["own@vendor.example"]]
+
+
+def test_a_muted_sites_alerts_do_not_hold_up_another_sites_new_one(
+    registered: Engine, sink: tuple[Sink, Mailer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet.alerts import notices
+
+    smtp, mailer = sink
+    monkeypatch.setattr(notices, "BATCH", 2)  # fewer than the muted site's alerts
+    subscribe(registered, "ops-a", "ops", "ops@fleet.example", None)
+    with Session(registered) as session:
+        silences.create(
+            session,
+            site="usthb",
+            room=None,
+            device=None,
+            reason="planned power cut",
+            by="ops-a",
+            starts_at=T - timedelta(hours=1),
+            ends_at=T + timedelta(hours=4),
+            now=T - timedelta(hours=1),
+        )
+        for n, (site, kind) in enumerate(
+            [
+                ("usthb", "site_offline"),
+                ("usthb", "programme_overdue"),
+                ("usthb", "lamp_hours"),
+                ("upm", "site_offline"),
+            ]
+        ):
+            session.add(
+                Alert(
+                    kind=kind,
+                    severity="critical",
+                    state="open",
+                    subject=f"site:{site}",
+                    site_code=site,
+                    message=f"alert {n}",
+                    opened_at=T,
+                    updated_at=T,
+                )
+            )
+        session.commit()
+    for seconds in range(4):
+        run(registered, mailer, T + timedelta(seconds=seconds))
+    [message] = smtp.to("ops@fleet.example")
+    assert "upm" in message["Subject"]
