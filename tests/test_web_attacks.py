@@ -428,3 +428,17 @@ def test_over_real_http_the_cookie_cannot_post_cross_site_and_pages_carry_the_he
         thread.join(10)
     with Session(registered) as session:
         assert session.exec(select(func.count()).select_from(EnrolmentToken)).one() == 1
+
+
+def test_a_site_typed_in_capitals_is_told_as_a_site_code_not_as_out_of_scope(
+    client: TestClient, tokens: Tokens
+) -> None:
+    answer = client.post(
+        "/api/v1/enrolment/tokens", json={"site": "UPM"}, headers=tokens.headers("technician")
+    )
+    assert answer.status_code == 422, answer.text
+    assert "outside" not in answer.text
+    assert "lowercase" in answer.text and "'upm'" in answer.text, answer.text
+    for path in ("/api/v1/sites/UPM", "/api/v1/devices?site=UPM"):
+        answer = client.get(path, headers=tokens.headers("technician"))
+        assert answer.status_code == 422 and "did you mean 'upm'" in answer.text, answer.text

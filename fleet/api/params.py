@@ -18,9 +18,16 @@ from typing import Annotated, Any
 
 from fastapi import Path, Query
 from fastapi.exceptions import RequestValidationError
+from pydantic import BeforeValidator
 
 from fleet.paging import CURSOR_PATTERN, INT32_MAX, MAX_CURSOR_CHARS
-from fleet.protocol.messages import DEVICE_ID_PATTERN, INT64_MAX, SITE_CODE_PATTERN, TEXT_PATTERN
+from fleet.protocol.messages import (
+    DEVICE_ID_PATTERN,
+    INT64_MAX,
+    SITE_CODE_PATTERN,
+    TEXT_PATTERN,
+    lowercase_site_hint,
+)
 from fleet.time_window import WINDOW
 
 MAX_FILTER_CHARS = 200
@@ -43,7 +50,9 @@ Row32IdPath = Annotated[
     int, Path(ge=1, le=INT32_MAX, description="a row id, 1 to 2^31 - 1", examples=[1])
 ]
 SiteCodePath = Annotated[
-    str, Path(pattern=SITE_CODE_PATTERN, description="a site code", examples=["upm"])
+    str,
+    Path(pattern=SITE_CODE_PATTERN, description="a site code", examples=["upm"]),
+    BeforeValidator(lowercase_site_hint),
 ]
 DeviceIdPath = Annotated[
     str,
@@ -51,7 +60,11 @@ DeviceIdPath = Annotated[
 ]
 
 # Query filters; absent means any.
-SiteFilter = Annotated[str | None, Query(pattern=SITE_CODE_PATTERN, description="a site code")]
+SiteFilter = Annotated[
+    str | None,
+    Query(pattern=SITE_CODE_PATTERN, description="a site code"),
+    BeforeValidator(lowercase_site_hint),
+]
 DeviceFilter = Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN, description="a device id")]
 RoomFilter = Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN, description="a room id")]
 VendorFilter = Annotated[

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fleet.auth.audit import record
 from fleet.auth.tokens import SETUP_SESSION, VERIFIED, TokenRefused, resolve_api_token
-from fleet.protocol.messages import DEVICE_ID_PATTERN, INT64_MAX
+from fleet.protocol.messages import DEVICE_ID_PATTERN, INT64_MAX, SITE_CODE_PATTERN
 
 log = logging.getLogger(__name__)
 REFUSALS = Counter(
@@ -94,6 +94,7 @@ _SITE_KEYS = ("site", "site_code")
 _VENDOR_KEYS = ("vendor",)
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+_SITE_CODE = re.compile(SITE_CODE_PATTERN)
 
 bearer_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
@@ -342,6 +343,8 @@ def _refuse_outside(
     if caller.sites is None and caller.vendor is None:
         return
     for site in sites:
+        if not _SITE_CODE.match(site):
+            continue  # no site has such a code (`UPM`): the route's validation says what is wrong
         if not caller.may_see_site(site) and caller.role != "vendor":
             raise Refused(
                 403, f"{caller.name} may not see site {site!r}: outside your sites", "scope"

@@ -77,8 +77,19 @@ def _aware_utc(value: datetime) -> datetime:
     return value
 
 
+def lowercase_site_hint(value: Any) -> Any:
+    """Before the pattern: a site code typed in capitals (`UPM`) is told as such, with the
+    code meant, rather than as a pattern mismatch or, further on, as someone else's site.
+    Raises ValueError for that case; passes anything else on to the pattern."""
+    if isinstance(value, str) and value != value.lower():
+        meant = value.lower()
+        if re.fullmatch(SITE_CODE_PATTERN, meant):
+            raise ValueError(f"site codes are lowercase: did you mean {meant!r}?")
+    return value
+
+
 UtcDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
-SiteCode = Annotated[str, Field(pattern=SITE_CODE_PATTERN)]
+SiteCode = Annotated[str, BeforeValidator(lowercase_site_hint), Field(pattern=SITE_CODE_PATTERN)]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 # Text from outside, with its length capped by each field.
 Text = Annotated[str, Field(pattern=TEXT_PATTERN)]

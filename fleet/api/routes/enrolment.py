@@ -22,7 +22,7 @@ from fleet.auth.mqtt_auth import rotate_site_credential
 from fleet.auth.permissions import REFUSALS, Allow, Caller, require_scope
 from fleet.auth.tokens import TokenRefused, issue_enrolment_token, redeem_enrolment_token
 from fleet.models import Site
-from fleet.protocol.messages import SITE_CODE_PATTERN
+from fleet.protocol.messages import SiteCode
 from fleet.protocol.secret_refs import redact_site_config
 from fleet.settings import Settings
 
@@ -30,7 +30,7 @@ router = APIRouter(prefix="/api/v1/enrolment", tags=["enrolment"])
 
 
 class EnrolmentTokenIn(BaseModel):
-    site: str = Field(pattern=SITE_CODE_PATTERN)
+    site: SiteCode
     ttl_minutes: int | None = Field(default=None, ge=1, le=30 * 24 * 60)
 
 
