@@ -243,3 +243,13 @@ def test_dashboard_marks_silenced_alerts_and_shows_who_did_what(
     # Another site's alert is not the technician's to see: not found, as a missing one.
     assert client.get(f"/alerts/{ids['usthb']}", headers=tech).status_code == 404
     assert client.get("/alerts/999999", headers=tech).status_code == 404
+
+
+def test_a_site_code_in_capitals_is_told_as_one(client: TestClient, tokens: Tokens) -> None:
+    tech = tokens.headers("technician")
+    for path, body in (
+        (SUBS, {"email": "t@upm.example", "site": "UPM"}),
+        (SILENCES, {"site": "UPM", "reason": "power cut", "ends_at": soon()}),
+    ):
+        answer = client.post(path, json=body, headers=tech)
+        assert answer.status_code == 422 and "did you mean 'upm'" in answer.text

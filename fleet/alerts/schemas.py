@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.alerts.models import Severity
-from fleet.protocol.messages import DEVICE_ID_PATTERN, SITE_CODE_PATTERN, TEXT_PATTERN
+from fleet.protocol.messages import DEVICE_ID_PATTERN, TEXT_PATTERN, SiteCode
 from fleet.time_window import Instant
 
 # An address as RFC 5321 bounds it (local part 64, whole 254), printable ASCII, no spaces: the
@@ -67,7 +67,7 @@ class SubscriptionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     email: str = Field(max_length=254, pattern=EMAIL_PATTERN)
-    site: str | None = Field(default=None, pattern=SITE_CODE_PATTERN)
+    site: SiteCode | None = None
     min_severity: Severity = Severity.warning
 
 
@@ -88,7 +88,7 @@ class SilenceIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    site: str = Field(pattern=SITE_CODE_PATTERN)
+    site: SiteCode
     room: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
     device: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
     reason: str = Field(min_length=1, max_length=500, pattern=TEXT_PATTERN)
