@@ -50,6 +50,8 @@ def jobs(settings: Settings) -> list[Job]:
     """The schedule, each job bound to the values it takes from `settings`. Imported late so
     each domain module stays importable on its own."""
     from fleet.alerts.evaluation import evaluate_alerts
+    from fleet.alerts.mail import deliver_due as deliver_mail
+    from fleet.alerts.notices import notify_due
     from fleet.alerts.webhook import deliver_due
     from fleet.devices.liveness import mark_silent_devices
     from fleet.programme.evidence import check_classroom_evidence
@@ -71,6 +73,10 @@ def jobs(settings: Settings) -> list[Job]:
         Job("alerts", partial(evaluate_alerts, rules=alerts), 30, judges_silence=True),
         # Every second, so the webhook's first retries (1 s, 2 s, 4 s) keep their pace.
         Job("webhook", partial(deliver_due, webhook=settings.webhook()), 1),
+        Job(
+            "notices", partial(notify_due, policy=settings.notice_policy()), settings.notice_tick_s
+        ),
+        Job("email", partial(deliver_mail, mailer=settings.mailer()), 1),
         Job("programme_evidence", partial(check_classroom_evidence, notify=alerts.notify), 60),
         Job("programme_overdue", partial(check_overdue_milestones, notify=alerts.notify), 3600),
         Job("usage_rollup", partial(derive_usage, profiles_dir=profiles), 60),

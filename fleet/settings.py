@@ -14,6 +14,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.alerts.evaluation import AlertRules
+from fleet.alerts.mail import Mailer
+from fleet.alerts.notices import NoticePolicy
 from fleet.alerts.webhook import Webhook
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, controller_sites_dir
 from fleet.reports.compute import ReportBasis
@@ -56,6 +58,20 @@ class Settings(BaseSettings):
     webhook_url: str = ""
     webhook_secret: str = ""
     webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    # E-mail notifications to the users' subscriptions (none when the host is empty), through
+    # this SMTP server; links in them point at FLEET_PUBLIC_URL. An open alert nobody
+    # acknowledges goes to the next level (site technicians, then ops) after this long.
+    smtp_host: str = ""
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "classroom-fleet@localhost"
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_max_attempts: int = Field(default=8, ge=1, le=50)
+    escalate_warning_s: int = Field(default=4 * 3600, ge=1, le=30 * 86400)
+    escalate_critical_s: int = Field(default=1800, ge=1, le=30 * 86400)
+    # How often subscribers are told and escalations judged.
+    notice_tick_s: float = Field(default=5.0, gt=0, le=3600)
     # Reports: raw samples are kept this many days (only once rolled up into usage_hour).
     sample_retention_days: int = Field(default=90, ge=1)
     # The longest period one usage report may cover.
@@ -164,6 +180,27 @@ class Settings(BaseSettings):
     def webhook(self) -> Webhook:
         return Webhook(self.webhook_url, self.webhook_secret, self.webhook_max_attempts)
 
+    def mailer(self) -> Mailer:
+        return Mailer(
+            host=self.smtp_host,
+            port=self.smtp_port,
+            sender=self.smtp_from,
+            username=self.smtp_user,
+            password=self.smtp_password,
+            starttls=self.smtp_starttls,
+            max_attempts=self.smtp_max_attempts,
+        )
+
+    def notice_policy(self) -> NoticePolicy:
+        return NoticePolicy(
+            public_url=self.public_url,
+            escalate_after={
+                "warning": timedelta(seconds=self.escalate_warning_s),
+                "critical": timedelta(seconds=self.escalate_critical_s),
+            },
+            enabled=bool(self.smtp_host),
+        )
+
     def report_basis(self) -> ReportBasis:
         return ReportBasis(self.profiles_dir, dict(self.report_power_draw_w))
 
@@ -214,12 +251,19 @@ class Settings(BaseSettings):
                 only="next_attempt_at IS NULL",
             ),
             Retention(
+                "email_delivery",
+                "created_at",
+                days(self.alert_retention_days),
+                self.alert_max_rows,
+                only="next_attempt_at IS NULL",
+            ),
+            Retention(
                 "alert",
                 "opened_at",
                 days(self.alert_retention_days),
                 self.alert_max_rows,
                 only="resolved_at IS NOT NULL",
-                children=(("webhook_delivery", "alert_id"),),
+                children=(("webhook_delivery", "alert_id"), ("email_delivery", "alert_id")),
             ),
         ]
 

@@ -37,6 +37,9 @@ MAY = {
     "devices:command": {"ops", "technician"},
     "alerts:read": {"ops", "technician", "vendor"},
     "alerts:write": {"ops", "technician"},
+    "subscriptions:write": {"ops", "technician", "vendor"},
+    "silences:read": {"ops", "technician"},
+    "silences:write": {"ops", "technician"},
     "programme:read": {"ops", "technician"},
     "programme:write": {"ops"},
     "reports:read": {"ops", "vendor"},
@@ -63,6 +66,8 @@ IN_SCOPE = {
     "asset": "swagger-ui.css",
     "room_id": "upm-smart-1",
     "day": "2026-12-24",
+    "subscription_id": "1",
+    "silence_id": "1",
 }
 # Outside both scopes: another site, and a MAXHUB device at it.
 OUT_OF_SCOPE = {**IN_SCOPE, "code": "usthb", "site": "usthb", "device_id": "usthb-sc1-panel-1"}

@@ -1,4 +1,5 @@
-"""Alert tables: the alerts themselves (history kept) and the webhook outbox."""
+"""Alert tables: the alerts themselves (history kept), the webhook and e-mail outboxes, who
+subscribes to which alerts by e-mail, and the silences that mute a site, room or device."""
 
 from __future__ import annotations
 
@@ -70,6 +71,15 @@ class Alert(SQLModel, table=True):
     # None when the condition cleared by itself; who resolved it by hand otherwise.
     resolved_by: str | None = None
     resolution: str | None = None
+    # E-mail notification (fleet.alerts.notices): 0 nobody told yet, 1 the subscribers, 2 the
+    # site's technicians, 3 ops; escalated_at is when the last level above 1 was reached.
+    notice_level: int = 0
+    noticed_at: datetime | None = utc_column()
+    escalated_at: datetime | None = utc_column()
+    # The silence that muted it (fleet.alerts.silences), who made it, and since when.
+    silence_id: int | None = None
+    silenced_by: str | None = None
+    silenced_at: datetime | None = utc_column()
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -112,3 +122,59 @@ class AlertCondition(SQLModel, table=True):
     clear_count: int = 0
     last_at: datetime | None = utc_column()
     updated_at: datetime = utc_column(nullable=False)
+
+
+class AlertSubscription(SQLModel, table=True):
+    """One user's wish to be e-mailed of alerts: at one site (None: every site in the user's
+    scope) and of this severity or worse. A vendor's are narrowed to its own devices."""
+
+    __tablename__ = "alert_subscription"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_name: str = Field(index=True)
+    email: str
+    site_code: str | None = Field(default=None, index=True)
+    min_severity: str = Severity.warning.value
+    created_at: datetime = utc_column(nullable=False)
+
+
+class EmailDelivery(SQLModel, table=True):
+    """One e-mail to send, written in the transaction that decided it (fleet.alerts.notices),
+    so a controller restart cannot lose it; fleet.alerts.mail sends it with backoff."""
+
+    __tablename__ = "email_delivery"
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    message_id: str = Field(unique=True)  # Message-ID: a receiver may drop a repeat
+    alert_id: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("alert.id"), nullable=False, index=True)
+    )
+    recipient: str
+    level: int  # the notice level it was sent at (Alert.notice_level)
+    subject: str
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = utc_column(nullable=False)
+    attempts: int = 0
+    next_attempt_at: datetime | None = utc_column(index=True)
+    delivered_at: datetime | None = utc_column()
+    failed_at: datetime | None = utc_column()
+    last_error: str | None = None
+
+
+class Silence(SQLModel, table=True):
+    """A site, a room of it or a device muted from `starts_at` to `ends_at`: its alerts are
+    still recorded but notify no one. `expired_at`: ended early by hand."""
+
+    __tablename__ = "alert_silence"
+
+    id: int | None = Field(default=None, primary_key=True)
+    site_code: str = Field(index=True)
+    room_id: str | None = None
+    device_id: str | None = None
+    reason: str
+    created_by: str
+    created_at: datetime = utc_column(nullable=False)
+    starts_at: datetime = utc_column(nullable=False)
+    ends_at: datetime = utc_column(nullable=False, index=True)
+    expired_at: datetime | None = utc_column()
+    expired_by: str | None = None

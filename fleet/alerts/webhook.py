@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, select
 
 from fleet.alerts.reconcile import DELIVERIES
+from fleet.alerts.silences import hold_for
 from fleet.job_rows import each
 
 log = logging.getLogger(__name__)
@@ -104,13 +105,20 @@ def send_due(engine: Engine, webhook: Webhook, now: datetime) -> int:
         [row_id] = chunk
         with engine.connect() as conn:
             row = conn.execute(
-                select(DELIVERIES.c.delivery_id, DELIVERIES.c.body, DELIVERIES.c.attempts).where(
-                    DELIVERIES.c.id == row_id
-                )
+                select(
+                    DELIVERIES.c.delivery_id,
+                    DELIVERIES.c.body,
+                    DELIVERIES.c.attempts,
+                    DELIVERIES.c.alert_id,
+                ).where(DELIVERIES.c.id == row_id)
             ).one_or_none()
-        if row is None:
-            return []  # gone meanwhile
-        delivery_id, body, attempts = row
+            if row is None:
+                return []  # gone meanwhile
+            hold = hold_for(conn, row[3], now)
+        delivery_id, body, attempts, _ = row
+        if hold.until is not None or hold.drop:
+            _silenced(engine, row_id, hold.until, now)
+            return []
         attempts += 1
         try:
             post(webhook.url, webhook.secret, delivery_id, body.encode())
@@ -138,6 +146,18 @@ def send_due(engine: Engine, webhook: Webhook, now: datetime) -> int:
             )
 
     return len(each(JOB, due, send, chunk=1, on_skip=give_up))
+
+
+def _silenced(engine: Engine, row_id: int, until: datetime | None, now: datetime) -> None:
+    # Held without counting an attempt; dropped (kept, marked) when the alert was resolved
+    # while muted: an expired silence notifies only what is still open.
+    values: dict[str, object] = (
+        {"next_attempt_at": until}
+        if until is not None
+        else {"next_attempt_at": None, "failed_at": now, "last_error": "silenced"}
+    )
+    with engine.begin() as conn:
+        conn.execute(DELIVERIES.update().where(DELIVERIES.c.id == row_id).values(**values))
 
 
 def _failed(

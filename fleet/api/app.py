@@ -34,7 +34,9 @@ from fleet.api.routes import (
     programme,
     reports,
     rollouts,
+    silences,
     sites,
+    subscriptions,
 )
 from fleet.auth.login import LoginThrottle
 from fleet.db import make_engine
@@ -87,6 +89,8 @@ def create_app(
     app.include_router(commands.router)
     app.include_router(power_schedules.router)
     app.include_router(alerts.router)
+    app.include_router(subscriptions.router)
+    app.include_router(silences.router)
     app.include_router(programme.router)
     app.include_router(firmware.router)
     app.include_router(rollouts.router)

@@ -60,6 +60,11 @@ POLICY: dict[str, frozenset[str]] = {
     # Vendors: the alerts about their own devices only (never a site's, nor another make's).
     "alerts:read": frozenset({"ops", "technician", "vendor"}),
     "alerts:write": frozenset({"ops", "technician"}),
+    # E-mail subscriptions: everyone, each their own, within their scope.
+    "subscriptions:write": frozenset(ROLES),
+    # Silences mute a site's notifications: a site's business, never a vendor's.
+    "silences:read": frozenset({"ops", "technician"}),
+    "silences:write": frozenset({"ops", "technician"}),
     "programme:read": frozenset({"ops", "technician"}),
     "programme:write": frozenset({"ops"}),
     "reports:read": frozenset({"ops", "vendor"}),
@@ -72,7 +77,15 @@ POLICY: dict[str, frozenset[str]] = {
 
 # Permissions whose every use is written to the audit log (refusals of any are, anyway).
 AUDITED = frozenset(
-    {"programme:write", "rollouts:write", "alerts:write", "reports:read", "devices:command"}
+    {
+        "programme:write",
+        "rollouts:write",
+        "alerts:write",
+        "reports:read",
+        "devices:command",
+        "silences:write",
+        "subscriptions:write",
+    }
 )
 
 # Path parameters that name a site, and query keys that name a site or a vendor.

@@ -19,8 +19,9 @@ from sqlmodel import select
 
 from fleet.alerts.actions import AlertAlreadyResolved, acknowledge
 from fleet.alerts.models import AlertKind, AlertState, Severity
-from fleet.alerts.queries import AlertNotFound, find_alerts, sites_with_alerts
+from fleet.alerts.queries import AlertNotFound, find_alerts, get_alert, sites_with_alerts
 from fleet.alerts.schemas import AckIn, AlertPage
+from fleet.alerts.silences import silenced_now
 from fleet.api.deps import SessionDep
 from fleet.api.params import RowIdPath
 from fleet.auth.permissions import Allow, Caller
@@ -100,6 +101,39 @@ def alerts_page(
         sites=sites_with_alerts(session, caller),
         # Each alert's times in its own site's zone.
         site_zones=dict(session.exec(select(Site.code, Site.timezone)).all()),
+        silenced=silenced_now(
+            session.connection(), [(a.id, a.site_code, a.device_id) for a in items], utcnow()
+        ),
+    )
+
+
+@router.get("/alerts/{alert_id}", response_class=HTMLResponse)
+def alert_page(
+    request: Request,
+    alert_id: RowIdPath,
+    session: SessionDep,
+    # The permission also checks the alert is the caller's to see (another site's: not found).
+    caller: Annotated[Caller, Allow("dashboard:read")],
+    viewer: ViewerDep,
+) -> HTMLResponse:
+    """One alert and who did what to it, when: acknowledged, resolved, silenced, escalated.
+    The page the e-mail notifications link to."""
+    try:
+        alert = get_alert(session, alert_id)
+    except AlertNotFound:
+        raise PageNotFound(f"There is no alert {alert_id}.") from None
+    site = session.get(Site, alert.site_code)
+    muted = silenced_now(
+        session.connection(), [(alert.id, alert.site_code, alert.device_id)], utcnow()
+    )
+    return render(
+        request,
+        "alert.html",
+        viewer=viewer,
+        alert=alert,
+        zone=site.timezone if site is not None else None,
+        silence=muted.get(alert.id),
+        back=f"/alerts/{alert.id}",
     )
 
 

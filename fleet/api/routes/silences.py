@@ -1,0 +1,113 @@
+"""Silences: mute a site, a room or a device for a period, with a reason (its alerts are
+still recorded but notify no one); list them; end one early. Technicians on their own sites;
+a silence of another site answers as a missing one."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+
+from fleet.alerts import silences
+from fleet.alerts.schemas import SilenceIn, SilenceOut
+from fleet.alerts.silences import SilenceNotFound, SilenceOutOfPlace
+from fleet.api.deps import SessionDep
+from fleet.api.params import Row32IdPath, limit_query, refused
+from fleet.auth.audit import record
+from fleet.auth.permissions import Allow, Caller
+from fleet.models import Site
+from fleet.protocol.messages import utcnow
+
+router = APIRouter(prefix="/api/v1/silences", tags=["alerts"])
+
+MAX_LENGTH = timedelta(days=90)  # longer is a retirement, not a silence
+MAX_PAGE = 500
+
+
+@router.get("", response_model=list[SilenceOut])
+def list_silences(
+    session: SessionDep,
+    caller: Annotated[Caller, Allow("silences:read")],
+    active: Annotated[bool, Query(description="only those in force now")] = False,
+    limit: Annotated[int, limit_query(MAX_PAGE)] = 100,
+) -> list[SilenceOut]:
+    """Newest first, within the caller's sites."""
+    rows = silences.find(
+        session, caller.sites, current_at=utcnow() if active else None, limit=limit
+    )
+    return [SilenceOut.model_validate(r) for r in rows]
+
+
+@router.post("", response_model=SilenceOut, status_code=201)
+def create_silence(
+    body: SilenceIn, session: SessionDep, caller: Annotated[Caller, Allow("silences:write")]
+) -> SilenceOut:
+    """404 for a site unknown or outside the caller's sites, or a room or device not at it;
+    422 for a period that is empty, over, or longer than MAX_LENGTH."""
+    now = utcnow()
+    if session.get(Site, body.site) is None or not (
+        caller.sites is None or body.site in caller.sites
+    ):
+        raise HTTPException(404, f"no site {body.site!r}: GET /api/v1/sites lists the codes")
+    starts = body.starts_at or now
+    if body.ends_at <= max(starts, now):
+        raise refused(
+            "body",
+            "ends_at",
+            "ends_at must be after starts_at and in the future",
+            body.ends_at.isoformat(),
+        )
+    if body.ends_at - starts > MAX_LENGTH:
+        raise refused(
+            "body",
+            "ends_at",
+            f"a silence lasts at most {MAX_LENGTH.days} days: retire the device instead",
+            body.ends_at.isoformat(),
+        )
+    try:
+        silence = silences.create(
+            session,
+            site=body.site,
+            room=body.room,
+            device=body.device,
+            reason=body.reason,
+            by=caller.name,
+            starts_at=starts,
+            ends_at=body.ends_at,
+            now=now,
+        )
+    except SilenceOutOfPlace as exc:
+        raise HTTPException(404, str(exc)) from None
+    record(
+        session,
+        actor=caller.name,
+        role=caller.role,
+        action="silence.create",
+        target=body.device or body.room or body.site,
+        detail={"silence": silence.id, "ends_at": body.ends_at.isoformat()},
+    )
+    session.commit()
+    return SilenceOut.model_validate(silence)
+
+
+@router.post("/{silence_id}/expire", response_model=SilenceOut)
+def expire_silence(
+    silence_id: Row32IdPath,
+    session: SessionDep,
+    caller: Annotated[Caller, Allow("silences:write")],
+) -> SilenceOut:
+    """End it now: what is still open under it is notified on the next notice run."""
+    try:
+        silence = silences.expire(session, silence_id, caller.sites, caller.name, utcnow())
+    except SilenceNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    record(
+        session,
+        actor=caller.name,
+        role=caller.role,
+        action="silence.expire",
+        target=str(silence_id),
+    )
+    session.commit()
+    return SilenceOut.model_validate(silence)
