@@ -45,10 +45,10 @@ def test_create_phase_then_record_and_patch_a_classroom_milestone(client: TestCl
     url = "/api/v1/sites/upm/phases/2/milestones"
     body = {"milestone": "agreement_signed", "room": "upm-smart-2", "actual": "2025-01-10"}
     # Recorded by whoever the bearer token belongs to (the X-Fleet-User header is gone).
-    amina = ops_headers(client.app.state.engine, "amina")  # type: ignore[attr-defined]
-    posted = client.post(url, json=body, headers=amina)
+    recorder = ops_headers(client.app.state.engine, "ops-recorder")  # type: ignore[attr-defined]
+    posted = client.post(url, json=body, headers=recorder)
     assert posted.status_code == 201, posted.text
-    assert posted.json()["recorded_by"] == "amina"
+    assert posted.json()["recorded_by"] == "ops-recorder"
     planned = {"milestone": "installed", "room": "upm-smart-2", "planned": "2025-05-01"}
     assert client.post(url, json=planned).status_code == 201
     patched = client.patch(

@@ -52,12 +52,15 @@ class AlertPage(BaseModel):
 
 
 class AckIn(BaseModel):
-    by: str = Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)
+    # Who acknowledged: the authenticated caller, whatever a request says (older clients
+    # still send `by`; it is accepted and replaced, so no one can act in another's name).
+    by: str | None = Field(default=None, min_length=1, max_length=200, pattern=TEXT_PATTERN)
     note: str = Field(default="", max_length=2000, pattern=TEXT_PATTERN)
 
 
 class ResolveIn(BaseModel):
-    by: str = Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)
+    # As AckIn.by: replaced by the authenticated caller.
+    by: str | None = Field(default=None, min_length=1, max_length=200, pattern=TEXT_PATTERN)
     note: str = Field(default="resolved by hand", max_length=2000, pattern=TEXT_PATTERN)
 
 

@@ -74,8 +74,15 @@ def get_alert(alert_id: RowIdPath, session: SessionDep) -> AlertOut:
         raise HTTPException(404, str(exc)) from None
 
 
-@router.post("/{alert_id}/ack", response_model=AlertOut, dependencies=[Allow("alerts:write")])
-def acknowledge(alert_id: RowIdPath, body: AckIn, session: SessionDep) -> AlertOut:
+@router.post("/{alert_id}/ack", response_model=AlertOut)
+def acknowledge(
+    alert_id: RowIdPath,
+    body: AckIn,
+    session: SessionDep,
+    caller: Annotated[Caller, Allow("alerts:write")],
+) -> AlertOut:
+    """Acknowledge an open alert; it is recorded as the authenticated caller's."""
+    body = body.model_copy(update={"by": caller.name})
     try:
         return actions.acknowledge(session, alert_id, body, utcnow())
     except AlertNotFound as exc:
@@ -84,10 +91,16 @@ def acknowledge(alert_id: RowIdPath, body: AckIn, session: SessionDep) -> AlertO
         raise HTTPException(409, str(exc)) from None
 
 
-@router.post("/{alert_id}/resolve", response_model=AlertOut, dependencies=[Allow("alerts:write")])
+@router.post("/{alert_id}/resolve", response_model=AlertOut)
 def resolve_by_hand(
-    alert_id: RowIdPath, body: ResolveIn, session: SessionDep, settings: SettingsDep
+    alert_id: RowIdPath,
+    body: ResolveIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Caller, Allow("alerts:write")],
 ) -> AlertOut:
+    """Resolve an alert by hand; it is recorded as the authenticated caller's."""
+    body = body.model_copy(update={"by": caller.name})
     notify = bool(settings.webhook_url)
     try:
         return actions.resolve_by_hand(session, alert_id, body, utcnow(), notify=notify)
