@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from fleet.alerts.delivery_attempts import retry_delay
 from fleet.alerts.evaluation import AlertRules, evaluate_devices
 from fleet.alerts.models import WebhookDelivery
-from fleet.alerts.webhook import Webhook, retry_delay, send_due
+from fleet.alerts.webhook import Webhook, send_due
 from fleet.ingest.pipeline import Ingest
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
 from fleet.settings import Settings

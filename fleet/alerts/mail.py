@@ -21,7 +21,12 @@ from email.utils import format_datetime
 from sqlalchemy import Engine, Table, select
 from sqlmodel import SQLModel
 
-from fleet.alerts.webhook import retry_delay
+from fleet.alerts.delivery_attempts import (
+    due_rows,
+    record_delivered,
+    record_failure,
+    record_unsendable,
+)
 from fleet.job_rows import each
 
 log = logging.getLogger(__name__)
@@ -91,15 +96,7 @@ def send_due(engine: Engine, mailer: Mailer, now: datetime) -> int:
     `mailer.max_attempts`), never raised."""
     if not mailer.enabled:
         return 0
-    with engine.connect() as conn:
-        due = list(
-            conn.execute(
-                select(DELIVERIES.c.id)
-                .where(DELIVERIES.c.next_attempt_at <= now)
-                .order_by(DELIVERIES.c.next_attempt_at, DELIVERIES.c.id)
-                .limit(BATCH)
-            ).scalars()
-        )
+    due = due_rows(engine, DELIVERIES, now, BATCH)
 
     def one(chunk: list[int]) -> list[int]:
         [row_id] = chunk
@@ -115,52 +112,22 @@ def send_due(engine: Engine, mailer: Mailer, now: datetime) -> int:
         try:
             send(mailer, row["message_id"], row["recipient"], row["subject"], row["body"], now)
         except MailError as exc:
-            _failed(engine, mailer.max_attempts, row_id, row["message_id"], attempts, str(exc), now)
-            return []
-        with engine.begin() as conn:
-            conn.execute(
-                DELIVERIES.update()
-                .where(DELIVERIES.c.id == row_id)
-                .values(attempts=attempts, delivered_at=now, next_attempt_at=None, last_error=None)
+            record_failure(
+                engine,
+                DELIVERIES,
+                row_id,
+                attempts,
+                str(exc),
+                now,
+                max_attempts=mailer.max_attempts,
+                what=f"e-mail {row['message_id']}",
+                fix="Fix the SMTP server or FLEET_SMTP_*",
             )
+            return []
+        record_delivered(engine, DELIVERIES, row_id, attempts, now)
         return [row_id]
 
     def give_up(row_id: int, exc: Exception) -> None:
-        with engine.begin() as conn:
-            conn.execute(
-                DELIVERIES.update()
-                .where(DELIVERIES.c.id == row_id)
-                .values(
-                    next_attempt_at=None,
-                    failed_at=now,
-                    last_error=f"cannot be sent: {type(exc).__name__}: {exc}"[:2000],
-                )
-            )
+        record_unsendable(engine, DELIVERIES, row_id, exc, now)
 
     return len(each(JOB, due, one, chunk=1, on_skip=give_up))
-
-
-def _failed(
-    engine: Engine,
-    max_attempts: int,
-    row_id: int,
-    message_id: str,
-    attempts: int,
-    error: str,
-    now: datetime,
-) -> None:
-    values: dict[str, object] = {"attempts": attempts, "last_error": error[:2000]}
-    if attempts >= max_attempts:
-        values.update(next_attempt_at=None, failed_at=now)
-        log.error(
-            "e-mail %s given up after %d attempts: %s. Fix the SMTP server or FLEET_SMTP_*, then "
-            "set next_attempt_at on its email_delivery row to send it again",
-            message_id,
-            attempts,
-            error,
-        )
-    else:
-        values["next_attempt_at"] = now + retry_delay(attempts)
-        log.warning("e-mail %s attempt %d failed: %s", message_id, attempts, error)
-    with engine.begin() as conn:
-        conn.execute(DELIVERIES.update().where(DELIVERIES.c.id == row_id).values(**values))

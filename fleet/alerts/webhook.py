@@ -15,18 +15,22 @@ import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import Engine, select
 
+from fleet.alerts.delivery_attempts import (
+    due_rows,
+    record_delivered,
+    record_failure,
+    record_unsendable,
+)
 from fleet.alerts.reconcile import DELIVERIES
 from fleet.alerts.silences import hold_for
 from fleet.job_rows import each
 
 log = logging.getLogger(__name__)
 
-FIRST_RETRY_S = 1.0
-MAX_RETRY_S = 3600.0
 TIMEOUT_S = 5.0
 BATCH = 50  # per run, so one slow receiver does not hold the scheduler's thread for long
 USER_AGENT = "classroom-fleet-webhook/1"
@@ -35,11 +39,6 @@ JOB = "webhook"
 
 def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def retry_delay(attempts: int) -> timedelta:
-    """After the n-th failed attempt: 1 s, 2 s, 4 s ... capped at an hour."""
-    return timedelta(seconds=min(FIRST_RETRY_S * 2 ** (attempts - 1), MAX_RETRY_S))
 
 
 def post(url: str, secret: str, delivery_id: str, body: bytes) -> None:
@@ -91,15 +90,7 @@ def send_due(engine: Engine, webhook: Webhook, now: datetime) -> int:
     logged, counted (fleet.job_rows) and marked failed, so it does not hold up the rest."""
     if not webhook.url:
         return 0
-    with engine.connect() as conn:
-        due = list(
-            conn.execute(
-                select(DELIVERIES.c.id)
-                .where(DELIVERIES.c.next_attempt_at <= now)
-                .order_by(DELIVERIES.c.next_attempt_at, DELIVERIES.c.id)
-                .limit(BATCH)
-            ).scalars()
-        )
+    due = due_rows(engine, DELIVERIES, now, BATCH)
 
     def send(chunk: list[int]) -> list[int]:
         [row_id] = chunk
@@ -123,27 +114,23 @@ def send_due(engine: Engine, webhook: Webhook, now: datetime) -> int:
         try:
             post(webhook.url, webhook.secret, delivery_id, body.encode())
         except WebhookError as exc:
-            _failed(engine, webhook.max_attempts, row_id, delivery_id, attempts, str(exc), now)
-            return []
-        with engine.begin() as conn:
-            conn.execute(
-                DELIVERIES.update()
-                .where(DELIVERIES.c.id == row_id)
-                .values(attempts=attempts, delivered_at=now, next_attempt_at=None, last_error=None)
+            record_failure(
+                engine,
+                DELIVERIES,
+                row_id,
+                attempts,
+                str(exc),
+                now,
+                max_attempts=webhook.max_attempts,
+                what=f"webhook delivery {delivery_id}",
+                fix="Fix the receiver",
             )
+            return []
+        record_delivered(engine, DELIVERIES, row_id, attempts, now)
         return [row_id]
 
     def give_up(row_id: int, exc: Exception) -> None:
-        with engine.begin() as conn:
-            conn.execute(
-                DELIVERIES.update()
-                .where(DELIVERIES.c.id == row_id)
-                .values(
-                    next_attempt_at=None,
-                    failed_at=now,
-                    last_error=f"cannot be sent: {type(exc).__name__}: {exc}"[:2000],
-                )
-            )
+        record_unsendable(engine, DELIVERIES, row_id, exc, now)
 
     return len(each(JOB, due, send, chunk=1, on_skip=give_up))
 
@@ -156,32 +143,5 @@ def _silenced(engine: Engine, row_id: int, until: datetime | None, now: datetime
         if until is not None
         else {"next_attempt_at": None, "failed_at": now, "last_error": "silenced"}
     )
-    with engine.begin() as conn:
-        conn.execute(DELIVERIES.update().where(DELIVERIES.c.id == row_id).values(**values))
-
-
-def _failed(
-    engine: Engine,
-    max_attempts: int,
-    row_id: int,
-    delivery_id: str,
-    attempts: int,
-    error: str,
-    now: datetime,
-) -> None:
-    give_up = attempts >= max_attempts
-    values: dict[str, object] = {"attempts": attempts, "last_error": error}
-    if give_up:
-        values.update(next_attempt_at=None, failed_at=now)
-        log.error(
-            "webhook delivery %s given up after %d attempts: %s. Fix the receiver, then set "
-            "next_attempt_at on its webhook_delivery row to send it again",
-            delivery_id,
-            attempts,
-            error,
-        )
-    else:
-        values["next_attempt_at"] = now + retry_delay(attempts)
-        log.warning("webhook delivery %s attempt %d failed: %s", delivery_id, attempts, error)
     with engine.begin() as conn:
         conn.execute(DELIVERIES.update().where(DELIVERIES.c.id == row_id).values(**values))
