@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -376,9 +377,19 @@ class CommandInbox:
 
     def _save(self) -> None:
         self._journal["done"] = self._journal["done"][-DONE_KEPT:]
+        # On disk before it replaces the journal, and the rename itself on disk: a power cut
+        # (routine at these sites) must leave the old journal or the new, never an empty one.
         tmp = self.journal_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._journal))
+        with tmp.open("w") as out:
+            out.write(json.dumps(self._journal))
+            out.flush()
+            os.fsync(out.fileno())
         tmp.replace(self.journal_path)
+        directory = os.open(self.journal_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 class PollNow:

@@ -141,8 +141,12 @@ def enrol(
     env_path = inside(out_dir, env_name)
     try:
         kept = read_env_file(env_path) if env_path.exists() else {}
-    except EnvFileError:
-        kept = {}
+    except EnvFileError as exc:
+        # Rewriting it would lose the device secrets a technician filled in: say where instead.
+        raise EnrolError(
+            f"{env_path} cannot be read ({exc}), so nothing was written: the device secrets "
+            "in it would be lost. Fix that line (or move the file away) and enrol again"
+        ) from None
     managed = {
         "FLEET_MQTT_URL": mqtt_url,
         "FLEET_MQTT_PASSWORD": answer.mqtt.password,

@@ -401,6 +401,17 @@ def test_good_answer_is_written_quoted_and_reads_back(hostile: Hostile, tmp_path
     assert parse_env_text(text)["FLEET_MQTT_PASSWORD"] == password
 
 
+def test_an_env_file_it_cannot_read_is_left_as_it_is(hostile: Hostile, tmp_path: Path) -> None:
+    hostile.answer = good_answer()
+    done = enrol(hostile.url, WHOLE_TOKEN, tmp_path)
+    # A technician's hand edit leaves a quote open: enrolling again must not drop the secrets.
+    edited = done.env_path.read_text() + 'PJLINK_PASSWORD="filled in by hand\n'
+    done.env_path.write_text(edited)
+    with pytest.raises(EnrolError, match="cannot be read"):
+        enrol(hostile.url, WHOLE_TOKEN, tmp_path)
+    assert done.env_path.read_text() == edited
+
+
 def test_cli_refuses_a_truncated_token_before_the_network(tmp_path: Path) -> None:
     result = subprocess.run(
         [

@@ -145,6 +145,17 @@ def _job_scenario(registered: Engine) -> None:
     sent = rows()[-1]
     assert (sent.state, sent.requested_by) == ("sent", "schedule")
 
+    # The display refuses (ERR3 while cooling): it is not asked again at every run.
+    with Session(registered) as session:
+        refused = session.get(DeviceCommand, sent.id)
+        assert refused is not None
+        refused.state, refused.answer = "failed", "POWR 0: ERR3 (unavailable time (busy))"
+        session.add(refused)
+        session.commit()
+    for minute in (5, 6, 20):
+        run_power_schedules(registered, now + timedelta(minutes=minute), publish)
+    assert len([p for _, p, retain in published if not retain]) == 1
+
 
 def test_power_schedule_job_notes_then_acts_and_keeps_exception_dates(
     registered: Engine,

@@ -198,7 +198,7 @@ def _input_name(value: str) -> str | None:
 
 def _lamps(value: str) -> list[tuple[int, bool]] | None:
     parts = value.split()
-    if not parts or len(parts) % 2 or not all(p.isdigit() for p in parts[::2]):
+    if not parts or len(parts) % 2 or not all(p.isascii() and p.isdigit() for p in parts[::2]):
         return None
     if not all(on in ("0", "1") for on in parts[1::2]):
         return None
@@ -254,7 +254,7 @@ def reading_from_answers(
             if lamps:
                 fields["lamp_hours"] = max(hours for hours, _ in lamps)
         elif command == "FILT":
-            bad = not value.strip().isdigit()
+            bad = not (value.strip().isascii() and value.strip().isdigit())
             if not bad:
                 fields["filter_hours"] = int(value.strip())
         elif command == "INPT":

@@ -148,9 +148,28 @@ def expire(
         silence.expired_at = now
         silence.expired_by = by
         session.add(silence)
+        _release_held_webhooks(session, silence.id, now)
         session.commit()
         session.refresh(silence)
     return silence
+
+
+def _release_held_webhooks(session: Session, silence_id: int | None, now: datetime) -> None:
+    """Webhook deliveries held until the silence's planned end are due now: ended early, it
+    notifies what is still open at once, as e-mail does (the delivery job judges each again)."""
+    from fleet.alerts.reconcile import DELIVERIES
+
+    alerts = SQLModel.metadata.tables["alert"]
+    muted = select(alerts.c.id).where(alerts.c.silence_id == silence_id)
+    session.execute(
+        DELIVERIES.update()
+        .where(
+            DELIVERIES.c.alert_id.in_(muted),
+            DELIVERIES.c.delivered_at.is_(None),
+            DELIVERIES.c.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now)
+    )
 
 
 @dataclass(frozen=True)

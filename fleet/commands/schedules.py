@@ -192,7 +192,11 @@ def _run_site(
 
     def held_back(device: Device) -> bool:
         policy = policies.get(device.room_id) or policies.get("")
-        blocking = {"sent", "done"} | ({"notified"} if policy and policy.mode != "act" else set())
+        # A refused or unanswered command holds the device back too: a display that says ERR3
+        # (or is off the LAN) is asked again after REPEAT_AFTER, not at every run.
+        blocking = {"sent", "done", "failed", "expired"}
+        if policy and policy.mode != "act":
+            blocking.add("notified")
         return bool(recent.get(device.id, set()) & blocking)
 
     displays = [

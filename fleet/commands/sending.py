@@ -109,12 +109,14 @@ def send(
     return rows
 
 
-def apply_ack(session: Session, body: dict[str, Any], now: datetime) -> int:
-    """An agent's ack of a power or input command; returns 1 if it changed a row."""
+def apply_ack(session: Session, site: str, body: dict[str, Any], now: datetime) -> int:
+    """An agent's ack, from `site`, of a power or input command; returns 1 if it changed a
+    row. An ack of another site's command changes nothing: command ids can be guessed, and a
+    site speaks for its own devices only."""
     row = session.exec(
         select(DeviceCommand).where(DeviceCommand.cmd_id == body.get("cmd_id"))
     ).first()
-    if row is None or row.state != "sent":
+    if row is None or row.state != "sent" or row.site_code != site:
         return 0
     message = str(body.get("message") or "")
     answer = message.split(": ", 1)[1] if message.startswith(f"{row.device_id}: ") else message

@@ -6,6 +6,7 @@ attempt, or of a device already settled, changes nothing."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from fleet.rollouts.plan import (
 from fleet.rollouts.snapshot import apply_mark, device_view, next_window
 
 REPORTS_PER_TICK = 5000
+log = logging.getLogger(__name__)
 
 
 def apply_reports(session: Session, lease: TickLease, now: datetime) -> int:
@@ -38,20 +40,29 @@ def apply_reports(session: Session, lease: TickLease, now: datetime) -> int:
     ).all()
     applied = 0
     for row in rows:
-        applied += _apply_report(session, row.kind, row.body, now)
+        applied += _apply_report(session, row.site_code, row.kind, row.body, now)
         lease.cursor = max(lease.cursor, row.id or 0)
     session.add(lease)
     return applied
 
 
-def _apply_report(session: Session, kind: str, body: dict[str, Any], now: datetime) -> int:
+def _apply_report(
+    session: Session, site: str, kind: str, body: dict[str, Any], now: datetime
+) -> int:
+    """One agent message from `site` (the site its broker login published as)."""
     data = body.get("data") or {}
     cmd_id = body.get("cmd_id") if kind == "cmd_ack" else data.get("cmd_id")
     if not cmd_id:
         return 0
     target = session.exec(select(RolloutDevice).where(RolloutDevice.cmd_id == cmd_id)).first()
     if target is None and kind == "cmd_ack":
-        return apply_ack(session, body, now)  # a power or input command's answer
+        return apply_ack(session, site, body, now)  # a power or input command's answer
+    if target is not None and target.site_code != site:
+        # Another site's command id: a site speaks for its own devices only.
+        log.warning(
+            "site %s reported on %s, a command of site %s: ignored", site, cmd_id, target.site_code
+        )
+        return 0
     if target is None or target.state not in IN_FLIGHT:
         return 0  # stale: an older attempt, or already settled
     rollout = session.get(Rollout, target.rollout_id)
