@@ -88,9 +88,9 @@ def build_controller(settings: Settings) -> Controller:
             scheduler.shutdown(wait=True)
             leadership.release()  # another controller takes the schedule over at once
 
-    extras = []
-    if settings.role in ("all", "ingest", "scheduler"):
-        extras.append(run_ingest)  # the scheduler's MQTT client publishes rollout commands
+    # Every role connects: ingest subscribes; the scheduler publishes rollout commands and the
+    # API power and input commands, through the same client (subscribing to nothing there).
+    extras = [run_ingest]
     if settings.role in ("all", "scheduler"):
         extras.append(run_schedule)
     app = create_app(settings, engine, lifespan_extras=extras)

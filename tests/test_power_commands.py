@@ -221,3 +221,48 @@ def test_technician_switches_an_snmp_projector_by_set_and_the_reading_confirms(
     except BaseException:
         print(stack.logs())
         raise
+
+
+def test_an_api_only_controller_publishes_the_command(stack: Stack) -> None:
+    """`fleet serve --role api`, the scaled-out API tier, sends commands too: it connects to
+    the broker (subscribing to nothing) and publishes them."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from fleet.protocol.broker_url import parse_mqtt_url
+    from fleet.protocol.messages import Command, Topics
+
+    address = parse_mqtt_url(stack.broker_url)
+    topic = Topics(stack.topic_root).cmd("ugb")
+    got: list[bytes] = []
+    subscribed, arrived = threading.Event(), threading.Event()
+    listener = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    listener.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    listener.on_subscribe = lambda *_: subscribed.set()
+
+    def on_message(_c: Any, _u: Any, message: Any) -> None:
+        if not message.retain:
+            got.append(message.payload)
+            arrived.set()
+
+    listener.on_message = on_message
+    listener.connect(address.host, address.port)
+    listener.loop_start()
+    try:
+        assert subscribed.wait(10)
+        stack.controller(FLEET_ROLE="api")
+        ops = stack.ops_token
+        assert ops is not None
+        status, rows = call(
+            stack, ops, "POST", f"/api/v1/devices/{PROJECTOR}/commands",
+            {"power": "on", "reason": "API tier test"},
+        )  # fmt: skip
+        assert status == 202 and rows[0]["state"] == "sent", rows
+        assert arrived.wait(10), "no command reached the site's cmd topic"
+    finally:
+        listener.loop_stop()
+        listener.disconnect()
+    command = Command.model_validate_json(got[0])
+    assert (command.kind.value, command.devices) == ("power", [PROJECTOR])
