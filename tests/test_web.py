@@ -156,7 +156,9 @@ def test_page_refreshes_in_place(stack: Stack, page: Any) -> None:
     page.goto(stack.base + "/")
     page.evaluate("document.getElementById('live').dataset.marker = 'kept'")
     page.evaluate("document.getElementById('live').refreshNow()")
-    page.wait_for_function("document.getElementById('refreshed').textContent.startsWith('Updated')")
+    # A locator wait, not wait_for_function: that evaluates a string inside the page, which the
+    # page's Content-Security-Policy (no 'unsafe-eval') rightly refuses.
+    page.locator("#refreshed", has_text="Updated").wait_for(timeout=30_000)
     # The live part was replaced, the page itself was not reloaded.
     assert page.evaluate("document.getElementById('live').dataset.marker") == "kept"
     assert page.locator("tr[data-site=upm]").count() == 1
