@@ -69,7 +69,7 @@ def users_add(
         float, typer.Option(help="Also print an API token valid this many days (0: none).")
     ] = 30,
 ) -> None:
-    """Add a user (the first ops user: `fleet users add alice --role ops`). A password must be
+    """Add a user (the first ops user: `fleet users add ops-lead --role ops`). A password must be
     at least 12 characters and hard to guess; a vendor must be one the fleet knows."""
     from fleet.auth.audit import record
     from fleet.auth.password_policy import password_problem
