@@ -7,6 +7,7 @@ what is due is whatever the table says is due."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, Table, select
@@ -94,3 +95,38 @@ def record_unsendable(
                 last_error=f"cannot be sent: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS],
             )
         )
+
+
+def attempt(
+    engine: Engine,
+    table: Table,
+    row_id: int,
+    attempts: int,
+    now: datetime,
+    deliver: Callable[[], None],
+    failure: type[Exception],
+    *,
+    max_attempts: int,
+    what: str,
+    fix: str,
+) -> bool:
+    """Run `deliver` as the row's `attempts`-th attempt and record how it went: True when it
+    went through; False when it raised `failure` (recorded by `record_failure`). Any other
+    exception propagates, for the job's per-row handling (fleet.job_rows)."""
+    try:
+        deliver()
+    except failure as exc:
+        record_failure(
+            engine,
+            table,
+            row_id,
+            attempts,
+            str(exc),
+            now,
+            max_attempts=max_attempts,
+            what=what,
+            fix=fix,
+        )
+        return False
+    record_delivered(engine, table, row_id, attempts, now)
+    return True

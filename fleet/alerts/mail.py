@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
+from functools import partial
 
 from sqlalchemy import Engine, Table, select
 from sqlmodel import SQLModel
 
 from fleet.alerts.delivery_attempts import (
+    attempt,
     due_rows,
-    record_delivered,
-    record_failure,
     record_unsendable,
 )
 from fleet.job_rows import each
@@ -108,26 +108,21 @@ def send_due(engine: Engine, mailer: Mailer, now: datetime) -> int:
             )
         if row is None or row["next_attempt_at"] is None:
             return []  # gone or done meanwhile
-        attempts = row["attempts"] + 1
-        try:
-            send(mailer, row["message_id"], row["recipient"], row["subject"], row["body"], now)
-        except MailError as exc:
-            record_failure(
-                engine,
-                DELIVERIES,
-                row_id,
-                attempts,
-                str(exc),
-                now,
-                max_attempts=mailer.max_attempts,
-                what=f"e-mail {row['message_id']}",
-                fix="Fix the SMTP server or FLEET_SMTP_*",
-            )
-            return []
-        record_delivered(engine, DELIVERIES, row_id, attempts, now)
-        return [row_id]
+        delivered = attempt(
+            engine,
+            DELIVERIES,
+            row_id,
+            row["attempts"] + 1,
+            now,
+            partial(
+                send, mailer, row["message_id"], row["recipient"], row["subject"], row["body"], now
+            ),
+            MailError,
+            max_attempts=mailer.max_attempts,
+            what=f"e-mail {row['message_id']}",
+            fix="Fix the SMTP server or FLEET_SMTP_*",
+        )
+        return [row_id] if delivered else []
 
-    def give_up(row_id: int, exc: Exception) -> None:
-        record_unsendable(engine, DELIVERIES, row_id, exc, now)
-
+    give_up = partial(record_unsendable, engine, DELIVERIES, now=now)
     return len(each(JOB, due, one, chunk=1, on_skip=give_up))

@@ -16,13 +16,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy import Engine, select
 
 from fleet.alerts.delivery_attempts import (
+    attempt,
     due_rows,
-    record_delivered,
-    record_failure,
     record_unsendable,
 )
 from fleet.alerts.reconcile import DELIVERIES
@@ -110,28 +110,21 @@ def send_due(engine: Engine, webhook: Webhook, now: datetime) -> int:
         if hold.until is not None or hold.drop:
             _silenced(engine, row_id, hold.until, now)
             return []
-        attempts += 1
-        try:
-            post(webhook.url, webhook.secret, delivery_id, body.encode())
-        except WebhookError as exc:
-            record_failure(
-                engine,
-                DELIVERIES,
-                row_id,
-                attempts,
-                str(exc),
-                now,
-                max_attempts=webhook.max_attempts,
-                what=f"webhook delivery {delivery_id}",
-                fix="Fix the receiver",
-            )
-            return []
-        record_delivered(engine, DELIVERIES, row_id, attempts, now)
-        return [row_id]
+        delivered = attempt(
+            engine,
+            DELIVERIES,
+            row_id,
+            attempts + 1,
+            now,
+            partial(post, webhook.url, webhook.secret, delivery_id, body.encode()),
+            WebhookError,
+            max_attempts=webhook.max_attempts,
+            what=f"webhook delivery {delivery_id}",
+            fix="Fix the receiver",
+        )
+        return [row_id] if delivered else []
 
-    def give_up(row_id: int, exc: Exception) -> None:
-        record_unsendable(engine, DELIVERIES, row_id, exc, now)
-
+    give_up = partial(record_unsendable, engine, DELIVERIES, now=now)
     return len(each(JOB, due, send, chunk=1, on_skip=give_up))
 
 
