@@ -299,3 +299,50 @@ def test_any_name_password_and_code_is_refused_cleanly(registered: Engine, token
 
         attempt()
         assert login(client, "ops-centre", PASSWORD).status_code == 200  # type: ignore[attr-defined]
+
+
+def test_two_logins_racing_with_one_totp_code_let_only_one_in(postgres_url: str) -> None:
+    """The first login holds the factor's row until it commits; the second, with the same
+    code, waits for it and then sees the step used. Without the row lock both read an unused
+    step and both get in."""
+    import threading
+    from datetime import UTC, datetime
+
+    from fleet.auth import second_factor
+    from fleet.auth.users import add_user
+    from fleet.db import make_engine, migrate
+
+    engine = make_engine(postgres_url)
+    migrate(engine)
+    now = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    with Session(engine) as setup:
+        user = add_user(setup, "ops-centre", "ops", password=PASSWORD)
+        enrolment = second_factor.begin(setup, user, now)
+        totp = pyotp.TOTP(enrolment.secret)
+        second_factor.confirm(setup, user, totp.at(now), now)
+        user_id = user.id
+    code = totp.at(now)
+    first = Session(engine)
+    second_answer: list[bool] = []
+
+    def second_login() -> None:
+        with Session(engine) as other:
+            racer = other.get(User, user_id)
+            assert racer is not None
+            second_answer.append(second_factor.check(other, racer, code, now))
+            other.commit()
+
+    try:
+        holder = first.get(User, user_id)
+        assert holder is not None
+        assert second_factor.check(first, holder, code, now) is True
+        racing = threading.Thread(target=second_login)
+        racing.start()
+        racing.join(timeout=1.0)
+        assert racing.is_alive(), "the second login read the factor while the first held it"
+        first.commit()
+        racing.join(timeout=30)
+        assert second_answer == [False]
+    finally:
+        first.close()
+        engine.dispose()
