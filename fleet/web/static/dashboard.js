@@ -61,9 +61,9 @@
   }
 
   // Now, as the page's language writes a time, in the page's zone (the user's choice or the
-  // site's; else the browser's own), the zone named.
+  // site's; else the browser's own), the zone named; on 24 hours, as the server's HH:mm.
   function clockTime(stamp) {
-    var options = { hour: "2-digit", minute: "2-digit", timeZoneName: "short" };
+    var options = { hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZoneName: "short" };
     var zone = stamp.getAttribute("data-zone");
     if (zone) options.timeZone = zone;
     var lang = document.documentElement.lang || undefined;
