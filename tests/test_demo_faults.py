@@ -7,6 +7,7 @@ within the first minutes while its fault lasts."""
 from __future__ import annotations
 
 import asyncio
+import re
 import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -432,3 +433,66 @@ def test_every_alert_opens_in_the_first_minutes(start: datetime, tmp_path: Path)
         )
     )
     assert all(t is not None and t <= timedelta(minutes=13) for t in opened.values()), opened
+
+
+@pytest.mark.timeout(420)
+def test_the_running_demo_shows_the_first_states_and_alerts(tmp_path: Path) -> None:
+    """The demo as it runs, at the real pace (started now, whatever the hour): within its
+    first minutes the API shows a device unreachable and one faulty, and the
+    firmware_below_minimum alert opens, each on the device the plan named. The later kinds
+    are awaited in simulated time (test_every_alert_opens_in_the_first_minutes), so that
+    this test stays a few minutes long."""
+    import httpx
+
+    import fleet.demo as demo
+
+    said: list[str] = []
+
+    def planned(kind: str) -> str:
+        line = next(line for line in said if line.startswith("demo faults, on a schedule"))
+        found = re.search(rf"\+\d+ s {kind} (\S+?)(;|$)", line)
+        assert found, line
+        return found[1]
+
+    async def scenario() -> dict[str, float]:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        options = demo.DemoOptions(
+            data_dir=tmp_path, port=0, say=said.append, stop=stop, ready=ready
+        )
+        task = asyncio.create_task(demo.run_demo(options))
+        seen: dict[str, float] = {}
+        try:
+            await asyncio.wait_for(ready.wait(), 90)
+            began = asyncio.get_running_loop().time()
+            headers = {"Authorization": f"Bearer {options.tokens['demo-ops']}"}
+            wanted = {
+                "unreachable": ("state", planned(UNREACHABLE), "unreachable"),
+                "faulty": ("state", planned(FAULTY), "faulty"),
+                "firmware_below_minimum": ("alert", planned(OLD_FIRMWARE), ""),
+            }
+            deadline = began + 5 * 60
+            async with httpx.AsyncClient(base_url=options.urls["base"], headers=headers) as c:
+                while len(seen) < len(wanted):
+                    for name, (what, device, state) in wanted.items():
+                        if name in seen:
+                            continue
+                        if what == "state":
+                            answer = (await c.get(f"/api/v1/devices/{device}")).json()
+                            hit = answer.get("state") == state
+                        else:
+                            query = {"kind": name, "device": device, "state": "open"}
+                            hit = bool(
+                                (await c.get("/api/v1/alerts", params=query)).json()["items"]
+                            )
+                        if hit:
+                            seen[name] = (asyncio.get_running_loop().time() - began) / 60
+                    assert asyncio.get_running_loop().time() < deadline, (seen, said)
+                    await asyncio.sleep(1)  # the API polled once a second: not a guess at a time
+            return seen
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 60)
+
+    seen = asyncio.run(scenario())
+    print("\n[running demo] " + ", ".join(f"{k} at {v:.1f} min" for k, v in seen.items()))
+    assert set(seen) == {"unreachable", "faulty", "firmware_below_minimum"}
