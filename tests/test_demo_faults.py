@@ -496,3 +496,28 @@ def test_the_running_demo_shows_the_first_states_and_alerts(tmp_path: Path) -> N
     seen = asyncio.run(scenario())
     print("\n[running demo] " + ", ".join(f"{k} at {v:.1f} min" for k, v in seen.items()))
     assert set(seen) == {"unreachable", "faulty", "firmware_below_minimum"}
+
+
+@pytest.mark.parametrize("start", [datetime(2025, 3, 3, 3, 0, tzinfo=UTC), SUNDAY_NIGHT])
+def test_the_offline_site_comes_back_and_its_alert_resolves(start: datetime) -> None:
+    """The site taken offline is back when its fault ends: its agent heard again, the real
+    rule and hold resolve its open site_offline alert within 3 minutes of its return."""
+    sites = load_sites()
+    fault = next(f for f in plan_faults(sites, start) if f.kind == SITE_OFFLINE)
+    assert fault.lasting is not None
+    site = next(s for s in sites if s.config.site.code == fault.site)
+    intervals = [site.profile_of(d).poll.interval_s for _, d in site.config.devices()]
+    silence = site_silence_threshold(intervals)
+    hold = HOLDS[AlertKind.site_offline]
+    back = start + fault.after + fault.lasting
+    counts, at = NONE, back
+    while at < back + timedelta(minutes=3):
+        at += ALERTS_JOB
+        # Back: it said online on its return, and its readings arrive every poll since.
+        agent = AgentFacts(site.config.site.code, site.config.agent_id, "online", back, at)
+        seen = observe_site(agent, silence, at, watching_since=start)
+        assert seen is not None
+        counts, action = step(counts, True, seen, hold)  # its alert is open
+        if action == Action.resolve:
+            return
+    raise AssertionError(f"{fault.site}'s site_offline alert still open 3 min after its return")
