@@ -179,7 +179,7 @@ def word(context: Context, code: str | None, table: str) -> str:
 def reason(context: Context, text: str | None) -> str:
     """`{{ d.state_reason | reason | stamps }}`: a stored state reason in the page's language."""
     t = context.get("t") or translations("en")
-    return words.reason_text(t, text)
+    return words.reason_text(t, text, context.get("lang", "en"))
 
 
 def epoch(value: datetime | None) -> int:
