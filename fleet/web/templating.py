@@ -53,8 +53,9 @@ def ago(value: datetime | None, now: datetime | None = None, lang: str = "en") -
         return t.gettext("in the future")
     if seconds < 10:  # within a request's time, or a clock a little ahead
         return t.gettext("just now")
+    # Babel words a negative delta as past ("5 minutes ago"), a positive one as future.
     return format_timedelta(
-        timedelta(seconds=max(seconds, 0)),
+        -timedelta(seconds=seconds),
         threshold=1.5,
         add_direction=True,
         locale=babel_locale(lang),
