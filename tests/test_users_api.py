@@ -292,3 +292,44 @@ def test_any_change_of_any_name_is_refused_or_made_never_a_500(
     tech = users["tech-upm"]
     assert tech["state"] == "active" and not CONTROL_RE.search("".join(tech["sites"]))
     assert users["ops-centre"]["role"] == "ops"
+
+
+def test_two_ops_revoking_each_other_at_once_leave_one(postgres_url: str) -> None:
+    """PostgreSQL: the active ops rows are locked while a revocation is made, so the other
+    ops' revocation waits for it, then sees it and is refused; the fleet keeps one ops."""
+    import threading
+
+    from fleet.auth.users import LastOps, _refuse_last_ops, get_user, revoke_user
+    from fleet.db import make_engine, migrate
+
+    engine = make_engine(postgres_url)
+    try:
+        migrate(engine)
+        user_token(engine, "ops-a", "ops")
+        user_token(engine, "ops-b", "ops")
+        outcome: list[object] = []
+
+        def revoke_a() -> None:
+            with Session(engine) as other:
+                try:
+                    outcome.append(revoke_user(other, "ops-a"))
+                except LastOps as exc:
+                    outcome.append(exc)
+
+        with Session(engine) as first:
+            b = get_user(first, "ops-b")
+            _refuse_last_ops(first, b, "revoking them")  # what revoke_user("ops-b") does first
+            b.revoked_at = b.created_at
+            first.add(b)
+            first.flush()
+            racer = threading.Thread(target=revoke_a)
+            racer.start()
+            racer.join(timeout=2)
+            assert racer.is_alive(), "the second revocation did not wait for the first"
+            first.commit()
+        racer.join(timeout=30)
+        assert len(outcome) == 1 and isinstance(outcome[0], LastOps), outcome
+        with Session(engine) as session:
+            assert get_user(session, "ops-a").revoked_at is None
+    finally:
+        engine.dispose()

@@ -175,16 +175,15 @@ def list_users(session: Session) -> list[User]:
 
 
 def _refuse_last_ops(session: Session, user: User, doing: str) -> None:
-    """Raise LastOps when `user` is the only active ops user. The active ops rows are locked
-    (PostgreSQL) so that two ops revoking each other at once cannot both pass."""
+    """Raise LastOps when `user` is the only active ops user. Every active ops row is locked
+    (PostgreSQL) until the caller commits, so that two ops revoking each other at once cannot
+    both pass: the second waits, then sees the first's change."""
     if user.role != "ops" or user.revoked_at is not None:
         return
-    others = session.exec(
-        select(User.id)
-        .where(User.role == "ops", col(User.revoked_at).is_(None), User.id != user.id)
-        .with_for_update()
+    active = session.exec(
+        select(User.id).where(User.role == "ops", col(User.revoked_at).is_(None)).with_for_update()
     ).all()
-    if not others:
+    if not [i for i in active if i != user.id]:
         raise LastOps(
             f"{user.name} is the last active ops user: {doing} would leave nobody to manage "
             "users. Add another ops user first"
