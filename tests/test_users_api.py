@@ -333,3 +333,29 @@ def test_two_ops_revoking_each_other_at_once_leave_one(postgres_url: str) -> Non
             assert get_user(session, "ops-a").revoked_at is None
     finally:
         engine.dispose()
+
+
+def test_the_command_line_changes_and_revokes_through_the_same_checks(
+    registered: Engine, tokens: Tokens, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """`fleet users change` and `revoke` call what the API calls: the same refusals, the same
+    audit entries."""
+    from typer.testing import CliRunner
+
+    from fleet.cli import app
+
+    monkeypatch.setenv("FLEET_DATABASE_URL", registered.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("FLEET_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    done = runner.invoke(app, ["users", "change", "tech-upm", "--site", "upm", "--site", "usthb"])
+    assert done.exit_code == 0, done.output
+    assert "tech-upm is now technician\tsites: upm, usthb" in done.output
+    refused = runner.invoke(app, ["users", "revoke", "ops-centre"])
+    assert refused.exit_code == 2 and "last active ops user" in refused.output
+    demoted = runner.invoke(app, ["users", "change", "ops-centre", "--role", "vendor"])
+    assert demoted.exit_code == 2 and "needs its vendor" in demoted.output
+    with Session(registered) as session:
+        tech = session.exec(select(User).where(User.name == "tech-upm")).one()
+        ops = session.exec(select(User).where(User.name == "ops-centre")).one()
+        assert (tech.sites, ops.role, ops.revoked_at) == (["upm", "usthb"], "ops", None)
+    assert next(a for a in audit(registered) if a[1] == "user.change")[2] == "tech-upm"

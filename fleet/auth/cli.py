@@ -115,9 +115,47 @@ def users_list() -> None:
             typer.echo(f"{user.name}\t{user.role}\t{state}{_scope(user.sites, user.vendor)}")
 
 
+@users_app.command("change")
+def users_change(
+    name: str,
+    role: Annotated[str | None, typer.Option(help="ops, technician or vendor.")] = None,
+    site: Annotated[
+        list[str] | None, typer.Option(help="A technician's site code (repeat for more).")
+    ] = None,
+    vendor: Annotated[str | None, typer.Option(help="A vendor user's vendor, e.g. Seewo.")] = None,
+) -> None:
+    """Give a user another role or scope (what PATCH /api/v1/users/NAME does). A new role
+    drops the old one's scope and ends the user's login sessions; the last active ops user
+    keeps the role."""
+    from fleet.auth.audit import record
+    from fleet.auth.users import UserError, change_user
+
+    with _session() as session:
+        if site:
+            _sync_sites(session)
+            site = [_site_code(session, code) for code in site]
+        try:
+            user = change_user(
+                session, name, role=role, sites=site, vendor=vendor,
+                profile_vendors=_profile_vendors(),
+            )  # fmt: skip
+        except UserError as exc:
+            raise _fail(str(exc)) from None
+        record(
+            session,
+            actor=f"cli:{_os_user()}",
+            action="user.change",
+            target=name,
+            role="ops",
+            detail={"role": user.role, "sites": user.sites, "vendor": user.vendor},
+        )
+        session.commit()
+        typer.echo(f"{user.name} is now {user.role}" + _scope(user.sites, user.vendor))
+
+
 @users_app.command("revoke")
 def users_revoke(name: str) -> None:
-    """Revoke a user and every token of theirs, at once."""
+    """Revoke a user and every token of theirs, at once (never the last active ops user)."""
     from fleet.auth.audit import record
     from fleet.auth.users import UserError, revoke_user
 
