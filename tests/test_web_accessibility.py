@@ -22,6 +22,7 @@ PAGES = {
         "/programme",
         "/rollouts",
         "/reports",
+        "/users",
         "/no/such/page",
     ),
     "technician": ("/", "/sites/upm", "/devices/upm-sc1-panel-1", "/alerts"),

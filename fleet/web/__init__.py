@@ -14,6 +14,7 @@ from fleet.web import (
     programme_page,
     reports_page,
     rollouts_page,
+    users_page,
 )
 from fleet.web.not_found import PageNotFound, http_error, page_not_found
 from fleet.web.templating import STATIC_DIR
@@ -28,6 +29,7 @@ def install(app: FastAPI) -> None:
     app.include_router(programme_page.router)
     app.include_router(rollouts_page.router)
     app.include_router(reports_page.router)
+    app.include_router(users_page.router)
     app.include_router(login_page.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(PageNotFound, page_not_found)
@@ -39,4 +41,5 @@ def install(app: FastAPI) -> None:
         (N_("Programme"), "/programme", "fleet:read"),
         (N_("Rollouts"), "/rollouts", "rollouts:read"),
         (N_("Reports"), "/reports", "reports:read"),
+        (N_("Users"), "/users", "users:read"),
     )

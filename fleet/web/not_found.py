@@ -1,4 +1,5 @@
-"""Unknown pages and ids: a proper HTML 404 for people, the usual JSON for the API."""
+"""Unknown pages and ids, and pages refused: a proper HTML 404 or 403 for people, the usual
+JSON for the API."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ async def page_not_found(request: Request, exc: Exception) -> Response:
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
-    """A 404 for a path no route knows: a page for people, JSON for the API and tools."""
+    """A 404 for a path no route knows, and a 403 refused by a page's permission (a role or a
+    scope that does not open it): a page for people, JSON for the API and tools."""
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 401 and not request.url.path.startswith(API_PREFIXES):
         # A page without a login: to the login form, and back here after it.
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+    if exc.status_code == 403 and not request.url.path.startswith(API_PREFIXES):
+        return render(request, "refused.html", status_code=403)
     if exc.status_code == 404 and not request.url.path.startswith(API_PREFIXES):
         alert_id = request.path_params.get("alert_id")
         if alert_id is not None and str(alert_id).isdigit():

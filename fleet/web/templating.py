@@ -166,6 +166,8 @@ WORD_TABLES = {
     "flag": words.FLAGS,
     "command": words.COMMAND_KINDS,
     "command_state": words.COMMAND_STATES,
+    "role": words.ROLES,
+    "user_state": words.USER_STATES,
 }
 
 

@@ -22,6 +22,7 @@ def N_(message: str) -> str:  # the name Babel's extractor looks for
 
 
 ROLES = {"ops": N_("ops"), "technician": N_("technician"), "vendor": N_("vendor")}
+USER_STATES = {"active": N_("active"), "revoked": N_("revoked")}
 STATES = {
     "online": N_("online"),
     "standby": N_("standby"),
