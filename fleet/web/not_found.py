@@ -61,4 +61,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
             what=f"There is no page at {request.url.path}.",
             hint="",
         )
+    if exc.status_code == 403 and not request.url.path.startswith(API_PREFIXES):
+        # A page or form refused to this login (a vendor, another site's technician): a page
+        # that says so, with the API's reason, not the API's JSON.
+        return render(request, "refused.html", status_code=403, what=str(exc.detail))
     return await http_exception_handler(request, exc)
