@@ -38,7 +38,7 @@ from tests.test_web_accessibility import _serious
 
 PROJECTOR = "ugb-sc1-projector"  # pjlink-projector: power and input over PJLink
 PANEL = "ugb-sc1-panel-1"  # weidong-panel, read by the simulated collector: takes neither
-ROOM = "ugb-sc1"
+ROOM = "ugb-smart-1"
 
 
 @pytest.fixture(scope="module")
