@@ -484,3 +484,34 @@ def test_the_api_refuses_a_command_the_device_does_not_take(client: TestClient) 
     answer = client.post("/api/v1/sites/upm/commands", json={"power": "off", "reason": "test"})
     assert answer.status_code == 202
     assert [r["device_id"] for r in answer.json()] == ["upm-sc2-projector"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    minutes=st.one_of(HOSTILE, st.sampled_from(["1", "1440", "60"])),
+    reason=st.one_of(st.text(max_size=600), st.just("<script>x</script>\x00")),
+    room=st.sampled_from(["upm-smart-1", "ugb-smart-1", "no-such-room"]),
+)
+def test_hostile_in_use_and_switch_off_forms(
+    client: TestClient, minutes: str, reason: str, room: str
+) -> None:
+    """Keep on: minutes 1..1440 of one of the site's rooms, else a 422 page (or the 404 page
+    for a room that is not the site's) and no room marked. Switch off: the confirm page
+    first, whatever the reason, with nothing sent; a refused value is a 422 page."""
+    before = client.get("/api/v1/sites/upm/power-schedule").json()["rooms_in_use"]
+    answer = _post_form(
+        client, f"/sites/upm/rooms/{room}/in-use", [("minutes", minutes), ("reason", reason)]
+    )
+    event(f"in use {answer.status_code}")
+    in_use = client.get("/api/v1/sites/upm/power-schedule").json()["rooms_in_use"]
+    if answer.status_code == 303:
+        assert room in in_use and 1 <= int(minutes) <= 1440
+    else:
+        # As the API: the values are checked first (422), then whether the room is the site's.
+        assert answer.status_code in ((422,) if room == "upm-smart-1" else (404, 422))
+        assert "text/html" in answer.headers["content-type"]
+        assert in_use == before
+    answer = _post_form(client, "/sites/upm/commands", [("room", room), ("reason", reason)])
+    assert answer.status_code in (200, 404, 422), answer.status_code
+    assert "text/html" in answer.headers["content-type"]
+    assert client.get("/api/v1/devices/upm-sc2-projector/commands").json() == []
