@@ -515,3 +515,26 @@ def test_hostile_in_use_and_switch_off_forms(
     assert answer.status_code in (200, 404, 422), answer.status_code
     assert "text/html" in answer.headers["content-type"]
     assert client.get("/api/v1/devices/upm-sc2-projector/commands").json() == []
+
+
+def test_what_the_controller_offers_is_what_the_agent_can_switch() -> None:
+    """Profile.control_problem (the controller's word on what a model takes) against the
+    agent's registered controls: a button offered for a protocol the agent cannot switch would
+    only ever fail."""
+    from agent.collectors.control import control_for
+    from fleet.protocol.profiles import load_profiles
+    from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
+
+    seen = {}
+    for profile in load_profiles(DEFAULT_PROFILES_DIR).values():
+        agent_can = control_for(profile.protocol) is not None
+        for kind in ("power", "input"):
+            offered = profile.control_problem(kind) is None
+            seen[(profile.id, kind)] = offered
+            assert not offered or agent_can, (profile.id, kind)
+        if not agent_can:
+            assert profile.control_problem("power") is not None
+    print(f"\n[controls] {sorted(k for k, v in seen.items() if v)}")
+    assert seen[("pjlink-projector", "power")] and seen[("snmp-projector", "power")]
+    assert not seen[("snmp-projector", "input")]  # the profile names no input object
+    assert not seen[("seewo-panel", "power")]
