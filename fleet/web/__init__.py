@@ -11,6 +11,7 @@ from fleet.web import (
     device_page,
     login_page,
     pages,
+    power_forms,
     programme_page,
     reports_page,
     rollouts_page,
@@ -25,6 +26,7 @@ def install(app: FastAPI) -> None:
     """Add the pages to the controller's app (called by `fleet.api.app.create_app`)."""
     app.include_router(pages.router)
     app.include_router(device_page.router)
+    app.include_router(power_forms.router)
     app.include_router(alerts_page.router)
     app.include_router(programme_page.router)
     app.include_router(rollouts_page.router)
