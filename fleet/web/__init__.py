@@ -14,8 +14,10 @@ from fleet.web import (
     programme_page,
     reports_page,
     rollouts_page,
+    silences_page,
+    subscriptions_page,
 )
-from fleet.web.not_found import PageNotFound, http_error, page_not_found
+from fleet.web.not_found import PageNotFound, PageRefused, http_error, page_not_found, page_refused
 from fleet.web.templating import STATIC_DIR
 from fleet.web.words import N_
 
@@ -28,9 +30,12 @@ def install(app: FastAPI) -> None:
     app.include_router(programme_page.router)
     app.include_router(rollouts_page.router)
     app.include_router(reports_page.router)
+    app.include_router(silences_page.router)
+    app.include_router(subscriptions_page.router)
     app.include_router(login_page.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(PageNotFound, page_not_found)
+    app.add_exception_handler(PageRefused, page_refused)
     app.add_exception_handler(StarletteHTTPException, http_error)
     # (label, path, the permission its page declares): each viewer sees the links it may open.
     app.state.web_nav = (
@@ -39,4 +44,6 @@ def install(app: FastAPI) -> None:
         (N_("Programme"), "/programme", "fleet:read"),
         (N_("Rollouts"), "/rollouts", "rollouts:read"),
         (N_("Reports"), "/reports", "reports:read"),
+        (N_("Silences"), "/silences", "silences:read"),
+        (N_("E-mail"), "/subscriptions", "subscriptions:write"),
     )

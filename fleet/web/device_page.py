@@ -8,6 +8,7 @@ import math
 import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel.dates import format_timedelta
@@ -17,11 +18,12 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import col, select
 
 from fleet.alerts.queries import recent_alerts_of_device, unacknowledged_alerts_by_device
+from fleet.alerts.silences import active, covering, silenced_now
 from fleet.api.deps import SessionDep
 from fleet.auth.permissions import Allow
 from fleet.commands.models import DeviceCommand
 from fleet.models import Device, Room, Site
-from fleet.protocol.messages import DEVICE_ID_PATTERN
+from fleet.protocol.messages import DEVICE_ID_PATTERN, utcnow
 from fleet.web.charts import line_chart, power_band
 from fleet.web.device_history import (
     DEFAULT_WINDOW,
@@ -102,6 +104,8 @@ def device_page(
             else None,
         }
     reading = device.last_reading or {}
+    alerts = recent_alerts_of_device(session, device.id)
+    now = utcnow()
     lang = language_of(request)
     t = translations(lang)
     fields = [
@@ -129,7 +133,18 @@ def device_page(
         window=window,
         windows=list(WINDOWS),
         firmware=firmware_history(session, device.id),
-        alerts=recent_alerts_of_device(session, device.id),
+        alerts=alerts,
+        # Its alerts a silence mutes now, and the silence on the device itself: shown in
+        # words (🔇 and "Silenced"), not only by colour.
+        silenced=silenced_now(
+            session.connection(), [(a.id or 0, a.site_code, a.device_id) for a in alerts], now
+        ),
+        device_silence=covering(
+            active(session.connection(), now), device.site_code, device.room_id, device.id
+        ),
+        silence_link="/silences?"
+        + urlencode({"site": device.site_code, "device": device.id})
+        + "#new",
         # Power and input commands, the schedule's notes among them: staff only (vendors
         # hold devices:read but not devices:command).
         commands=_commands(session, device.id) if viewer.may("devices:command") else None,

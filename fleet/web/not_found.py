@@ -1,4 +1,5 @@
-"""Unknown pages and ids: a proper HTML 404 for people, the usual JSON for the API."""
+"""Unknown pages and ids, and refusals: a proper HTML 404 or 403 for people, the usual JSON
+for the API."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fleet.web.templating import render
 
 API_PREFIXES = ("/api/", "/docs", "/openapi.json", "/redoc", "/metrics", "/healthz", "/static/")
+
+
+class PageRefused(Exception):
+    """A page's own refusal (a form naming a site outside the caller's): the 403 page."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+async def page_refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PageRefused)
+    return render(request, "refused.html", status_code=403, what=exc.what)
 
 
 class PageNotFound(Exception):
@@ -32,6 +46,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 401 and not request.url.path.startswith(API_PREFIXES):
         # A page without a login: to the login form, and back here after it.
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+    if exc.status_code == 403 and not request.url.path.startswith(API_PREFIXES):
+        # A permission's refusal (fleet.auth.permissions) of a page or a form's post: what
+        # the API says, on a page, not as JSON in the browser.
+        return render(request, "refused.html", status_code=403, what=str(exc.detail))
     if exc.status_code == 404 and not request.url.path.startswith(API_PREFIXES):
         alert_id = request.path_params.get("alert_id")
         if alert_id is not None and str(alert_id).isdigit():
