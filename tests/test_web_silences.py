@@ -422,7 +422,7 @@ def test_any_subscription_form_post_is_added_or_refused_with_its_reason(
         assert after == before
 
 
-def test_forms_naming_another_site_are_the_403_page(client: TestClient) -> None:
+def test_forms_naming_another_site_are_the_403_page(client: TestClient, registered: Engine) -> None:
     for path, fields in (
         ("/silences", {"site": "usthb", "reason": "x", "hours": "2"}),
         ("/silences", {"site": "no-such-site", "reason": "x", "hours": "2"}),
@@ -433,3 +433,13 @@ def test_forms_naming_another_site_are_the_403_page(client: TestClient) -> None:
         assert 'data-testid="refused"' in answer.text
     assert client.get("/api/v1/silences").json() == []
     assert client.get("/api/v1/alert-subscriptions").json() == []
+    with registered.connect() as conn:
+        refused = conn.execute(
+            text("SELECT action FROM audit_entry WHERE actor = 'tech-upm' AND outcome = :o"),
+            {"o": "failed 403"},
+        ).scalars()
+        assert sorted(refused) == [
+            "silences.create_silence",
+            "silences.create_silence",
+            "subscriptions.subscribe",
+        ]

@@ -17,7 +17,7 @@ from fleet.web import (
     silences_page,
     subscriptions_page,
 )
-from fleet.web.not_found import PageNotFound, PageRefused, http_error, page_not_found, page_refused
+from fleet.web.not_found import PageNotFound, http_error, page_not_found
 from fleet.web.templating import STATIC_DIR
 from fleet.web.words import N_
 
@@ -35,7 +35,6 @@ def install(app: FastAPI) -> None:
     app.include_router(login_page.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(PageNotFound, page_not_found)
-    app.add_exception_handler(PageRefused, page_refused)
     app.add_exception_handler(StarletteHTTPException, http_error)
     # (label, path, the permission its page declares): each viewer sees the links it may open.
     app.state.web_nav = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -15,17 +15,12 @@ from fleet.web.templating import render
 API_PREFIXES = ("/api/", "/docs", "/openapi.json", "/redoc", "/metrics", "/healthz", "/static/")
 
 
-class PageRefused(Exception):
-    """A page's own refusal (a form naming a site outside the caller's): the 403 page."""
+class PageRefused(HTTPException):
+    """A page's own refusal (a form naming a site outside the caller's): the 403 page. An
+    HTTPException, so that the permission's audit records the post as failed 403."""
 
     def __init__(self, what: str) -> None:
-        super().__init__(what)
-        self.what = what
-
-
-async def page_refused(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, PageRefused)
-    return render(request, "refused.html", status_code=403, what=exc.what)
+        super().__init__(403, what)
 
 
 class PageNotFound(Exception):

@@ -149,13 +149,16 @@ def create_from_page(
     form = {"site": site, "room": room, "device": device, "reason": reason}
     form |= {"starts": starts, "hours": hours}
     code = site.strip()
-    if caller.sites is not None and code not in caller.sites:
-        # Named whether or not such a site exists: a technician learns nothing of others'.
-        raise PageRefused(f"{caller.name} may silence only their own sites: {viewer.scope}")
 
     def refuse(reason: str) -> HTMLResponse:
         request.state.audit_outcome = "failed 422"
         return _page(request, session, caller, viewer, form, problem=reason, status_code=422)
+
+    if not code:
+        return refuse("site: choose the site to silence")
+    if caller.sites is not None and code not in caller.sites:
+        # Named whether or not such a site exists: a technician learns nothing of others'.
+        raise PageRefused(f"{caller.name} may silence only their own sites: {viewer.scope}")
 
     known = session.get(Site, code) if code.isprintable() and len(code) <= 64 else None
     if known is None:
