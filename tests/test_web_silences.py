@@ -26,6 +26,7 @@ from fleet.protocol.site_config import DEFAULT_SITES_DIR
 from fleet.settings import Settings
 from tests.fixtures_auth import Tokens, sign_in, user_token
 from tests.fixtures_broker import BrokerThread
+from tests.fixtures_browser import screenshot
 from tests.procs import Stack, wait_for
 from tests.smtp_sink import Sink, running_sink
 from tests.test_web_alert_actions import raise_alert
@@ -320,6 +321,8 @@ def test_the_screens_fit_a_phone_and_pass_axe(
                 found = _serious(tab)
                 if found:
                     wrong[f"{role} {path}"] = found
+                name = path.strip("/").split("?")[0]
+                screenshot(tab, f"{name}-{role}-{width}.png")
         finally:
             tab.context.close()
     assert not wrong, wrong
