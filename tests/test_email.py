@@ -1,5 +1,6 @@
 """E-mail notifications end to end against a real SMTP server on loopback (aiosmtpd):
-subscribers get one message with the site's local time and the alert's link; an alert nobody
+subscribers get one message with the site's local time and the alert's link, and one more
+when it is resolved (who, when, the link), whether by hand or by itself; an alert nobody
 acknowledges escalates to the site's technicians, then ops; a silence mutes e-mail and the
 webhook alike until it ends; a message pending when the controller stops is sent once after
 it starts again."""

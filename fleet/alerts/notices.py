@@ -2,9 +2,11 @@
 nobody acknowledges it, the next level after the severity's delay (the site's technicians,
 then ops). Each level reached is recorded on the alert (notice_level, noticed_at,
 escalated_at) in the same transaction as the e-mails it queues (email_delivery), so a restart
-neither loses nor repeats them. An alert under a silence (fleet.alerts.silences) moves no
-level and queues nothing, and the silence is recorded on it; once the silence is over, what is
-still open is notified on the next run. A scheduled job, never on the ingest path.
+neither loses nor repeats them. Once it is resolved, everyone who was e-mailed about it is
+told who resolved it and when (resolve_noticed_at marks that done). An alert under a silence
+(fleet.alerts.silences) moves no level and queues nothing, and the silence is recorded on it;
+once the silence is over, what is still open is notified on the next run. A scheduled job,
+never on the ingest path.
 """
 
 from __future__ import annotations
