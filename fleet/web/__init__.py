@@ -15,6 +15,8 @@ from fleet.web import (
     programme_page,
     reports_page,
     rollouts_page,
+    silences_page,
+    subscriptions_page,
     users_page,
 )
 from fleet.web.not_found import PageNotFound, http_error, page_not_found
@@ -32,6 +34,8 @@ def install(app: FastAPI) -> None:
     app.include_router(rollouts_page.router)
     app.include_router(reports_page.router)
     app.include_router(users_page.router)
+    app.include_router(silences_page.router)
+    app.include_router(subscriptions_page.router)
     app.include_router(login_page.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(PageNotFound, page_not_found)
@@ -44,4 +48,6 @@ def install(app: FastAPI) -> None:
         (N_("Rollouts"), "/rollouts", "rollouts:read"),
         (N_("Reports"), "/reports", "reports:read"),
         (N_("Users"), "/users", "users:read"),
+        (N_("Silences"), "/silences", "silences:read"),
+        (N_("E-mail"), "/subscriptions", "subscriptions:write"),
     )

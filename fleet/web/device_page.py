@@ -10,6 +10,7 @@ import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel.dates import format_timedelta
@@ -19,11 +20,12 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
 from fleet.alerts.queries import recent_alerts_of_device, unacknowledged_alerts_by_device
+from fleet.alerts.silences import active, covering, silenced_now
 from fleet.api.deps import SessionDep, SettingsDep
 from fleet.auth.permissions import Allow
 from fleet.commands.requested import control_problem, profiles, recent_commands
 from fleet.models import Device, Room, Site
-from fleet.protocol.messages import DEVICE_ID_PATTERN, CommandKind
+from fleet.protocol.messages import DEVICE_ID_PATTERN, CommandKind, utcnow
 from fleet.web.charts import line_chart, power_band
 from fleet.web.device_history import (
     DEFAULT_WINDOW,
@@ -124,6 +126,8 @@ def device_view(
             else None,
         }
     reading = device.last_reading or {}
+    alerts = recent_alerts_of_device(session, device.id)
+    now = utcnow()
     # Power and input commands, the schedule's notes among them: staff only (vendors hold
     # devices:read but not devices:command).
     commands = recent_commands(session, device.id, 20) if viewer.may("devices:command") else None
@@ -154,13 +158,24 @@ def device_view(
         window=window,
         windows=list(WINDOWS),
         firmware=firmware_history(session, device.id),
-        alerts=recent_alerts_of_device(session, device.id),
+        alerts=alerts,
         commands=commands,
         # Refreshed more often while a command waits for its answer.
         pending=any(c.state == "sent" for c in commands or []),
         controls=_controls(profiles_dir, device) if commands is not None else None,
         problem=problem,
         status_code=status_code,
+        # Its alerts a silence mutes now, and the silence on the device itself: shown in
+        # words (🔇 and "Silenced"), not only by colour.
+        silenced=silenced_now(
+            session.connection(), [(a.id or 0, a.site_code, a.device_id) for a in alerts], now
+        ),
+        device_silence=covering(
+            active(session.connection(), now), device.site_code, device.room_id, device.id
+        ),
+        silence_link="/silences?"
+        + urlencode({"site": device.site_code, "device": device.id})
+        + "#new",
     )
 
 

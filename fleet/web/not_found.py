@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -13,6 +13,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fleet.web.templating import render
 
 API_PREFIXES = ("/api/", "/docs", "/openapi.json", "/redoc", "/metrics", "/healthz", "/static/")
+
+
+class PageRefused(HTTPException):
+    """A page's own refusal (a form naming a site outside the caller's): the 403 page. An
+    HTTPException, so that the permission's audit records the post as failed 403."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(403, what)
 
 
 class PageNotFound(Exception):
@@ -35,7 +43,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
         # A page without a login: to the login form, and back here after it.
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
     if exc.status_code == 403 and not request.url.path.startswith(API_PREFIXES):
-        return render(request, "refused.html", status_code=403)
+        # A permission's refusal (fleet.auth.permissions) of a page or a form's post: what
+        # the API says, on a page, not as JSON in the browser.
+        return render(request, "refused.html", status_code=403, what=str(exc.detail))
     if exc.status_code == 404 and not request.url.path.startswith(API_PREFIXES):
         alert_id = request.path_params.get("alert_id")
         if alert_id is not None and str(alert_id).isdigit():

@@ -19,6 +19,7 @@ from fleet.alerts.queries import (
     unacknowledged_alerts_by_device,
     unacknowledged_alerts_by_site,
 )
+from fleet.alerts.silences import find as find_silences
 from fleet.api.deps import SessionDep
 from fleet.api.params import SiteCodePath
 from fleet.auth.permissions import Allow, Caller
@@ -169,6 +170,8 @@ def site_view(
         week=week_chart(timetable, tz, now),
         now=now,
         power=_power_schedule(session, code) if not partial else None,
+        # The silences in force here: its alerts notify no one meanwhile.
+        silences=find_silences(session, frozenset({code}), current_at=now, limit=50),
         problem=problem,
         problem_of=problem_of,
         status_code=status_code,
