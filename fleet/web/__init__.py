@@ -13,6 +13,7 @@ from fleet.web import (
     pages,
     programme_page,
     reports_page,
+    rollout_new_page,
     rollouts_page,
 )
 from fleet.web.not_found import PageNotFound, http_error, page_not_found
@@ -26,6 +27,8 @@ def install(app: FastAPI) -> None:
     app.include_router(device_page.router)
     app.include_router(alerts_page.router)
     app.include_router(programme_page.router)
+    # Before the rollouts page: /rollouts/new is not a rollout id.
+    app.include_router(rollout_new_page.router)
     app.include_router(rollouts_page.router)
     app.include_router(reports_page.router)
     app.include_router(login_page.router)

@@ -1,4 +1,5 @@
-"""Unknown pages and ids: a proper HTML 404 for people, the usual JSON for the API."""
+"""Unknown pages and ids, and pages a role may not open: a proper HTML 404 or 403 for people,
+the usual JSON for the API."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 401 and not request.url.path.startswith(API_PREFIXES):
         # A page without a login: to the login form, and back here after it.
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+    if exc.status_code == 403 and not request.url.path.startswith(API_PREFIXES):
+        # The permission's refusal (fleet.auth.permissions), already audited: said as a page.
+        return render(request, "refused.html", status_code=403, reason=str(exc.detail))
     if exc.status_code == 404 and not request.url.path.startswith(API_PREFIXES):
         alert_id = request.path_params.get("alert_id")
         if alert_id is not None and str(alert_id).isdigit():
