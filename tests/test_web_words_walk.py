@@ -169,7 +169,16 @@ def _fleet_with_troubles(engine: Engine) -> str:
 
 
 ROLE_PAGES = {
-    "ops": ["/", "/alerts", "/programme", "/rollouts", "/reports", "/sites/upm", "DEVICE"],
+    "ops": [
+        "/",
+        "/alerts",
+        "/programme",
+        "/rollouts",
+        "/rollouts/new",
+        "/reports",
+        "/sites/upm",
+        "DEVICE",
+    ],
     "technician": ["/", "/alerts", "/sites/upm", "DEVICE"],
     "vendor": ["/", "/alerts", "/reports", "DEVICE"],
 }
