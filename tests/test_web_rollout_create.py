@@ -419,6 +419,9 @@ def test_any_form_is_created_or_refused_with_its_reason(
         ({"sites": "ugb"}, "no device matches the targets"),
         ({"nights_only": "1", "night_start": "06:00", "night_end": "06:00"}, "no time at all"),
         ({"start": "at", "start_at": "1999-01-01T00:00"}, "outside the times"),
+        ({"start": "at", "start_at": ""}, "Start at"),
+        ({"current_versions": "1.4.0, " * 3000}, "longer than"),
+        ({"device_timeout_min": "1e309"}, "Device timeout (minutes)"),
     ],
 )
 def test_each_refusal_names_its_reason(
@@ -430,3 +433,31 @@ def test_each_refusal_names_its_reason(
     )
     assert answer.status_code == 422 and said in answer.text, answer.text[-2000:]
     assert _rollouts(registered) == 0
+
+
+def test_the_api_preview_is_what_creation_stores(client: TestClient, registered: Engine) -> None:
+    body = {
+        "name": "projectors",
+        "release_version": "1.5.0",
+        "targets": {"profile": "snmp-projector"},
+        "waves": [{"count": 1}, {"percent": 100}],
+        "abort_min_done": 1,
+    }
+    preview = client.post("/api/v1/rollouts/preview", json=body).json()
+    assert not preview["refused"] and preview["method"] == "technician"
+    assert _rollouts(registered) == 0
+    created = client.post("/api/v1/rollouts", json=body).json()
+    detail = client.get(f"/api/v1/rollouts/{created['id']}").json()
+    stored = {d["device_id"]: d["wave"] for d in detail["devices"]}
+    previewed = {d["device_id"]: w["wave"] for w in preview["waves"] for d in w["devices"]}
+    assert stored == previewed and len(stored) >= 2
+    # The same body again: every device is held by the first, named in the preview.
+    again = client.post("/api/v1/rollouts/preview", json=body).json()
+    assert again["refused"] and f"rollout {created['id']}" in again["reasons"][0]
+    assert {d["held_by"] for w in again["waves"] for d in w["devices"]} == {created["id"]}
+    refused = client.post("/api/v1/rollouts", json=body)
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["msg"] == f"rollout refused: {again['reasons'][0]}"
+    # A body the API refuses is refused alike by the preview: 422, nothing stored.
+    bad = client.post("/api/v1/rollouts/preview", json={**body, "success_threshold_pct": "NaN"})
+    assert bad.status_code == 422 and _rollouts(registered) == 1

@@ -70,14 +70,16 @@ LABELS = {
     "abort_min_done": N_("Abort after at least this many are done"),
     "abort_failure_pct": N_("Abort above this failure rate (%)"),
     "device_timeout_s": N_("Device timeout (minutes)"),
+    "device_timeout_min": N_("Device timeout (minutes)"),
     "max_retries": N_("Retries per device"),
     "window": N_("Maintenance window"),
     "margin_min": N_("Clear of classes by (minutes)"),
     "night_start": N_("Night from"),
     "night_end": N_("Night until"),
+    "start": N_("Start"),
     "start_at": N_("Start at"),
 }
-FIELD_CHARS = 4000  # one form value; the API's own bounds are far smaller, this only caps work
+FIELD_CHARS = 10_000  # one form value: above the API's own bounds, it only caps the work
 
 
 @dataclass
@@ -142,7 +144,11 @@ def parse_form(
     form = RolloutForm()
     for key in DEFAULTS:
         if key in fields:
-            form.values[key] = fields[key][-1][:FIELD_CHARS]
+            value = fields[key][-1]
+            if len(value) > FIELD_CHARS:
+                # Refused, not cut: a list of versions cut short would target other devices.
+                form.problems.append(f"{key}: longer than {FIELD_CHARS} characters")
+            form.values[key] = value[:FIELD_CHARS]
     form.sites = [s[:FIELD_CHARS] for s in fields.get("sites", [])][:2000]
     form.checked = {c for c in CHECKBOXES if fields.get(c)}
     values = form.values
