@@ -31,6 +31,7 @@ from fleet.rollouts.models import Rollout
 from fleet.settings import Settings
 from tests.fixtures_auth import Tokens, sign_in, user_token
 from tests.fixtures_broker import BrokerThread
+from tests.fixtures_browser import screenshot
 from tests.procs import Stack, wait_for
 from tests.test_web_accessibility import _serious
 from tests.test_web_layout import _no_sideways_scroll
@@ -269,6 +270,7 @@ def test_the_page_and_its_preview_fit_a_phone_and_pass_axe(
         _fill(tab)
         assert tab.locator("[data-testid=preview-wave] tbody tr").count() > 0
         _no_sideways_scroll(tab, f"the preview at 390 px ({lang})")
+        screenshot(tab, f"rollout-new-preview-390-{lang}.png")
         assert not _serious(tab), _serious(tab)
     finally:
         tab.context.close()

@@ -108,12 +108,14 @@ FormDep = Annotated[dict[str, list[str]], Depends(read_form)]
 
 
 def _numbers(text: str) -> str | None:
+    # An empty field takes the API's default rather than failing as "not a number".
     stripped = text.strip()
     return stripped or None
 
 
 def _waves(text: str) -> tuple[list[dict[str, str]], list[str]]:
-    """ "1, 10%, 100%": a count, or a share of all targets reached by the wave's end."""
+    """Waves written as "1, 10%, 100%": each a count, or the share of all targets reached by
+    the wave's end (the API's {"count"} and {"percent"})."""
     waves, problems = [], []
     for index, item in enumerate(p.strip() for p in text.split(",") if p.strip()):
         if item.endswith("%"):
