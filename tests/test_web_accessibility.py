@@ -21,6 +21,7 @@ PAGES = {
         "/alerts",
         "/programme",
         "/rollouts",
+        "/rollouts/new",
         "/reports",
         "/users",
         "/no/such/page",

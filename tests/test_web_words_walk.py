@@ -175,6 +175,7 @@ ROLE_PAGES = {
         "/alerts",
         "/programme",
         "/rollouts",
+        "/rollouts/new",
         "/reports",
         "/users",
         "/sites/upm",

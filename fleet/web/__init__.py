@@ -14,6 +14,7 @@ from fleet.web import (
     power_forms,
     programme_page,
     reports_page,
+    rollout_new_page,
     rollouts_page,
     silences_page,
     subscriptions_page,
@@ -31,6 +32,8 @@ def install(app: FastAPI) -> None:
     app.include_router(power_forms.router)
     app.include_router(alerts_page.router)
     app.include_router(programme_page.router)
+    # Before the rollouts page: /rollouts/new is not a rollout id.
+    app.include_router(rollout_new_page.router)
     app.include_router(rollouts_page.router)
     app.include_router(reports_page.router)
     app.include_router(users_page.router)
