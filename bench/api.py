@@ -27,7 +27,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -133,13 +133,16 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), p95
 
 
-def timed(call: Callable[[], Any], requests: int) -> tuple[float, float]:
+Request = Callable[[], Awaitable[Any]]
+
+
+async def timed(call: Request, requests: int) -> tuple[float, float]:
     for _ in range(max(2, requests // 20)):  # warm caches, the pool and the JIT-less paths
-        call()
+        await call()
     samples = []
     for _ in range(requests):
         start = time.perf_counter()
-        call()
+        await call()
         samples.append(time.perf_counter() - start)
     return percentiles(samples)
 
@@ -147,20 +150,22 @@ def timed(call: Callable[[], Any], requests: int) -> tuple[float, float]:
 Timing = tuple[float, float]
 
 
-def timed_against(
-    ours: Callable[[], Any], bare: Callable[[], Any], requests: int
+async def timed_against(
+    ours: Request, bare: Callable[[], Any], requests: int
 ) -> tuple[Timing, Timing]:
     """Both timed in turns, so a slow spell of the machine lands on each alike: the limit is
     measured in the same moments as the figure, not a few seconds before it."""
     for _ in range(max(2, requests // 20)):
-        ours()
+        await ours()
         bare()
     samples: tuple[list[float], list[float]] = ([], [])
     for i in range(requests):
-        order = ((0, ours), (1, bare)) if i % 2 else ((1, bare), (0, ours))
-        for which, call in order:
+        for which in (0, 1) if i % 2 else (1, 0):
             start = time.perf_counter()
-            call()
+            if which == 0:
+                await ours()
+            else:
+                bare()
             samples[which].append(time.perf_counter() - start)
     return percentiles(samples[0]), percentiles(samples[1])
 
@@ -255,40 +260,46 @@ def run(tmp: Path, sites: int, per_site: int, requests: int) -> None:
     # TestClient runs the app's lifespan; the requests go through httpx's ASGI transport on
     # this thread's own event loop: TestClient's portal hands every request to another
     # thread and back several times, which on a busy 2-core machine cost more than the
-    # request itself and is no part of what a deployment serves.
-    loop = asyncio.new_event_loop()
+    # request itself and is no part of what a deployment serves. All of them are made from
+    # one task, as a server's loop does: anyio's worker threads (where sync routes run) live
+    # as long as the task that first used them, so a task per request started a new thread
+    # for every request, which no deployment does either.
     asgi = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url="http://bench",
         headers=headers,
         cookies={"fleet_token": token},
     )
-    with TestClient(app, headers=headers, cookies={"fleet_token": token}):
 
-        def get(url: str, **params: str) -> Callable[[], Any]:
-            def call() -> Any:
-                response = loop.run_until_complete(asgi.get(url, params=params))
-                if response.status_code != 200:
-                    raise RuntimeError(f"GET {url}: {response.status_code} {response.text[:200]}")
-                return response
+    def get(url: str, **params: str) -> Request:
+        async def call() -> Any:
+            response = await asgi.get(url, params=params)
+            if response.status_code != 200:
+                raise RuntimeError(f"GET {url}: {response.status_code} {response.text[:200]}")
+            return response
 
-            return call
+        return call
 
+    async def measure() -> None:
         devices = sites * per_site
         report(
             "GET /api/v1/sites",
-            *timed_against(get("/api/v1/sites"), bare_overview(db), requests),
+            *await timed_against(get("/api/v1/sites"), bare_overview(db), requests),
             devices,
         )
-        report("GET / (dashboard)", *timed_against(get("/"), bare_overview(db), requests), devices)
-        floor = timed(get("/api/v1/devices", site="none"), requests)
+        report(
+            "GET / (dashboard)",
+            *await timed_against(get("/"), bare_overview(db), requests),
+            devices,
+        )
+        floor = await timed(get("/api/v1/devices", site="none"), requests)
         print(
             f"  floor (auth, routing, session; no rows): GET /api/v1/devices?site=none: "
             f"p50 {floor[0] * 1000:.2f} ms, p95 {floor[1] * 1000:.2f} ms"
         )
         report(
             f"GET /api/v1/devices?site={site}&state={state}",
-            *timed_against(
+            *await timed_against(
                 get("/api/v1/devices", site=site, state=state),
                 bare_devices(db, site, state),
                 requests,
@@ -297,7 +308,7 @@ def run(tmp: Path, sites: int, per_site: int, requests: int) -> None:
         )
         report(
             "GET /api/v1/devices (first page)",
-            *timed_against(get("/api/v1/devices"), bare_device_page(db, None), requests),
+            *await timed_against(get("/api/v1/devices"), bare_device_page(db, None), requests),
             devices,
         )
         # A page half-way through the fleet, reached as a client does: by the cursor a page
@@ -308,13 +319,15 @@ def run(tmp: Path, sites: int, per_site: int, requests: int) -> None:
         cursor = ORDER.cursor((middle,))
         report(
             "GET /api/v1/devices?after=<cursor> (a page mid-fleet)",
-            *timed_against(
+            *await timed_against(
                 get("/api/v1/devices", after=cursor), bare_device_page(db, middle), requests
             ),
             devices,
         )
-    loop.run_until_complete(asgi.aclose())
-    loop.close()
+        await asgi.aclose()
+
+    with TestClient(app, headers=headers, cookies={"fleet_token": token}):
+        asyncio.run(measure())
     db.close()
     engine.dispose()
 

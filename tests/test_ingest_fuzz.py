@@ -4,20 +4,23 @@ every message is either stored (or recognised as a duplicate) or dead-lettered w
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from sqlalchemy import Engine, text
 from ulid import ULID
 
 from fleet.db import make_engine, migrate
 from fleet.devices.registry import sync_registry
 from fleet.ingest.pipeline import IncomingMessage, Ingest
+from fleet.protocol.messages import CheckedBatch, HealthBatch
 from fleet.protocol.site_config import load_sites
 
 ROOT = "fleet/v1"
@@ -159,3 +162,44 @@ def test_ingest_never_raises_and_accounts_for_every_message(
         if outcome.status == "rejected":
             assert outcome.reason is not None and outcome.detail
     assert dead_letters(engine) - before == len(rejected)
+
+
+metric_values = st.one_of(
+    json_scalars,
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1, "\x1b[2J", "a\x00b", "\u0085"]),
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    metrics=st.dictionaries(st.text(max_size=8), metric_values, max_size=5),
+    ts=st.one_of(st.just(RECEIVED.isoformat()), timestamps),
+)
+@example(metrics={"big": 2**63}, ts=RECEIVED.isoformat())
+@example(metrics={"nan": math.nan}, ts=RECEIVED.isoformat())
+@example(metrics={"esc": "\x1b[2J"}, ts=RECEIVED.isoformat())
+def test_a_batch_validated_whole_takes_and_refuses_what_reading_by_reading_does(
+    metrics: dict[str, Any], ts: str
+) -> None:
+    """The ingest's one-call check of a batch (CheckedBatch) and the contract's Reading agree
+    on every reading: the same ones taken, with the same values, the same ones refused."""
+    reading = {"device": "upm-sc1-panel-1", "ts": ts, "reachable": True, "metrics": metrics}
+    batch = {
+        "msg_id": str(ULID()),
+        "site": "upm",
+        "agent_id": "agent",
+        "seq": 1,
+        "sent_at": RECEIVED.isoformat(),
+        "readings": [reading],
+    }
+    payload = json.dumps(batch).encode()
+    try:
+        whole = CheckedBatch.model_validate_json(payload).readings[0].model_dump()
+    except ValidationError:
+        whole = None
+    try:
+        alone = HealthBatch.model_validate_json(payload).readings[0].model_dump()
+    except ValidationError:
+        alone = None
+    assert whole == alone

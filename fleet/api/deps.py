@@ -11,8 +11,11 @@ from sqlmodel import Session
 
 from fleet.settings import Settings
 
+# The dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in the
+# thread pool, a hop there and back on every request for a dictionary look-up.
 
-def get_engine(request: Request) -> Engine:
+
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
@@ -27,7 +30,7 @@ async def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> AsyncIt
         session.close()
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

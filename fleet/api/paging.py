@@ -30,9 +30,10 @@ def cursor_refused(exc: BadCursor) -> RequestValidationError:
     return refused("query", "after", str(exc))
 
 
-def refuse_offset(request: Request) -> None:
+async def refuse_offset(request: Request) -> None:
     """A dependency of the lists that used to take `offset`: an old client paging by offset
-    would otherwise be given the first page again and again, its `offset` ignored."""
+    would otherwise be given the first page again and again, its `offset` ignored. (Async:
+    no I/O, so no hop to the thread pool.)"""
     if "offset" in request.query_params:
         raise refused(
             "query",

@@ -19,6 +19,7 @@ from fleet.protocol.messages import (
     MAX_PAYLOAD_BYTES,
     AgentEvent,
     AgentState,
+    CheckedBatch,
     CommandAck,
     HealthBatch,
     HealthEnvelope,
@@ -185,7 +186,7 @@ def _parse_health(
     value never costs the others theirs."""
     try:
         # The common case, a batch good throughout, in one call inside pydantic-core.
-        envelope: HealthEnvelope = HealthBatch.model_validate_json(payload)
+        envelope: HealthEnvelope = CheckedBatch.model_validate_json(payload)
         readings: list[Reading | Rejected] = list(envelope.readings)
     except ValidationError:
         judged = _judge_batch(payload)

@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fleet.ingest.pipeline import IncomingMessage, Ingest
+from fleet.ingest.pipeline import IncomingMessage, Ingest, collect_less_often
 from fleet.protocol.broker_url import BrokerAddress
 from fleet.protocol.messages import Topics
 
@@ -129,6 +129,7 @@ class Subscriber:
         return topics
 
     def start(self) -> None:
+        collect_less_often()  # this process ingests: large groups, see the function
         self._worker.start()
         kwargs: dict[str, Any] = {}
         if self._v5:

@@ -134,6 +134,29 @@ Metrics = Annotated[
 ]
 
 
+def _metric_ints_in_range(value: dict[str, object]) -> dict[str, object]:
+    for name, item in value.items():
+        if type(item) is int and not INT64_MIN <= item <= INT64_MAX:
+            raise ValueError(f"metric {name!r}: integer {item} does not fit in 64 bits")
+    return value
+
+
+# `Metrics` as the controller checks a whole batch in one call: the same values taken and
+# refused, but checked inside pydantic-core, the integer bound after it (an unbounded int
+# stays an int in the union, where a bounded one would turn into a float). A before-validator
+# makes pydantic-core build Python objects of the JSON first and validate those again: half
+# of a batch's validation time. What it refuses is judged again reading by reading with
+# `Metrics`, whose words say which metric is wrong.
+BatchMetrics = Annotated[
+    dict[
+        MetricName,
+        StrictBool | Annotated[int, Field(strict=True)] | MetricFloat | MetricText | None,
+    ],
+    AfterValidator(_metric_ints_in_range),
+    Field(max_length=MAX_METRICS),
+]
+
+
 JSON_MAX_DEPTH = 8
 
 
@@ -276,6 +299,21 @@ class HealthBatch(HealthEnvelope):
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class BatchReading(Reading):
+    """A `Reading` as the controller validates a whole batch at once (`CheckedBatch`): the
+    same fields, values and refusals, with `BatchMetrics`."""
+
+    metrics: BatchMetrics = Field(default_factory=dict)
+
+
+class CheckedBatch(HealthEnvelope):
+    """A health batch validated whole, in one pydantic-core call, by the controller. A batch
+    it refuses is judged again reading by reading (fleet.ingest.parse), with the words of
+    `Reading`."""
+
+    readings: list[BatchReading] = Field(max_length=MAX_READINGS_PER_BATCH)
 
 
 class AgentStateValue(StrEnum):

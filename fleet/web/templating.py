@@ -33,7 +33,7 @@ from fleet.web.i18n import (
     translations,
     zone_choice,
 )
-from fleet.web.viewer import current_viewer
+from fleet.web.viewer import viewer_of
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -265,7 +265,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     user's chosen one."""
     lang = context.setdefault("lang", language_of(request))
     context.setdefault("now", utcnow())
-    context.setdefault("viewer", current_viewer(request))  # a 404 page keeps the menu
+    context.setdefault("viewer", viewer_of(request))  # a 404 page keeps the menu
     context.setdefault("nav", getattr(request.app.state, "web_nav", ()))
     context.setdefault("text_direction", "rtl" if lang in RIGHT_TO_LEFT else "ltr")
     context.setdefault("user_zone", zone_choice(request))

@@ -38,7 +38,12 @@ class Viewer:
 ANONYMOUS_OPS = Viewer(name="ops", role="ops")
 
 
-def current_viewer(request: Request) -> Viewer:
+async def current_viewer(request: Request) -> Viewer:
+    """`viewer_of(request)` as a dependency (async: no I/O, so no hop to the thread pool)."""
+    return viewer_of(request)
+
+
+def viewer_of(request: Request) -> Viewer:
     """The caller that the page's permission let in (fleet.auth.permissions), as a Viewer."""
     caller = getattr(request.state, "caller", None)
     if caller is None or getattr(caller, "is_anonymous", True):
