@@ -9,7 +9,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fleet.web import (
     alerts_page,
     device_page,
+    enrolment_page,
     login_page,
+    milestones_page,
     pages,
     programme_page,
     reports_page,
@@ -26,8 +28,10 @@ def install(app: FastAPI) -> None:
     app.include_router(device_page.router)
     app.include_router(alerts_page.router)
     app.include_router(programme_page.router)
+    app.include_router(milestones_page.router)
     app.include_router(rollouts_page.router)
     app.include_router(reports_page.router)
+    app.include_router(enrolment_page.router)
     app.include_router(login_page.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(PageNotFound, page_not_found)
@@ -39,4 +43,5 @@ def install(app: FastAPI) -> None:
         (N_("Programme"), "/programme", "fleet:read"),
         (N_("Rollouts"), "/rollouts", "rollouts:read"),
         (N_("Reports"), "/reports", "reports:read"),
+        (N_("Enrolment"), "/enrolment", "enrolment:create"),
     )

@@ -1,4 +1,5 @@
-"""Unknown pages and ids: a proper HTML 404 for people, the usual JSON for the API."""
+"""Unknown pages and ids, and refusals: a proper HTML 404 or 403 for people, the usual JSON
+for the API."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 401 and not request.url.path.startswith(API_PREFIXES):
         # A page without a login: to the login form, and back here after it.
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+    if exc.status_code == 403 and not request.url.path.startswith(API_PREFIXES):
+        # A role or site refused (fleet.auth.permissions, already audited): said on a page,
+        # with the API's own reason under it.
+        return render(request, "refused.html", status_code=403, what=str(exc.detail))
     if exc.status_code == 404 and not request.url.path.startswith(API_PREFIXES):
         alert_id = request.path_params.get("alert_id")
         if alert_id is not None and str(alert_id).isdigit():

@@ -165,6 +165,7 @@ WORD_TABLES = {
     "flag": words.FLAGS,
     "command": words.COMMAND_KINDS,
     "command_state": words.COMMAND_STATES,
+    "milestone": words.MILESTONES,
 }
 
 
