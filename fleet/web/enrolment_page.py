@@ -172,7 +172,8 @@ def new_token_page(
     viewer: ViewerDep,
 ) -> HTMLResponse:
     """The token just made, once: the cookie is deleted as it is read. Only a token this
-    caller made, for a site of theirs, that no agent has used yet, is shown."""
+    caller made in the last minute, for a site of theirs, that no agent has used yet, is
+    shown."""
     token = request.cookies.get(SHOWN_COOKIE, "")
     row = find_enrolment_token(session, token) if token else None
     if (
@@ -180,6 +181,8 @@ def new_token_page(
         or row.created_by != caller.name
         or not caller.may_see_site(row.site_code)
         or token_state(row) != "unused"
+        # A cookie kept past its minute (a client that ignores its deletion) shows nothing.
+        or utcnow() - row.created_at > timedelta(seconds=SHOWN_FOR_S)
     ):
         token, row = "", None
     response = render(
