@@ -170,7 +170,7 @@ def test_ops_records_a_milestone_with_evidence_and_corrects_it(
         ("ops-programme", "programme.patch_milestone", "failed 422"),
     ]
     detail = audit[2][3] if isinstance(audit[2][3], dict) else json.loads(audit[2][3])
-    assert detail == {"code": "upm", "phase": "1", "name": "in_use"}
+    assert detail == {"code": "upm", "phase": "1", "milestone_name": "in_use"}
 
 
 def test_a_technician_sees_the_programme_but_no_form_and_a_post_is_refused(
@@ -382,4 +382,30 @@ def test_a_technician_post_from_a_client_is_the_403_page(
     )
     assert answer.status_code == 403
     assert 'data-testid="refused"' in answer.text
+    assert _phase_one(client) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "room"),
+    [
+        ("/programme/upm/phases/1/milestones/installed", "\x00"),
+        ("/programme/upm/phases/1/milestones/installed", "x" * 5000),
+        ("/programme/upm/phases/1/milestones/installed", "upm-smart-2"),
+        ("/programme/upm/phases/1/milestones/in_use", ""),
+        ("/programme/upm/phases/1/milestones/nope", ""),
+        ("/programme/upm/phases/abc/milestones/installed", ""),
+        ("/programme/upm/phases/99999999999999999999/milestones/installed", ""),
+        ("/programme/UPM/phases/1/milestones/installed", ""),
+        ("/programme/nosuch/phases/1/milestones", ""),
+    ],
+)
+def test_an_edited_address_or_room_is_the_404_page(
+    client: TestClient, path: str, room: str
+) -> None:
+    before = _phase_one(client)
+    answer = client.post(
+        path, data={"room": room, "note": "x"}, headers={"Origin": "http://testserver"}
+    )
+    assert answer.status_code == 404, (answer.status_code, answer.text[:300])
+    assert answer.headers["content-type"].startswith("text/html")
     assert _phase_one(client) == before

@@ -42,7 +42,7 @@ from fleet.programme.records import (
     write_milestone,
 )
 from fleet.programme.schemas import MAX_PHASE_NUMBER, MilestoneCreate, MilestonePatch
-from fleet.protocol.messages import CONTROL_RE, SITE_CODE_PATTERN, utcnow
+from fleet.protocol.messages import CONTROL_RE, DEVICE_ID_PATTERN, SITE_CODE_PATTERN, utcnow
 from fleet.web.not_found import PageNotFound
 from fleet.web.templating import render
 from fleet.web.viewer import Viewer, ViewerDep
@@ -289,11 +289,11 @@ def record_milestone_from_page(
     return _write(request, session, caller, viewer, site, found, room_id, given, "create")
 
 
-@router.post("/programme/{code}/phases/{phase}/milestones/{name}", name="patch_milestone")
+@router.post("/programme/{code}/phases/{phase}/milestones/{milestone_name}", name="patch_milestone")
 def correct_milestone_from_page(
     code: str,
     phase: str,
-    name: str,
+    milestone_name: str,
     request: Request,
     session: SessionDep,
     caller: Annotated[Caller, Allow("programme:write")],
@@ -312,14 +312,18 @@ def correct_milestone_from_page(
     and the evidence lines added to what is recorded. Refused input is said on the page."""
     site = _site_or_404(session, code)
     found = _phase_or_404(session, site, phase)
-    if name not in MilestoneName.__members__:
+    if milestone_name not in MilestoneName.__members__:
         raise PageNotFound(
-            f"There is no milestone {name!r}.", f"/programme/{site.code} lists them."
+            f"There is no milestone {milestone_name!r}.", f"/programme/{site.code} lists them."
         )
-    current = find_milestone(session, found, room, MilestoneName(name)) if len(room) < 100 else None
+    # A room no classroom can have (a NUL, which PostgreSQL cannot even look up) is none.
+    known_room = room == PHASE_ITSELF or re.fullmatch(DEVICE_ID_PATTERN, room) is not None
+    name = MilestoneName(milestone_name)
+    current = find_milestone(session, found, room, name) if known_room else None
     if current is None:
+        where = f"phase {found.number}" + (f" classroom {room!r}" if room else "")
         raise PageNotFound(
-            f"{name} of phase {found.number}{' ' + room if room else ''} is not recorded yet.",
+            f"{milestone_name} of {where} is not recorded yet.",
             f"/programme/{site.code} lists what is.",
         )
     fields: dict[str, Any] = {
