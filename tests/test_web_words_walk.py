@@ -169,8 +169,18 @@ def _fleet_with_troubles(engine: Engine) -> str:
 
 
 ROLE_PAGES = {
-    "ops": ["/", "/alerts", "/programme", "/rollouts", "/reports", "/sites/upm", "DEVICE"],
-    "technician": ["/", "/alerts", "/sites/upm", "DEVICE"],
+    "ops": [
+        "/",
+        "/alerts",
+        "/programme",
+        "/programme/upm",
+        "/enrolment",
+        "/rollouts",
+        "/reports",
+        "/sites/upm",
+        "DEVICE",
+    ],
+    "technician": ["/", "/alerts", "/sites/upm", "/programme/upm", "/enrolment", "DEVICE"],
     "vendor": ["/", "/alerts", "/reports", "DEVICE"],
 }
 
