@@ -68,6 +68,7 @@ IN_SCOPE = {
     "day": "2026-12-24",
     "subscription_id": "1",
     "silence_id": "1",
+    "token_id": "1",
 }
 # Outside both scopes: another site, and a MAXHUB device at it.
 OUT_OF_SCOPE = {**IN_SCOPE, "code": "usthb", "site": "usthb", "device_id": "usthb-sc1-panel-1"}

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from fastapi.params import Form
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -52,6 +53,9 @@ VALID_OTHERWISE = {
     "ends_at": "2099-01-01T00:00:00Z",
 }
 
+# A form's other fields, valid (the enrolment page's lifetime in hours).
+FORM_OTHERWISE = {"hours": "2"}
+
 
 @pytest.fixture
 def app(registered: Engine, tmp_path: Path) -> FastAPI:
@@ -63,6 +67,13 @@ def app(registered: Engine, tmp_path: Path) -> FastAPI:
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as client:
         yield client
+
+
+def _is_form(app: FastAPI, method: str, path: str) -> bool:
+    for route_path, route in all_routes(app):
+        if route_path == path and isinstance(route, APIRoute) and method in route.methods:
+            return isinstance(route.body_field.field_info if route.body_field else None, Form)
+    return False
 
 
 def all_routes(app: FastAPI) -> list[tuple[str, Any]]:
@@ -99,11 +110,21 @@ def test_scope_is_checked_on_the_validated_body_whatever_its_content_type(
     app: FastAPI, client: TestClient, tokens: Tokens, registered: Engine
 ) -> None:
     routes = scoped_body_routes(app)
-    assert ("POST", "/api/v1/enrolment/tokens") in {(m, p) for m, p, _, _ in routes}
+    assert {("POST", "/api/v1/enrolment/tokens"), ("POST", "/enrolment")} <= {
+        (m, p) for m, p, _, _ in routes
+    }
     wrong = []
     for method, path, model, role in routes:
         body = {name: OUT_OF_SCOPE_VALUES[name] for name in SCOPE_FIELDS & set(model.model_fields)}
         body |= {k: v for k, v in VALID_OTHERWISE.items() if k in model.model_fields}
+        if _is_form(app, method, path):
+            # A page's form (the enrolment page's site): form-encoded, as a browser posts it.
+            body |= {k: v for k, v in FORM_OTHERWISE.items() if k in model.model_fields}
+            headers = {"Origin": "http://testserver", **tokens.headers(role)}
+            answer = client.request(method, path, data=body, headers=headers)
+            if answer.status_code not in (403, 404):
+                wrong.append(f"{method} {path} as {role}, a form: {answer.status_code}")
+            continue
         for content_type in JSON_TYPES:
             headers = tokens.headers(role)
             if content_type:

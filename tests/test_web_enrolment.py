@@ -7,9 +7,12 @@ nothing. At 390 px the pages do not scroll sideways, and axe-core finds no serio
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -173,7 +176,7 @@ def test_a_token_for_another_site_by_an_edited_form_is_refused(
     assert [(e.action, e.outcome) for e in refused] == [("scope", "denied")]
 
 
-def test_ops_may_make_a_token_for_any_site(
+def test_ops_makes_a_token_for_any_site_and_revokes_it_unused(
     stack: Stack, stack_engine: Engine, browser: Any
 ) -> None:
     ops = user_token(stack_engine, "ops-enrol", "ops")
@@ -184,11 +187,37 @@ def test_ops_may_make_a_token_for_any_site(
         form.locator("select[name=site]").select_option("tribhuvan")
         form.get_by_role("button", name="Make a token").click()
         tab.wait_for_url(f"{stack.base}/enrolment/new")
-        assert tab.get_by_test_id("token").inner_text().startswith("enrol_")
+        token = tab.get_by_test_id("token").inner_text().strip()
+        assert token.startswith("enrol_")
+        made = _tokens(stack_engine, "tribhuvan")
+        assert [t.created_by for t in made] == ["ops-enrol"]
+
+        tab.goto(f"{stack.base}/enrolment")
+        row = tab.locator(f"tr[data-token-id='{made[0].id}']")
+        assert row.get_attribute("data-state") == "unused"
+        row.get_by_test_id("revoke").click()
+        tab.wait_for_url(f"{stack.base}/enrolment#tokens-title")
+        row = tab.locator(f"tr[data-token-id='{made[0].id}']")
+        assert row.get_attribute("data-state") == "expired"
+        assert row.get_by_test_id("revoke").count() == 0
     finally:
         tab.context.close()
-    made = _tokens(stack_engine, "tribhuvan")
-    assert [t.created_by for t in made] == ["ops-enrol"]
+    # The revoked token no longer enrols.
+    request = urllib.request.Request(
+        f"{stack.base}/api/v1/enrolment",
+        data=json.dumps({"token": token}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+    assert "expired" in refused.value.read().decode()
+    with Session(stack_engine) as session:
+        entries = session.exec(select(AuditEntry).where(AuditEntry.actor == "ops-enrol")).all()
+    assert [(e.action, e.target) for e in entries] == [
+        ("enrolment.token", "tribhuvan"),
+        ("enrolment.revoke", "tribhuvan"),
+    ]
 
 
 def test_a_vendor_is_refused_the_enrolment_page(
@@ -318,3 +347,43 @@ def test_the_token_page_shows_a_token_once_and_only_to_its_maker(
     assert client.post("/api/v1/enrolment", json={"token": token}).status_code == 200
     replay = client.get("/enrolment/new", headers={**tech, "Cookie": f"{SHOWN_COOKIE}={token}"})
     assert token not in replay.text and 'data-testid="no-token"' in replay.text
+
+
+def test_revoking_is_scoped_and_only_for_unused_tokens(
+    client: TestClient, registered: Engine, tokens: Tokens
+) -> None:
+    """Through the API and the page alike: a technician cannot revoke (nor learn of) another
+    site's token, a used token cannot be revoked, an unused one of theirs can."""
+    ops, tech = tokens.headers("ops"), tokens.headers("technician")
+    other = client.post("/api/v1/enrolment/tokens", json={"site": "tribhuvan"}, headers=ops)
+    own = client.post("/api/v1/enrolment/tokens", json={"site": "upm"}, headers=tech)
+    used = client.post("/api/v1/enrolment/tokens", json={"site": "upm"}, headers=tech)
+    assert {other.status_code, own.status_code, used.status_code} == {201}
+    assert client.post("/api/v1/enrolment", json={"token": used.json()["token"]}).is_success
+    ids = {t.site_code + ("-used" if t.used_at else ""): t.id for t in _tokens(registered)}
+    origin = {"Origin": "http://testserver"}
+
+    api = client.post(f"/api/v1/enrolment/tokens/{ids['tribhuvan']}/revoke", headers=tech)
+    page = client.post(f"/enrolment/tokens/{ids['tribhuvan']}/revoke", headers={**origin, **tech})
+    assert (api.status_code, page.status_code) == (404, 404)
+    assert page.headers["content-type"].startswith("text/html")
+    spent = client.post(f"/enrolment/tokens/{ids['upm-used']}/revoke", headers={**origin, **tech})
+    assert spent.status_code == 409 and 'data-testid="problem"' in spent.text
+    spent = client.post(f"/api/v1/enrolment/tokens/{ids['upm-used']}/revoke", headers=tech)
+    assert spent.status_code == 409
+    for bad in ("0", "-1", "abc", "99999999999", "1e3"):
+        assert (
+            client.post(f"/enrolment/tokens/{bad}/revoke", headers={**origin, **tech}).status_code
+            == 404
+        )
+    assert all(t.expires_at > t.created_at for t in _tokens(registered))  # nothing ended yet
+
+    done = client.post(f"/enrolment/tokens/{ids['upm']}/revoke", headers={**origin, **tech})
+    assert done.status_code == 303
+    state = {t.id: t for t in _tokens(registered)}
+    assert state[ids["upm"]].expires_at <= state[ids["upm"]].created_at + timedelta(minutes=1)
+    assert state[ids["tribhuvan"]].expires_at - state[ids["tribhuvan"]].created_at == timedelta(
+        hours=24
+    )
+    again = client.post("/api/v1/enrolment", json={"token": own.json()["token"]})
+    assert again.status_code == 401 and "expired" in again.text

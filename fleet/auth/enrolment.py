@@ -80,3 +80,39 @@ def find_enrolment_token(session: Session, token: str) -> EnrolmentToken | None:
         return None
     query = select(EnrolmentToken).where(EnrolmentToken.token_hash == token_hash(token))
     return session.exec(query).first()
+
+
+class TokenNotFound(LookupError):
+    """No enrolment token with that id among the caller's sites (the two read the same)."""
+
+
+class TokenSpent(ValueError):
+    """The token was used by an agent, or has expired: there is nothing left to revoke."""
+
+
+def revoke_enrolment_token(
+    session: Session, caller: Caller, token_id: int, now: datetime | None = None
+) -> EnrolmentToken:
+    """End an unused token now (it expires at once, as `fleet users revoke` ends its maker's),
+    audited `enrolment.revoke` and committed. Ops revoke any; a technician, a token of their
+    sites. Raises TokenNotFound (none, or another site's: the same words), TokenSpent."""
+    row = session.get(EnrolmentToken, token_id)
+    if row is None or not caller.may_see_site(row.site_code):
+        raise TokenNotFound(f"no enrolment token {token_id}: the enrolment page lists them")
+    now = now or utcnow()
+    state = token_state(row, now)
+    if state != "unused":
+        raise TokenSpent(f"enrolment token {token_id} is {state} already: nothing to revoke")
+    row.expires_at = now
+    session.add(row)
+    record(
+        session,
+        actor=caller.name,
+        role=caller.role,
+        action="enrolment.revoke",
+        target=row.site_code,
+        detail={"token_id": row.id},
+    )
+    session.commit()
+    session.refresh(row)
+    return row

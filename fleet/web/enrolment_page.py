@@ -3,7 +3,8 @@ one-time token for a site agent, and sees it once.
 
 The same permission (`enrolment:create`), site scope, lifetime cap and audit entry as `POST
 /api/v1/enrolment/tokens`: both call fleet.auth.enrolment. The list shows tokens' sites,
-makers, expiry and whether an agent used them, never a secret (only hashes are kept).
+makers, expiry and whether an agent used them, never a secret (only hashes are kept), and
+revokes an unused one (`POST /api/v1/enrolment/tokens/{id}/revoke`).
 
 Shown once: the form's post makes the token and answers 303 to `/enrolment/new` with the token
 in a cookie for that path alone (HttpOnly, SameSite=Strict, a minute at most); that page shows
@@ -26,14 +27,18 @@ from sqlmodel import Session, col, select
 from fleet.api.deps import SessionDep, SettingsDep
 from fleet.auth.enrolment import (
     MAX_TTL_MINUTES,
+    TokenNotFound,
+    TokenSpent,
     enrol_command,
     enrolment_tokens,
     find_enrolment_token,
     make_enrolment_token,
+    revoke_enrolment_token,
     token_state,
 )
 from fleet.auth.permissions import Allow, Caller, require_scope
 from fleet.models import Site
+from fleet.paging import INT32_MAX
 from fleet.protocol.messages import SiteCode, utcnow
 from fleet.settings import Settings
 from fleet.web.not_found import PageNotFound
@@ -79,6 +84,7 @@ def _page(
     settings: Settings,
     *,
     problem: str = "",
+    revoke_problem: str = "",
     status_code: int = 200,
     site: str = "",
     hours: str = "",
@@ -92,6 +98,7 @@ def _page(
         sites=_sites_for(session, caller),
         tokens=[(row, token_state(row, now)) for row in enrolment_tokens(session, caller.sites)],
         problem=problem,
+        revoke_problem=revoke_problem,
         chosen_site=site,
         hours=hours or str(_default_hours(settings)),
         max_hours=min(MAX_HOURS, max(1, settings.enrolment_ttl_s // 3600)),
@@ -202,3 +209,32 @@ def new_token_page(
         secure=request.url.scheme == "https",
     )
     return response
+
+
+@router.post("/enrolment/tokens/{token_id}/revoke")
+def revoke_token_from_page(
+    token_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Annotated[Caller, Allow("enrolment:create")],
+    viewer: ViewerDep,
+) -> Response:
+    """The list's "Revoke" button: what `POST /api/v1/enrolment/tokens/{id}/revoke` does,
+    audited alike. Another site's token is the 404 page, as one that does not exist; a token
+    used or expired meanwhile is said on the page (409)."""
+    number = int(token_id) if token_id.isascii() and token_id.isdigit() else 0
+    try:
+        if not 1 <= number <= INT32_MAX:
+            raise TokenNotFound(token_id)
+        revoke_enrolment_token(session, caller, number)
+    except TokenNotFound:
+        raise PageNotFound(
+            f"There is no enrolment token {token_id!r}.", "The enrolment page lists them."
+        ) from None
+    except TokenSpent as exc:
+        request.state.audit_outcome = "failed 409"
+        return _page(
+            request, session, caller, viewer, settings, revoke_problem=str(exc), status_code=409
+        )
+    return RedirectResponse("/enrolment#tokens-title", status_code=303, headers=NO_STORE)

@@ -17,8 +17,17 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from fleet.api.deps import SessionDep, SettingsDep
+from fleet.api.params import Row32IdPath
 from fleet.auth.audit import record
-from fleet.auth.enrolment import MAX_TTL_MINUTES, enrol_command, make_enrolment_token
+from fleet.auth.enrolment import (
+    MAX_TTL_MINUTES,
+    TokenNotFound,
+    TokenSpent,
+    enrol_command,
+    make_enrolment_token,
+    revoke_enrolment_token,
+    token_state,
+)
 from fleet.auth.mqtt_auth import rotate_site_credential
 from fleet.auth.permissions import REFUSALS, Allow, Caller, require_scope
 from fleet.auth.tokens import TokenRefused, redeem_enrolment_token
@@ -85,6 +94,33 @@ def create_enrolment_token(
         site=body.site,
         expires_at=row.expires_at,
         command=enrol_command(str(request.base_url), token),
+    )
+
+
+class RevokedTokenOut(BaseModel):
+    id: int
+    site: str
+    expires_at: datetime
+    state: str
+
+
+@router.post("/tokens/{token_id}/revoke", response_model=RevokedTokenOut)
+def revoke_token(
+    token_id: Row32IdPath,
+    caller: Annotated[Caller, Allow("enrolment:create")],
+    session: SessionDep,
+) -> RevokedTokenOut:
+    """End an unused token now: ops any, a technician their sites' (another site's token
+    answers as one that does not exist, 404). 409 when it was used or has expired."""
+    try:
+        row = revoke_enrolment_token(session, caller, token_id)
+    except TokenNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except TokenSpent as exc:
+        raise HTTPException(409, str(exc)) from None
+    assert row.id is not None
+    return RevokedTokenOut(
+        id=row.id, site=row.site_code, expires_at=row.expires_at, state=token_state(row)
     )
 
 
