@@ -14,6 +14,7 @@ import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import uvicorn
@@ -23,8 +24,7 @@ from agent.runner import AgentOptions, SiteAgent
 from agent.simulator import SimulatedSite, start_site
 from agent.simulator.fault_schedule import (
     OPEN_LAB_CODE,
-    needs_open_lab,
-    open_lab_config,
+    demo_site_configs,
     plan_faults,
     run_faults,
 )
@@ -69,6 +69,9 @@ class DemoOptions:
     tokens: dict[str, str] = field(default_factory=dict)  # demo user name -> API token
     # Devices failing and a site going offline on a schedule (agent.simulator.fault_schedule).
     faults: bool = True
+    # The demo's start time (UTC): its own sites' timetables and the fault plan are built
+    # from it, so a test can start the demo at any hour of the day.
+    clock: Callable[[], datetime] = utcnow
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -89,12 +92,22 @@ async def run_demo(options: DemoOptions) -> None:
     options.data_dir.mkdir(parents=True, exist_ok=True)
     sites_dir = options.sites_dir
     sites = load_sites(sites_dir, options.profiles_dir)
-    if options.faults and needs_open_lab(sites, utcnow()):
-        sites_dir = _with_open_lab(options.sites_dir, options.data_dir / "demo-sites")
+    started = options.clock()
+    if options.faults:
+        extra = demo_site_configs(sites, started)
+        sites_dir = _with_demo_sites(options.sites_dir, options.data_dir / "demo-sites", extra)
         sites = load_sites(sites_dir, options.profiles_dir)
+        codes = {str(c["site"]["code"]) for c in extra}  # type: ignore[index]
         options.say(
-            "no site is in class now: the demo adds its open lab (simulated, in class around "
-            "the clock), where a device goes unreachable and its alert opens after 10 min"
+            "the demo adds its evening school (simulated; its class ended an hour ago, so a "
+            "projector left on raises left_on_after_hours, and a training planned yesterday "
+            "is overdue)"
+            + (
+                "; no site is in class now: also its open lab (simulated, in class around the "
+                "clock), where a device goes unreachable and its alert opens after 10 min"
+                if OPEN_LAB_CODE in codes
+                else ""
+            )
         )
 
     broker = EmbeddedBroker()
@@ -133,7 +146,7 @@ async def run_demo(options: DemoOptions) -> None:
         agents.append(agent)
         agent_tasks.append(asyncio.create_task(agent.run(), name=f"agent-{site.config.code}"))
 
-    faults = _schedule_faults(options, sites, simulations, agents, agent_tasks, address)
+    faults = _schedule_faults(options, started, sites, simulations, agents, agent_tasks, address)
     base = f"http://{options.host}:{port}"
     options.urls.update(base=base, broker=broker.url)
     devices = sum(len(s.address_map) for s in simulations)
@@ -169,22 +182,26 @@ async def run_demo(options: DemoOptions) -> None:
         await broker.stop()
 
 
-def _with_open_lab(sites_dir: Path, into: Path) -> Path:
-    """A folder with the site configs of `sites_dir` and the demo's open lab
-    (agent.simulator.fault_schedule.open_lab_config); the real configs are copied unchanged,
-    and the folder's old configs (of an earlier demo) replaced."""
+def _with_demo_sites(sites_dir: Path, into: Path, configs: list[dict[str, object]]) -> Path:
+    """A folder with the site configs of `sites_dir` and the demo's own `configs`
+    (agent.simulator.fault_schedule.demo_site_configs), one YAML each, named by its code; the
+    real configs are copied unchanged, and the folder's old configs (of an earlier demo)
+    replaced."""
     into.mkdir(parents=True, exist_ok=True)
     for old in into.glob("*.yaml"):
         old.unlink()
     for path in sites_dir.glob("*.yaml"):
         shutil.copyfile(path, into / path.name)
-    lab = yaml.safe_dump(open_lab_config(), sort_keys=False, allow_unicode=True)
-    (into / f"{OPEN_LAB_CODE}.yaml").write_text(lab, encoding="utf-8")
+    for config in configs:
+        code = config["site"]["code"]  # type: ignore[index]
+        text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+        (into / f"{code}.yaml").write_text(text, encoding="utf-8")
     return into
 
 
 def _schedule_faults(
     options: DemoOptions,
+    started: datetime,
     sites: list[LoadedSite],
     simulations: list[SimulatedSite],
     agents: list[SiteAgent],
@@ -213,7 +230,7 @@ def _schedule_faults(
         )
         agent_tasks[n] = asyncio.create_task(agents[n].run(), name=f"agent-{code}")
 
-    plan = plan_faults(sites, utcnow())
+    plan = plan_faults(sites, started)
     options.say(
         "demo faults, on a schedule: "
         + "; ".join(

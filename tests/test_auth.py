@@ -263,8 +263,9 @@ def test_logout_revokes_the_login_token(client: TestClient, tokens: Tokens) -> N
 
 
 def test_revoking_a_user_refuses_their_token_at_once_though_it_was_just_used(
-    client: TestClient, registered: Engine
+    client: TestClient, registered: Engine, tokens: Tokens
 ) -> None:
+    # tokens: ops-centre is another ops user, so "leaving" is not the last (fleet.auth.users).
     token = user_token(registered, "leaving", "ops")
     assert client.get("/api/v1/devices", headers=bearer(token)).status_code == 200
     with Session(registered) as session:

@@ -16,6 +16,8 @@ import pytest
 from babel.messages.catalog import Catalog
 from babel.messages.pofile import read_po
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from fleet.api.app import create_app
@@ -147,3 +149,29 @@ def test_numbers_and_dates_follow_the_locale() -> None:
     assert "mars" in local_text(at, ZoneInfo("Africa/Dakar"), "fr")
     assert "мар" in local_text(at, ZoneInfo("Asia/Tashkent"), "ru")
     assert local_text(at, ZoneInfo("Asia/Tashkent"), "ru").endswith("19:15 Asia/Tashkent")
+
+
+PAST = {"en": "5 minutes ago", "fr": "il y a 5 minutes", "ar": "قبل 5 دقائق", "ru": "5 минут назад"}
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_past_time_reads_as_past_in_each_language(lang: str) -> None:
+    from datetime import timedelta
+
+    from fleet.web.templating import ago
+
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    assert ago(now - timedelta(minutes=5), now, lang) == PAST[lang]
+    assert ago(now - timedelta(seconds=3), now, lang) == translations(lang).gettext("just now")
+    assert ago(now + timedelta(minutes=5), now, lang) == translations(lang).gettext("in the future")
+
+
+@given(st.integers(min_value=10, max_value=50 * 365 * 24 * 3600))
+def test_any_past_time_is_worded_ago_never_in(seconds: int) -> None:
+    from datetime import timedelta
+
+    from fleet.web.templating import ago
+
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    words = ago(now - timedelta(seconds=seconds), now, "en")
+    assert words.endswith(" ago") and not words.startswith("in "), words

@@ -1,6 +1,10 @@
 """`fleet demo`, as `make demo` runs it: every simulated device shows a fresh reading through
-the API within 30 s of the start, and Ctrl-C stops everything cleanly. It keeps its data where
-every command does (FLEET_DATA_DIR), so a user added afterwards logs in to the demo."""
+the API within 30 s of the start, the evening school's overdue training opens its
+programme_overdue alert at once, and Ctrl-C stops everything cleanly. It keeps its data where
+every command does (FLEET_DATA_DIR), so a user added afterwards logs in to the demo.
+
+The other kinds of alert open minutes later, on the demo's fault schedule; they are awaited
+in simulated time against the real rules in tests/test_demo_faults.py."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.simulator.fault_schedule import EVENING_CODE, EVENING_DEVICE
 from fleet.protocol.site_config import load_sites
 from tests.procs import BIN, Proc, wait_for
 
@@ -41,7 +46,11 @@ def test_demo_shows_every_device_within_30_s_and_stops_on_ctrl_c(tmp_path: Path)
             30,
             "the demo to print its URL",
         )
-        expected = sum(len(s.config.devices()) for s in load_sites())
+        # The real sites and the demo's evening school (its open lab only when no site is in
+        # class: read from what the demo said).
+        expected = sum(len(s.config.devices()) for s in load_sites()) + 2
+        if "open lab" in demo.output():
+            expected += 1
         token = wait_for(
             lambda: (m := re.search(r"token\s+demo-ops: (\S+)", demo.output())) and m[1],
             5,
@@ -58,6 +67,14 @@ def test_demo_shows_every_device_within_30_s_and_stops_on_ctrl_c(tmp_path: Path)
         wait_for(all_fresh, max(remaining, 1), "a fresh reading from every simulated device")
         elapsed = time.monotonic() - started
         print(f"\n[demo] {expected} devices fresh through the API {elapsed:.1f} s after start")
+
+        def overdue() -> bool:
+            query = f"kind=programme_overdue&site={EVENING_CODE}&state=open"
+            return bool(get_json(f"{url}/api/v1/alerts?{query}", token)["items"])
+
+        wait_for(overdue, 60, "the evening school's programme_overdue alert")
+        print(f"[demo] programme_overdue open {time.monotonic() - started:.1f} s after start")
+        assert f"left_on {EVENING_DEVICE}" in demo.output()  # the plan, as the demo says it
         assert f"data folder {tmp_path / 'data'}" in demo.output()
         # The same rule for every command: a user added now is the demo's, and logs in.
         add = [str(BIN / "fleet"), "users", "add", "late-ops", "--role", "ops"]

@@ -1,5 +1,6 @@
 """E-mail notifications end to end against a real SMTP server on loopback (aiosmtpd):
-subscribers get one message with the site's local time and the alert's link; an alert nobody
+subscribers get one message with the site's local time and the alert's link, and one more
+when it is resolved (who, when, the link), whether by hand or by itself; an alert nobody
 acknowledges escalates to the site's technicians, then ops; a silence mutes e-mail and the
 webhook alike until it ends; a message pending when the controller stops is sent once after
 it starts again."""
@@ -16,11 +17,12 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
-from fleet.alerts import silences
+from fleet.alerts import actions, silences
 from fleet.alerts.evaluation import AlertRules, evaluate_devices
 from fleet.alerts.mail import Mailer, send_due
 from fleet.alerts.models import Alert, AlertSubscription, EmailDelivery, WebhookDelivery
 from fleet.alerts.notices import NoticePolicy, notify_due
+from fleet.alerts.schemas import ResolveIn
 from fleet.alerts.webhook import Webhook
 from fleet.alerts.webhook import send_due as send_webhooks
 from fleet.auth.users import add_user
@@ -138,6 +140,60 @@ def test_unacknowledged_alert_escalates_to_technicians_then_ops(
     assert the_alert(registered).notice_level == 3
     run(registered, mailer, opened + 5 * DELAY)
     assert len(smtp.received()) == 3  # each address once
+
+
+def test_those_told_of_an_alert_hear_who_resolved_it_and_when_once(
+    ingest: Ingest, registered: Engine, sink: tuple[Sink, Mailer]
+) -> None:
+    smtp, mailer = sink
+    subscribe(registered, "tech-upm", "technician", "t1@upm.example", "upm", sites=["upm"])
+    subscribe(
+        registered, "tech2-upm", "technician", "t2@upm.example", "tuit", sites=["upm", "tuit"]
+    )
+    subscribe(registered, "ops-a", "ops", "ops@fleet.example", "upm", min_severity="critical")
+    opened = hot(ingest, registered, -2, -1, 0)
+    run(registered, mailer, opened)
+    assert sorted(r[0] for r, _ in smtp.received()) == ["ops@fleet.example", "t1@upm.example"]
+    alert_id = the_alert(registered).id
+    assert alert_id is not None
+    resolved_at = opened + timedelta(minutes=5)  # before any escalation
+    with Session(registered) as session:
+        actions.resolve_by_hand(
+            session,
+            alert_id,
+            ResolveIn(by="tech-upm", note="fan cleaned, vents unblocked"),
+            resolved_at,
+            notify=False,
+        )
+    assert run(registered, mailer, resolved_at) == 2
+    assert run(registered, mailer, resolved_at + timedelta(minutes=30)) == 0  # once
+    ends = [(rcpt, m) for rcpt, m in smtp.received() if "[resolved]" in m["Subject"]]
+    # The same people who were told it opened; the technician of upm who subscribed to tuit
+    # only was never told of it, so is not told it ended.
+    assert sorted(r[0] for r, _ in ends) == ["ops@fleet.example", "t1@upm.example"]
+    body = ends[0][1].get_content()
+    assert "Resolved by: tech-upm" in body
+    assert "Resolution: fan cleaned, vents unblocked" in body
+    assert "Resolved: 2025-03-03 11:05 Asia/Kuala_Lumpur (site local time)" in body
+    assert f"{PUBLIC}/alerts/{alert_id}" in body
+    assert the_alert(registered).resolve_noticed_at == resolved_at
+
+
+def test_an_alert_that_clears_by_itself_is_told_as_such(
+    ingest: Ingest, registered: Engine, sink: tuple[Sink, Mailer]
+) -> None:
+    smtp, mailer = sink
+    subscribe(registered, "tech-upm", "technician", "t1@upm.example", "upm", sites=["upm"])
+    opened = hot(ingest, registered, -2, -1, 0)
+    run(registered, mailer, opened)
+    for minute in (1, 3, 6):  # cool for long enough: resolved by the rules
+        t = T + timedelta(minutes=minute)
+        ingest.handle([health("upm", [reading(DEVICE, t, temperature_c=50)])])
+        evaluate_devices(registered, RULES, t, [DEVICE])
+    assert the_alert(registered).state == "resolved"
+    run(registered, mailer, T + timedelta(minutes=7))
+    [end] = [m for m in smtp.to("t1@upm.example") if "[resolved]" in m["Subject"]]
+    assert "Resolved by: nobody: the condition cleared by itself" in end.get_content()
 
 
 def test_acknowledged_alert_does_not_escalate(

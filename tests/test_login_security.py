@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from fleet.api.app import create_app
 from fleet.auth import passwords
-from fleet.auth.login import LoginThrottle
+from fleet.auth.login import KNOWN_CLIENT_COOKIE, LoginThrottle
 from fleet.auth.models import User
 from fleet.auth.users import revoke_user
 from fleet.settings import Settings
@@ -83,6 +83,40 @@ def test_the_wait_grows_down_the_ladder() -> None:
     assert second is not None and second[1] > 30, second  # now the minute's limit holds
     throttle.succeeded("ops")  # a login clears the account's count
     assert throttle.wait_s("ops", "10.0.0.1") is None
+
+
+def test_a_guesser_elsewhere_cannot_lock_the_owner_out_of_a_browser_that_logged_in_before(
+    client: TestClient, tokens: Tokens
+) -> None:
+    assert login(client, "ops-centre", PASSWORD).status_code == 200  # type: ignore[attr-defined]
+    owners = client.cookies.get(KNOWN_CLIENT_COOKIE)
+    assert owners, "a login sets the known-client cookie"
+    assert login(client, "tech-upm", PASSWORD).status_code == 200  # type: ignore[attr-defined]
+    technicians = client.cookies.get(KNOWN_CLIENT_COOKIE)
+    client.cookies.clear()
+    # A guesser with no cookie, a forged one, or another account's uses up the account's limit.
+    for cookie in (None, "forged." + "0" * 64, technicians, owners.split(".")[0] + ".x"):
+        client.cookies.clear()
+        if cookie:
+            client.cookies.set(KNOWN_CLIENT_COOKIE, cookie)
+        for _ in range(2):
+            login(client, "ops-centre", "guess")
+    client.cookies.clear()
+    refused = login(client, "ops-centre", PASSWORD)
+    assert refused.status_code == 429  # type: ignore[attr-defined]
+    assert "this account" in refused.json()["detail"]  # type: ignore[attr-defined]
+    # The owner's browser is not held up by them.
+    client.cookies.set(KNOWN_CLIENT_COOKIE, owners)
+    assert login(client, "ops-centre", PASSWORD).status_code == 200  # type: ignore[attr-defined]
+    # Its own failures count against it alone: five, then it waits, and says why on the page.
+    codes = [login(client, "ops-centre", "nope").status_code for _ in range(6)]  # type: ignore[attr-defined]
+    assert codes == [401] * 5 + [429], codes
+    page = client.post(
+        "/login",
+        data={"username": "ops-centre", "password": PASSWORD},
+        cookies={"fleet_lang": "fr"},
+    )
+    assert page.status_code == 429 and "depuis ce navigateur" in page.text
 
 
 def test_a_success_clears_the_accounts_failures(client: TestClient, tokens: Tokens) -> None:
@@ -299,3 +333,50 @@ def test_any_name_password_and_code_is_refused_cleanly(registered: Engine, token
 
         attempt()
         assert login(client, "ops-centre", PASSWORD).status_code == 200  # type: ignore[attr-defined]
+
+
+def test_two_logins_racing_with_one_totp_code_let_only_one_in(postgres_url: str) -> None:
+    """The first login holds the factor's row until it commits; the second, with the same
+    code, waits for it and then sees the step used. Without the row lock both read an unused
+    step and both get in."""
+    import threading
+    from datetime import UTC, datetime
+
+    from fleet.auth import second_factor
+    from fleet.auth.users import add_user
+    from fleet.db import make_engine, migrate
+
+    engine = make_engine(postgres_url)
+    migrate(engine)
+    now = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    with Session(engine) as setup:
+        user = add_user(setup, "ops-centre", "ops", password=PASSWORD)
+        enrolment = second_factor.begin(setup, user, now)
+        totp = pyotp.TOTP(enrolment.secret)
+        second_factor.confirm(setup, user, totp.at(now), now)
+        user_id = user.id
+    code = totp.at(now)
+    first = Session(engine)
+    second_answer: list[bool] = []
+
+    def second_login() -> None:
+        with Session(engine) as other:
+            racer = other.get(User, user_id)
+            assert racer is not None
+            second_answer.append(second_factor.check(other, racer, code, now))
+            other.commit()
+
+    try:
+        holder = first.get(User, user_id)
+        assert holder is not None
+        assert second_factor.check(first, holder, code, now) is True
+        racing = threading.Thread(target=second_login)
+        racing.start()
+        racing.join(timeout=1.0)
+        assert racing.is_alive(), "the second login read the factor while the first held it"
+        first.commit()
+        racing.join(timeout=30)
+        assert second_answer == [False]
+    finally:
+        first.close()
+        engine.dispose()

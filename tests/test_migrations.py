@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
 from fleet.db import alembic_config, make_engine, migrate
@@ -56,6 +56,7 @@ def test_0011_adds_notices_and_silences_as_the_models_declare_and_goes_back(db_u
                 d
                 for d in compare_metadata(context, SQLModel.metadata)
                 if any(name in str(d) for name in (*NOTICE_TABLES, *NOTICE_COLUMNS))
+                and "resolve_noticed_at" not in str(d)  # 0012's
             ]
         assert drift == []
 
@@ -67,5 +68,55 @@ def test_0011_adds_notices_and_silences_as_the_models_declare_and_goes_back(db_u
         assert not set(NOTICE_COLUMNS) & {c["name"] for c in inspect(engine).get_columns("alert")}
         migrate(engine)
         assert set(NOTICE_TABLES) <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_0012_marks_alerts_resolved_before_it_as_told_and_goes_back(db_url: str) -> None:
+    """Alerts resolved before the upgrade are not mailed as resolved all at once after it."""
+    engine = make_engine(db_url)
+    try:
+        migrate(engine, "0011")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO site (code, name, institution, country, timezone, vendor,"
+                    " timetable, config_path, config_hash, synced_at) VALUES ('upm', 'UPM', '',"
+                    " 'MY', 'UTC', '', '{}', '', '', '2025-03-03T02:00:00+00:00')"
+                )
+            )
+            for state, resolved in (("open", None), ("resolved", "2025-03-03T03:00:00+00:00")):
+                conn.execute(
+                    text(
+                        "INSERT INTO alert (kind, severity, state, subject, site_code, message,"
+                        " opened_at, updated_at, resolved_at, notice_level) VALUES ('offline',"
+                        " 'warning', :state, :subject, 'upm', 'm', :at, :at, :resolved, 1)"
+                    ),
+                    {
+                        "state": state,
+                        "subject": f"site:upm:{state}",
+                        "at": "2025-03-03T02:00:00+00:00",
+                        "resolved": resolved,
+                    },
+                )
+        migrate(engine, "0012")
+        with engine.connect() as conn:
+            told = dict(
+                conn.execute(text("SELECT state, resolve_noticed_at FROM alert")).tuples().all()
+            )
+            context = MigrationContext.configure(conn)
+            drift = [
+                d
+                for d in compare_metadata(context, SQLModel.metadata)
+                if "resolve_noticed_at" in str(d)
+            ]
+        assert drift == []
+        assert told["open"] is None and told["resolved"] is not None
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0011")
+        assert "resolve_noticed_at" not in {c["name"] for c in inspect(engine).get_columns("alert")}
+        migrate(engine)
     finally:
         engine.dispose()

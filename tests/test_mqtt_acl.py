@@ -18,6 +18,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -222,3 +224,54 @@ def test_broker_url_takes_ca_and_optional_client_certificate() -> None:
     assert (address.tls, address.port, address.ca_file) == (True, 8883, "/etc/ca.pem")
     assert (address.cert_file, address.key_file) == ("/c.pem", "/k.pem")
     assert parse_mqtt_url("mqtts://broker.example").cert_file is None
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    extra=st.one_of(
+        st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,70}", fullmatch=True), st.text()
+    ).filter(lambda t: t not in {"fleet-controller", "site-upm"})
+)
+def test_a_controller_user_the_files_cannot_hold_is_refused_and_nothing_is_written(
+    sqlite_registered: Engine, tmp_path_factory: pytest.TempPathFactory, extra: str
+) -> None:
+    """Any --controller-user: either refused with its reason and no file written, or each
+    file names exactly the users asked for, one line per login and one `user` line each."""
+    from fleet.auth.mqtt_auth import (
+        BROKER_USER_RE,
+        ControllerLogin,
+        ExportError,
+        export_mosquitto,
+    )
+
+    out = tmp_path_factory.mktemp("export") / "mqtt-auth"
+    login = ControllerLogin("fleet-controller", "pw", (extra,))
+    with Session(sqlite_registered) as session:
+        rotate_site_credential(session, "upm")
+        session.commit()
+        try:
+            passwd, acl = export_mosquitto(session, out, login, "fleet/v1")
+        except ExportError as exc:
+            event("refused")
+            assert not BROKER_USER_RE.fullmatch(extra)
+            assert "FLEET_MQTT_URL" in str(exc) and "--controller-user" in str(exc)
+            assert not out.exists()
+            return
+    event("written")
+    logins = [line.split(":", 1)[0] for line in passwd.read_text().splitlines()]
+    assert logins == ["fleet-controller", extra, "site-upm"]
+    users = [line[5:] for line in acl.read_text().splitlines() if line.startswith("user ")]
+    assert users == ["fleet-controller", extra, "site-upm"]
+
+
+def test_a_line_break_in_a_controller_user_cannot_grant_a_site_the_whole_root(
+    sqlite_registered: Engine, tmp_path: Path
+) -> None:
+    from fleet.auth.mqtt_auth import ControllerLogin, ExportError, export_mosquitto
+
+    hostile = ControllerLogin("fleet-controller", "pw", ("x\nuser site-upm\ntopic readwrite #",))
+    with Session(sqlite_registered) as session, pytest.raises(ExportError, match="cannot be"):
+        export_mosquitto(session, tmp_path / "out", hostile, "fleet/v1")
+    assert not (tmp_path / "out").exists()

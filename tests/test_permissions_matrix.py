@@ -48,6 +48,8 @@ MAY = {
     "rollouts:write": {"ops"},
     "enrolment:create": {"ops", "technician"},
     "audit:read": {"ops"},
+    "users:read": {"ops"},
+    "users:write": {"ops"},
 }
 # FastAPI's own pages and the static files: open, and not APIRoutes (no dependencies).
 FRAMEWORK_OPEN = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
@@ -69,6 +71,7 @@ IN_SCOPE = {
     "subscription_id": "1",
     "silence_id": "1",
     "token_id": "1",
+    "user_name": "nobody-here",  # no such user: ops' revoke and change answer 404
 }
 # Outside both scopes: another site, and a MAXHUB device at it.
 OUT_OF_SCOPE = {**IN_SCOPE, "code": "usthb", "site": "usthb", "device_id": "usthb-sc1-panel-1"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from fleet.protocol.timetable import Timetable
@@ -230,6 +230,15 @@ def test_impossible_thresholds_are_refused_with_the_reason() -> None:
     assert (
         "count 0" in text and "120" in text and "never abort" in text and "more than the 10" in text
     )
+
+
+def test_a_night_that_ends_when_it_starts_is_refused_and_one_over_midnight_is_not() -> None:
+    empty = WindowPolicy(nights_only=True, night_start=time(6, 0), night_end=time(6, 0))
+    assert "no time at all" in " ".join(policy_problems(Policy(window=empty), 10))
+    overnight = WindowPolicy(nights_only=True, night_start=time(22, 0), night_end=time(6, 0))
+    assert policy_problems(Policy(window=overnight), 10) == []
+    # Without nights_only the night is not used, so it is not judged.
+    assert policy_problems(Policy(window=replace(empty, nights_only=False)), 10) == []
 
 
 def test_canary_spans_sites_and_every_device_gets_a_wave() -> None:

@@ -23,7 +23,9 @@ PAGES = {
         "/programme/upm",
         "/enrolment",
         "/rollouts",
+        "/rollouts/new",
         "/reports",
+        "/users",
         "/no/such/page",
     ),
     "technician": (

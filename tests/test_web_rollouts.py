@@ -252,7 +252,7 @@ def test_vendor_sees_only_its_reports(stack: Stack, seeded: dict[str, Any], page
     assert rows.first.get_attribute("data-report") == str(seeded["reports"]["Seewo"])
     # Its menu offers only what it may open.
     menu = page.locator("header nav a").all_inner_texts()
-    assert menu == ["Overview", "Alerts", "Reports"]
+    assert menu == ["Overview", "Alerts", "Reports", "E-mail"]
 
 
 def test_technician_of_upm_sees_only_upm(stack: Stack, seeded: dict[str, Any], page: Any) -> None:
@@ -263,7 +263,8 @@ def test_technician_of_upm_sees_only_upm(stack: Stack, seeded: dict[str, Any], p
     api_upm = api(stack, "GET", "/api/v1/sites", token=seeded["technician"])
     assert [s["code"] for s in api_upm] == ["upm"]
     assert page.locator("tr[data-site=upm] td").nth(2).inner_text() == str(api_upm[0]["devices"])
-    assert page.locator("header nav a").all_inner_texts() == ["Overview", "Alerts", "Enrolment"]
+    menu = page.locator("header nav a").all_inner_texts()
+    assert menu == ["Overview", "Alerts", "Enrolment", "Silences", "E-mail"]
 
     shown = alerts_shown(stack, page)
     assert {seeded["alerts"]["site"], seeded["alerts"]["seewo"]} <= shown  # upm's

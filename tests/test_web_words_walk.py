@@ -24,7 +24,8 @@ from sqlmodel import Session, select
 from fleet.alerts.models import Alert
 from fleet.api.app import create_app
 from fleet.commands.models import DeviceCommand
-from fleet.models import Device
+from fleet.devices.state import site_offline_reason
+from fleet.models import AgentStatus, Device
 from fleet.protocol.messages import utcnow
 from fleet.settings import Settings
 from fleet.web import words
@@ -176,7 +177,9 @@ ROLE_PAGES = {
         "/programme/upm",
         "/enrolment",
         "/rollouts",
+        "/rollouts/new",
         "/reports",
+        "/users",
         "/sites/upm",
         "DEVICE",
     ],
@@ -247,6 +250,7 @@ def test_the_device_page_says_its_reason_and_commands_in_the_language(
                     "standby during class hours",
                     "power off outside class hours (expected)",
                     "no answer outside class hours: taken as switched off (expected) (",
+                    "site agent ",
                 ]
             ),
             st.text(),
@@ -257,7 +261,79 @@ def test_the_device_page_says_its_reason_and_commands_in_the_language(
 def test_any_stored_reason_is_shown(text: str, lang: str) -> None:
     """A reason of any wording (an agent's error text, control characters, a placeholder-like
     "%(x)s") is shown, translated where known, never an error; in English as stored."""
-    shown_text = words.reason_text(translations(lang), text)
+    shown_text = words.reason_text(translations(lang), text, lang)
     assert isinstance(shown_text, str)
-    if lang == "en":
-        assert shown_text == text
+    if lang == "en" and not text.startswith("site agent "):
+        assert shown_text == text  # a site's silence says its minutes as Babel words them
+
+
+def _site_offline(engine: Engine, code: str) -> list[str]:
+    """The site's agent silent for 7 minutes, every device of it `site_offline` with the
+    reason fleet.devices.state words (one that fell silent, one whose agent said offline)."""
+    now = utcnow()
+    heard = now - timedelta(minutes=7)
+    with Session(engine) as session:
+        status = session.get(AgentStatus, code)
+        agent_id = status.agent_id if status else f"{code}-agent-1"
+        session.merge(
+            AgentStatus(
+                site_code=code,
+                agent_id=agent_id,
+                state="offline",
+                ts=heard,
+                received_at=heard,
+                last_message_at=heard,
+            )
+        )
+        devices = session.exec(select(Device).where(Device.site_code == code)).all()
+        for n, device in enumerate(devices):
+            device.state, device.state_since, device.last_seen_at = "site_offline", heard, heard
+            device.state_reason = (
+                site_offline_reason(agent_id, heard, silent_for=timedelta(minutes=7))
+                if n % 2 == 0
+                else site_offline_reason(agent_id, heard)
+            )
+            session.add(device)
+        session.commit()
+        return [d.id for d in devices]
+
+
+# The reasons' English, and the duration each language must say instead.
+OFFLINE_ENGLISH = ("silent for", "last heard", "offline since", "said offline", "will fired")
+SEVEN_MINUTES = {"en": "7 minutes", "fr": "7 minutes", "ar": "7 دقائق", "ru": "7 минут"}
+
+
+@pytest.mark.parametrize("lang", ["en", "fr", "ar", "ru"])
+def test_an_offline_site_reads_in_the_language(
+    registered: Engine,
+    client: TestClient,
+    tokens: Tokens,
+    english_msgids: set[str],
+    lang: str,
+) -> None:
+    """A site whose agent fell silent: the overview, its page and a device's page say why in
+    the page's language, the silence's length in its words, no English and no UTC left."""
+    devices = _site_offline(registered, "upm")
+    t = translations(lang)
+    untranslated = {i for i in english_msgids if t.gettext(i) != i}
+    found: list[tuple[str, str]] = []
+    pages = {}
+    for path in ["/", "/sites/upm", f"/devices/{devices[0]}", f"/devices/{devices[1]}"]:
+        page = client.get(path, headers={"Accept-Language": lang, **tokens.headers("ops")})
+        assert page.status_code == 200, (lang, path)
+        pages[path] = page.text
+        for text in shown(page.text):
+            if lang != "en" and (text in untranslated or any(e in text for e in OFFLINE_ENGLISH)):
+                found.append((path, text))
+            if re.search(r"\d\d:\d\d:\d\dZ", text):
+                found.append((path, text))
+    assert not found, "\n".join(" | ".join(f) for f in found)
+    site = " ".join(shown(pages["/sites/upm"]))
+    assert SEVEN_MINUTES[lang] in site, site
+    said = t.gettext(words.STATES["site_offline"])
+    assert said in site
+    if lang != "en":
+        assert t.gettext("site agent") in site
+    # The refresh stamp's words come from the catalogs too (dashboard.js fills in the time).
+    assert f'data-updated="{t.gettext("Updated %(time)s.")}"' in pages["/"]
+    assert 'data-zone="Asia/Kuala_Lumpur"' in pages["/sites/upm"]

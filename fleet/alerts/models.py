@@ -76,6 +76,9 @@ class Alert(SQLModel, table=True):
     notice_level: int = 0
     noticed_at: datetime | None = utc_column()
     escalated_at: datetime | None = utc_column()
+    # When those e-mailed about it were sent word that it is resolved (or it was judged that
+    # none is due: resolved under a silence), so that word goes out once.
+    resolve_noticed_at: datetime | None = utc_column()
     # The silence that muted it (fleet.alerts.silences), who made it, and since when.
     silence_id: int | None = None
     silenced_by: str | None = None
@@ -150,7 +153,7 @@ class EmailDelivery(SQLModel, table=True):
         sa_column=Column(BigInteger, ForeignKey("alert.id"), nullable=False, index=True)
     )
     recipient: str
-    level: int  # the notice level it was sent at (Alert.notice_level)
+    level: int  # the notice level it was sent at (Alert.notice_level); 0: word it is resolved
     subject: str
     body: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = utc_column(nullable=False)

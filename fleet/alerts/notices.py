@@ -2,9 +2,11 @@
 nobody acknowledges it, the next level after the severity's delay (the site's technicians,
 then ops). Each level reached is recorded on the alert (notice_level, noticed_at,
 escalated_at) in the same transaction as the e-mails it queues (email_delivery), so a restart
-neither loses nor repeats them. An alert under a silence (fleet.alerts.silences) moves no
-level and queues nothing, and the silence is recorded on it; once the silence is over, what is
-still open is notified on the next run. A scheduled job, never on the ingest path.
+neither loses nor repeats them. Once it is resolved, everyone who was e-mailed about it is
+told who resolved it and when (resolve_noticed_at marks that done). An alert under a silence
+(fleet.alerts.silences) moves no level and queues nothing, and the silence is recorded on it;
+once the silence is over, what is still open is notified on the next run. A scheduled job,
+never on the ingest path.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ USERS: Table = SQLModel.metadata.tables["fleet_user"]
 SITES: Table = SQLModel.metadata.tables["site"]
 DEVICES: Table = SQLModel.metadata.tables["device"]
 
-SUBSCRIBERS, TECHNICIANS, OPS = 1, 2, 3
+RESOLVED, SUBSCRIBERS, TECHNICIANS, OPS = 0, 1, 2, 3  # RESOLVED: the word that it ended
 LEVEL_NAMES = {SUBSCRIBERS: "subscribers", TECHNICIANS: "site technicians", OPS: "ops"}
 RANK = {Severity.warning.value: 0, Severity.critical.value: 1}
 BATCH = 500  # alerts judged per run
@@ -60,6 +62,7 @@ def advance(conn: Connection, policy: NoticePolicy, now: datetime) -> list[tuple
     """Move every unresolved alert that is due to its next level, in the caller's transaction;
     returns (alert id, level reached) for each move."""
     silences = active(conn, now)
+    _tell_resolved(conn, policy, silences, now)
     rows = _candidates(conn, policy, silences, now)
     if not rows:
         return []
@@ -115,6 +118,44 @@ def _candidates(
         )
         rows += conn.execute(waiting.order_by(ALERTS.c.id).limit(BATCH)).mappings()
     return rows
+
+
+def _tell_resolved(
+    conn: Connection, policy: NoticePolicy, silences: list[Muted], now: datetime
+) -> None:
+    """Everyone e-mailed about an alert now resolved is sent word of who resolved it and when,
+    through the same outbox; once per alert (resolve_noticed_at). Resolved while a silence
+    covers it: nobody is told, as nobody was told of what happened under it."""
+    rows = list(
+        conn.execute(
+            select(ALERTS)
+            .where(
+                ALERTS.c.state == AlertState.resolved.value,
+                ALERTS.c.notice_level >= SUBSCRIBERS,
+                ALERTS.c.resolve_noticed_at.is_(None),
+            )
+            .order_by(ALERTS.c.id)
+            .limit(BATCH)
+        ).mappings()
+    )
+    if not rows:
+        return
+    rooms = _rooms(conn, [r["device_id"] for r in rows if r["device_id"]])
+    for alert in rows:
+        muted = covering(
+            silences, alert["site_code"], rooms.get(alert["device_id"]), alert["device_id"]
+        )
+        if muted is None:
+            told = conn.execute(
+                select(EMAILS.c.recipient)
+                .where(EMAILS.c.alert_id == alert["id"], EMAILS.c.level >= SUBSCRIBERS)
+                .distinct()
+            ).scalars()
+            for address in sorted(told):
+                _queue(conn, policy, alert, RESOLVED, address, now)
+        conn.execute(
+            ALERTS.update().where(ALERTS.c.id == alert["id"]).values(resolve_noticed_at=now)
+        )
 
 
 def _due_level(alert: Any, policy: NoticePolicy, now: datetime) -> int | None:
@@ -227,7 +268,7 @@ def _queue(
 
 def message(conn: Connection, policy: NoticePolicy, alert: Any, level: int) -> tuple[str, str]:
     """The subject and plain-text body: what, where, when in the site's local time, and the
-    link to the alert's page."""
+    link to the alert's page; at level RESOLVED, who resolved it and when."""
     site = conn.execute(
         select(SITES.c.name, SITES.c.timezone).where(SITES.c.code == alert["site_code"])
     ).one_or_none()
@@ -238,17 +279,32 @@ def message(conn: Connection, policy: NoticePolicy, alert: Any, level: int) -> t
         tz, zone = ZoneInfo("UTC"), "UTC"
     opened = alert["opened_at"].astimezone(tz)
     what = alert["device_id"] or "the site"
+    link = f"{policy.public_url.rstrip('/')}/alerts/{alert['id']}"
+    where = [f"Site: {name} ({alert['site_code']})", f"Device: {what}"]
+    if level == RESOLVED:
+        resolved = alert["resolved_at"].astimezone(tz)
+        by = alert["resolved_by"] or "nobody: the condition cleared by itself"
+        subject = f"[resolved] {alert['kind']} at {alert['site_code']}: {what}"
+        lines = [
+            f"Resolved: {alert['message']}",
+            "",
+            *where,
+            f"Opened: {opened:%Y-%m-%d %H:%M} {zone} (site local time)",
+            f"Resolved: {resolved:%Y-%m-%d %H:%M} {zone} (site local time)",
+            f"Resolved by: {by}",
+            *([f"Resolution: {alert['resolution']}"] if alert["resolution"] else []),
+            f"Alert: {link}",
+        ]
+        return subject, "\n".join(lines)
     escalation = (
         "" if level == SUBSCRIBERS else f" (escalated to {LEVEL_NAMES[level]}: unacknowledged)"
     )
     subject = f"[{alert['severity']}] {alert['kind']} at {alert['site_code']}: {what}{escalation}"
-    link = f"{policy.public_url.rstrip('/')}/alerts/{alert['id']}"
     body = "\n".join(
         [
             f"{alert['message']}",
             "",
-            f"Site: {name} ({alert['site_code']})",
-            f"Device: {what}",
+            *where,
             f"Severity: {alert['severity']}",
             f"Opened: {opened:%Y-%m-%d %H:%M} {zone} (site local time)",
             f"Alert: {link}",

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Table, select
 from sqlmodel import Session, SQLModel
 
 from fleet.alerts.models import Silence
+from fleet.alerts.schemas import SilenceIn
+from fleet.auth.audit import record
+from fleet.auth.permissions import Caller
 
 SILENCES: Table = SQLModel.metadata.tables["alert_silence"]
 
@@ -22,7 +25,15 @@ class SilenceNotFound(LookupError):
 
 
 class SilenceOutOfPlace(ValueError):
-    """The room or device a silence names is not at the site it names."""
+    """The room or device a silence names is not at the site it names (or the site is unknown,
+    or outside the caller's sites: the same words)."""
+
+
+class SilencePeriodRefused(ValueError):
+    """The period is empty, over, or longer than MAX_LENGTH: what is wrong, for the caller."""
+
+
+MAX_LENGTH = timedelta(days=90)  # longer is a retirement, not a silence
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,62 @@ def create(
     session.add(silence)
     session.commit()
     session.refresh(silence)
+    return silence
+
+
+def create_for(session: Session, caller: Caller, body: SilenceIn, now: datetime) -> Silence:
+    """What `POST /api/v1/silences` and the silences page both do: check the site is the
+    caller's and the period sound, record the silence, audit `silence.create`, commit.
+    Raises SilenceOutOfPlace (an unknown site, one outside the caller's sites, or a room or
+    device not at it) and SilencePeriodRefused."""
+    from fleet.models import Site
+
+    if session.get(Site, body.site) is None or not (
+        caller.sites is None or body.site in caller.sites
+    ):
+        raise SilenceOutOfPlace(f"no site {body.site!r}: GET /api/v1/sites lists the codes")
+    starts = body.starts_at or now
+    if body.ends_at <= max(starts, now):
+        raise SilencePeriodRefused("ends_at must be after starts_at and in the future")
+    if body.ends_at - starts > MAX_LENGTH:
+        raise SilencePeriodRefused(
+            f"a silence lasts at most {MAX_LENGTH.days} days: retire the device instead"
+        )
+    silence = create(
+        session,
+        site=body.site,
+        room=body.room,
+        device=body.device,
+        reason=body.reason,
+        by=caller.name,
+        starts_at=starts,
+        ends_at=body.ends_at,
+        now=now,
+    )
+    record(
+        session,
+        actor=caller.name,
+        role=caller.role,
+        action="silence.create",
+        target=body.device or body.room or body.site,
+        detail={"silence": silence.id, "ends_at": body.ends_at.isoformat()},
+    )
+    session.commit()
+    return silence
+
+
+def expire_for(session: Session, caller: Caller, silence_id: int, now: datetime) -> Silence:
+    """What `POST /api/v1/silences/{id}/expire` and the page's "end now" both do: end it,
+    audit `silence.expire`, commit. Raises SilenceNotFound (also outside the caller's sites)."""
+    silence = expire(session, silence_id, caller.sites, caller.name, now)
+    record(
+        session,
+        actor=caller.name,
+        role=caller.role,
+        action="silence.expire",
+        target=str(silence_id),
+    )
+    session.commit()
     return silence
 
 

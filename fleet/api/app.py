@@ -37,6 +37,7 @@ from fleet.api.routes import (
     silences,
     sites,
     subscriptions,
+    users,
 )
 from fleet.auth.login import LoginThrottle
 from fleet.db import make_engine
@@ -98,6 +99,7 @@ def create_app(
     app.include_router(auth.router)
     app.include_router(enrolment.router)
     app.include_router(audit.router)
+    app.include_router(users.router)
     web.install(app)  # the dashboard pages at /, last: its 404 handler is for the pages
     app.add_middleware(CrossSiteRefusal)
     app.add_middleware(LastResort)

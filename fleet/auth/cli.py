@@ -3,7 +3,6 @@ controller's host (they talk to the database of FLEET_DATABASE_URL directly)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,22 +71,32 @@ def users_add(
     """Add a user (the first ops user: `fleet users add ops-lead --role ops`). A password must be
     at least 12 characters and hard to guess; a vendor must be one the fleet knows."""
     from fleet.auth.audit import record
-    from fleet.auth.password_policy import password_problem
-    from fleet.auth.users import UserError, add_user, create_token
+    from fleet.auth.users import UserError, create_token, register_user
 
-    if password is not None and (problem := password_problem(password, [name])):
-        raise _fail(problem)
     with _session() as session:
         if site:
             _sync_sites(session)
             site = [_site_code(session, code) for code in site]
-        if vendor is not None:
-            vendor = _known_vendor(session, vendor)
         try:
-            user = add_user(session, name, role, sites=site, vendor=vendor, password=password)
+            user = register_user(
+                session,
+                name,
+                role,
+                sites=site,
+                vendor=vendor,
+                password=password,
+                profile_vendors=_profile_vendors(),
+            )
         except UserError as exc:
             raise _fail(str(exc)) from None
-        record(session, actor=f"cli:{_os_user()}", action="user.add", target=name, role="ops")
+        record(
+            session,
+            actor=f"cli:{_os_user()}",
+            action="user.add",
+            target=name,
+            role="ops",
+            detail={"role": user.role, "sites": user.sites, "vendor": user.vendor},
+        )
         session.commit()
         typer.echo(f"added {user.role} {user.name}" + _scope(user.sites, user.vendor))
         if token_days > 0:
@@ -106,9 +115,47 @@ def users_list() -> None:
             typer.echo(f"{user.name}\t{user.role}\t{state}{_scope(user.sites, user.vendor)}")
 
 
+@users_app.command("change")
+def users_change(
+    name: str,
+    role: Annotated[str | None, typer.Option(help="ops, technician or vendor.")] = None,
+    site: Annotated[
+        list[str] | None, typer.Option(help="A technician's site code (repeat for more).")
+    ] = None,
+    vendor: Annotated[str | None, typer.Option(help="A vendor user's vendor, e.g. Seewo.")] = None,
+) -> None:
+    """Give a user another role or scope (what PATCH /api/v1/users/NAME does). A new role
+    drops the old one's scope and ends the user's login sessions; the last active ops user
+    keeps the role."""
+    from fleet.auth.audit import record
+    from fleet.auth.users import UserError, change_user
+
+    with _session() as session:
+        if site:
+            _sync_sites(session)
+            site = [_site_code(session, code) for code in site]
+        try:
+            user = change_user(
+                session, name, role=role, sites=site, vendor=vendor,
+                profile_vendors=_profile_vendors(),
+            )  # fmt: skip
+        except UserError as exc:
+            raise _fail(str(exc)) from None
+        record(
+            session,
+            actor=f"cli:{_os_user()}",
+            action="user.change",
+            target=name,
+            role="ops",
+            detail={"role": user.role, "sites": user.sites, "vendor": user.vendor},
+        )
+        session.commit()
+        typer.echo(f"{user.name} is now {user.role}" + _scope(user.sites, user.vendor))
+
+
 @users_app.command("revoke")
 def users_revoke(name: str) -> None:
-    """Revoke a user and every token of theirs, at once."""
+    """Revoke a user and every token of theirs, at once (never the last active ops user)."""
     from fleet.auth.audit import record
     from fleet.auth.users import UserError, revoke_user
 
@@ -248,31 +295,17 @@ def _site_code(session: Session, code: str) -> str:
     return code
 
 
-def _known_vendor(session: Session, vendor: str) -> str:
-    """The vendor as the fleet spells it (its devices' and profiles' vendor names), or a
-    refusal naming the near matches: a typo would give a user who sees nothing."""
-    import difflib
-
-    from sqlmodel import select
-
-    from fleet.models import Device
+def _profile_vendors() -> set[str]:
+    """The vendors the profiles folder names; none when its profiles do not load (`fleet
+    serve` says why), the registry's names still standing."""
     from fleet.protocol.errors import ConfigErrors
     from fleet.protocol.profiles import load_profiles
     from fleet.settings import Settings
 
-    known = set(session.exec(select(Device.vendor).distinct()).all())
-    # On profiles that do not load, the registry's names still stand (`fleet serve` says why).
-    with contextlib.suppress(ConfigErrors):
-        known |= {p.vendor for p in load_profiles(Settings().profiles_dir).values()}
-    by_lower = {v.lower(): v for v in known if v}
-    if vendor.lower() in by_lower:
-        return by_lower[vendor.lower()]
-    near = difflib.get_close_matches(vendor.lower(), list(by_lower), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(repr(by_lower[n]) for n in near)}? " if near else ""
-    raise _fail(
-        f"unknown vendor {vendor!r}: {hint}known vendors are "
-        f"{', '.join(sorted(by_lower.values())) or 'none yet'}"
-    )
+    try:
+        return {p.vendor for p in load_profiles(Settings().profiles_dir).values()}
+    except ConfigErrors:
+        return set()
 
 
 def _sync_sites(session: Session) -> None:

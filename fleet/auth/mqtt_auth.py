@@ -9,6 +9,7 @@ The controller keeps only Mosquitto's hash of each site's password.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,13 @@ SITE_USER_PREFIX = "site-"
 # What a site agent publishes, under <root>/<site>/ (fleet/protocol.py's Topics).
 SITE_WRITES = ("agent/state", "health", "devices/+/health", "events", "cmd/ack")
 SITE_READS = ("cmd",)
+# A controller user goes into `passwd` (`user:hash`) and into an ACL line (`user NAME`): a colon,
+# a space or a line break there would write a login or a grant nobody asked for.
+BROKER_USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 class ExportError(ValueError):
-    pass
+    """The broker's files cannot be written as asked: the message says why and what to do."""
 
 
 def site_username(site_code: str) -> str:
@@ -95,8 +99,16 @@ def export_mosquitto(
 ) -> tuple[Path, Path]:
     """Write `passwd` and `acl` into out_dir, mode 0600, owned by `owner` (uid, gid) when
     given: Mosquitto started as root reads them after it has dropped to its own user.
-    Returns their paths. Raises ExportError for a controller user that is also a site's,
+    Returns their paths. Raises ExportError for a controller user that is also a site's or
+    that the files cannot hold (a colon, a blank, a line break: see BROKER_USER_RE),
     PermissionError when the files cannot be given to `owner` (not root)."""
+    for user in controller.users:
+        if not BROKER_USER_RE.fullmatch(user):
+            raise ExportError(
+                f"the controller's MQTT user {user[:80]!r} cannot be written to the broker's "
+                "files: use letters, digits and . _ @ - (up to 64, starting with a letter or "
+                "digit), in FLEET_MQTT_URL and in each --controller-user"
+            )
     rows = session.exec(select(MqttCredential).order_by(col(MqttCredential.site_code))).all()
     site_users = {r.username for r in rows}
     clash = [u for u in controller.users if u in site_users]

@@ -73,6 +73,9 @@ POLICY: dict[str, frozenset[str]] = {
     "rollouts:write": frozenset({"ops"}),
     "enrolment:create": frozenset({"ops", "technician"}),
     "audit:read": frozenset({"ops"}),
+    # Users, their roles and scopes: ops alone (a technician cannot widen their own sites).
+    "users:read": frozenset({"ops"}),
+    "users:write": frozenset({"ops"}),
 }
 
 # Permissions whose every use is written to the audit log (refusals of any are, anyway).
@@ -85,6 +88,7 @@ AUDITED = frozenset(
         "devices:command",
         "silences:write",
         "subscriptions:write",
+        "users:write",
     }
 )
 

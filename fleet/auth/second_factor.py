@@ -21,7 +21,7 @@ from datetime import datetime
 
 import pyotp
 from sqlalchemy import JSON, Column
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, Session, SQLModel, select
 
 from fleet.auth.models import User
 from fleet.models import utc_column
@@ -131,8 +131,18 @@ def confirm(session: Session, user: User, code: str, now: datetime | None = None
 
 def check(session: Session, user: User, code: str | None, now: datetime | None = None) -> bool:
     """Whether `code` (a current TOTP, or an unused recovery code) lets the user in; a
-    recovery code is used up. The caller commits."""
-    factor = get(session, user)
+    recovery code is used up. The caller commits.
+
+    The factor's row is read FOR UPDATE (PostgreSQL), so that two logins racing with one
+    code are taken one after the other: the second sees the step or recovery code the first
+    used and is refused. SQLite has no row locks, but refuses the second writer of a stale
+    snapshot, so the replay fails there too."""
+    factor = session.exec(
+        select(SecondFactor)
+        .where(SecondFactor.user_id == user.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
     if factor is None or factor.confirmed_at is None:
         return True  # none in force
     if not code or len(code) > 64:

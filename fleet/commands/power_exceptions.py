@@ -1,10 +1,11 @@
-"""A site's power schedule as it is read, and its exception dates added and removed: what the
-API's routes (fleet/api/routes/power_schedules.py) and the site page (fleet/web/pages.py)
-both do, with the same checks and the same audit entries."""
+"""A site's power schedule as it is read and set, its exception dates added and removed, and
+its rooms marked in use: what the API's routes (fleet/api/routes/power_schedules.py) and the
+site page (fleet/web/pages.py, fleet/web/power_forms.py) both do, with the same checks and the
+same audit entries."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,7 +14,8 @@ from sqlmodel import Session, col, select
 from fleet.auth.audit import record
 from fleet.auth.permissions import Caller
 from fleet.commands.models import PowerException, PowerSchedule, RoomInUse
-from fleet.protocol.messages import TEXT_PATTERN, utcnow
+from fleet.models import Room
+from fleet.protocol.messages import DEVICE_ID_PATTERN, TEXT_PATTERN, utcnow
 from fleet.time_window import Day
 
 Minutes = Annotated[int, Field(ge=1, le=24 * 60)]
@@ -26,6 +28,37 @@ class PolicyIn(BaseModel):
     mode: Literal["notify_only", "act"] = "notify_only"
     off_after_last_class_min: Minutes | None = None
     off_after_idle_min: Minutes | None = None
+
+
+RoomId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+# The most room overrides one schedule holds.
+MAX_ROOMS = 1000
+
+
+class ScheduleIn(PolicyIn):
+    """The site's policy, and rooms whose own policy overrides it."""
+
+    rooms: dict[RoomId, PolicyIn] = Field(default_factory=dict, max_length=MAX_ROOMS)
+
+
+class InUseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    minutes: Minutes
+    reason: Note = ""
+
+
+class UnknownRooms(ValueError):
+    """Room overrides for rooms the site does not have: nothing was changed."""
+
+    def __init__(self, code: str, rooms: list[str]) -> None:
+        super().__init__(f"not rooms of {code}: {', '.join(rooms[:10])}")
+        self.code = code
+        self.rooms = rooms
+
+
+class RoomNotFound(LookupError):
+    """No such room at that site."""
 
 
 class ScheduleOut(PolicyIn):
@@ -114,3 +147,65 @@ def remove_exception(session: Session, code: str, day: date, caller: Caller) -> 
         detail={"day": day.isoformat()},
     )
     session.commit()
+
+
+def set_schedule(session: Session, code: str, body: ScheduleIn, caller: Caller) -> None:
+    """Replace the site's schedule and its room overrides, audited `power_schedule.set`.
+    Raises UnknownRooms, changing nothing, for an override of a room the site does not have.
+    The site is not checked: the caller does that."""
+    rooms = set(session.exec(select(Room.id).where(Room.site_code == code)))
+    unknown = sorted(set(body.rooms) - rooms)
+    if unknown:
+        raise UnknownRooms(code, unknown)
+    for row in session.exec(select(PowerSchedule).where(PowerSchedule.site_code == code)):
+        session.delete(row)
+    session.flush()
+    now = utcnow()
+    for room_id, policy in [
+        ("", PolicyIn(**body.model_dump(exclude={"rooms"}))),
+        *body.rooms.items(),
+    ]:
+        session.add(
+            PowerSchedule(
+                site_code=code,
+                room_id=room_id,
+                **policy.model_dump(),
+                updated_by=caller.name,
+                updated_at=now,
+            )
+        )
+    record(
+        session,
+        actor=caller.name,
+        role=caller.role,
+        action="power_schedule.set",
+        target=f"site {code}",
+        detail=body.model_dump(mode="json"),
+    )
+    session.commit()
+
+
+def mark_in_use(
+    session: Session, code: str, room_id: str, body: InUseIn, caller: Caller
+) -> datetime:
+    """Mark the room in use for `body.minutes` (no power schedule switches anything there),
+    audited `room.in_use`; returns until when (UTC). Raises RoomNotFound."""
+    room = session.get(Room, room_id)
+    if room is None or room.site_code != code:
+        raise RoomNotFound(f"no room {room_id} at {code}")
+    until = utcnow() + timedelta(minutes=body.minutes)
+    session.merge(
+        RoomInUse(
+            room_id=room_id, site_code=code, until=until, marked_by=caller.name, reason=body.reason
+        )
+    )
+    record(
+        session,
+        actor=caller.name,
+        role=caller.role,
+        action="room.in_use",
+        target=f"room {room_id}",
+        detail=body.model_dump(mode="json"),
+    )
+    session.commit()
+    return until

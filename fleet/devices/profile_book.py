@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from fleet.protocol.errors import ConfigErrors
 from fleet.protocol.profiles import PollSettings, Profile, load_profiles
 
 _lock = threading.Lock()
@@ -31,3 +32,12 @@ def poll_interval_s(profiles: dict[str, Profile], profile_id: str) -> float:
     profile = profiles.get(profile_id)
     # A profile gone from the folder: judge its devices by the default poll, not not at all.
     return profile.poll.interval_s if profile is not None else PollSettings().interval_s
+
+
+def vendors_in(directory: Path) -> set[str]:
+    """The vendors the profiles name, as they spell them; none when the profiles do not
+    validate (`fleet serve` says why), so that the registry's vendors still stand."""
+    try:
+        return {p.vendor for p in profiles_in(directory).values()}
+    except ConfigErrors:
+        return set()

@@ -276,6 +276,29 @@ class Profile(Strict):
     def method_of(self, release: Release) -> UpdateMethodName:
         return release.method or self.update.method
 
+    def control_problem(self, kind: str) -> str | None:
+        """Why the site agent cannot switch this model's `kind` ("power" or "input"), or None
+        when it can: PJLink and MAXHUB LAN control take both, SNMP only the objects the
+        profile names (snmp.power_set, snmp.input_set); other protocols take neither. The
+        agent's controls (agent/collectors/*_control.py) answer the same way."""
+        if self.protocol in ("pjlink", "maxhub-lan"):
+            return None
+        if self.protocol == "snmp":
+            snmp = self.snmp
+            obj = (snmp.power_set if kind == "power" else snmp.input_set) if snmp else None
+            if obj is None:
+                return f"profile {self.id} names no SNMP object for {kind}: the agent cannot set it"
+            return None
+        return f"the agent cannot switch {self.protocol} devices (profile {self.id})"
+
+    def input_names(self) -> list[str]:
+        """The inputs a person is offered for this model: the names its SNMP input object
+        maps, else the inputs its simulated device has (illustrative, as the profile is)."""
+        snmp_set = self.snmp.input_set if self.snmp is not None else None
+        if snmp_set is not None and snmp_set.values:
+            return sorted(snmp_set.values)
+        return list(self.simulation.inputs)
+
     def agent_push_problem(self) -> str | None:
         """Why the site agent cannot push firmware to this model (method `agent`), or None.
         The agent pushes over SNMP only: it SETs the artifact's local URL on the device."""

@@ -201,6 +201,12 @@ def policy_problems(policy: Policy, targets: int) -> list[str]:
         problems.append("device_timeout_s must be above 0")
     if policy.max_retries < 0:
         problems.append("max_retries must be 0 or more")
+    window = policy.window
+    if window.nights_only and window.night_start == window.night_end:
+        problems.append(
+            f"the night starts and ends at {window.night_start:%H:%M}: nights_only would leave "
+            "no time at all. Fix: give the night's end, e.g. 22:00 to 06:00"
+        )
     return problems
 
 

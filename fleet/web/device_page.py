@@ -1,5 +1,6 @@
 """One device's page: latest reading, charts from its samples, alerts, firmware history, and
-its power and input commands (the power schedule's notes and actions with their reasons)."""
+its power and input commands (the power schedule's notes and actions with their reasons),
+with the buttons that send one (fleet/web/power_forms.py) for the actions the device takes."""
 
 from __future__ import annotations
 
@@ -7,21 +8,24 @@ import gettext
 import math
 import re
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel.dates import format_timedelta
 from babel.numbers import format_decimal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
-from sqlmodel import col, select
+from sqlmodel import Session
 
 from fleet.alerts.queries import recent_alerts_of_device, unacknowledged_alerts_by_device
-from fleet.api.deps import SessionDep
+from fleet.alerts.silences import active, covering, silenced_now
+from fleet.api.deps import SessionDep, SettingsDep
 from fleet.auth.permissions import Allow
-from fleet.commands.models import DeviceCommand
+from fleet.commands.requested import control_problem, profiles, recent_commands
 from fleet.models import Device, Room, Site
-from fleet.protocol.messages import DEVICE_ID_PATTERN
+from fleet.protocol.messages import DEVICE_ID_PATTERN, CommandKind, utcnow
 from fleet.web.charts import line_chart, power_band
 from fleet.web.device_history import (
     DEFAULT_WINDOW,
@@ -33,7 +37,7 @@ from fleet.web.device_history import (
 from fleet.web.i18n import babel_locale, language_of, translations, zone_choice
 from fleet.web.not_found import PageNotFound
 from fleet.web.templating import local_text, render
-from fleet.web.viewer import ViewerDep
+from fleet.web.viewer import Viewer, ViewerDep
 from fleet.web.words import FIELDS, POWER, word
 
 router = APIRouter(include_in_schema=False)
@@ -69,10 +73,30 @@ def device_page(
     device_id: str,
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     viewer: ViewerDep,
     window: Annotated[str, Query(max_length=8)] = DEFAULT_WINDOW,
     partial: bool = False,
 ) -> HTMLResponse:
+    return device_view(
+        request, session, viewer, settings.profiles_dir, device_id, window, partial=partial
+    )
+
+
+def device_view(
+    request: Request,
+    session: Session,
+    viewer: Viewer,
+    profiles_dir: Path,
+    device_id: str,
+    window: str = DEFAULT_WINDOW,
+    *,
+    partial: bool = False,
+    problem: str = "",
+    status_code: int = 200,
+) -> HTMLResponse:
+    """The device page (or its refreshing part); `problem`: why a command from its forms was
+    not sent, said on the page with `status_code` (422). Raises PageNotFound."""
     # An id no device can have is not looked up (PostgreSQL's text holds no NUL, say).
     device = session.get(Device, device_id) if re.fullmatch(DEVICE_ID_PATTERN, device_id) else None
     if device is None:
@@ -102,6 +126,11 @@ def device_page(
             else None,
         }
     reading = device.last_reading or {}
+    alerts = recent_alerts_of_device(session, device.id)
+    now = utcnow()
+    # Power and input commands, the schedule's notes among them: staff only (vendors hold
+    # devices:read but not devices:command).
+    commands = recent_commands(session, device.id, 20) if viewer.may("devices:command") else None
     lang = language_of(request)
     t = translations(lang)
     fields = [
@@ -129,22 +158,40 @@ def device_page(
         window=window,
         windows=list(WINDOWS),
         firmware=firmware_history(session, device.id),
-        alerts=recent_alerts_of_device(session, device.id),
-        # Power and input commands, the schedule's notes among them: staff only (vendors
-        # hold devices:read but not devices:command).
-        commands=_commands(session, device.id) if viewer.may("devices:command") else None,
+        alerts=alerts,
+        commands=commands,
+        # Refreshed more often while a command waits for its answer.
+        pending=any(c.state == "sent" for c in commands or []),
+        controls=_controls(profiles_dir, device) if commands is not None else None,
+        problem=problem,
+        status_code=status_code,
+        # Its alerts a silence mutes now, and the silence on the device itself: shown in
+        # words (🔇 and "Silenced"), not only by colour.
+        silenced=silenced_now(
+            session.connection(), [(a.id or 0, a.site_code, a.device_id) for a in alerts], now
+        ),
+        device_silence=covering(
+            active(session.connection(), now), device.site_code, device.room_id, device.id
+        ),
+        silence_link="/silences?"
+        + urlencode({"site": device.site_code, "device": device.id})
+        + "#new",
     )
 
 
-def _commands(session: SessionDep, device_id: str) -> list[DeviceCommand]:
-    return list(
-        session.exec(
-            select(DeviceCommand)
-            .where(DeviceCommand.device_id == device_id)
-            .order_by(col(DeviceCommand.id).desc())
-            .limit(20)
-        )
-    )
+def _controls(profiles_dir: Path, device: Device) -> dict[str, Any] | None:
+    """What the page offers to switch: power, input (with the inputs to pick from), or None
+    when the device takes neither (fleet.commands.requested says the same to the API)."""
+    if device.retired_at is not None:
+        return None
+    book = profiles(profiles_dir)
+    power = control_problem(book, device, CommandKind.power) is None
+    takes_input = control_problem(book, device, CommandKind.input) is None
+    if not power and not takes_input:
+        return None
+    profile = book.get(device.profile)
+    inputs = profile.input_names() if profile is not None and takes_input else []
+    return {"power": power, "input": takes_input, "inputs": inputs}
 
 
 NUMBERS = ("temperature_c", "lamp_hours", "filter_hours", "uptime_s")

@@ -10,7 +10,13 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from fleet.api.deps import SessionDep, SettingsDep
-from fleet.auth.login import WRONG, LoginRefused, log_in
+from fleet.auth.login import (
+    KNOWN_CLIENT_COOKIE,
+    KNOWN_CLIENT_MAX_AGE_S,
+    WRONG,
+    LoginRefused,
+    log_in,
+)
 from fleet.auth.permissions import SESSION_COOKIE, Allow
 from fleet.auth.tokens import issue_api_token
 from fleet.web.i18n import language_of, translations
@@ -34,6 +40,9 @@ THROTTLED = {
     "address": N_(
         "Too many failed logins from this address: wait %(seconds)s s and try again, or ask ops."
     ),
+    "client": N_(
+        "Too many failed logins from this browser: wait %(seconds)s s and try again, or ask ops."
+    ),
 }
 MUST_ENROL = N_(
     "Your role needs a second factor before the dashboard opens: set it up through the API "
@@ -47,7 +56,7 @@ def refusal_text(refused: LoginRefused, lang: str) -> str:
     A reason this page does not know is shown as the login gave it."""
     t = translations(lang)
     if refused.status == 429 and refused.retry_after is not None:
-        by = "account" if "this account" in refused.message else "address"
+        by = next((b for b in THROTTLED if f"this {b}" in refused.message), "address")
         return t.gettext(THROTTLED[by]) % {"seconds": refused.retry_after}
     if refused.status == 401:
         return t.gettext(WRONG_LOGIN if refused.message == WRONG else WRONG_CODE)
@@ -84,6 +93,7 @@ def login_submit(
             address=request.client.host if request.client else "",
             target="dashboard",
             second_factor_roles=settings.required_second_factor(),
+            known_client=request.cookies.get(KNOWN_CLIENT_COOKIE),
         )
     except LoginRefused as refused:
         page = render(
@@ -108,6 +118,15 @@ def login_submit(
         SESSION_COOKIE,
         token,
         max_age=settings.login_ttl_s,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+    # The password was right: this client is the account owner's (see fleet.auth.login).
+    response.set_cookie(
+        KNOWN_CLIENT_COOKIE,
+        done.known_client,
+        max_age=KNOWN_CLIENT_MAX_AGE_S,
         httponly=True,
         samesite="lax",
         secure=request.url.scheme == "https",

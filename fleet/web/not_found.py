@@ -1,11 +1,11 @@
-"""Unknown pages and ids, and refusals: a proper HTML 404 or 403 for people, the usual JSON
-for the API."""
+"""Unknown pages and ids, and pages refused: a proper HTML 404 or 403 for people, the usual
+JSON for the API."""
 
 from __future__ import annotations
 
 from urllib.parse import quote
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -13,6 +13,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fleet.web.templating import render
 
 API_PREFIXES = ("/api/", "/docs", "/openapi.json", "/redoc", "/metrics", "/healthz", "/static/")
+
+
+class PageRefused(HTTPException):
+    """A page's own refusal (a form naming a site outside the caller's): the 403 page. An
+    HTTPException, so that the permission's audit records the post as failed 403."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(403, what)
 
 
 class PageNotFound(Exception):
@@ -28,14 +36,15 @@ async def page_not_found(request: Request, exc: Exception) -> Response:
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
-    """A 404 for a path no route knows: a page for people, JSON for the API and tools."""
+    """A 404 for a path no route knows, and a 403 refused by a page's permission (a role or a
+    scope that does not open it): a page for people, JSON for the API and tools."""
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 401 and not request.url.path.startswith(API_PREFIXES):
         # A page without a login: to the login form, and back here after it.
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
     if exc.status_code == 403 and not request.url.path.startswith(API_PREFIXES):
-        # A role or site refused (fleet.auth.permissions, already audited): said on a page,
-        # with the API's own reason under it.
+        # A permission's refusal (fleet.auth.permissions) of a page or a form's post: what
+        # the API says, on a page, not as JSON in the browser.
         return render(request, "refused.html", status_code=403, what=str(exc.detail))
     if exc.status_code == 404 and not request.url.path.startswith(API_PREFIXES):
         alert_id = request.path_params.get("alert_id")

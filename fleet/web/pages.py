@@ -19,6 +19,7 @@ from fleet.alerts.queries import (
     unacknowledged_alerts_by_device,
     unacknowledged_alerts_by_site,
 )
+from fleet.alerts.silences import find as find_silences
 from fleet.api.deps import SessionDep
 from fleet.api.params import SiteCodePath
 from fleet.auth.permissions import Allow, Caller
@@ -30,6 +31,7 @@ from fleet.commands.power_exceptions import (
     site_exceptions,
     site_schedule,
 )
+from fleet.commands.requested import campaign_commands
 from fleet.devices.queries import find_devices
 from fleet.devices.registry import timetable_from_json
 from fleet.models import Device, Site
@@ -101,11 +103,12 @@ def site_page(
     caller: Annotated[Caller, Allow("sites:read")],
     viewer: ViewerDep,
     partial: bool = False,
+    campaign: Annotated[str, Query(max_length=64)] = "",
 ) -> HTMLResponse:
-    return _site_page(request, session, caller, viewer, code, partial=partial)
+    return site_view(request, session, caller, viewer, code, partial=partial, campaign=campaign)
 
 
-def _site_page(
+def site_view(
     request: Request,
     session: Session,
     caller: Caller,
@@ -114,8 +117,14 @@ def _site_page(
     *,
     partial: bool = False,
     problem: str = "",
+    problem_of: str = "exception",
     status_code: int = 200,
+    campaign: str = "",
 ) -> HTMLResponse:
+    """The site page (or its refreshing part). `problem`: why a form's post (`problem_of`:
+    exception, schedule, in_use, command) changed nothing, said by that form with
+    `status_code` (422); `campaign`: a switch-off sent from the page, whose commands it shows.
+    Raises PageNotFound."""
     try:
         if not re.fullmatch(SITE_CODE_PATTERN, code):
             raise SiteNotFound(code)  # no site can have it: not looked up
@@ -161,8 +170,16 @@ def _site_page(
         week=week_chart(timetable, tz, now),
         now=now,
         power=_power_schedule(session, code) if not partial else None,
+        # The silences in force here: its alerts notify no one meanwhile.
+        silences=find_silences(session, frozenset({code}), current_at=now, limit=50),
         problem=problem,
+        problem_of=problem_of,
         status_code=status_code,
+        campaign=campaign,
+        # Only a campaign of the page's own shape: its rows are the site's own all the same.
+        sent=campaign_commands(session, code, campaign)
+        if viewer.may("devices:command") and re.fullmatch(r"power-[0-9]{1,19}", campaign)
+        else None,
     )
 
 
@@ -193,7 +210,7 @@ def add_exception_from_page(
     except ValidationError as exc:
         request.state.audit_outcome = "failed 422"
         reasons = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
-        return _site_page(request, session, caller, viewer, code, problem=reasons, status_code=422)
+        return site_view(request, session, caller, viewer, code, problem=reasons, status_code=422)
     add_exception(session, code, body, caller)
     return RedirectResponse(f"/sites/{code}#power", status_code=303)
 

@@ -1,5 +1,5 @@
 """The rollouts page: each rollout's state, its progress per wave and per site, and the
-operator's pause, resume and cancel.
+operator's start, pause, resume and cancel (a new one is made on fleet.web.rollout_new_page).
 
 Figures and moves are the rollouts domain's own (`fleet.rollouts.queries`,
 `fleet.rollouts.moves`), the same the API calls, so the page and `GET /api/v1/rollouts/{id}`,
@@ -22,7 +22,7 @@ from fleet.auth.permissions import Allow
 from fleet.paging import MAX_CURSOR_CHARS, BadCursor
 from fleet.protocol.messages import utcnow
 from fleet.rollouts.campaigns import RolloutConflict
-from fleet.rollouts.moves import Move, cancel, pause, resume
+from fleet.rollouts.moves import Move, cancel, pause, resume, start
 from fleet.rollouts.plan import ENDED, FINAL, DeviceUpdateState, RolloutState
 from fleet.rollouts.queries import RolloutNotFound, list_rollouts, rollout_detail
 from fleet.rollouts.schemas import RolloutDetailOut, RolloutOut
@@ -81,6 +81,8 @@ class RolloutView:
         """The operator's moves that apply to the rollout's state, as the API allows them."""
         state = self.rollout.state
         moves = []
+        if state == RolloutState.draft:
+            moves.append("start")
         if state in (RolloutState.running, RolloutState.scheduled):
             moves.append("pause")
         if state == RolloutState.paused:
@@ -173,6 +175,15 @@ def _move(
         request.state.audit_outcome = "failed 409"
         return _page(request, session, viewer, problem=str(exc), status_code=409)
     return RedirectResponse(f"/rollouts#rollout-{rollout_id}", status_code=303)
+
+
+@router.post("/rollouts/{rollout_id}/start", dependencies=[Allow("rollouts:write")])
+def start_from_page(
+    rollout_id: Row32IdPath, request: Request, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    """A draft's Start button: starts it now, as `POST /api/v1/rollouts/{id}/start` with no
+    body does."""
+    return _move(request, session, viewer, rollout_id, start)
 
 
 @router.post("/rollouts/{rollout_id}/pause", dependencies=[Allow("rollouts:write")])

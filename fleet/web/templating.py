@@ -53,8 +53,9 @@ def ago(value: datetime | None, now: datetime | None = None, lang: str = "en") -
         return t.gettext("in the future")
     if seconds < 10:  # within a request's time, or a clock a little ahead
         return t.gettext("just now")
+    # Babel words a negative delta as past ("5 minutes ago"), a positive one as future.
     return format_timedelta(
-        timedelta(seconds=max(seconds, 0)),
+        -timedelta(seconds=seconds),
         threshold=1.5,
         add_direction=True,
         locale=babel_locale(lang),
@@ -166,6 +167,8 @@ WORD_TABLES = {
     "command": words.COMMAND_KINDS,
     "command_state": words.COMMAND_STATES,
     "milestone": words.MILESTONES,
+    "role": words.ROLES,
+    "user_state": words.USER_STATES,
 }
 
 
@@ -180,7 +183,7 @@ def word(context: Context, code: str | None, table: str) -> str:
 def reason(context: Context, text: str | None) -> str:
     """`{{ d.state_reason | reason | stamps }}`: a stored state reason in the page's language."""
     t = context.get("t") or translations("en")
-    return words.reason_text(t, text)
+    return words.reason_text(t, text, context.get("lang", "en"))
 
 
 def epoch(value: datetime | None) -> int:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import gettext
 import re
+from datetime import timedelta
+
+from babel.core import Locale, UnknownLocaleError
+from babel.dates import format_timedelta
 
 from fleet.programme.timeline import TimelineWords
 
@@ -18,6 +22,7 @@ def N_(message: str) -> str:  # the name Babel's extractor looks for
 
 
 ROLES = {"ops": N_("ops"), "technician": N_("technician"), "vendor": N_("vendor")}
+USER_STATES = {"active": N_("active"), "revoked": N_("revoked")}
 STATES = {
     "online": N_("online"),
     "standby": N_("standby"),
@@ -192,15 +197,43 @@ REASONS = (
         N_("cannot reach %(device)s: %(why)s"),
     ),
     (re.compile(r"error flags: (?P<flags>.*)"), N_("error flags: %(flags)s")),
+    # fleet.devices.state.site_offline_reason: every device of a site that is offline.
+    (
+        re.compile(
+            r"site agent (?P<agent>\S+) silent for (?P<minutes>\d+) min "
+            r"\(last heard at (?P<at>[^()]*)\)"
+        ),
+        N_("site agent %(agent)s silent for %(duration)s (last heard at %(at)s)"),
+    ),
+    (
+        re.compile(
+            r"site agent (?P<agent>\S+) offline since (?P<at>[^()]*) "
+            r"\(will fired or it said offline\)"
+        ),
+        N_("site agent %(agent)s offline since %(at)s (its link dropped, or it said it stopped)"),
+    ),
 )
 _REASON_TAIL = re.compile(
     r"^(?P<head>.*?)(?:, input (?P<input>[^;]*))?(?:; warnings: (?P<warnings>.*))?$"
 )
 
 
-def reason_text(t: gettext.NullTranslations, reason: str | None) -> str:
-    """A stored state reason in the page's language: "reachable, power on, input HDMI1" ->
-    "joignable, alimentation allumée, entrée HDMI1". Unknown wording: as stored."""
+def duration_text(span: timedelta, lang: str) -> str:
+    """A span in the language's words, as Babel's CLDR data writes it: "3 minutes",
+    "3 минуты", "2 hours" (rounded to its largest unit from 1.5 of it: 90 min stays
+    "90 minutes"). A language Babel does not know: English."""
+    try:
+        locale = Locale.parse(lang)
+    except (UnknownLocaleError, ValueError):
+        locale = Locale.parse("en")
+    return format_timedelta(span, threshold=1.5, locale=locale)
+
+
+def reason_text(t: gettext.NullTranslations, reason: str | None, lang: str = "en") -> str:
+    """A stored state reason in the page's language (`lang` for the durations in it):
+    "reachable, power on, input HDMI1" -> "joignable, alimentation allumée, entrée HDMI1";
+    "site agent a-1 silent for 3 min (...)" -> "... silencieux depuis 3 minutes (...)".
+    Unknown wording: as stored."""
     if not reason:
         return reason or ""
     tail = _REASON_TAIL.match(reason)
@@ -210,6 +243,9 @@ def reason_text(t: gettext.NullTranslations, reason: str | None) -> str:
         if found is None:
             continue
         values = dict(found.groupdict())
+        if "minutes" in values:
+            minutes = timedelta(minutes=int(values.pop("minutes")))
+            values["duration"] = duration_text(minutes, lang)
         if "power" in values:
             power = values["power"]
             state = power.removeprefix("power ")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from fleet.api.deps import SessionDep, SettingsDep
 from fleet.auth import second_factor
 from fleet.auth.audit import record
-from fleet.auth.login import LoginRefused, log_in
+from fleet.auth.login import KNOWN_CLIENT_COOKIE, KNOWN_CLIENT_MAX_AGE_S, LoginRefused, log_in
 from fleet.auth.models import ApiToken, User
 from fleet.auth.permissions import SESSION_COOKIE, Allow, Caller
 from fleet.auth.tokens import SESSION_KINDS, SETUP_SESSION, VERIFIED, issue_api_token
@@ -78,6 +78,7 @@ def login(
             address=request.client.host if request.client else "",
             target="api",
             second_factor_roles=settings.required_second_factor(),
+            known_client=request.cookies.get(KNOWN_CLIENT_COOKIE),
         )
     except LoginRefused as refused:
         headers = {"WWW-Authenticate": "Bearer"}
@@ -91,6 +92,16 @@ def login(
         SESSION_COOKIE,
         token,
         max_age=settings.login_ttl_s,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+    # Set even when the login is only good for setting up a second factor: the password
+    # was right, so this client is the account owner's.
+    response.set_cookie(
+        KNOWN_CLIENT_COOKIE,
+        done.known_client,
+        max_age=KNOWN_CLIENT_MAX_AGE_S,
         httponly=True,
         samesite="lax",
         secure=request.url.scheme == "https",

@@ -5,41 +5,29 @@ audited with who sent it and why, and keeps its state and the device's answer.""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlmodel import Session, col, select
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict
+from sqlmodel import Session
 
 from fleet.api.deps import SessionDep, SettingsDep
 from fleet.api.params import DeviceIdPath, SiteCodePath
-from fleet.auth.audit import record
 from fleet.auth.permissions import Allow, Caller, no_device_detail
-from fleet.commands.models import DeviceCommand
-from fleet.commands.sending import send
+from fleet.commands.requested import (
+    CommandIn,
+    NotSwitchable,
+    profiles,
+    recent_commands,
+    request_command,
+    site_devices,
+    takers,
+)
 from fleet.models import Device
-from fleet.protocol.commands import INPUT_PATTERN
-from fleet.protocol.messages import DEVICE_ID_PATTERN, TEXT_PATTERN, CommandKind, utcnow
+from fleet.protocol.messages import CommandKind
 
 router = APIRouter(prefix="/api/v1", tags=["commands"])
-
-
-class CommandIn(BaseModel):
-    """Exactly one of `power` and `input`, and why (kept with the command and audited)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    power: Literal["on", "off"] | None = None
-    input: str | None = Field(default=None, pattern=INPUT_PATTERN)
-    reason: str = Field(min_length=1, max_length=500, pattern=TEXT_PATTERN)
-    # For a site: only this room's devices.
-    room: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
-
-    @model_validator(mode="after")
-    def _one_action(self) -> CommandIn:
-        if (self.power is None) == (self.input is None):
-            raise ValueError('give exactly one of "power" ("on" or "off") and "input"')
-        return self
 
 
 class CommandOut(BaseModel):
@@ -73,28 +61,25 @@ def _send(
     if not devices:
         raise HTTPException(404, f"no device to command in {target}")
     kind = CommandKind.power if body.power is not None else CommandKind.input
-    value = body.power or body.input or ""
     publish = getattr(getattr(request.app.state, "ingest_status", None), "publish", None)
-    rows = send(
-        session,
-        publish,
-        settings.topic_root,
-        devices,
-        kind,
-        value,
-        caller.name,
-        body.reason,
-        utcnow(),
-    )
-    record(
-        session,
-        actor=caller.name,
-        role=caller.role,
-        action=f"commands.{kind.value}",
-        target=target,
-        detail={"value": value, "reason": body.reason, "devices": len(rows)},
-    )
-    session.commit()
+    try:
+        rows = request_command(
+            session,
+            publish,
+            settings.topic_root,
+            profiles(settings.profiles_dir),
+            devices,
+            kind,
+            body.power or body.input or "",
+            caller,
+            body.reason,
+            target,
+        )
+    except NotSwitchable as exc:
+        # FastAPI's 422 shape, as the OpenAPI schema declares it.
+        raise RequestValidationError(
+            [{"loc": ("body", kind.value), "msg": str(exc), "type": "value_error"}]
+        ) from None
     return [CommandOut.model_validate(r) for r in rows]
 
 
@@ -109,7 +94,8 @@ def device_command(
 ) -> list[CommandOut]:
     """Switch one device's power or input. 202: each command `sent` (or `failed` with why, if
     it could not be published); its state follows in GET .../commands (sent, then done,
-    failed or expired, with the device's answer)."""
+    failed or expired, with the device's answer). 422 when the device's profile takes no such
+    command (a panel read by reachability only, an SNMP model with no power object)."""
     device = session.get(Device, device_id)
     if device is None or device.retired_at is not None:
         raise HTTPException(404, no_device_detail(device_id))
@@ -125,11 +111,10 @@ def site_command(
     settings: SettingsDep,
     caller: Annotated[Caller, Allow("devices:command")],
 ) -> list[CommandOut]:
-    """Switch every device of a site (or of `room` in it) that takes the command's kind."""
-    query = select(Device).where(Device.site_code == code, col(Device.retired_at).is_(None))
-    if body.room is not None:
-        query = query.where(Device.room_id == body.room)
-    devices = list(session.exec(query.order_by(col(Device.id))))
+    """Switch every device of a site (or of `room` in it) that takes the command's kind;
+    404 when none does."""
+    kind = CommandKind.power if body.power is not None else CommandKind.input
+    devices = takers(profiles(settings.profiles_dir), site_devices(session, code, body.room), kind)
     where = f"site {code}" + (f" room {body.room}" if body.room else "")
     return _send(request, session, settings, caller, devices, body, where)
 
@@ -140,10 +125,4 @@ def device_commands(device_id: DeviceIdPath, session: SessionDep) -> list[Comman
     that does not exist, in the same words as for one outside the caller's scope."""
     if session.get(Device, device_id) is None:
         raise HTTPException(404, no_device_detail(device_id))
-    rows = session.exec(
-        select(DeviceCommand)
-        .where(DeviceCommand.device_id == device_id)
-        .order_by(col(DeviceCommand.id).desc())
-        .limit(200)
-    )
-    return [CommandOut.model_validate(r) for r in rows]
+    return [CommandOut.model_validate(r) for r in recent_commands(session, device_id)]

@@ -3,49 +3,31 @@ in use: what fleet/commands/schedules.py judges. Ops, and technicians for their 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
-from sqlmodel import select
 
 from fleet.api.deps import SessionDep
 from fleet.api.params import SiteCodePath
-from fleet.auth.audit import record
 from fleet.auth.permissions import Allow, Caller
 from fleet.commands import power_exceptions
-from fleet.commands.models import PowerSchedule, RoomInUse
 from fleet.commands.power_exceptions import (
     ExceptionIn,
     ExceptionNotFound,
-    Minutes,
-    Note,
-    PolicyIn,
+    InUseIn,
+    RoomId,
+    RoomNotFound,
+    ScheduleIn,
     ScheduleOut,
+    UnknownRooms,
     site_schedule,
 )
-from fleet.models import Room, Site
-from fleet.protocol.messages import DEVICE_ID_PATTERN, utcnow
+from fleet.models import Site
 from fleet.time_window import WINDOW, Day
 
 router = APIRouter(prefix="/api/v1/sites/{code}", tags=["power schedules"])
-
-RoomId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
-
-
-class ScheduleIn(PolicyIn):
-    """The site's policy, and rooms whose own policy overrides it."""
-
-    rooms: dict[RoomId, PolicyIn] = Field(default_factory=dict, max_length=1000)
-
-
-class InUseIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    minutes: Minutes
-    reason: Note = ""
 
 
 def _site(session: SessionDep, code: str) -> Site:
@@ -71,9 +53,9 @@ def put_schedule(
     """Replace the site's schedule and its room overrides. `mode` notify_only (the default)
     records what would be done; act sends it."""
     _site(session, code)
-    rooms = set(session.exec(select(Room.id).where(Room.site_code == code)))
-    unknown = sorted(set(body.rooms) - rooms)
-    if unknown:
+    try:
+        power_exceptions.set_schedule(session, code, body, caller)
+    except UnknownRooms as exc:
         # FastAPI's 422 shape, as the OpenAPI schema declares it.
         raise RequestValidationError(
             [
@@ -82,35 +64,9 @@ def put_schedule(
                     "msg": f"not a room of {code}",
                     "type": "value_error",
                 }
-                for room in unknown[:10]
+                for room in exc.rooms[:10]
             ]
-        )
-    for row in session.exec(select(PowerSchedule).where(PowerSchedule.site_code == code)):
-        session.delete(row)
-    session.flush()
-    now = utcnow()
-    for room_id, policy in [
-        ("", PolicyIn(**body.model_dump(exclude={"rooms"}))),
-        *body.rooms.items(),
-    ]:
-        session.add(
-            PowerSchedule(
-                site_code=code,
-                room_id=room_id,
-                **policy.model_dump(),
-                updated_by=caller.name,
-                updated_at=now,
-            )
-        )
-    record(
-        session,
-        actor=caller.name,
-        role=caller.role,
-        action="power_schedule.set",
-        target=f"site {code}",
-        detail=body.model_dump(mode="json"),
-    )
-    session.commit()
+        ) from None
     return get_schedule(code, session)
 
 
@@ -149,22 +105,8 @@ def mark_in_use(
     caller: Annotated[Caller, Allow("devices:command")],
 ) -> dict[str, datetime]:
     """Mark a room in use for `minutes`: no power schedule switches anything there."""
-    room = session.get(Room, room_id)
-    if room is None or room.site_code != code:
-        raise HTTPException(404, f"no room {room_id} at {code}")
-    until = utcnow() + timedelta(minutes=body.minutes)
-    session.merge(
-        RoomInUse(
-            room_id=room_id, site_code=code, until=until, marked_by=caller.name, reason=body.reason
-        )
-    )
-    record(
-        session,
-        actor=caller.name,
-        role=caller.role,
-        action="room.in_use",
-        target=f"room {room_id}",
-        detail=body.model_dump(mode="json"),
-    )
-    session.commit()
+    try:
+        until = power_exceptions.mark_in_use(session, code, room_id, body, caller)
+    except RoomNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
     return {"until": until}

@@ -23,8 +23,9 @@ from fleet.rollouts.campaigns import (
     RolloutRequest,
     create_rollout,
 )
+from fleet.rollouts.proposal import preview_out, propose
 from fleet.rollouts.queries import RolloutNotFound, rollout_out
-from fleet.rollouts.schemas import RolloutDetailOut, RolloutOut, StartIn
+from fleet.rollouts.schemas import RolloutDetailOut, RolloutOut, RolloutPreviewOut, StartIn
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
@@ -44,6 +45,15 @@ def create(body: RolloutRequest, session: SessionDep, settings: SettingsDep) -> 
             ]
         ) from None
     return rollout_out(session, rollout)
+
+
+@router.post("/preview", dependencies=[Allow("rollouts:write")])
+def preview(body: RolloutRequest, session: SessionDep, settings: SettingsDep) -> RolloutPreviewOut:
+    """What POST /api/v1/rollouts would do with this body, storing nothing: the devices it
+    would target by wave, or `refused` with the reasons it would answer 422 with. Devices
+    another rollout holds are named with that rollout."""
+    proposal = propose(session, profiles_in(settings.profiles_dir), settings.artifact_store(), body)
+    return preview_out(proposal)  # nothing committed: a preview takes no lock either
 
 
 @router.get("", dependencies=[Allow("rollouts:read")])

@@ -4,24 +4,20 @@ a silence of another site answers as a missing one."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
 from fleet.alerts import silences
 from fleet.alerts.schemas import SilenceIn, SilenceOut
-from fleet.alerts.silences import SilenceNotFound, SilenceOutOfPlace
+from fleet.alerts.silences import SilenceNotFound, SilenceOutOfPlace, SilencePeriodRefused
 from fleet.api.deps import SessionDep
 from fleet.api.params import Row32IdPath, limit_query, refused
-from fleet.auth.audit import record
 from fleet.auth.permissions import Allow, Caller
-from fleet.models import Site
 from fleet.protocol.messages import utcnow
 
 router = APIRouter(prefix="/api/v1/silences", tags=["alerts"])
 
-MAX_LENGTH = timedelta(days=90)  # longer is a retirement, not a silence
 MAX_PAGE = 500
 
 
@@ -45,49 +41,12 @@ def create_silence(
 ) -> SilenceOut:
     """404 for a site unknown or outside the caller's sites, or a room or device not at it;
     422 for a period that is empty, over, or longer than MAX_LENGTH."""
-    now = utcnow()
-    if session.get(Site, body.site) is None or not (
-        caller.sites is None or body.site in caller.sites
-    ):
-        raise HTTPException(404, f"no site {body.site!r}: GET /api/v1/sites lists the codes")
-    starts = body.starts_at or now
-    if body.ends_at <= max(starts, now):
-        raise refused(
-            "body",
-            "ends_at",
-            "ends_at must be after starts_at and in the future",
-            body.ends_at.isoformat(),
-        )
-    if body.ends_at - starts > MAX_LENGTH:
-        raise refused(
-            "body",
-            "ends_at",
-            f"a silence lasts at most {MAX_LENGTH.days} days: retire the device instead",
-            body.ends_at.isoformat(),
-        )
     try:
-        silence = silences.create(
-            session,
-            site=body.site,
-            room=body.room,
-            device=body.device,
-            reason=body.reason,
-            by=caller.name,
-            starts_at=starts,
-            ends_at=body.ends_at,
-            now=now,
-        )
+        silence = silences.create_for(session, caller, body, utcnow())
     except SilenceOutOfPlace as exc:
         raise HTTPException(404, str(exc)) from None
-    record(
-        session,
-        actor=caller.name,
-        role=caller.role,
-        action="silence.create",
-        target=body.device or body.room or body.site,
-        detail={"silence": silence.id, "ends_at": body.ends_at.isoformat()},
-    )
-    session.commit()
+    except SilencePeriodRefused as exc:
+        raise refused("body", "ends_at", str(exc), body.ends_at.isoformat()) from None
     return SilenceOut.model_validate(silence)
 
 
@@ -99,15 +58,7 @@ def expire_silence(
 ) -> SilenceOut:
     """End it now: what is still open under it is notified on the next notice run."""
     try:
-        silence = silences.expire(session, silence_id, caller.sites, caller.name, utcnow())
+        silence = silences.expire_for(session, caller, silence_id, utcnow())
     except SilenceNotFound as exc:
         raise HTTPException(404, str(exc)) from None
-    record(
-        session,
-        actor=caller.name,
-        role=caller.role,
-        action="silence.expire",
-        target=str(silence_id),
-    )
-    session.commit()
     return SilenceOut.model_validate(silence)

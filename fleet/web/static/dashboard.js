@@ -52,6 +52,29 @@
     });
   }
 
+  // The words come from the page (its catalogs, in a data- attribute), never from here:
+  // "%(time)s" and the like are filled in as the server's gettext would.
+  function fill(pattern, values) {
+    return (pattern || "").replace(/%\((\w+)\)s/g, function (whole, name) {
+      return Object.prototype.hasOwnProperty.call(values, name) ? values[name] : whole;
+    });
+  }
+
+  // Now, as the page's language writes a time, in the page's zone (the user's choice or the
+  // site's; else the browser's own), the zone named; on 24 hours, as the server's HH:mm.
+  function clockTime(stamp) {
+    var options = { hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZoneName: "short" };
+    var zone = stamp.getAttribute("data-zone");
+    if (zone) options.timeZone = zone;
+    var lang = document.documentElement.lang || undefined;
+    try {
+      return new Intl.DateTimeFormat(lang, options).format(new Date());
+    } catch (e) { // a zone this browser does not know: its own
+      delete options.timeZone;
+      return new Intl.DateTimeFormat(lang, options).format(new Date());
+    }
+  }
+
   function startRefresh(live) {
     var url = live.getAttribute("data-refresh");
     var every = (parseInt(live.getAttribute("data-every"), 10) || 15) * 1000;
@@ -69,13 +92,13 @@
           live.dispatchEvent(new CustomEvent("refreshed"));
           if (stamp) {
             stamp.className = "refreshed";
-            stamp.textContent = "Updated " + new Date().toLocaleTimeString() + ".";
+            stamp.textContent = fill(stamp.getAttribute("data-updated"), { time: clockTime(stamp) });
           }
         })
         .catch(function (err) {
           if (stamp) {
             stamp.className = "refreshed refresh-failed";
-            stamp.textContent = "Could not refresh (" + err.message + "); showing older data.";
+            stamp.textContent = fill(stamp.getAttribute("data-failed"), { error: err.message });
           }
         });
     }
