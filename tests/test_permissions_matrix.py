@@ -70,6 +70,7 @@ IN_SCOPE = {
     "day": "2026-12-24",
     "subscription_id": "1",
     "silence_id": "1",
+    "token_id": "1",
     "user_name": "nobody-here",  # no such user: ops' revoke and change answer 404
 }
 # Outside both scopes: another site, and a MAXHUB device at it.

@@ -264,7 +264,7 @@ def test_technician_of_upm_sees_only_upm(stack: Stack, seeded: dict[str, Any], p
     assert [s["code"] for s in api_upm] == ["upm"]
     assert page.locator("tr[data-site=upm] td").nth(2).inner_text() == str(api_upm[0]["devices"])
     menu = page.locator("header nav a").all_inner_texts()
-    assert menu == ["Overview", "Alerts", "Silences", "E-mail"]
+    assert menu == ["Overview", "Alerts", "Enrolment", "Silences", "E-mail"]
 
     shown = alerts_shown(stack, page)
     assert {seeded["alerts"]["site"], seeded["alerts"]["seewo"]} <= shown  # upm's

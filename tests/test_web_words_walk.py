@@ -174,6 +174,8 @@ ROLE_PAGES = {
         "/",
         "/alerts",
         "/programme",
+        "/programme/upm",
+        "/enrolment",
         "/rollouts",
         "/rollouts/new",
         "/reports",
@@ -181,7 +183,7 @@ ROLE_PAGES = {
         "/sites/upm",
         "DEVICE",
     ],
-    "technician": ["/", "/alerts", "/sites/upm", "DEVICE"],
+    "technician": ["/", "/alerts", "/sites/upm", "/programme/upm", "/enrolment", "DEVICE"],
     "vendor": ["/", "/alerts", "/reports", "DEVICE"],
 }
 

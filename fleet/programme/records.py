@@ -6,7 +6,7 @@ CSV import) is one transaction: a refusal half-way leaves nothing written.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
@@ -97,6 +97,45 @@ def facts_of(record: MilestoneRecord) -> MilestoneFacts:
         actual=record.actual,
         actual_end=record.actual_end,
         reached=record.reached,
+    )
+
+
+def find_milestone(
+    session: Session, phase: Phase, room_id: str, name: MilestoneName
+) -> MilestoneRecord | None:
+    """The recorded milestone `name` of the phase (room_id PHASE_ITSELF) or of one of its
+    classrooms, or None."""
+    query = select(MilestoneRecord).where(
+        MilestoneRecord.phase_id == phase.id,
+        MilestoneRecord.room_id == room_id,
+        MilestoneRecord.milestone == name.value,
+    )
+    return session.exec(query).first()
+
+
+_FACTS = ("planned", "actual", "actual_end", "reached")
+
+
+def changed_input(current: MilestoneRecord, changes: Mapping[str, Any]) -> MilestoneInput:
+    """What a correction of `current` records: the fields `changes` gives (a partial
+    milestone, as `PATCH .../milestones/{name}` takes it: planned, actual, actual_end,
+    reached, note, evidence, correction) over the recorded ones. A date given as None clears
+    it; an actual date given makes it reached; reached=False alone clears when it happened;
+    evidence keys given are added to (or replace) the recorded ones."""
+    merged = {**facts_of(current).__dict__, **{k: v for k, v in changes.items() if k in _FACTS}}
+    if changes.get("actual") is not None and "reached" not in changes:
+        merged["reached"] = True
+    if changes.get("reached") is False and "actual" not in changes:
+        merged["actual"] = merged["actual_end"] = None  # un-reaching clears when it happened
+    evidence = current.evidence
+    if "evidence" in changes:
+        evidence = {**(current.evidence or {}), **(changes["evidence"] or {})} or None
+    note = changes.get("note")
+    return MilestoneInput(
+        facts=MilestoneFacts(**merged),
+        note=current.note if note is None else note,
+        evidence=evidence,
+        correction=bool(changes.get("correction", False)),
     )
 
 

@@ -9,7 +9,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fleet.web import (
     alerts_page,
     device_page,
+    enrolment_page,
     login_page,
+    milestones_page,
     pages,
     power_forms,
     programme_page,
@@ -39,6 +41,8 @@ def install(app: FastAPI) -> None:
     app.include_router(users_page.router)
     app.include_router(silences_page.router)
     app.include_router(subscriptions_page.router)
+    app.include_router(milestones_page.router)
+    app.include_router(enrolment_page.router)
     app.include_router(login_page.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(PageNotFound, page_not_found)
@@ -50,6 +54,7 @@ def install(app: FastAPI) -> None:
         (N_("Programme"), "/programme", "fleet:read"),
         (N_("Rollouts"), "/rollouts", "rollouts:read"),
         (N_("Reports"), "/reports", "reports:read"),
+        (N_("Enrolment"), "/enrolment", "enrolment:create"),
         (N_("Users"), "/users", "users:read"),
         (N_("Silences"), "/silences", "silences:read"),
         (N_("E-mail"), "/subscriptions", "subscriptions:write"),

@@ -166,6 +166,7 @@ WORD_TABLES = {
     "flag": words.FLAGS,
     "command": words.COMMAND_KINDS,
     "command_state": words.COMMAND_STATES,
+    "milestone": words.MILESTONES,
     "role": words.ROLES,
     "user_state": words.USER_STATES,
 }

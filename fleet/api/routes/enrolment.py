@@ -17,10 +17,20 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from fleet.api.deps import SessionDep, SettingsDep
+from fleet.api.params import Row32IdPath
 from fleet.auth.audit import record
+from fleet.auth.enrolment import (
+    MAX_TTL_MINUTES,
+    TokenNotFound,
+    TokenSpent,
+    enrol_command,
+    make_enrolment_token,
+    revoke_enrolment_token,
+    token_state,
+)
 from fleet.auth.mqtt_auth import rotate_site_credential
 from fleet.auth.permissions import REFUSALS, Allow, Caller, require_scope
-from fleet.auth.tokens import TokenRefused, issue_enrolment_token, redeem_enrolment_token
+from fleet.auth.tokens import TokenRefused, redeem_enrolment_token
 from fleet.models import Site
 from fleet.protocol.messages import SiteCode
 from fleet.protocol.secret_refs import redact_site_config
@@ -31,7 +41,7 @@ router = APIRouter(prefix="/api/v1/enrolment", tags=["enrolment"])
 
 class EnrolmentTokenIn(BaseModel):
     site: SiteCode
-    ttl_minutes: int | None = Field(default=None, ge=1, le=30 * 24 * 60)
+    ttl_minutes: int | None = Field(default=None, ge=1, le=MAX_TTL_MINUTES)
 
 
 class EnrolmentTokenOut(BaseModel):
@@ -72,25 +82,45 @@ def create_enrolment_token(
     require_scope(session, caller, sites=[body.site])
     if session.get(Site, body.site) is None:
         raise HTTPException(404, f"no site {body.site!r}: GET /api/v1/sites lists the codes")
-    ttl = timedelta(seconds=settings.enrolment_ttl_s)
-    if body.ttl_minutes is not None:
-        ttl = min(ttl, timedelta(minutes=body.ttl_minutes))
-    token, row = issue_enrolment_token(session, body.site, caller.name, ttl=ttl)
-    record(
+    token, row = make_enrolment_token(
         session,
-        actor=caller.name,
-        role=caller.role,
-        action="enrolment.token",
-        target=body.site,
-        detail={"token_id": row.id, "expires_at": row.expires_at.isoformat()},
+        caller,
+        body.site,
+        ttl=timedelta(seconds=settings.enrolment_ttl_s),
+        ttl_minutes=body.ttl_minutes,
     )
-    session.commit()
-    base = str(request.base_url).rstrip("/")
     return EnrolmentTokenOut(
         token=token,
         site=body.site,
         expires_at=row.expires_at,
-        command=f"fleet-agent enroll --controller {base} --token {token}",
+        command=enrol_command(str(request.base_url), token),
+    )
+
+
+class RevokedTokenOut(BaseModel):
+    id: int
+    site: str
+    expires_at: datetime
+    state: str
+
+
+@router.post("/tokens/{token_id}/revoke", response_model=RevokedTokenOut)
+def revoke_token(
+    token_id: Row32IdPath,
+    caller: Annotated[Caller, Allow("enrolment:create")],
+    session: SessionDep,
+) -> RevokedTokenOut:
+    """End an unused token now: ops any, a technician their sites' (another site's token
+    answers as one that does not exist, 404). 409 when it was used or has expired."""
+    try:
+        row = revoke_enrolment_token(session, caller, token_id)
+    except TokenNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except TokenSpent as exc:
+        raise HTTPException(409, str(exc)) from None
+    assert row.id is not None
+    return RevokedTokenOut(
+        id=row.id, site=row.site_code, expires_at=row.expires_at, state=token_state(row)
     )
 
 

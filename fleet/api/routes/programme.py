@@ -26,8 +26,10 @@ from fleet.programme.records import (
     MilestoneInput,
     ProgrammeError,
     WriteMode,
+    changed_input,
     create_phase,
     facts_of,
+    find_milestone,
     get_phase,
     get_site,
     milestones_of,
@@ -156,36 +158,12 @@ def patch_milestone(
         found = get_phase(session, site.code, phase)
     except ProgrammeError as exc:
         raise refused(exc) from None
-    current = next(
-        (
-            r
-            for r in milestones_of(session, found)
-            if r.room_id == room_id and r.milestone == milestone_name.value
-        ),
-        None,
-    )
+    current = find_milestone(session, found, room_id, milestone_name)
     if current is None:  # write_milestone says so with the right status and field
         given = MilestoneInput(MilestoneFacts(milestone_name, reached=True))
         return _write(session, code, phase, room_id, given, who, "update")
-    changes = body.model_dump(exclude_unset=True)
-    merged = {**facts_of(current).__dict__, **{k: v for k, v in changes.items() if k in _FACTS}}
-    if changes.get("actual") is not None and "reached" not in changes:
-        merged["reached"] = True
-    if changes.get("reached") is False and "actual" not in changes:
-        merged["actual"] = merged["actual_end"] = None  # un-reaching clears when it happened
-    evidence = current.evidence
-    if "evidence" in changes:
-        evidence = {**(current.evidence or {}), **(body.evidence or {})} or None
-    given = MilestoneInput(
-        facts=MilestoneFacts(**merged),
-        note=current.note if body.note is None else body.note,
-        evidence=evidence,
-        correction=body.correction,
-    )
+    given = changed_input(current, body.model_dump(exclude_unset=True))
     return _write(session, code, phase, room_id, given, who, "update")
-
-
-_FACTS = ("planned", "actual", "actual_end", "reached")
 
 
 @router.get("/programme", response_model=list[SiteProgramme], dependencies=[Allow("fleet:read")])
