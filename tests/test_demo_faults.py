@@ -5,7 +5,6 @@ simulated devices answer, and takes the small site's agent down and back."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,8 +59,8 @@ def test_every_kind_is_planned_in_the_first_minutes() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)))
-def test_a_plan_for_any_time_is_sound(at: datetime) -> None:
-    plan = plan_faults(load_sites(), at.replace(tzinfo=UTC))
+def test_a_plan_for_any_time_is_sound(shipped_sites: list[LoadedSite], at: datetime) -> None:
+    plan = plan_faults(shipped_sites, at.replace(tzinfo=UTC))
     kinds = {f.kind for f in plan}
     # Left on only where it is after hours: at some hours no site is; the rest always.
     assert {UNREACHABLE, FAULTY, OVERHEAT, LAMP_WORN, SITE_OFFLINE} <= kinds
@@ -148,23 +147,29 @@ def test_alerts_have_the_time_to_open() -> None:
     assert plan[SITE_OFFLINE].lasting > timedelta(minutes=5)
 
 
-def _with_lab_if_needed(now: datetime, tmp: Path) -> list[LoadedSite]:
-    """The sites as `fleet demo` runs them at `now`: the real ones, and its open lab when no
-    real site is in class long enough."""
-    sites = load_sites()
-    if needs_open_lab(sites, now):
-        return load_sites(_with_open_lab(DEFAULT_SITES_DIR, tmp))
-    return sites
+@pytest.fixture(scope="module")
+def shipped_sites() -> list[LoadedSite]:
+    """The real sites, read once for all examples: reading them is most of an example's time,
+    and plan_faults only reads them."""
+    return load_sites()
+
+
+@pytest.fixture(scope="module")
+def sites_with_lab(tmp_path_factory: pytest.TempPathFactory) -> list[LoadedSite]:
+    """The real sites and the demo's open lab, as `fleet demo` serves them when no real site
+    is in class long enough; read once."""
+    return load_sites(_with_open_lab(DEFAULT_SITES_DIR, tmp_path_factory.mktemp("lab-sites")))
 
 
 @settings(max_examples=80, deadline=None)
 @given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)))
-def test_the_unreachable_alert_opens_at_any_hour(at: datetime) -> None:
+def test_the_unreachable_alert_opens_at_any_hour(
+    shipped_sites: list[LoadedSite], sites_with_lab: list[LoadedSite], at: datetime
+) -> None:
     """Whatever the time of day or week, the real rule (10 min of class time) opens the
     device_unreachable alert on the demo's unreachable device while its fault lasts."""
     now = at.replace(tzinfo=UTC)
-    with tempfile.TemporaryDirectory() as tmp:
-        sites = _with_lab_if_needed(now, Path(tmp))
+    sites = sites_with_lab if needs_open_lab(shipped_sites, now) else shipped_sites
     fault = next(f for f in plan_faults(sites, now) if f.kind == UNREACHABLE)
     site = next(s for s in sites if s.config.site.code == fault.site)
     assert fault.lasting is not None and fault.after <= timedelta(minutes=1)
