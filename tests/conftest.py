@@ -15,25 +15,23 @@ pytest_plugins = [
     "tests.fixtures_auth",
 ]
 
-# The files that took longest in `make test` (`--durations`, summed by file), longest first.
-# They start first, so that none is left running alone on one worker at the end while the
-# other workers idle; the rest follow in the order collected.
+# The biggest units of work in `make test` (`--durations`, summed by file), biggest first. They
+# start first, so that none is left running alone on one worker at the end while the others
+# idle; then the other files as collected, and last SPREAD's, whose tests fill the workers in.
 LONG_FIRST = (
+    # Single tests of a minute or more: each is a unit no worker can share.
     "test_api_fuzz.py",
     "test_notices_api.py",
     "test_faults.py",
-    "test_end_to_end.py",
-    "test_login_security.py",
-    "test_programme_api.py",
-    "test_api_bounds.py",
-    "test_email.py",
-    "test_enrolment.py",
-    "test_panels_end_to_end.py",
+    "test_bench_memory.py",
+    "test_bench_ingest.py",
+    # Files that run whole in one worker (a browser, or a stack started once for the file).
+    "test_web_attacks.py",
+    "test_reports_output.py",
+    "test_docs_offline.py",
     "test_controller_install.py",
-    "test_cli_messages.py",
-    "test_demo_faults.py",
-    "test_broker_as_packaged.py",
-    "test_bench_soak.py",
+    "test_web_accessibility.py",
+    "test_web_attention.py",
 )
 
 # Files whose tests share no module-scoped fixture (no browser, no controller started once for
@@ -62,9 +60,12 @@ SPREAD = frozenset(
         "test_power_commands.py",
         "test_programme.py",
         "test_programme_api.py",
+        "test_programme_words.py",
+        "test_reports.py",
         "test_retained_state.py",
         "test_rollout_cancel.py",
         "test_rollout_processes.py",
+        "test_snmp_field.py",
     }
 )
 
@@ -77,9 +78,14 @@ def need(what: str, reason: str) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files of LONG_FIRST first, in its order; the others after them as collected."""
+    """LONG_FIRST's files first, in its order; then the others as collected; SPREAD's last."""
     rank = {name: n for n, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+    def order(item: pytest.Item) -> int:
+        name = item.path.name
+        return rank.get(name, len(rank) + (name in SPREAD))
+
+    items.sort(key=order)
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
