@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -231,6 +232,28 @@ class Stack:
             if exc.code == 503:  # /healthz while ingest is still connecting
                 return None
             raise
+
+    def job_last_run(self, job: str) -> float | None:
+        """When (Unix time) the last run of the scheduled `job` that finished began, read off
+        the controller's /metrics; None before its first."""
+        with urllib.request.urlopen(self.base + "/metrics", timeout=5) as resp:
+            body = resp.read().decode()
+        pattern = rf'^fleet_job_last_success_timestamp_seconds\{{job="{job}"\}} (\S+)$'
+        found = re.search(pattern, body, re.MULTILINE)
+        return float(found.group(1)) if found else None
+
+    def await_job_runs(self, job: str, runs: int = 1, timeout: float = 60) -> None:
+        """Wait until `runs` runs of the scheduled `job` (fleet/scheduler.py), each begun after
+        the one before and the first after this call, have finished: what a test asserts
+        after them was judged by them, however loaded the machine. TimeoutError if not."""
+        since = time.time()
+        for n in range(1, runs + 1):
+
+            def ran(after: float = since) -> float | None:
+                last = self.job_last_run(job)
+                return last if last is not None and last > after else None
+
+            since = wait_for(ran, timeout, f"run {n} of the {job} job", interval=0.05)
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
