@@ -113,6 +113,10 @@ class Stack:
     profiles_dir: Path | None = None
     http_port: int = field(default_factory=free_port)
     client_id: str = field(default_factory=lambda: f"fleet-test-{uuid.uuid4().hex[:8]}")
+    # The agent's own, kept across its restarts (its broker session holds commands) but not
+    # agent-<site>-<agent id>: two tests' agents of one site on the shared Mosquitto would
+    # each take the other's session over.
+    agent_client_id: str = field(default_factory=lambda: f"agent-test-{uuid.uuid4().hex[:8]}")
     procs: list[Proc] = field(default_factory=list)
     # An ops token for the API, made once the controller has created its schema.
     ops_token: str | None = None
@@ -138,6 +142,7 @@ class Stack:
             FLEET_SITES_DIR=str(self.sites_dir),
             FLEET_DATA_DIR=str(self.tmp / "controller"),
             FLEET_MQTT_CLIENT_ID=self.client_id,
+            FLEET_AGENT_CLIENT_ID=self.agent_client_id,
             FLEET_LOG_LEVEL="info",
             # Sessions of test controllers must not pile up on a shared broker.
             FLEET_MQTT_SESSION_EXPIRY_S="300",
