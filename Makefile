@@ -31,7 +31,8 @@ audit: $(STAMP)
 	$(BIN)/python -m tests.dependency_audit
 
 # Test files run in parallel workers, each file whole in one worker (its module fixtures, such
-# as the browser, start once). Most tests wait on real brokers and processes, so more workers
+# as the browser, start once), but the files of tests/conftest.py's SPREAD test by test, and
+# its LONG_FIRST files first. Most tests wait on real brokers and processes, so more workers
 # than cores pays; TEST_WORKERS=0 runs them one after the other.
 TEST_WORKERS ?= 4
 

@@ -67,10 +67,15 @@ def jobs(settings: Settings) -> list[Job]:
         Job(
             "liveness",
             partial(mark_silent_devices, profiles_dir=profiles),
-            30,
+            settings.liveness_every_s,
             judges_silence=True,
         ),
-        Job("alerts", partial(evaluate_alerts, rules=alerts), 30, judges_silence=True),
+        Job(
+            "alerts",
+            partial(evaluate_alerts, rules=alerts),
+            settings.alerts_every_s,
+            judges_silence=True,
+        ),
         # Every second, so the webhook's first retries (1 s, 2 s, 4 s) keep their pace.
         Job("webhook", partial(deliver_due, webhook=settings.webhook()), 1),
         Job(

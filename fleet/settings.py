@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     rollout_tick_s: float = Field(default=10.0, gt=0, le=3600)
     # How often the power schedules (fleet/commands/schedules.py) are judged.
     power_schedule_s: float = Field(default=60.0, gt=0, le=3600)
+    # How often devices' silence is judged (fleet/devices/liveness.py) and the alert rules run
+    # (fleet/alerts/evaluation.py). Process tests set a second, rather than wait out a period.
+    liveness_every_s: float = Field(default=30.0, gt=0, le=3600)
+    alerts_every_s: float = Field(default=30.0, gt=0, le=3600)
 
     # Retention of what grows with traffic (fleet/retention.py): days, and the newest rows kept.
     # The ledger of ingested msg_ids outlives the broker's session (mqtt_session_expiry_s),

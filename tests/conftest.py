@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,9 +15,92 @@ pytest_plugins = [
     "tests.fixtures_auth",
 ]
 
+# The biggest units of work in `make test` (`--durations`, summed by file), biggest first. They
+# start first, so that none is left running alone on one worker at the end while the others
+# idle; then the other files as collected, and last SPREAD's, whose tests fill the workers in.
+LONG_FIRST = (
+    # Single tests of a minute or more: each is a unit no worker can share.
+    "test_api_fuzz.py",
+    "test_notices_api.py",
+    "test_faults.py",
+    "test_bench_memory.py",
+    "test_bench_ingest.py",
+    # Files that run whole in one worker (a browser, or a stack started once for the file).
+    "test_web_attacks.py",
+    "test_reports_output.py",
+    "test_docs_offline.py",
+    "test_controller_install.py",
+    "test_web_accessibility.py",
+    "test_web_attention.py",
+)
+
+# Files whose tests share no module-scoped fixture (no browser, no controller started once for
+# the file) and hold nothing fixed (ports, topic roots, schemas are each test's own): with
+# `--dist loadfile` each of their tests may go to any worker. Every other file runs whole in
+# one worker, so its module fixtures start once.
+SPREAD = frozenset(
+    {
+        "test_agent_session.py",
+        "test_api_bounds.py",
+        "test_api_fuzz.py",
+        "test_bench_soak.py",
+        "test_broker_as_packaged.py",
+        "test_cli_messages.py",
+        "test_email.py",
+        "test_end_to_end.py",
+        "test_enrolment.py",
+        "test_exports.py",
+        "test_faults.py",
+        "test_ingest.py",
+        "test_job_rows.py",
+        "test_login_security.py",
+        "test_notices_api.py",
+        "test_paging.py",
+        "test_panels_end_to_end.py",
+        "test_power_commands.py",
+        "test_programme.py",
+        "test_programme_api.py",
+        "test_programme_words.py",
+        "test_reports.py",
+        "test_retained_state.py",
+        "test_rollout_cancel.py",
+        "test_rollout_processes.py",
+        "test_snmp_field.py",
+    }
+)
+
 
 def need(what: str, reason: str) -> None:
     """Skip when `what` is missing on a developer's machine; fail in CI, where it must be."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{what} not available: {reason}")
     pytest.skip(f"{what} not available: {reason}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """LONG_FIRST's files first, in its order; then the others as collected; SPREAD's last."""
+    rank = {name: n for n, name in enumerate(LONG_FIRST)}
+
+    def order(item: pytest.Item) -> int:
+        name = item.path.name
+        return rank.get(name, len(rank) + (name in SPREAD))
+
+    items.sort(key=order)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, but the tests of SPREAD's files each a unit of their own, and units
+    handed out in the order collected (LONG_FIRST's) rather than the biggest files first.
+    Not xdist's loadgroup: with pytest 9 it no longer sees the groups it is given."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if Path(path).name in SPREAD else path
+
+    config.option.loadscopereorder = False
+    return FileScheduling(config, log)

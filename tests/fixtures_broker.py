@@ -51,6 +51,12 @@ class TestBroker:
     __test__ = False  # not a test class
 
 
+# For tests where which broker carries the messages is not what they pin: Mosquitto, the broker
+# sites run, and not the embedded amqtt too. Each test that runs on both starts its processes
+# twice; keep that for what the two brokers do differently (sessions, QoS, protocol versions).
+MOSQUITTO_ONLY = pytest.mark.parametrize("broker", ["mosquitto"], indirect=True)
+
+
 @pytest.fixture(params=["embedded", "mosquitto"])
 def broker(request: pytest.FixtureRequest) -> Iterator[TestBroker]:
     root = f"t{uuid.uuid4().hex[:10]}/fleet/v1"

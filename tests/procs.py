@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -112,6 +113,10 @@ class Stack:
     profiles_dir: Path | None = None
     http_port: int = field(default_factory=free_port)
     client_id: str = field(default_factory=lambda: f"fleet-test-{uuid.uuid4().hex[:8]}")
+    # The agent's own, kept across its restarts (its broker session holds commands) but not
+    # agent-<site>-<agent id>: two tests' agents of one site on the shared Mosquitto would
+    # each take the other's session over.
+    agent_client_id: str = field(default_factory=lambda: f"agent-test-{uuid.uuid4().hex[:8]}")
     procs: list[Proc] = field(default_factory=list)
     # An ops token for the API, made once the controller has created its schema.
     ops_token: str | None = None
@@ -137,9 +142,14 @@ class Stack:
             FLEET_SITES_DIR=str(self.sites_dir),
             FLEET_DATA_DIR=str(self.tmp / "controller"),
             FLEET_MQTT_CLIENT_ID=self.client_id,
+            FLEET_AGENT_CLIENT_ID=self.agent_client_id,
             FLEET_LOG_LEVEL="info",
             # Sessions of test controllers must not pile up on a shared broker.
             FLEET_MQTT_SESSION_EXPIRY_S="300",
+            # Silence and the alert rules judged every second, not every 30 s: what a test
+            # awaits from them comes as soon as it is due (a test may pass its own pace).
+            FLEET_LIVENESS_EVERY_S="1",
+            FLEET_ALERTS_EVERY_S="1",
             PYTHONUNBUFFERED="1",
         )
         if self.profiles_dir is not None:
@@ -227,6 +237,28 @@ class Stack:
             if exc.code == 503:  # /healthz while ingest is still connecting
                 return None
             raise
+
+    def job_last_run(self, job: str) -> float | None:
+        """When (Unix time) the last run of the scheduled `job` that finished began, read off
+        the controller's /metrics; None before its first."""
+        with urllib.request.urlopen(self.base + "/metrics", timeout=5) as resp:
+            body = resp.read().decode()
+        pattern = rf'^fleet_job_last_success_timestamp_seconds\{{job="{job}"\}} (\S+)$'
+        found = re.search(pattern, body, re.MULTILINE)
+        return float(found.group(1)) if found else None
+
+    def await_job_runs(self, job: str, runs: int = 1, timeout: float = 60) -> None:
+        """Wait until `runs` runs of the scheduled `job` (fleet/scheduler.py), each begun after
+        the one before and the first after this call, have finished: what a test asserts
+        after them was judged by them, however loaded the machine. TimeoutError if not."""
+        since = time.time()
+        for n in range(1, runs + 1):
+
+            def ran(after: float = since) -> float | None:
+                last = self.job_last_run(job)
+                return last if last is not None and last > after else None
+
+            since = wait_for(ran, timeout, f"run {n} of the {job} job", interval=0.05)
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):

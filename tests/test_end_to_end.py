@@ -1,6 +1,6 @@
 """The spine, end to end, as real processes: simulated SNMP devices on loopback UDP →
-`fleet-agent run` → a real broker → `fleet serve` → the REST API, on SQLite and PostgreSQL,
-through the embedded broker and through Mosquitto."""
+`fleet-agent run` → a real broker → `fleet serve` → the REST API: through the embedded broker
+on SQLite (what `fleet demo` runs) and through Mosquitto on PostgreSQL (what a site runs)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ from fleet.embedded_broker import free_port
 from fleet.protocol.site_config import load_site
 from tests.fixtures_broker import TestBroker
 from tests.procs import Stack, wait_for
+
+# Each broker and each database once, as the demo and a site pair them, not every pairing:
+# the spine is the same code on all four, and each pairing starts every process again.
+pytestmark = pytest.mark.parametrize(
+    ("broker", "db_url"),
+    [("embedded", "sqlite"), pytest.param("mosquitto", "postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
 
 
 @pytest.fixture

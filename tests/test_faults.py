@@ -24,7 +24,7 @@ from ulid import ULID
 
 from fleet.protocol.messages import HealthBatch, Power, Reading, Topics
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
-from tests.fixtures_broker import OwnMosquitto, TestBroker
+from tests.fixtures_broker import MOSQUITTO_ONLY, OwnMosquitto, TestBroker
 from tests.procs import Stack, sample_counts, wait_for
 
 FAST_POLL_S = 1
@@ -154,6 +154,7 @@ def test_controller_down_while_agents_publish_loses_nothing(stack: Stack) -> Non
     settle_and_account(stack, "controller down")
 
 
+@MOSQUITTO_ONLY
 def test_same_batch_published_twice_is_stored_once(tmp_path: Path, broker: TestBroker) -> None:
     stack = Stack(tmp_path, broker.url, broker.topic_root, f"sqlite:///{tmp_path / 'fleet.db'}")
     try:
@@ -196,6 +197,7 @@ def test_same_batch_published_twice_is_stored_once(tmp_path: Path, broker: TestB
         stack.stop_all()
 
 
+@MOSQUITTO_ONLY
 @pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_a_reading_no_store_can_hold_is_refused_and_ingest_goes_on(
     tmp_path: Path, broker: TestBroker, store: str, request: pytest.FixtureRequest

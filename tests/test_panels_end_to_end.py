@@ -1,7 +1,7 @@
 """A MAXHUB panel over its LAN protocol and a reachability-only panel, end to end as real
 processes: `fleet-agent simulate` serves them on loopback TCP (the MAXHUB one with split
 replies and a busy period after power-on), `fleet-agent run` polls them through their
-collector chains, a real broker (embedded and Mosquitto) carries the batch, `fleet serve`
+collector chains, a real Mosquitto carries the batch, `fleet serve`
 stores it, and the API shows what each gave, which collectors answered and the state; in
 class and outside it. `fleet-agent check` and `discover --chains` against the same panels."""
 
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR
-from tests.fixtures_broker import TestBroker
+from tests.fixtures_broker import MOSQUITTO_ONLY, TestBroker
 from tests.procs import BIN, Stack, wait_for
 
 SITE = "usthb"  # a MAXHUB site: one panel over LAN control, one with LAN control off
@@ -26,6 +26,9 @@ LAN_PANEL = "usthb-sc1-panel-1"
 PING_PANEL = "usthb-sc1-panel-2"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 TABLE_INPUTS = {"hdmi1", "slot-in-pc", "type-c1", "type-c2"}
+
+# The collector chains and the states are what these pin, not the broker.
+pytestmark = MOSQUITTO_ONLY
 
 
 def make_stack(tmp_path: Path, broker: TestBroker, *, classes_all_day: bool) -> Stack:

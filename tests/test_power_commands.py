@@ -18,10 +18,13 @@ from sqlalchemy import create_engine, text
 
 from fleet.protocol.site_config import DEFAULT_SITES_DIR
 from tests.fixtures_auth import user_token
-from tests.fixtures_broker import TestBroker
+from tests.fixtures_broker import MOSQUITTO_ONLY, TestBroker
 from tests.procs import Stack, wait_for
 
 PROJECTOR = "ugb-sc1-projector"
+
+# The command's path and its permissions are what these pin, not the broker.
+pytestmark = MOSQUITTO_ONLY
 
 
 @pytest.fixture

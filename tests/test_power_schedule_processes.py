@@ -10,7 +10,6 @@ off, confirmed by the projector's next reading)."""
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -89,7 +88,7 @@ def test_projector_left_on_after_the_last_class_is_switched_off(stack: Stack) ->
         noted = wait_for(
             lambda: [r for r in history(stack) if r["state"] == "notified"], 20, "a note"
         )
-        time.sleep(2)  # two more runs of the schedule: still nothing sent
+        stack.await_job_runs("power_schedules", runs=2)  # two more runs: still nothing sent
         assert stack.get(f"/api/v1/devices/{PROJECTOR}")["power"] == "on"
         assert [r["state"] for r in history(stack)][: -preceding or None] == ["notified"]
 
@@ -106,7 +105,7 @@ def test_projector_left_on_after_the_last_class_is_switched_off(stack: Stack) ->
             {"mode": "act", "off_after_last_class_min": 1},
         )
         assert code == 200
-        time.sleep(3)  # three runs on the exception date: nothing
+        stack.await_job_runs("power_schedules", runs=3)  # three runs on the exception date
         assert [r["state"] for r in history(stack)][: -preceding or None] == ["notified"]
         assert stack.get(f"/api/v1/devices/{PROJECTOR}")["power"] == "on"
 

@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.protocol.messages import Command, CommandKind, Topics
 from fleet.rollouts.plan import FINAL
-from tests.fixtures_broker import TestBroker
+from tests.fixtures_broker import MOSQUITTO_ONLY, TestBroker
 from tests.procs import wait_for
 from tests.test_rollout_processes import (
     NEW,
@@ -124,6 +124,7 @@ def firmware_stays(stack: RolloutStack, expected: dict[str, str], seconds: float
         time.sleep(0.5)
 
 
+@MOSQUITTO_ONLY
 @pytest.mark.timeout(120)
 def test_cancel_right_after_a_wave_is_sent_stops_that_wave(
     tmp_path: Any, broker: TestBroker, watcher: CmdWatcher
