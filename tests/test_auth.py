@@ -331,3 +331,27 @@ def test_changes_and_report_downloads_are_audited(client: TestClient, tokens: To
     seen = {(e["actor"], e["action"], e["outcome"]) for e in entries}
     assert ("ops-centre", "rollouts.pause", "failed 404") in seen
     assert ("vendor-seewo", "reports.list_reports", "ok") in seen
+
+
+def test_a_long_strong_password_is_judged_not_refused_with_a_500() -> None:
+    """zxcvbn raises past 72 characters; a passphrase longer than that is still judged."""
+    from fleet.auth.password_policy import password_problem
+
+    long_phrase = "harbour lantern quietly orbits " * 10
+    assert password_problem(long_phrase, ["ops-centre"]) is None
+    assert password_problem("a" * 5000, ["ops-centre"]) is not None
+
+
+def test_any_password_gets_a_verdict() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from fleet.auth.password_policy import password_problem
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(max_size=3000))
+    def judged(password: str) -> None:
+        problem = password_problem(password, ["tech-upm"])
+        assert problem is None or "Fix:" in problem
+
+    judged()

@@ -9,6 +9,7 @@ from zxcvbn import zxcvbn
 
 MIN_LENGTH = 12
 MIN_SCORE = 3
+MAX_JUDGED = 72  # zxcvbn's own max_length
 
 
 def password_problem(password: str, user_inputs: list[str]) -> str | None:
@@ -18,8 +19,9 @@ def password_problem(password: str, user_inputs: list[str]) -> str | None:
             f"the password has {len(password)} characters; at least {MIN_LENGTH} are needed. "
             "Fix: use a passphrase of a few uncommon words"
         )
-    # zxcvbn's cost grows with the length; what lies past 100 characters adds no doubt.
-    verdict = zxcvbn(password[:100], user_inputs=user_inputs)
+    # zxcvbn refuses more than 72 characters (ValueError), and its cost grows with the
+    # length: judged on the first 72, since what lies past them adds no doubt.
+    verdict = zxcvbn(password[:MAX_JUDGED], user_inputs=user_inputs)
     if verdict["score"] >= MIN_SCORE:
         return None
     feedback = verdict["feedback"]
