@@ -212,6 +212,12 @@ PREFIXES = [m[: len(m) // 2] for _k, m, *_ in SAMPLES] + [m for _k, m, *_ in SAM
             st.text(alphabet="\u200f\u202e\x00\n%()s,:; 0123456789e.-", max_size=5),
         ),
         st.builds(lambda head, n: head + "9" * n, st.sampled_from(PREFIXES), st.integers(0, 5000)),
+        # Every number of a real message made huge: thousands of digits, past any int or float.
+        st.builds(
+            lambda sample, n: re.sub(r"\d+", "9" * n, sample),
+            st.sampled_from(PREFIXES),
+            st.integers(1, 5000),
+        ),
     ),
     st.sampled_from(["en", *LANGS, "xx"]),
 )
@@ -225,6 +231,16 @@ def test_any_stored_message_is_translated_or_shown_as_stored(text: str, lang: st
 def test_a_huge_message_is_shown_as_stored() -> None:
     text = f"{DEVICE} unreachable for " + "9" * 200_000 + " min, x of them in class hours"
     assert words.alert_text(translations("fr"), text, "fr") == text
+    for _kind, message, *_ in SAMPLES:
+        # Numbers no rule writes: past Python's int-from-text limit, past timedelta's range.
+        for digits in (30, 5000):
+            huge = re.sub(r"\d+", "9" * digits, message)
+            shown = words.alert_text(translations("ru"), huge, "ru")
+            assert isinstance(shown, str) and shown
+    # The same reason on the device pages (fleet.web.words.reason_text).
+    for digits in (30, 5000):
+        reason = f"site agent a-1 silent for {'9' * digits} min (last heard at 2025-03-03 12:00Z)"
+        assert words.reason_text(translations("ru"), reason, "ru") == reason
 
 
 @pytest.fixture

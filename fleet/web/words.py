@@ -246,7 +246,10 @@ def reason_text(t: gettext.NullTranslations, reason: str | None, lang: str = "en
             continue
         values = dict(found.groupdict())
         if "minutes" in values:
-            minutes = timedelta(minutes=int(values.pop("minutes")))
+            try:
+                minutes = timedelta(minutes=int(values.pop("minutes")))
+            except (ValueError, OverflowError):  # thousands of digits: no time a site was silent
+                return reason
             values["duration"] = duration_text(minutes, lang)
         if "power" in values:
             power = values["power"]
@@ -399,8 +402,8 @@ def _number(text: str, lang: str) -> str:
         value = float(text)
     except ValueError:
         return text
-    if not math.isfinite(value) or "e" in text.lower():
-        return text
+    if not math.isfinite(value) or "e" in text.lower() or abs(value) >= 1e15:
+        return text  # beyond what a float keeps digit for digit: as written
     return format_decimal(value, format="#,##0.######", locale=_locale(lang))
 
 
@@ -454,28 +457,40 @@ def alert_text(t: gettext.NullTranslations, message: str | None, lang: str = "en
         found = pattern.fullmatch(message)
         if found is None:
             continue
-        values = {k: v for k, v in found.groupdict().items() if v is not None}
-        for name, value in list(values.items()):
-            if name.endswith("_num"):
-                values[name] = _number(value, lang)
-            elif name.endswith("_day"):
-                values[name] = _day(value, lang)
-        if "minutes" in values:
-            values["duration"] = duration_text(timedelta(minutes=int(values.pop("minutes"))), lang)
-        if "share" in values:
-            values["share"] = format_percent(int(values["share"]) / 100, locale=_locale(lang))
-        if "power" in values:
-            values["power"] = word(t, POWER, values["power"])
-        if "flags" in values:
-            values["flags"] = ", ".join(
-                t.gettext(N_("%(part)s: %(flag)s"))
-                % {"part": word(t, FIELDS, f["part"]), "flag": word(t, FLAGS, f["flag"])}
-                for f in _FLAG.finditer(values["flags"])
-            )
-        if "late" in values:
-            late = _late_text(t, values["late"], lang)
-            if late is None:
-                return message
-            values["late"] = late
-        return t.gettext(msgid) % values
+        try:
+            values = _alert_values(t, found, lang)
+        except (ValueError, ArithmeticError):  # OverflowError, decimal.InvalidOperation
+            return message  # a number no rule writes (dozens of digits): as stored
+        return message if values is None else t.gettext(msgid) % values
     return message
+
+
+def _alert_values(
+    t: gettext.NullTranslations, found: re.Match[str], lang: str
+) -> dict[str, str] | None:
+    """The matched message's values in the page's language, or None when a part of it is not
+    worded as its rule does. Raises ValueError or ArithmeticError on a number too long to read."""
+    values = {k: v for k, v in found.groupdict().items() if v is not None}
+    for name, value in list(values.items()):
+        if name.endswith("_num"):
+            values[name] = _number(value, lang)
+        elif name.endswith("_day"):
+            values[name] = _day(value, lang)
+    if "minutes" in values:
+        values["duration"] = duration_text(timedelta(minutes=int(values.pop("minutes"))), lang)
+    if "share" in values:
+        values["share"] = format_percent(int(values["share"]) / 100, locale=_locale(lang))
+    if "power" in values:
+        values["power"] = word(t, POWER, values["power"])
+    if "flags" in values:
+        values["flags"] = ", ".join(
+            t.gettext(N_("%(part)s: %(flag)s"))
+            % {"part": word(t, FIELDS, f["part"]), "flag": word(t, FLAGS, f["flag"])}
+            for f in _FLAG.finditer(values["flags"])
+        )
+    if "late" in values:
+        late = _late_text(t, values["late"], lang)
+        if late is None:
+            return None
+        values["late"] = late
+    return values
