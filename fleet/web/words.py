@@ -434,7 +434,7 @@ def _late_text(t: gettext.NullTranslations, late: str, lang: str) -> str | None:
         shown.append(
             t.gettext(N_("%(milestone)s planned %(day)s")) % {"milestone": what, "day": day}
         )
-    return "; ".join(shown)
+    return t.gettext(N_("; ")).join(shown)
 
 
 def alert_kind_of(message: str) -> str | None:
@@ -483,7 +483,8 @@ def _alert_values(
     if "power" in values:
         values["power"] = word(t, POWER, values["power"])
     if "flags" in values:
-        values["flags"] = ", ".join(
+        # "، " in Arabic: the list's separator is the language's.
+        values["flags"] = t.gettext(N_(", ")).join(
             t.gettext(N_("%(part)s: %(flag)s"))
             % {"part": word(t, FIELDS, f["part"]), "flag": word(t, FLAGS, f["flag"])}
             for f in _FLAG.finditer(values["flags"])
