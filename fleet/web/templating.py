@@ -186,6 +186,14 @@ def reason(context: Context, text: str | None) -> str:
     return words.reason_text(t, text, context.get("lang", "en"))
 
 
+@pass_context
+def alert_words(context: Context, text: str | None) -> str:
+    """`{{ a.message | alert_words | stamps(zone) }}`: a stored alert message in the page's
+    language; the UTC times in it are left for `stamps`, a wording no format knows as stored."""
+    t = context.get("t") or translations("en")
+    return words.alert_text(t, text, context.get("lang", "en"))
+
+
 def epoch(value: datetime | None) -> int:
     """A sort key for tables: never-seen sorts oldest."""
     return int(value.timestamp()) if value is not None else 0
@@ -223,6 +231,7 @@ def _environment() -> Environment:
         stamps=stamps,
         word=word,
         reason=reason,
+        alert_words=alert_words,
         utc=utc,
         epoch=epoch,
         number=number,

@@ -7,11 +7,13 @@ name rather than shown raw.
 from __future__ import annotations
 
 import gettext
+import math
 import re
-from datetime import timedelta
+from datetime import date, timedelta
 
 from babel.core import Locale, UnknownLocaleError
-from babel.dates import format_timedelta
+from babel.dates import format_date, format_timedelta
+from babel.numbers import format_decimal, format_percent
 
 from fleet.programme.timeline import TimelineWords
 
@@ -244,7 +246,10 @@ def reason_text(t: gettext.NullTranslations, reason: str | None, lang: str = "en
             continue
         values = dict(found.groupdict())
         if "minutes" in values:
-            minutes = timedelta(minutes=int(values.pop("minutes")))
+            try:
+                minutes = timedelta(minutes=int(values.pop("minutes")))
+            except (ValueError, OverflowError):  # thousands of digits: no time a site was silent
+                return reason
             values["duration"] = duration_text(minutes, lang)
         if "power" in values:
             power = values["power"]
@@ -260,3 +265,233 @@ def reason_text(t: gettext.NullTranslations, reason: str | None, lang: str = "en
             text += t.gettext(N_("; warnings: %(warnings)s")) % {"warnings": tail.group("warnings")}
         return text
     return reason
+
+
+# An alert's message as the rules word it (fleet.alerts.rules, fleet.programme.overview; stored
+# in English, the API's, the webhooks' and the e-mails'), each format with the msgid the pages say
+# it with. Anchored: a message only partly like a format is shown as stored. Groups: `device`,
+# `profile`, `firmware`... are shown as they are; `*_num` numbers and `share` a percentage in the
+# locale's digits; `power` a power word; `minutes` a worded duration; `late` the overdue
+# milestones. tests/test_alert_words.py builds each kind's message with the rule code and fails
+# when a format here no longer matches it.
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
+ALERT_MESSAGES: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    (
+        "device_unreachable",
+        re.compile(
+            rf"(?P<device>\S+) unreachable for (?P<for_num>{_NUM}) min, "
+            rf"(?P<class_num>{_NUM}) of them in class hours"
+        ),
+        N_("%(device)s unreachable for %(for_num)s min, %(class_num)s of them in class hours"),
+    ),
+    (
+        "left_on_after_hours",
+        re.compile(
+            r"(?P<device>\S+) is powered (?P<power>[a-z]+) after hours "
+            rf"\(since (?P<time>\d{{2}}:\d{{2}}) (?P<zone>\S+), (?P<grace_num>{_NUM}) min after "
+            r"the last class\)"
+        ),
+        N_(
+            "%(device)s is powered %(power)s after hours (since %(time)s %(zone)s, "
+            "%(grace_num)s min after the last class)"
+        ),
+    ),
+    (
+        "over_temperature",
+        re.compile(
+            rf"(?P<device>\S+) at (?P<temp_num>{_NUM}|nan|inf|-inf) °C, above its profile's "
+            rf"maximum (?P<top_num>{_NUM}) °C \((?P<profile>[^()]*)\)"
+        ),
+        N_(
+            "%(device)s at %(temp_num)s °C, above its profile's maximum %(top_num)s °C "
+            "(%(profile)s)"
+        ),
+    ),
+)
+
+
+def _wear(what: str, action: str, message: str) -> tuple[str, re.Pattern[str], str]:
+    # fleet.alerts.rules._wear: `what` is "lamp" or "filter", `action` by its severity.
+    return (
+        f"{what}_hours",
+        re.compile(
+            rf"(?P<device>\S+) {what} at (?P<used_num>{_NUM}) h, (?P<share>\d+)% of "
+            rf"its (?P<life_num>{_NUM}) h life: {action}"
+        ),
+        message,
+    )
+
+
+ALERT_MESSAGES += (
+    _wear(
+        "lamp",
+        "replace it now",
+        N_(
+            "%(device)s lamp at %(used_num)s h, %(share)s of its %(life_num)s h life: "
+            "replace it now"
+        ),
+    ),
+    _wear(
+        "lamp",
+        "order a replacement",
+        N_(
+            "%(device)s lamp at %(used_num)s h, %(share)s of its %(life_num)s h life: "
+            "order a replacement"
+        ),
+    ),
+    _wear(
+        "filter",
+        "replace it now",
+        N_(
+            "%(device)s filter at %(used_num)s h, %(share)s of its %(life_num)s h life: "
+            "replace it now"
+        ),
+    ),
+    _wear(
+        "filter",
+        "order a replacement",
+        N_(
+            "%(device)s filter at %(used_num)s h, %(share)s of its %(life_num)s h life: "
+            "order a replacement"
+        ),
+    ),
+)
+ALERT_MESSAGES += (
+    (
+        "device_error",
+        re.compile(r"(?P<device>\S+) reports (?P<flags>[^\s=,]+=[a-z]+(?:, [^\s=,]+=[a-z]+)*)"),
+        N_("%(device)s reports %(flags)s"),
+    ),
+    (
+        "firmware_below_minimum",
+        re.compile(
+            r"(?P<device>\S+) runs firmware (?P<firmware>.*), below (?P<profile>\S+)'s minimum "
+            r"(?P<minimum>.*): schedule a rollout"
+        ),
+        N_(
+            "%(device)s runs firmware %(firmware)s, below %(profile)s's minimum %(minimum)s: "
+            "schedule a rollout"
+        ),
+    ),
+    (
+        "programme_overdue",
+        re.compile(
+            r"past its planned date at (?P<site>\S+) \(today (?P<today_day>\d{4}-\d{2}-\d{2}) "
+            r"there\): (?P<late>.+)\. Record the milestone, or move its planned date"
+        ),
+        N_(
+            "past its planned date at %(site)s (today %(today_day)s there): %(late)s. "
+            "Record the milestone, or move its planned date"
+        ),
+    ),
+    # The site's reason (fleet.devices.state.site_offline_reason) is its alert's message.
+    *(("site_offline", pattern, message) for pattern, message in REASONS[-2:]),
+)
+_LATE = re.compile(
+    r"(?P<site>\S+) phase (?P<phase>\d+)(?: (?P<room>.+?))? (?P<milestone>"
+    + "|".join(MILESTONES)
+    + r") planned (?P<day>\d{4}-\d{2}-\d{2})"
+)
+_FLAG = re.compile(r"(?P<part>[^\s=,]+)=(?P<flag>[a-z]+)")
+
+
+def _number(text: str, lang: str) -> str:
+    """A number as the rule wrote it (`:g`), in the locale's digits and separators; one in
+    exponent form, or not finite, as written (rounding it would change the value)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(value) or "e" in text.lower() or abs(value) >= 1e15:
+        return text  # beyond what a float keeps digit for digit: as written
+    return format_decimal(value, format="#,##0.######", locale=_locale(lang))
+
+
+def _locale(lang: str) -> Locale:
+    try:
+        return Locale.parse(lang)
+    except (UnknownLocaleError, ValueError):
+        return Locale.parse("en")
+
+
+def _day(text: str, lang: str) -> str:
+    try:
+        return format_date(date.fromisoformat(text), format="medium", locale=_locale(lang))
+    except ValueError:
+        return text
+
+
+def _late_text(t: gettext.NullTranslations, late: str, lang: str) -> str | None:
+    """The overdue milestones ("ugb phase 1 B-101 installed planned 2026-01-05; ..."), each in
+    the page's language, or None when one is not worded as overview.overdue_finding does."""
+    shown = []
+    for item in late.split("; "):
+        found = _LATE.fullmatch(item)
+        if found is None:
+            return None
+        what = milestone_text(t, found["milestone"], int(found["phase"]), found["room"])
+        day = _day(found["day"], lang)
+        shown.append(
+            t.gettext(N_("%(milestone)s planned %(day)s")) % {"milestone": what, "day": day}
+        )
+    return t.gettext(N_("; ")).join(shown)
+
+
+def alert_kind_of(message: str) -> str | None:
+    """The alert kind whose format the stored message matches, or None."""
+    for kind, pattern, _message in ALERT_MESSAGES:
+        if pattern.fullmatch(message):
+            return kind
+    return None
+
+
+def alert_text(t: gettext.NullTranslations, message: str | None, lang: str = "en") -> str:
+    """A stored alert message in the page's language (`lang` for its numbers, dates and
+    durations): "p-1 unreachable for 95 min, 42 of them in class hours" -> "p-1 injoignable
+    depuis 95 min, dont 42 pendant les cours". The UTC times in it are left as stored, for
+    the `stamps` filter to write in the site's zone. Unknown wording: as stored. Never raises
+    on any text."""
+    if not message:
+        return message or ""
+    for _kind, pattern, msgid in ALERT_MESSAGES:
+        found = pattern.fullmatch(message)
+        if found is None:
+            continue
+        try:
+            values = _alert_values(t, found, lang)
+        except (ValueError, ArithmeticError):  # OverflowError, decimal.InvalidOperation
+            return message  # a number no rule writes (dozens of digits): as stored
+        return message if values is None else t.gettext(msgid) % values
+    return message
+
+
+def _alert_values(
+    t: gettext.NullTranslations, found: re.Match[str], lang: str
+) -> dict[str, str] | None:
+    """The matched message's values in the page's language, or None when a part of it is not
+    worded as its rule does. Raises ValueError or ArithmeticError on a number too long to read."""
+    values = {k: v for k, v in found.groupdict().items() if v is not None}
+    for name, value in list(values.items()):
+        if name.endswith("_num"):
+            values[name] = _number(value, lang)
+        elif name.endswith("_day"):
+            values[name] = _day(value, lang)
+    if "minutes" in values:
+        values["duration"] = duration_text(timedelta(minutes=int(values.pop("minutes"))), lang)
+    if "share" in values:
+        values["share"] = format_percent(int(values["share"]) / 100, locale=_locale(lang))
+    if "power" in values:
+        values["power"] = word(t, POWER, values["power"])
+    if "flags" in values:
+        # "، " in Arabic: the list's separator is the language's.
+        values["flags"] = t.gettext(N_(", ")).join(
+            t.gettext(N_("%(part)s: %(flag)s"))
+            % {"part": word(t, FIELDS, f["part"]), "flag": word(t, FLAGS, f["flag"])}
+            for f in _FLAG.finditer(values["flags"])
+        )
+    if "late" in values:
+        late = _late_text(t, values["late"], lang)
+        if late is None:
+            return None
+        values["late"] = late
+    return values
