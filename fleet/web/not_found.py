@@ -24,6 +24,8 @@ class PageRefused(HTTPException):
 
 
 class PageNotFound(Exception):
+    status_code = 404  # how fleet.auth.permissions audits a post it refuses
+
     def __init__(self, what: str, hint: str = "") -> None:
         super().__init__(what)
         self.what = what
