@@ -10,8 +10,8 @@ that says why and nothing made. Both screens fit a phone and pass axe-core."""
 from __future__ import annotations
 
 import shutil
-from datetime import timedelta
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
