@@ -503,3 +503,28 @@ def test_ending_another_sites_silence_from_the_page_is_audited_as_from_the_api(
         f"POST /api/v1/silences/{silence}/expire",
         "failed 404",
     ) in rows
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/silences/0/expire",
+        "/silences/abc/expire",
+        "/silences/99999999999999999999/expire",
+        "/subscriptions/-1/delete",
+        "/alerts/x/ack",
+        "/devices/UPM-SC1-PC/commands",
+        "/sites/a%00b/commands",
+    ],
+)
+def test_an_id_no_row_can_have_in_a_forms_url_is_the_404_page_not_json(
+    client: TestClient, path: str
+) -> None:
+    """A form's URL edited by hand to an id out of bounds or pattern: the 404 page for
+    people, as an id that does not exist; the API keeps its 422 JSON."""
+    answer = client.post(path, headers=ORIGIN)
+    assert answer.status_code == 404, (answer.status_code, answer.text[:300])
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "detail" not in answer.text[:20]
+    api = client.post("/api/v1/silences/0/expire")
+    assert api.status_code == 422 and api.headers["content-type"] == "application/json"
