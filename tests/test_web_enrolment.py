@@ -14,6 +14,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
+from sqlalchemy import event as sa_event
 from sqlmodel import Session, col, select
 
 from fleet.api.app import create_app
+from fleet.auth.enrolment import TokenSpent, make_enrolment_token, revoke_enrolment_token
 from fleet.auth.models import AuditEntry, EnrolmentToken
+from fleet.auth.permissions import Caller
+from fleet.auth.tokens import TokenRefused, redeem_enrolment_token
 from fleet.db import make_engine
 from fleet.protocol.site_config import DEFAULT_SITES_DIR
 from fleet.settings import Settings
@@ -387,3 +392,94 @@ def test_revoking_is_scoped_and_only_for_unused_tokens(
     )
     again = client.post("/api/v1/enrolment", json={"token": own.json()["token"]})
     assert again.status_code == 401 and "expired" in again.text
+
+
+def test_a_token_stops_working_when_its_maker_no_longer_looks_after_the_site(
+    client: TestClient, registered: Engine, tokens: Tokens
+) -> None:
+    """A technician of upm makes a token, then ops moves them to usthb: the token, unused,
+    enrols no agent at upm any more (they could no longer make it), as it would not once
+    they were revoked."""
+    tech = {"Authorization": f"Bearer {tokens.technician}"}
+    made = client.post("/api/v1/enrolment/tokens", json={"site": "upm"}, headers=tech)
+    assert made.status_code == 201, made.text
+    moved = client.patch(
+        "/api/v1/users/tech-upm",
+        json={"role": "technician", "sites": ["usthb"]},
+        headers={"Authorization": f"Bearer {tokens.ops}"},
+    )
+    assert moved.status_code == 200, moved.text
+    redeem = client.post("/api/v1/enrolment", json={"token": made.json()["token"]})
+    assert redeem.status_code == 401, redeem.text
+    assert "no longer looks after site upm" in redeem.json()["detail"]
+    assert [t.used_at for t in _tokens(registered, "upm")] == [None]
+
+
+def _interleaved(engine: Engine, statement_start: str, other: Any) -> Iterator[None]:
+    """Run `other()` (its own session, committed) once, just before this engine next sends a
+    statement starting with `statement_start`: the moment between a read and the write that
+    follows it, where a concurrent request lands."""
+    fired: list[bool] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not fired and statement.lstrip().upper().startswith(statement_start):
+            fired.append(True)
+            other()
+
+    sa_event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", before)
+    assert fired, f"no {statement_start} was sent"
+
+
+def test_a_token_revoked_between_an_agents_read_and_its_use_does_not_enrol(
+    registered: Engine, tokens: Tokens
+) -> None:
+    """An agent redeems while ops revokes: if the revoke commits between the redeem's read
+    and its write, the agent is refused, so that a revoke reported done holds."""
+    ops = Caller(name="ops-centre", role="ops")
+    with Session(registered) as session:
+        token, row = make_enrolment_token(session, ops, "upm", ttl=timedelta(hours=1))
+        token_id = row.id
+    assert token_id is not None
+
+    def revoke() -> None:
+        with Session(registered) as other:
+            revoke_enrolment_token(other, ops, token_id)
+
+    interleaved = contextmanager(_interleaved)(registered, "UPDATE ENROLMENT_TOKEN", revoke)
+    with Session(registered) as session, interleaved, pytest.raises(TokenRefused):
+        redeem_enrolment_token(session, token)
+    [stored] = _tokens(registered, "upm")
+    assert stored.used_at is None
+
+
+def test_a_token_used_between_a_revokes_read_and_its_write_is_told_as_used(
+    registered: Engine, tokens: Tokens
+) -> None:
+    """Ops revokes while an agent redeems: if the agent's use commits between the revoke's
+    read and its write, the revoke is refused as spent (409 on the page), not reported done
+    (and audited) while the agent enrolled."""
+    ops = Caller(name="ops-centre", role="ops")
+    with Session(registered) as session:
+        token, row = make_enrolment_token(session, ops, "upm", ttl=timedelta(hours=1))
+        token_id = row.id
+    assert token_id is not None
+
+    def redeem() -> None:
+        with Session(registered) as other:
+            redeem_enrolment_token(other, token)
+            other.commit()
+
+    interleaved = contextmanager(_interleaved)(registered, "UPDATE ENROLMENT_TOKEN", redeem)
+    with Session(registered) as session, interleaved, pytest.raises(TokenSpent):
+        revoke_enrolment_token(session, ops, token_id)
+    with Session(registered) as session:
+        revoked = session.exec(
+            select(AuditEntry).where(AuditEntry.action == "enrolment.revoke")
+        ).all()
+    assert revoked == []
+    [stored] = _tokens(registered, "upm")
+    assert stored.used_at is not None

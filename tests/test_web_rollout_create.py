@@ -373,7 +373,7 @@ def _valid_number(value: str, low: float, high: float) -> bool:
     try:
         number = float(value)
     except ValueError:
-        return value == ""
+        return value.strip() == ""  # blank (a pasted NBSP too): the API's default
     return math.isfinite(number) and low <= number <= high
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from sqlalchemy import Engine, text
 from fleet.api.app import create_app
 from fleet.db import make_engine
 from fleet.embedded_broker import free_port
+from fleet.protocol.messages import utcnow
 from fleet.protocol.site_config import DEFAULT_SITES_DIR
 from fleet.settings import Settings
 from tests.fixtures_auth import Tokens, sign_in, user_token
@@ -463,3 +465,66 @@ def test_forms_naming_another_site_are_the_403_page(client: TestClient, register
             "silences.create_silence",
             "subscriptions.subscribe",
         ]
+
+
+def test_ending_another_sites_silence_from_the_page_is_audited_as_from_the_api(
+    client: TestClient, registered: Engine
+) -> None:
+    """A technician who edits another site's silence id into "End now" gets the 404 page,
+    the silence goes on, and the audit log records the refused try as the API's route does
+    (`failed 404`), so that probing others' ids is not hidden by using the page."""
+    ops = {"Authorization": f"Bearer {user_token(registered, 'ops-silences', 'ops')}"}
+    made = client.post(
+        "/api/v1/silences",
+        json={
+            "site": "usthb",
+            "reason": "works",
+            "ends_at": (utcnow() + timedelta(days=1)).isoformat(),
+        },
+        headers=ops,
+    )
+    assert made.status_code == 201, made.text
+    silence = made.json()["id"]
+    page = client.post(f"/silences/{silence}/expire", headers=ORIGIN)
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert client.post(f"/api/v1/silences/{silence}/expire").status_code == 404
+    assert client.get("/api/v1/silences?active=true", headers=ops).json()[0]["id"] == silence
+    with registered.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT action, target, outcome FROM audit_entry WHERE actor = 'tech-upm' "
+                "ORDER BY id"
+            )
+        ).all()
+    assert ("silences.expire_silence", f"POST /silences/{silence}/expire", "failed 404") in rows
+    assert (
+        "silences.expire_silence",
+        f"POST /api/v1/silences/{silence}/expire",
+        "failed 404",
+    ) in rows
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/silences/0/expire",
+        "/silences/abc/expire",
+        "/silences/99999999999999999999/expire",
+        "/subscriptions/-1/delete",
+        "/alerts/x/ack",
+        "/devices/UPM-SC1-PC/commands",
+        "/sites/a%00b/commands",
+    ],
+)
+def test_an_id_no_row_can_have_in_a_forms_url_is_the_404_page_not_json(
+    client: TestClient, path: str
+) -> None:
+    """A form's URL edited by hand to an id out of bounds or pattern: the 404 page for
+    people, as an id that does not exist; the API keeps its 422 JSON."""
+    answer = client.post(path, headers=ORIGIN)
+    assert answer.status_code == 404, (answer.status_code, answer.text[:300])
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "detail" not in answer.text[:20]
+    api = client.post("/api/v1/silences/0/expire")
+    assert api.status_code == 422 and api.headers["content-type"] == "application/json"

@@ -12,6 +12,7 @@ import shutil
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -299,3 +300,21 @@ def test_any_change_form_is_made_or_refused_on_the_page(
     back = {"role": "technician", "sites": ["upm"]}
     assert client.patch("/api/v1/users/tech-upm", json=back).status_code == 200
     json.dumps(user)  # the API's answer is plain JSON whatever was posted
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "\x00", "x" * 65, "tech-upm\n"])
+@pytest.mark.parametrize("move", ["change", "revoke"])
+def test_a_user_name_no_user_can_have_in_the_path_is_the_404_page(
+    client: TestClient, name: str, move: str
+) -> None:
+    """A name edited into the form's URL (a NUL, which PostgreSQL cannot even look up) is the
+    404 page, as a user who does not exist, not a 500; nobody is changed."""
+    before = client.get("/api/v1/users").json()
+    answer = client.post(
+        f"/users/{quote(name, safe='')}/{move}",
+        data={"role": "ops"},
+        headers={"Origin": "http://testserver"},
+    )
+    assert answer.status_code == 404, (answer.status_code, answer.text[:300])
+    assert answer.headers["content-type"].startswith("text/html")
+    assert client.get("/api/v1/users").json() == before

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from fleet.auth.audit import record
@@ -103,8 +104,20 @@ def revoke_enrolment_token(
     state = token_state(row, now)
     if state != "unused":
         raise TokenSpent(f"enrolment token {token_id} is {state} already: nothing to revoke")
-    row.expires_at = now
-    session.add(row)
+    # Conditional, as redeeming is: an agent that used the token since the read above wins,
+    # and the caller is told so rather than that it was revoked.
+    ended = session.execute(
+        update(EnrolmentToken)
+        .where(
+            col(EnrolmentToken.id) == row.id,
+            col(EnrolmentToken.used_at).is_(None),
+            col(EnrolmentToken.expires_at) > now,
+        )
+        .values(expires_at=now)
+    )
+    if ended.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise TokenSpent(f"enrolment token {token_id} was used meanwhile: nothing to revoke")
     record(
         session,
         actor=caller.name,

@@ -193,6 +193,13 @@ class Permission:
                 self._done, engine, request, caller, f"failed {exc.status_code}"
             )
             raise
+        except Exception as exc:
+            # A page's own refusal that is not an HTTPException (fleet.web's PageNotFound, a
+            # 404 page) is audited as the API's 404 is: a probe of others' ids leaves a trace.
+            status = getattr(exc, "status_code", None)
+            if isinstance(status, int):
+                await run_in_threadpool(self._done, engine, request, caller, f"failed {status}")
+            raise
         # A page that answers a refused change itself (a 409 shown on the page) says so.
         outcome = getattr(request.state, "audit_outcome", "ok")
         await run_in_threadpool(self._done, engine, request, caller, outcome)

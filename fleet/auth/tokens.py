@@ -212,13 +212,31 @@ def redeem_enrolment_token(
             "the enrolment token's maker was revoked: ask ops or the site's technician for a "
             "new one",
         )
-    # Conditional update: of two agents racing with one token, exactly one wins.
+    # A maker whose sites no longer hold this one (moved to another campus, made a vendor)
+    # could no longer make it: what they made before is theirs no more either.
+    if not (
+        maker.role == "ops" or (maker.role == "technician" and row.site_code in (maker.sites or []))
+    ):
+        raise TokenRefused(
+            "revoked",
+            f"the enrolment token's maker no longer looks after site {row.site_code}: ask ops "
+            "or the site's technician for a new one",
+        )
+    # Conditional update: of two agents racing with one token, exactly one wins; and a
+    # revoke committed since the read above (it moves expires_at to its own now, which may
+    # be later than ours) wins over both: the token must be as read.
     won = session.execute(
         update(EnrolmentToken)
-        .where(col(EnrolmentToken.id) == row.id, col(EnrolmentToken.used_at).is_(None))
+        .where(
+            col(EnrolmentToken.id) == row.id,
+            col(EnrolmentToken.used_at).is_(None),
+            col(EnrolmentToken.expires_at) == row.expires_at,
+        )
         .values(used_at=now)
     )
     if won.rowcount != 1:  # type: ignore[attr-defined]
-        raise TokenRefused("used", "the enrolment token was already used: ask for a new one")
+        raise TokenRefused(
+            "used", "the enrolment token was already used or revoked: ask for a new one"
+        )
     session.refresh(row)
     return row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -22,7 +23,7 @@ from fleet.web import (
     subscriptions_page,
     users_page,
 )
-from fleet.web.not_found import PageNotFound, http_error, page_not_found
+from fleet.web.not_found import PageNotFound, http_error, malformed_path, page_not_found
 from fleet.web.templating import STATIC_DIR
 from fleet.web.words import N_
 
@@ -47,6 +48,7 @@ def install(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(PageNotFound, page_not_found)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, malformed_path)
     # (label, path, the permission its page declares): each viewer sees the links it may open.
     app.state.web_nav = (
         (N_("Overview"), "/", "dashboard:read"),

@@ -6,7 +6,11 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from fastapi import HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,6 +28,8 @@ class PageRefused(HTTPException):
 
 
 class PageNotFound(Exception):
+    status_code = 404  # how fleet.auth.permissions audits a post it refuses
+
     def __init__(self, what: str, hint: str = "") -> None:
         super().__init__(what)
         self.what = what
@@ -76,3 +82,22 @@ async def http_error(request: Request, exc: Exception) -> Response:
             hint="",
         )
     return await http_exception_handler(request, exc)
+
+
+async def malformed_path(request: Request, exc: Exception) -> Response:
+    """A page's URL with an id no row can have (`/silences/0/expire`, `/alerts/x/ack`, a
+    device id out of pattern), edited by hand: the 404 page, as an id that does not exist,
+    not the API's JSON in the browser. The API, and a form's refused values, answer as
+    before (422)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    in_path = bool(errors) and all(e.get("loc", ("",))[0] == "path" for e in errors)
+    if not in_path or request.url.path.startswith(API_PREFIXES):
+        return await request_validation_exception_handler(request, exc)
+    return render(
+        request,
+        "not_found.html",
+        status_code=404,
+        what=f"There is no page at {request.url.path}.",
+        hint="",
+    )

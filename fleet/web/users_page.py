@@ -21,6 +21,7 @@ from fleet.auth.audit import record
 from fleet.auth.permissions import Allow, Caller
 from fleet.auth.schemas import UserChange, UserIn, UserOut
 from fleet.auth.users import (
+    USER_NAME_RE,
     UserConflict,
     UserError,
     UserNotFound,
@@ -156,6 +157,8 @@ def change_from_page(
 ) -> Response:
     """A user's change form: what `PATCH /api/v1/users/{name}` does with the role, sites
     and vendor the form shows (the scope fields of other roles are ignored)."""
+    if not USER_NAME_RE.fullmatch(user_name):
+        raise _no_user(user_name)  # no user has it (nor can PostgreSQL look up a NUL)
     try:
         body = UserChange.model_validate(
             {
@@ -208,6 +211,8 @@ def revoke_from_page(
     viewer: ViewerDep,
 ) -> Response:
     """A user's revoke button: what `POST /api/v1/users/{name}/revoke` does."""
+    if not USER_NAME_RE.fullmatch(user_name):
+        raise _no_user(user_name)  # no user has it (nor can PostgreSQL look up a NUL)
     try:
         count = revoke_user(session, user_name)
     except UserNotFound:
