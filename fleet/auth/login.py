@@ -68,8 +68,8 @@ KNOWN_CLIENT_MAX_AGE_S = 180 * 24 * 3600
 
 def known_client_cookie(user: User, nonce: str | None = None) -> str:
     """The known-client cookie's value for `user`: `<nonce>.<HMAC-SHA256 hex>`. The key is the
-    user's stored password hash, so a new password (or a revoke, which clears it) ends every
-    cookie issued before; whoever could read the hash could forge one, but a cookie only
+    user's stored password hash, so a new password ends every cookie issued before (a revoked
+    user cannot log in at all); whoever could read the hash could forge one, but a cookie only
     exempts from throttling, never from the password."""
     nonce = nonce or secrets.token_urlsafe(16)
     return f"{nonce}.{_client_mac(user, nonce)}"
