@@ -528,3 +528,27 @@ def test_an_id_no_row_can_have_in_a_forms_url_is_the_404_page_not_json(
     assert "detail" not in answer.text[:20]
     api = client.post("/api/v1/silences/0/expire")
     assert api.status_code == 422 and api.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [
+        ("/alerts/1/ack", {"note": "x", "back": "/" + "a" * 3000}),
+        ("/sites/upm/power-exceptions", {"day": "2026-12-01" * 20, "note": "x"}),
+        ("/silences", {"site": "u" * 100}),
+    ],
+)
+def test_a_form_value_past_its_bound_is_a_page_naming_the_field_not_json(
+    client: TestClient, path: str, form: dict[str, str]
+) -> None:
+    """A forged or pasted form (or a page's query) whose field is past the route's own
+    bound: a 422 page that names the field, for people; nothing raw in the browser."""
+    if path == "/silences":
+        answer = client.get(path, params=form)
+    else:
+        answer = client.post(path, data=form, headers=ORIGIN)
+    assert answer.status_code == 422, (answer.status_code, answer.text[:300])
+    assert answer.headers["content-type"].startswith("text/html")
+    assert 'data-testid="form-refused"' in answer.text
+    field = next(name for name, value in form.items() if len(value) > 60)
+    assert f"{field}:" in answer.text

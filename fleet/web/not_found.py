@@ -87,13 +87,17 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def malformed_path(request: Request, exc: Exception) -> Response:
     """A page's URL with an id no row can have (`/silences/0/expire`, `/alerts/x/ack`, a
     device id out of pattern), edited by hand: the 404 page, as an id that does not exist,
-    not the API's JSON in the browser. The API, and a form's refused values, answer as
-    before (422)."""
+    not the API's JSON in the browser; a form or query value out of its bounds there is a
+    422 page naming each field and why. The API answers as before (422 JSON)."""
     assert isinstance(exc, RequestValidationError)
+    if request.url.path.startswith(API_PREFIXES):
+        return await request_validation_exception_handler(request, exc)
     errors = exc.errors()
     in_path = bool(errors) and all(e.get("loc", ("",))[0] == "path" for e in errors)
-    if not in_path or request.url.path.startswith(API_PREFIXES):
-        return await request_validation_exception_handler(request, exc)
+    if not in_path:
+        # A form field past its bound (a forged or pasted form): a page with the reasons.
+        reasons = [f"{e.get('loc', ('',))[-1]}: {e.get('msg', '')}"[:300] for e in errors[:10]]
+        return render(request, "form_refused.html", status_code=422, reasons=reasons)
     return render(
         request,
         "not_found.html",
