@@ -14,14 +14,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select, update
 from sqlmodel import Session
 
 from fleet.alerts import actions, silences
 from fleet.alerts.evaluation import AlertRules, evaluate_devices
 from fleet.alerts.mail import Mailer, send_due
 from fleet.alerts.models import Alert, AlertSubscription, EmailDelivery, WebhookDelivery
-from fleet.alerts.notices import NoticePolicy, notify_due
+from fleet.alerts.notices import SUBSCRIPTIONS, USERS, NoticePolicy, notify_due
 from fleet.alerts.schemas import ResolveIn
 from fleet.alerts.webhook import Webhook
 from fleet.alerts.webhook import send_due as send_webhooks
@@ -194,6 +194,36 @@ def test_an_alert_that_clears_by_itself_is_told_as_such(
     run(registered, mailer, T + timedelta(minutes=7))
     [end] = [m for m in smtp.to("t1@upm.example") if "[resolved]" in m["Subject"]]
     assert "Resolved by: nobody: the condition cleared by itself" in end.get_content()
+
+
+def test_word_of_the_end_skips_who_has_since_unsubscribed_or_left_the_site(
+    ingest: Ingest, registered: Engine, sink: tuple[Sink, Mailer]
+) -> None:
+    smtp, mailer = sink
+    subscribe(registered, "tech-upm", "technician", "t1@upm.example", "upm", sites=["upm"])
+    subscribe(registered, "tech2-upm", "technician", "t2@upm.example", "upm", sites=["upm"])
+    subscribe(registered, "tech3-upm", "technician", "t3@upm.example", "upm", sites=["upm"])
+    opened = hot(ingest, registered, -2, -1, 0)
+    run(registered, mailer, opened)
+    assert len(smtp.received()) == 3
+    # One unsubscribes; another no longer works at upm (the resolution note is not theirs).
+    with registered.begin() as conn:
+        conn.execute(delete(SUBSCRIPTIONS).where(SUBSCRIPTIONS.c.user_name == "tech2-upm"))
+        conn.execute(update(USERS).where(USERS.c.name == "tech3-upm").values(sites=["tuit"]))
+    alert_id = the_alert(registered).id
+    assert alert_id is not None
+    resolved_at = opened + timedelta(minutes=5)
+    with Session(registered) as session:
+        actions.resolve_by_hand(
+            session,
+            alert_id,
+            ResolveIn(by="tech-upm", note="vents cleared"),
+            resolved_at,
+            notify=False,
+        )
+    assert run(registered, mailer, resolved_at) == 1
+    ends = [rcpt for rcpt, m in smtp.received() if "[resolved]" in m["Subject"]]
+    assert [r[0] for r in ends] == ["t1@upm.example"]
 
 
 def test_acknowledged_alert_does_not_escalate(

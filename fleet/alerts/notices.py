@@ -123,9 +123,10 @@ def _candidates(
 def _tell_resolved(
     conn: Connection, policy: NoticePolicy, silences: list[Muted], now: datetime
 ) -> None:
-    """Everyone e-mailed about an alert now resolved is sent word of who resolved it and when,
-    through the same outbox; once per alert (resolve_noticed_at). Resolved while a silence
-    covers it: nobody is told, as nobody was told of what happened under it."""
+    """Everyone e-mailed about an alert now resolved, and still among its recipients, is sent
+    word of who resolved it and when, through the same outbox; once per alert
+    (resolve_noticed_at). Resolved while a silence covers it: nobody is told, as nobody was
+    told of what happened under it."""
     rows = list(
         conn.execute(
             select(ALERTS)
@@ -151,7 +152,12 @@ def _tell_resolved(
                 .where(EMAILS.c.alert_id == alert["id"], EMAILS.c.level >= SUBSCRIBERS)
                 .distinct()
             ).scalars()
-            for address in sorted(told):
+            # Only those who would still be told of it now: someone who unsubscribed, was
+            # revoked or left the site since is not sent who resolved it and the note.
+            current: set[str] = set()
+            for level in range(SUBSCRIBERS, alert["notice_level"] + 1):
+                current |= _recipients(conn, alert, level)
+            for address in sorted(set(told) & current):
                 _queue(conn, policy, alert, RESOLVED, address, now)
         conn.execute(
             ALERTS.update().where(ALERTS.c.id == alert["id"]).values(resolve_noticed_at=now)
