@@ -17,13 +17,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select
+from sqlalchemy import Connection, Engine, Select, Table, and_, func, insert, or_, select, text
 from sqlmodel import SQLModel
 from ulid import ULID
 
 # Importing the models registers their tables on SQLModel.metadata, read just below.
 from fleet.alerts import models as _alert_models  # noqa: F401
-from fleet.alerts.models import AlertState, Severity
+from fleet.alerts.models import RESOLVE_UNTOLD, AlertState, Severity
 from fleet.alerts.silences import Muted, active, covering
 from fleet.auth import models as _auth_models  # noqa: F401
 
@@ -120,6 +120,19 @@ def _candidates(
     return rows
 
 
+def resolved_untold() -> Select[Any]:
+    """The query for resolved alerts whose recipients are not yet told the end, oldest first,
+    BATCH at most; it reads the partial index ix_alert_resolve_untold, not every resolved
+    alert."""
+    return (
+        select(ALERTS)
+        # Word for word the partial index's condition, so that both databases use it.
+        .where(ALERTS.c.state == AlertState.resolved.value, text(RESOLVE_UNTOLD))
+        .order_by(ALERTS.c.id)
+        .limit(BATCH)
+    )
+
+
 def _tell_resolved(
     conn: Connection, policy: NoticePolicy, silences: list[Muted], now: datetime
 ) -> None:
@@ -127,18 +140,7 @@ def _tell_resolved(
     word of who resolved it and when, through the same outbox; once per alert
     (resolve_noticed_at). Resolved while a silence covers it: nobody is told, as nobody was
     told of what happened under it."""
-    rows = list(
-        conn.execute(
-            select(ALERTS)
-            .where(
-                ALERTS.c.state == AlertState.resolved.value,
-                ALERTS.c.notice_level >= SUBSCRIBERS,
-                ALERTS.c.resolve_noticed_at.is_(None),
-            )
-            .order_by(ALERTS.c.id)
-            .limit(BATCH)
-        ).mappings()
-    )
+    rows = list(conn.execute(resolved_untold()).mappings())
     if not rows:
         return
     rooms = _rooms(conn, [r["device_id"] for r in rows if r["device_id"]])
