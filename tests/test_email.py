@@ -323,6 +323,41 @@ def test_alert_resolved_under_a_silence_notifies_nobody_after(
         assert held and all(d.last_error == "silenced" for d in held)
 
 
+def test_the_end_under_a_silence_is_not_told_when_the_run_comes_after_it(
+    ingest: Ingest, registered: Engine, sink: tuple[Sink, Mailer]
+) -> None:
+    smtp, mailer = sink
+    subscribe(registered, "tech-upm", "technician", "t1@upm.example", "upm", sites=["upm"])
+    opened = hot(ingest, registered, -2, -1, 0)
+    run(registered, mailer, opened)
+    assert len(smtp.received()) == 1
+    with Session(registered) as session:
+        silences.create(
+            session,
+            site="upm",
+            room=None,
+            device=DEVICE,
+            reason="planned power cut",
+            by="ops-a",
+            starts_at=T + timedelta(minutes=1),
+            ends_at=T + timedelta(minutes=30),
+            now=T + timedelta(minutes=1),
+        )
+        alert_id = the_alert(registered).id
+        assert alert_id is not None
+        actions.resolve_by_hand(
+            session,
+            alert_id,
+            ResolveIn(by="tech-upm", note="under the power cut"),
+            T + timedelta(minutes=10),
+            notify=False,
+        )
+    # The next run comes only after the silence ended (the controller was down meanwhile).
+    assert run(registered, mailer, T + timedelta(hours=2)) == 0
+    assert the_alert(registered).resolve_noticed_at == T + timedelta(hours=2)
+    assert len(smtp.received()) == 1
+
+
 def test_message_pending_at_a_restart_is_sent_once(
     tmp_path: Path, broker: object, db_url: str
 ) -> None:

@@ -24,7 +24,7 @@ from ulid import ULID
 # Importing the models registers their tables on SQLModel.metadata, read just below.
 from fleet.alerts import models as _alert_models  # noqa: F401
 from fleet.alerts.models import RESOLVE_UNTOLD, AlertState, Severity
-from fleet.alerts.silences import Muted, active, covering
+from fleet.alerts.silences import SILENCES, Muted, active, covering
 from fleet.auth import models as _auth_models  # noqa: F401
 
 ALERTS: Table = SQLModel.metadata.tables["alert"]
@@ -62,7 +62,7 @@ def advance(conn: Connection, policy: NoticePolicy, now: datetime) -> list[tuple
     """Move every unresolved alert that is due to its next level, in the caller's transaction;
     returns (alert id, level reached) for each move."""
     silences = active(conn, now)
-    _tell_resolved(conn, policy, silences, now)
+    _tell_resolved(conn, policy, now)
     rows = _candidates(conn, policy, silences, now)
     if not rows:
         return []
@@ -133,20 +133,23 @@ def resolved_untold() -> Select[Any]:
     )
 
 
-def _tell_resolved(
-    conn: Connection, policy: NoticePolicy, silences: list[Muted], now: datetime
-) -> None:
+def _tell_resolved(conn: Connection, policy: NoticePolicy, now: datetime) -> None:
     """Everyone e-mailed about an alert now resolved, and still among its recipients, is sent
     word of who resolved it and when, through the same outbox; once per alert
-    (resolve_noticed_at). Resolved while a silence covers it: nobody is told, as nobody was
-    told of what happened under it."""
+    (resolve_noticed_at). Resolved while a silence covered it: nobody is told, as nobody was
+    told of what happened under it, even when the silence is over by the time this runs."""
     rows = list(conn.execute(resolved_untold()).mappings())
     if not rows:
         return
     rooms = _rooms(conn, [r["device_id"] for r in rows if r["device_id"]])
+    # In force when it was resolved, not now: a silence may have begun since (the end of an
+    # alert nobody was kept from hearing of), or ended since (the run came late: a restart).
+    spans = _silences_over(conn, min(r["resolved_at"] for r in rows), now)
     for alert in rows:
+        at = alert["resolved_at"]
+        then = [m for m, start, end in spans if start <= at < end]
         muted = covering(
-            silences, alert["site_code"], rooms.get(alert["device_id"]), alert["device_id"]
+            then, alert["site_code"], rooms.get(alert["device_id"]), alert["device_id"]
         )
         if muted is None:
             told = conn.execute(
@@ -164,6 +167,28 @@ def _tell_resolved(
         conn.execute(
             ALERTS.update().where(ALERTS.c.id == alert["id"]).values(resolve_noticed_at=now)
         )
+
+
+def _silences_over(
+    conn: Connection, since: datetime, until: datetime
+) -> list[tuple[Muted, datetime, datetime]]:
+    """The silences in force at some time from `since` to `until`, each with when it was in
+    force from and to (the end is when it was ended early, if it was)."""
+    rows = conn.execute(
+        select(SILENCES).where(
+            SILENCES.c.starts_at <= until,
+            SILENCES.c.ends_at > since,
+            or_(SILENCES.c.expired_at.is_(None), SILENCES.c.expired_at > since),
+        )
+    ).mappings()
+    out = []
+    for r in rows:
+        muted = Muted(
+            r["id"], r["site_code"], r["room_id"], r["device_id"], r["created_by"], r["ends_at"]
+        )
+        end = min(r["ends_at"], r["expired_at"]) if r["expired_at"] else r["ends_at"]
+        out.append((muted, r["starts_at"], end))
+    return out
 
 
 def _due_level(alert: Any, policy: NoticePolicy, now: datetime) -> int | None:
