@@ -331,6 +331,31 @@ def test_the_evening_school_is_after_hours_whenever_the_demo_starts(local: str, 
         assert last is not None and timedelta(minutes=59) <= now - last <= timedelta(hours=1)
 
 
+@pytest.mark.parametrize(
+    ("zone", "start"),
+    [
+        ("Europe/London", "2025-03-30T01:05:00+00:00"),  # 02:05 BST, an hour after 01:00 GMT
+        ("America/Santiago", "2025-09-07T04:02:00+00:00"),  # 01:02, the clocks went on at 00:00
+    ],
+)
+def test_the_evening_school_is_after_hours_just_after_the_clocks_go_forward(
+    zone: str, start: str
+) -> None:
+    # An hour ago by the clock on the wall is not an hour ago when the clocks went forward in
+    # between: the class must have ended an hour ago in time, not 5 minutes ago.
+    from zoneinfo import ZoneInfo
+
+    from fleet.protocol.timetable import Timetable
+
+    tz, now = ZoneInfo(zone), datetime.fromisoformat(start)
+    timetable = Timetable.model_validate({"weekly": evening_timetable(now, tz)})
+    clock = SiteClock(timetable, tz)
+    for minutes in range(0, 61, 5):
+        assert after_hours_since(clock, now + timedelta(minutes=minutes)) is not None
+    last = timetable.last_class_end(now - timedelta(minutes=30), tz)
+    assert last is not None and timedelta(minutes=59) <= now - last <= timedelta(hours=1)
+
+
 def _reading(behaviour: DeviceBehaviour, device: str, at: datetime) -> Reading:
     """What the agent reads from the simulated device at `at` (its collector's fields)."""
     flags = {name: behaviour.error_flag(name, at) for name in ErrorFlags.model_fields}

@@ -14,14 +14,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select, update
 from sqlmodel import Session
 
 from fleet.alerts import actions, silences
 from fleet.alerts.evaluation import AlertRules, evaluate_devices
 from fleet.alerts.mail import Mailer, send_due
 from fleet.alerts.models import Alert, AlertSubscription, EmailDelivery, WebhookDelivery
-from fleet.alerts.notices import NoticePolicy, notify_due
+from fleet.alerts.notices import SUBSCRIPTIONS, USERS, NoticePolicy, notify_due, resolved_untold
 from fleet.alerts.schemas import ResolveIn
 from fleet.alerts.webhook import Webhook
 from fleet.alerts.webhook import send_due as send_webhooks
@@ -196,6 +196,36 @@ def test_an_alert_that_clears_by_itself_is_told_as_such(
     assert "Resolved by: nobody: the condition cleared by itself" in end.get_content()
 
 
+def test_word_of_the_end_skips_who_has_since_unsubscribed_or_left_the_site(
+    ingest: Ingest, registered: Engine, sink: tuple[Sink, Mailer]
+) -> None:
+    smtp, mailer = sink
+    subscribe(registered, "tech-upm", "technician", "t1@upm.example", "upm", sites=["upm"])
+    subscribe(registered, "tech2-upm", "technician", "t2@upm.example", "upm", sites=["upm"])
+    subscribe(registered, "tech3-upm", "technician", "t3@upm.example", "upm", sites=["upm"])
+    opened = hot(ingest, registered, -2, -1, 0)
+    run(registered, mailer, opened)
+    assert len(smtp.received()) == 3
+    # One unsubscribes; another no longer works at upm (the resolution note is not theirs).
+    with registered.begin() as conn:
+        conn.execute(delete(SUBSCRIPTIONS).where(SUBSCRIPTIONS.c.user_name == "tech2-upm"))
+        conn.execute(update(USERS).where(USERS.c.name == "tech3-upm").values(sites=["tuit"]))
+    alert_id = the_alert(registered).id
+    assert alert_id is not None
+    resolved_at = opened + timedelta(minutes=5)
+    with Session(registered) as session:
+        actions.resolve_by_hand(
+            session,
+            alert_id,
+            ResolveIn(by="tech-upm", note="vents cleared"),
+            resolved_at,
+            notify=False,
+        )
+    assert run(registered, mailer, resolved_at) == 1
+    ends = [rcpt for rcpt, m in smtp.received() if "[resolved]" in m["Subject"]]
+    assert [r[0] for r in ends] == ["t1@upm.example"]
+
+
 def test_acknowledged_alert_does_not_escalate(
     ingest: Ingest, registered: Engine, sink: tuple[Sink, Mailer]
 ) -> None:
@@ -291,6 +321,41 @@ def test_alert_resolved_under_a_silence_notifies_nobody_after(
     with Session(registered) as session:
         held = session.exec(select(WebhookDelivery)).scalars().all()  # type: ignore[call-overload]
         assert held and all(d.last_error == "silenced" for d in held)
+
+
+def test_the_end_under_a_silence_is_not_told_when_the_run_comes_after_it(
+    ingest: Ingest, registered: Engine, sink: tuple[Sink, Mailer]
+) -> None:
+    smtp, mailer = sink
+    subscribe(registered, "tech-upm", "technician", "t1@upm.example", "upm", sites=["upm"])
+    opened = hot(ingest, registered, -2, -1, 0)
+    run(registered, mailer, opened)
+    assert len(smtp.received()) == 1
+    with Session(registered) as session:
+        silences.create(
+            session,
+            site="upm",
+            room=None,
+            device=DEVICE,
+            reason="planned power cut",
+            by="ops-a",
+            starts_at=T + timedelta(minutes=1),
+            ends_at=T + timedelta(minutes=30),
+            now=T + timedelta(minutes=1),
+        )
+        alert_id = the_alert(registered).id
+        assert alert_id is not None
+        actions.resolve_by_hand(
+            session,
+            alert_id,
+            ResolveIn(by="tech-upm", note="under the power cut"),
+            T + timedelta(minutes=10),
+            notify=False,
+        )
+    # The next run comes only after the silence ended (the controller was down meanwhile).
+    assert run(registered, mailer, T + timedelta(hours=2)) == 0
+    assert the_alert(registered).resolve_noticed_at == T + timedelta(hours=2)
+    assert len(smtp.received()) == 1
 
 
 def test_message_pending_at_a_restart_is_sent_once(
@@ -423,3 +488,37 @@ def test_a_muted_sites_alerts_do_not_hold_up_another_sites_new_one(
         run(registered, mailer, T + timedelta(seconds=seconds))
     [message] = smtp.to("ops@fleet.example")
     assert "upm" in message["Subject"]
+
+
+def test_the_notice_job_finds_resolved_alerts_not_yet_told_by_index(registered: Engine) -> None:
+    # Resolved alerts grow without end; each run looks for the few not yet told of their end,
+    # through the partial index, never through all of them.
+    alerts = Alert.__table__  # type: ignore[attr-defined]
+    rows = [
+        {
+            "kind": "overheat",
+            "severity": "warning",
+            "state": "resolved",
+            "subject": f"device:{DEVICE}",
+            "site_code": "upm",
+            "message": "hot",
+            "opened_at": T,
+            "updated_at": T,
+            "resolved_at": T,
+            "notice_level": 1,
+            "resolve_noticed_at": T if n else None,
+        }
+        for n in range(5000)
+    ]
+    with registered.begin() as conn:
+        conn.execute(alerts.insert(), rows)
+        conn.exec_driver_sql("ANALYZE")
+        query = resolved_untold().compile(registered, compile_kwargs={"literal_binds": True})
+        plan = " ".join(
+            str(r)
+            for r in conn.exec_driver_sql(
+                f"EXPLAIN {'' if registered.dialect.name == 'postgresql' else 'QUERY PLAN '}{query}"
+            )
+        )
+        assert [r["id"] for r in conn.execute(resolved_untold()).mappings()] != []
+    assert "ix_alert_resolve_untold" in plan, plan

@@ -108,15 +108,21 @@ def test_0012_marks_alerts_resolved_before_it_as_told_and_goes_back(db_url: str)
             drift = [
                 d
                 for d in compare_metadata(context, SQLModel.metadata)
-                if "resolve_noticed_at" in str(d)
+                if "resolve_noticed_at" in str(d) or "ix_alert_resolve_untold" in str(d)
             ]
         assert drift == []
+        assert "ix_alert_resolve_untold" in {
+            i["name"] for i in inspect(engine).get_indexes("alert")
+        }
         assert told["open"] is None and told["resolved"] is not None
         with engine.begin() as conn:
             config = alembic_config()
             config.attributes["connection"] = conn
             command.downgrade(config, "0011")
         assert "resolve_noticed_at" not in {c["name"] for c in inspect(engine).get_columns("alert")}
+        assert "ix_alert_resolve_untold" not in {
+            i["name"] for i in inspect(engine).get_indexes("alert")
+        }
         migrate(engine)
     finally:
         engine.dispose()

@@ -6,6 +6,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
+from pydantic import ValidationError
+
 from fleet.protocol.timetable import Timetable
 from fleet.rollouts.plan import (
     DeviceUpdateState,
@@ -22,6 +25,7 @@ from fleet.rollouts.plan import (
     on_device_report,
     policy_problems,
 )
+from fleet.rollouts.schemas import WindowIn
 from fleet.rollouts.windows import WindowPolicy, next_window_start, window_open
 
 S = DeviceUpdateState
@@ -239,6 +243,21 @@ def test_a_night_that_ends_when_it_starts_is_refused_and_one_over_midnight_is_no
     assert policy_problems(Policy(window=overnight), 10) == []
     # Without nights_only the night is not used, so it is not judged.
     assert policy_problems(Policy(window=replace(empty, nights_only=False)), 10) == []
+
+
+@pytest.mark.parametrize("night", ["22:00+05:00", "22:00Z", "22:00:00-03:30"])
+def test_a_night_with_a_zone_offset_is_refused_as_site_local_time_has_none(night: str) -> None:
+    # A night is in each site's local time: a time with an offset would be compared with the
+    # site's naive local time and stop the window's check (TypeError), not be refused.
+    with pytest.raises(ValidationError, match="site's local time"):
+        WindowIn.model_validate({"nights_only": True, "night_start": night})
+    with pytest.raises(ValidationError, match="site's local time"):
+        WindowIn.model_validate({"nights_only": True, "night_end": night})
+    ok = WindowIn.model_validate({"nights_only": True, "night_start": "21:30"})
+    local = datetime(2025, 3, 3, 23, 0, tzinfo=ZoneInfo("Asia/Kathmandu"))
+    assert window_open(
+        local, Timetable(), ZoneInfo("Asia/Kathmandu"), WindowPolicy(**ok.model_dump())
+    )
 
 
 def test_canary_spans_sites_and_every_device_gets_a_wave() -> None:

@@ -136,7 +136,9 @@ def evening_timetable(now: datetime, tz: ZoneInfo) -> dict[str, list[str]]:
     weekday alone. From `now` it is after hours (fleet.alerts.rules.after_hours_since: 30 min
     past the last class) for nearly a week. A class would cross midnight: it starts at 00:00;
     one that would end at 00:00 ends at 23:59 the day before (a period is within one day)."""
-    end = (now.astimezone(tz) - EVENING_ENDED_AGO).replace(second=0, microsecond=0)
+    # An hour ago in time, then on the wall: the other way round (an aware datetime's
+    # arithmetic is the wall's) it ends only minutes ago just after the clocks go forward.
+    end = (now - EVENING_ENDED_AGO).astimezone(tz).replace(second=0, microsecond=0)
     if end.time() == time(0, 0):
         end -= timedelta(minutes=1)
     start = max(end - EVENING_CLASS, end.replace(hour=0, minute=0))

@@ -38,6 +38,10 @@ class AlertState(StrEnum):
 # The partial unique index that makes "one open alert per subject and kind" hold even when
 # ingest and the scheduler raise the same alert at once; SQLite and PostgreSQL both have them.
 NOT_RESOLVED = "state != 'resolved'"
+# Resolved alerts someone was e-mailed about and not yet told the end of
+# (fleet.alerts.notices): a few, where resolved alerts grow without end, and the notice job
+# looks for them every run.
+RESOLVE_UNTOLD = "state = 'resolved' AND resolve_noticed_at IS NULL AND notice_level >= 1"
 
 
 class Alert(SQLModel, table=True):
@@ -50,6 +54,13 @@ class Alert(SQLModel, table=True):
             unique=True,
             sqlite_where=text(NOT_RESOLVED),
             postgresql_where=text(NOT_RESOLVED),
+        ),
+        Index(
+            "ix_alert_resolve_untold",
+            "state",
+            "id",
+            sqlite_where=text(RESOLVE_UNTOLD),
+            postgresql_where=text(RESOLVE_UNTOLD),
         ),
     )
 

@@ -17,14 +17,14 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select
+from sqlalchemy import Connection, Engine, Select, Table, and_, func, insert, or_, select, text
 from sqlmodel import SQLModel
 from ulid import ULID
 
 # Importing the models registers their tables on SQLModel.metadata, read just below.
 from fleet.alerts import models as _alert_models  # noqa: F401
-from fleet.alerts.models import AlertState, Severity
-from fleet.alerts.silences import Muted, active, covering
+from fleet.alerts.models import RESOLVE_UNTOLD, AlertState, Severity
+from fleet.alerts.silences import SILENCES, Muted, active, covering
 from fleet.auth import models as _auth_models  # noqa: F401
 
 ALERTS: Table = SQLModel.metadata.tables["alert"]
@@ -62,7 +62,7 @@ def advance(conn: Connection, policy: NoticePolicy, now: datetime) -> list[tuple
     """Move every unresolved alert that is due to its next level, in the caller's transaction;
     returns (alert id, level reached) for each move."""
     silences = active(conn, now)
-    _tell_resolved(conn, policy, silences, now)
+    _tell_resolved(conn, policy, now)
     rows = _candidates(conn, policy, silences, now)
     if not rows:
         return []
@@ -120,30 +120,36 @@ def _candidates(
     return rows
 
 
-def _tell_resolved(
-    conn: Connection, policy: NoticePolicy, silences: list[Muted], now: datetime
-) -> None:
-    """Everyone e-mailed about an alert now resolved is sent word of who resolved it and when,
-    through the same outbox; once per alert (resolve_noticed_at). Resolved while a silence
-    covers it: nobody is told, as nobody was told of what happened under it."""
-    rows = list(
-        conn.execute(
-            select(ALERTS)
-            .where(
-                ALERTS.c.state == AlertState.resolved.value,
-                ALERTS.c.notice_level >= SUBSCRIBERS,
-                ALERTS.c.resolve_noticed_at.is_(None),
-            )
-            .order_by(ALERTS.c.id)
-            .limit(BATCH)
-        ).mappings()
+def resolved_untold() -> Select[Any]:
+    """The query for resolved alerts whose recipients are not yet told the end, oldest first,
+    BATCH at most; it reads the partial index ix_alert_resolve_untold, not every resolved
+    alert."""
+    return (
+        select(ALERTS)
+        # Word for word the partial index's condition, so that both databases use it.
+        .where(ALERTS.c.state == AlertState.resolved.value, text(RESOLVE_UNTOLD))
+        .order_by(ALERTS.c.id)
+        .limit(BATCH)
     )
+
+
+def _tell_resolved(conn: Connection, policy: NoticePolicy, now: datetime) -> None:
+    """Everyone e-mailed about an alert now resolved, and still among its recipients, is sent
+    word of who resolved it and when, through the same outbox; once per alert
+    (resolve_noticed_at). Resolved while a silence covered it: nobody is told, as nobody was
+    told of what happened under it, even when the silence is over by the time this runs."""
+    rows = list(conn.execute(resolved_untold()).mappings())
     if not rows:
         return
     rooms = _rooms(conn, [r["device_id"] for r in rows if r["device_id"]])
+    # In force when it was resolved, not now: a silence may have begun since (the end of an
+    # alert nobody was kept from hearing of), or ended since (the run came late: a restart).
+    spans = _silences_over(conn, min(r["resolved_at"] for r in rows), now)
     for alert in rows:
+        at = alert["resolved_at"]
+        then = [m for m, start, end in spans if start <= at < end]
         muted = covering(
-            silences, alert["site_code"], rooms.get(alert["device_id"]), alert["device_id"]
+            then, alert["site_code"], rooms.get(alert["device_id"]), alert["device_id"]
         )
         if muted is None:
             told = conn.execute(
@@ -151,11 +157,38 @@ def _tell_resolved(
                 .where(EMAILS.c.alert_id == alert["id"], EMAILS.c.level >= SUBSCRIBERS)
                 .distinct()
             ).scalars()
-            for address in sorted(told):
+            # Only those who would still be told of it now: someone who unsubscribed, was
+            # revoked or left the site since is not sent who resolved it and the note.
+            current: set[str] = set()
+            for level in range(SUBSCRIBERS, alert["notice_level"] + 1):
+                current |= _recipients(conn, alert, level)
+            for address in sorted(set(told) & current):
                 _queue(conn, policy, alert, RESOLVED, address, now)
         conn.execute(
             ALERTS.update().where(ALERTS.c.id == alert["id"]).values(resolve_noticed_at=now)
         )
+
+
+def _silences_over(
+    conn: Connection, since: datetime, until: datetime
+) -> list[tuple[Muted, datetime, datetime]]:
+    """The silences in force at some time from `since` to `until`, each with when it was in
+    force from and to (the end is when it was ended early, if it was)."""
+    rows = conn.execute(
+        select(SILENCES).where(
+            SILENCES.c.starts_at <= until,
+            SILENCES.c.ends_at > since,
+            or_(SILENCES.c.expired_at.is_(None), SILENCES.c.expired_at > since),
+        )
+    ).mappings()
+    out = []
+    for r in rows:
+        muted = Muted(
+            r["id"], r["site_code"], r["room_id"], r["device_id"], r["created_by"], r["ends_at"]
+        )
+        end = min(r["ends_at"], r["expired_at"]) if r["expired_at"] else r["ends_at"]
+        out.append((muted, r["starts_at"], end))
+    return out
 
 
 def _due_level(alert: Any, policy: NoticePolicy, now: datetime) -> int | None:

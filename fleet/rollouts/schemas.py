@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, time
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from fleet.protocol.messages import TEXT_PATTERN, SiteCode
 from fleet.rollouts.plan import Policy, Wave
@@ -92,6 +92,16 @@ class WaveIn(BaseModel):
     percent: Percent | None = None
 
 
+def _site_local(value: time) -> time:
+    # Compared with each site's naive local time: one with an offset could not be compared.
+    if value.tzinfo is not None:
+        raise ValueError("a night is in each site's local time: give it without a zone offset")
+    return value
+
+
+SiteLocalTime = Annotated[time, AfterValidator(_site_local)]
+
+
 class WindowIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -100,8 +110,8 @@ class WindowIn(BaseModel):
     weekends_only: bool = False
     # The night of nights_only, in each site's local time; it may span midnight (22:00 to
     # 06:00), so an end before the start is a night, not a mistake.
-    night_start: time = time(22, 0)
-    night_end: time = time(6, 0)
+    night_start: SiteLocalTime = time(22, 0)
+    night_end: SiteLocalTime = time(6, 0)
 
 
 class RolloutRequest(BaseModel):
