@@ -3,26 +3,40 @@ firmware), read from the profiles folder and read again only when a file there c
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
 from fleet.protocol.errors import ConfigErrors
 from fleet.protocol.profiles import PollSettings, Profile, load_profiles
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _cache: dict[Path, tuple[tuple[tuple[str, int], ...], dict[str, Profile]]] = {}
 
 
 def profiles_in(directory: Path) -> dict[str, Profile]:
-    """Profiles by id. Raises fleet.protocol.errors.ConfigErrors when a profile does not
-    validate."""
+    """Profiles by id. A file changed into one that does not validate leaves the last good
+    profiles in force (logged with the reasons), so that a typo in one profile does not fail
+    every command, rollout and report; with none read before, raises
+    fleet.protocol.errors.ConfigErrors."""
     directory = directory.resolve()
     stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in directory.glob("*.yaml")))
     with _lock:
         cached = _cache.get(directory)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-    profiles = load_profiles(directory)
+    try:
+        profiles = load_profiles(directory)
+    except ConfigErrors as exc:
+        if cached is None:
+            raise
+        log.error(
+            "profiles in %s do not validate; the last good ones stay in force: %s", directory, exc
+        )
+        with _lock:
+            _cache[directory] = (stamp, cached[1])  # said once, not at every call
+        return cached[1]
     with _lock:
         _cache[directory] = (stamp, profiles)
     return profiles
