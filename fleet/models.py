@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -87,6 +87,8 @@ class Room(SQLModel, table=True):
 
 class Device(SQLModel, table=True):
     __tablename__ = "device"
+    # The device list filtered by site and state counts from this index alone (migration 0013).
+    __table_args__ = (Index("ix_device_site_code_state", "site_code", "state"),)
 
     id: str = Field(primary_key=True)
     site_code: str = Field(foreign_key="site.code", index=True)

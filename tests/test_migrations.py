@@ -126,3 +126,33 @@ def test_0012_marks_alerts_resolved_before_it_as_told_and_goes_back(db_url: str)
         migrate(engine)
     finally:
         engine.dispose()
+
+
+def test_0013_adds_the_device_site_state_index_as_the_model_declares_and_goes_back(
+    db_url: str,
+) -> None:
+    """The (site_code, state) index the device list counts from is there after 0013, matches
+    the model, and goes again on the way down."""
+    index = "ix_device_site_code_state"
+
+    def device_indexes() -> dict[str, list[str | None]]:
+        return {str(i["name"]): i["column_names"] for i in inspect(engine).get_indexes("device")}
+
+    engine = make_engine(db_url)
+    try:
+        migrate(engine, "0012")
+        assert index not in device_indexes()
+        migrate(engine, "0013")
+        assert device_indexes()[index] == ["site_code", "state"]
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn)
+            drift = [d for d in compare_metadata(context, SQLModel.metadata) if "device" in str(d)]
+        assert drift == []
+
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0012")
+        assert index not in device_indexes()
+    finally:
+        engine.dispose()

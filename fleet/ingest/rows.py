@@ -13,7 +13,6 @@ from typing import Any
 from pydantic_core import to_json
 from sqlalchemy import JSON, BindParameter, String, bindparam, case, func, or_
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlmodel import SQLModel
 
 from fleet.ingest.parse import AgentNoteMessage
@@ -78,10 +77,23 @@ SQLITE_SAMPLE_INSERT = (
     "ON CONFLICT (device_id, ts) DO NOTHING"
 )
 
-# And as psycopg runs them (%(name)s parameters, casts). Without RETURNING: nothing reads the
-# new ids, and executemany over psycopg's pipeline is the fast path.
-_POSTGRES = postgresql_psycopg.dialect(paramstyle="pyformat")
-POSTGRES_DEVICE_UPDATE = str(DEVICE_UPDATE.compile(dialect=_POSTGRES))
+# A group's device updates as one statement on PostgreSQL: the rows go as one JSON array
+# (pydantic-core writes it, far cheaper than psycopg adapting each row's parameters) and
+# json_to_recordset turns it back into rows. The same update as DEVICE_UPDATE, row for row (the
+# newest reading wins by the same last_seen_at test); a device is in a group's array at most
+# once, so no row is updated twice.
+POSTGRES_DEVICE_UPDATE_JSON = (
+    "UPDATE device SET state = b.b_state, state_reason = b.b_reason,"
+    " state_since = CASE WHEN device.state = b.b_state"
+    " THEN coalesce(device.state_since, b.b_ts) ELSE b.b_ts END,"
+    " last_seen_at = b.b_ts, last_reading = b.b_reading::json,"
+    " firmware = coalesce(b.b_firmware, device.firmware), power = b.b_power,"
+    " reachable = b.b_reachable"
+    " FROM json_to_recordset(%s::json) AS b(b_id varchar, b_ts timestamptz, b_state varchar,"
+    " b_reason varchar, b_reading text, b_firmware varchar, b_power varchar, b_reachable boolean)"
+    " WHERE device.id = b.b_id"
+    " AND (device.last_seen_at IS NULL OR device.last_seen_at <= b.b_ts)"
+)
 # PostgreSQL takes bulk rows fastest by COPY, which has no ON CONFLICT: a group's samples are
 # copied straight into `sample`, or, when one is stored already, into a temporary table of this
 # connection (emptied at each commit) and merged with ON CONFLICT DO NOTHING (GroupWriter).

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg.errors import UniqueViolation
+from pydantic_core import to_json
 from sqlalchemy import (
     Connection,
     Insert,
@@ -39,7 +40,7 @@ from fleet.ingest.parse import (
 )
 from fleet.ingest.rows import (
     DEVICE_UPDATE,
-    POSTGRES_DEVICE_UPDATE,
+    POSTGRES_DEVICE_UPDATE_JSON,
     POSTGRES_SAMPLE_COPY,
     POSTGRES_SAMPLE_COPY_DIRECT,
     POSTGRES_SAMPLE_MERGE,
@@ -281,7 +282,7 @@ class GroupWriter:
         if rows and self.raw_sqlite:
             self.conn.exec_driver_sql(SQLITE_DEVICE_UPDATE, rows)
         elif rows and self.raw_postgres:
-            self.conn.exec_driver_sql(POSTGRES_DEVICE_UPDATE, rows)
+            self.conn.exec_driver_sql(POSTGRES_DEVICE_UPDATE_JSON, (to_json(rows).decode(),))
         elif rows:
             self.conn.execute(DEVICE_UPDATE, rows)
         self.touched.update(str(row["b_id"]) for row in rows)
