@@ -70,8 +70,7 @@ def users_add(
 ) -> None:
     """Add a user (the first ops user: `fleet users add ops-lead --role ops`). A password must be
     at least 12 characters and hard to guess; a vendor must be one the fleet knows."""
-    from fleet.auth.audit import record
-    from fleet.auth.users import UserError, create_token, register_user
+    from fleet.auth.users import UserError, create_token, record_scope, register_user
 
     with _session() as session:
         if site:
@@ -89,14 +88,7 @@ def users_add(
             )
         except UserError as exc:
             raise _fail(str(exc)) from None
-        record(
-            session,
-            actor=f"cli:{_os_user()}",
-            action="user.add",
-            target=name,
-            role="ops",
-            detail={"role": user.role, "sites": user.sites, "vendor": user.vendor},
-        )
+        record_scope(session, user, "user.add", actor=f"cli:{_os_user()}", role="ops")
         session.commit()
         typer.echo(f"added {user.role} {user.name}" + _scope(user.sites, user.vendor))
         if token_days > 0:
@@ -127,8 +119,7 @@ def users_change(
     """Give a user another role or scope (what PATCH /api/v1/users/NAME does). A new role
     drops the old one's scope and ends the user's login sessions; the last active ops user
     keeps the role."""
-    from fleet.auth.audit import record
-    from fleet.auth.users import UserError, change_user
+    from fleet.auth.users import UserError, change_user, record_scope
 
     with _session() as session:
         if site:
@@ -141,14 +132,7 @@ def users_change(
             )  # fmt: skip
         except UserError as exc:
             raise _fail(str(exc)) from None
-        record(
-            session,
-            actor=f"cli:{_os_user()}",
-            action="user.change",
-            target=name,
-            role="ops",
-            detail={"role": user.role, "sites": user.sites, "vendor": user.vendor},
-        )
+        record_scope(session, user, "user.change", actor=f"cli:{_os_user()}", role="ops")
         session.commit()
         typer.echo(f"{user.name} is now {user.role}" + _scope(user.sites, user.vendor))
 

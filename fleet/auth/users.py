@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
+from fleet.auth.audit import record
 from fleet.auth.models import ROLES, ApiToken, EnrolmentToken, User
 from fleet.auth.password_policy import password_problem
 from fleet.auth.passwords import hash_password
@@ -278,3 +279,17 @@ def create_token(
     if user.revoked_at is not None:
         raise UserError(f"user {name!r} is revoked: add a new user instead")
     return issue_api_token(session, user, ttl=ttl, label=label)
+
+
+def record_scope(session: Session, user: User, action: str, *, actor: str, role: str) -> None:
+    """Audit `action` ("user.add", "user.change") on `user` with the role and scope it now
+    has, by `actor` in `role`: the one row the API, the users page and the CLI all write.
+    Joins the caller's transaction."""
+    record(
+        session,
+        actor=actor,
+        role=role,
+        action=action,
+        target=user.name,
+        detail={"role": user.role, "sites": user.sites, "vendor": user.vendor},
+    )

@@ -28,6 +28,7 @@ from fleet.auth.users import (
     change_user,
     known_vendors,
     list_users,
+    record_scope,
     register_user,
     revoke_user,
 )
@@ -131,14 +132,7 @@ def add_from_page(
             request, session, settings, viewer, problem=f"{exc.field}: {exc}",
             refused="add", status_code=status, entered=entered,
         )  # fmt: skip
-    record(
-        session,
-        actor=caller.name,
-        role=caller.role,
-        action="user.add",
-        target=user.name,
-        detail={"role": user.role, "sites": user.sites, "vendor": user.vendor},
-    )
+    record_scope(session, user, "user.add", actor=caller.name, role=caller.role)
     session.commit()
     return RedirectResponse(f"/users#user-{user.name}", status_code=303)
 
@@ -189,14 +183,7 @@ def change_from_page(
             request, session, settings, viewer, problem=f"{user_name}: {exc}",
             refused="change", status_code=status,
         )  # fmt: skip
-    record(
-        session,
-        actor=caller.name,
-        role=caller.role,
-        action="user.change",
-        target=user.name,
-        detail={"role": user.role, "sites": user.sites, "vendor": user.vendor},
-    )
+    record_scope(session, user, "user.change", actor=caller.name, role=caller.role)
     session.commit()
     return RedirectResponse(f"/users#user-{user.name}", status_code=303)
 

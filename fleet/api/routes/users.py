@@ -22,6 +22,7 @@ from fleet.auth.users import (
     change_user,
     get_user,
     list_users,
+    record_scope,
     register_user,
     revoke_user,
 )
@@ -78,14 +79,7 @@ def add_user(
     except UserError as exc:
         session.rollback()
         raise user_refusal(exc) from None
-    record(
-        session,
-        actor=caller.name,
-        role=caller.role,
-        action="user.add",
-        target=user.name,
-        detail={"role": user.role, "sites": user.sites, "vendor": user.vendor},
-    )
+    record_scope(session, user, "user.add", actor=caller.name, role=caller.role)
     session.commit()
     return UserOut.of(user)
 
@@ -113,14 +107,7 @@ def change(
     except UserError as exc:
         session.rollback()
         raise user_refusal(exc) from None
-    record(
-        session,
-        actor=caller.name,
-        role=caller.role,
-        action="user.change",
-        target=user.name,
-        detail={"role": user.role, "sites": user.sites, "vendor": user.vendor},
-    )
+    record_scope(session, user, "user.change", actor=caller.name, role=caller.role)
     session.commit()
     return UserOut.of(user)
 
