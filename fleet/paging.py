@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, and_, bindparam, or_
 
 from fleet.protocol.messages import INT64_MAX, INT64_MIN
 
@@ -85,7 +85,19 @@ class Order:
         """The condition for the rows strictly after the cursor in this order.
 
         Raises BadCursor when the cursor was not made by this order."""
-        values = self.decode(cursor)
+        return self._after(self.decode(cursor))
+
+    def after_bound(self) -> ColumnElement[bool]:
+        """`after`'s condition with the cursor's key values left as bound parameters named
+        `after_0`, `after_1`, ... (`bound_values` gives them): for a statement built once and
+        run with many cursors, so that it is not built again for every page."""
+        return self._after([bindparam(f"after_{i}") for i in range(len(self.keys))])
+
+    def bound_values(self, cursor: str) -> dict[str, Any]:
+        """The parameters of `after_bound` for this cursor. Raises BadCursor."""
+        return {f"after_{i}": v for i, v in enumerate(self.decode(cursor))}
+
+    def _after(self, values: Sequence[Any]) -> ColumnElement[bool]:
         # (k1, k2, k3) after (v1, v2, v3): k1 beyond v1, or k1 = v1 and k2 beyond v2, or ...
         # Written out rather than as a row-value comparison, which needs every key to run the
         # same way.

@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+from typing_extensions import TypedDict
 
-from fleet.devices.schemas import DeviceOut
+from fleet.devices.schemas import DEVICE_ROW, DeviceOut
 
 
 class Out(BaseModel):
@@ -24,6 +25,16 @@ class DevicePage(BaseModel):
     total: int  # devices that match, at the time of this page
     limit: int
     next: str | None  # the cursor of the next page (`after=`); None on the last
+
+
+# DevicePage's body written from rows (`fleet.devices.queries.device_rows`): the same JSON as
+# DevicePage(...).model_dump_json(), without validating each row into a DeviceOut first.
+DEVICE_PAGE_BODY: TypeAdapter[Any] = TypeAdapter(
+    TypedDict(  # type: ignore[operator]
+        "DevicePageBody",
+        {"items": list[DEVICE_ROW], "total": int, "limit": int, "next": str | None},
+    )
+)
 
 
 class SampleOut(Out):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+from typing_extensions import TypedDict
 
 
 class DeviceOut(BaseModel):
@@ -29,3 +31,12 @@ class DeviceOut(BaseModel):
     firmware: str | None
     power: str | None
     reachable: bool | None
+
+
+# DeviceOut's fields as a TypedDict: a device row as the database gave it is written out as
+# JSON through this, by DeviceOut's own field types, in DeviceOut's order and words, without
+# first being validated into a model (rows of typed columns need no validating, and for a page
+# of a hundred that was a third of the page's cost).
+DEVICE_ROW: Any = TypedDict(  # type: ignore[misc]
+    "DeviceRow", {name: field.annotation for name, field in DeviceOut.model_fields.items()}
+)

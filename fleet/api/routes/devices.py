@@ -20,9 +20,15 @@ from fleet.api.params import (
     text_filter,
 )
 from fleet.api.responses import prevalidated
-from fleet.api.schemas import DeviceDetail, DeviceHealth, DevicePage, SampleOut
+from fleet.api.schemas import (
+    DEVICE_PAGE_BODY,
+    DeviceDetail,
+    DeviceHealth,
+    DevicePage,
+    SampleOut,
+)
 from fleet.auth.permissions import Allow, Caller, no_device_detail
-from fleet.devices.queries import find_devices
+from fleet.devices.queries import device_rows
 from fleet.devices.state import DeviceState
 from fleet.models import Device, Sample
 from fleet.paging import BadCursor
@@ -50,7 +56,7 @@ def list_devices(
 ) -> Response:
     """By id, a page at a time: the next page is `after=` this page's `next`."""
     try:
-        page = find_devices(
+        page = device_rows(
             session,
             caller,
             site=site,
@@ -64,8 +70,8 @@ def list_devices(
     except BadCursor as exc:
         raise cursor_refused(exc) from None
     link_next(request, response, page.next)
-    body = DevicePage(items=page.items, total=page.total or 0, limit=limit, next=page.next)
-    return prevalidated(body, response)
+    body = {"items": page.items, "total": page.total or 0, "limit": limit, "next": page.next}
+    return prevalidated(DEVICE_PAGE_BODY.dump_json(body), response)
 
 
 @router.get("/{device_id}", response_model=DeviceDetail, dependencies=[Allow("devices:read")])
