@@ -9,9 +9,11 @@ under httpx's ASGI transport (the whole ASGI stack, auth and serialisation inclu
 socket), called as ops with a bearer token. Each endpoint's p50 and p95 is compared with the
 bare sqlite3 query that fetches the same rows, timed in the same run:
 
-- fleet overview: `GET /api/v1/sites` and the dashboard `/`, against the per-site, per-state
-  counts plus the site, agent and open-alert rows;
-- `GET /api/v1/devices?site=..&state=..`, against the same count and page of device rows;
+- fleet overview: `GET /api/v1/sites`, against the per-site, per-state counts plus the site,
+  agent and open-alert rows; the dashboard `/`, against those and also the unacknowledged
+  alerts by site, severity and kind and the programme's milestones, which it shows too;
+- `GET /api/v1/devices?site=..&state=..`, against the same count and page of device rows (the
+  page's 100 rows and the one more the route reads to know whether a next page exists);
 - `GET /api/v1/devices` unfiltered, its first page and a page deep in the fleet by cursor
   (`after=`), against the same count and keyset page.
 
@@ -39,6 +41,7 @@ from bench.targets import target
 from fleet.db import make_engine, migrate
 from fleet.devices.queries import ORDER
 from fleet.devices.registry import sync_registry
+from fleet.devices.schemas import DeviceOut
 from fleet.protocol.profiles import load_profiles
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, LoadedSite, check_site
 
@@ -170,9 +173,16 @@ async def timed_against(
     return percentiles(samples[0]), percentiles(samples[1])
 
 
+# The site columns a summary shows (fleet.sites.queries.SUMMARY_COLUMNS): not the timetable.
+SITE_SUMMARY = "SELECT code, name, institution, country, timezone, vendor FROM site ORDER BY code"
+
+
 def bare_overview(db: sqlite3.Connection) -> Callable[[], Any]:
+    """What `GET /api/v1/sites` reads: the sites' summary columns, the per-site, per-state
+    counts with the newest report, the agents and the unresolved alerts per site."""
+
     def query() -> Any:
-        sites = db.execute("SELECT * FROM site ORDER BY code").fetchall()
+        sites = db.execute(SITE_SUMMARY).fetchall()
         counts = db.execute(
             "SELECT site_code, state, count(*), max(last_seen_at) FROM device "
             "WHERE retired_at IS NULL GROUP BY site_code, state"
@@ -186,16 +196,39 @@ def bare_overview(db: sqlite3.Connection) -> Callable[[], Any]:
     return query
 
 
-def bare_devices(db: sqlite3.Connection, site: str, state: str) -> Callable[[], Any]:
-    from fleet.devices.schemas import DeviceOut
+def bare_dashboard(db: sqlite3.Connection) -> Callable[[], Any]:
+    """What the dashboard's overview reads: `GET /api/v1/sites`' rows, and also the alerts
+    nobody has acknowledged by site, severity and kind (its status column) and the
+    installation programme's milestones (its programme column)."""
+    overview = bare_overview(db)
 
+    def query() -> Any:
+        unacknowledged = db.execute(
+            "SELECT site_code, severity, kind, count(*) FROM alert WHERE state = 'open' "
+            "GROUP BY site_code, severity, kind"
+        ).fetchall()
+        milestones = db.execute(
+            "SELECT * FROM programme_milestone m JOIN programme_phase p ON m.phase_id = p.id "
+            "ORDER BY p.site_code, p.number"
+        ).fetchall()
+        return overview(), unacknowledged, milestones
+
+    return query
+
+
+# The columns the API returns of each device, and the page the route reads: a page of 100
+# and one row more, which tells it whether there is a next page.
+DEVICE_COLUMNS = ", ".join(DeviceOut.model_fields)
+PAGE_ROWS = 101
+
+
+def bare_devices(db: sqlite3.Connection, site: str, state: str) -> Callable[[], Any]:
     where = "site_code = ? AND state = ? AND retired_at IS NULL"
-    columns = ", ".join(DeviceOut.model_fields)  # what the API returns of each device
 
     def query() -> Any:
         total = db.execute(f"SELECT count(*) FROM device WHERE {where}", (site, state)).fetchone()
         rows = db.execute(
-            f"SELECT {columns} FROM device WHERE {where} ORDER BY id LIMIT 100 OFFSET 0",
+            f"SELECT {DEVICE_COLUMNS} FROM device WHERE {where} ORDER BY id LIMIT {PAGE_ROWS}",
             (site, state),
         ).fetchall()
         return total, rows
@@ -204,16 +237,14 @@ def bare_devices(db: sqlite3.Connection, site: str, state: str) -> Callable[[], 
 
 
 def bare_device_page(db: sqlite3.Connection, after: str | None) -> Callable[[], Any]:
-    from fleet.devices.schemas import DeviceOut
-
-    columns = ", ".join(DeviceOut.model_fields)
+    where = "retired_at IS NULL" + (" AND id > ?" if after is not None else "")
+    args = (after,) if after is not None else ()
 
     def query() -> Any:
         total = db.execute("SELECT count(*) FROM device WHERE retired_at IS NULL").fetchone()
         rows = db.execute(
-            f"SELECT {columns} FROM device WHERE retired_at IS NULL AND id > ? "
-            "ORDER BY id LIMIT 101",
-            (after or "",),
+            f"SELECT {DEVICE_COLUMNS} FROM device WHERE {where} ORDER BY id LIMIT {PAGE_ROWS}",
+            args,
         ).fetchall()
         return total, rows
 
@@ -289,7 +320,7 @@ def run(tmp: Path, sites: int, per_site: int, requests: int) -> None:
         )
         report(
             "GET / (dashboard)",
-            *await timed_against(get("/"), bare_overview(db), requests),
+            *await timed_against(get("/"), bare_dashboard(db), requests),
             devices,
         )
         floor = await timed(get("/api/v1/devices", site="none"), requests)
