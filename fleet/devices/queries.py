@@ -116,7 +116,7 @@ def device_rows(
     )
     conn = session.connection()  # plain rows: no ORM result machinery per row
     total: int = conn.execute(count, params).scalar_one()
-    found = [dict(zip(DEVICE_FIELDS, r, strict=True)) for r in conn.execute(rows, params)]
+    found = [dict(zip(DEVICE_FIELDS, r, strict=True)) for r in conn.execute(rows, params).all()]
     return ORDER.page(found, limit, _key, total)
 
 

@@ -89,7 +89,10 @@ def zone_choice(request: Request) -> ZoneInfo | None:
         return None  # a cookie from an older tzdata, or edited: the site's time
 
 
+@functools.lru_cache(maxsize=64)
 def babel_locale(lang: str) -> Locale:
+    # Cached: Babel builds a new Locale on every parse, and a page formats a time or a number
+    # a row.
     try:
         return Locale.parse(lang)
     except (UnknownLocaleError, ValueError):

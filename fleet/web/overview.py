@@ -20,19 +20,13 @@ from fleet.sites.queries import site_summaries
 from fleet.sites.schemas import SiteSummary
 from fleet.web.programme_page import milestones_by_site
 from fleet.web.templating import PROBLEM_STATES, STATE_ORDER
-from fleet.web.words import AGENT_STATES, ALERT_KINDS, N_, STATES, word
+from fleet.web.words import AGENT_STATES, ALERT_KINDS, STATES, word
 
 NULL_TRANSLATIONS = gettext.NullTranslations()
 
 
 # A site's status, worst first: what the overview sorts by and the "need attention" card counts.
-LEVELS = ("critical", "warning", "silent", "ok")
-LEVEL_WORDS = {
-    "critical": N_("Critical"),
-    "warning": N_("Warning"),
-    "silent": N_("Not reporting yet"),
-    "ok": N_("All well"),
-}
+LEVELS = ("critical", "warning", "silent", "ok")  # their badges: fleet.web.templating.level_badge
 
 
 @dataclass
