@@ -11,7 +11,8 @@ import gettext
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from markupsafe import Markup
+from jinja2.filters import do_urlencode
+from markupsafe import Markup, escape
 from sqlmodel import Session
 
 from fleet.alerts.queries import OpenAlerts, unacknowledged_alerts_by_site
@@ -19,7 +20,8 @@ from fleet.auth.permissions import Caller
 from fleet.sites.queries import site_summaries
 from fleet.sites.schemas import SiteSummary
 from fleet.web.programme_page import milestones_by_site
-from fleet.web.templating import PROBLEM_STATES, STATE_ORDER
+from fleet.web.templating import PROBLEM_STATES, STATE_ORDER, epoch, level_badge_html
+from fleet.web.viewer import Viewer
 from fleet.web.words import AGENT_STATES, ALERT_KINDS, STATES, word
 
 NULL_TRANSLATIONS = gettext.NullTranslations()
@@ -61,6 +63,64 @@ class SiteRow:
                 f'<td class="{css}" data-value="{n}" data-state="{state}">{n if n else "·"}</td>'
             )
         return Markup("".join(cells))  # noqa: S704  (state names, integers)
+
+    def html(
+        self, index: int, reported: Markup, t: gettext.NullTranslations, viewer: Viewer
+    ) -> Markup:
+        """The site's row of the overview table (its status `index`-th, worst first), the
+        last-reported cell holding `reported` (the template's `when` of the time, which knows
+        the viewer's zone and the page's now). Written here rather than in the template for
+        the reason `state_cells` is: a row a site, of a dozen cells, was most of the page's
+        time, its every value escaped one by one through Jinja; here each is escaped once,
+        and the catalog's words are trusted as the template's `_` trusts them."""
+        site, alerts, gettext_ = self.site, self.open_alerts, t.gettext
+        code, level = escape(site.code), escape(self.level)
+        name, quoted = escape(site.name), escape(do_urlencode(site.code))
+        if viewer.may("sites:read"):
+            name = Markup(f'<a class="link" href="/sites/{quoted}">{name}</a>')  # noqa: S704
+        # Plain text from here on (a Markup would escape what is added to it): each value in
+        # it is escaped as it goes in.
+        status = str(level_badge_html(self.level, t))
+        if self.problems:
+            status += f' <span class="problem-text">{escape(", ".join(self.problems))}</span>'
+        alert_class, shown = "", "·"
+        if alerts.total:
+            n = alerts.critical
+            title = Markup(t.ngettext("%(num)d critical", "%(num)d critical", n)) % {"num": n}  # noqa: S704
+            alert_class = " has-critical" if n else " has-warning"
+            shown = (
+                f'<a class="link" href="/alerts?site={quoted}" title="{title}">{alerts.total}</a>'
+            )
+        milestone = str(escape(self.milestone))
+        if self.programme_late:
+            milestone += f' <span class="late">{gettext_("late")}</span>'
+        if site.agent is not None:
+            agent_state = escape(site.agent.state)
+            said = escape(word(t, AGENT_STATES, site.agent.state))
+            agent = f'<span class="agent agent-{agent_state}">{said}</span>'
+        else:
+            agent_state = Markup("none")
+            never = "—" if viewer.role == "vendor" else gettext_("never heard")
+            agent = f'<span class="muted">{never}</span>'
+        cells = (
+            f'<td data-label="{gettext_("Site")}" data-value="{escape(site.name)}">{name} '
+            f'<span class="code">{code}</span> '
+            f'<span class="muted country">{escape(site.country)}</span></td>',
+            f'<td data-label="{gettext_("Status")}" data-value="{index}" '
+            f'data-testid="site-status">\n        {status}      </td>',
+            f'<td data-label="{gettext_("Devices")}" class="num" data-value="{site.devices}">'
+            f"{site.devices}</td>",
+            self.state_cells,
+            f'<td data-label="{gettext_("Open alerts")}" class="num{alert_class}" '
+            f'data-value="{alerts.total}" data-testid="open-alerts">{shown}</td>',
+            f'<td data-label="{gettext_("Programme")}">{milestone}</td>',
+            f'<td data-label="{gettext_("Agent")}" data-value="{agent_state}">{agent}</td>',
+            f'<td data-label="{gettext_("Last reported")}" '
+            f'data-value="{epoch(site.last_reported_at)}">{reported}</td>',
+        )
+        problem = " problem" if self.is_problem else ""
+        row = f'<tr class="level-row-{level}{problem}" data-site="{code}" data-level="{level}">'
+        return Markup(row + "".join(f"\n      {c}" for c in cells) + "\n    </tr>")  # noqa: S704
 
     @property
     def troubled_devices(self) -> int:

@@ -151,7 +151,11 @@ def level_badge(context: Context, level: str) -> Markup:
     """`{{ level_badge(row.level) }}`: a site's status as a badge, a mark and a word. A
     function, not a macro: the overview shows one a site, and a macro call costs ten times
     as much."""
-    t = context.get("t") or translations("en")
+    return level_badge_html(level, context.get("t") or translations("en"))
+
+
+def level_badge_html(level: str, t: gettext.NullTranslations) -> Markup:
+    """`level_badge` for code that writes HTML itself (the overview's rows)."""
     # The word is our own shipped catalog's, trusted as `_` trusts it; the level is escaped.
     said = t.gettext(LEVEL_WORDS[level])
     mark, code = LEVEL_MARKS[level], escape(level)
