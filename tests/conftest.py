@@ -15,23 +15,35 @@ pytest_plugins = [
     "tests.fixtures_auth",
 ]
 
-# The biggest units of work in `make test` (`--durations`, summed by file), biggest first. They
-# start first, so that none is left running alone on one worker at the end while the others
-# idle; then the other files as collected, and last SPREAD's, whose tests fill the workers in.
+# The biggest units of work in `make test` (`--durations=0`, summed by file, on 2026-11-30),
+# biggest first. They start first, so that none is left running alone on one worker at the
+# end while the others idle; then the other files as collected, and last SPREAD's, whose tests
+# fill the workers in.
 LONG_FIRST = (
-    # Single tests of a minute or more: each is a unit no worker can share.
+    # Single tests of a minute or more: each is a unit no worker can share (the demo at its
+    # real pace, 2 minutes; the API fuzz, about 45 s a role and database).
+    "test_demo_faults.py",
     "test_api_fuzz.py",
-    "test_notices_api.py",
+    # Files that run whole in one worker (a browser, or a stack started once for the file),
+    # from about 150 s down to 60 s.
+    "test_web_silences.py",
+    "test_web_power.py",
+    "test_auth.py",
+    "test_web_rollout_create.py",
+    "test_web_milestones.py",
+    "test_alert_hold.py",
     "test_faults.py",
-    "test_bench_memory.py",
-    "test_bench_ingest.py",
-    # Files that run whole in one worker (a browser, or a stack started once for the file).
+    "test_users_api.py",
+    "test_web_users.py",
     "test_web_attacks.py",
-    "test_reports_output.py",
-    "test_docs_offline.py",
+    "test_notices_api.py",
     "test_controller_install.py",
     "test_web_accessibility.py",
+    "test_reports_output.py",
+    "test_bench_memory.py",
+    "test_bench_ingest.py",
     "test_web_attention.py",
+    "test_docs_offline.py",
 )
 
 # Files whose tests share no module-scoped fixture (no browser, no controller started once for

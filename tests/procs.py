@@ -162,7 +162,7 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def simulate(self) -> Proc:
+    def simulate(self, *extra: str) -> Proc:
         proc = self._proc(
             "simulate",
             [
@@ -172,6 +172,7 @@ class Stack:
                 str(self.config),
                 "--address-map",
                 str(self.address_map),
+                *extra,
             ],
         )
         wait_for(self.address_map.exists, 30, "the simulator's address map")

@@ -169,7 +169,7 @@ def fuzz_engine_of(
     if run.database == "sqlite":
         engine = request.getfixturevalue("sqlite_registered")
     else:
-        engine = make_engine(request.getfixturevalue("postgres_url"))
+        engine = make_engine(request.getfixturevalue("migrated_postgres_url"))
         migrate(engine)
         sync_registry(engine, loaded_sites)
     seed(engine)

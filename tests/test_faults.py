@@ -208,7 +208,7 @@ def test_a_reading_no_store_can_hold_is_refused_and_ingest_goes_on(
     database = (
         f"sqlite:///{tmp_path / 'fleet.db'}"
         if store == "sqlite"
-        else request.getfixturevalue("postgres_url")
+        else request.getfixturevalue("migrated_postgres_url")
     )
     stack = Stack(tmp_path, broker.url, broker.topic_root, database)
     try:

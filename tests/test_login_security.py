@@ -278,7 +278,7 @@ def test_the_second_factor_setting_names_only_roles_that_log_in() -> None:
         Settings(second_factor_roles="ops,vendor")
 
 
-def test_0008_adds_second_factor_as_the_model_declares_and_goes_back(db_url: str) -> None:
+def test_0008_adds_second_factor_as_the_model_declares_and_goes_back(empty_db_url: str) -> None:
     from alembic import command
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -287,7 +287,7 @@ def test_0008_adds_second_factor_as_the_model_declares_and_goes_back(db_url: str
 
     from fleet.db import alembic_config, make_engine, migrate
 
-    engine = make_engine(db_url)
+    engine = make_engine(empty_db_url)
     try:
         migrate(engine)
         assert "second_factor" in inspect(engine).get_table_names()
@@ -335,7 +335,7 @@ def test_any_name_password_and_code_is_refused_cleanly(registered: Engine, token
         assert login(client, "ops-centre", PASSWORD).status_code == 200  # type: ignore[attr-defined]
 
 
-def test_two_logins_racing_with_one_totp_code_let_only_one_in(postgres_url: str) -> None:
+def test_two_logins_racing_with_one_totp_code_let_only_one_in(migrated_postgres_url: str) -> None:
     """The first login holds the factor's row until it commits; the second, with the same
     code, waits for it and then sees the step used. Without the row lock both read an unused
     step and both get in."""
@@ -346,7 +346,7 @@ def test_two_logins_racing_with_one_totp_code_let_only_one_in(postgres_url: str)
     from fleet.auth.users import add_user
     from fleet.db import make_engine, migrate
 
-    engine = make_engine(postgres_url)
+    engine = make_engine(migrated_postgres_url)
     migrate(engine)
     now = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
     with Session(engine) as setup:

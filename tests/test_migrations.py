@@ -14,8 +14,8 @@ from fleet.db import alembic_config, make_engine, migrate
 TABLE = "alert_condition"
 
 
-def test_0007_adds_alert_condition_as_the_model_declares_and_goes_back(db_url: str) -> None:
-    engine = make_engine(db_url)
+def test_0007_adds_alert_condition_as_the_model_declares_and_goes_back(empty_db_url: str) -> None:
+    engine = make_engine(empty_db_url)
     try:
         migrate(engine, "0006")
         assert TABLE not in inspect(engine).get_table_names()
@@ -42,8 +42,10 @@ NOTICE_TABLES = ("alert_subscription", "email_delivery", "alert_silence")
 NOTICE_COLUMNS = ("notice_level", "noticed_at", "escalated_at", "silence_id", "silenced_by")
 
 
-def test_0011_adds_notices_and_silences_as_the_models_declare_and_goes_back(db_url: str) -> None:
-    engine = make_engine(db_url)
+def test_0011_adds_notices_and_silences_as_the_models_declare_and_goes_back(
+    empty_db_url: str,
+) -> None:
+    engine = make_engine(empty_db_url)
     try:
         migrate(engine, "0010")
         assert not set(NOTICE_TABLES) & set(inspect(engine).get_table_names())
@@ -72,9 +74,9 @@ def test_0011_adds_notices_and_silences_as_the_models_declare_and_goes_back(db_u
         engine.dispose()
 
 
-def test_0012_marks_alerts_resolved_before_it_as_told_and_goes_back(db_url: str) -> None:
+def test_0012_marks_alerts_resolved_before_it_as_told_and_goes_back(empty_db_url: str) -> None:
     """Alerts resolved before the upgrade are not mailed as resolved all at once after it."""
-    engine = make_engine(db_url)
+    engine = make_engine(empty_db_url)
     try:
         migrate(engine, "0011")
         with engine.begin() as conn:
@@ -129,7 +131,7 @@ def test_0012_marks_alerts_resolved_before_it_as_told_and_goes_back(db_url: str)
 
 
 def test_0013_adds_the_device_site_state_index_as_the_model_declares_and_goes_back(
-    db_url: str,
+    empty_db_url: str,
 ) -> None:
     """The (site_code, state) index the device list counts from is there after 0013, matches
     the model, and goes again on the way down."""
@@ -138,7 +140,7 @@ def test_0013_adds_the_device_site_state_index_as_the_model_declares_and_goes_ba
     def device_indexes() -> dict[str, list[str | None]]:
         return {str(i["name"]): i["column_names"] for i in inspect(engine).get_indexes("device")}
 
-    engine = make_engine(db_url)
+    engine = make_engine(empty_db_url)
     try:
         migrate(engine, "0012")
         assert index not in device_indexes()

@@ -46,9 +46,9 @@ def batches(count: int) -> list[bytes]:
 
 @pytest.mark.timeout(240)
 def test_two_ingest_workers_split_the_load_and_a_killed_one_loses_nothing(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, migrated_postgres_url: str
 ) -> None:
-    db_url = postgres_url
+    db_url = migrated_postgres_url
     broker = OwnMosquitto(tmp_path / "broker")
     broker.start()
     root = f"t{uuid.uuid4().hex[:10]}/fleet/v1"

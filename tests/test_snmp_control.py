@@ -172,3 +172,26 @@ def test_any_set_is_answered_with_a_status_and_only_1_or_2_switches(
         assert responder.behaviour.on == (value == 1)
     else:
         assert responder.behaviour.on == before
+
+
+def test_the_warm_up_is_as_long_as_the_simulator_is_told() -> None:
+    """`fleet-agent simulate --warm-up-s` shortens a projector's warm-up and cool-down: warming
+    (POWR 3) just before it ends and on just after, then cooling (POWR 2) the same way."""
+    from fleet.protocol.messages import Power
+
+    clock = Clock()
+    device = DeviceConfig(id="p1", profile=PROFILE.id, address="127.0.0.1")
+    behaviour = DeviceBehaviour(
+        device, PROFILE, timetable=Timetable(), tz=ZoneInfo("UTC"), clock=clock, transition_s=5
+    )
+    assert behaviour.switch(True)
+    clock.now += timedelta(seconds=4.9)
+    assert behaviour.power() == Power.warming
+    assert not behaviour.switch(False)  # refused while warming, as PJLink's ERR3
+    clock.now += timedelta(seconds=0.2)
+    assert behaviour.power() == Power.on
+    assert behaviour.switch(False)
+    clock.now += timedelta(seconds=4.9)
+    assert behaviour.power() == Power.cooling
+    clock.now += timedelta(seconds=0.2)
+    assert behaviour.power() == Power.standby

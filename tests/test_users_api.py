@@ -294,7 +294,7 @@ def test_any_change_of_any_name_is_refused_or_made_never_a_500(
     assert users["ops-centre"]["role"] == "ops"
 
 
-def test_two_ops_revoking_each_other_at_once_leave_one(postgres_url: str) -> None:
+def test_two_ops_revoking_each_other_at_once_leave_one(migrated_postgres_url: str) -> None:
     """PostgreSQL: the active ops rows are locked while a revocation is made, so the other
     ops' revocation waits for it, then sees it and is refused; the fleet keeps one ops."""
     import threading
@@ -302,7 +302,7 @@ def test_two_ops_revoking_each_other_at_once_leave_one(postgres_url: str) -> Non
     from fleet.auth.users import LastOps, _refuse_last_ops, get_user, revoke_user
     from fleet.db import make_engine, migrate
 
-    engine = make_engine(postgres_url)
+    engine = make_engine(migrated_postgres_url)
     try:
         migrate(engine)
         user_token(engine, "ops-a", "ops")

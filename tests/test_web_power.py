@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -29,7 +30,7 @@ from sqlalchemy import Engine, text
 
 from fleet.api.app import create_app
 from fleet.db import make_engine
-from fleet.protocol.site_config import DEFAULT_SITES_DIR
+from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DEFAULT_SITES_DIR
 from fleet.settings import Settings
 from tests.fixtures_auth import Tokens, sign_in, user_token
 from tests.fixtures_broker import BrokerThread
@@ -46,7 +47,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("web-power")
     broker = BrokerThread()
     broker.start()
-    s = Stack(tmp, broker.url, "twpow/fleet/v1", f"sqlite:///{tmp / 'fleet.db'}", "ugb")
+    # The projector polled every 5 s, not every 2 minutes, and warmed up in 5 s, not a minute:
+    # what these tests wait for is the page and the command, not the projector's pace.
+    profiles = tmp / "profiles"
+    shutil.copytree(DEFAULT_PROFILES_DIR, profiles)
+    pjlink = profiles / "pjlink-projector.yaml"
+    pjlink.write_text(pjlink.read_text().replace("interval_s: 120", "interval_s: 5"))
+    s = Stack(
+        tmp,
+        broker.url,
+        "twpow/fleet/v1",
+        f"sqlite:///{tmp / 'fleet.db'}",
+        "ugb",
+        profiles_dir=profiles,
+    )
     # No classes: the projector stays in standby until someone switches it.
     config = yaml.safe_load(s.config.read_text())
     config["timetable"] = {"weekly": {}}
@@ -54,7 +68,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Another site in the registry (its agent is not run): the other technician's site.
     (s.sites_dir / "upm.yaml").write_text((DEFAULT_SITES_DIR / "upm.yaml").read_text())
     try:
-        s.simulate()
+        s.simulate("--warm-up-s", "5")
         s.controller(FLEET_ROLLOUT_TICK_S="0.5")
         s.agent()
         wait_for(

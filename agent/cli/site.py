@@ -185,6 +185,15 @@ def simulate(
         typer.Option("--address-map", help="Where to write the device → loopback port map."),
     ] = None,
     seed: int = 0,
+    warm_up_s: Annotated[
+        float,
+        typer.Option(
+            "--warm-up-s",
+            min=0,
+            max=3600,
+            help="How long a simulated projector warms up and cools down, in seconds.",
+        ),
+    ] = 60.0,
     log_level: Annotated[str, typer.Option(envvar="FLEET_LOG_LEVEL")] = "info",
 ) -> None:
     """Simulated devices for a site, on loopback ports, until stopped."""
@@ -195,7 +204,7 @@ def simulate(
     out = address_map_out or Path("data") / f"sim-{site.config.code}.json"
 
     async def main() -> None:
-        simulated = await start_site(site, seed=seed)
+        simulated = await start_site(site, seed=seed, transition_s=warm_up_s)
         write_address_map(out, simulated.address_map)
         typer.echo(
             f"simulating {len(simulated.address_map)} devices of {site.config.code} on loopback; "

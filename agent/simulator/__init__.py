@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from agent.simulator.address_map import Address, read_address_map, write_address_map
-from agent.simulator.behaviour import Clock, DeviceBehaviour
+from agent.simulator.behaviour import TRANSITION_S, Clock, DeviceBehaviour
 from agent.simulator.maxhub_server import MaxhubPanelServer, MaxhubQuirks, ReachableHost
 from agent.simulator.pjlink_server import PjlinkQuirks, ProjectorServer
 from agent.simulator.snmp_responder import DeviceResponder, ObjectTable, serve_device
@@ -149,6 +149,7 @@ async def start_site(
     *,
     clock: Clock | None = None,
     seed: int = 0,
+    transition_s: float = TRANSITION_S,
     base_port: int | None = None,
     pjlink_quirks: PjlinkQuirks | None = None,
     maxhub_quirks: MaxhubQuirks | None = None,
@@ -157,7 +158,8 @@ async def start_site(
     (MQTT-native devices publish by themselves: not simulated here). `pjlink_quirks`, if
     given, applies to every projector; by default about a third reply in lowercase. MAXHUB
     panels speak their LAN protocol (`maxhub_quirks`, by default split replies and 3 s busy
-    after power-on); reachability-only panels serve a TCP port while on."""
+    after power-on); reachability-only panels serve a TCP port while on. Projectors warm up
+    and cool down for `transition_s` seconds around each power change."""
     host = _loopback(host)
     clock = clock or utcnow
     config = site.config
@@ -175,6 +177,7 @@ async def start_site(
                 tz=config.tz,
                 room_name=room.name,
                 clock=clock,
+                transition_s=transition_s,
                 rng=random.Random(f"{seed}:{config.code}:{device.id}"),
             )
             if profile.protocol == "maxhub-lan":
@@ -192,6 +195,7 @@ async def start_site(
                 tz=config.tz,
                 room_name=room.name,
                 clock=clock,
+                transition_s=transition_s,
                 rng=random.Random(f"{seed}:{config.code}:{device.id}"),
             )
             quirk_rng = random.Random(f"{seed}:{config.code}:{device.id}:pjlink")
@@ -208,6 +212,7 @@ async def start_site(
                 tz=config.tz,
                 room_name=room.name,
                 clock=clock,
+                transition_s=transition_s,
                 # Seeded per device, so one device's behaviour does not depend on the others.
                 rng=random.Random(f"{seed}:{config.code}:{device.id}"),
             )

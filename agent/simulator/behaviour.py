@@ -47,8 +47,12 @@ class DeviceBehaviour:
         room_name: str = "",
         clock: Clock = utcnow,
         rng: random.Random | None = None,
+        transition_s: float = TRANSITION_S,
     ) -> None:
+        """`transition_s`: how long a projector warms up and cools down around each power
+        change, in seconds (PJLink's POWR 3 and 2; a lamp projector takes about a minute)."""
         self.device = device
+        self.transition_s = transition_s
         self.profile = profile
         self.timetable = timetable
         self.tz = tz
@@ -196,7 +200,7 @@ class DeviceBehaviour:
         now = now or self.clock()
         self.advance(now)
         since = (now - self.changed_at).total_seconds()
-        if self.profile.kind == "projector" and since < TRANSITION_S:
+        if self.profile.kind == "projector" and since < self.transition_s:
             return Power.warming if self.on else Power.cooling
         return Power.on if self.on else Power.standby
 
