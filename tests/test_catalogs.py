@@ -82,6 +82,29 @@ def test_every_marked_string_is_in_the_catalog(template: Catalog, lang: str) -> 
 
 
 @pytest.mark.parametrize("lang", SHIPPED)
+def test_no_word_holds_what_html_would_read_as_markup(template: Catalog, lang: str) -> None:
+    """The pages write the catalogs' words as they are, unescaped: the templates' `_` makes
+    them Markup, and the overview's rows (fleet.web.overview.SiteRow.html) put them straight
+    into attributes such as data-label="...". A quote would end such an attribute, and <, >
+    or & would be read as markup, so none of them may be in a msgid or a translation."""
+    with catalog_path(lang).open("rb") as po:
+        catalog = read_po(po, locale=lang)
+    unsafe = [
+        text
+        for source in (template, catalog)
+        for message in source
+        if message.id  # the header
+        for text in (*_ids(message), *_forms(message))
+        if any(c in text for c in '"<>&')
+    ]
+    assert not unsafe, f"{lang}: words the pages would write as markup: {unsafe}"
+
+
+def _forms(message: Any) -> tuple[str, ...]:
+    return message.string if isinstance(message.string, tuple) else (message.string,)
+
+
+@pytest.mark.parametrize("lang", SHIPPED)
 def test_plurals_follow_the_language(lang: str) -> None:
     t = translations(lang)
     words = {
