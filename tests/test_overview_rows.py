@@ -178,7 +178,7 @@ def _check_row(
 
 TEXT = st.one_of(
     st.just(HOSTILE),
-    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r")),
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00\r")),
     st.text(alphabet="<>&\"';=/ ampltg#x0123", max_size=30),
 )
 VIEWERS = (
