@@ -1,8 +1,8 @@
 """Read-side questions about devices that the API and the pages share: the fleet's devices,
 filtered, in pages by id.
 
-The caller's scope is applied here, in `device_rows` (which `find_devices` calls): a technician sees their sites' devices,
-a vendor its own make's, ops every device.
+The caller's scope is applied here, in `device_rows` (which `find_devices` calls): a
+technician sees their sites' devices, a vendor its own make's, ops every device.
 """
 
 from __future__ import annotations
