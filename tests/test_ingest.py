@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import Engine, func, text
@@ -55,6 +55,29 @@ def test_batch_stored_once_when_redelivered(ingest: Ingest, registered: Engine) 
     assert [o.status for o in again] == [OutcomeStatus.duplicate, OutcomeStatus.duplicate]
     assert count(registered, Sample) == 3
     assert count(registered, IngestedMessage) == 1
+
+
+def test_batch_stamped_in_another_zone_is_stored_at_its_utc_instants(
+    ingest: Ingest, registered: Engine
+) -> None:
+    # A batch is checked whole for stamps in UTC; one stamped in another zone is judged
+    # reading by reading, each stamp converted: the same instants, stored and shown alike.
+    kathmandu = timezone(timedelta(hours=5, minutes=45))
+    outcomes = ingest.handle(
+        [
+            health("upm", [reading("upm-sc1-panel-1", T0.astimezone(kathmandu))]),
+            health("upm", [reading("upm-sc1-panel-2", T0)]),
+        ]
+    )
+
+    assert [(o.status, o.readings) for o in outcomes] == [(OutcomeStatus.stored, 1)] * 2
+    with Session(registered) as session:
+        assert session.exec(select(Sample.ts)).all() == [T0, T0]
+    shown = [device(registered, d) for d in ("upm-sc1-panel-1", "upm-sc1-panel-2")]
+    assert [d.last_seen_at for d in shown] == [T0, T0]
+    assert [d.last_reading["ts"] for d in shown if d.last_reading] == [
+        T0.isoformat().replace("+00:00", "Z")
+    ] * 2
 
 
 def test_same_reading_in_two_batches_is_stored_once(ingest: Ingest, registered: Engine) -> None:

@@ -18,9 +18,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetPydanticSchema,
     StrictBool,
     ValidationError,
 )
+from pydantic_core import core_schema
 
 SCHEMA = 1
 TOPIC_ROOT = "fleet/v1"
@@ -89,6 +91,20 @@ def lowercase_site_hint(value: Any) -> Any:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
+# `UtcDatetime` as the controller checks a whole batch in one call: inside pydantic-core, with
+# no Python call a reading (that call was a tenth of a batch's validation). It takes the
+# instants stamped in UTC ('Z', '+00:00') within the same years; one stamped with another
+# offset is refused here, and its batch is judged again reading by reading with `Reading`,
+# which converts it. Its values carry pydantic-core's own zone of offset 0 (`TzInfo(0)`) rather
+# than `datetime.UTC`: the same instants, equal, hashed and dumped ("Z") alike.
+BatchUtcDatetime = Annotated[
+    datetime,
+    GetPydanticSchema(
+        lambda _source, _handler: core_schema.datetime_schema(
+            tz_constraint=0, ge=EARLIEST_TS, lt=LATEST_TS
+        )
+    ),
+]
 SiteCode = Annotated[str, BeforeValidator(lowercase_site_hint), Field(pattern=SITE_CODE_PATTERN)]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 # Text from outside, with its length capped by each field.
@@ -152,8 +168,10 @@ BatchMetrics = Annotated[
         MetricName,
         StrictBool | Annotated[int, Field(strict=True)] | MetricFloat | MetricText | None,
     ],
-    AfterValidator(_metric_ints_in_range),
+    # Before the after-validator, so that pydantic-core counts the items: after it, the
+    # bound is checked by a Python function, a call for every reading.
     Field(max_length=MAX_METRICS),
+    AfterValidator(_metric_ints_in_range),
 ]
 
 
@@ -303,8 +321,11 @@ class HealthBatch(HealthEnvelope):
 
 class BatchReading(Reading):
     """A `Reading` as the controller validates a whole batch at once (`CheckedBatch`): the
-    same fields, values and refusals, with `BatchMetrics`."""
+    same fields and values, with `BatchUtcDatetime` and `BatchMetrics`. It takes nothing that
+    `Reading` refuses; what it refuses besides (a stamp with an offset other than UTC's) is
+    taken by `Reading` when the batch is judged reading by reading."""
 
+    ts: BatchUtcDatetime
     metrics: BatchMetrics = Field(default_factory=dict)
 
 
