@@ -77,6 +77,23 @@ SQLITE_SAMPLE_INSERT = (
     "ON CONFLICT (device_id, ts) DO NOTHING"
 )
 
+# A group's new batches (the idempotency record), as each raw driver takes them: named
+# parameters for SQLite; one JSON array on PostgreSQL, as for the device updates below (one
+# statement where executemany made a round of the pipeline a batch). The same rows and the
+# same ON CONFLICT as the Core insert the other drivers are given.
+INGESTED_COLUMNS = ("msg_id", "site_code", "agent_id", "seq", "received_at", "readings")
+SQLITE_INGESTED_INSERT = (
+    f"INSERT INTO ingested_message ({', '.join(INGESTED_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join(':' + c for c in INGESTED_COLUMNS)}) ON CONFLICT (msg_id) DO NOTHING"
+)
+POSTGRES_INGESTED_INSERT_JSON = (
+    f"INSERT INTO ingested_message ({', '.join(INGESTED_COLUMNS)}) "  # noqa: S608
+    f"SELECT {', '.join(INGESTED_COLUMNS)} FROM json_to_recordset(%s::json)"
+    " AS b(msg_id varchar, site_code varchar, agent_id varchar, seq bigint,"
+    " received_at timestamptz, readings integer)"
+    " ON CONFLICT (msg_id) DO NOTHING"
+)
+
 # A group's device updates as one statement on PostgreSQL: the rows go as one JSON array
 # (pydantic-core writes it, far cheaper than psycopg adapting each row's parameters) and
 # json_to_recordset turns it back into rows. The same update as DEVICE_UPDATE, row for row (the
@@ -170,7 +187,10 @@ def sqlite_sample_rows(
     return [
         (
             reading.device,
-            sqlite_ts(reading.ts),
+            # sqlite_ts, its short way inline (no call a row, as said above).
+            text[:26]
+            if (text := reading.ts.isoformat(" ", "microseconds")).endswith("+00:00")
+            else sqlite_ts(reading.ts),
             received_at,
             msg_id,
             reading.reachable,

@@ -41,12 +41,14 @@ from fleet.ingest.parse import (
 from fleet.ingest.rows import (
     DEVICE_UPDATE,
     POSTGRES_DEVICE_UPDATE_JSON,
+    POSTGRES_INGESTED_INSERT_JSON,
     POSTGRES_SAMPLE_COPY,
     POSTGRES_SAMPLE_COPY_DIRECT,
     POSTGRES_SAMPLE_MERGE,
     POSTGRES_SAMPLE_STAGE,
     SAMPLES,
     SQLITE_DEVICE_UPDATE,
+    SQLITE_INGESTED_INSERT,
     SQLITE_SAMPLE_INSERT,
     note_row,
     postgres_sample_rows,
@@ -167,7 +169,11 @@ class GroupWriter:
                             "site_code": item.site,
                             "agent_id": batch.agent_id,
                             "seq": batch.seq,
-                            "received_at": message.received_at,
+                            "received_at": (
+                                sqlite_ts(message.received_at)
+                                if self.raw_sqlite
+                                else message.received_at
+                            ),
                             "readings": len(batch.readings),
                         }
                     )
@@ -217,7 +223,11 @@ class GroupWriter:
         elif samples:
             stmt = self.insert(SAMPLES).on_conflict_do_nothing(index_elements=["device_id", "ts"])
             self.conn.execute(stmt, list(samples.values()))
-        if ingested:
+        if ingested and self.raw_sqlite:
+            self.conn.exec_driver_sql(SQLITE_INGESTED_INSERT, ingested)
+        elif ingested and self.raw_postgres:
+            self.conn.exec_driver_sql(POSTGRES_INGESTED_INSERT_JSON, (to_json(ingested).decode(),))
+        elif ingested:
             stmt = self.insert(INGESTED).on_conflict_do_nothing(index_elements=["msg_id"])
             self.conn.execute(stmt, ingested)
         if notes:

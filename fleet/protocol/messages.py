@@ -21,6 +21,7 @@ from pydantic import (
     GetPydanticSchema,
     StrictBool,
     ValidationError,
+    model_validator,
 )
 from pydantic_core import core_schema
 
@@ -150,28 +151,19 @@ Metrics = Annotated[
 ]
 
 
-def _metric_ints_in_range(value: dict[str, object]) -> dict[str, object]:
-    for name, item in value.items():
-        if type(item) is int and not INT64_MIN <= item <= INT64_MAX:
-            raise ValueError(f"metric {name!r}: integer {item} does not fit in 64 bits")
-    return value
-
-
 # `Metrics` as the controller checks a whole batch in one call: the same values taken and
-# refused, but checked inside pydantic-core, the integer bound after it (an unbounded int
-# stays an int in the union, where a bounded one would turn into a float). A before-validator
-# makes pydantic-core build Python objects of the JSON first and validate those again: half
-# of a batch's validation time. What it refuses is judged again reading by reading with
+# refused, checked inside pydantic-core, but for the integer bound, checked once for the whole
+# batch (`CheckedBatch`; an unbounded int stays an int in the union, where a bounded one would
+# turn into a float). A before-validator makes pydantic-core build Python objects of the JSON
+# first and validate those again: half of a batch's validation time; an after-validator here is
+# a Python call for every reading. What it refuses is judged again reading by reading with
 # `Metrics`, whose words say which metric is wrong.
 BatchMetrics = Annotated[
     dict[
         MetricName,
         StrictBool | Annotated[int, Field(strict=True)] | MetricFloat | MetricText | None,
     ],
-    # Before the after-validator, so that pydantic-core counts the items: after it, the
-    # bound is checked by a Python function, a call for every reading.
     Field(max_length=MAX_METRICS),
-    AfterValidator(_metric_ints_in_range),
 ]
 
 
@@ -335,6 +327,15 @@ class CheckedBatch(HealthEnvelope):
     `Reading`."""
 
     readings: list[BatchReading] = Field(max_length=MAX_READINGS_PER_BATCH)
+
+    @model_validator(mode="after")
+    def _metric_ints_in_range(self) -> CheckedBatch:
+        # The bound `BatchMetrics` leaves out: one Python call a batch, not one a reading.
+        for reading in self.readings:
+            for name, item in reading.metrics.items():
+                if type(item) is int and not INT64_MIN <= item <= INT64_MAX:
+                    raise ValueError(f"metric {name!r}: integer {item} does not fit in 64 bits")
+        return self
 
 
 class AgentStateValue(StrEnum):
