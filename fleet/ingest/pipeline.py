@@ -17,7 +17,8 @@ import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import repeat
 from operator import attrgetter, sub
@@ -47,7 +48,15 @@ from fleet.models import Device, Site
 from fleet.protocol.messages import TOPIC_ROOT, utcnow
 from fleet.protocol.timetable import Timetable
 
-__all__ = ["AfterCommit", "IncomingMessage", "Ingest", "Outcome", "OutcomeStatus", "RejectReason"]
+__all__ = [
+    "AfterCommit",
+    "Checked",
+    "IncomingMessage",
+    "Ingest",
+    "Outcome",
+    "OutcomeStatus",
+    "RejectReason",
+]
 
 # Called after a group's transaction committed, with the devices whose rows it wrote and the
 # time; e.g. alerts. It runs before the group is acked: keep it to a few bulk queries.
@@ -87,6 +96,15 @@ _TS = attrgetter("ts")
 # allocations instead: the same objects are found, as often as matters, and the collector
 # stays on for every thread of the process (it is never paused around a group).
 COLLECTOR_THRESHOLDS = (20_000, 10, 10)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A message checked ahead of its group (`Ingest.check`), and the registry it was checked
+    against: a registry reloaded since means checking it again."""
+
+    parsed: Parsed
+    registry: RegistrySnapshot
 
 
 class Ingest:
@@ -149,12 +167,30 @@ class Ingest:
         )
         self._reloaded_at = time.monotonic()
 
-    def handle(self, messages: list[IncomingMessage]) -> list[Outcome]:
-        """Store a group; one outcome per message, in order. Raises only a database fault
-        (the database away or busy), for the caller to retry the group whole."""
+    def check(self, message: IncomingMessage) -> Checked | None:
+        """`message` checked against the contract and the registry as it stands, ahead of
+        its group: no database work, safe on another thread while a group is stored (the
+        receiving one). Give it to `handle` beside its message; None if checking failed (the
+        group then checks the message again, and says why)."""
+        registry = self.registry
+        try:
+            return Checked(parse_message(message, self.topic_root, registry), registry)
+        except Exception:
+            return None
+
+    def handle(
+        self, messages: list[IncomingMessage], checked: Sequence[Checked | None] | None = None
+    ) -> list[Outcome]:
+        """Store a group; one outcome per message, in order. `checked` (from `check`, one a
+        message) spares checking again what was checked against the registry still in force.
+        Raises only a database fault (the database away or busy), for the caller to retry
+        the group whole."""
         with self._lock, GROUP_SECONDS.time():
             self._touched = set()
-            parsed = [self._parse(m) for m in messages]
+            parsed = [
+                self._parse(m, c)
+                for m, c in zip(messages, checked or repeat(None, len(messages)), strict=True)
+            ]
             try:
                 outcomes = self._store(messages, parsed)
             except Exception as exc:
@@ -182,9 +218,12 @@ class Ingest:
             "last_group_at": self.last_group_at.isoformat() if self.last_group_at else None,
         }
 
-    def _parse(self, message: IncomingMessage) -> Parsed:
+    def _parse(self, message: IncomingMessage, checked: Checked | None = None) -> Parsed:
         try:
-            result = parse_message(message, self.topic_root, self.registry)
+            if checked is not None and checked.registry is self.registry:
+                result = checked.parsed
+            else:
+                result = parse_message(message, self.topic_root, self.registry)
             if self._should_reload(result):
                 self.refresh_registry()
                 result = parse_message(message, self.topic_root, self.registry)
