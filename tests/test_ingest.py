@@ -180,6 +180,26 @@ def test_reading_for_another_sites_device_is_refused_alone(
     assert ingest.refused_readings == {"unknown_device": 1}
 
 
+def test_message_checked_before_the_registry_was_reloaded_is_checked_again(
+    ingest: Ingest, registered: Engine
+) -> None:
+    msg = health("upm", [reading("upm-sc1-panel-1", T0), reading("upm-sc1-panel-2", T0)])
+    checked = ingest.check(msg)  # as the subscriber checks it while gathering its group
+    assert checked is not None and checked.registry is ingest.registry
+    with registered.begin() as conn:
+        conn.execute(
+            text("UPDATE device SET retired_at = :at WHERE id = 'upm-sc1-panel-1'"),
+            {"at": RECEIVED},
+        )
+    ingest.refresh_registry()  # as after a sync that retired the device
+    [outcome] = ingest.handle([msg], [checked])
+
+    assert outcome.status == OutcomeStatus.stored and outcome.readings == 1
+    assert outcome.refused_readings == (RejectReason.unknown_device,)
+    assert "upm-sc1-panel-1 is retired" in outcome.detail
+    assert count(registered, Sample) == 1
+
+
 def test_bad_readings_are_refused_one_by_one_and_the_rest_of_the_batch_stored(
     ingest: Ingest, registered: Engine
 ) -> None:
