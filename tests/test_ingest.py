@@ -80,6 +80,32 @@ def test_batch_stamped_in_another_zone_is_stored_at_its_utc_instants(
     ] * 2
 
 
+def test_a_value_only_some_readings_of_a_group_carry_is_stored_with_them(
+    ingest: Ingest, registered: Engine
+) -> None:
+    # SQLite's insert leaves out a column no reading of the group has a value in.
+    later = T0 + timedelta(minutes=1)
+    ingest.handle([health("upm", [reading(d, T0) for d in UPM])])
+    ingest.handle(
+        [
+            health("upm", [reading(UPM[0], later, lamp_hours=1200.5, error="lamp cover open")]),
+            health("upm", [reading(UPM[1], later, input="hdmi2")]),
+        ]
+    )
+
+    with Session(registered) as session:
+        stored = session.exec(
+            select(
+                Sample.device_id, Sample.ts, Sample.lamp_hours, Sample.error, Sample.input
+            ).order_by(col(Sample.ts), col(Sample.device_id))
+        ).all()
+    assert [tuple(row) for row in stored] == [
+        *[(d, T0, None, None, None) for d in sorted(UPM)],
+        (UPM[0], later, 1200.5, "lamp cover open", None),
+        (UPM[1], later, None, None, "hdmi2"),
+    ]
+
+
 def test_same_reading_in_two_batches_is_stored_once(ingest: Ingest, registered: Engine) -> None:
     same = reading("upm-sc1-panel-1", T0)
     outcomes = ingest.handle([health("upm", [same]), health("upm", [same])])

@@ -8,6 +8,9 @@ text cast in the statement).
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
+from itertools import repeat
+from operator import is_not, itemgetter
 from typing import Any
 
 from pydantic_core import to_json
@@ -76,6 +79,38 @@ SQLITE_SAMPLE_INSERT = (
     f"INSERT INTO sample ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(SAMPLE_COLUMNS))}) "  # noqa: S608
     "ON CONFLICT (device_id, ts) DO NOTHING"
 )
+# The columns a sample may leave empty (NULL), by their place in SAMPLE_COLUMNS.
+_OPTIONAL = tuple(
+    index
+    for index, name in enumerate(SAMPLE_COLUMNS)
+    if name not in ("device_id", "ts", "received_at", "reachable", "power")
+)
+
+
+def sqlite_sample_insert(rows: list[tuple[Any, ...]]) -> tuple[str, list[tuple[Any, ...]]]:
+    """The insert of a group's samples (`SAMPLE_COLUMNS` tuples) and the rows it is given:
+    a column no row of the group has a value in is left out of both, the database filling
+    it with NULL all the same. Python's sqlite3 spends more binding a None than SQLite
+    spends storing it: the four columns a panel never reports were a fifth of the insert."""
+    empty = {
+        index
+        for index in _OPTIONAL
+        if not any(map(is_not, map(itemgetter(index), rows), repeat(None)))
+    }
+    if not empty:
+        return SQLITE_SAMPLE_INSERT, rows
+    kept = tuple(index for index in range(len(SAMPLE_COLUMNS)) if index not in empty)
+    return _sqlite_sample_insert_of(kept), list(map(itemgetter(*kept), rows))
+
+
+@lru_cache(maxsize=64)
+def _sqlite_sample_insert_of(kept: tuple[int, ...]) -> str:
+    columns = ", ".join(SAMPLE_COLUMNS[index] for index in kept)
+    return (
+        f"INSERT INTO sample ({columns}) VALUES ({', '.join('?' * len(kept))}) "  # noqa: S608
+        "ON CONFLICT (device_id, ts) DO NOTHING"
+    )
+
 
 # A group's new batches (the idempotency record), as each raw driver takes them: named
 # parameters for SQLite; one JSON array on PostgreSQL, as for the device updates below (one

@@ -49,10 +49,10 @@ from fleet.ingest.rows import (
     SAMPLES,
     SQLITE_DEVICE_UPDATE,
     SQLITE_INGESTED_INSERT,
-    SQLITE_SAMPLE_INSERT,
     note_row,
     postgres_sample_rows,
     sample_rows,
+    sqlite_sample_insert,
     sqlite_sample_rows,
     sqlite_ts,
 )
@@ -217,7 +217,7 @@ class GroupWriter:
         if dead:
             self.conn.execute(insert(DEAD), dead)
         if samples and self.raw_sqlite:
-            self.conn.exec_driver_sql(SQLITE_SAMPLE_INSERT, list(samples.values()))
+            self.conn.exec_driver_sql(*sqlite_sample_insert(list(samples.values())))
         elif samples and self.raw_postgres:
             self._copy_samples(list(samples.values()))
         elif samples:
