@@ -169,8 +169,8 @@ class Ingest:
 
     def check(self, message: IncomingMessage) -> Checked | None:
         """`message` checked against the contract and the registry as it stands, ahead of
-        its group: no database work, safe on another thread while a group is stored (the
-        receiving one). Give it to `handle` beside its message; None if checking failed (the
+        its group (the subscriber's writer checks each message as it gathers the group): no
+        database work. Give it to `handle` beside its message; None if checking failed (the
         group then checks the message again, and says why)."""
         registry = self.registry
         try:
