@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import Engine, func, text
@@ -55,6 +55,55 @@ def test_batch_stored_once_when_redelivered(ingest: Ingest, registered: Engine) 
     assert [o.status for o in again] == [OutcomeStatus.duplicate, OutcomeStatus.duplicate]
     assert count(registered, Sample) == 3
     assert count(registered, IngestedMessage) == 1
+
+
+def test_batch_stamped_in_another_zone_is_stored_at_its_utc_instants(
+    ingest: Ingest, registered: Engine
+) -> None:
+    # A batch is checked whole for stamps in UTC; one stamped in another zone is judged
+    # reading by reading, each stamp converted: the same instants, stored and shown alike.
+    kathmandu = timezone(timedelta(hours=5, minutes=45))
+    outcomes = ingest.handle(
+        [
+            health("upm", [reading("upm-sc1-panel-1", T0.astimezone(kathmandu))]),
+            health("upm", [reading("upm-sc1-panel-2", T0)]),
+        ]
+    )
+
+    assert [(o.status, o.readings) for o in outcomes] == [(OutcomeStatus.stored, 1)] * 2
+    with Session(registered) as session:
+        assert session.exec(select(Sample.ts)).all() == [T0, T0]
+    shown = [device(registered, d) for d in ("upm-sc1-panel-1", "upm-sc1-panel-2")]
+    assert [d.last_seen_at for d in shown] == [T0, T0]
+    assert [d.last_reading["ts"] for d in shown if d.last_reading] == [
+        T0.isoformat().replace("+00:00", "Z")
+    ] * 2
+
+
+def test_a_value_only_some_readings_of_a_group_carry_is_stored_with_them(
+    ingest: Ingest, registered: Engine
+) -> None:
+    # SQLite's insert leaves out a column no reading of the group has a value in.
+    later = T0 + timedelta(minutes=1)
+    ingest.handle([health("upm", [reading(d, T0) for d in UPM])])
+    ingest.handle(
+        [
+            health("upm", [reading(UPM[0], later, lamp_hours=1200.5, error="lamp cover open")]),
+            health("upm", [reading(UPM[1], later, input="hdmi2")]),
+        ]
+    )
+
+    with Session(registered) as session:
+        stored = session.exec(
+            select(
+                Sample.device_id, Sample.ts, Sample.lamp_hours, Sample.error, Sample.input
+            ).order_by(col(Sample.ts), col(Sample.device_id))
+        ).all()
+    assert [tuple(row) for row in stored] == [
+        *[(d, T0, None, None, None) for d in sorted(UPM)],
+        (UPM[0], later, 1200.5, "lamp cover open", None),
+        (UPM[1], later, None, None, "hdmi2"),
+    ]
 
 
 def test_same_reading_in_two_batches_is_stored_once(ingest: Ingest, registered: Engine) -> None:
@@ -155,6 +204,26 @@ def test_reading_for_another_sites_device_is_refused_alone(
     assert dead.reason == "unknown_device"
     assert json.loads(dead.payload)["device"] == "tuit-sc1-projector"
     assert ingest.refused_readings == {"unknown_device": 1}
+
+
+def test_message_checked_before_the_registry_was_reloaded_is_checked_again(
+    ingest: Ingest, registered: Engine
+) -> None:
+    msg = health("upm", [reading("upm-sc1-panel-1", T0), reading("upm-sc1-panel-2", T0)])
+    checked = ingest.check(msg)  # as the subscriber checks it while gathering its group
+    assert checked is not None and checked.registry is ingest.registry
+    with registered.begin() as conn:
+        conn.execute(
+            text("UPDATE device SET retired_at = :at WHERE id = 'upm-sc1-panel-1'"),
+            {"at": RECEIVED},
+        )
+    ingest.refresh_registry()  # as after a sync that retired the device
+    [outcome] = ingest.handle([msg], [checked])
+
+    assert outcome.status == OutcomeStatus.stored and outcome.readings == 1
+    assert outcome.refused_readings == (RejectReason.unknown_device,)
+    assert "upm-sc1-panel-1 is retired" in outcome.detail
+    assert count(registered, Sample) == 1
 
 
 def test_bad_readings_are_refused_one_by_one_and_the_rest_of_the_batch_stored(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +203,49 @@ def test_a_batch_validated_whole_takes_and_refuses_what_reading_by_reading_does(
     except ValidationError:
         alone = None
     assert whole == alone
+
+
+zones = st.sampled_from(
+    [UTC, timezone(timedelta(hours=5, minutes=45)), timezone(timedelta(hours=-1))]
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    ts=st.datetimes(
+        min_value=datetime(1999, 12, 31, 20), max_value=datetime(2100, 1, 1, 4), timezones=zones
+    )
+)
+@example(ts=datetime(2000, 1, 1, tzinfo=UTC))
+@example(ts=datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+@example(ts=datetime(2100, 1, 1, tzinfo=UTC))
+@example(ts=datetime(2100, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))))
+def test_a_batch_validated_whole_takes_a_stamp_only_as_reading_does(ts: datetime) -> None:
+    """The one-call check takes stamps in UTC only, and those exactly as Reading does (the
+    same instant, the same refusals); a stamp in another zone it refuses, and its batch is
+    judged reading by reading, where Reading converts it."""
+    reading = {"device": "upm-sc1-panel-1", "ts": ts.isoformat(), "reachable": True}
+    payload = json.dumps(
+        {
+            "msg_id": str(ULID()),
+            "site": "upm",
+            "agent_id": "agent",
+            "seq": 1,
+            "sent_at": RECEIVED.isoformat(),
+            "readings": [reading],
+        }
+    ).encode()
+    try:
+        whole: datetime | None = CheckedBatch.model_validate_json(payload).readings[0].ts
+    except ValidationError:
+        whole = None
+    try:
+        alone: datetime | None = HealthBatch.model_validate_json(payload).readings[0].ts
+    except ValidationError:
+        alone = None
+    if ts.utcoffset() == timedelta(0):
+        assert whole == alone
+    else:
+        assert whole is None
+    if alone is not None:
+        assert alone == ts and alone.tzinfo is UTC

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import repeat
+from operator import attrgetter, sub
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,7 +48,15 @@ from fleet.models import Device, Site
 from fleet.protocol.messages import TOPIC_ROOT, utcnow
 from fleet.protocol.timetable import Timetable
 
-__all__ = ["AfterCommit", "IncomingMessage", "Ingest", "Outcome", "OutcomeStatus", "RejectReason"]
+__all__ = [
+    "AfterCommit",
+    "Checked",
+    "IncomingMessage",
+    "Ingest",
+    "Outcome",
+    "OutcomeStatus",
+    "RejectReason",
+]
 
 # Called after a group's transaction committed, with the devices whose rows it wrote and the
 # time; e.g. alerts. It runs before the group is acked: keep it to a few bulk queries.
@@ -77,6 +87,7 @@ LAG_SECONDS = Histogram(
 # so a `sync` done by another process is picked up without a flood of reloads on bad input.
 REGISTRY_RELOAD_MIN_S = 10.0
 IN_CLASS_MEMO_MAX = 100_000
+_TS = attrgetter("ts")
 # A group makes tens of thousands of container objects (readings, their dicts, rows) that all
 # live until it is stored. At CPython's default first threshold (700 allocations) each group
 # set off hundreds of young collections, each walking what the group had made so far, and
@@ -85,6 +96,15 @@ IN_CLASS_MEMO_MAX = 100_000
 # allocations instead: the same objects are found, as often as matters, and the collector
 # stays on for every thread of the process (it is never paused around a group).
 COLLECTOR_THRESHOLDS = (20_000, 10, 10)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A message checked ahead of its group (`Ingest.check`), and the registry it was checked
+    against: a registry reloaded since means checking it again."""
+
+    parsed: Parsed
+    registry: RegistrySnapshot
 
 
 class Ingest:
@@ -147,12 +167,30 @@ class Ingest:
         )
         self._reloaded_at = time.monotonic()
 
-    def handle(self, messages: list[IncomingMessage]) -> list[Outcome]:
-        """Store a group; one outcome per message, in order. Raises only a database fault
-        (the database away or busy), for the caller to retry the group whole."""
+    def check(self, message: IncomingMessage) -> Checked | None:
+        """`message` checked against the contract and the registry as it stands, ahead of
+        its group (the subscriber's writer checks each message as it gathers the group): no
+        database work. Give it to `handle` beside its message; None if checking failed (the
+        group then checks the message again, and says why)."""
+        registry = self.registry
+        try:
+            return Checked(parse_message(message, self.topic_root, registry), registry)
+        except Exception:
+            return None
+
+    def handle(
+        self, messages: list[IncomingMessage], checked: Sequence[Checked | None] | None = None
+    ) -> list[Outcome]:
+        """Store a group; one outcome per message, in order. `checked` (from `check`, one a
+        message) spares checking again what was checked against the registry still in force.
+        Raises only a database fault (the database away or busy), for the caller to retry
+        the group whole."""
         with self._lock, GROUP_SECONDS.time():
             self._touched = set()
-            parsed = [self._parse(m) for m in messages]
+            parsed = [
+                self._parse(m, c)
+                for m, c in zip(messages, checked or repeat(None, len(messages)), strict=True)
+            ]
             try:
                 outcomes = self._store(messages, parsed)
             except Exception as exc:
@@ -180,9 +218,12 @@ class Ingest:
             "last_group_at": self.last_group_at.isoformat() if self.last_group_at else None,
         }
 
-    def _parse(self, message: IncomingMessage) -> Parsed:
+    def _parse(self, message: IncomingMessage, checked: Checked | None = None) -> Parsed:
         try:
-            result = parse_message(message, self.topic_root, self.registry)
+            if checked is not None and checked.registry is self.registry:
+                result = checked.parsed
+            else:
+                result = parse_message(message, self.topic_root, self.registry)
             if self._should_reload(result):
                 self.refresh_registry()
                 result = parse_message(message, self.topic_root, self.registry)
@@ -294,27 +335,47 @@ def _on_whole_minutes(timetable: Timetable) -> bool:
 def _observe_lag(
     messages: list[IncomingMessage], parsed: list[Parsed], outcomes: list[Outcome]
 ) -> None:
-    lags: list[float] = []
     for message, result, outcome in zip(messages, parsed, outcomes, strict=True):
         if outcome.status == OutcomeStatus.stored and isinstance(result, HealthMessage):
-            received = message.received_at
-            # A device clock ahead of ours is not negative lag: count it as none.
-            lags.extend(max((received - r.ts).total_seconds(), 0.0) for r in result.readings)
-    observe_many(LAG_SECONDS, lags)
+            observe_ages(LAG_SECONDS, message.received_at, list(map(_TS, result.readings)))
 
 
-def observe_many(histogram: Histogram, values: list[float]) -> None:
-    """`histogram.observe(v)` for each of `values`, with one lock taken per bucket rather than
-    two per value: a group's thousands of readings were a tenth of its ingest time. Falls back
-    to one observe each where prometheus_client's (private) bucket layout is not as known."""
+def observe_ages(histogram: Histogram, received: datetime, stamps: list[datetime]) -> None:
+    """`histogram.observe(age)` for each of `stamps` (aware datetimes), its age the seconds
+    from it to `received`; a stamp after `received` (a device clock ahead of ours) is age 0,
+    not negative. For a histogram whose bounds are whole microseconds (`LAG_SECONDS`' are
+    whole seconds).
+
+    One message's readings at once, with no Python step a reading: the stamps sorted, the
+    buckets of the oldest and the newest found, each bound between them placed by bisection,
+    the sum of ages added exactly (timedeltas), each lock taken once. Observed one by one, a
+    group's thousands of readings were a tenth of its ingest time. Falls back to one observe
+    each where prometheus_client's (private) bucket layout is not as known."""
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)
     if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
-        for value in values:
-            histogram.observe(value)
+        for ts in stamps:
+            histogram.observe(max((received - ts).total_seconds(), 0.0))
         return
-    counts: Tally[int] = Tally(bisect_left(bounds, value) for value in values)
-    for index, count in counts.items():
-        buckets[index].inc(count)
-    total.inc(math.fsum(values))
+    if not stamps:
+        return
+    ordered = sorted(stamps)
+    oldest, count = ordered[0], len(ordered)
+    # A stamp's bucket is the first whose bound its age does not pass (age <= bound).
+    youngest_bucket = bisect_left(bounds, max((received - ordered[-1]).total_seconds(), 0.0))
+    oldest_bucket = bisect_left(bounds, max((received - oldest).total_seconds(), 0.0))
+    placed = 0  # the youngest `placed` stamps are counted
+    for index in range(youngest_bucket, oldest_bucket):
+        # age <= bound, that is ts >= received - bound: those from the cut's place on.
+        within = count - bisect_left(ordered, received - timedelta(seconds=bounds[index]))
+        if within > placed:
+            buckets[index].inc(within - placed)
+            placed = within
+    buckets[oldest_bucket].inc(count - placed)
+    aged = bisect_right(ordered, received)  # those not ahead of `received`
+    if aged:
+        ages = (received - oldest) * aged - sum(
+            map(sub, ordered[:aged], repeat(oldest, aged)), timedelta()
+        )
+        total.inc(ages.total_seconds())

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from psycopg.errors import UniqueViolation
@@ -41,17 +41,19 @@ from fleet.ingest.parse import (
 from fleet.ingest.rows import (
     DEVICE_UPDATE,
     POSTGRES_DEVICE_UPDATE_JSON,
+    POSTGRES_INGESTED_INSERT_JSON,
     POSTGRES_SAMPLE_COPY,
     POSTGRES_SAMPLE_COPY_DIRECT,
     POSTGRES_SAMPLE_MERGE,
     POSTGRES_SAMPLE_STAGE,
     SAMPLES,
     SQLITE_DEVICE_UPDATE,
-    SQLITE_SAMPLE_INSERT,
+    SQLITE_INGESTED_INSERT,
     note_row,
-    postgres_sample_values,
-    sample_row,
-    sqlite_sample_values,
+    postgres_sample_rows,
+    sample_rows,
+    sqlite_sample_insert,
+    sqlite_sample_rows,
     sqlite_ts,
 )
 from fleet.protocol.messages import Reading
@@ -74,11 +76,9 @@ InClass = Callable[[str, datetime], bool]
 Arrival = tuple[datetime, int]
 
 
-@dataclass
-class _Latest:
-    reading: Reading
-    site: str
-    arrival: Arrival
+# A device's newest reading in a group, with its site and arrival: a plain tuple, as one is
+# made for nearly every reading.
+Latest = tuple[Reading, str, Arrival]
 
 
 def dead_letter_insert(message: IncomingMessage, reason: RejectReason, detail: str) -> Insert:
@@ -126,16 +126,23 @@ class GroupWriter:
         driver = f"{dialect}+{conn.dialect.driver}"
         self.raw_sqlite = driver == "sqlite+pysqlite"
         self.raw_postgres = driver == "postgresql+psycopg"
+        # A sample's (device, ts), the key a group's copies of it are told apart by: on SQLite
+        # the ts as stored text, one text to one instant.
+        self.sample_key: Callable[[Any], tuple[str, Any]] = (
+            itemgetter(0, 1)
+            if self.raw_sqlite or self.raw_postgres
+            else itemgetter("device_id", "ts")
+        )
 
     def write(self, messages: list[IncomingMessage], parsed: list[Parsed]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         dead: list[dict[str, Any]] = []
         # (device, ts) -> the row as its driver takes it (a tuple in SAMPLE_COLUMNS order on
         # the raw drivers, a dict otherwise); a later copy in the group replaces an earlier.
-        samples: dict[tuple[str, datetime], Any] = {}
+        samples: dict[tuple[str, Any], Any] = {}
         ingested: list[dict[str, Any]] = []
         notes: list[dict[str, Any]] = []
-        latest: dict[str, _Latest] = {}
+        latest: dict[str, Latest] = {}
         agents = AgentRows(
             self.conn,
             {p.site for p in parsed if isinstance(p, (HealthMessage, AgentStateMessage))},
@@ -162,26 +169,31 @@ class GroupWriter:
                             "site_code": item.site,
                             "agent_id": batch.agent_id,
                             "seq": batch.seq,
-                            "received_at": message.received_at,
+                            "received_at": (
+                                sqlite_ts(message.received_at)
+                                if self.raw_sqlite
+                                else message.received_at
+                            ),
                             "readings": len(batch.readings),
                         }
                     )
                     agents.health(item.site, batch.agent_id, arrival)
                 msg_id = batch.msg_id if batch else None
-                received: Any = message.received_at
                 if self.raw_sqlite:
-                    row_of: Callable[[Reading, Any, str | None], Any] = sqlite_sample_values
-                    received = sqlite_ts(received)
+                    rows: list[Any] = sqlite_sample_rows(
+                        item.readings, sqlite_ts(message.received_at), msg_id
+                    )
                 elif self.raw_postgres:
-                    row_of = postgres_sample_values
+                    rows = postgres_sample_rows(item.readings, message.received_at, msg_id)
                 else:
-                    row_of = sample_row
+                    rows = sample_rows(item.readings, message.received_at, msg_id)
+                samples.update(zip(map(self.sample_key, rows), rows, strict=True))
+                site = item.site
                 for reading in item.readings:
-                    device, ts = reading.device, reading.ts
-                    samples[(device, ts)] = row_of(reading, received, msg_id)
+                    device = reading.device
                     known = latest.get(device)
-                    if known is None or known.reading.ts <= ts:
-                        latest[device] = _Latest(reading, item.site, arrival)
+                    if known is None or known[0].ts <= reading.ts:
+                        latest[device] = (reading, site, arrival)
                 for bad in item.refused:
                     dead.append(_refused_reading_row(message, bad))
                 outcomes.append(
@@ -205,13 +217,17 @@ class GroupWriter:
         if dead:
             self.conn.execute(insert(DEAD), dead)
         if samples and self.raw_sqlite:
-            self.conn.exec_driver_sql(SQLITE_SAMPLE_INSERT, list(samples.values()))
+            self.conn.exec_driver_sql(*sqlite_sample_insert(list(samples.values())))
         elif samples and self.raw_postgres:
             self._copy_samples(list(samples.values()))
         elif samples:
             stmt = self.insert(SAMPLES).on_conflict_do_nothing(index_elements=["device_id", "ts"])
             self.conn.execute(stmt, list(samples.values()))
-        if ingested:
+        if ingested and self.raw_sqlite:
+            self.conn.exec_driver_sql(SQLITE_INGESTED_INSERT, ingested)
+        elif ingested and self.raw_postgres:
+            self.conn.exec_driver_sql(POSTGRES_INGESTED_INSERT_JSON, (to_json(ingested).decode(),))
+        elif ingested:
             stmt = self.insert(INGESTED).on_conflict_do_nothing(index_elements=["msg_id"])
             self.conn.execute(stmt, ingested)
         if notes:
@@ -253,14 +269,13 @@ class GroupWriter:
             found.update(rows.scalars())
         return found
 
-    def _update_devices(self, latest: dict[str, _Latest], offline: dict[str, Arrival]) -> None:
+    def _update_devices(self, latest: dict[str, Latest], offline: dict[str, Arrival]) -> None:
         rows = []
-        for device, item in latest.items():
-            went_offline = offline.get(item.site)
-            if went_offline is not None and went_offline > item.arrival:
+        for device, (reading, site, arrival) in latest.items():
+            went_offline = offline.get(site)
+            if went_offline is not None and went_offline > arrival:
                 continue  # the agent went offline after sending this: site_offline stands
-            reading = item.reading
-            state, reason = derive_state(reading, in_class=self.in_class(item.site, reading.ts))
+            state, reason = derive_state(reading, in_class=self.in_class(site, reading.ts))
             # The raw drivers take JSON as text: pydantic's own serialiser writes it directly.
             dump = (
                 reading.model_dump_json(exclude_none=True)

@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fleet.ingest.pipeline import IncomingMessage, Ingest, collect_less_often
+from fleet.ingest.pipeline import Checked, IncomingMessage, Ingest, collect_less_often
 from fleet.protocol.broker_url import BrokerAddress
 from fleet.protocol.messages import Topics
 
@@ -55,11 +55,12 @@ class IngestStatus:
         }
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Received:
     message: IncomingMessage
     mid: int
     qos: int
+    checked: Checked | None = None  # by the writer, as it gathers the message's group
 
 
 class Subscriber:
@@ -200,29 +201,41 @@ class Subscriber:
     # --- the writer thread --------------------------------------------------------------
 
     def _next_group(self) -> list[_Received]:
-        """Up to batch_max messages: wait at most batch_wait for the group to fill, but close
-        it as soon as the flow pauses. The broker sends only so many unacknowledged messages
-        (its inflight window); waiting for more than that would only add latency."""
+        """Up to batch_max messages, each checked (`Ingest.check`) as it is taken: wait at
+        most batch_wait, not counting the checking, for the group to fill, but close it as
+        soon as the flow pauses. The broker sends only so many unacknowledged messages (its
+        inflight window); waiting for more than that would only add latency.
+
+        Checking while the group fills puts the wait to use: the writer checked a group only
+        once it was closed, and idled while it filled. (Checking on paho's thread instead
+        made the two threads contend for the interpreter while a group was stored: SQLite
+        lets it go at every row, and waited up to a switch interval to have it back.)"""
         try:
             first = self._queue.get(timeout=0.2)
         except queue.Empty:
             return []
         group = [first]
-        deadline = time.monotonic() + self.batch_wait_s
+        deadline = time.monotonic() + self.batch_wait_s + self._check(first)
         while len(group) < self.batch_max:
             try:  # what is already queued, without a timed wait for each message
-                group.append(self._queue.get_nowait())
-                continue
+                received = self._queue.get_nowait()
             except queue.Empty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                group.append(self._queue.get(timeout=min(remaining, IDLE_CLOSE_S)))
-            except queue.Empty:
-                break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    received = self._queue.get(timeout=min(remaining, IDLE_CLOSE_S))
+                except queue.Empty:
+                    break
+            group.append(received)
+            deadline += self._check(received)
         return group
+
+    def _check(self, received: _Received) -> float:
+        """Check `received` ahead of its group; the seconds that took."""
+        started = time.monotonic()
+        received.checked = self.ingest.check(received.message)
+        return time.monotonic() - started
 
     def _work(self) -> None:
         while not (self._stop.is_set() and self._queue.empty()):
@@ -234,7 +247,7 @@ class Subscriber:
         delay = 0.5
         while True:
             try:
-                self.ingest.handle([r.message for r in group])
+                self.ingest.handle([r.message for r in group], [r.checked for r in group])
                 break
             except Exception as exc:
                 # The database failed, not the input: keep the messages unacknowledged and

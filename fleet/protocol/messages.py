@@ -18,9 +18,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetPydanticSchema,
     StrictBool,
     ValidationError,
+    model_validator,
 )
+from pydantic_core import core_schema
 
 SCHEMA = 1
 TOPIC_ROOT = "fleet/v1"
@@ -89,6 +92,20 @@ def lowercase_site_hint(value: Any) -> Any:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
+# `UtcDatetime` as the controller checks a whole batch in one call: inside pydantic-core, with
+# no Python call a reading (that call was a tenth of a batch's validation). It takes the
+# instants stamped in UTC ('Z', '+00:00') within the same years; one stamped with another
+# offset is refused here, and its batch is judged again reading by reading with `Reading`,
+# which converts it. Its values carry pydantic-core's own zone of offset 0 (`TzInfo(0)`) rather
+# than `datetime.UTC`: the same instants, equal, hashed and dumped ("Z") alike.
+BatchUtcDatetime = Annotated[
+    datetime,
+    GetPydanticSchema(
+        lambda _source, _handler: core_schema.datetime_schema(
+            tz_constraint=0, ge=EARLIEST_TS, lt=LATEST_TS
+        )
+    ),
+]
 SiteCode = Annotated[str, BeforeValidator(lowercase_site_hint), Field(pattern=SITE_CODE_PATTERN)]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 # Text from outside, with its length capped by each field.
@@ -134,25 +151,18 @@ Metrics = Annotated[
 ]
 
 
-def _metric_ints_in_range(value: dict[str, object]) -> dict[str, object]:
-    for name, item in value.items():
-        if type(item) is int and not INT64_MIN <= item <= INT64_MAX:
-            raise ValueError(f"metric {name!r}: integer {item} does not fit in 64 bits")
-    return value
-
-
 # `Metrics` as the controller checks a whole batch in one call: the same values taken and
-# refused, but checked inside pydantic-core, the integer bound after it (an unbounded int
-# stays an int in the union, where a bounded one would turn into a float). A before-validator
-# makes pydantic-core build Python objects of the JSON first and validate those again: half
-# of a batch's validation time. What it refuses is judged again reading by reading with
+# refused, checked inside pydantic-core, but for the integer bound, checked once for the whole
+# batch (`CheckedBatch`; an unbounded int stays an int in the union, where a bounded one would
+# turn into a float). A before-validator makes pydantic-core build Python objects of the JSON
+# first and validate those again: half of a batch's validation time; an after-validator here is
+# a Python call for every reading. What it refuses is judged again reading by reading with
 # `Metrics`, whose words say which metric is wrong.
 BatchMetrics = Annotated[
     dict[
         MetricName,
         StrictBool | Annotated[int, Field(strict=True)] | MetricFloat | MetricText | None,
     ],
-    AfterValidator(_metric_ints_in_range),
     Field(max_length=MAX_METRICS),
 ]
 
@@ -303,8 +313,11 @@ class HealthBatch(HealthEnvelope):
 
 class BatchReading(Reading):
     """A `Reading` as the controller validates a whole batch at once (`CheckedBatch`): the
-    same fields, values and refusals, with `BatchMetrics`."""
+    same fields and values, with `BatchUtcDatetime` and `BatchMetrics`. It takes nothing that
+    `Reading` refuses; what it refuses besides (a stamp with an offset other than UTC's) is
+    taken by `Reading` when the batch is judged reading by reading."""
 
+    ts: BatchUtcDatetime
     metrics: BatchMetrics = Field(default_factory=dict)
 
 
@@ -314,6 +327,15 @@ class CheckedBatch(HealthEnvelope):
     `Reading`."""
 
     readings: list[BatchReading] = Field(max_length=MAX_READINGS_PER_BATCH)
+
+    @model_validator(mode="after")
+    def _metric_ints_in_range(self) -> CheckedBatch:
+        # The bound `BatchMetrics` leaves out: one Python call a batch, not one a reading.
+        for reading in self.readings:
+            for name, item in reading.metrics.items():
+                if type(item) is int and not INT64_MIN <= item <= INT64_MAX:
+                    raise ValueError(f"metric {name!r}: integer {item} does not fit in 64 bits")
+        return self
 
 
 class AgentStateValue(StrEnum):
