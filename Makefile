@@ -38,9 +38,11 @@ TEST_WORKERS ?= 4
 
 # The checks run beside the tests, not before them: pytest's workers mostly wait on brokers and
 # processes, and ruff, mypy and the audit take the CPU they leave (about 20 s off the wall
-# time). Any of them failing fails `make test`; their lines interleave, each line whole.
+# time). Any of them failing fails `make test`. Their output is not held back (make's
+# --output-sync would hold pytest's until it ends), so the checks' few lines may land among
+# pytest's progress dots.
 test: $(STAMP)
-	$(MAKE) --no-print-directory -j 4 --output-sync=line lint typecheck audit unit
+	$(MAKE) --no-print-directory -j 4 lint typecheck audit unit
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)

@@ -3,7 +3,7 @@
 - agent -> fleet.protocol <- the rest of fleet: the agent imports only the contract package,
   and the controller imports nothing of the agent but in `fleet/demo.py`, which runs agents and
   simulated devices by design.
-- The contract package depends on pydantic, PyYAML and tzdata only.
+- The contract package depends on pydantic (with its core), PyYAML and tzdata only.
 - Pages never call route handlers: both call the domain's query functions.
 - Domain code takes values, never the controller's Settings: only the edges read them.
 """
@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTRACT_DEPENDENCIES = {"pydantic", "yaml", "tzdata"}
+# pydantic_core is pydantic's own core, installed and pinned by pydantic itself: its schema
+# builders are what a batch check inside the core is written with (fleet/protocol/messages.py).
+CONTRACT_DEPENDENCIES = {"pydantic", "pydantic_core", "yaml", "tzdata"}
 # The controller's modules that may import the agent: the demo runs agents by design.
 FLEET_MAY_IMPORT_AGENT = {"fleet/demo.py"}
 # Extras an agent install must not pull (DESIGN.md: the agent stays small).
