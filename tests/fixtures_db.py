@@ -101,8 +101,8 @@ def _postgres_schema_url() -> Iterator[str]:
         admin.close()
 
 
-# Databases this suite makes are named with the hour they were made, so that a later session
-# can drop what a killed one left behind without touching a run still going beside it.
+# Databases this suite makes are named with the time they were made (Unix seconds), so that a
+# later run can drop what a killed one left behind without touching a run still going beside it.
 CLONE_PREFIX, TEMPLATE_PREFIX = "fleet_t_", "fleet_tmpl_"
 STALE_AFTER_S = 6 * 3600
 
