@@ -160,7 +160,8 @@ _DROPPERS: dict[str, _Dropper] = {}
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
     """A PostgreSQL database migrated once per worker, the template each test's database is
-    cloned from: a tenth of a second where migrating a schema again takes about two."""
+    cloned from: a tenth of a second where migrating a schema again takes half a second on a
+    quiet machine and two on a loaded one."""
     admin = _postgres_admin()
     _drop_stale_databases(admin)
     name = _database_name(TEMPLATE_PREFIX)
