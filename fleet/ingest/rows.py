@@ -213,46 +213,29 @@ def sample_rows(
 # falls back to storing one by one, dead-lettering just that reading).
 
 
-def sqlite_sample_rows(
-    readings: list[Reading], received_at: str, msg_id: str | None
+def sample_tuples(
+    readings: list[Reading],
+    received_at: str | datetime,
+    msg_id: str | None,
+    *,
+    text_stamps: bool,
 ) -> list[tuple[Any, ...]]:
-    """One message's samples as the SQLite driver is given them, in `SAMPLE_COLUMNS` order:
-    plain tuples (a dict per row cost more than the insert), text timestamps, JSON as text.
-    `received_at` is already text (`sqlite_ts`): one per message, shared by its readings."""
+    """One message's samples as the driver is given them, in `SAMPLE_COLUMNS` order: plain
+    tuples (a dict per row cost more than the insert), JSON as text. `text_stamps` (SQLite):
+    the reading's stamp as `sqlite_ts` text, and `received_at` already such text, one per
+    message; otherwise (PostgreSQL's COPY) aware datetimes as they are, since timestamptz
+    keeps the instant whatever the zone."""
     return [
         (
             reading.device,
             # sqlite_ts, its short way inline (no call a row, as said above).
-            text[:26]
-            if (text := reading.ts.isoformat(" ", "microseconds")).endswith("+00:00")
-            else sqlite_ts(reading.ts),
-            received_at,
-            msg_id,
-            reading.reachable,
-            str(reading.power),
-            reading.input,
-            reading.temperature_c,
-            reading.lamp_hours,
-            reading.filter_hours,
-            reading.uptime_s,
-            reading.firmware,
-            errors.model_dump_json() if (errors := reading.errors) is not None else None,
-            reading.error,
-            to_json(metrics).decode() if (metrics := reading.metrics) else None,
-        )
-        for reading in readings
-    ]
-
-
-def postgres_sample_rows(
-    readings: list[Reading], received_at: datetime, msg_id: str | None
-) -> list[tuple[Any, ...]]:
-    """One message's samples as psycopg's COPY is given them, in `SAMPLE_COLUMNS` order: aware
-    datetimes as they are (timestamptz keeps the instant whatever the zone), JSON as text."""
-    return [
-        (
-            reading.device,
-            reading.ts,
+            (
+                text[:26]
+                if (text := reading.ts.isoformat(" ", "microseconds")).endswith("+00:00")
+                else sqlite_ts(reading.ts)
+            )
+            if text_stamps
+            else reading.ts,
             received_at,
             msg_id,
             reading.reachable,

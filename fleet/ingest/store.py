@@ -50,10 +50,9 @@ from fleet.ingest.rows import (
     SQLITE_DEVICE_UPDATE,
     SQLITE_INGESTED_INSERT,
     note_row,
-    postgres_sample_rows,
     sample_rows,
+    sample_tuples,
     sqlite_sample_insert,
-    sqlite_sample_rows,
     sqlite_ts,
 )
 from fleet.protocol.messages import Reading
@@ -180,11 +179,13 @@ class GroupWriter:
                     agents.health(item.site, batch.agent_id, arrival)
                 msg_id = batch.msg_id if batch else None
                 if self.raw_sqlite:
-                    rows: list[Any] = sqlite_sample_rows(
-                        item.readings, sqlite_ts(message.received_at), msg_id
+                    rows: list[Any] = sample_tuples(
+                        item.readings, sqlite_ts(message.received_at), msg_id, text_stamps=True
                     )
                 elif self.raw_postgres:
-                    rows = postgres_sample_rows(item.readings, message.received_at, msg_id)
+                    rows = sample_tuples(
+                        item.readings, message.received_at, msg_id, text_stamps=False
+                    )
                 else:
                     rows = sample_rows(item.readings, message.received_at, msg_id)
                 samples.update(zip(map(self.sample_key, rows), rows, strict=True))
