@@ -53,7 +53,8 @@ def test_projector_left_on_after_the_last_class_is_switched_off(stack: Stack) ->
     tz = ZoneInfo(config["site"]["timezone"])
     now = datetime.now(tz).replace(second=0, microsecond=0)
     start = max(now - timedelta(minutes=40), now.replace(hour=0, minute=0))
-    set_class(stack, start, now + timedelta(minutes=40))
+    # A class within today: one running past midnight is not a timetable's HH:MM-HH:MM.
+    set_class(stack, start, min(now + timedelta(minutes=40), now.replace(hour=23, minute=59)))
     try:
         stack.simulate()  # in class: the projector is on
         set_class(stack, start, now - timedelta(minutes=2))  # for everyone else: it ended
