@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ class _AdvisoryLock:
         self.name = name
         self.where = f"PostgreSQL advisory lock {name}"
         self._conn: Connection | None = None
+        self._key: int | None = None  # the key held on _conn
 
     def hold(self) -> bool:
         if self._conn is not None:
@@ -126,7 +127,7 @@ class _AdvisoryLock:
             self.where = f"PostgreSQL advisory lock {key} ({schema}.{self.name})"
             taken = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
             if taken.scalar_one():
-                self._conn = conn
+                self._conn, self._key = conn, key
                 return True
         except DBAPIError:
             conn.invalidate()
@@ -139,10 +140,16 @@ class _AdvisoryLock:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        # Closed for real rather than returned to the pool, so the lock cannot outlive it.
         try:
-            conn.invalidate()
+            # Unlocked before the connection closes: the server ends a closed connection's
+            # backend, and the lock with it, a moment after the client has gone on, so a
+            # controller asking right after a step-down could still find it taken.
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+        except SQLAlchemyError:
+            pass  # the connection is gone already, and the lock went with its backend
         finally:
+            # Closed for real rather than returned to the pool, so the lock cannot outlive it.
+            conn.invalidate()
             conn.close()
 
 

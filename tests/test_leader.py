@@ -34,6 +34,26 @@ def test_one_process_leads_until_it_steps_down(engine: Engine, db_url: str) -> N
         other_engine.dispose()
 
 
+@pytest.mark.postgres
+def test_a_step_down_frees_the_lock_at_once(migrated_postgres_url: str) -> None:
+    """The server ends a closed connection's backend, and its locks, only after the client has
+    gone on: the other controller must not find the lock still taken right after a step-down."""
+    engines = [make_engine(migrated_postgres_url) for _ in range(2)]
+    a, b = Leadership(engines[0], holder="controller-a"), Leadership(engines[1], holder="b")
+    try:
+        for turn in range(40):
+            leader, follower = (a, b) if turn % 2 == 0 else (b, a)
+            assert leader.hold(), turn
+            leader.release()
+            assert follower.hold(), f"turn {turn}: the lock was still held after the step-down"
+            follower.release()
+    finally:
+        a.release()
+        b.release()
+        for engine in engines:
+            engine.dispose()
+
+
 def test_sqlite_lock_file_names_its_holder(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
     leader = Leadership(engine, holder="upm-controller:1234:abcd")
