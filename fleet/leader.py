@@ -143,8 +143,10 @@ class _AdvisoryLock:
         try:
             # Unlocked before the connection closes: the server ends a closed connection's
             # backend, and the lock with it, a moment after the client has gone on, so a
-            # controller asking right after a step-down could still find it taken.
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+            # controller asking right after a step-down could still find it taken. Not on a
+            # connection already found broken: nothing would answer.
+            if not conn.invalidated:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
         except SQLAlchemyError:
             pass  # the connection is gone already, and the lock went with its backend
         finally:

@@ -39,7 +39,8 @@ def test_a_step_down_frees_the_lock_at_once(migrated_postgres_url: str) -> None:
     """The server ends a closed connection's backend, and its locks, only after the client has
     gone on: the other controller must not find the lock still taken right after a step-down."""
     engines = [make_engine(migrated_postgres_url) for _ in range(2)]
-    a, b = Leadership(engines[0], holder="controller-a"), Leadership(engines[1], holder="b")
+    a = Leadership(engines[0], holder="controller-a")
+    b = Leadership(engines[1], holder="controller-b")
     try:
         for turn in range(40):
             leader, follower = (a, b) if turn % 2 == 0 else (b, a)
