@@ -359,3 +359,35 @@ def test_the_command_line_changes_and_revokes_through_the_same_checks(
         ops = session.exec(select(User).where(User.name == "ops-centre")).one()
         assert (tech.sites, ops.role, ops.revoked_at) == (["upm", "usthb"], "ops", None)
     assert next(a for a in audit(registered) if a[1] == "user.change")[2] == "tech-upm"
+
+
+def test_a_change_is_audited_before_its_answer_is_sent(
+    registered: Engine, tokens: Tokens, tmp_path: Any
+) -> None:
+    """The permission's entry is in the audit log when the answer starts: a client reading the
+    log as soon as its change is answered finds it, and a controller stopped between the two
+    cannot leave the change unaudited."""
+    app = create_app(Settings(data_dir=tmp_path, database_url=str(registered.url)), registered)
+    at_answer: list[list[tuple[str, str, str]]] = []
+
+    async def watched(scope: Any, receive: Any, send: Any) -> None:
+        async def send_watched(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                at_answer.append(audit(registered, "users."))
+            await send(message)
+
+        await app(scope, receive, send_watched)
+
+    with TestClient(watched, headers=tokens.headers("ops")) as client:
+        added = client.post(
+            "/api/v1/users",
+            json={"name": "tech-upm-3", "role": "technician", "sites": ["upm"], "password": STRONG},
+        )
+        taken = client.post(
+            "/api/v1/users",
+            json={"name": "tech-upm-3", "role": "technician", "sites": ["upm"], "password": STRONG},
+        )
+    assert (added.status_code, taken.status_code) == (201, 409), (added.text, taken.text)
+    entry = ("ops-centre", "users.add_user", "POST /api/v1/users")
+    assert at_answer[0] == [entry]  # the change's entry, written before its answer began
+    assert at_answer[1] == [entry, entry]  # and the refused one's too

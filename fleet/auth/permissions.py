@@ -292,7 +292,12 @@ class Permission:
 
 
 def Allow(name: str) -> Any:
-    return Depends(Permission(name))
+    """The dependency a route names to require `name`. Its audit entry is written before the
+    response is sent (FastAPI's `scope="function"`): with the default scope, the code after
+    `yield` ran once the answer was on its way, so a client reading the audit log right after
+    a change (a page's next view, a script) could miss it, and a process stopped between
+    the two left the change unaudited."""
+    return Depends(Permission(name), scope="function")
 
 
 def check_scope(session: Session, caller: Caller, request: Request) -> None:
