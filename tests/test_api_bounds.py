@@ -411,3 +411,45 @@ def test_a_programme_csv_in_bounds_imports_and_one_too_large_is_413(client: Test
         "/api/v1/programme.csv", content=huge, headers={"Content-Type": "text/csv"}
     )
     assert response.status_code == 413
+
+
+def test_a_refused_change_that_wrote_first_is_audited_before_its_answer(
+    registered: Engine, tokens: Tokens, tmp_path: Any
+) -> None:
+    """A CSV whose first row is good and second is not: the first row's phase was written
+    (uncommitted) when the second was refused. The refusal's audit entry is in the log when the
+    answer starts and nothing of the import is: on SQLite the request's uncommitted write held
+    the database's one write lock, and the entry waited busy_timeout (10 s) for it."""
+    app = create_app(Settings(data_dir=tmp_path, database_url=str(registered.url)), registered)
+    at_answer: list[list[tuple[str, str]]] = []
+
+    def programme_audit() -> list[tuple[str, str]]:
+        with Session(registered) as session:
+            rows = session.exec(
+                select(AuditEntry)
+                .where(col(AuditEntry.action).startswith("programme."))
+                .order_by(col(AuditEntry.id))
+            ).all()
+            return [(r.action, r.outcome) for r in rows]
+
+    async def watched(scope: Any, receive: Any, send: Any) -> None:
+        async def send_watched(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                at_answer.append(programme_audit())
+            await send(message)
+
+        await app(scope, receive, send_watched)
+
+    bad = GOOD.replace("upm,7,Phase 7", "upm,8,Phase 8").replace("2024-05-01", "0001-01-01")
+    with TestClient(watched, headers=tokens.headers("ops")) as client:
+        refused = client.post(
+            "/api/v1/programme.csv",
+            content=f"{HEADER}\n{GOOD}\n{bad}\n",
+            headers={"Content-Type": "text/csv"},
+        )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"][0]["msg"].startswith("line 3: "), refused.text
+    assert at_answer == [[("programme.post_programme_csv", "failed 422")]]
+    with TestClient(app, headers=tokens.headers("ops")) as client:
+        exported = client.get("/api/v1/programme.csv").text
+    assert "Phase 7" not in exported  # all rows or none

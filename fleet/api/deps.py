@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from fleet.auth.permissions import REQUEST_SESSION
 from fleet.settings import Settings
 
 # The dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in the
@@ -20,10 +21,15 @@ async def get_engine(request: Request) -> Engine:
     return engine
 
 
-async def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> AsyncIterator[Session]:
+async def get_session(
+    request: Request, engine: Annotated[Engine, Depends(get_engine)]
+) -> AsyncIterator[Session]:
     # Async, though Session is not: making one does no I/O (it connects on first use, in the
     # route's thread), so a request need not hop to the thread pool to make and close it.
     session = Session(engine)
+    # Closed once the answer is sent; the permission's audit of a refused change, written
+    # before that, first ends its transaction here (fleet.auth.permissions.REQUEST_SESSION).
+    setattr(request.state, REQUEST_SESSION, session)
     try:
         yield session
     finally:

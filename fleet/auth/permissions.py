@@ -149,6 +149,11 @@ class Refused(Exception):
         self.actor = actor
 
 
+# The request's database session (fleet.api.deps.get_session), kept on `request.state` under
+# this name so that the audit of a refused change can end its transaction first.
+REQUEST_SESSION = "db_session"
+
+
 class Permission:
     """The dependency: `caller: Annotated[Caller, Allow("devices:read")]`, or
     `dependencies=[Allow("rollouts:write")]` when the route needs no Caller."""
@@ -205,6 +210,14 @@ class Permission:
         await run_in_threadpool(self._done, engine, request, caller, outcome)
 
     def _done(self, engine: Engine, request: Request, caller: Caller, outcome: str) -> None:
+        if outcome != "ok":
+            # The refused change's own writes, flushed and not committed, are dropped before
+            # its entry is written: on SQLite they hold the database's one write lock until the
+            # request's session closes, after the answer, and the entry would wait
+            # busy_timeout (10 s) for it and then be lost. A refused change keeps nothing.
+            session = getattr(request.state, REQUEST_SESSION, None)
+            if isinstance(session, Session):
+                session.rollback()
         route = request.scope.get("route")
         record(
             engine,
