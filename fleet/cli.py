@@ -72,33 +72,35 @@ def serve(
     Configured by FLEET_DATABASE_URL, FLEET_MQTT_URL, FLEET_DATA_DIR and the other FLEET_*
     variables (see the README).
     """
-    import uvicorn
-    from pydantic import ValidationError
+    from fleet.memory import frozen_startup, limit_arenas
 
-    from fleet.devices.registry import RegistryError
-    from fleet.memory import limit_arenas
-    from fleet.protocol.broker_url import BrokerUrlError
-    from fleet.service import build_controller
-    from fleet.settings import Settings
-
-    _logging(log_level)
     limit_arenas()  # before uvicorn, the scheduler and paho start their threads
-    try:
-        settings = Settings()
-        given = {"role": role, "profiles_dir": profiles, "sites_dir": sites}
-        chosen = {k: v for k, v in given.items() if v is not None}
-        if chosen:
-            settings = Settings.model_validate({**settings.model_dump(), **chosen})
-        _say_where(settings)
-        controller = build_controller(settings)
-    except ValidationError as exc:
-        typer.echo(f"error: bad FLEET_* setting: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except ConfigErrors as exc:
-        raise _config_errors(exc) from None
-    except (BrokerUrlError, RegistryError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    with frozen_startup():
+        import uvicorn
+        from pydantic import ValidationError
+
+        from fleet.devices.registry import RegistryError
+        from fleet.protocol.broker_url import BrokerUrlError
+        from fleet.service import build_controller
+        from fleet.settings import Settings
+
+        _logging(log_level)
+        try:
+            settings = Settings()
+            given = {"role": role, "profiles_dir": profiles, "sites_dir": sites}
+            chosen = {k: v for k, v in given.items() if v is not None}
+            if chosen:
+                settings = Settings.model_validate({**settings.model_dump(), **chosen})
+            _say_where(settings)
+            controller = build_controller(settings)
+        except ValidationError as exc:
+            typer.echo(f"error: bad FLEET_* setting: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except ConfigErrors as exc:
+            raise _config_errors(exc) from None
+        except (BrokerUrlError, RegistryError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     uvicorn.run(controller.app, host=host, port=port, log_level=log_level.lower())
 
 
@@ -128,7 +130,10 @@ def demo(
 ) -> None:
     """Everything on one machine: embedded broker, SQLite, controller, agents, simulated
     devices. Prints the URL; Ctrl-C stops it all."""
-    from fleet.demo import DemoOptions, run_demo
+    from fleet.memory import frozen_startup
+
+    with frozen_startup():  # the import is most of the demo's start (fleet.service)
+        from fleet.demo import DemoOptions, run_demo
 
     _logging(log_level)
     try:
