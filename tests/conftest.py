@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,16 @@ def need(what: str, reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{what} not available: {reason}")
     pytest.skip(f"{what} not available: {reason}")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection built (every test module, the product, Hypothesis, Schemathesis,
+    Playwright) lives as long as the worker: frozen out of the collector's sight, and young
+    objects collected ten times less often. Measured on the in-process API tests (api_bounds,
+    users_api, auth, login_security): 42.6 s of CPU as Python sets it, 40.5 s frozen, 36.3 s
+    frozen with these thresholds."""
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -15,7 +15,6 @@ from fleet.memory import frozen_startup
 def collector_as_found() -> Iterator[None]:
     enabled = gc.isenabled()
     yield
-    gc.unfreeze()  # back into the oldest generation, for the worker's later tests
     if enabled:
         gc.enable()
     else:
