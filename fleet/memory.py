@@ -63,8 +63,8 @@ def frozen_startup() -> Iterator[None]:
     the 1.4 s `import fleet.service` took here, measured with and without). Frozen, they are
     not scanned by any later full collection either, which would otherwise walk them all
     while a request waits. What the block builds and then drops in a reference cycle is never
-    freed: some 1,400 of the 287,000 objects `import fleet.service` makes, once. See the `gc.freeze` entry of Python's `gc` module
-    documentation (Python 3.7+).
+    freed: some 1,400 of the 287,000 objects `import fleet.service` makes, once. See the
+    `gc.freeze` entry of Python's `gc` module documentation (Python 3.7+).
     """
     was_enabled = gc.isenabled()
     gc.disable()
