@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import pytest
 from pwdlib.hashers.argon2 import Argon2Hasher
@@ -17,6 +18,7 @@ from fleet.auth import passwords
 from fleet.auth.users import add_user, create_token
 
 PASSWORD = "correct horse battery"
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -86,3 +88,21 @@ def ops_token_for(database_url: str, name: str = "stack-ops") -> str:
 def sign_in(page: object, base: str, token: str) -> None:
     """Give a Playwright page the login cookie, as POST /api/v1/auth/token would."""
     page.context.add_cookies([{"name": "fleet_token", "value": token, "url": base}])  # type: ignore[attr-defined]
+
+
+def read_at_answer(app: Any, read: Callable[[], T]) -> tuple[Any, list[T]]:
+    """`app` wrapped so that `read()` runs when each answer starts (its
+    `http.response.start`), before the client has any of it: what the app wrote before
+    answering, such as an audit entry. Returns the wrapped ASGI app and the list each
+    reading is appended to, in the order the answers started."""
+    readings: list[T] = []
+
+    async def watched(scope: Any, receive: Any, send: Any) -> None:
+        async def send_watched(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                readings.append(read())
+            await send(message)
+
+        await app(scope, receive, send_watched)
+
+    return watched, readings

@@ -30,7 +30,7 @@ from fleet.ingest.pipeline import Ingest
 from fleet.models import Device, Sample
 from fleet.reports.models import StoredReport, UsageHour
 from fleet.settings import Settings
-from tests.fixtures_auth import Tokens
+from tests.fixtures_auth import Tokens, read_at_answer
 from tests.fixtures_db import RECEIVED, health, reading
 
 PROJECTOR = "upm-sc2-projector"
@@ -421,7 +421,6 @@ def test_a_refused_change_that_wrote_first_is_audited_before_its_answer(
     answer starts and nothing of the import is: on SQLite the request's uncommitted write held
     the database's one write lock, and the entry waited busy_timeout (10 s) for it."""
     app = create_app(Settings(data_dir=tmp_path, database_url=str(registered.url)), registered)
-    at_answer: list[list[tuple[str, str]]] = []
 
     def programme_audit() -> list[tuple[str, str]]:
         with Session(registered) as session:
@@ -432,14 +431,7 @@ def test_a_refused_change_that_wrote_first_is_audited_before_its_answer(
             ).all()
             return [(r.action, r.outcome) for r in rows]
 
-    async def watched(scope: Any, receive: Any, send: Any) -> None:
-        async def send_watched(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                at_answer.append(programme_audit())
-            await send(message)
-
-        await app(scope, receive, send_watched)
-
+    watched, at_answer = read_at_answer(app, programme_audit)
     bad = GOOD.replace("upm,7,Phase 7", "upm,8,Phase 8").replace("2024-05-01", "0001-01-01")
     with TestClient(watched, headers=tokens.headers("ops")) as client:
         refused = client.post(

@@ -19,7 +19,7 @@ from fleet.api.app import create_app
 from fleet.auth.models import AuditEntry, User
 from fleet.protocol.messages import CONTROL_RE
 from fleet.settings import Settings
-from tests.fixtures_auth import Tokens, user_token
+from tests.fixtures_auth import Tokens, read_at_answer, user_token
 
 # Strong enough for the password policy (zxcvbn 3 of 4 and up).
 STRONG = "quartz lantern orbit ninety7"
@@ -368,16 +368,7 @@ def test_a_change_is_audited_before_its_answer_is_sent(
     log as soon as its change is answered finds it, and a controller stopped between the two
     cannot leave the change unaudited."""
     app = create_app(Settings(data_dir=tmp_path, database_url=str(registered.url)), registered)
-    at_answer: list[list[tuple[str, str, str]]] = []
-
-    async def watched(scope: Any, receive: Any, send: Any) -> None:
-        async def send_watched(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                at_answer.append(audit(registered, "users."))
-            await send(message)
-
-        await app(scope, receive, send_watched)
-
+    watched, at_answer = read_at_answer(app, lambda: audit(registered, "users."))
     with TestClient(watched, headers=tokens.headers("ops")) as client:
         added = client.post(
             "/api/v1/users",
