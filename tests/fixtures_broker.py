@@ -11,10 +11,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from bench.brokers import MosquittoMissing, OwnMosquitto, port_open
 from fleet.embedded_broker import EmbeddedBroker
+from fleet.protocol.broker_url import parse_mqtt_url
 from tests.conftest import need
 
 MOSQUITTO = ("127.0.0.1", 1883)
@@ -85,3 +90,26 @@ def own_mosquitto(tmp_path: Path) -> Iterator[OwnMosquitto]:
         need("mosquitto", f"{exc}; .ci/run expects it")
     yield broker
     broker.stop()
+
+
+def make_session(url: str, client_id: str, topics: list[str]) -> None:
+    """The subscriber's persistent session, made on the broker ahead of it: its subscriptions
+    acknowledged (SUBACK), then left, so that the broker queues what is published next."""
+    subscribed = threading.Event()
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    client.on_subscribe = lambda *args: subscribed.set()
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 60
+    address = parse_mqtt_url(url)
+    client.connect(address.host, address.port, clean_start=True, properties=properties)
+    client.loop_start()
+    try:
+        client.subscribe([(topic, 1) for topic in topics])
+        assert subscribed.wait(10), "no SUBACK from the broker"
+    finally:
+        client.disconnect()
+        client.loop_stop()

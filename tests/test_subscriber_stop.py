@@ -5,14 +5,11 @@ arrived, most of them still queued for the writer."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from datetime import timedelta
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from sqlalchemy import Engine, func, select
 
 from fleet.ingest.pipeline import Ingest
@@ -20,7 +17,7 @@ from fleet.ingest.subscriber import Subscriber
 from fleet.models import Sample
 from fleet.protocol.broker_url import parse_mqtt_url
 from fleet.protocol.messages import Topics
-from tests.fixtures_broker import MOSQUITTO_ONLY, TestBroker
+from tests.fixtures_broker import MOSQUITTO_ONLY, TestBroker, make_session
 from tests.fixtures_db import RECEIVED, batch, reading
 from tests.procs import wait_for
 
@@ -46,25 +43,6 @@ def _batch(n: int) -> bytes:
     return json.dumps(batch("upm", readings, seq=n + 1)).encode()
 
 
-def _make_session(url: str, client_id: str, topics: list[str]) -> None:
-    """The subscriber's persistent session, made on the broker ahead of it: its subscriptions
-    acknowledged (SUBACK), then left, so that the broker queues what is published next."""
-    subscribed = threading.Event()
-    client = _client(client_id)
-    client.on_subscribe = lambda *args: subscribed.set()
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = 60
-    address = parse_mqtt_url(url)
-    client.connect(address.host, address.port, clean_start=True, properties=properties)
-    client.loop_start()
-    try:
-        client.subscribe([(topic, 1) for topic in topics])
-        assert subscribed.wait(10), "no SUBACK from the broker"
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 @MOSQUITTO_ONLY
 def test_a_stop_right_after_the_last_message_stores_every_one(
     registered: Engine, broker: TestBroker
@@ -79,7 +57,7 @@ def test_a_stop_right_after_the_last_message_stores_every_one(
         session_expiry_s=60,
         batch_max=10,  # twelve groups: the stop comes while most wait their turn
     )
-    _make_session(broker.url, client_id, subscriber.subscriptions())
+    make_session(broker.url, client_id, subscriber.subscriptions())
     publisher = _client()
     address = parse_mqtt_url(broker.url)
     publisher.connect(address.host, address.port)

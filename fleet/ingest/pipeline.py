@@ -43,7 +43,7 @@ from fleet.ingest.parse import (
     SiteEntry,
     parse_message,
 )
-from fleet.ingest.store import GroupWriter, dead_letter_insert
+from fleet.ingest.store import GroupWriter, SampleCopy, dead_letter_insert
 from fleet.models import Device, Site
 from fleet.protocol.messages import TOPIC_ROOT, utcnow
 from fleet.protocol.timetable import Timetable
@@ -74,6 +74,12 @@ READINGS_REFUSED = Counter(
     ["reason"],
 )
 MESSAGES = Counter("fleet_ingest_messages_total", "Messages handled, by outcome", ["outcome"])
+COPY_AHEAD = Counter(
+    "fleet_ingest_copy_ahead_total",
+    "Groups whose samples were COPYed while the group was gathered (PostgreSQL), by how the "
+    "COPY ended: kept, or why it was rolled back and the group written as any other",
+    ["outcome"],
+)
 GROUP_SECONDS = Histogram("fleet_ingest_group_seconds", "Time to store one group of messages")
 # How old a reading is when it reaches the controller (received_at - reading ts): seconds
 # normally, hours after a site's link or the broker was down and the agent's outbox drains.
@@ -106,6 +112,11 @@ class Checked:
     parsed: Parsed
     registry: RegistrySnapshot
 
+    @property
+    def sends_samples(self) -> bool:
+        """A health message: readings for the `sample` table."""
+        return isinstance(self.parsed, HealthMessage)
+
 
 class Ingest:
     def __init__(
@@ -131,6 +142,9 @@ class Ingest:
         self._touched: set[str] = set()
         self._minute_sites: frozenset[str] = frozenset()
         self._in_class_memo: dict[tuple[str, int], bool] = {}
+        # The writer sends a group's samples while it gathers the group (`open_copy`).
+        dialect = engine.dialect
+        self.copies_ahead = (dialect.name, dialect.driver) == ("postgresql", "psycopg")
         self.refresh_registry()
 
     def refresh_registry(self) -> None:
@@ -178,13 +192,42 @@ class Ingest:
         except Exception:
             return None
 
+    def open_copy(self) -> SampleCopy | None:
+        """A `SampleCopy` for the group about to be gathered, on PostgreSQL over psycopg;
+        None elsewhere, or if the database cannot take one now (the group is then written
+        as it is anyway, and meets the fault there)."""
+        if not self.copies_ahead:
+            return None
+        try:
+            return SampleCopy(self.engine)
+        except Exception:
+            log.debug("no COPY ahead of this group", exc_info=True)
+            return None
+
     def handle(
-        self, messages: list[IncomingMessage], checked: Sequence[Checked | None] | None = None
+        self,
+        messages: list[IncomingMessage],
+        checked: Sequence[Checked | None] | None = None,
+        copy: SampleCopy | None = None,
     ) -> list[Outcome]:
         """Store a group; one outcome per message, in order. `checked` (from `check`, one a
-        message) spares checking again what was checked against the registry still in force.
-        Raises only a database fault (the database away or busy), for the caller to retry
-        the group whole."""
+        message) spares checking again what was checked against the registry still in force;
+        `copy` (from `open_copy`, fed with the group's messages as they were checked) holds
+        its samples already sent, and is closed here whatever happens. Raises only a database
+        fault (the database away or busy), for the caller to retry the group whole, without
+        `copy`."""
+        try:
+            return self._handle(messages, checked, copy)
+        finally:
+            if copy is not None:
+                copy.close()
+
+    def _handle(
+        self,
+        messages: list[IncomingMessage],
+        checked: Sequence[Checked | None] | None,
+        copy: SampleCopy | None,
+    ) -> list[Outcome]:
         with self._lock, GROUP_SECONDS.time():
             self._touched = set()
             parsed = [
@@ -192,7 +235,7 @@ class Ingest:
                 for m, c in zip(messages, checked or repeat(None, len(messages)), strict=True)
             ]
             try:
-                outcomes = self._store(messages, parsed)
+                outcomes = self._store(messages, parsed, copy)
             except Exception as exc:
                 if is_database_fault(exc):
                     raise
@@ -240,10 +283,30 @@ class Ingest:
             and time.monotonic() - self._reloaded_at >= REGISTRY_RELOAD_MIN_S
         )
 
-    def _store(self, messages: list[IncomingMessage], parsed: list[Parsed]) -> list[Outcome]:
-        with self.engine.begin() as conn:
-            writer = GroupWriter(conn, self.registry, self._in_class)
-            outcomes = writer.write(messages, parsed)
+    def _store(
+        self,
+        messages: list[IncomingMessage],
+        parsed: list[Parsed],
+        copy: SampleCopy | None = None,
+    ) -> list[Outcome]:
+        if copy is None:
+            with self.engine.begin() as conn:
+                writer = GroupWriter(conn, self.registry, self._in_class)
+                outcomes = writer.write(messages, parsed)
+        else:
+            # The rest of the group goes into the COPY's transaction, committed as one. Closed
+            # before any fallback: its uncommitted rows would hold up the same rows written
+            # one by one on another connection.
+            try:
+                stored = copy.end(messages, parsed)
+                COPY_AHEAD.labels(copy.outcome).inc()
+                writer = GroupWriter(
+                    copy.conn, self.registry, self._in_class, samples_stored=stored
+                )
+                outcomes = writer.write(messages, parsed)
+                copy.transaction.commit()
+            finally:
+                copy.close()
         self._touched |= writer.touched
         return outcomes
 

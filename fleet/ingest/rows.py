@@ -153,8 +153,30 @@ POSTGRES_SAMPLE_STAGE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS fleet_sample_stage ON COMMIT DELETE ROWS AS "  # noqa: S608
     f"SELECT {_COLUMN_LIST} FROM sample WITH NO DATA"
 )
-POSTGRES_SAMPLE_COPY = f"COPY fleet_sample_stage ({_COLUMN_LIST}) FROM STDIN"
-POSTGRES_SAMPLE_COPY_DIRECT = f"COPY sample ({_COLUMN_LIST}) FROM STDIN"
+# COPY's binary format: each value goes as the server keeps it, nothing parsed from text on
+# either side (a timestamp, a float), with the column types given once rather than looked up
+# for every value (psycopg's `Copy.set_types`). A JSON text goes as "text": json's binary
+# form is its text.
+POSTGRES_SAMPLE_COPY = f"COPY fleet_sample_stage ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+POSTGRES_SAMPLE_COPY_DIRECT = f"COPY sample ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+SAMPLE_COPY_TYPES = {
+    "device_id": "text",
+    "ts": "timestamptz",
+    "received_at": "timestamptz",
+    "msg_id": "text",
+    "reachable": "bool",
+    "power": "text",
+    "input": "text",
+    "temperature_c": "float8",
+    "lamp_hours": "float8",
+    "filter_hours": "float8",
+    "uptime_s": "float8",
+    "firmware": "text",
+    "errors": "text",
+    "error": "text",
+    "metrics": "text",
+}
+POSTGRES_SAMPLE_COPY_TYPES = [SAMPLE_COPY_TYPES[name] for name in SAMPLE_COLUMNS]
 POSTGRES_SAMPLE_MERGE = (
     f"INSERT INTO sample ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM fleet_sample_stage "  # noqa: S608
     "ON CONFLICT (device_id, ts) DO NOTHING"

@@ -6,7 +6,9 @@ is updated once per group, and only by a reading newer than the one it already s
 
 from __future__ import annotations
 
+import enum
 import json
+import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from operator import itemgetter
@@ -16,6 +18,7 @@ from psycopg.errors import UniqueViolation
 from pydantic_core import to_json
 from sqlalchemy import (
     Connection,
+    Engine,
     Insert,
     Table,
     insert,
@@ -24,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
 
+from fleet.db import is_database_fault
 from fleet.devices.state import derive_state
 from fleet.ingest.agents import AgentRows
 from fleet.ingest.parse import (
@@ -44,6 +48,7 @@ from fleet.ingest.rows import (
     POSTGRES_INGESTED_INSERT_JSON,
     POSTGRES_SAMPLE_COPY,
     POSTGRES_SAMPLE_COPY_DIRECT,
+    POSTGRES_SAMPLE_COPY_TYPES,
     POSTGRES_SAMPLE_MERGE,
     POSTGRES_SAMPLE_STAGE,
     SAMPLES,
@@ -56,6 +61,8 @@ from fleet.ingest.rows import (
     sqlite_ts,
 )
 from fleet.protocol.messages import Reading
+
+log = logging.getLogger(__name__)
 
 DEVICES = SQLModel.metadata.tables["device"]
 INGESTED = SQLModel.metadata.tables["ingested_message"]
@@ -111,8 +118,20 @@ def _refused_reading_row(message: IncomingMessage, bad: BadReading) -> dict[str,
 
 
 class GroupWriter:
-    def __init__(self, conn: Connection, registry: RegistrySnapshot, in_class: InClass) -> None:
+    """Writes one group in the caller's transaction. `samples_stored`: the group's samples
+    are in already (a `SampleCopy` that `end`ed with its rows kept); everything else is
+    written as for any group."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        registry: RegistrySnapshot,
+        in_class: InClass,
+        *,
+        samples_stored: bool = False,
+    ) -> None:
         self.conn = conn
+        self.samples_stored = samples_stored
         self.registry = registry
         self.in_class = in_class
         self.touched: set[str] = set()  # devices whose row a reading updated (if newer)
@@ -177,18 +196,9 @@ class GroupWriter:
                         }
                     )
                     agents.health(item.site, batch.agent_id, arrival)
-                msg_id = batch.msg_id if batch else None
-                if self.raw_sqlite:
-                    rows: list[Any] = sample_tuples(
-                        item.readings, sqlite_ts(message.received_at), msg_id, text_stamps=True
-                    )
-                elif self.raw_postgres:
-                    rows = sample_tuples(
-                        item.readings, message.received_at, msg_id, text_stamps=False
-                    )
-                else:
-                    rows = sample_rows(item.readings, message.received_at, msg_id)
-                samples.update(zip(map(self.sample_key, rows), rows, strict=True))
+                if not self.samples_stored:
+                    rows = self._sample_rows(item, message)
+                    samples.update(zip(map(self.sample_key, rows), rows, strict=True))
                 site = item.site
                 for reading in item.readings:
                     device = reading.device
@@ -237,6 +247,17 @@ class GroupWriter:
         self._update_devices(latest, agents.offline)
         return outcomes
 
+    def _sample_rows(self, item: HealthMessage, message: IncomingMessage) -> list[Any]:
+        """A message's samples in the form this connection's driver takes."""
+        msg_id = item.batch.msg_id if item.batch else None
+        if self.raw_sqlite:
+            return sample_tuples(
+                item.readings, sqlite_ts(message.received_at), msg_id, text_stamps=True
+            )
+        if self.raw_postgres:
+            return sample_tuples(item.readings, message.received_at, msg_id, text_stamps=False)
+        return sample_rows(item.readings, message.received_at, msg_id)
+
     def _copy_samples(self, rows: list[tuple[Any, ...]]) -> None:
         """COPY, how bulk rows go into PostgreSQL fast; COPY has no ON CONFLICT. Straight into
         `sample` under a savepoint first: a group of new readings, the usual case, costs one
@@ -258,6 +279,7 @@ class GroupWriter:
         cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             with cursor.copy(statement) as copy:
+                copy.set_types(POSTGRES_SAMPLE_COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
         finally:
@@ -302,6 +324,153 @@ class GroupWriter:
         elif rows:
             self.conn.execute(DEVICE_UPDATE, rows)
         self.touched.update(str(row["b_id"]) for row in rows)
+
+
+class CopyAhead(enum.StrEnum):
+    """How a `SampleCopy` ended: its rows kept, or why they were rolled back and the group
+    written as any other (the label of `fleet_ingest_copy_ahead_total`)."""
+
+    kept = "kept"
+    checked_again = "checked_again"  # a message parsed again at the group (registry reloaded)
+    reading_twice = "reading_twice"  # one (device, ts) twice in the group
+    already_stored = "already_stored"  # a message id or a (device, ts) stored before
+    refused = "refused"  # the server refused a row (the group then finds which)
+    broken = "broken"  # the COPY failed while it was fed
+
+
+class _Abandon(Exception):
+    """Ends a COPY with CopyFail: its rows go nowhere."""
+
+
+class SampleCopy:
+    """A group's readings COPYed into `sample` while the group is still being gathered, on
+    PostgreSQL over psycopg: the server inserts them (its foreign-key check and four indexes
+    are most of a COPY's time) on its own core while the writer checks the next messages,
+    rather than only once the group has closed.
+
+    Opened by the writer at a group's first reading, `feed` with each message as it is
+    checked, then handed to `fleet.ingest.pipeline.Ingest.handle`, which calls `end` and
+    writes the rest of the group in this transaction. The rows stand only if they are
+    exactly those the group's own write would store: every health message fed as it was
+    checked and not parsed again, no (device, ts) twice, none stored before and no message
+    id stored before. Otherwise they are rolled back to a savepoint and the group is written
+    as any other, so idempotency and dead-lettering are GroupWriter's, unchanged.
+
+    Raises a database fault from `__init__` (the caller then writes the group as usual) and
+    from `end` (the group is retried whole). `close` is always safe to call."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.conn = engine.connect()
+        self.outcome: CopyAhead | None = None
+        self._fed: dict[int, tuple[IncomingMessage, HealthMessage]] = {}
+        self._skipped: set[int] = set()
+        self._msg_ids: set[str] = set()
+        self._keys: set[tuple[str, datetime]] = set()
+        self._broken: CopyAhead | None = None
+        self._copy: Any = None
+        self._finish: Any = None
+        try:
+            self.transaction = self.conn.begin()
+            self.savepoint = self.conn.begin_nested()
+            dbapi = self.conn.connection.dbapi_connection
+            self._cursor = dbapi.cursor()  # type: ignore[union-attr]
+            stream = self._cursor.copy(POSTGRES_SAMPLE_COPY_DIRECT)
+            self._copy = stream.__enter__()
+            self._copy.set_types(POSTGRES_SAMPLE_COPY_TYPES)
+            self._finish = stream.__exit__
+        except BaseException:
+            self.close()
+            raise
+
+    def feed(self, message: IncomingMessage, parsed: Parsed) -> None:
+        """Send `message`'s readings now, if it is a health message (checked, `parsed`).
+        Never raises: a failure only means the group is written as any other."""
+        if self._broken is not None or not isinstance(parsed, HealthMessage):
+            return
+        msg_id = parsed.batch.msg_id if parsed.batch else None
+        if msg_id is not None and msg_id in self._msg_ids:
+            self._skipped.add(id(message))  # the group's write counts it a duplicate
+            return
+        rows = sample_tuples(parsed.readings, message.received_at, msg_id, text_stamps=False)
+        keys = [(row[0], row[1]) for row in rows]
+        if not self._keys.isdisjoint(keys) or len(set(keys)) < len(keys):
+            # The group's write keeps the later copy; COPY would refuse the second.
+            self._abandon(CopyAhead.reading_twice)
+            return
+        try:
+            for row in rows:
+                self._copy.write_row(row)
+        except Exception:
+            log.debug("COPY ahead of the group failed while fed", exc_info=True)
+            self._abandon(CopyAhead.broken)
+            return
+        self._keys.update(keys)
+        if msg_id is not None:
+            self._msg_ids.add(msg_id)
+        self._fed[id(message)] = (message, parsed)
+
+    def end(self, messages: list[IncomingMessage], parsed: list[Parsed]) -> bool:
+        """Close the COPY; True if its rows are the group's samples and stand, False if they
+        were rolled back (the group then writes its samples itself). Sets `outcome`.
+        Raises a database fault."""
+        why = self._broken or self._mismatch(messages, parsed)
+        if why is None:
+            try:
+                self._finish(None, None, None)
+            except UniqueViolation:
+                why = CopyAhead.already_stored
+            except Exception as exc:
+                if is_database_fault(exc):
+                    raise
+                why = CopyAhead.refused
+            finally:
+                self._finish = None
+        else:
+            self._abandon(why)
+        if why is None and self._msg_ids:
+            stored = select(INGESTED.c.msg_id).where(INGESTED.c.msg_id.in_(self._msg_ids))
+            if self.conn.execute(stored.limit(1)).first() is not None:
+                why = CopyAhead.already_stored
+        self.outcome = why or CopyAhead.kept
+        if why is None:
+            self.savepoint.commit()
+            return True
+        self.savepoint.rollback()
+        return False
+
+    def _mismatch(self, messages: list[IncomingMessage], parsed: list[Parsed]) -> CopyAhead | None:
+        """None if what was fed is what the group's write would store: each health message
+        fed as the group now has it parsed (or skipped as a copy of a message fed before),
+        and nothing fed that is not in the group."""
+        matched: set[int] = set()
+        for message, item in zip(messages, parsed, strict=True):
+            if not isinstance(item, HealthMessage):
+                continue
+            was = self._fed.get(id(message))
+            if was is not None and was[0] is message and was[1] is item:
+                matched.add(id(message))
+            elif id(message) not in self._skipped:
+                return CopyAhead.checked_again
+        return None if matched == self._fed.keys() else CopyAhead.checked_again
+
+    def _abandon(self, why: CopyAhead) -> None:
+        self._broken = why
+        finish, self._finish = self._finish, None
+        if finish is None:
+            return
+        try:
+            finish(_Abandon, _Abandon(why.value), None)
+        except Exception:  # the server's answer to CopyFail; the savepoint undoes the rest
+            log.debug("COPY ahead of the group abandoned (%s)", why, exc_info=True)
+
+    def close(self) -> None:
+        """Roll back whatever was not committed and give the connection back."""
+        try:
+            if self._finish is not None:
+                self._abandon(CopyAhead.broken)
+            self.conn.close()
+        except Exception:
+            log.debug("closing a COPY ahead of its group failed", exc_info=True)
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:

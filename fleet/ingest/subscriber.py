@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleet.ingest.pipeline import Checked, IncomingMessage, Ingest, collect_less_often
+from fleet.ingest.store import SampleCopy
 from fleet.protocol.broker_url import BrokerAddress
 from fleet.protocol.messages import Topics
 
@@ -61,6 +62,28 @@ class _Received:
     mid: int
     qos: int
     checked: Checked | None = None  # by the writer, as it gathers the message's group
+
+
+class _Gathering:
+    """One group's checking on the writer thread, and its `SampleCopy` once it has a
+    reading to send (PostgreSQL only; opened at most once a group)."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.copy: SampleCopy | None = None
+        self._opened = False
+
+    def check(self, received: _Received) -> float:
+        """Check `received` ahead of its group, and send its readings; the seconds that took."""
+        started = time.monotonic()
+        checked = received.checked = self.ingest.check(received.message)
+        if checked is not None and self.ingest.copies_ahead and checked.sends_samples:
+            if not self._opened:
+                self._opened = True
+                self.copy = self.ingest.open_copy()
+            if self.copy is not None:
+                self.copy.feed(received.message, checked.parsed)
+        return time.monotonic() - started
 
 
 class Subscriber:
@@ -200,7 +223,7 @@ class Subscriber:
 
     # --- the writer thread --------------------------------------------------------------
 
-    def _next_group(self) -> list[_Received]:
+    def _next_group(self) -> tuple[list[_Received], SampleCopy | None]:
         """Up to batch_max messages, each checked (`Ingest.check`) as it is taken: wait at
         most batch_wait, not counting the checking, for the group to fill, but close it as
         soon as the flow pauses. The broker sends only so many unacknowledged messages (its
@@ -209,13 +232,16 @@ class Subscriber:
         Checking while the group fills puts the wait to use: the writer checked a group only
         once it was closed, and idled while it filled. (Checking on paho's thread instead
         made the two threads contend for the interpreter while a group was stored: SQLite
-        lets it go at every row, and waited up to a switch interval to have it back.)"""
+        lets it go at every row, and waited up to a switch interval to have it back.) On
+        PostgreSQL each checked message's readings are also COPYed at once (`SampleCopy`),
+        so the server stores them while the rest of the group arrives."""
         try:
             first = self._queue.get(timeout=0.2)
         except queue.Empty:
-            return []
+            return [], None
         group = [first]
-        deadline = time.monotonic() + self.batch_wait_s + self._check(first)
+        gathering = _Gathering(self.ingest)
+        deadline = time.monotonic() + self.batch_wait_s + gathering.check(first)
         while len(group) < self.batch_max:
             try:  # what is already queued, without a timed wait for each message
                 received = self._queue.get_nowait()
@@ -228,28 +254,24 @@ class Subscriber:
                 except queue.Empty:
                     break
             group.append(received)
-            deadline += self._check(received)
-        return group
-
-    def _check(self, received: _Received) -> float:
-        """Check `received` ahead of its group; the seconds that took."""
-        started = time.monotonic()
-        received.checked = self.ingest.check(received.message)
-        return time.monotonic() - started
+            deadline += gathering.check(received)
+        return group, gathering.copy
 
     def _work(self) -> None:
         while not (self._stop.is_set() and self._queue.empty()):
-            group = self._next_group()
+            group, copy = self._next_group()
             if group:
-                self._store(group)
+                self._store(group, copy)
 
-    def _store(self, group: list[_Received]) -> None:
+    def _store(self, group: list[_Received], copy: SampleCopy | None = None) -> None:
         delay = 0.5
         while True:
             try:
-                self.ingest.handle([r.message for r in group], [r.checked for r in group])
+                # The COPY is the first attempt's only: `handle` closes it whatever happens.
+                self.ingest.handle([r.message for r in group], [r.checked for r in group], copy)
                 break
             except Exception as exc:
+                copy = None
                 # The database failed, not the input: keep the messages unacknowledged and
                 # try again; if we die meanwhile the broker redelivers them.
                 self.stats.db_failures += 1
