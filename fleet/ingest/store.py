@@ -1,7 +1,10 @@
 """Writes one parsed group of messages through Core statements (no ORM objects on the hot path).
 
-Samples go in with INSERT ... ON CONFLICT DO NOTHING on (device, ts); each device's latest state
-is updated once per group, and only by a reading newer than the one it already shows.
+Samples go in once per (device, ts): on SQLite by INSERT ... ON CONFLICT DO NOTHING; on
+PostgreSQL by COPY under a savepoint, or through a staging table merged with ON CONFLICT DO
+NOTHING when a row is stored already, or COPYed before the group closed (`SampleCopy`). Each
+device's latest state is updated once per group, and only by a reading newer than the one it
+already shows.
 """
 
 from __future__ import annotations
