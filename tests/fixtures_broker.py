@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -19,6 +20,8 @@ from paho.mqtt.properties import Properties
 
 from bench.brokers import MosquittoMissing, OwnMosquitto, port_open
 from fleet.embedded_broker import EmbeddedBroker
+from fleet.ingest.pipeline import Ingest
+from fleet.ingest.subscriber import Subscriber
 from fleet.protocol.broker_url import parse_mqtt_url
 from tests.conftest import need
 
@@ -113,3 +116,20 @@ def make_session(url: str, client_id: str, topics: list[str]) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def session_subscriber(ingest: Ingest, broker: TestBroker, **options: Any) -> Subscriber:
+    """The controller's subscriber on `broker`, not started, whose persistent session the
+    broker already holds (`make_session`): what is published from now on waits for it, and
+    comes in large groups once it starts. `options` go to Subscriber (batch_max, ...)."""
+    client_id = f"test-{uuid.uuid4().hex}"
+    subscriber = Subscriber(
+        parse_mqtt_url(broker.url),
+        ingest,
+        client_id=client_id,
+        topic_root=broker.topic_root,
+        session_expiry_s=60,
+        **options,
+    )
+    make_session(broker.url, client_id, subscriber.subscriptions())
+    return subscriber

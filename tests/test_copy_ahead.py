@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,11 +23,10 @@ from fleet.db import is_database_fault, make_engine
 from fleet.devices.registry import sync_registry
 from fleet.ingest.pipeline import IncomingMessage, Ingest, OutcomeStatus
 from fleet.ingest.store import CopyAhead
-from fleet.ingest.subscriber import Subscriber
 from fleet.protocol.broker_url import parse_mqtt_url
 from fleet.protocol.messages import Topics
 from fleet.protocol.site_config import LoadedSite
-from tests.fixtures_broker import MOSQUITTO_ONLY, TestBroker, make_session
+from tests.fixtures_broker import MOSQUITTO_ONLY, TestBroker, session_subscriber
 from tests.fixtures_db import (
     RECEIVED,
     _postgres_clone_url,
@@ -361,15 +359,7 @@ def test_the_subscriber_copies_ahead_through_a_real_broker(
     is stored once, every copy counted a duplicate, and the groups' COPYs kept."""
     engine = clone()
     ingest = Ingest(engine, topic_root=broker.topic_root)
-    client_id = f"copy-ahead-{uuid.uuid4().hex}"
-    subscriber = Subscriber(
-        parse_mqtt_url(broker.url),
-        ingest,
-        client_id=client_id,
-        topic_root=broker.topic_root,
-        session_expiry_s=60,
-    )
-    make_session(broker.url, client_id, subscriber.subscriptions())
+    subscriber = session_subscriber(ingest, broker)
     payloads = [
         json.dumps(
             batch(

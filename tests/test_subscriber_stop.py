@@ -5,7 +5,6 @@ arrived, most of them still queued for the writer."""
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import timedelta
 
 import paho.mqtt.client as mqtt
@@ -13,11 +12,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine, func, select
 
 from fleet.ingest.pipeline import Ingest
-from fleet.ingest.subscriber import Subscriber
 from fleet.models import Sample
 from fleet.protocol.broker_url import parse_mqtt_url
 from fleet.protocol.messages import Topics
-from tests.fixtures_broker import MOSQUITTO_ONLY, TestBroker, make_session
+from tests.fixtures_broker import MOSQUITTO_ONLY, TestBroker, session_subscriber
 from tests.fixtures_db import RECEIVED, batch, reading
 from tests.procs import wait_for
 
@@ -48,16 +46,8 @@ def test_a_stop_right_after_the_last_message_stores_every_one(
     registered: Engine, broker: TestBroker
 ) -> None:
     ingest = Ingest(registered, topic_root=broker.topic_root)
-    client_id = f"test-{uuid.uuid4().hex}"
-    subscriber = Subscriber(
-        parse_mqtt_url(broker.url),
-        ingest,
-        client_id=client_id,
-        topic_root=broker.topic_root,
-        session_expiry_s=60,
-        batch_max=10,  # twelve groups: the stop comes while most wait their turn
-    )
-    make_session(broker.url, client_id, subscriber.subscriptions())
+    # Twelve groups: the stop comes while most wait their turn.
+    subscriber = session_subscriber(ingest, broker, batch_max=10)
     publisher = _client()
     address = parse_mqtt_url(broker.url)
     publisher.connect(address.host, address.port)
