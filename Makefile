@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check fleet agent tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy fleet agent
+	$(BIN)/mypy fleet agent bench
 
 # Known vulnerabilities in the installed dependencies (pip-audit; tests/dependency_audit.py says
 # so, and does not fail, when the vulnerability database cannot be reached).

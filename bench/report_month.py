@@ -63,7 +63,8 @@ def build_database(path: Path, devices: int, days: int) -> None:
         " config_path, config_hash, synced_at) VALUES (?, ?, '', 'bench', ?, ?, ?, '', '', ?)",
         [(code, code, tz, vendor, TIMETABLE, now) for code, tz, vendor in SITES],
     )
-    rooms, device_rows = [], []
+    rooms: list[tuple[str, str, str, str]] = []
+    device_rows: list[tuple[str, ...]] = []
     for n in range(devices):
         code, _, vendor = SITES[n % len(SITES)]
         room = f"{code}-room-{n // (len(SITES) * DEVICES_PER_ROOM)}"
