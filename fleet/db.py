@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,18 @@ _VALUE_FAULTS = ("ProgramLimitExceeded",)
 
 def is_database_fault(exc: BaseException) -> bool:
     """True when `exc` is the database's or the deployment's fault (retry later), False when
-    it is the data's (a value the store refuses: skip or dead-letter what carries it)."""
-    if not isinstance(exc, DATABASE_FAULTS):
-        return False
-    return type(getattr(exc, "orig", None)).__name__ not in _VALUE_FAULTS
+    it is the data's (a value the store refuses: skip or dead-letter what carries it).
+    `exc` is SQLAlchemy's, or psycopg's own from a cursor used directly (ingest's COPY)."""
+    if isinstance(exc, DATABASE_FAULTS):
+        return type(getattr(exc, "orig", None)).__name__ not in _VALUE_FAULTS
+    # psycopg's error classes, only if it is loaded: else `exc` cannot be one of them, and
+    # a process on SQLite need not import it.
+    driver = sys.modules.get("psycopg")
+    if driver is not None and isinstance(
+        exc, (driver.OperationalError, driver.InterfaceError, driver.ProgrammingError)
+    ):
+        return type(exc).__name__ not in _VALUE_FAULTS
+    return False
 
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"

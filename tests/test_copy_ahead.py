@@ -398,3 +398,26 @@ def test_the_subscriber_copies_ahead_through_a_real_broker(
 def kept() -> float:
     value = REGISTRY.get_sample_value("fleet_ingest_copy_ahead_total", {"outcome": "kept"})
     return value or 0.0
+
+
+def test_psycopg_errors_from_a_raw_cursor_are_told_apart_as_sqlalchemys_are(
+    clone: Callable[[], Engine],
+) -> None:
+    """The COPY's cursor is psycopg's own, so its errors come unwrapped: the database away or
+    the deployment wrong is a fault to retry, a value the store refuses is not."""
+    import psycopg
+
+    engine = clone()
+
+    def raised(sql: str) -> BaseException:
+        with engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            with pytest.raises(psycopg.Error) as caught:
+                cursor.execute(sql)
+            return caught.value
+
+    assert not is_database_fault(raised("SELECT 1 / 0"))
+    assert not is_database_fault(raised("INSERT INTO site (code) VALUES (NULL)"))
+    assert is_database_fault(raised("SELECT * FROM no_such_table"))
+    assert is_database_fault(raised("SELECT pg_terminate_backend(pg_backend_pid())"))
+    assert not is_database_fault(psycopg.errors.ProgramLimitExceeded("index row too big"))
