@@ -150,8 +150,7 @@ Timing = tuple[float, float]
 
 class ServerClock:
     """An ASGI app timed in the server: `last` is the seconds the latest request took from
-    the call into `app` to its return (the answer's last byte sent), and `client` the seconds
-    the caller saw, once a request function records it."""
+    the call into `app` to its return (the answer's last byte sent)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
