@@ -225,6 +225,25 @@ def test_a_batch_whose_samples_were_rolled_up_is_still_a_duplicate(
     assert snapshot(engine)["sample"] == []
 
 
+def test_a_stored_msg_id_past_the_first_in_list_is_found(clone: Callable[[], Engine]) -> None:
+    """A group of 600 one-reading batches, more ids than one IN list of the ledger check
+    holds (500), the 551st stored before and its samples rolled up: found all the same."""
+    engine = clone()
+    ingest = Ingest(engine)
+    group = [
+        health("upm", [reading(UPM[i % 3], T0 + timedelta(seconds=i))], msg_id=ulid_like(1000 + i))
+        for i in range(600)
+    ]
+    ingest.handle([group[550]])
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM sample"))
+    outcomes, how = gathered(ingest, group)
+    assert how == CopyAhead.already_stored
+    assert [o.status for o in outcomes].count(OutcomeStatus.duplicate) == 1
+    assert outcomes[550].status == OutcomeStatus.duplicate
+    assert len(snapshot(engine)["sample"]) == 599
+
+
 def test_a_message_checked_before_the_registry_was_reloaded_is_written_at_the_close(
     clone: Callable[[], Engine],
 ) -> None:

@@ -431,9 +431,13 @@ class SampleCopy:
         else:
             self._abandon(why)
         if why is None and self._msg_ids:
-            stored = select(INGESTED.c.msg_id).where(INGESTED.c.msg_id.in_(self._msg_ids))
-            if self.conn.execute(stored.limit(1)).first() is not None:
-                why = CopyAhead.already_stored
+            # In chunks, as GroupWriter asks: a group may hold more ids than a statement
+            # may bind (`FLEET_INGEST_BATCH_MAX` goes to 100,000).
+            for chunk in _chunks(sorted(self._msg_ids)):
+                stored = select(INGESTED.c.msg_id).where(INGESTED.c.msg_id.in_(chunk))
+                if self.conn.execute(stored.limit(1)).first() is not None:
+                    why = CopyAhead.already_stored
+                    break
         self.outcome = why or CopyAhead.kept
         if why is None:
             self.savepoint.commit()
