@@ -168,8 +168,14 @@ class GroupWriter:
             self.conn,
             {p.site for p in parsed if isinstance(p, (HealthMessage, AgentStateMessage))},
         )
-        seen = self._stored_msg_ids(
-            [p.batch.msg_id for p in parsed if isinstance(p, HealthMessage) and p.batch]
+        # Samples stored already means a SampleCopy kept them, having found none of the
+        # group's msg_ids in the ledger in this transaction: no need to ask again.
+        seen = (
+            set()
+            if self.samples_stored
+            else self._stored_msg_ids(
+                [p.batch.msg_id for p in parsed if isinstance(p, HealthMessage) and p.batch]
+            )
         )
 
         for index, (message, item) in enumerate(zip(messages, parsed, strict=True)):
