@@ -394,7 +394,8 @@ class CommandInbox:
 
 class PollNow:
     """The `poll_now` handler: read the command's devices (all the site's when it lists
-    none) at once, their readings going the usual way (outbox, then the broker)."""
+    none) at once, their readings going the usual way (outbox, then the broker) but in the
+    next batch sent, without the linger (`emit` sees to that)."""
 
     def __init__(self, poller: Any, targets: list[Any], emit: Callable[[Any], None]) -> None:
         self.poller = poller

@@ -85,6 +85,10 @@ def deadline_of(
 
 
 class Poller:
+    """Polls each target on its profile's interval, the first sweep spread over
+    `initial_spread_s` seconds, and hands each reading to `emit`; `on_first_sweep` is called
+    once, right after the reading that completes the first sweep of every target."""
+
     def __init__(
         self,
         targets: list[Target],
@@ -92,9 +96,11 @@ class Poller:
         *,
         concurrency: int = 64,
         initial_spread_s: float = 2.0,
+        on_first_sweep: Callable[[], None] | None = None,
     ) -> None:
         self.targets = targets
         self.emit = emit
+        self.on_first_sweep = on_first_sweep
         self._semaphore = asyncio.Semaphore(concurrency)
         self._collectors: dict[str, Collector] = {}
         self._spread = initial_spread_s
@@ -190,12 +196,15 @@ class Poller:
                 describe_validation_error(exc),
             )
             return
-        self._log_change(target, reading)
+        first_sweep_done = self._log_change(target, reading)
         self.emit(reading)
+        if first_sweep_done and self.on_first_sweep is not None:
+            self.on_first_sweep()
 
-    def _log_change(self, target: Target, reading: Reading) -> None:
+    def _log_change(self, target: Target, reading: Reading) -> bool:
         """Log a device going unreachable (with why) or coming back, once per change, and a
-        summary once every device has been polled once."""
+        summary once every device has been polled once; True for the reading that completed
+        that first sweep."""
         device = target.device.id
         before = self._reachable.get(device)
         self._reachable[device] = reading.reachable
@@ -217,6 +226,8 @@ class Poller:
                 len(self.targets),
                 f"; unreachable: {', '.join(down)}" if down else "",
             )
+            return True
+        return False
 
     async def close(self) -> None:
         for collector in self._collectors.values():

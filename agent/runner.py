@@ -84,12 +84,15 @@ class SiteAgent:
         self._incoming: list[Reading] = []
         self._wake_writer = asyncio.Event()
         self._wake_sender = asyncio.Event()
+        # Readings a person is waiting for are in the outbox: they go without the linger.
+        self._promptly = False
         self.stop = asyncio.Event()
         targets = build_targets(site, options.address_map)
         self.poller = Poller(
             targets,
             self._emit,
             concurrency=options.concurrency or site.config.agent.poll_concurrency,
+            on_first_sweep=self._send_promptly,
         )
         self.link = MqttLink(
             broker,
@@ -124,8 +127,10 @@ class SiteAgent:
             UpdateOptions.from_env(options.data_dir, self.code, broker.host),
         )
         self.commands.handlers[CommandKind.firmware_update] = self.updater
-        self.commands.handlers[CommandKind.poll_now] = PollNow(self.poller, targets, self._emit)
-        control = DeviceControl(targets, self.poller.poll, self._emit)
+        self.commands.handlers[CommandKind.poll_now] = PollNow(
+            self.poller, targets, self._emit_promptly
+        )
+        control = DeviceControl(targets, self.poller.poll, self._emit_promptly)
         self.commands.handlers[CommandKind.power] = control
         self.commands.handlers[CommandKind.input] = control
         self.link.subscribe_current(self.topics.cmd(self.code), self.commands.on_message)
@@ -145,6 +150,18 @@ class SiteAgent:
 
     def _emit(self, reading: Reading) -> None:
         self._incoming.append(reading)
+        self._wake_writer.set()
+
+    def _emit_promptly(self, reading: Reading) -> None:
+        """A reading someone asked for (poll now, a power or input command): it goes in the
+        next batch sent, part-filled or not, rather than after the linger."""
+        self._emit(reading)
+        self._send_promptly()
+
+    def _send_promptly(self) -> None:
+        # Set here, handed to the sender by the writer once the readings are in the outbox,
+        # so that the part-filled batch it sends holds them.
+        self._promptly = True
         self._wake_writer.set()
 
     async def run(self) -> None:
@@ -219,4 +236,7 @@ class SiteAgent:
             self._wake_writer.clear()
             # Gather what arrives in the next moment into one transaction (one fsync).
             await asyncio.sleep(0.2)
+            promptly, self._promptly = self._promptly, False
             await self._flush_incoming()
+            if promptly:
+                self.sender.send_part_filled()

@@ -110,6 +110,7 @@ class OutboxSender:
         self._largest_acked = 0
         self._learned_cap: int | None = None
         self._losses: dict[str, int] = {}
+        self._part_filled_due = False
 
     def batch_cap(self) -> int:
         """The most one batch's payload may be now, in bytes."""
@@ -130,11 +131,19 @@ class OutboxSender:
             self.batch_cap(),
         )
 
+    def send_part_filled(self) -> None:
+        """Send what the outbox holds now at the next turn, part-filled batches too, without
+        waiting out the linger (the first sweep's readings, or those a command asked for)."""
+        self._part_filled_due = True
+        self.wake.set()
+
     async def run(self) -> None:
         while True:
             await self.link.connected.wait()
             await self.report_drops()
-            linger = datetime.now(UTC) - timedelta(seconds=self.linger_s)
+            # Cleared before the take, so that a request made meanwhile gets its own turn.
+            due, self._part_filled_due = self._part_filled_due, False
+            linger = None if due else datetime.now(UTC) - timedelta(seconds=self.linger_s)
             batches = await self._take(linger)
             if not batches:
                 self.wake.clear()

@@ -50,7 +50,11 @@ def run(
         ),
     ] = 256 * 1024,
     linger: Annotated[
-        float, typer.Option(help="Seconds a part-filled batch waits for more readings.")
+        float,
+        typer.Option(
+            help="Seconds a part-filled batch waits for more readings (not the first sweep's, "
+            "nor those a command asked for: they go at once)."
+        ),
     ] = 5.0,
     metrics_port: Annotated[
         int | None,
