@@ -6,8 +6,10 @@ Always on loopback, on a free port: never 1883, which a system broker may hold.
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from amqtt.broker import Broker
@@ -15,11 +17,33 @@ from amqtt.plugins.authentication import AnonymousAuthPlugin
 from amqtt.session import Session
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now, for a server to bind a moment later.
+
+    Chosen below the kernel's ephemeral range (Linux's ip_local_port_range, 32768-60999 by
+    default) when that can be read: a port from inside it, as `bind(0)` gives, may be taken
+    meanwhile by any outgoing connection's local end (a busy host makes hundreds a second),
+    and the server then fails with EADDRINUSE. Falls back to the kernel's choice."""
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    span = min(low - 1024, 12_000)
+    for _ in range(50 if span > 100 else 0):
+        port = low - 1 - secrets.randbelow(span)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        chosen: int = s.getsockname()[1]
+        return chosen
 
 
 class _SnapshotDict(dict[str, Any]):

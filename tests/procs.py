@@ -51,6 +51,8 @@ def wait_for(
     while time.monotonic() < deadline:
         try:
             value = condition()
+        except ProcessExited:
+            raise
         except Exception as exc:  # the thing is not up yet
             last_error = exc
         else:
@@ -58,6 +60,18 @@ def wait_for(
                 return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} ({last_error})")
+
+
+def still_running(proc: Proc) -> None:
+    """In a `wait_for` condition: a process that has exited will never answer, so fail at
+    once with the end of what it said, not after the whole wait."""
+    if not proc.alive():
+        tail = "\n".join(proc.output().splitlines()[-30:])
+        raise ProcessExited(f"{proc.name} exited ({proc.popen and proc.popen.returncode}):\n{tail}")
+
+
+class ProcessExited(AssertionError):
+    """A process a test awaits ended instead."""
 
 
 @dataclass
@@ -182,7 +196,12 @@ class Stack:
         proc = self._proc(
             "controller", [str(BIN / "fleet"), "serve", "--port", str(self.http_port)], **env
         )
-        wait_for(lambda: self.get("/healthz") is not None, 60, "the controller's /healthz")
+
+        def healthy() -> bool:
+            still_running(proc)
+            return self.get("/healthz") is not None
+
+        wait_for(healthy, 60, "the controller's /healthz")
         if self.ops_token is None:
             from tests.fixtures_auth import ops_token_for
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from agent.simulator.fault_schedule import EVENING_CODE, EVENING_DEVICE
 from fleet.protocol.site_config import load_sites
-from tests.procs import BIN, Proc, wait_for
+from tests.procs import BIN, Proc, still_running, wait_for
 
 
 def get_json(url: str, token: str) -> Any:
@@ -41,11 +41,13 @@ def test_demo_shows_every_device_within_30_s_and_stops_on_ctrl_c(tmp_path: Path)
         "demo", [str(BIN / "fleet"), "demo", "--port", "0"], env=env, log=tmp_path / "demo.log"
     ).start()
     try:
-        url = wait_for(
-            lambda: (m := re.search(r"controller\s+(http://\S+)/", demo.output())) and m[1],
-            30,
-            "the demo to print its URL",
-        )
+
+        def printed_url() -> str | None:
+            still_running(demo)
+            m = re.search(r"controller\s+(http://\S+)/", demo.output())
+            return m and m[1]
+
+        url = wait_for(printed_url, 30, "the demo to print its URL")
         # The real sites and the demo's evening school (its open lab only when no site is in
         # class: read from what the demo said).
         expected = sum(len(s.config.devices()) for s in load_sites()) + 2
