@@ -16,7 +16,6 @@ from amqtt.broker import Broker
 from amqtt.plugins.authentication import AnonymousAuthPlugin
 from amqtt.session import Session
 
-
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
