@@ -198,3 +198,39 @@ def test_any_past_time_is_worded_ago_never_in(seconds: int) -> None:
     now = datetime(2026, 11, 30, 12, tzinfo=UTC)
     words = ago(now - timedelta(seconds=seconds), now, "en")
     assert words.endswith(" ago") and not words.startswith("in "), words
+
+
+# Rounding edges of each unit (a count of 1.5, and x.5 either side), then any delta at all.
+EDGES = [
+    per * count + shift
+    for per in (60, 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400)
+    for count in (1.5, 2.5, 89.5, 35.5)
+    for shift in (-1e-6, 0, 1e-6, -0.5, 0.5)
+]
+
+
+@given(
+    st.one_of(
+        st.sampled_from(EDGES),
+        st.floats(min_value=10, max_value=9000 * 365 * 86400, allow_nan=False),
+    ),
+    st.sampled_from(sorted(LANGUAGES)),
+)
+def test_the_remembered_words_are_babel_s_for_every_delta(seconds: float, lang: str) -> None:
+    """`ago` keeps Babel's words by the unit and count they round to: the same words Babel
+    gives for the delta itself, at every rounding edge and in each language."""
+    from datetime import timedelta
+
+    from babel.dates import format_timedelta
+
+    from fleet.web.i18n import babel_locale
+    from fleet.web.templating import ago
+
+    now = datetime(9999, 1, 1, tzinfo=UTC)
+    then = now - timedelta(seconds=seconds)
+    babel = format_timedelta(
+        then - now, threshold=1.5, add_direction=True, locale=babel_locale(lang)
+    )
+    # Twice: once perhaps remembered from an earlier example, once surely.
+    assert ago(then, now, lang) == babel
+    assert ago(then, now, lang) == babel

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from babel.dates import format_date, format_time, format_timedelta
+from babel.dates import TIMEDELTA_UNITS, format_date, format_time, format_timedelta
 from babel.numbers import format_decimal
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -62,13 +62,40 @@ def ago(value: datetime | None, now: datetime | None = None, lang: str = "en") -
         return t.gettext("in the future")
     if seconds < 10:  # within a request's time, or a clock a little ahead
         return t.gettext("just now")
-    # Babel words a negative delta as past ("5 minutes ago"), a positive one as future.
-    return format_timedelta(
-        -timedelta(seconds=seconds),
-        threshold=1.5,
-        add_direction=True,
-        locale=babel_locale(lang),
-    )
+    return _past_words(seconds, lang)
+
+
+# The fewest of a unit "ago" is worded in: 90 s is "2 minutes ago", 80 s "80 seconds ago".
+AGO_THRESHOLD = 1.5
+# (unit, count, language) -> words, as Babel gave them; a few hundred at most (a count of
+# years, days, hours, minutes or seconds, in four languages), so never pruned but by a bound.
+_PAST_WORDS: dict[tuple[str, int, str], str] = {}
+
+
+def _past_words(seconds: float, lang: str) -> str:
+    """Babel's `format_timedelta` of `seconds` (> 0) in the past ("5 minutes ago"), kept by
+    the unit and count it rounds to: its words depend on nothing else (babel.dates: the first
+    of TIMEDELTA_UNITS that the delta is AGO_THRESHOLD or more of, rounded; seconds at
+    least 1), and it cost more than the rest of a row of the overview. Tested against Babel
+    itself (tests/test_catalogs.py)."""
+    for unit, per_unit in TIMEDELTA_UNITS:
+        count = seconds / per_unit
+        if count >= AGO_THRESHOLD or unit == "second":
+            key = (unit, round(max(1.0, count)), lang)
+            break
+    words = _PAST_WORDS.get(key)
+    if words is None:
+        # Babel words a negative delta as past ("5 minutes ago"), a positive one as future.
+        words = format_timedelta(
+            -timedelta(seconds=seconds),
+            threshold=AGO_THRESHOLD,
+            add_direction=True,
+            locale=babel_locale(lang),
+        )
+        if len(_PAST_WORDS) >= 10_000:
+            _PAST_WORDS.clear()
+        _PAST_WORDS[key] = words
+    return words
 
 
 def utc(value: datetime | None) -> str:
