@@ -7,12 +7,14 @@ site where it has devices, counting only its own devices and the alerts about th
 
 from __future__ import annotations
 
+import functools
 import gettext
+import html
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from jinja2.filters import do_urlencode
-from markupsafe import Markup, escape
+from markupsafe import Markup
 from sqlmodel import Session
 
 from fleet.alerts.queries import OpenAlerts, unacknowledged_alerts_by_site
@@ -22,7 +24,7 @@ from fleet.sites.schemas import SiteSummary
 from fleet.web.programme_page import milestones_by_site
 from fleet.web.templating import PROBLEM_STATES, STATE_ORDER, epoch, level_badge_html
 from fleet.web.viewer import Viewer
-from fleet.web.words import AGENT_STATES, ALERT_KINDS, STATES, word
+from fleet.web.words import AGENT_STATES, ALERT_KINDS, N_, STATES, word
 
 NULL_TRANSLATIONS = gettext.NullTranslations()
 
@@ -72,59 +74,79 @@ class SiteRow:
         the viewer's zone and the page's now). Written here rather than in the template for
         the reason `state_cells` is: a row a site, of a dozen cells, was most of the page's
         time, its every value escaped one by one through Jinja; here each is escaped once,
-        and the catalog's words are trusted as the template's `_` trusts them."""
-        site, alerts, gettext_ = self.site, self.open_alerts, t.gettext
-        code, level = escape(site.code), escape(self.level)
-        name, quoted = escape(site.name), escape(do_urlencode(site.code))
+        as plain text (`html.escape`: a Markup made of each value cost more than escaping
+        it), and the catalog's words are trusted as the template's `_` trusts them."""
+        site, alerts, label = self.site, self.open_alerts, _row_labels(t)
+        code, level = html.escape(site.code), html.escape(self.level)
+        site_name = html.escape(site.name)
+        name, quoted = site_name, html.escape(do_urlencode(site.code))
         if viewer.may("sites:read"):
-            name = Markup(f'<a class="link" href="/sites/{quoted}">{name}</a>')  # noqa: S704
-        # Plain text from here on (a Markup would escape what is added to it): each value in
-        # it is escaped as it goes in.
+            name = f'<a class="link" href="/sites/{quoted}">{site_name}</a>'
         status = str(level_badge_html(self.level, t))
         if self.problems:
-            status += f' <span class="problem-text">{escape(", ".join(self.problems))}</span>'
+            status += f' <span class="problem-text">{html.escape(", ".join(self.problems))}</span>'
         alert_class, shown = "", "·"
         if alerts.total:
             n = alerts.critical
-            title = Markup(t.ngettext("%(num)d critical", "%(num)d critical", n)) % {"num": n}  # noqa: S704
+            title = html.escape(t.ngettext("%(num)d critical", "%(num)d critical", n) % {"num": n})
             alert_class = " has-critical" if n else " has-warning"
             shown = (
                 f'<a class="link" href="/alerts?site={quoted}" title="{title}">{alerts.total}</a>'
             )
-        milestone = str(escape(self.milestone))
+        milestone = html.escape(self.milestone)
         if self.programme_late:
-            milestone += f' <span class="late">{gettext_("late")}</span>'
+            milestone += f' <span class="late">{label["late"]}</span>'
         if site.agent is not None:
-            agent_state = escape(site.agent.state)
-            said = escape(word(t, AGENT_STATES, site.agent.state))
+            agent_state = html.escape(site.agent.state)
+            said = html.escape(word(t, AGENT_STATES, site.agent.state))
             agent = f'<span class="agent agent-{agent_state}">{said}</span>'
         else:
-            agent_state = Markup("none")
-            never = "—" if viewer.role == "vendor" else gettext_("never heard")
+            agent_state = "none"
+            never = "—" if viewer.role == "vendor" else label["never heard"]
             agent = f'<span class="muted">{never}</span>'
-        cells = (
-            f'<td data-label="{gettext_("Site")}" data-value="{escape(site.name)}">{name} '
-            f'<span class="code">{code}</span> '
-            f'<span class="muted country">{escape(site.country)}</span></td>',
-            f'<td data-label="{gettext_("Status")}" data-value="{index}" '
-            f'data-testid="site-status">\n        {status}      </td>',
-            f'<td data-label="{gettext_("Devices")}" class="num" data-value="{site.devices}">'
-            f"{site.devices}</td>",
-            self.state_cells,
-            f'<td data-label="{gettext_("Open alerts")}" class="num{alert_class}" '
-            f'data-value="{alerts.total}" data-testid="open-alerts">{shown}</td>',
-            f'<td data-label="{gettext_("Programme")}">{milestone}</td>',
-            f'<td data-label="{gettext_("Agent")}" data-value="{agent_state}">{agent}</td>',
-            f'<td data-label="{gettext_("Last reported")}" '
-            f'data-value="{epoch(site.last_reported_at)}">{reported}</td>',
-        )
         problem = " problem" if self.is_problem else ""
-        row = f'<tr class="level-row-{level}{problem}" data-site="{code}" data-level="{level}">'
-        return Markup(row + "".join(f"\n      {c}" for c in cells) + "\n    </tr>")  # noqa: S704
+        return Markup(  # noqa: S704  (each value escaped above; the labels are the catalog's)
+            f'<tr class="level-row-{level}{problem}" data-site="{code}" data-level="{level}">'
+            f'\n      <td data-label="{label["Site"]}" data-value="{site_name}">{name} '
+            f'<span class="code">{code}</span> '
+            f'<span class="muted country">{html.escape(site.country)}</span></td>'
+            f'\n      <td data-label="{label["Status"]}" data-value="{index}" '
+            f'data-testid="site-status">\n        {status}      </td>'
+            f'\n      <td data-label="{label["Devices"]}" class="num" '
+            f'data-value="{site.devices}">{site.devices}</td>'
+            f"\n      {self.state_cells}"
+            f'\n      <td data-label="{label["Open alerts"]}" class="num{alert_class}" '
+            f'data-value="{alerts.total}" data-testid="open-alerts">{shown}</td>'
+            f'\n      <td data-label="{label["Programme"]}">{milestone}</td>'
+            f'\n      <td data-label="{label["Agent"]}" data-value="{agent_state}">{agent}</td>'
+            f'\n      <td data-label="{label["Last reported"]}" '
+            f'data-value="{epoch(site.last_reported_at)}">{reported}</td>'
+            "\n    </tr>"
+        )
 
     @property
     def troubled_devices(self) -> int:
         return sum(self.site.devices_by_state.get(s, 0) for s in PROBLEM_STATES)
+
+
+@functools.lru_cache(maxsize=16)
+def _row_labels(t: gettext.NullTranslations) -> dict[str, str]:
+    """The words every row of the overview repeats, in `t`'s language: looked up once a
+    language, not a dozen times a row. The catalogs live as long as the process."""
+    return {
+        word: t.gettext(word)
+        for word in (
+            N_("Site"),
+            N_("Status"),
+            N_("Devices"),
+            N_("Open alerts"),
+            N_("Programme"),
+            N_("Agent"),
+            N_("Last reported"),
+            N_("late"),
+            N_("never heard"),
+        )
+    }
 
 
 def site_level(site: SiteSummary, open_alerts: OpenAlerts) -> str:
