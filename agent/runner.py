@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,10 @@ from fleet.protocol.messages import AgentState, AgentStateValue, CommandKind, Re
 from fleet.protocol.site_config import LoadedSite
 
 log = logging.getLogger(__name__)
+# A clean stop's whole time at most, its own steps given what is left of it: under the 20 s
+# that deploy/systemd/fleet-agent@.service allows (TimeoutStopSec) before it kills the agent.
+STOP_BUDGET_S = 10.0
+SLOW_STOP_S = 3.0
 
 
 # A week: a site's link may be down over a long weekend and a holiday.
@@ -179,26 +184,52 @@ class SiteAgent:
         try:
             await self.stop.wait()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self._flush_incoming()
-            await self.sender.drain(timeout=5.0)
-            await self.commands.close()
-            await self.updater.close()
-            await self._say_offline()
-            await self.link.close()
-            await self.poller.close()
-            self.outbox.close()
+            await self._stop(tasks)
 
-    async def _say_offline(self) -> None:
+    async def _stop(self, tasks: list[asyncio.Task[None]]) -> None:
+        """A clean stop, within STOP_BUDGET_S: what waits in the outbox is sent for a few
+        seconds (the rest keeps for the next start), the retained state says offline, then
+        everything closes. Logged with the time each step took when the whole passed
+        SLOW_STOP_S, so that a stop a service manager cut short says where it was spent."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        took: dict[str, float] = {}
+        log.info("stopping: sending what waits for up to 5 s, then closing")
+
+        async def step(name: str, work: Awaitable[object]) -> None:
+            at = loop.time()
+            await work
+            took[name] = loop.time() - at
+
+        def left(most: float) -> float:
+            return max(0.1, min(most, STOP_BUDGET_S - (loop.time() - started)))
+
+        for task in tasks:
+            task.cancel()
+        await step("tasks", asyncio.gather(*tasks, return_exceptions=True))
+        await step("outbox", self._flush_incoming())
+        await step("drain", self.sender.drain(timeout=left(5.0)))
+        await step("commands", self.commands.close())
+        await step("updater", self.updater.close())
+        await step("offline", self._say_offline(timeout=left(2.0)))
+        await step("link", self.link.close())
+        await step("poller", self.poller.close())
+        self.outbox.close()
+        total = loop.time() - started
+        if total > SLOW_STOP_S:
+            steps = ", ".join(f"{name} {s:.1f} s" for name, s in took.items() if s >= 0.1)
+            log.warning("stopped in %.1f s (%s)", total, steps)
+        else:
+            log.info("stopped in %.1f s", total)
+
+    async def _say_offline(self, timeout: float) -> None:
         if self.link.connected.is_set():
             with contextlib.suppress(BrokerError, TimeoutError):
                 await self.link.publish(
                     self.topics.agent_state(self.code),
                     self._state(AgentStateValue.offline),
                     retain=True,
-                    timeout=5,
+                    timeout=timeout,
                 )
 
     async def _announcer(self) -> None:

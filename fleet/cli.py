@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -75,6 +77,8 @@ def serve(
     from fleet.memory import frozen_startup, limit_arenas
 
     limit_arenas()  # before uvicorn, the scheduler and paho start their threads
+    # `kill -USR1` prints every thread's stack to stderr: where a stuck controller is.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     with frozen_startup():
         import uvicorn
         from pydantic import ValidationError

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -104,6 +105,12 @@ class Proc:
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
+                if sig != signal.SIGKILL:
+                    # Where it was stuck, into its log for the report (the agent and the
+                    # controller print their threads' stacks on SIGUSR1; faulthandler).
+                    self.popen.send_signal(signal.SIGUSR1)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.popen.wait(1)
                 self.popen.kill()
                 self.popen.wait(5)
         return self.popen.returncode

@@ -4,6 +4,7 @@ look at it."""
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -104,6 +105,9 @@ def run(
             serve(metrics_port)
         except OSError as exc:
             raise fail(f"cannot serve metrics on 127.0.0.1:{metrics_port} ({exc})") from None
+
+    # `kill -USR1` prints every thread's stack to the log (stderr): where a stuck agent is.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     async def main() -> None:
         try:
