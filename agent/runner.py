@@ -189,27 +189,36 @@ class SiteAgent:
     async def _stop(self, tasks: list[asyncio.Task[None]]) -> None:
         """A clean stop, within STOP_BUDGET_S: what waits in the outbox is sent for a few
         seconds (the rest keeps for the next start), the retained state says offline, then
-        everything closes. Logged with the time each step took when the whole passed
-        SLOW_STOP_S, so that a stop a service manager cut short says where it was spent."""
+        everything closes. Each step gets what is left of the budget; one that fails or
+        overruns is logged and the next goes on. Logged with the time each step took when
+        the whole passed SLOW_STOP_S, so that a stop a service manager cut short says where
+        it was spent."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         took: dict[str, float] = {}
         log.info("stopping: sending what waits for up to 5 s, then closing")
 
-        async def step(name: str, work: Awaitable[object]) -> None:
-            at = loop.time()
-            await work
-            took[name] = loop.time() - at
-
         def left(most: float) -> float:
             return max(0.1, min(most, STOP_BUDGET_S - (loop.time() - started)))
+
+        async def step(name: str, work: Awaitable[object]) -> None:
+            at = loop.time()
+            try:
+                await asyncio.wait_for(work, left(STOP_BUDGET_S))
+            except TimeoutError:
+                log.error("stopping: %s did not end within the stop's budget; going on", name)
+            except Exception:
+                log.exception("stopping: %s failed; going on", name)
+            finally:
+                took[name] = loop.time() - at
 
         for task in tasks:
             task.cancel()
         await step("tasks", asyncio.gather(*tasks, return_exceptions=True))
+        # Before the outbox: a command ending now may still emit the reading it asked for.
+        await step("commands", self.commands.close())
         await step("outbox", self._flush_incoming())
         await step("drain", self.sender.drain(timeout=left(5.0)))
-        await step("commands", self.commands.close())
         await step("updater", self.updater.close())
         await step("offline", self._say_offline(timeout=left(2.0)))
         await step("link", self.link.close())

@@ -132,8 +132,9 @@ class OutboxSender:
         )
 
     def send_part_filled(self) -> None:
-        """Send what the outbox holds now at the next turn, part-filled batches too, without
-        waiting out the linger (the first sweep's readings, or those a command asked for)."""
+        """Send what the outbox holds now, part-filled batches too, without waiting out the
+        linger (the first sweep's readings, or those a command asked for): at the next turn,
+        and the turns after it while each takes as many batches as may be in flight."""
         self._part_filled_due = True
         self.wake.set()
 
@@ -141,12 +142,16 @@ class OutboxSender:
         while True:
             await self.link.connected.wait()
             await self.report_drops()
-            # Cleared before the take, so that a request made meanwhile gets its own turn.
+            # Both cleared before the take, so that a wake or a request made while it runs
+            # is still there after it: the wait below then ends at once.
+            self.wake.clear()
             due, self._part_filled_due = self._part_filled_due, False
             linger = None if due else datetime.now(UTC) - timedelta(seconds=self.linger_s)
             batches = await self._take(linger)
+            if due and len(batches) >= self.max_inflight:
+                # A backlog filled the take: the readings asked for are in a later batch.
+                self._part_filled_due = True
             if not batches:
-                self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), min(5.0, max(self.linger_s, 0.2)))
                 continue

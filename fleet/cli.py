@@ -136,6 +136,7 @@ def demo(
     devices. Prints the URL; Ctrl-C stops it all."""
     from fleet.memory import frozen_startup
 
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # as `fleet serve`
     with frozen_startup():  # the import is most of the demo's start (fleet.service)
         from fleet.demo import DemoOptions, run_demo
 

@@ -16,6 +16,7 @@ from amqtt.broker import Broker
 from amqtt.plugins.authentication import AnonymousAuthPlugin
 from amqtt.session import Session
 
+MQTT_PORT = 1883
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
@@ -25,7 +26,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     Chosen below the kernel's ephemeral range (Linux's ip_local_port_range, 32768-60999 by
     default) when that can be read: a port from inside it, as `bind(0)` gives, may be taken
     meanwhile by any outgoing connection's local end (a busy host makes hundreds a second),
-    and the server then fails with EADDRINUSE. Falls back to the kernel's choice."""
+    and the server then fails with EADDRINUSE. Never 1883, which a system broker may hold.
+    Falls back to the kernel's choice. IPv4 hosts only."""
     try:
         low = int(EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -33,6 +35,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     span = min(low - 1024, 12_000)
     for _ in range(50 if span > 100 else 0):
         port = low - 1 - secrets.randbelow(span)
+        if port == MQTT_PORT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port))

@@ -106,8 +106,9 @@ class Proc:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 if sig != signal.SIGKILL:
-                    # Where it was stuck, into its log for the report (the agent and the
-                    # controller print their threads' stacks on SIGUSR1; faulthandler).
+                    # Where it was stuck, into its log for the report: `fleet serve`,
+                    # `fleet demo` and `fleet-agent run` print their threads' stacks on
+                    # SIGUSR1 (faulthandler); the others just end, as they would anyway.
                     self.popen.send_signal(signal.SIGUSR1)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         self.popen.wait(1)
