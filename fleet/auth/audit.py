@@ -66,16 +66,3 @@ def _plain(text: str, limit: int = MAX_TEXT) -> str:
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     escaped = CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
     return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
-
-
-def audit_request(request: Any, action: str, target: str = "", **detail: Any) -> None:
-    """An entry for the caller of this request (set by the Permission dependency)."""
-    caller = getattr(request.state, "caller", None)
-    record(
-        request.app.state.engine,
-        actor=getattr(caller, "name", "anonymous"),
-        role=getattr(caller, "role", ""),
-        action=action,
-        target=target,
-        detail=detail or None,
-    )
