@@ -22,6 +22,7 @@ BENCHMARKS = [
     "bench.api",
     "bench.memory",
     "bench.soak",
+    "bench.demo",
 ]
 # The benchmarks that take `--full`; the others run the same either way.
 FULL = {"bench.api"}
