@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -100,22 +100,60 @@ def _html(stack: Stack, path: str) -> str:
         return resp.read().decode()
 
 
+def _read_while_still(
+    page: Any,
+    stack: Stack,
+    path: str,
+    api_path: str,
+    project: Callable[[Any], Any],
+    read: Callable[[], Any],
+    tries: int = 10,
+) -> tuple[Any, Any]:
+    """Load `path` and `read()` what it shows between two reads of `api_path` whose
+    `project`ions are equal: (that projection, what the page showed).
+
+    The stack's agent keeps polling, so a reading, or a state it brings, may land between a
+    page and the API; only a page loaded and read while the API's answer stood still can be
+    compared with it. Fails after `tries` loads that each saw it change."""
+    for _ in range(tries):
+        before = project(stack.get(api_path))
+        page.goto(stack.base + path)
+        shown = read()
+        if project(stack.get(api_path)) == before:
+            return before, shown
+    pytest.fail(f"{api_path} changed during each of {tries} loads of {path}")
+
+
+STATES = ("online", "standby", "faulty", "unreachable", "site_offline", "unknown")
+
+
 def test_overview_shows_what_the_api_says(stack: Stack, page: Any) -> None:
-    page.goto(stack.base + "/")
-    sites = {s["code"]: s for s in stack.get("/api/v1/sites")}
-    rows = page.locator("table[data-testid=sites] tbody tr")
-    assert rows.count() == len(sites)
     upm = page.locator("tr[data-site=upm]")
-    for state in ("online", "standby", "faulty", "unreachable", "site_offline", "unknown"):
-        shown = upm.locator(f"td[data-state={state}]").get_attribute("data-value")
-        assert int(shown or 0) == sites["upm"]["devices_by_state"].get(state, 0), state
-    assert upm.locator("td").nth(2).inner_text() == str(sites["upm"]["devices"])
+    sites, (rows, by_state, total) = _read_while_still(
+        page,
+        stack,
+        "/",
+        "/api/v1/sites",
+        lambda found: {s["code"]: (s["devices"], s["devices_by_state"]) for s in found},
+        lambda: (
+            page.locator("table[data-testid=sites] tbody tr").count(),
+            {
+                state: upm.locator(f"td[data-state={state}]").get_attribute("data-value")
+                for state in STATES
+            },
+            upm.locator("td").nth(2).inner_text(),
+        ),
+    )
+    assert rows == len(sites)
+    for state in STATES:
+        assert int(by_state[state] or 0) == sites["upm"][1].get(state, 0), state
+    assert total == str(sites["upm"][0])
     # Sorting by the Devices column (click twice: descending) puts the biggest site on top.
     header = page.locator("table[data-testid=sites] th", has_text="Devices")
     header.click()
     header.click()
     top = page.locator("table[data-testid=sites] tbody tr").first.get_attribute("data-site")
-    assert sites[top]["devices"] == max(s["devices"] for s in sites.values())
+    assert sites[top][0] == max(devices for devices, _ in sites.values())
     screenshot(page, "overview.png")
 
 
@@ -123,27 +161,42 @@ def test_site_then_device_page_match_the_api(stack: Stack, page: Any) -> None:
     page.goto(stack.base + "/")
     page.locator("tr[data-site=upm] a").first.click()
     page.wait_for_url("**/sites/upm")
-    api = stack.get("/api/v1/sites/upm")
-    for room in api["rooms"]:
-        for device in room["devices"]:
-            row = page.locator(f"tr[data-device='{device['id']}']")
+
+    def states(site: Any) -> dict[str, tuple[str, str]]:
+        return {
+            d["id"]: (d["state"], d["state_reason"]) for r in site["rooms"] for d in r["devices"]
+        }
+
+    def rows() -> dict[str, tuple[str | None, str]]:
+        found = {}
+        for row in page.locator("tr[data-device]").all():
             badge = row.locator("[data-testid=state] .badge")
-            assert badge.get_attribute("data-state") == device["state"]
-            assert device["state_reason"] in row.inner_text()
+            found[row.get_attribute("data-device")] = (
+                badge.get_attribute("data-state"),
+                row.inner_text(),
+            )
+        return found
+
+    api, shown = _read_while_still(page, stack, "/sites/upm", "/api/v1/sites/upm", states, rows)
+    for device_id, (state, reason) in api.items():
+        assert shown[device_id][0] == state, device_id
+        assert reason in shown[device_id][1], device_id
     assert "now" in (page.locator("svg.timetable").text_content() or "")
     assert "Local time at the site" in page.locator("[data-testid=local-now]").inner_text()
 
     page.locator("tr[data-device='upm-sc2-projector'] a").first.click()
     page.wait_for_url("**/devices/upm-sc2-projector")
-    # A new reading may land between the page and the API: compare a page that was loaded
-    # while the API's reading stood still.
-    for _ in range(5):
-        device = stack.get("/api/v1/devices/upm-sc2-projector")
-        banner = page.locator("[data-testid=device-state]").inner_text()
-        latest = page.locator("[data-testid=latest-reading]").inner_text()
-        if stack.get("/api/v1/devices/upm-sc2-projector") == device:
-            break
-        page.reload()
+    device, (banner, latest) = _read_while_still(
+        page,
+        stack,
+        "/devices/upm-sc2-projector",
+        "/api/v1/devices/upm-sc2-projector",
+        lambda found: found,
+        lambda: (
+            page.locator("[data-testid=device-state]").inner_text(),
+            page.locator("[data-testid=latest-reading]").inner_text(),
+        ),
+    )
     assert device["state"].replace("_", " ") in banner and device["state_reason"] in banner
     assert device["firmware"] in latest
     assert f"{device['last_reading']['temperature_c']:.1f}" in latest
