@@ -35,7 +35,12 @@ class ArtifactMismatch(Exception):
 
 
 class ArtifactCache:
+    """Firmware artifacts on the site's disk, keyed by SHA-256: each downloaded once per site,
+    resumably, optionally throttled to `bytes_per_s`, and verified before use."""
+
     def __init__(self, directory: Path, site: str, bytes_per_s: float | None = None) -> None:
+        """Cache under `directory` (created if missing) for site code `site`; `bytes_per_s` caps the
+        download rate on a metered link (None: no cap)."""
         self.directory = directory
         self.site = site
         self.bytes_per_s = bytes_per_s
@@ -46,6 +51,8 @@ class ArtifactCache:
         directory.mkdir(parents=True, exist_ok=True)
 
     def stop(self) -> None:
+        """Make a running download stop at its next chunk: it fails with OSError, and a later fetch
+        resumes from its .part file."""
         self._stopping.set()
 
     def path(self, sha256: str) -> Path:
@@ -56,6 +63,8 @@ class ArtifactCache:
         return self.directory / sha256
 
     def partial(self, sha256: str) -> Path:
+        """The file an unfinished download of `sha256` is written to (`<sha256>.part`); ValueError
+        if `sha256` is not 64 lowercase hex digits."""
         return self.path(sha256).with_name(f"{sha256}.part")
 
     async def fetch(self, url: str, sha256: str, size: int) -> Path:
@@ -157,6 +166,7 @@ class LocalArtifactServer:
     """GET /artifacts/<sha256> for the site's devices, from the verified cache only."""
 
     def __init__(self, cache: ArtifactCache, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Serve `cache` on `host`:`port`; port 0 takes a free port, known after start()."""
         self.cache = cache
         self.host = host
         self.port = port
@@ -164,13 +174,16 @@ class LocalArtifactServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
+        """Start listening; `port` then holds the port actually bound."""
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def url(self, sha256: str) -> str:
+        """The URL a device of the site downloads the artifact `sha256` from."""
         return f"http://{self.host}:{self.port}/artifacts/{sha256}"
 
     async def close(self) -> None:
+        """Stop listening and wait until the server is closed."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -35,6 +35,7 @@ PACKET_TOO_LARGE = 149
 
 
 def code_value(code: ReasonCode | int) -> int:
+    """The numeric reason code, whether paho gave a ReasonCode or a plain int."""
     return code.value if isinstance(code, ReasonCode) else int(code)
 
 

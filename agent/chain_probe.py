@@ -31,6 +31,9 @@ class WayResult:
 
 @dataclass
 class ChainProposal:
+    """What probing one device gave: each way its profile lists, as tried, and from them the chain
+    to run and the collectors the site would have to enable."""
+
     device: str
     profile: str
     ways: list[WayResult] = field(default_factory=list)

@@ -24,11 +24,15 @@ from fleet.protocol.site_config import LoadedSite
 
 @dataclass(frozen=True)
 class CheckResult:
+    """One line of `fleet-agent check`'s report: what was checked, ok/warn/fail, and the detail
+    (with what to do when not ok)."""
+
     name: str
     status: str  # ok, warn, fail
     detail: str
 
     def as_dict(self) -> dict[str, str]:
+        """The result as `check --json` prints it: `{"check", "status", "detail"}`."""
         return {"check": self.name, "status": self.status, "detail": self.detail}
 
 
@@ -207,6 +211,8 @@ async def check_broker_and_devices(
     address_map: dict[str, tuple[str, int]] | None,
     say: Callable[[str], None],
 ) -> list[CheckResult]:
+    """The broker check and the device checks, run at the same time; the broker's result comes
+    first, then one per device. `say` hears a line as each part starts and ends."""
     targets = build_targets(site, address_map)
     slowest = max((deadline_of(t) for t in targets), default=0)
     say(

@@ -74,7 +74,10 @@ class Handler(Protocol):
 
     async def carry_out(
         self, command: Command, args: BaseModel, still_wanted: StillWanted
-    ) -> Result: ...
+    ) -> Result:
+        """Carry out `command`, whose `args` are already checked against its kind, and say how it
+        ended; the Result becomes the command's ack."""
+        ...
 
 
 @dataclass
@@ -87,6 +90,10 @@ class Word:
 
 
 class CommandInbox:
+    """The site's commands from receipt to ack: checked, journalled on disk, held for the
+    controller's current word, carried out by their kind's Handler, acknowledged on the cmd/ack
+    topic."""
+
     def __init__(
         self,
         site: str,
@@ -96,6 +103,9 @@ class CommandInbox:
         data_dir: Path,
         handlers: dict[CommandKind, Handler],
     ) -> None:
+        """The inbox of site code `site`. `publish(topic, payload)` sends acks and events; the
+        journal is `data_dir/commands-<site>.json`, read by `load`; `handlers` carry out each kind
+        of command."""
         self.site = site
         self.agent_id = agent_id
         self.publish = publish
@@ -137,6 +147,8 @@ class CommandInbox:
                 self._spawn(command)
 
     async def close(self) -> None:
+        """Cancel the commands running; the journal keeps them, and `load` resumes the started ones
+        at the next start."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -398,6 +410,8 @@ class PollNow:
     next batch sent, without the linger (`emit` sees to that)."""
 
     def __init__(self, poller: Any, targets: list[Any], emit: Callable[[Any], None]) -> None:
+        """`poller` reads one Target (its `poll`); `targets` are the site's devices; `emit` takes
+        each reading for the next batch."""
         self.poller = poller
         self.targets = {t.device.id: t for t in targets}
         self.emit = emit
@@ -405,6 +419,8 @@ class PollNow:
     async def carry_out(
         self, command: Command, args: BaseModel, still_wanted: StillWanted
     ) -> Result:
+        """Poll the devices the command lists (all the site's when none) at once; ok only if every
+        device listed is in this agent's site config."""
         wanted = command.devices or list(self.targets)
         unknown = [d for d in wanted if d not in self.targets]
         found = [self.targets[d] for d in wanted if d in self.targets]

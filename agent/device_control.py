@@ -18,12 +18,17 @@ from fleet.protocol.messages import Command, Reading
 
 
 class DeviceControl:
+    """The `power` and `input` commands' Handler: switches each device of the command through its
+    protocol's Control, then reads it again."""
+
     def __init__(
         self,
         targets: list[Target],
         poll: Callable[[Target], Any],
         emit: Callable[[Reading], None],
     ) -> None:
+        """`targets`: the site's devices; `poll` reads one Target; `emit` sends that reading on its
+        way to the controller."""
         self.targets = {t.device.id: t for t in targets}
         self.poll = poll
         self.emit = emit
@@ -31,6 +36,9 @@ class DeviceControl:
     async def carry_out(
         self, command: Command, args: BaseModel, still_wanted: StillWanted
     ) -> Result:
+        """Switch each device the command lists, one after the other; once `still_wanted()` gives a
+        reason, the rest are left alone with it. Ok only if every device took it; the message gives
+        each device's answer."""
         answers = []
         for device in command.devices:
             why = still_wanted()

@@ -46,6 +46,8 @@ class DiscoveryError(ValueError):
 
 @dataclass(frozen=True)
 class Probe:
+    """One address, protocol and port to ask; discovery sends to nothing else."""
+
     host: str
     protocol: Protocol
     port: int
@@ -121,6 +123,7 @@ def parse_ports(specs: Iterable[str]) -> dict[Protocol, list[int]]:
 
 
 def plan_probes(hosts: list[str], ports: dict[Protocol, list[int]]) -> list[Probe]:
+    """Every probe to make: each host with each port listed for each protocol."""
     return [Probe(h, proto, port) for h in hosts for proto, nums in ports.items() for port in nums]
 
 
@@ -195,11 +198,14 @@ class SnmpProber:
     """One SNMP engine for every probe, as the collector does."""
 
     def __init__(self, communities: list[str], timeout: float) -> None:
+        """Try `communities` in turn (SNMPv2c), each with one try of `timeout` seconds."""
         self.communities = communities
         self.timeout = timeout
         self._engine: Any = None
 
     async def probe(self, probe: Probe) -> Finding | None:
+        """sysDescr, sysObjectID and sysName of the probe's host, read with the first community it
+        answers; None if it answers none."""
         from pysnmp.hlapi.v3arch.asyncio import (
             CommunityData,
             ContextData,
@@ -237,6 +243,7 @@ class SnmpProber:
         return None
 
     def close(self) -> None:
+        """Close the SNMP engine, if a probe made one."""
         if self._engine is not None:
             self._engine.close_dispatcher()
             self._engine = None

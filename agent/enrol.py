@@ -46,6 +46,9 @@ class EnrolError(Exception):
 
 @dataclass(frozen=True)
 class Enrolled:
+    """What enrolment wrote: the site code, the config and env file paths, the broker URL (with the
+    site's user) and the device secrets still to fill in the env file."""
+
     site: str
     config_path: Path
     env_path: Path

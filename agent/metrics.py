@@ -38,4 +38,6 @@ OUTBOX_FILE_BYTES = Gauge(
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Serve these metrics over HTTP on `host`:`port` (loopback by default) from a background
+    thread; OSError if the port cannot be bound."""
     start_http_server(port, addr=host)

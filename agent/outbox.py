@@ -86,6 +86,9 @@ ENVELOPE_BYTES = _envelope_bytes()
 
 @dataclass(frozen=True)
 class PendingBatch:
+    """A batch awaiting the broker's acknowledgement: its msg_id (a ULID) and seq, fixed when it was
+    first taken out, and its readings in the order they were added."""
+
     msg_id: str
     seq: int
     readings: list[Reading]
@@ -108,6 +111,7 @@ class OutboxStatus:
     file_bytes: int = 0
 
     def as_dict(self) -> dict[str, object]:
+        """The fields by name, as `fleet-agent status` prints them in JSON."""
         return {
             "readings_taken": self.readings_taken,
             "readings_acked": self.readings_acked,
@@ -131,6 +135,9 @@ class Outbox:
         max_readings: int = 500_000,
         max_age: timedelta = timedelta(days=14),
     ) -> None:
+        """Open the outbox at `path`, creating the file and its directory if needed. It keeps at
+        most `max_readings` readings, none older than `max_age`: beyond that the oldest are dropped
+        and counted."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_readings = max_readings
@@ -151,6 +158,7 @@ class Outbox:
         self._dropped_unreported = 0
 
     def close(self) -> None:
+        """Close the database; what it holds stays on disk for the next start."""
         with self._lock:
             self._db.close()
 
@@ -365,11 +373,14 @@ class Outbox:
             return 0
 
     def depth(self) -> int:
+        """Readings in the outbox, in a batch or not yet: none of them acknowledged."""
         with self._lock:
             (n,) = self._db.execute("SELECT COUNT(*) FROM reading").fetchone()
             return int(n)
 
     def status(self) -> OutboxStatus:
+        """The counters, depth, last acknowledgement and oldest pending reading (ISO 8601, UTC), the
+        refusals and the size on disk."""
         with self._lock:
             counters = dict(self._db.execute("SELECT name, value FROM counter").fetchall())
             (depth,) = self._db.execute("SELECT COUNT(*) FROM reading").fetchone()
@@ -426,6 +437,7 @@ def read_status(path: Path) -> OutboxStatus:
 
 
 def batch_payload(site: str, agent_id: str, batch: PendingBatch) -> bytes:
+    """The health topic's payload for `batch`: its HealthBatch JSON, bytes, `sent_at` now (UTC)."""
     return HealthBatch(
         msg_id=batch.msg_id,
         site=site,

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class AddressMapError(ValueError):
-    pass
+    """An address map that does not fit the site config: a device missing from it, or one sent off
+    loopback."""
 
 
 def build_targets(
@@ -98,6 +99,7 @@ class Poller:
         initial_spread_s: float = 2.0,
         on_first_sweep: Callable[[], None] | None = None,
     ) -> None:
+        """Poll `targets`, at most `concurrency` at once, handing each reading to `emit`."""
         self.targets = targets
         self.emit = emit
         self.on_first_sweep = on_first_sweep
@@ -111,6 +113,8 @@ class Poller:
         self._reachable: dict[str, bool] = {}
 
     def collector_for(self, protocol: str) -> Collector:
+        """The collector of `protocol`, made on first use and shared by every target; raises
+        UnknownProtocolError when there is none."""
         if protocol not in self._collectors:
             self._collectors[protocol] = make_collector(protocol)
         return self._collectors[protocol]
@@ -157,9 +161,13 @@ class Poller:
         return await poll_chain(target, self.collector_for)
 
     async def poll_all_once(self) -> list[Reading]:
+        """Poll every target once, all together under the concurrency bound: the readings in target
+        order, not emitted."""
         return list(await asyncio.gather(*(self.poll(t) for t in self.targets)))
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Poll each target on its profile's interval until `stop` is set, then cancel the polls
+        still running."""
         now = time.monotonic()
         n = max(len(self.targets), 1)
         queue = [(now + self._spread * i / n, i) for i in range(len(self.targets))]
@@ -230,5 +238,6 @@ class Poller:
         return False
 
     async def close(self) -> None:
+        """Close the collectors this poller made."""
         for collector in self._collectors.values():
             await collector.close()

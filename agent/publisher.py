@@ -70,6 +70,7 @@ class PublishRefused(BrokerError):
     of payload) say which message."""
 
     def __init__(self, refusal: Refusal, topic: str, size: int) -> None:
+        """Keep what was refused and why; the message names the size, the topic and the refusal."""
         self.refusal = refusal
         self.topic = topic
         self.size = size
@@ -84,6 +85,10 @@ def publish_overhead_bytes(topic: str) -> int:
 
 
 class MqttLink:
+    """The agent's connection to one broker, paho behind plain async calls: it reconnects by itself,
+    subscribes again on every connect, and sets `will` (QoS 1, retained) for the broker to publish
+    if the connection is lost."""
+
     def __init__(
         self,
         address: BrokerAddress,
@@ -195,12 +200,16 @@ class MqttLink:
             log.error("%s; readings wait in the outbox, retrying", self.last_error)
 
     async def close(self) -> None:
+        """Disconnect and stop paho's network thread; publishes still waiting for a PUBACK fail with
+        NotConnected."""
         self._closing = True
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self._fail_pending(NotConnected("link closed"))
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds (None: without limit) for a connection: True once connected,
+        False on timeout."""
         try:
             await asyncio.wait_for(self.connected.wait(), timeout)
         except TimeoutError:

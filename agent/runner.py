@@ -42,6 +42,10 @@ DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600
 
 @dataclass
 class AgentOptions:
+    """How a site agent runs beyond its site config: its data directory, topic root and MQTT
+    session, the send limits on the site's link, the outbox's bound, and (`address_map`) the
+    simulated devices it polls instead of the config's addresses."""
+
     data_dir: Path
     address_map: dict[str, tuple[str, int]] | None = None
     topic_root: str = "fleet/v1"
@@ -68,15 +72,24 @@ class AgentOptions:
 
 
 def default_client_id(site_code: str, agent_id: str) -> str:
+    """The MQTT client id `agent-<site>-<agent id>`: the same at every start, so the broker keeps
+    the agent's session."""
     return f"agent-{site_code}-{agent_id}"
 
 
 def outbox_path(data_dir: Path, site_code: str) -> Path:
+    """The site's outbox file in `data_dir`: `outbox-<site>.sqlite`."""
     return data_dir / f"outbox-{site_code}.sqlite"
 
 
 class SiteAgent:
+    """One site's agent: polls its devices, keeps the readings in the outbox until the broker has
+    them, keeps the retained online/offline state, and carries out the controller's commands."""
+
     def __init__(self, site: LoadedSite, broker: BrokerAddress, options: AgentOptions) -> None:
+        """The agent of `site`, publishing to `broker`. It opens the outbox at once; nothing
+        connects or polls before `run`. Raises AddressMapError for an address map that does not fit
+        the site, SecretMissing for a device secret it cannot find."""
         self.site = site
         self.code = site.config.code
         self.agent_id = site.config.agent_id

@@ -30,12 +30,17 @@ class SecretMissing(LookupError):
 
 @dataclass
 class Secrets:
+    """Where `secret:NAME` references are looked up: `environ` first, then the KEY=VALUE lines of
+    `file`, read once, when the environment first lacks a name."""
+
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     file: Path | None = None
     _file_values: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def from_environment(cls) -> Secrets:
+        """This process's environment, and the secrets file FLEET_AGENT_SECRETS_FILE names, if
+        set."""
         path = os.environ.get(SECRETS_FILE_ENV)
         return cls(file=Path(path) if path else None)
 

@@ -39,6 +39,8 @@ LOSSES_BEFORE_SPLIT = 2
 
 
 class Outcome(Enum):
+    """How sending one batch ended, when the link itself did not fail."""
+
     sent = "sent"  # acknowledged with a success, and deleted
     split = "split"  # too large for the broker: its readings go again in smaller batches
     refused = "refused"  # kept, to be tried again after the backoff
@@ -48,18 +50,22 @@ class Backoff:
     """Seconds to wait before the next try: `first`, doubling, at most `most`."""
 
     def __init__(self, first: float, most: float) -> None:
+        """Start at `first` seconds; doubling stops at `most`."""
         self.first = first
         self.most = most
         self._next = first
 
     def peek(self) -> float:
+        """The wait the next call to `next` gives, without moving on."""
         return self._next
 
     def next(self) -> float:
+        """The wait before this try, in seconds; the next one is doubled, up to `most`."""
         delay, self._next = self._next, min(self._next * 2, self.most)
         return delay
 
     def reset(self) -> None:
+        """Start again from `first`, after a success."""
         self._next = self.first
 
 
@@ -93,6 +99,10 @@ class OutboxSender:
         refusal_retry_s: tuple[float, float] = (1.0, 60.0),
         outage_log_interval_s: float = 60.0,
     ) -> None:
+        """`batch_size`: readings per batch at most; `rate`: batches and bytes per second at most;
+        `max_inflight`: batches awaiting a PUBACK at once; `linger_s`: how long a part-filled batch
+        waits for more readings; `refusal_retry_s`: the first and the longest wait after a
+        refusal."""
         self.outbox = outbox
         self.link = link
         self.topics = topics
@@ -139,6 +149,9 @@ class OutboxSender:
         self.wake.set()
 
     async def run(self) -> None:
+        """Send the outbox's batches while connected, until cancelled: at most `max_inflight` at a
+        time, within `rate`; after a refusal, the next take waits out the backoff or a lost
+        connection."""
         while True:
             await self.link.connected.wait()
             await self.report_drops()

@@ -32,6 +32,8 @@ class TokenBucket:
     clock the caller passes (seconds, monotonic); nothing here sleeps."""
 
     def __init__(self, capacity: float, period: float = 1.0) -> None:
+        """`capacity` tokens, each spend held for `period` seconds; ValueError unless both are
+        positive."""
         if capacity <= 0 or period <= 0:
             raise ValueError(
                 f"a token bucket needs a positive capacity and period, not {capacity} and {period}"
@@ -81,6 +83,8 @@ class SendRate:
         bytes_per_s: int,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        """Caps of `batches_per_s` and `bytes_per_s`; `clock` gives seconds (default: the running
+        event loop's). ValueError unless both rates are positive."""
         if batches_per_s <= 0 or bytes_per_s <= 0:
             raise ValueError("send rates must be positive")
         if batches_per_s >= 1:
@@ -96,6 +100,8 @@ class SendRate:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
     async def acquire(self, nbytes: int) -> float:
+        """Wait until one more batch of `nbytes` bytes fits both caps, take it, and return the
+        clock's time at which it was granted."""
         async with self._turn:
             while True:
                 now = self._now()

@@ -35,6 +35,11 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 @dataclass
 class UpdateOptions:
+    """How this agent carries out firmware updates: its data directory, the address its artifact
+    server listens on for the site's devices, the download cap in bytes per second, how often a
+    device is read while it installs, and the hosts the controller's artifact endpoint may be
+    fetched from."""
+
     data_dir: Path
     # Where the site's devices reach this agent for artifacts.
     serve_host: str = "127.0.0.1"
@@ -66,12 +71,17 @@ class UpdateOptions:
 
 @dataclass(frozen=True)
 class Outcome:
+    """How one device's update ended: its state, what happened, and the firmware it reports when
+    known."""
+
     state: str  # a fleet.rollouts DeviceUpdateState value
     message: str
     firmware: str | None = None
 
 
 class Report(Protocol):
+    """Reports one device's update progress to the controller (CommandInbox.report)."""
+
     async def __call__(
         self,
         command: Command,
@@ -80,13 +90,18 @@ class Report(Protocol):
         message: str,
         firmware: str | None = None,
         extra: dict[str, Any] | None = None,
-    ) -> None: ...
+    ) -> None:
+        """An update_progress event for `device` of `command`: its `state`, `message`, the firmware
+        it reports, and any `extra` data."""
+        ...
 
 
 class Updater:
     """The `firmware_update` handler of the agent's commands (agent/commands.py)."""
 
     def __init__(self, targets: list[Target], report: Report, options: UpdateOptions) -> None:
+        """Update the site's `targets`, sending progress through `report`; artifacts are kept under
+        `options.data_dir/artifacts` and served from `options.serve_host`."""
         self.targets = {t.device.id: t for t in targets}
         self.report_to = report
         self.options = options
@@ -98,9 +113,12 @@ class Updater:
         self._snmp: Any = None
 
     async def start(self) -> None:
+        """Start the local server the site's devices download artifacts from."""
         await self.server.start()
 
     async def close(self) -> None:
+        """Stop a running download (the next one resumes it), the artifact server and the
+        collectors."""
         self.cache.stop()
         await self.server.close()
         await self.collectors.close()

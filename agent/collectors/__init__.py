@@ -62,6 +62,7 @@ class Target:
 
     @property
     def where(self) -> str:
+        """The device's address as errors show it: `host:port`, or the host alone for ICMP."""
         if self.port == 0:
             return self.host  # ICMP: no port
         return f"{self.host}:{self.port}"
@@ -162,13 +163,22 @@ def default_secrets() -> Secrets:
 
 
 class Collector(Protocol):
-    async def poll(self, target: Target) -> Reading: ...
+    """What a protocol module implements to read devices; one instance serves every device of that
+    protocol."""
 
-    async def close(self) -> None: ...
+    async def poll(self, target: Target) -> Reading:
+        """One Reading of `target`; device trouble gives `reachable=False` and an `error`, not an
+        exception."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the collector holds (sockets, the SNMP engine) when the agent stops."""
+        ...
 
 
 class UnknownProtocolError(LookupError):
-    pass
+    """No collector is registered for a profile's `protocol`, and no module
+    agent/collectors/<protocol>.py provides one."""
 
 
 _C = TypeVar("_C")
@@ -209,18 +219,23 @@ class Collectors:
     """One collector per protocol, made on first use, closed together."""
 
     def __init__(self) -> None:
+        """Start with no collectors; each is made when a protocol is first asked for."""
         self._by_protocol: dict[str, Collector] = {}
 
     def for_protocol(self, protocol: str) -> Collector:
+        """The collector of `protocol`, made on first use; raises UnknownProtocolError when there is
+        none."""
         collector = self._by_protocol.get(protocol)
         if collector is None:
             collector = self._by_protocol[protocol] = make_collector(protocol)
         return collector
 
     async def poll(self, target: Target) -> Reading:
+        """One Reading of `target` by its profile's `protocol` alone (not the profile's chain)."""
         return await self.for_protocol(target.profile.protocol).poll(target)
 
     async def close(self) -> None:
+        """Close every collector made so far; the next use makes new ones."""
         collectors, self._by_protocol = list(self._by_protocol.values()), {}
         for collector in collectors:
             await collector.close()

@@ -30,6 +30,8 @@ class ControlAnswer:
 
 
 class Control(Protocol):
+    """What a protocol module implements to set a device's power or input."""
+
     async def set_power(self, target: Target, on: bool) -> ControlAnswer:
         """Switch the device on (`on`) or to standby."""
         ...
@@ -44,6 +46,8 @@ _PROTOCOL = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 def register_control(protocol: str, factory: Callable[[], Control]) -> None:
+    """Make `factory` give the Control for profiles whose `protocol` is `protocol`; a
+    `<protocol>_control` module calls this on import."""
     _CONTROLS[protocol] = factory
 
 

@@ -208,6 +208,8 @@ class MaxhubLanCollector:
         return poll_deadline(target)
 
     async def poll(self, target: Target) -> Reading:
+        """One Reading of the panel: power, input, and backlight, volume, mute and touch as metrics.
+        A port held by another client is retried after a pause, up to the profile's retries."""
         poll = target.profile.poll
         ts = utcnow()
         answers: _Answers | None = None
@@ -237,6 +239,7 @@ class MaxhubLanCollector:
         return reading_from(target, answers.values, answers.unanswered, ts)
 
     async def close(self) -> None:
+        """Nothing to release: each poll opens and closes its own connection."""
         return None
 
 

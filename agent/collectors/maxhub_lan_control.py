@@ -98,10 +98,14 @@ class MaxhubLanControl:
     """The `Control` of `maxhub-lan` panels (see the module docstring for what each does)."""
 
     async def set_power(self, target: Target, on: bool) -> ControlAnswer:
+        """`on`: backlight-on (the table's power-on is RS-232 only); off: power off. The answer
+        carries the panel's 401+ or 401-."""
         state = "backlight-on" if on else "off"
         return await _set(target, f"power {state}", power_frame(state))
 
     async def set_input(self, target: Target, name: str) -> ControlAnswer:
+        """Select video source `name` (hdmi1, slot-in-pc, type-c1, type-c2); any other name is
+        refused and nothing is sent."""
         try:
             frame = input_frame(name)
         except MaxhubFrameError as exc:

@@ -299,6 +299,7 @@ class PjlinkCollector:
     """Polls projectors over PJLink; keeps each projector's static answers between polls."""
 
     def __init__(self) -> None:
+        """Start with no static answers; they are cached per device id as polls read them."""
         self._static: dict[str, StaticAnswers] = {}
 
     def deadline_s(self, target: Target) -> float:
@@ -312,6 +313,9 @@ class PjlinkCollector:
         return poll.timeout_s * (CONNECT_COST + queries + poll.retries * (CONNECT_COST + 1))
 
     async def poll(self, target: Target) -> Reading:
+        """One Reading of the projector over one PJLink connection, reconnecting while POWR is
+        unanswered, within `deadline_s`. Static answers come from the cache between refreshes; a
+        failure gives an unreachable Reading that says what to check."""
         ts = utcnow()
         poll = target.profile.poll
         settings = target.profile.pjlink or PjlinkSettings()
@@ -382,6 +386,7 @@ class PjlinkCollector:
         )
 
     async def close(self) -> None:
+        """Forget the cached static answers."""
         self._static.clear()
 
 

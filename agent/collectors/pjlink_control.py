@@ -49,10 +49,15 @@ async def _set(target: Target, command: str, param: str) -> ControlAnswer:
 
 
 class PjlinkControl:
+    """The `Control` of `pjlink` projectors: class 1 POWR and INPT, one connection per command."""
+
     async def set_power(self, target: Target, on: bool) -> ControlAnswer:
+        """`POWR 1` (on) or `POWR 0` (standby); the answer carries the projector's OK or ERRn."""
         return await _set(target, "POWR", "1" if on else "0")
 
     async def set_input(self, target: Target, name: str) -> ControlAnswer:
+        """`INPT` with the code of `name` (see input_code); a name PJLink cannot express is not
+        sent."""
         code = input_code(name)
         if code is None:
             return ControlAnswer(False, f"input {name!r} has no PJLink code: not sent")

@@ -72,14 +72,18 @@ class Answer:
 
     @property
     def ok(self) -> bool:
+        """True when the reply is a value or OK: neither ERR1-ERR4 nor NOT_PJLINK."""
         return self.error is None
 
     @property
     def busy(self) -> bool:
+        """ERR3 (unavailable time): the projector is warming up or in standby, not faulty."""
         return self.error == "ERR3"
 
     @property
     def unsupported(self) -> bool:
+        """The line was not a PJLink reply to this query (NOT_PJLINK): this field is lost, not the
+        projector."""
         return self.error == NOT_PJLINK
 
 
@@ -171,6 +175,8 @@ def _refused(raw: bytes) -> None:
 
 
 def not_pjlink(command: str, raw: bytes) -> Answer:
+    """The Answer to `command` when its line holds no PJLink reply; the note shows the line's first
+    24 bytes, escaped."""
     shown = raw[:24].decode("latin-1").encode("unicode_escape").decode("ascii")
     return Answer(command, "", NOT_PJLINK, (f"answered {shown!r}, not a PJLink reply",))
 
@@ -204,6 +210,9 @@ class PjlinkSession:
         timeout: float,
         encoding: str = "utf-8",
     ) -> None:
+        """A session over an open connection. `digest` (from parse_greeting; None: no
+        authentication) is sent before the first command; `timeout` is seconds per query; `encoding`
+        decodes free-text replies."""
         self._reader = reader
         self._writer = writer
         self._digest = digest  # sent before the first command only

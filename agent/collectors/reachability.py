@@ -78,6 +78,9 @@ class ReachabilityCollector:
         return target.profile.poll.timeout_s * target.profile.reachability.count + 0.5
 
     async def poll(self, target: Target) -> Reading:
+        """Reachable, with `metrics.rtt_ms`, if a TCP connect to the profile's port (or, without
+        one, an ICMP echo) succeeds within the profile's tries; otherwise an unreachable Reading
+        that says what to check."""
         settings = target.profile.reachability
         timeout = target.profile.poll.timeout_s
         ts = utcnow()
@@ -118,4 +121,5 @@ class ReachabilityCollector:
         return make_reading(target.device.id, ts, True, metrics=metrics)
 
     async def close(self) -> None:
+        """Nothing to release: each try opens and closes its own socket."""
         return None

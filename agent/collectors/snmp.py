@@ -81,7 +81,11 @@ class _Plan:
 
 @register("snmp")
 class SnmpCollector:
+    """Reads devices over SNMP v1/v2c/v3 with one engine shared by every target, learning per
+    address how many OIDs a request may hold."""
+
     def __init__(self) -> None:
+        """Start with empty caches; the engine is made on first use, inside the running loop."""
         self._engine: SnmpEngine | None = None
         self._context = ContextData()
         self._plans: dict[int, tuple[Profile, _Plan]] = {}
@@ -104,6 +108,9 @@ class SnmpCollector:
         return poll.timeout_s * (poll.retries + 1) * (requests + SPLIT_PROBES)
 
     async def poll(self, target: Target) -> Reading:
+        """One Reading of `target` from its profile's SNMP objects. A timeout, refused SNMPv3
+        credentials or any SNMP failure gives an unreachable Reading; objects not read are named in
+        the reading's error."""
         ts = utcnow()
         settings = target.profile.snmp
         if settings is None:
@@ -276,6 +283,7 @@ class SnmpCollector:
         got.limit = limit
 
     async def close(self) -> None:
+        """Close the shared engine and forget every cache, the learned OID limits included."""
         engine, self._engine = self._engine, None
         self._transports.clear()
         self._auth.clear()

@@ -18,12 +18,15 @@ class SnmpControl:
     (RFC 3416 SetRequest); the answer is the device's error-status by name, or noError."""
 
     def __init__(self) -> None:
+        """No engine yet: the first SET makes one in its own event loop."""
         self._engine: Any = None
         # The loop the engine was made in: pysnmp's engine binds its transport to one loop,
         # so a control used from another (a second asyncio.run) makes an engine of its own.
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def set_power(self, target: Target, on: bool) -> ControlAnswer:
+        """SET the profile's `power_set` object to its `on` or `off` value; nothing is sent if the
+        profile names no such object."""
         settings = target.profile.snmp
         obj = settings.power_set if settings else None
         if obj is None:
@@ -33,6 +36,8 @@ class SnmpControl:
         return await self._set(target, obj, "on" if on else "off")
 
     async def set_input(self, target: Target, name: str) -> ControlAnswer:
+        """SET the profile's `input_set` object to `name` (through its value map, if any); nothing
+        is sent if the profile names no such object."""
         settings = target.profile.snmp
         obj = settings.input_set if settings else None
         if obj is None:

@@ -42,6 +42,7 @@ class ValueProblem(ValueError):
 
 
 def describe(obj: SnmpObject) -> str:
+    """An object as problems name it: `field (oid)`."""
     return f"{obj.field} ({obj.oid})"
 
 

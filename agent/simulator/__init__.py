@@ -53,29 +53,36 @@ class SimulatedSite:
 
     @property
     def address_map(self) -> dict[str, Address]:
+        """Where each simulated device listens, by device id: what `write_address_map` writes for
+        the agent."""
         addresses = {device_id: r.address for device_id, r in self.responders.items()}
         addresses |= {device_id: p.address for device_id, p in self.panels.items()}
         return addresses | {device_id: p.address for device_id, p in self.projectors.items()}
 
     def panel(self, device_id: str) -> SwitchedPort:
+        """The running MAXHUB LAN or reachability-only panel `device_id`; KeyError if there is
+        none."""
         try:
             return self.panels[device_id]
         except KeyError:
             raise KeyError(f"no simulated LAN or reachability-only panel {device_id!r}") from None
 
     def projector(self, device_id: str) -> ProjectorServer:
+        """The running PJLink projector `device_id`; KeyError if there is none."""
         try:
             return self.projectors[device_id]
         except KeyError:
             raise KeyError(f"no simulated PJLink projector {device_id!r}") from None
 
     def device(self, device_id: str) -> DeviceResponder:
+        """The SNMP responder of `device_id`; KeyError if there is none."""
         try:
             return self.responders[device_id]
         except KeyError:
             raise KeyError(f"no simulated device {device_id!r}") from None
 
     async def close(self) -> None:
+        """Stop every simulated device and close its socket."""
         for responder in self.responders.values():
             responder.close()
         for projector in self.projectors.values():

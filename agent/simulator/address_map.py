@@ -27,6 +27,8 @@ def write_address_map(path: Path | str, *maps: Mapping[str, Address]) -> None:
 
 
 def read_address_map(path: Path | str) -> dict[str, Address]:
+    """The map `fleet-agent simulate` wrote: device id to (host, port). Raises ValueError, saying
+    what to do, when the file is missing or is not such a map."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -115,6 +115,8 @@ class DeviceBehaviour:
     # --- the model ------------------------------------------------------------------------
 
     def advance(self, now: datetime | None = None) -> None:
+        """Bring the model up to `now` (default: the clock) in steps of at most STEP_S seconds; a
+        gap longer than MAX_CATCH_UP_S is covered coarsely, not minute by minute."""
         now = now or self.clock()
         gap = (now - self._updated).total_seconds()
         if gap <= 0:
@@ -197,6 +199,8 @@ class DeviceBehaviour:
     # --- what the device reports ----------------------------------------------------------
 
     def power(self, now: datetime | None = None) -> Power:
+        """The power state at `now`: on or standby, or, for a projector within `transition_s` of a
+        change, warming or cooling."""
         now = now or self.clock()
         self.advance(now)
         since = (now - self.changed_at).total_seconds()
@@ -205,9 +209,11 @@ class DeviceBehaviour:
         return Power.on if self.on else Power.standby
 
     def uptime_s(self, now: datetime | None = None) -> float:
+        """Seconds since the simulated device booted."""
         return max(0.0, ((now or self.clock()) - self.booted_at).total_seconds())
 
     def error_flag(self, flag: str, now: datetime | None = None) -> Flag:
+        """The level of error flag `flag` (fan, lamp, ...) at `now`: ok unless a fault holds it."""
         self.advance(now)
         fault = self.faults.get(flag)
         return fault[0] if fault else Flag.ok

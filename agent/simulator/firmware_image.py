@@ -15,10 +15,14 @@ DEFAULT_SIZE = 256 * 1024
 
 
 def image_name(profile_id: str, version: str) -> str:
+    """The file name of a simulated image: `<profile id>-<version>.bin`."""
     return f"{profile_id}-{version}.bin"
 
 
 def make_image(profile_id: str, version: str, size: int = DEFAULT_SIZE) -> bytes:
+    """The simulated image of `profile_id` at `version`, `size` bytes: a header line naming both,
+    then bytes derived from it by SHA-256, the same on every call. ValueError if `size` cannot hold
+    the header."""
     header = MAGIC + f"{profile_id} {version}\n".encode()
     if size < len(header):
         raise ValueError(f"an image of {size} bytes cannot hold its {len(header)}-byte header")
@@ -32,6 +36,8 @@ def make_image(profile_id: str, version: str, size: int = DEFAULT_SIZE) -> bytes
 
 
 def write_image(directory: Path, profile_id: str, version: str, size: int = DEFAULT_SIZE) -> Path:
+    """Write the simulated image into `directory` (created if needed) under its image_name; returns
+    its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / image_name(profile_id, version)
     path.write_bytes(make_image(profile_id, version, size))

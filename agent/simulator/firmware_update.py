@@ -29,6 +29,9 @@ def _fetch(url: str) -> bytes:
 
 
 async def take_update(responder: DeviceResponder, url: str) -> None:
+    """Take a firmware update as the device would: fetch `url`, check the image's SHA-256 (the URL's
+    last path segment) and model, reboot, then come back on the new version or fail as drawn. The
+    device reports the outcome in its `update_status` and firmware."""
     behaviour = responder.behaviour
     hints = behaviour.profile.simulation
     outcome = "ok"

@@ -33,6 +33,9 @@ from agent.simulator.switched_port import SwitchedPort
 
 @dataclass
 class MaxhubQuirks:
+    """How a simulated panel departs from a clean exchange (see the module docstring); times in
+    seconds."""
+
     split_replies: bool = True
     segment_gap_s: float = 0.02
     busy_after_power_on_s: float = 0.0
@@ -45,6 +48,8 @@ class MaxhubPanelServer(SwitchedPort):
     """One simulated MAXHUB panel; `frames` counts the query frames it read."""
 
     def __init__(self, behaviour: DeviceBehaviour, quirks: MaxhubQuirks | None = None) -> None:
+        """A panel following `behaviour`, with `quirks` (default: MaxhubQuirks()); it starts with
+        the backlight on at 80 and the volume at 30."""
         super().__init__(behaviour)
         self.quirks = quirks or MaxhubQuirks()
         self.frames = 0
@@ -56,12 +61,16 @@ class MaxhubPanelServer(SwitchedPort):
         self.backlight_on = True
 
     def busy(self) -> bool:
+        """True for `busy_after_power_on_s` after the port came up: frames are read but not
+        answered."""
         if self.powered_at is None:
             return False
         since = (self.behaviour.clock() - self.powered_at).total_seconds()
         return since < self.quirks.busy_after_power_on_s
 
     async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one client: read 9-byte frames and answer each unless busy. A second client while
+        one is connected is closed unanswered."""
         if self._client is not None:
             self.refused_second_client += 1
             return  # closed at once: the port serves one client
@@ -143,4 +152,6 @@ class ReachableHost(SwitchedPort):
     say on it."""
 
     async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Say nothing: the completed connect is the answer, and the connection is closed at
+        once."""
         return None  # the connect was the answer; the caller closes the connection

@@ -47,6 +47,9 @@ Misbehaviour = Literal["garbage_greeting", "garbage", "half", "silent", "reset"]
 
 @dataclass
 class PjlinkQuirks:
+    """How a simulated projector departs from a clean PJLink exchange (see the module docstring);
+    times in seconds."""
+
     idle_drop_s: float = 30.0  # the PJLink spec lets a projector close an idle connection
     slow_reply_chance: float = 0.02
     slow_reply_s: float = 2.0  # inside the profile's timeout: slow, not dead
@@ -83,6 +86,8 @@ class ProjectorServer:
         quirks: PjlinkQuirks | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """A projector following `behaviour`; `password` (None: no authentication) is what its
+        greeting asks for; `rng` draws its tokens and slow replies."""
         self.behaviour = behaviour
         self.password = password
         self.quirks = quirks or PjlinkQuirks()
@@ -100,14 +105,17 @@ class ProjectorServer:
 
     @property
     def device_id(self) -> str:
+        """The simulated projector's id, as in the site config."""
         return self.behaviour.device.id
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> ProjectorServer:
+        """Listen on `host`:`port` (0: a free port); `address` then holds where. Returns self."""
         self._server = await asyncio.start_server(self._serve, host, port, limit=1024)
         self.address = self._server.sockets[0].getsockname()[:2]
         return self
 
     def close(self) -> None:
+        """Stop listening and close the open connections."""
         if self._server is not None:
             self._server.close()
             self._server = None

@@ -101,6 +101,8 @@ class ObjectTable:
 
     @classmethod
     def for_profile(cls, profile: Profile) -> ObjectTable:
+        """The table of `profile`'s SNMP objects, with MIB-II's system group that every simulated
+        device serves."""
         objects = {_oid(o.oid): o for o in SYSTEM_GROUP}
         objects.update({_oid(o.oid): o for o in (profile.snmp.objects if profile.snmp else [])})
         ordered = sorted(objects.items())
@@ -115,6 +117,8 @@ class DeviceResponder(asyncio.DatagramProtocol):
     """One simulated device's SNMP agent. Set `alive = False` to make it stop answering."""
 
     def __init__(self, behaviour: DeviceBehaviour, table: ObjectTable, community: str) -> None:
+        """The agent of `behaviour`'s device, serving `table`'s objects to `community` (read and
+        write); it has no socket until serve_device binds one."""
         self.behaviour = behaviour
         self.table = table
         self.community = community.encode()
@@ -132,14 +136,19 @@ class DeviceResponder(asyncio.DatagramProtocol):
 
     @property
     def device_id(self) -> str:
+        """The simulated device's id, as in the site config."""
         return self.behaviour.device.id
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """asyncio's callback once the socket is bound: keep the transport and note the address."""
         # CPython's UDP transport does not subclass asyncio.DatagramTransport: cast, not check.
         self.transport = cast(asyncio.DatagramTransport, transport)
         self.address = transport.get_extra_info("sockname")[:2]
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        """asyncio's callback for each datagram: answer it unless the device is dead (`alive`
+        False), counting it either way; a request that cannot be answered is dropped, as a real
+        agent would."""
         if not self.alive or self.transport is None:
             self.unanswered += 1
             return
@@ -153,6 +162,7 @@ class DeviceResponder(asyncio.DatagramProtocol):
             self.transport.sendto(answer, addr)
 
     def close(self) -> None:
+        """Close the device's socket: it answers nothing more."""
         if self.transport is not None:
             self.transport.close()
             self.transport = None
@@ -331,5 +341,6 @@ async def serve_device(
 
 
 def close_all(responders: Iterable[DeviceResponder]) -> None:
+    """Close every responder's socket."""
     for responder in responders:
         responder.close()

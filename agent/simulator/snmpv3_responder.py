@@ -51,9 +51,12 @@ class SnmpV3Device:
 
     @property
     def address(self) -> tuple[str, int]:
+        """Where the device listens, (host, port); the port is 0 until start() picks one."""
         return self.host, self.port
 
     async def start(self) -> None:
+        """Open the UDP port (0: a free one) and answer GET and GETNEXT under MIB-II to `user`,
+        authPriv only. ValueError if the user lacks either key."""
         if not self.user.auth_key or not self.user.priv_key:
             raise ValueError("the simulated SNMPv3 device needs both keys (authPriv)")
         self.port = self.port or _free_udp_port(self.host)
@@ -79,6 +82,7 @@ class SnmpV3Device:
         await asyncio.sleep(0)
 
     async def close(self) -> None:
+        """Stop the engine and with it the port."""
         if self._engine is not None:
             self._engine.close_dispatcher()
             self._engine = None

@@ -35,6 +35,8 @@ class SwitchedPort:
     def __init__(
         self, behaviour: DeviceBehaviour, check_s: float = 0.1, boot_s: float = 0.0
     ) -> None:
+        """Follow `behaviour`'s power, checked every `check_s` seconds; the port opens `boot_s`
+        seconds after the device comes on."""
         self.behaviour = behaviour
         self.alive = True
         self.check_s = check_s
@@ -49,16 +51,22 @@ class SwitchedPort:
 
     @property
     def device_id(self) -> str:
+        """The simulated device's id, as in the site config."""
         return self.behaviour.device.id
 
     @property
     def serving(self) -> bool:
+        """Whether the port is listening now."""
         return self._server is not None
 
     def powered(self) -> bool:
+        """Whether the device is `alive` and on or warming up."""
         return self.alive and self.behaviour.power() in POWERED
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> SwitchedPort:
+        """Take the port (0: a free one, kept across power cycles), open it if the device is
+        powered, and follow its power from then on; returns self. OSError if the port cannot be
+        bound."""
         # Bound once (port 0: the kernel picks), so the number survives each power cycle.
         probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -108,6 +116,7 @@ class SwitchedPort:
             writer.transport.abort()
 
     def close(self) -> None:
+        """Stop following the power, close the port and drop the open connections."""
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None

@@ -9,11 +9,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class BrokerUrlError(ValueError):
-    pass
+    """A broker URL that cannot be used: a wrong scheme, no host, a bad port or an unknown
+    MQTT protocol version."""
 
 
 @dataclass(frozen=True)
 class BrokerAddress:
+    """A broker URL taken apart by `parse_mqtt_url`: where the agent or the controller
+    connects, its login, and its TLS files."""
+
     host: str
     port: int
     username: str | None = None

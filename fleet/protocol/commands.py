@@ -36,6 +36,7 @@ MAX_ARTIFACT_BYTES = 8 * 1024**3
 
 
 def campaign_of_rollout(rollout_id: int) -> str:
+    """The campaign a rollout's commands carry (`rollout-12`), which a `cancel` revokes whole."""
     return f"rollout-{rollout_id}"
 
 

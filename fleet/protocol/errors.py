@@ -11,6 +11,8 @@ class ConfigError(Exception):
     """A YAML document (site config or firmware profile) that cannot be used as it is."""
 
     def __init__(self, path: Path | str, key: str, problem: str, fix: str) -> None:
+        """`key` is where in the document (`rooms[0].devices[2].address`; "" for the whole
+        file), `problem` what is wrong there, `fix` what the technician should do."""
         self.path = str(path)
         self.key = key
         self.problem = problem
@@ -23,6 +25,8 @@ class ConfigError(Exception):
 
 
 def key_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the key a technician finds in the YAML:
+    `rooms[0].devices[2].address`."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -42,6 +46,8 @@ _FIXES = {
 
 
 def config_errors_from_validation(path: Path | str, exc: ValidationError) -> list[ConfigError]:
+    """One ConfigError per problem pydantic found in the document at `path`. The fix is the
+    validator's own (the part of its message after " Fix: ") or one chosen by error type."""
     out = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -57,5 +63,6 @@ class ConfigErrors(Exception):
     """Every problem found in one load, so a technician fixes them in one pass."""
 
     def __init__(self, errors: list[ConfigError]) -> None:
+        """The message lists `errors` one per line."""
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))

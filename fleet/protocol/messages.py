@@ -220,6 +220,7 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 
 
 def utcnow() -> datetime:
+    """The current instant, timezone-aware UTC: what messages are stamped with."""
     return datetime.now(UTC)
 
 
@@ -228,6 +229,8 @@ CollectorAnswers = Annotated[dict[CollectorKey, StrictBool], Field(max_length=8)
 
 
 class Power(StrEnum):
+    """A device's power state in a reading; `unknown` when its collectors could not tell."""
+
     on = "on"
     standby = "standby"
     off = "off"
@@ -237,6 +240,8 @@ class Power(StrEnum):
 
 
 class Flag(StrEnum):
+    """The state of one error flag in `ErrorFlags`."""
+
     ok = "ok"
     warning = "warning"
     error = "error"
@@ -255,6 +260,7 @@ class ErrorFlags(BaseModel):
     other: Flag = Flag.ok
 
     def worst(self) -> Flag:
+        """The device's error state as a whole: the most serious of the six flags."""
         flags = {self.fan, self.lamp, self.temperature, self.cover, self.filter, self.other}
         if Flag.error in flags:
             return Flag.error
@@ -308,6 +314,7 @@ class HealthBatch(HealthEnvelope):
     readings: list[Reading] = Field(max_length=MAX_READINGS_PER_BATCH)
 
     def to_json(self) -> bytes:
+        """The MQTT payload: UTF-8 JSON, `schema` under its wire name, None fields left out."""
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
@@ -339,6 +346,8 @@ class CheckedBatch(HealthEnvelope):
 
 
 class AgentStateValue(StrEnum):
+    """Whether a site's agent is connected to the broker; `offline` is also its MQTT will."""
+
     online = "online"
     offline = "offline"
 
@@ -355,10 +364,14 @@ class AgentState(BaseModel):
     ts: UtcDatetime
 
     def to_json(self) -> bytes:
+        """The MQTT payload (and will): UTF-8 JSON."""
         return self.model_dump_json().encode()
 
 
 class EventKind(StrEnum):
+    """What an agent event reports: firmware update progress, discovery results, an agent
+    error, or readings dropped because the agent's outbox hit its bound."""
+
     update_progress = "update_progress"
     discovery = "discovery"
     agent_error = "agent_error"
@@ -379,10 +392,14 @@ class AgentEvent(BaseModel):
     data: JsonObject = Field(default_factory=dict)
 
     def to_json(self) -> bytes:
+        """The MQTT payload: UTF-8 JSON, None fields left out (`device`, when it names none)."""
         return self.model_dump_json(exclude_none=True).encode()
 
 
 class CommandKind(StrEnum):
+    """What a command asks a site's agent to do. Each kind's `args` model is in
+    fleet.protocol.commands; `config_reload` has none."""
+
     firmware_update = "firmware_update"
     config_reload = "config_reload"
     poll_now = "poll_now"
@@ -410,6 +427,7 @@ class Command(BaseModel):
     expires_at: UtcDatetime | None = None
 
     def to_json(self) -> bytes:
+        """The MQTT payload: UTF-8 JSON."""
         return self.model_dump_json().encode()
 
 
@@ -426,6 +444,7 @@ class CommandAck(BaseModel):
     message: Text = Field(default="", max_length=2000)
 
     def to_json(self) -> bytes:
+        """The MQTT payload: UTF-8 JSON."""
         return self.model_dump_json().encode()
 
 
@@ -436,24 +455,31 @@ class Topics:
     """Topic names under a root (`fleet/v1` unless a deployment shares its broker)."""
 
     def __init__(self, root: str = TOPIC_ROOT) -> None:
+        """`root` without a trailing slash, e.g. `fleet/v1`."""
         self.root = root.rstrip("/")
 
     def agent_state(self, site: str) -> str:
+        """Where the site's agent keeps its retained online/offline state (and its will)."""
         return f"{self.root}/{site}/agent/state"
 
     def health(self, site: str) -> str:
+        """Where the site's agent publishes health batches."""
         return f"{self.root}/{site}/health"
 
     def device_health(self, site: str, device: str) -> str:
+        """Where an MQTT-native device of the site publishes its own readings, one a message."""
         return f"{self.root}/{site}/devices/{device}/health"
 
     def events(self, site: str) -> str:
+        """Where the site's agent publishes events (update progress, discovery, errors)."""
         return f"{self.root}/{site}/events"
 
     def cmd(self, site: str) -> str:
+        """Where the controller publishes commands to the site's agent."""
         return f"{self.root}/{site}/cmd"
 
     def cmd_ack(self, site: str) -> str:
+        """Where the site's agent publishes command results."""
         return f"{self.root}/{site}/cmd/ack"
 
     def subscriptions(self) -> list[str]:
@@ -468,6 +494,8 @@ class Topics:
 
 
 class TopicKind(StrEnum):
+    """Which of the contract's topics a topic is, as `parse_topic` tells it."""
+
     health = "health"
     device_health = "device_health"
     agent_state = "agent_state"
@@ -477,13 +505,17 @@ class TopicKind(StrEnum):
 
 
 class ParsedTopic(BaseModel):
+    """A received topic taken apart by `parse_topic`: its kind, its site code, and the device
+    id of a device's own health topic."""
+
     kind: TopicKind
     site: str
     device: str | None = None
 
 
 class TopicError(ValueError):
-    pass
+    """A topic outside the contract: wrong root, a bad site code or device id, or an unknown
+    shape. The controller rejects its message with this reason."""
 
 
 def parse_topic(topic: str, root: str = TOPIC_ROOT) -> ParsedTopic:

@@ -35,6 +35,10 @@ FIELD_PATTERN = re.compile(r"^(?:metrics\.[a-z][a-z0-9_]{0,47}|errors\.[a-z]+|[a
 
 
 class PollSettings(Strict):
+    """How a model is polled, in seconds: `interval_s` between polls, `timeout_s` for one try,
+    and `retries` after the first try. The controller's silence threshold for a device also
+    comes from `interval_s`."""
+
     interval_s: float = Field(default=60, ge=1, le=3600)
     timeout_s: float = Field(default=2.0, gt=0, le=30)
     retries: int = Field(default=1, ge=0, le=5)
@@ -106,6 +110,9 @@ class SnmpSetObject(Strict):
 
 
 class SnmpSettings(Strict):
+    """How an SNMP model is read and switched: version and credentials, the objects read each
+    poll, and the objects SET for power and input."""
+
     version: Literal["1", "2c", "3"] = "2c"
     # v1/v2c: a literal or `secret:NAME` (fleet/protocol/secret_refs.py). repr=False keeps it
     # out of logs.
@@ -198,10 +205,14 @@ class MatchRules(Strict):
         return value
 
     def rules(self) -> dict[str, str]:
+        """The rules given, by name (`sys_descr` -> its expression); unset ones left out."""
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class Thresholds(Strict):
+    """The limits the controller's alerts hold a model's readings to: the highest temperature
+    (°C), and lamp and filter life (hours, also shown in usage reports). None: no alert."""
+
     temperature_c_max: float | None = None
     lamp_hours_life: float | None = None
     filter_hours_life: float | None = None
@@ -243,6 +254,9 @@ class SimulationHints(Strict):
 
 
 class Profile(Strict):
+    """A firmware profile, `firmware_profiles/<id>.yaml`: one vendor model, read by the agent
+    (how to poll and switch it) and the controller (its limits, releases, how it is updated)."""
+
     id: str = Field(pattern=PROFILE_ID_PATTERN)
     vendor: str = Field(min_length=1)
     model: str = Field(min_length=1)
@@ -271,9 +285,11 @@ class Profile(Strict):
         return [] if self.protocol == "mqtt" else [ChainStep(collector=self.protocol)]
 
     def release(self, version: str) -> Release | None:
+        """This model's release of `version`, or None when the profile lists none."""
         return next((r for r in self.releases if r.version == version), None)
 
     def method_of(self, release: Release) -> UpdateMethodName:
+        """How `release` is installed: its own method, else the profile's `update.method`."""
         return release.method or self.update.method
 
     def control_problem(self, kind: str) -> str | None:
@@ -352,6 +368,8 @@ class Profile(Strict):
 
 
 def load_profile(path: Path) -> Profile:
+    """The firmware profile at `path`, checked. Raises ConfigErrors when the file cannot be
+    read or validated, or its `id` differs from the file name."""
     data = read_yaml(path)
     try:
         profile = Profile.model_validate(data)
@@ -372,6 +390,8 @@ def load_profile(path: Path) -> Profile:
 
 
 def load_profiles(directory: Path) -> dict[str, Profile]:
+    """Every profile in `directory` (its *.yaml files), by id. Raises ConfigErrors with the
+    problems of all files at once, or when the folder does not exist."""
     if not directory.is_dir():
         raise ConfigErrors(
             [

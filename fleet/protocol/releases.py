@@ -62,4 +62,6 @@ class Release(Strict):
         return self.artifact if "://" in self.artifact else None
 
     def applies_to(self, current: str | None) -> bool:
+        """Whether this release may be installed over a device's `current` version (None:
+        not known, which only a release without `upgrades_from` accepts)."""
         return not self.upgrades_from or (current is not None and current in self.upgrades_from)

@@ -46,6 +46,9 @@ def controller_sites_dir() -> Path:
 
 
 class SiteInfo(Strict):
+    """A site config's `site` section: its code (the `<site>` of its MQTT topics and its file
+    name), names, country, IANA timezone and vendor."""
+
     code: str = Field(pattern=SITE_CODE_PATTERN)
     name: str = Field(min_length=1)
     institution: str = ""
@@ -67,6 +70,9 @@ class SiteInfo(Strict):
 
 
 class DeviceConfig(Strict):
+    """One device in a room: its id, firmware profile and address, its PJLink password, and
+    what it sets instead of its profile (SNMP credentials, text encoding)."""
+
     id: str = Field(pattern=DEVICE_ID_PATTERN)
     profile: str
     address: str
@@ -107,6 +113,8 @@ class DeviceConfig(Strict):
 
 
 class RoomConfig(Strict):
+    """A classroom of the site and the devices in it."""
+
     id: str = Field(pattern=DEVICE_ID_PATTERN)
     name: str = Field(min_length=1)
     building: str = ""
@@ -125,6 +133,9 @@ MAX_BATCH_SIZE = min(MAX_READINGS_PER_BATCH, MAX_BATCH_BYTES // TYPICAL_READING_
 
 
 class AgentSection(Strict):
+    """How the site's agent runs: its id, how many devices it polls at once, the most readings
+    in one health batch, and the `where_enabled` collectors the site has turned on."""
+
     id: str = Field(default="", max_length=64)
     poll_concurrency: int = Field(default=64, ge=1, le=2000)
     batch_size: int = Field(default=50, ge=1)
@@ -147,6 +158,9 @@ class AgentSection(Strict):
 
 
 class Milestone(Strict):
+    """One installation milestone of a phase, with its planned and actual dates where the
+    source gives them."""
+
     milestone: Literal[
         "agreement_signed", "equipment_delivered", "installed", "training_done", "in_use"
     ]
@@ -161,12 +175,17 @@ class Milestone(Strict):
 
 
 class PhaseConfig(Strict):
+    """One installation phase of the site's `programme`: its number, rooms and milestones."""
+
     phase: int = Field(ge=1)
     rooms: list[str] = Field(default_factory=list)
     milestones: list[Milestone] = Field(default_factory=list)
 
 
 class SiteConfig(Strict):
+    """A site config, `site_configs/<code>.yaml`, read by the site's agent and by the
+    controller."""
+
     site: SiteInfo
     illustrative: str = ""
     timetable: Timetable = Timetable()
@@ -176,17 +195,21 @@ class SiteConfig(Strict):
 
     @property
     def code(self) -> str:
+        """The site code (`upm`): the `<site>` of the site's MQTT topics."""
         return self.site.code
 
     @property
     def tz(self) -> ZoneInfo:
+        """The site's timezone, for its timetable and reports (everything else is UTC)."""
         return ZoneInfo(self.site.timezone)
 
     @property
     def agent_id(self) -> str:
+        """The id the site's agent publishes under: `agent.id`, else `<code>-agent`."""
         return self.agent.id or f"{self.site.code}-agent"
 
     def devices(self) -> list[tuple[RoomConfig, DeviceConfig]]:
+        """Every device of the site with its room, in the order of the file."""
         return [(room, device) for room in self.rooms for device in room.devices]
 
 
@@ -199,16 +222,23 @@ class LoadedSite:
     profiles: dict[str, Profile]
 
     def profile_of(self, device: DeviceConfig) -> Profile:
+        """The profile a device of this site names (the load checked that it exists)."""
         return self.profiles[device.profile]
 
 
 def load_site(path: Path | str, profiles_dir: Path | None = None) -> LoadedSite:
+    """One site config, checked against the profiles in `profiles_dir`, else in
+    FLEET_PROFILES_DIR, firmware_profiles/ beside its folder, or the shipped ones. Raises
+    ConfigErrors."""
     path = Path(path)
     profiles = load_profiles(profiles_dir or _profiles_dir_for(path))
     return check_site(path, read_yaml(path), profiles)
 
 
 def check_site(path: Path, data: object, profiles: dict[str, Profile]) -> LoadedSite:
+    """The site config `data` read from `path`, validated and checked against `profiles`,
+    with the profiles its devices use. Raises ConfigErrors with every problem found (schema,
+    file name, repeated ids or addresses, unknown profiles or rooms)."""
     try:
         config = SiteConfig.model_validate(data)
     except ValidationError as exc:
@@ -288,6 +318,9 @@ def check_site(path: Path, data: object, profiles: dict[str, Profile]) -> Loaded
 
 
 def load_sites(directory: Path | None = None, profiles_dir: Path | None = None) -> list[LoadedSite]:
+    """Every site config in `directory` (default: the shipped examples), checked against the
+    profiles in `profiles_dir` (default: the shipped ones). Raises ConfigErrors with the
+    problems of all files at once, or when the folder does not exist."""
     directory = directory or DEFAULT_SITES_DIR
     if not directory.is_dir():
         # A missing folder is not an empty fleet: syncing from it would retire every device.
@@ -316,7 +349,8 @@ def load_sites(directory: Path | None = None, profiles_dir: Path | None = None) 
 
 
 def _profiles_dir_for(site_path: Path) -> Path:
-    """firmware_profiles/ beside the site_configs/ folder, else FLEET_PROFILES_DIR, else ours."""
+    """FLEET_PROFILES_DIR when set, else firmware_profiles/ beside the site_configs/ folder,
+    else ours."""
     env = os.environ.get("FLEET_PROFILES_DIR")
     if env:
         return Path(env)

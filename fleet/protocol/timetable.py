@@ -15,6 +15,8 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class Period(BaseModel):
+    """One class period of a day, `start` to `end` in the site's local time."""
+
     model_config = ConfigDict(frozen=True)
 
     start: time
@@ -22,6 +24,8 @@ class Period(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> Period:
+        """A period from its YAML form, `HH:MM-HH:MM`. Raises ValueError, with the fix, for
+        any other text or a period that does not end after it starts."""
         try:
             a, b = (part.strip() for part in text.split("-"))
             start, end = time.fromisoformat(a), time.fromisoformat(b)
@@ -79,11 +83,13 @@ class Timetable(BaseModel):
         return out
 
     def periods_on(self, day: date) -> tuple[Period, ...]:
+        """The class periods of a local `day`, earliest first; none on a closed day."""
         if day in self.closed:
             return ()
         return self.weekly.get(WEEKDAYS[day.weekday()], ())
 
     def in_class(self, at: datetime, tz: ZoneInfo) -> bool:
+        """Whether a class period is on at `at` (aware), in the site's timezone `tz`."""
         local = at.astimezone(tz)
         now = local.time()
         return any(p.start <= now < p.end for p in self.periods_on(local.date()))
