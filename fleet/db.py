@@ -85,6 +85,8 @@ def _sqlite_engine(url: str, database: str | None, **kwargs: Any) -> Engine:
 
 
 def alembic_config(url: str | None = None) -> Config:
+    """The Alembic config of fleet/migrations, pointed at the database `url` when given (else
+    Alembic's own setting)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if url:

@@ -54,6 +54,10 @@ class _Server(uvicorn.Server):
 
 @dataclass
 class DemoOptions:
+    """What `fleet demo` runs and where: data folder, address of the controller, site configs and
+    profiles, the simulation's seed and faults, and the events and dicts through which a caller (a
+    test) stops it, learns it is ready, and reads its URLs and demo users' API tokens."""
+
     # The data folder of every command (FLEET_DATA_DIR, ./data): `fleet users add` and
     # `fleet programme` after a demo read the demo's database.
     data_dir: Path = Path("data")
@@ -84,6 +88,9 @@ def _port_free(host: str, port: int) -> bool:
 
 
 async def run_demo(options: DemoOptions) -> None:
+    """Run the whole fleet on this machine (embedded broker, controller, one agent and simulated
+    devices per site) until `options.stop` is set or Ctrl-C, then stop them in order. Raises
+    RuntimeError when the controller stops while starting."""
     stop = options.stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

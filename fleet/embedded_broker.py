@@ -63,6 +63,8 @@ class OpenAuthPlugin(AnonymousAuthPlugin):
     is away."""
 
     async def authenticate(self, *, session: Session) -> bool:
+        """Let the client in when amqtt's anonymous plugin would, with its session kept as a
+        persistent one."""
         allowed = bool(await super().authenticate(session=session))
         if allowed:
             session.is_anonymous = False
@@ -70,7 +72,11 @@ class OpenAuthPlugin(AnonymousAuthPlugin):
 
 
 class EmbeddedBroker:
+    """An amqtt broker on loopback for `fleet demo` and tests: every client allowed, on a free port
+    unless one is given."""
+
     def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        """`port` None: a free port on `host` (never 1883)."""
         self.host = host
         self.port = port or free_port(host)
         self._config: dict[str, Any] = {
@@ -86,9 +92,11 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
+        """The broker's address for agents and the controller: mqtt://<host>:<port>."""
         return f"mqtt://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        """Start listening, on the running event loop."""
         # amqtt binds itself to the running loop when constructed.
         self._broker = Broker(self._config)
         # amqtt iterates its subscriptions across awaits while other clients subscribe
@@ -97,6 +105,7 @@ class EmbeddedBroker:
         await self._broker.start()
 
     async def stop(self) -> None:
+        """Shut the broker down; does nothing when it is not running."""
         if self._broker is not None:
             await self._broker.shutdown()
             self._broker = None

@@ -60,6 +60,8 @@ def csv_rows(rows: Iterable[Sequence[Any]], *, bom: bool = False) -> Iterator[st
 
 
 def csv_text(rows: Iterable[Sequence[Any]], *, bom: bool = False) -> str:
+    """`rows` as one CSV text (see `csv_rows`: CRLF line ends, cells neutralised, UTF-8 BOM first
+    when `bom`)."""
     return "".join(csv_rows(rows, bom=bom))
 
 

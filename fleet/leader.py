@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def holder_id() -> str:
+    """An id for this process as lock holder: host name, process id and a random suffix."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -46,6 +47,9 @@ class Leadership:
     """Who may run the schedule. One instance per process and lock name."""
 
     def __init__(self, engine: Engine, name: str = "scheduler", holder: str | None = None):
+        """The lock is picked by the engine's database: a PostgreSQL advisory lock, a file lock
+        beside a SQLite file, or an in-process lock for in-memory SQLite. `holder`: this process's
+        id (default `holder_id()`)."""
         self.engine = engine
         self.name = name
         self.holder = holder or holder_id()
@@ -65,6 +69,7 @@ class Leadership:
 
     @property
     def where(self) -> str:
+        """The lock in words, for log lines ("file lock /data/fleet.db.scheduler.lock")."""
         return self._lock.where
 
     def hold(self) -> bool:
@@ -89,6 +94,7 @@ class Leadership:
             return leading
 
     def release(self) -> None:
+        """Let the lock go (on shutdown), so another process may lead at its next try."""
         with self._mutex:
             if self.leading:
                 log.info("scheduler %s: stepping down (%s)", self.holder, self.where)

@@ -27,10 +27,16 @@ log = logging.getLogger(__name__)
 
 
 class FleetStateCollector(Collector):
+    """The Prometheus collector of the fleet's state read from the database at each scrape: devices
+    by site and state, each site's last-report age, agents online, and whether the database
+    answered."""
+
     def __init__(self, engine: Engine) -> None:
+        """`engine`: the app's database, queried on every scrape."""
         self.engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The gauges at this scrape; when the database does not answer, fleet_db_scrape_ok is 0."""
         devices = GaugeMetricFamily(
             "fleet_devices",
             "Registered devices (not retired) by site and state",

@@ -30,6 +30,8 @@ class UtcDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """The value to store: converted to UTC (without offset on SQLite). Raises ValueError for a
+        naive datetime."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -38,6 +40,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """The stored value as an aware UTC datetime."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -46,6 +49,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 def utc_column(*, nullable: bool = True, index: bool = False) -> Any:
+    """A model field for a `UtcDateTime` column; not nullable makes the field required."""
     return Field(
         default=None if nullable else ...,
         sa_column=Column(UtcDateTime(), nullable=nullable, index=index),
@@ -53,6 +57,7 @@ def utc_column(*, nullable: bool = True, index: bool = False) -> Any:
 
 
 def json_column(*, nullable: bool = True) -> Any:
+    """A model field for a nullable JSON column (None stored as SQL NULL)."""
     return Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=nullable))
 
 
@@ -61,6 +66,9 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Site(SQLModel, table=True):
+    """One partner site, as its site config describes it: name, institution, country, time zone and
+    timetable; written by the registry sync."""
+
     __tablename__ = "site"
 
     code: str = Field(primary_key=True)
@@ -77,6 +85,8 @@ class Site(SQLModel, table=True):
 
 
 class Room(SQLModel, table=True):
+    """One classroom of a site, from the site config."""
+
     __tablename__ = "room"
 
     id: str = Field(primary_key=True)
@@ -86,6 +96,10 @@ class Room(SQLModel, table=True):
 
 
 class Device(SQLModel, table=True):
+    """One classroom device of the registry (from its site config), with its latest derived state
+    and newest reading as ingest and liveness write them; a device dropped from its config is
+    retired, not deleted."""
+
     __tablename__ = "device"
     # The device list filtered by site and state counts from this index alone (migration 0013).
     __table_args__ = (Index("ix_device_site_code_state", "site_code", "state"),)

@@ -72,6 +72,8 @@ class Order:
     `name` is written into the cursors this order makes, and checked on the way back."""
 
     def __init__(self, name: str, *keys: SortKey) -> None:
+        """`keys`: the sort keys in order, the last one unique. Raises ValueError when none is
+        given."""
         if not keys:
             raise ValueError("an order needs at least one sort key, the last of them unique")
         self.name = name

@@ -38,6 +38,9 @@ JobFunc = Callable[..., None]
 
 @dataclass(frozen=True)
 class Job:
+    """One periodic job of the schedule: its id (also the `job` label of its metrics), the function
+    it runs, and how often, in seconds."""
+
     id: str
     func: JobFunc
     every_s: float

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Controller:
+    """The assembled controller: its settings, database engine, ingest, MQTT subscriber, web app,
+    and what the registry sync at start did."""
+
     settings: Settings
     engine: Engine
     ingest: Ingest

@@ -28,6 +28,10 @@ SEVEN_DAYS_S = 7 * 24 * 3600
 
 
 class Settings(BaseSettings):
+    """The controller's whole configuration, read from FLEET_* environment variables
+    (FLEET_DATABASE_URL, FLEET_MQTT_URL, FLEET_DATA_DIR, ...); the service, scheduler, CLI and
+    routes read it and hand each domain its values."""
+
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
 
     data_dir: Path = Path("./data")
@@ -175,6 +179,8 @@ class Settings(BaseSettings):
     # --- the values the domains take -------------------------------------------------------
 
     def alert_rules(self) -> AlertRules:
+        """What the alert rules take: the profiles, the unreachable limit, and whether to queue
+        webhooks (a webhook URL is set)."""
         return AlertRules(
             profiles_dir=self.profiles_dir,
             unreachable_after=timedelta(seconds=self.alert_unreachable_after_s),
@@ -182,9 +188,11 @@ class Settings(BaseSettings):
         )
 
     def webhook(self) -> Webhook:
+        """The webhook receiver of alert notifications (none when FLEET_WEBHOOK_URL is empty)."""
         return Webhook(self.webhook_url, self.webhook_secret, self.webhook_max_attempts)
 
     def mailer(self) -> Mailer:
+        """The SMTP server alert e-mail goes through (none when FLEET_SMTP_HOST is empty)."""
         return Mailer(
             host=self.smtp_host,
             port=self.smtp_port,
@@ -196,6 +204,8 @@ class Settings(BaseSettings):
         )
 
     def notice_policy(self) -> NoticePolicy:
+        """Who is e-mailed about alerts and when an unacknowledged one escalates, by severity;
+        enabled only with an SMTP host."""
         return NoticePolicy(
             public_url=self.public_url,
             escalate_after={
@@ -206,9 +216,11 @@ class Settings(BaseSettings):
         )
 
     def report_basis(self) -> ReportBasis:
+        """What usage reports rest on: the profiles and the power draw by device kind (watts)."""
         return ReportBasis(self.profiles_dir, dict(self.report_power_draw_w))
 
     def report_schedule(self) -> ReportSchedule:
+        """When and in which formats the scheduled usage reports are made."""
         return ReportSchedule(
             basis=self.report_basis(),
             delay=timedelta(hours=self.report_delay_h),
@@ -217,6 +229,8 @@ class Settings(BaseSettings):
         )
 
     def artifact_store(self) -> ArtifactStore:
+        """Where firmware artifacts are kept (FLEET_ARTIFACTS_DIR, default <data_dir>/artifacts) and
+        the public URL agents fetch them from."""
         return ArtifactStore(self.artifacts_dir or self.data_dir / "artifacts", self.public_url)
 
     def retention_rules(self) -> list[Retention]:
@@ -272,4 +286,6 @@ class Settings(BaseSettings):
         ]
 
     def firmware_delivery(self) -> FirmwareDelivery:
+        """What the rollout tick needs to get firmware to the sites: profiles, artifact store, MQTT
+        topic root."""
         return FirmwareDelivery(self.profiles_dir, self.artifact_store(), self.topic_root)

@@ -140,6 +140,8 @@ def evaluate_sites(
 
 
 def update_gauge(conn: Connection) -> None:
+    """Set the fleet_alerts_open gauge to the count of unresolved (open or acknowledged) alerts of
+    each kind; a kind with none is set to 0."""
     counts: dict[str, int] = dict(
         conn.execute(
             select(ALERTS.c.kind, func.count())

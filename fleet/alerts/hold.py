@@ -50,6 +50,9 @@ RUN_LAPSES_AFTER = timedelta(minutes=15)
 
 
 class Action(StrEnum):
+    """What one observation does to the alert of its (subject, kind): keep it as it is, open it, or
+    resolve it."""
+
     keep = "keep"  # the alert (or its absence) stands
     open = "open"
     resolve = "resolve"

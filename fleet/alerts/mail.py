@@ -56,6 +56,7 @@ class Mailer:
 
     @property
     def enabled(self) -> bool:
+        """True when a server is configured and alert e-mail is sent."""
         return bool(self.host)
 
 

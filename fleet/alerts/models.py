@@ -13,6 +13,9 @@ from fleet.models import BigId, utc_column
 
 
 class AlertKind(StrEnum):
+    """What an alert is about; the value is stored in `alert.kind` and each kind has its hold
+    (fleet.alerts.rules.HOLDS)."""
+
     device_unreachable = "device_unreachable"
     site_offline = "site_offline"
     over_temperature = "over_temperature"
@@ -25,11 +28,16 @@ class AlertKind(StrEnum):
 
 
 class Severity(StrEnum):
+    """How bad an alert is; a subscription asks for a severity or worse."""
+
     warning = "warning"
     critical = "critical"
 
 
 class AlertState(StrEnum):
+    """Where an alert is in its life: open, acknowledged by a person, or resolved (by itself or by
+    hand)."""
+
     open = "open"
     acknowledged = "acknowledged"
     resolved = "resolved"
@@ -45,6 +53,9 @@ RESOLVE_UNTOLD = "state = 'resolved' AND resolve_noticed_at IS NULL AND notice_l
 
 
 class Alert(SQLModel, table=True):
+    """One alert: a condition of one device or one site, from when it opened until it resolved;
+    resolved rows are kept as history."""
+
     __tablename__ = "alert"
     __table_args__ = (
         Index(

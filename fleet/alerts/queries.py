@@ -23,7 +23,10 @@ from fleet.paging import Order, SortKey
 
 
 class AlertNotFound(LookupError):
+    """No alert has that id; the message says where to list them."""
+
     def __init__(self, alert_id: int) -> None:
+        """`alert_id`: the id asked for, kept on the error."""
         super().__init__(f"no alert {alert_id}: GET /api/v1/alerts lists them")
         self.alert_id = alert_id
 
@@ -38,6 +41,7 @@ class OpenAlerts:
 
     @property
     def warning(self) -> int:
+        """How many of them are warnings (not critical)."""
         return self.total - self.critical
 
     @property
@@ -48,6 +52,7 @@ class OpenAlerts:
         return Severity.warning.value if self.total else None
 
     def plus(self, severity: str, kind: str, count: int) -> OpenAlerts:
+        """These counts with `count` more alerts of `severity` and `kind` added."""
         critical = count if severity == Severity.critical.value else 0
         return OpenAlerts(self.total + count, self.critical + critical, self.kinds | {kind})
 

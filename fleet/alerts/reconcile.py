@@ -44,6 +44,7 @@ class Judgement:
 
     @property
     def subject(self) -> str:
+        """The alert subject key: "device:<id>", or "site:<code>" for a site's own alerts."""
         return subject_of(self.site, self.device)
 
 
@@ -57,6 +58,8 @@ class ReconcileResult:
 
 
 def subject_of(site: str, device: str | None) -> str:
+    """The alert subject key of a device ("device:<id>") or, when `device` is None, of the site
+    ("site:<code>")."""
     return f"device:{device}" if device is not None else f"site:{site}"
 
 
@@ -124,6 +127,9 @@ def _escalate(
 
 
 def resolve(conn: Connection, alert_id: int, now: datetime, *, by: str | None, note: str) -> bool:
+    """Resolve one alert at `now` in the caller's transaction, with `note` as its resolution; `by`
+    is who resolved it by hand, None when it cleared by itself. Returns False when it was already
+    resolved or does not exist."""
     done = conn.execute(
         ALERTS.update()
         .where(ALERTS.c.id == alert_id, ALERTS.c.state != AlertState.resolved.value)
@@ -163,6 +169,8 @@ def enqueue(conn: Connection, event: str, alert_id: int, now: datetime) -> str:
 
 
 def alert_json(alert: Any) -> dict[str, Any]:
+    """The alert row as the JSON object a webhook body carries: its public fields, datetimes as ISO
+    8601 strings."""
     out: dict[str, Any] = {}
     for name in (
         "id",

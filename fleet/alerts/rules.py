@@ -120,6 +120,8 @@ HOLDS: dict[AlertKind, Hold] = {
 
 @dataclass(frozen=True)
 class SiteClock:
+    """A site's timetable and time zone, to judge a device against the site's local class hours."""
+
     timetable: Timetable
     tz: ZoneInfo
 

@@ -18,6 +18,9 @@ EMAIL_PATTERN = (
 
 
 class AlertOut(BaseModel):
+    """One alert as the alerts API and the alerts page show it, history and notice fields
+    included."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: int
@@ -45,6 +48,9 @@ class AlertOut(BaseModel):
 
 
 class AlertPage(BaseModel):
+    """One page of alerts the caller may see, with the total that match and the cursor of the next
+    page."""
+
     items: list[AlertOut]  # newest first
     total: int  # alerts that match, at the time of this page
     limit: int
@@ -52,6 +58,9 @@ class AlertPage(BaseModel):
 
 
 class AckIn(BaseModel):
+    """The body of an acknowledgement: an optional note (`by` is ignored: the caller is
+    recorded)."""
+
     # Who acknowledged: the authenticated caller, whatever a request says (older clients
     # still send `by`; it is accepted and replaced, so no one can act in another's name).
     by: str | None = Field(default=None, min_length=1, max_length=200, pattern=TEXT_PATTERN)
@@ -59,6 +68,9 @@ class AckIn(BaseModel):
 
 
 class ResolveIn(BaseModel):
+    """The body of resolving an alert by hand: the resolution note (`by` is ignored: the caller is
+    recorded)."""
+
     # As AckIn.by: replaced by the authenticated caller.
     by: str | None = Field(default=None, min_length=1, max_length=200, pattern=TEXT_PATTERN)
     note: str = Field(default="resolved by hand", max_length=2000, pattern=TEXT_PATTERN)
@@ -75,6 +87,8 @@ class SubscriptionIn(BaseModel):
 
 
 class SubscriptionOut(BaseModel):
+    """One e-mail subscription to alerts as the API and the subscriptions page show it."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: int
@@ -100,6 +114,9 @@ class SilenceIn(BaseModel):
 
 
 class SilenceOut(BaseModel):
+    """One silence as the API and the alerts page show it, with who made it and who ended it
+    early."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: int

@@ -81,6 +81,8 @@ def covering(
 
 
 def room_of(conn: Connection, device_id: str | None) -> str | None:
+    """The room a device is in; None for a site's own alert (no device) or a device not in the
+    registry."""
     if device_id is None:
         return None
     devices = SQLModel.metadata.tables["device"]

@@ -22,6 +22,7 @@ class SubscriptionRefused(ValueError):
     MAX_PER_USER already. The message says what to do."""
 
     def __init__(self, status: int, message: str) -> None:
+        """`status`: the HTTP status the API answers with (404 or 409); `message`: what to do."""
         super().__init__(message)
         self.status = status
 

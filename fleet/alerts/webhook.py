@@ -38,6 +38,8 @@ JOB = "webhook"
 
 
 def signature(secret: str, body: bytes) -> str:
+    """The X-Fleet-Signature header value for `body`: "sha256=" and the hex HMAC-SHA256 of it under
+    `secret`."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
@@ -65,6 +67,8 @@ def post(url: str, secret: str, delivery_id: str, body: bytes) -> None:
 
 
 class WebhookError(Exception):
+    """One delivery attempt failed: what the receiver answered, or why it could not be reached."""
+
     pass
 
 

@@ -47,7 +47,13 @@ LifespanExtra = Callable[[FastAPI], AbstractContextManager[Any]]
 
 
 class StatusSource(Protocol):
-    def status(self) -> dict[str, Any]: ...
+    """What /healthz asks of whoever runs ingest (`app.state.ingest_status`): an `Ingest`, or
+    the subscriber."""
+
+    def status(self) -> dict[str, Any]:
+        """Ingest's state, reported by /healthz as `ingest`; `"ok": False` in it makes /healthz
+        answer 503."""
+        ...
 
 
 def create_app(
@@ -56,6 +62,10 @@ def create_app(
     *,
     lifespan_extras: Sequence[LifespanExtra] = (),
 ) -> FastAPI:
+    """The controller's app: the API routes, the dashboard pages, and the middleware (security
+    headers, cross-site refusal, request ids). Without `engine`, one is made from
+    `settings.database_url` and disposed of at shutdown; `lifespan_extras` are entered at startup
+    and left at shutdown in reverse order."""
     own_engine = engine is None
     db = engine if engine is not None else make_engine(settings.database_url)
 

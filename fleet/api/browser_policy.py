@@ -61,9 +61,12 @@ class SecurityHeaders:
     response, unless the route set its own value of one."""
 
     def __init__(self, app: ASGIApp) -> None:
+        """Wrap `app`, the rest of the ASGI stack, whose HTTP responses get the headers."""
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on and add each header its response did not set itself; /docs and
+        /redoc get their own, looser policy. Other than HTTP (lifespan) passes untouched."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -124,9 +127,12 @@ class CrossSiteRefusal:
     before any route runs (and counted: fleet_cross_site_refused_total)."""
 
     def __init__(self, app: ASGIApp) -> None:
+        """Wrap `app`, the rest of the ASGI stack, which a refused request never reaches."""
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on unless `cross_site_reason` refuses it; then answer 403 with the
+        reason as JSON `detail`, log it and count it."""
         reason = cross_site_reason(scope) if scope["type"] == "http" else None
         if reason is None:
             await self.app(scope, receive, send)

@@ -17,6 +17,7 @@ from fleet.settings import Settings
 
 
 async def get_engine(request: Request) -> Engine:
+    """The controller's database engine (`app.state.engine`), as EngineDep."""
     engine: Engine = request.app.state.engine
     return engine
 
@@ -24,6 +25,8 @@ async def get_engine(request: Request) -> Engine:
 async def get_session(
     request: Request, engine: Annotated[Engine, Depends(get_engine)]
 ) -> AsyncIterator[Session]:
+    """A database session for one request, as SessionDep: kept on `request.state` for the
+    permission's audit, closed once the answer is sent."""
     # Async, though Session is not: making one does no I/O (it connects on first use, in the
     # route's thread), so a request need not hop to the thread pool to make and close it.
     session = Session(engine)
@@ -37,6 +40,7 @@ async def get_session(
 
 
 async def get_settings(request: Request) -> Settings:
+    """The controller's settings (`app.state.settings`), as SettingsDep."""
     settings: Settings = request.app.state.settings
     return settings
 

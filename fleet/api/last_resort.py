@@ -28,9 +28,14 @@ class LastResort:
     (a stream failing half-way), which can only be logged and cut."""
 
     def __init__(self, app: ASGIApp) -> None:
+        """Wrap `app`, the rest of the ASGI stack, whose requests get ids and whose failures are
+        answered here."""
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the request with its id in `scope["state"]["request_id"]` and in the response's
+        X-Request-ID; an exception from below is logged with the id and answered 500, or
+        re-raised when the response had already started. Other than HTTP passes untouched."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -13,14 +13,21 @@ from fleet.devices.schemas import DEVICE_ROW, DeviceOut
 
 
 class Out(BaseModel):
+    """Base of the API's answers that are read from table rows (`from_attributes`)."""
+
     model_config = ConfigDict(from_attributes=True)
 
 
 class DeviceDetail(DeviceOut):
+    """One device as the devices API gives ops, technicians and vendors in their scope: its
+    registry entry, derived state and reason, and its newest reading (null before the first)."""
+
     last_reading: dict[str, Any] | None
 
 
 class DevicePage(BaseModel):
+    """A page of the devices the caller may see, by id; the next page is `after=` its `next`."""
+
     items: list[DeviceOut]  # by id
     total: int  # devices that match, at the time of this page
     limit: int
@@ -38,6 +45,9 @@ DEVICE_PAGE_BODY: TypeAdapter[Any] = TypeAdapter(
 
 
 class SampleOut(Out):
+    """One raw health sample of a device: when it was read (`ts`) and stored (`received_at`),
+    both UTC, and what it reported; what the device does not report is null."""
+
     ts: datetime
     received_at: datetime
     msg_id: str | None
@@ -55,6 +65,9 @@ class SampleOut(Out):
 
 
 class DeviceHealth(BaseModel):
+    """A device's raw health samples from `start` (inclusive) to `end` (exclusive), newest first,
+    at most `limit` of them."""
+
     device: str
     start: datetime | None
     end: datetime | None
@@ -63,6 +76,9 @@ class DeviceHealth(BaseModel):
 
 
 class Health(BaseModel):
+    """What /healthz answers a probe: `ok` or `degraded`, the database's state (`ok` or why
+    unreachable), and ingest's own status (null when this process runs no ingest)."""
+
     status: str  # "ok" or "degraded"
     database: str
     ingest: dict[str, Any] | None

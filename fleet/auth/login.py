@@ -55,6 +55,8 @@ class LoginRefused(Exception):
     to wait (Retry-After)."""
 
     def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+        """`status` is the HTTP status (401, or 429 when throttled), `message` what the person
+        reads, `retry_after` the seconds to wait, for a 429."""
         super().__init__(message)
         self.status = status
         self.message = message
@@ -98,6 +100,8 @@ class LoginThrottle:
     def __init__(
         self, storage_uri: str = "memory://", account: str = "", address: str = ""
     ) -> None:
+        """Counts kept in the `limits` storage at `storage_uri` (memory:// for one process,
+        redis:// shared by workers); `account` and `address` are the ladders, empty for none."""
         self.limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
         self.account: list[RateLimitItem] = parse_many(account) if account else []
         self.address: list[RateLimitItem] = parse_many(address) if address else []
@@ -124,10 +128,14 @@ class LoginThrottle:
         return worst
 
     def failed(self, name: str, address: str, client: str | None = None) -> None:
+        """Count a failed login against the account and the address, or, for a known `client`,
+        against that client alone."""
         for by, item, key in self._ladders(name, address, client):
             self.limiter.hit(item, "login", by, key)
 
     def succeeded(self, name: str, client: str | None = None) -> None:
+        """Clear the account's failed logins, and the known `client`'s when given; the address
+        keeps its count."""
         for item in self.account:
             self.limiter.clear(item, "login", "account", name.lower())
             if client is not None:
@@ -136,6 +144,9 @@ class LoginThrottle:
 
 @dataclass(frozen=True)
 class LoggedIn:
+    """A login that passed: who, whether they must set up a second factor before anything else,
+    and the known-client cookie to set."""
+
     user: User
     # True when a second factor is required of this user and not yet set up: the session
     # may only set it up (fleet.auth.permissions refuses the rest).

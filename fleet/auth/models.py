@@ -18,6 +18,10 @@ ROLES = ("ops", "technician", "vendor")
 
 
 class User(SQLModel, table=True):
+    """A person who uses the controller: ops, a technician (with their sites) or a vendor user
+    (with their vendor); a password hash when they log in with a password, and `revoked_at` (UTC)
+    once revoked."""
+
     __tablename__ = "fleet_user"
 
     id: int | None = Field(default=None, primary_key=True)
@@ -75,6 +79,9 @@ class MqttCredential(SQLModel, table=True):
 
 
 class AuditEntry(SQLModel, table=True):
+    """One row of the audit log ops read: who did what to what, when (UTC), with what outcome
+    (`ok`, `denied` or `failed <status>`) and any detail."""
+
     __tablename__ = "audit_entry"
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))

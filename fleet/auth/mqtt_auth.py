@@ -34,6 +34,7 @@ class ExportError(ValueError):
 
 
 def site_username(site_code: str) -> str:
+    """The broker user name of a site's agent: `site-<code>`."""
     return f"{SITE_USER_PREFIX}{site_code}"
 
 
@@ -70,6 +71,7 @@ class ControllerLogin:
 
     @property
     def users(self) -> tuple[str, ...]:
+        """Every broker user of the controller's processes, its own first."""
         return (self.username, *self.more_users)
 
 

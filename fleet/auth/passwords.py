@@ -33,10 +33,13 @@ class LegacyPbkdf2Hasher:
 
     @classmethod
     def identify(cls, hash: str | bytes) -> bool:
+        """Whether `hash` is a legacy PBKDF2 hash (`pbkdf2_sha256$...`)."""
         text = hash.decode("ascii", "replace") if isinstance(hash, bytes) else hash
         return text.startswith(LEGACY_PREFIX)
 
     def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        """A legacy PBKDF2-SHA256 hash of `password` (600,000 iterations, a random 16-byte salt
+        unless `salt` is given), for the tests of the upgrade only."""
         iterations = 600_000
         salt = salt or secrets.token_bytes(16)
         secret = password.encode() if isinstance(password, str) else password
@@ -44,6 +47,8 @@ class LegacyPbkdf2Hasher:
         return f"{LEGACY_PREFIX}{iterations}${_b64(salt)}${_b64(digest)}"
 
     def verify(self, password: str | bytes, hash: str | bytes) -> bool:
+        """Whether `password` matches the legacy hash; a malformed hash, or one whose iteration
+        count is outside 1 to 10,000,000, is no match."""
         text = hash.decode("ascii", "replace") if isinstance(hash, bytes) else hash
         secret = password.encode() if isinstance(password, str) else password
         try:
@@ -58,6 +63,7 @@ class LegacyPbkdf2Hasher:
         return hmac.compare_digest(expected, actual)
 
     def check_needs_rehash(self, hash: str | bytes) -> bool:
+        """Always True: a legacy hash is replaced by an Argon2 one at the next login."""
         return True
 
 
@@ -114,6 +120,8 @@ def mosquitto_hash(password: str, iterations: int = MOSQUITTO_ITERATIONS) -> str
 
 
 def verify_mosquitto_hash(password: str, stored: str) -> bool:
+    """Whether `password` matches a Mosquitto 2 password-file entry (`$7$...`, after `user:`);
+    False for an entry of another form."""
     parts = stored.split("$")
     if len(parts) != 5 or parts[1] != "7":
         return False

@@ -118,17 +118,24 @@ class Caller:
 
     @property
     def is_anonymous(self) -> bool:
+        """Whether nobody was checked: the caller of a route open to anyone."""
         return self.role == ANYONE
 
     def may_see_site(self, code: str) -> bool:
+        """Whether the caller may see site `code`'s own business: a technician their sites,
+        ops every site, a vendor user none."""
         if self.role == "vendor":
             return False  # vendors see devices, never a site's own business
         return self.sites is None or code in self.sites
 
     def may_see_vendor(self, vendor: str) -> bool:
+        """Whether the caller may see `vendor`'s devices (in any case): a vendor user only its
+        own, anyone else every vendor's."""
         return self.vendor is None or self.vendor.lower() == vendor.lower()
 
     def may_see_device(self, site_code: str, vendor: str) -> bool:
+        """Whether the caller may see a device of site `site_code` made by `vendor`: a vendor
+        user by the make, anyone else by the site."""
         if self.role == "vendor":
             return self.may_see_vendor(vendor)
         return self.sites is None or site_code in self.sites
@@ -142,6 +149,8 @@ class Refused(Exception):
     audit, and whose token it was when that is known though the caller is not let in."""
 
     def __init__(self, status: int, message: str, reason: str, actor: str | None = None) -> None:
+        """`status` is 401, 403 or 404, `message` what the caller reads, `reason` one word for
+        the audit and the refusal counter, `actor` the token's user when known."""
         super().__init__(message)
         self.status = status
         self.message = message
@@ -159,6 +168,8 @@ class Permission:
     `dependencies=[Allow("rollouts:write")]` when the route needs no Caller."""
 
     def __init__(self, name: str) -> None:
+        """The dependency for permission `name`; raises ValueError when POLICY has no such
+        permission."""
         if name not in POLICY:
             raise ValueError(f"unknown permission {name!r}: add it to POLICY in {__name__}")
         self.name = name
@@ -170,6 +181,10 @@ class Permission:
     async def __call__(
         self, request: Request, token: Annotated[str | None, Depends(bearer_scheme)] = None
     ) -> AsyncIterator[Caller]:
+        """Yield the caller let in: anonymous on an open route, else the user of the bearer
+        token (or the session cookie). A refusal is counted, logged and audited, then raised as
+        HTTPException: 401, 403, or 404 for what the caller may not know exists. An AUDITED
+        permission's use is audited once the route has run."""
         if ANYONE in self.roles:
             request.state.caller = ANONYMOUS
             yield ANONYMOUS

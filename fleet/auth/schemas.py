@@ -41,6 +41,9 @@ class UserChange(BaseModel):
 
 
 class UserOut(BaseModel):
+    """A user as ops see it in the users API and on the `/users` page: role, scope, whether
+    active or revoked, and whether a password is set (never the password)."""
+
     model_config = ConfigDict(from_attributes=True)
 
     name: str
@@ -54,6 +57,7 @@ class UserOut(BaseModel):
 
     @classmethod
     def of(cls, user: User) -> UserOut:
+        """The user's row as shown, without its password hash."""
         return cls(
             name=user.name,
             role=user.role,

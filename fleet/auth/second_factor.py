@@ -72,10 +72,12 @@ def _normal(code: str) -> str:
 
 
 def get(session: Session, user: User) -> SecondFactor | None:
+    """The user's second factor, confirmed or not yet, or None."""
     return session.get(SecondFactor, user.id)
 
 
 def is_active(session: Session, user: User) -> bool:
+    """Whether the user's second factor is confirmed, so that every password login needs a code."""
     factor = get(session, user)
     return factor is not None and factor.confirmed_at is not None
 

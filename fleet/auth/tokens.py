@@ -40,6 +40,9 @@ class TokenRefused(Exception):
     """Why a token does not let its bearer in; `reason` is one word for logs and the audit."""
 
     def __init__(self, reason: str, message: str, user: str | None = None) -> None:
+        """`reason` is one word (`missing`, `malformed`, `unknown`, `revoked`, `expired`,
+        `used`), `message` what the bearer reads and what to do, `user` whose token it was when
+        known."""
         super().__init__(message)
         self.reason = reason
         # Whose token it was, when the token is known (expired, revoked): someone to audit.
@@ -47,6 +50,7 @@ class TokenRefused(Exception):
 
 
 def token_hash(token: str) -> str:
+    """A token's SHA-256, in hex: what is stored and looked up, never the token."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -65,6 +69,8 @@ def issue_api_token(
     label: str = "",
     now: datetime | None = None,
 ) -> tuple[str, ApiToken]:
+    """A new bearer token for `user`: (the token, shown once, and its stored row). `kind` is
+    `api`, or a login's (`session`, SETUP_SESSION); `ttl` None never expires. Commits."""
     assert user.id is not None
     now = now or utcnow()
     token, digest = new_token(API_PREFIX)
@@ -94,11 +100,14 @@ class VerifiedTokens:
     """token hash -> (what it resolved to, its expiry, until when this answer is trusted)."""
 
     def __init__(self, ttl_s: float = VERIFIED_TTL_S) -> None:
+        """An empty cache whose answers are trusted for `ttl_s` seconds."""
         self.ttl_s = ttl_s
         self._entries: dict[str, tuple[Any, datetime | None, float]] = {}
         self._lock = threading.Lock()
 
     def get(self, token: str | None, now: datetime | None = None) -> Any | None:
+        """What `token` resolved to, while that answer is trusted and the token unexpired at
+        `now` (default: the current UTC time); else None."""
         if not token:
             return None
         entry = self._entries.get(token_hash(token))
@@ -112,12 +121,16 @@ class VerifiedTokens:
         return value
 
     def put(self, token: str, value: Any, expires_at: datetime | None) -> None:
+        """Remember what `token` resolved to, trusted for `ttl_s` and never past `expires_at`
+        (None: no expiry). A full cache (VERIFIED_MAX entries) is emptied first."""
         with self._lock:
             if len(self._entries) >= VERIFIED_MAX:
                 self._entries.clear()
             self._entries[token_hash(token)] = (value, expires_at, time.monotonic() + self.ttl_s)
 
     def forget_all(self) -> None:
+        """Drop every answer, after a logout, a revocation or a change of role: the next request
+        is checked in the database."""
         with self._lock:
             self._entries.clear()
 
@@ -127,6 +140,8 @@ VERIFIED = VerifiedTokens()
 
 @dataclass(frozen=True)
 class Bearer:
+    """A bearer token that let its bearer in: its user and its stored row."""
+
     user: User
     token: ApiToken
 
@@ -168,6 +183,8 @@ def issue_enrolment_token(
     ttl: timedelta = ENROL_TTL,
     now: datetime | None = None,
 ) -> tuple[str, EnrolmentToken]:
+    """A one-time enrolment token for site `site_code`, made by `created_by`: (the token, shown
+    once, and its stored row), expiring `ttl` after `now`. Commits."""
     now = now or utcnow()
     token, digest = new_token(ENROL_PREFIX)
     row = EnrolmentToken(

@@ -31,6 +31,7 @@ class UserError(ValueError):
     `field` names what was wrong ("name", "role", "sites", "vendor" or "password")."""
 
     def __init__(self, message: str, field: str = "name") -> None:
+        """`message` says why and what to do; `field` names the field at fault."""
         super().__init__(message)
         self.field = field
 
@@ -172,6 +173,7 @@ def get_user(session: Session, name: str) -> User:
 
 
 def list_users(session: Session) -> list[User]:
+    """Every user, revoked ones too, by name."""
     return list(session.exec(select(User).order_by(col(User.name))).all())
 
 
@@ -275,6 +277,8 @@ def revoke_user(session: Session, name: str) -> int:
 def create_token(
     session: Session, name: str, *, ttl: timedelta | None, label: str = ""
 ) -> tuple[str, ApiToken]:
+    """A new API token for user `name`: (the token, shown once, and its stored row); `ttl` None
+    never expires. Raises UserNotFound, or UserError for a revoked user."""
     user = get_user(session, name)
     if user.revoked_at is not None:
         raise UserError(f"user {name!r} is revoked: add a new user instead")

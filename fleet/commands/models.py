@@ -11,6 +11,9 @@ from fleet.models import BigId, utc_column
 
 
 class DeviceCommand(SQLModel, table=True):
+    """One power or input command sent to one device, by a person or by a power schedule, and what
+    became of it: the agent's answer and the reading that confirmed it."""
+
     __tablename__ = "device_command"
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))

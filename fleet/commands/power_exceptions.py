@@ -23,6 +23,10 @@ Note = Annotated[str, Field(max_length=500, pattern=TEXT_PATTERN)]
 
 
 class PolicyIn(BaseModel):
+    """A power schedule policy as the API and the site page take it: `mode` (only record what would
+    be switched off, or act), and minutes after the day's last class or of being on with no class
+    after which displays are switched off (None: that rule is off)."""
+
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["notify_only", "act"] = "notify_only"
@@ -42,6 +46,9 @@ class ScheduleIn(PolicyIn):
 
 
 class InUseIn(BaseModel):
+    """The body of marking a room in use: for how many minutes no power schedule switches anything
+    there, and why."""
+
     model_config = ConfigDict(extra="forbid")
 
     minutes: Minutes
@@ -52,6 +59,8 @@ class UnknownRooms(ValueError):
     """Room overrides for rooms the site does not have: nothing was changed."""
 
     def __init__(self, code: str, rooms: list[str]) -> None:
+        """`code`: the site; `rooms`: the room ids it does not have (the message names the first
+        ten)."""
         super().__init__(f"not rooms of {code}: {', '.join(rooms[:10])}")
         self.code = code
         self.rooms = rooms
@@ -62,12 +71,18 @@ class RoomNotFound(LookupError):
 
 
 class ScheduleOut(PolicyIn):
+    """A site's power schedule as the API shows it: the site's policy, its rooms' own, its exception
+    dates and the rooms in use now (until when, UTC)."""
+
     rooms: dict[str, PolicyIn] = Field(default_factory=dict)
     exceptions: list[date] = Field(default_factory=list)
     rooms_in_use: dict[str, datetime] = Field(default_factory=dict)
 
 
 class ExceptionIn(BaseModel):
+    """The body of adding an exception date (a local date on which the site's power schedule
+    switches nothing off), with a note."""
+
     model_config = ConfigDict(extra="forbid")
 
     day: Day

@@ -39,6 +39,9 @@ ON = ("on", "warming")
 
 @dataclass(frozen=True)
 class SchedulePolicy:
+    """The power schedule policy of a site or one room, as `due_offs` reads it; minutes None: that
+    rule is off."""
+
     mode: str = "notify_only"
     off_after_last_class_min: int | None = None
     off_after_idle_min: int | None = None
@@ -46,6 +49,9 @@ class SchedulePolicy:
 
 @dataclass(frozen=True)
 class Display:
+    """A panel or projector a power schedule may switch off: its room, its power as last read, and
+    since when it has been on."""
+
     device_id: str
     room_id: str
     power: str | None
@@ -55,6 +61,9 @@ class Display:
 
 @dataclass(frozen=True)
 class SwitchOff:
+    """One display `due_offs` says to switch off, why (in words for the command history) and under
+    which mode."""
+
     device_id: str
     reason: str
     mode: str

@@ -132,6 +132,9 @@ def load_device_facts(
 def apply_changes(
     conn: Connection, changes: Iterable[StateChange], judged: list[DeviceFacts], now: datetime
 ) -> None:
+    """Write state changes from silence to the devices' rows in the caller's transaction,
+    `state_since` set to `now`; a device that got a reading since `judged` was read is left to that
+    reading."""
     seen = {d.id: d.last_seen_at for d in judged}
     rows = [
         {"b_id": c.device, "b_state": c.state.value, "b_reason": c.reason, "b_seen": seen[c.device]}

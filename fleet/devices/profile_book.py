@@ -43,6 +43,8 @@ def profiles_in(directory: Path) -> dict[str, Profile]:
 
 
 def poll_interval_s(profiles: dict[str, Profile], profile_id: str) -> float:
+    """The poll interval, in seconds, of the profile `profile_id`; the default poll's when that
+    profile is not among `profiles`."""
     profile = profiles.get(profile_id)
     # A profile gone from the folder: judge its devices by the default poll, not not at all.
     return profile.poll.interval_s if profile is not None else PollSettings().interval_s

@@ -22,11 +22,17 @@ from fleet.protocol.timetable import Timetable
 
 
 class RegistryError(ValueError):
+    """The site configs cannot go into the registry as they are (an id in two sites, a bad programme
+    section); the message says what to fix."""
+
     pass
 
 
 @dataclass
 class SyncResult:
+    """What one registry sync did, as tagged keys ("site:upm", "device:...", "phase:upm/1"): rows
+    created, updated, retired, and programme rows seeded."""
+
     created: list[str] = field(default_factory=list)  # "site:upm", "room:..", "device:.."
     updated: list[str] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
@@ -34,10 +40,12 @@ class SyncResult:
 
     @property
     def changed(self) -> bool:
+        """True when the sync changed anything."""
         return bool(self.created or self.updated or self.retired or self.programme)
 
 
 def config_hash(site: LoadedSite) -> str:
+    """SHA-256 (hex) of the site's validated config, kept on its site row (`Site.config_hash`)."""
     return hashlib.sha256(site.config.model_dump_json().encode()).hexdigest()
 
 
@@ -53,6 +61,8 @@ def timetable_to_json(timetable: Timetable) -> dict[str, Any]:
 
 
 def timetable_from_json(data: dict[str, Any]) -> Timetable:
+    """The timetable stored on a site row (as `timetable_to_json` wrote it); empty or None gives an
+    empty timetable."""
     return Timetable.model_validate(data or {})
 
 

@@ -10,6 +10,9 @@ from typing_extensions import TypedDict
 
 
 class DeviceOut(BaseModel):
+    """One device of the registry, with its derived state and the reason for it, as the devices API
+    and the pages show it."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: str

@@ -11,6 +11,9 @@ from fleet.protocol.messages import Flag, Power, Reading
 
 
 class DeviceState(StrEnum):
+    """A device's derived state, stored on its row with the reason: online, standby, unreachable,
+    site_offline (the link, not the device), faulty, or unknown (never heard)."""
+
     online = "online"
     standby = "standby"
     unreachable = "unreachable"
@@ -87,6 +90,8 @@ SITE_SILENCE_MIN = timedelta(minutes=3)  # a fast-polling site still gets a link
 
 
 def device_silence_threshold(poll_interval_s: float) -> timedelta:
+    """How long a device polled every `poll_interval_s` seconds may go without a reading before it
+    counts as silent: SILENCE_POLLS polls."""
     return timedelta(seconds=SILENCE_POLLS * poll_interval_s)
 
 
@@ -98,6 +103,8 @@ def site_silence_threshold(poll_intervals_s: Iterable[float]) -> timedelta:
 
 @dataclass(frozen=True)
 class AgentFacts:
+    """What the controller last heard from a site's agent, as silence judges it; times UTC."""
+
     site: str
     agent_id: str
     state: str  # AgentStateValue: what the agent (or its will) last said
@@ -107,6 +114,9 @@ class AgentFacts:
 
 @dataclass(frozen=True)
 class DeviceFacts:
+    """A device's row as liveness and the alert rules judge it: its state, when it last reported,
+    and its profile's poll interval in seconds."""
+
     id: str
     site: str
     state: str
@@ -117,6 +127,8 @@ class DeviceFacts:
 
 @dataclass(frozen=True)
 class StateChange:
+    """A new state for one device, with the reason to store."""
+
     device: str
     state: DeviceState
     reason: str

@@ -60,6 +60,7 @@ class AgentRows:
     arrival order): a reading that arrived before it does not bring a device back."""
 
     def __init__(self, conn: Connection, sites: set[str]) -> None:
+        """Read the agent rows of `sites` (site codes) on `conn`, the group's connection."""
         self.conn = conn
         self.rows: dict[str, _Row] = {}
         for chunk in _chunks(sorted(sites)):

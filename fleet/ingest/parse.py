@@ -42,12 +42,17 @@ MAX_AHEAD = timedelta(days=1)
 
 @dataclass(frozen=True)
 class IncomingMessage:
+    """One MQTT message as the broker delivered it: topic, raw payload and when it arrived."""
+
     topic: str
     payload: bytes | bytearray  # as paho hands it over
     received_at: datetime  # aware UTC, when the broker handed it to us
 
 
 class RejectReason(StrEnum):
+    """Why a message or a reading was refused; the value is counted and kept on its dead-letter
+    row."""
+
     oversize = "oversize"
     not_json = "not_json"
     invalid = "invalid"  # JSON, but not the contract's schema
@@ -61,6 +66,9 @@ class RejectReason(StrEnum):
 
 
 class OutcomeStatus(StrEnum):
+    """What became of a message: stored, a duplicate (nothing changed), or rejected; the caller
+    acknowledges all three."""
+
     stored = "stored"
     duplicate = "duplicate"  # already stored (or stale): acknowledged, nothing changed
     rejected = "rejected"  # bad input: dead-lettered, acknowledged
@@ -79,11 +87,14 @@ class Outcome:
 
     @classmethod
     def rejected(cls, reason: RejectReason, detail: str) -> Outcome:
+        """The outcome of a message refused as a whole, with the reason and what was wrong."""
         return cls(OutcomeStatus.rejected, reason, detail)
 
 
 @dataclass(frozen=True)
 class SiteEntry:
+    """What ingest knows of one site: the devices it may report, its timetable and its time zone."""
+
     devices: frozenset[str]
     timetable: Timetable
     tz: ZoneInfo
@@ -100,6 +111,8 @@ class RegistrySnapshot:
 
 @dataclass(frozen=True)
 class Rejected:
+    """A message refused as a whole: the reason, and a detail that says what was wrong."""
+
     reason: RejectReason
     detail: str
 
@@ -116,6 +129,9 @@ class BadReading:
 
 @dataclass(frozen=True)
 class HealthMessage:
+    """A checked health message: the site, its good readings, the batch envelope (None for a
+    device's own topic) and the readings refused."""
+
     site: str
     readings: list[Reading]
     batch: HealthEnvelope | None  # None: one reading from a device's own topic
@@ -124,12 +140,17 @@ class HealthMessage:
 
 @dataclass(frozen=True)
 class AgentStateMessage:
+    """A checked agent/state message of one site's agent (its will says offline)."""
+
     site: str
     state: AgentState
 
 
 @dataclass(frozen=True)
 class AgentNoteMessage:
+    """A checked agent event or command ack (`kind` "event" or "cmd_ack"), its time, and its body as
+    JSON."""
+
     site: str
     kind: str  # "event" or "cmd_ack"
     ts: datetime
@@ -148,6 +169,9 @@ _parsed_topic = lru_cache(maxsize=16_384)(parse_topic)
 
 
 def parse_message(message: IncomingMessage, root: str, registry: RegistrySnapshot) -> Parsed:
+    """Check one message against the contract (size, topic, schema, clock) and `registry` (site and
+    devices) under the topic root `root`; gives what it carries, or a `Rejected` with the reason.
+    Never raises."""
     size = len(message.payload)
     if size > MAX_PAYLOAD_BYTES:
         return Rejected(

@@ -119,12 +119,17 @@ class Checked:
 
 
 class Ingest:
+    """Stores groups of incoming messages (`handle`), keeps the registry snapshot they are checked
+    against, and counts what became of them for /healthz."""
+
     def __init__(
         self,
         engine: Engine,
         sites: Mapping[str, Iterable[str]] | None = None,
         topic_root: str = TOPIC_ROOT,
     ) -> None:
+        """`sites` (site code to device ids) pins the registry; None reads it from the
+        database. `topic_root`: the MQTT topic root messages are parsed under."""
         # `sites` (site code -> device ids) pins the registry; by default it comes from the DB.
         self.engine = engine
         self.topic_root = topic_root
@@ -251,6 +256,8 @@ class Ingest:
         return outcomes
 
     def status(self) -> dict[str, Any]:
+        """Ingest's counts for /healthz: sites known, readings stored, outcomes, rejections and
+        refused readings by reason, and when the last group was stored (ISO 8601, UTC)."""
         return {
             "ok": True,
             "sites": len(self.registry.sites),

@@ -277,6 +277,7 @@ def sample_tuples(
 
 
 def note_row(item: AgentNoteMessage, received_at: datetime) -> dict[str, Any]:
+    """The `agent_message` row of an agent event or command ack received at `received_at`."""
     return {
         "site_code": item.site,
         "kind": item.kind,

@@ -91,6 +91,8 @@ Latest = tuple[Reading, str, Arrival]
 
 
 def dead_letter_insert(message: IncomingMessage, reason: RejectReason, detail: str) -> Insert:
+    """The INSERT of a message's dead-letter row: the reason, the detail, and its payload up to
+    DEAD_LETTER_PAYLOAD_MAX bytes."""
     return insert(DEAD).values(_dead_letter_row(message, reason, detail))
 
 
@@ -133,6 +135,8 @@ class GroupWriter:
         *,
         samples_stored: bool = False,
     ) -> None:
+        """`in_class` tells whether a site is in class at an instant (for the devices' derived
+        state); `registry` is what the group was checked against."""
         self.conn = conn
         self.samples_stored = samples_stored
         self.registry = registry
@@ -156,6 +160,9 @@ class GroupWriter:
         )
 
     def write(self, messages: list[IncomingMessage], parsed: list[Parsed]) -> list[Outcome]:
+        """Write the group's `parsed` messages (`messages` in the same order): samples, ingest
+        ledger, dead letters, agent notes and rows, devices' state. Returns one Outcome per message,
+        in order."""
         outcomes: list[Outcome] = []
         dead: list[dict[str, Any]] = []
         # (device, ts) -> the row as its driver takes it (a tuple in SAMPLE_COLUMNS order on
@@ -369,6 +376,8 @@ class SampleCopy:
     from `end` (the group is retried whole). `close` is always safe to call."""
 
     def __init__(self, engine: Engine) -> None:
+        """Open a connection, a transaction and the COPY into `sample` on `engine`; raises a
+        database fault when any of them fails."""
         self.conn = engine.connect()
         self.outcome: CopyAhead | None = None
         self._fed: dict[int, tuple[IncomingMessage, HealthMessage]] = {}

@@ -35,6 +35,8 @@ IDLE_CLOSE_S = 0.003
 
 @dataclass
 class IngestStatus:
+    """The MQTT edge's own counts and connection state, for /healthz."""
+
     connected: bool = False
     received: int = 0
     acked: int = 0
@@ -45,6 +47,7 @@ class IngestStatus:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def as_dict(self) -> dict[str, object]:
+        """These counts as JSON values (times as ISO 8601)."""
         return {
             "connected": self.connected,
             "received": self.received,
@@ -87,6 +90,9 @@ class _Gathering:
 
 
 class Subscriber:
+    """The controller's MQTT client: subscribes to the agents' topics, hands messages in groups to
+    `Ingest` on its writer thread and acknowledges them once stored; also publishes commands."""
+
     def __init__(
         self,
         address: BrokerAddress,
@@ -100,6 +106,10 @@ class Subscriber:
         shared_group: str | None = None,
         subscribe: bool = True,
     ) -> None:
+        """`session_expiry_s`: how long the broker keeps the session while the controller is away
+        (seconds, MQTT v5); a group closes at `batch_max` messages or `batch_wait_s` seconds;
+        `shared_group`: the MQTT v5 shared subscription group of several ingest workers; `subscribe`
+        False: a process that only publishes."""
         self.address = address
         self.ingest = ingest
         self.topics = Topics(topic_root)
@@ -147,12 +157,15 @@ class Subscriber:
         }
 
     def subscriptions(self) -> list[str]:
+        """The topic filters the controller subscribes to, under `$share/<group>/` when a shared
+        group is set on MQTT v5."""
         topics = self.topics.subscriptions()
         if self._shared_group and self._v5:
             return [f"$share/{self._shared_group}/{t}" for t in topics]
         return topics
 
     def start(self) -> None:
+        """Start the writer thread and connect to the broker in the background; returns at once."""
         collect_less_often()  # this process ingests: large groups, see the function
         self._worker.start()
         kwargs: dict[str, Any] = {}
@@ -171,6 +184,7 @@ class Subscriber:
         self._client.loop_stop()
 
     def wait_connected(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the broker connection; True once connected."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.stats.connected:

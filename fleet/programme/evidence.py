@@ -47,6 +47,9 @@ JOB = "programme_evidence"
 
 @dataclass(frozen=True)
 class DeviceSeen:
+    """A classroom device as the evidence job reads it: its id and the time of its newest reading
+    (UTC; None: never heard)."""
+
     id: str
     last_seen_at: datetime | None
 

@@ -15,6 +15,9 @@ from enum import StrEnum
 
 
 class MilestoneName(StrEnum):
+    """The milestones of a site's installation programme, in the order a phase or a classroom
+    reaches them."""
+
     agreement_signed = "agreement_signed"
     equipment_delivered = "equipment_delivered"
     installed = "installed"
@@ -26,6 +29,7 @@ ORDER: tuple[MilestoneName, ...] = tuple(MilestoneName)
 
 
 def position(name: MilestoneName) -> int:
+    """The milestone's place in ORDER, from 0."""
     return ORDER.index(name)
 
 
@@ -44,6 +48,7 @@ class MilestoneFacts:
     reached: bool = False
 
     def normalised(self) -> MilestoneFacts:
+        """These facts with `reached` set when an actual date is given."""
         return replace(self, reached=self.reached or self.actual is not None)
 
     @property
@@ -53,6 +58,8 @@ class MilestoneFacts:
 
     @property
     def anchor_field(self) -> str:
+        """The name of the field `anchor` comes from ("actual" or "planned"), for a refusal to point
+        at."""
         return "actual" if self.reached else "planned"
 
 
@@ -60,6 +67,7 @@ class MilestoneRefused(ValueError):
     """A recording the rules refuse; `field` names the input at fault."""
 
     def __init__(self, field: str, reason: str) -> None:
+        """`field`: the input at fault; `reason`: why, in words for the person recording it."""
         super().__init__(reason)
         self.field = field
         self.reason = reason

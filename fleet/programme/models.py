@@ -15,6 +15,9 @@ PHASE_ITSELF = ""
 
 
 class Phase(SQLModel, table=True):
+    """One phase of a site's installation programme, numbered from 1 within the site, with who
+    recorded it and when."""
+
     __tablename__ = "programme_phase"
     __table_args__ = (UniqueConstraint("site_code", "number"),)
 
@@ -36,6 +39,9 @@ class PhaseRoom(SQLModel, table=True):
 
 
 class MilestoneRecord(SQLModel, table=True):
+    """One milestone of a phase (`room_id` PHASE_ITSELF) or of one classroom of it: planned and
+    actual dates, whether reached, its note and evidence, and who recorded it."""
+
     __tablename__ = "programme_milestone"
     __table_args__ = (UniqueConstraint("phase_id", "room_id", "milestone"),)
 

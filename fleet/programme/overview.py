@@ -36,11 +36,16 @@ class Located:
 
     @property
     def subject(self) -> str:
+        """The milestone's owner in words: "<site> phase <n>", and the room when it is a
+        classroom's."""
         return f"{self.site_code} phase {self.phase}" + (f" {self.room}" if self.room else "")
 
 
 @dataclass(frozen=True)
 class SiteProgress:
+    """Where one site stands on its local `today`: the furthest milestone reached, the next one
+    planned, those past their planned date, and classrooms flagged for review by device evidence."""
+
     site: Site
     today: date
     current: Located | None
@@ -50,6 +55,7 @@ class SiteProgress:
 
     @property
     def late(self) -> bool:
+        """True when any milestone is past its planned date."""
         return bool(self.overdue)
 
 
@@ -161,6 +167,8 @@ def check_overdue_milestones(engine: Engine, now: datetime, *, notify: bool) -> 
 
 
 def overdue_finding(site: SiteProgress) -> Finding | None:
+    """The programme_overdue alert finding (a warning naming each late milestone) for a site with
+    milestones past their planned date; None when none is."""
     if not site.overdue:
         return None
     late = "; ".join(

@@ -35,6 +35,7 @@ def site_programmes(
 
 
 def milestone_ref(m: Located | None) -> MilestoneRef | None:
+    """The milestone as the programme API refers to it; None for None."""
     if m is None:
         return None
     return MilestoneRef(

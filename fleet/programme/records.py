@@ -28,6 +28,8 @@ class ProgrammeError(ValueError):
     """Bad input for the programme; `field` names it, `status` is the HTTP status to answer."""
 
     def __init__(self, field: str, message: str, status: int = 422) -> None:
+        """`field`: the input at fault; `message`: what is wrong and what to do; `status`: 422 by
+        default."""
         super().__init__(message)
         self.field = field
         self.message = message
@@ -53,6 +55,7 @@ def site_today(site: Site, now: datetime) -> date:
 
 
 def get_site(session: Session, code: str) -> Site:
+    """The site with this code. Raises ProgrammeError (404) when there is none."""
     site = session.get(Site, code)
     if site is None:
         raise ProgrammeError(
@@ -62,6 +65,7 @@ def get_site(session: Session, code: str) -> Site:
 
 
 def get_phase(session: Session, site_code: str, number: int) -> Phase:
+    """The site's phase with this number. Raises ProgrammeError (404) when there is none."""
     phase = session.exec(
         select(Phase).where(Phase.site_code == site_code, Phase.number == number)
     ).first()
@@ -76,21 +80,25 @@ def get_phase(session: Session, site_code: str, number: int) -> Phase:
 
 
 def phases_of(session: Session, site_code: str) -> list[Phase]:
+    """The site's phases, by number."""
     query = select(Phase).where(Phase.site_code == site_code).order_by(col(Phase.number))
     return list(session.exec(query).all())
 
 
 def rooms_of(session: Session, phase: Phase) -> list[str]:
+    """The ids of the classrooms the phase covers, sorted."""
     query = select(PhaseRoom.room_id).where(PhaseRoom.phase_id == phase.id)
     return sorted(session.exec(query).all())
 
 
 def milestones_of(session: Session, phase: Phase) -> list[MilestoneRecord]:
+    """Every milestone recorded for the phase, its own and its classrooms'."""
     query = select(MilestoneRecord).where(MilestoneRecord.phase_id == phase.id)
     return list(session.exec(query).all())
 
 
 def facts_of(record: MilestoneRecord) -> MilestoneFacts:
+    """The recorded milestone as the rules read it."""
     return MilestoneFacts(
         milestone=MilestoneName(record.milestone),
         planned=record.planned,
@@ -149,6 +157,9 @@ def create_phase(
     recorded_by: str,
     now: datetime,
 ) -> Phase:
+    """Add a phase to the site (`number` None: the next free one) covering `rooms`, in the caller's
+    session. Raises ProgrammeError: a number below 1, a number the site has already (409), or a room
+    not of the site or already in another phase."""
     if number is None:
         last = session.exec(
             select(func.max(Phase.number)).where(Phase.site_code == site.code)

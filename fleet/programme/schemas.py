@@ -19,10 +19,15 @@ Note = Annotated[str, Field(max_length=2000, pattern=TEXT_PATTERN)]
 
 
 class Body(BaseModel):
+    """A request body of the programme API: unknown fields are refused."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 class PhaseCreate(Body):
+    """The body that creates a phase of a site: its number (the next one if omitted), name and the
+    classrooms it covers."""
+
     phase: int | None = Field(
         default=None, ge=1, le=MAX_PHASE_NUMBER, description="the next number if omitted"
     )
@@ -33,6 +38,8 @@ class PhaseCreate(Body):
 
 
 class MilestoneCreate(Body):
+    """The body that records one milestone of a phase, or of one classroom of it."""
+
     milestone: MilestoneName
     room: str | None = Field(
         default=None,
@@ -61,6 +68,9 @@ class MilestonePatch(Body):
 
 
 class MilestoneOut(BaseModel):
+    """One recorded milestone as the programme API shows it, with whether it is overdue and who
+    recorded it."""
+
     milestone: MilestoneName
     room: str | None
     planned: date | None
@@ -76,6 +86,8 @@ class MilestoneOut(BaseModel):
 
 
 class PhaseOut(BaseModel):
+    """One phase of a site as the programme API shows it, with its classrooms and milestones."""
+
     site: str
     phase: int
     name: str
@@ -86,6 +98,8 @@ class PhaseOut(BaseModel):
 
 
 class MilestoneRef(BaseModel):
+    """A milestone named in a site's standing: where it belongs and its dates."""
+
     phase: int
     room: str | None
     milestone: MilestoneName
@@ -96,6 +110,9 @@ class MilestoneRef(BaseModel):
 
 
 class SiteProgramme(BaseModel):
+    """One site's standing in the programme, as the API and the programme page show it: the
+    milestone reached, the next one, what is overdue, and classrooms to review."""
+
     site: str
     name: str
     country: str
@@ -109,4 +126,6 @@ class SiteProgramme(BaseModel):
 
 
 class ImportResult(BaseModel):
+    """The answer to a programme CSV import: how many rows it recorded."""
+
     rows: int

@@ -35,6 +35,7 @@ SITE_CONFIG = "site_config"
 
 
 def milestone_input(milestone: Milestone) -> MilestoneInput:
+    """A site config's milestone as a recording (trained_more_than kept as evidence)."""
     evidence: dict[str, Any] = {}
     if milestone.trained_more_than is not None:
         evidence["trained_more_than"] = milestone.trained_more_than

@@ -8,6 +8,8 @@ from fleet.programme.overview import Located, SiteProgress
 
 
 def programme_table(overview: list[SiteProgress]) -> Table:
+    """The programme overview as a Rich table for `fleet programme`: one row per site, with its
+    current and next milestone and what is late."""
     table = Table(title="Installation programme", title_justify="left")
     for column in ("site", "country", "vendor", "current milestone", "next planned", "late"):
         table.add_column(column)

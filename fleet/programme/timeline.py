@@ -47,9 +47,11 @@ class TimelineWords:
     legend: str = "filled: happened · hollow diamond: planned · red: planned date passed"
 
     def milestone(self, name: MilestoneName) -> str:
+        """The milestone's name in these words."""
         return self.milestones.get(name.value) or name.value.replace("_", " ")
 
     def subject(self, phase: int, room: str | None) -> str:
+        """A row's label: the phase, and the classroom when given."""
         if room:
             return self.phase_room % {"phase": phase, "room": room}
         return self.phase % {"phase": phase}
@@ -60,11 +62,16 @@ ENGLISH = TimelineWords()
 
 @dataclass(frozen=True)
 class Timeline:
+    """A site's milestones as timeline rows, one per phase and per classroom, as of the site's
+    `today`."""
+
     site: Site
     today: date
     rows: dict[str, list[Located]]  # subject label -> its milestones, in order
 
     def span(self) -> tuple[date, date]:
+        """The dates the timeline covers: from a month before the earliest date shown (today
+        included) to a month after the latest."""
         days = [self.today]
         for items in self.rows.values():
             for m in items:
@@ -73,6 +80,7 @@ class Timeline:
 
 
 def build_timeline(site: Site, milestones: list[Located], today: date) -> Timeline:
+    """The site's milestones sorted into rows (by phase, classroom, then milestone order)."""
     rows: dict[str, list[Located]] = defaultdict(list)
     for m in sorted(milestones, key=lambda m: (m.phase, m.room, ORDER.index(m.facts.milestone))):
         rows[f"phase {m.phase}" + (f" · {m.room}" if m.room else "")].append(m)
@@ -80,6 +88,8 @@ def build_timeline(site: Site, milestones: list[Located], today: date) -> Timeli
 
 
 def timeline_json(timeline: Timeline) -> dict[str, Any]:
+    """The timeline as the dashboard's JSON: its span, and each row's milestones with their dates
+    (ISO 8601) and whether each is overdue."""
     start, end = timeline.span()
     return {
         "site": timeline.site.code,
@@ -177,6 +187,7 @@ LABEL_GAP = 4.0
 
 
 def label_width(text: str) -> float:
+    """The most width, in pixels, a milestone label takes in the SVG."""
     return len(text) * LABEL_CHAR_W
 
 

@@ -80,6 +80,8 @@ class ReportError(ValueError):
     """A request a report cannot be made for; `status` is the HTTP status that says why."""
 
     def __init__(self, status: int, message: str) -> None:
+        """`status`: the HTTP status to answer with; `message`: what is wrong and what to ask
+        instead."""
         super().__init__(message)
         self.status = status
 

@@ -25,6 +25,8 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 class ReportFormat(StrEnum):
+    """The formats a usage report is rendered in (FLEET_REPORT_FORMATS picks the scheduled ones)."""
+
     json = "json"
     csv = "csv"
     xlsx = "xlsx"
@@ -40,6 +42,7 @@ MEDIA_TYPES = {
 
 
 def filename(report: dict[str, Any], fmt: ReportFormat) -> str:
+    """The download name of a report: usage-<vendor-site-device, or all>-<from>-<to>.<format>."""
     scope = "-".join(
         str(report[k]).lower().replace(" ", "_") for k in ("vendor", "site", "device") if report[k]
     )
@@ -60,10 +63,12 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 
 
 def render_json(report: dict[str, Any]) -> bytes:
+    """The report as indented UTF-8 JSON, without its working fields."""
     return (json.dumps(public(report), indent=1, ensure_ascii=False) + "\n").encode()
 
 
 def render_csv(report: dict[str, Any], *, bom: bool = False) -> bytes:
+    """The report as CSV bytes (see `iter_csv`), a UTF-8 BOM first when `bom`."""
     return b"".join(iter_csv(report, bom=bom))
 
 
@@ -75,6 +80,8 @@ def iter_csv(report: dict[str, Any], *, bom: bool = False) -> Iterator[bytes]:
 
 
 def render_xlsx(report: dict[str, Any]) -> bytes:
+    """The report as an XLSX workbook (Summary, Figures and Charts sheets), the same bytes every
+    time it is made."""
     # Only the controller extra installs openpyxl.
     from openpyxl import Workbook
     from openpyxl.writer.excel import ExcelWriter
@@ -133,6 +140,7 @@ def _fixed_zip_dates(data: bytes) -> bytes:
 
 
 def renderer(fmt: ReportFormat) -> Callable[[dict[str, Any]], bytes]:
+    """The function that renders a report in `fmt`."""
     from fleet.reports.html import render_html
 
     return {

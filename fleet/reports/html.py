@@ -123,6 +123,8 @@ def svg_rows(values: list[float | None], labels: list[str]) -> str:
 
 
 def render_html(report: dict[str, Any]) -> bytes:
+    """The report as one UTF-8 HTML page, its style and its charts (SVG) inline: the totals, a table
+    per level, and the definitions."""
     scope = ", ".join(f"{k} {report[k]}" for k in ("vendor", "site", "device") if report[k])
     title = f"Usage report: {scope or 'all devices'}, {report['from']} to {report['to']}"
     charts = report["charts"]

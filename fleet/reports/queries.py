@@ -20,7 +20,10 @@ class VendorOutOfScope(PermissionError):
 
 
 class StoredReportNotFound(LookupError):
+    """No stored report has that id; the message says where to list them."""
+
     def __init__(self, report_id: int) -> None:
+        """`report_id`: the id asked for, kept on the error."""
         super().__init__(f"no stored report {report_id}: GET /api/v1/reports lists them")
         self.report_id = report_id
 

@@ -106,6 +106,7 @@ def device_clocks(conn: Connection, profiles_dir: Path) -> dict[str, DeviceClock
 
 
 def read_watermark(conn: Connection) -> datetime | None:
+    """The receive time (UTC) up to which samples have been rolled up; None before the first run."""
     row = conn.execute(
         select(col(UsageWatermark.received_at)).where(col(UsageWatermark.name) == WATERMARK)
     ).first()

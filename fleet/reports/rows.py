@@ -80,6 +80,9 @@ SUMMED = [
 
 @dataclass(frozen=True)
 class ReportRequest:
+    """What a usage report is asked for: the local dates `start` to `end` (both included), narrowed
+    to a vendor, a site or a device when given."""
+
     start: date
     end: date  # inclusive
     vendor: str | None = None
@@ -88,11 +91,15 @@ class ReportRequest:
 
     @property
     def days(self) -> int:
+        """How many days the period covers, both ends included."""
         return (self.end - self.start).days + 1
 
 
 @dataclass(frozen=True)
 class DeviceInfo:
+    """A device as its report row names it, with its firmware profile (None when its profile is not
+    found)."""
+
     id: str
     name: str
     vendor: str
@@ -175,6 +182,9 @@ def add_savings(
 def add_lasts(
     row: dict[str, Any], info: DeviceInfo, last: dict[str, dict[str, Any]], req: ReportRequest
 ) -> None:
+    """Add to a device's row what its newest values in the period say (`last`: by field, then by
+    device id): its firmware and whether it meets the minimum, and for a projector its lamp and
+    filter hours now and the date each reaches its rated life."""
     firmware = last["firmware"].get(info.id)
     row["firmware"] = firmware
     minimum = row["firmware_minimum"]
@@ -211,6 +221,8 @@ def end_of_life(
 
 
 def add_inputs(row: dict[str, Any], minutes: dict[str, float]) -> None:
+    """Add to a row its share of on-time on each input (fractions of 1, by input name) from
+    `minutes` on each."""
     total = sum(minutes.values())
     row["inputs"] = {k: round(v / total, 4) for k, v in sorted(minutes.items())} if total else {}
     row["_input_minutes"] = minutes
@@ -238,6 +250,9 @@ def finish(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def total(rows: list[dict[str, Any]], level: str, key: str) -> dict[str, Any]:
+    """The row of `level` that sums `rows` under the name `key`: a field all rows share is kept,
+    else None; the hottest peak, the first end-of-life date, input shares from the summed
+    minutes."""
     out: dict[str, Any] = dict.fromkeys(COLUMNS)
     out.update(level=level, id=key, name=key)
     first = rows[0] if rows else {}
@@ -262,6 +277,7 @@ def total(rows: list[dict[str, Any]], level: str, key: str) -> dict[str, Any]:
 
 
 def group(rows: Iterable[dict[str, Any]], level: str, key: Any) -> list[dict[str, Any]]:
+    """One total row of `level` per value of `key(row)`, sorted by that value."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[key(row)].append(row)

@@ -8,6 +8,9 @@ from pydantic import BaseModel
 
 
 class StoredReportOut(BaseModel):
+    """One stored scheduled report (a vendor, a period, a format) as the reports API and page list
+    it: its SHA-256, size in bytes and download URL."""
+
     id: int
     vendor: str
     period: str

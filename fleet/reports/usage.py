@@ -46,6 +46,8 @@ def point_from_sample(
     firmware: str | None = None,
     errors: dict[str, Any] | None = None,
 ) -> Point:
+    """One stored sample as a usage point: on when reachable and not powered down, faulty when
+    reachable with an error flag; the input counts only while on."""
     # As fleet.devices.state: a reachable device that reports no power state is taken to be on.
     on = reachable and power not in _POWERED_DOWN
     faulty = reachable and any(v == "error" for v in (errors or {}).values())
@@ -72,6 +74,8 @@ class Segment:
 
 
 def gap_limit(poll_interval_s: float) -> timedelta:
+    """The longest gap after which a reading still stands for its device's state: GAP_POLLS poll
+    intervals of `poll_interval_s` seconds."""
     return timedelta(seconds=GAP_POLLS * poll_interval_s)
 
 
@@ -111,6 +115,7 @@ def sessions(
 
 
 def local_hour_start(at: datetime, tz: ZoneInfo) -> datetime:
+    """The start, in UTC, of the site's local hour (time zone `tz`) that holds `at`."""
     local = at.astimezone(tz)
     # replace() keeps `fold`, so the repeated hour of a DST change maps to its own instant.
     return local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)

@@ -29,6 +29,9 @@ class ArtifactError(Exception):
 
 
 class RangeError(ValueError):
+    """A Range header the artifact endpoint cannot serve: not one `bytes=` range, or outside the
+    file; the message says what to send."""
+
     pass
 
 
@@ -113,6 +116,8 @@ def verified_artifact(store: ArtifactStore, release: Release) -> Path:
 
 
 def release_by_sha(profiles: dict[str, Profile], sha256: str) -> tuple[Profile, Release] | None:
+    """The profile and release whose artifact has this SHA-256 (hex), or None when no profile lists
+    it."""
     for profile in profiles.values():
         for release in profile.releases:
             if release.sha256 == sha256:
@@ -145,6 +150,7 @@ class ServedBytes:
     counts: dict[tuple[str, str], int]
 
     def add(self, site: str, sha256: str, count: int) -> None:
+        """Count `count` more bytes of the artifact `sha256` served to `site`."""
         self.counts[(site, sha256)] = self.counts.get((site, sha256), 0) + count
 
 
@@ -181,6 +187,8 @@ def stream_file(
 def record_download(
     engine: Engine, site: str, sha256: str, sent: int, ranged: bool, now: datetime
 ) -> None:
+    """Count one artifact request of `site`: `sent` bytes, `ranged` when it asked for a byte range;
+    kept in this process (SERVED) and added to the site's `artifact_download` row."""
     SERVED.add(site, sha256, sent)
     insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
     values = {

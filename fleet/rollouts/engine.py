@@ -67,6 +67,9 @@ class FirmwareDelivery:
 
 @dataclass
 class TickResult:
+    """What one rollout tick did, by `holder`: how many agents' reports changed a device, the
+    commands sent, and the rollouts moved (id, new state, reason)."""
+
     holder: str
     reports: int = 0
     commands: list[Command] = field(default_factory=list)

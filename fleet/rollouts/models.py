@@ -13,6 +13,9 @@ from fleet.models import BigId, utc_column
 
 
 class Rollout(SQLModel, table=True):
+    """One firmware rollout campaign: the release of one profile, the filter that chose its targets,
+    its wave policy, and where it stands (state, current wave, why paused)."""
+
     __tablename__ = "rollout"
 
     id: int | None = Field(default=None, primary_key=True)
@@ -38,6 +41,9 @@ class Rollout(SQLModel, table=True):
 
 
 class RolloutDevice(SQLModel, table=True):
+    """One target device of a rollout: its wave, its update state, the attempts and command of the
+    current one, and the firmware it had before."""
+
     __tablename__ = "rollout_device"
     __table_args__ = (UniqueConstraint("rollout_id", "device_id"),)
 

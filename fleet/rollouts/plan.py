@@ -17,6 +17,9 @@ from fleet.rollouts.windows import WindowPolicy
 
 
 class RolloutState(StrEnum):
+    """Where a rollout stands: a draft, scheduled to start, running, paused, aborted (also when
+    cancelled) or completed."""
+
     draft = "draft"
     scheduled = "scheduled"
     running = "running"
@@ -26,6 +29,9 @@ class RolloutState(StrEnum):
 
 
 class DeviceUpdateState(StrEnum):
+    """Where one target device's update stands, from pending through sent, downloading and
+    installing to a final state."""
+
     pending = "pending"
     sent = "sent"
     downloading = "downloading"
@@ -66,6 +72,9 @@ class Wave:
 
 @dataclass(frozen=True)
 class Policy:
+    """How a rollout proceeds: its waves, the success share that lets the next wave start, when it
+    aborts, the per-device timeout (seconds) and retries, and its maintenance window."""
+
     waves: tuple[Wave, ...] = (Wave(count=1), Wave(percent=100))
     # Share of a wave's devices that must succeed before the next wave starts.
     success_threshold_pct: float = 90.0
@@ -82,6 +91,9 @@ class Policy:
 
 @dataclass(frozen=True)
 class DeviceView:
+    """One target device as `next_actions` judges it: its rollout row, and what the registry last
+    knew of it (firmware, when seen, reachable, in use, its site online)."""
+
     device_id: str
     site_code: str
     wave: int
@@ -102,6 +114,9 @@ class DeviceView:
 
 @dataclass(frozen=True)
 class RolloutView:
+    """A rollout as `next_actions` judges it: its state, current wave, target version, policy and
+    devices."""
+
     state: RolloutState
     current_wave: int
     target_version: str
@@ -114,12 +129,17 @@ class RolloutView:
 
 @dataclass(frozen=True)
 class Send:
+    """Send the update command to this device (`push` False: nothing to send, only watch its
+    version)."""
+
     device_id: str
     push: bool  # False: nothing to send (vendor cloud, technician), only watch the version
 
 
 @dataclass(frozen=True)
 class MarkDevice:
+    """Put this device in `state`, with a message, and when to try it again."""
+
     device_id: str
     state: DeviceUpdateState
     message: str
@@ -128,6 +148,8 @@ class MarkDevice:
 
 @dataclass(frozen=True)
 class MoveRollout:
+    """Move the rollout to `state` and `current_wave`, for `reason`."""
+
     state: RolloutState
     current_wave: int
     reason: str
@@ -402,6 +424,9 @@ def settle_ended(view: RolloutView, now: datetime) -> list[MarkDevice]:
 def next_actions(
     view: RolloutView, now: datetime, window_open: WindowOpen, next_window: NextWindow
 ) -> list[Action]:
+    """What to do for the rollout at `now`: device marks, sends, and a move of the rollout;
+    `window_open` and `next_window` say, by site code, whether the site's maintenance window is open
+    now and when it next opens."""
     if view.state == RolloutState.scheduled:
         if view.start_at is not None and view.start_at <= now:
             return [MoveRollout(RolloutState.running, view.current_wave, "started on schedule")]

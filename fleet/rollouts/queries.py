@@ -13,7 +13,10 @@ from fleet.rollouts.schemas import RolloutDetailOut, RolloutDeviceOut, RolloutOu
 
 
 class RolloutNotFound(LookupError):
+    """No rollout has that id; the message says where to list them."""
+
     def __init__(self, rollout_id: int) -> None:
+        """`rollout_id`: the id asked for, kept on the error."""
         super().__init__(f"no rollout {rollout_id}: GET /api/v1/rollouts lists them")
         self.rollout_id = rollout_id
 

@@ -44,6 +44,8 @@ def configure_tick(
 
 
 def scheduled_tick() -> None:
+    """The scheduled job: one rollout tick at the current time, run only by the process that holds
+    the scheduler lock; a failing tick is logged, never raised."""
     if not _runtime:
         log.warning("rollout tick before configure_tick: skipped")
         return

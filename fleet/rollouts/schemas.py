@@ -14,6 +14,9 @@ from fleet.time_window import Instant
 
 
 class RolloutOut(BaseModel):
+    """One rollout as the rollouts API and page show it, with its devices counted by update
+    state."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: int
@@ -35,6 +38,8 @@ class RolloutOut(BaseModel):
 
 
 class RolloutDeviceOut(BaseModel):
+    """One target device of a rollout as the API shows it."""
+
     model_config = ConfigDict(from_attributes=True)
 
     device_id: str
@@ -51,6 +56,9 @@ class RolloutDeviceOut(BaseModel):
 
 
 class SiteBytesOut(BaseModel):
+    """One site of a rollout: bytes of the release's artifact served to it, and its devices updated
+    and targeted."""
+
     site_code: str
     bytes_downloaded: int
     devices_updated: int
@@ -58,11 +66,15 @@ class SiteBytesOut(BaseModel):
 
 
 class RolloutDetailOut(RolloutOut):
+    """One rollout with its devices and its sites' downloads."""
+
     devices: list[RolloutDeviceOut]
     sites: list[SiteBytesOut]
 
 
 class StartIn(BaseModel):
+    """The body of starting a draft rollout: `start_at` to schedule it, none to start now."""
+
     start_at: Instant | None = None
 
 
@@ -76,6 +88,9 @@ Count = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
 class TargetFilter(BaseModel):
+    """Which devices a rollout targets: by vendor, model, profile, sites and current firmware
+    versions (empty: any)."""
+
     model_config = ConfigDict(extra="forbid")
 
     vendor: Version | None = None
@@ -86,6 +101,8 @@ class TargetFilter(BaseModel):
 
 
 class WaveIn(BaseModel):
+    """One wave of a rollout request: a count of devices, or a cumulative percent of all targets."""
+
     model_config = ConfigDict(extra="forbid")
 
     count: Count | None = None
@@ -103,6 +120,9 @@ SiteLocalTime = Annotated[time, AfterValidator(_site_local)]
 
 
 class WindowIn(BaseModel):
+    """The maintenance window of a rollout request: the margin around classes (minutes), and
+    optionally nights only (site local time) or days without classes only."""
+
     model_config = ConfigDict(extra="forbid")
 
     margin_min: int = Field(default=30, ge=0, le=24 * 60)
@@ -115,6 +135,9 @@ class WindowIn(BaseModel):
 
 
 class RolloutRequest(BaseModel):
+    """The body that creates a rollout: name, release, targets, waves, thresholds, timeout, retries,
+    window, and when to start."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: Name = Field(min_length=1)
@@ -136,6 +159,7 @@ class RolloutRequest(BaseModel):
     start_at: Instant | None = None
 
     def policy(self) -> Policy:
+        """The request's policy as the rollout plan takes it."""
         return Policy(
             waves=tuple(Wave(w.count, w.percent) for w in self.waves),
             success_threshold_pct=self.success_threshold_pct,
@@ -149,6 +173,9 @@ class RolloutRequest(BaseModel):
 
 
 class PreviewDeviceOut(BaseModel):
+    """A device a rollout preview would target, with its firmware and the rollout that holds it
+    already, if any."""
+
     device_id: str
     site_code: str
     firmware: str | None
@@ -158,6 +185,8 @@ class PreviewDeviceOut(BaseModel):
 
 
 class PreviewWaveOut(BaseModel):
+    """The devices a rollout preview puts in one wave."""
+
     wave: int  # from 0, as RolloutDeviceOut.wave
     devices: list[PreviewDeviceOut]
 

@@ -84,6 +84,7 @@ def device_view(
 
 
 def apply_mark(row: RolloutDevice, mark: MarkDevice, now: datetime) -> None:
+    """Write a device mark from the plan onto its rollout row, stamped `now`."""
     row.state, row.message, row.next_try_at, row.updated_at = (
         mark.state.value,
         mark.message,

@@ -19,6 +19,9 @@ SCAN_HORIZON = timedelta(days=15)
 
 @dataclass(frozen=True)
 class WindowPolicy:
+    """When a rollout may update a site's devices: clear of classes by `margin_min` minutes, and,
+    when asked, only at night (site local time) or on days without classes."""
+
     # Kept clear before a class starts and after it ends.
     margin_min: int = 30
     nights_only: bool = False
@@ -37,6 +40,8 @@ def _is_night(local: datetime, policy: WindowPolicy) -> bool:
 
 
 def window_open(at: datetime, timetable: Timetable, tz: ZoneInfo, policy: WindowPolicy) -> bool:
+    """True when the maintenance window is open at `at` for a site with this timetable and time
+    zone."""
     margin = timedelta(minutes=policy.margin_min)
     if timetable.class_intervals(at - margin, at + margin, tz):
         return False

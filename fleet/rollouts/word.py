@@ -33,6 +33,8 @@ Publish = Callable[[str, bytes], None]
 
 @dataclass(frozen=True)
 class SiteWord:
+    """The cancel command (the controller's word) to publish retained to one site."""
+
     site: str
     command: Command
 

@@ -27,7 +27,10 @@ from fleet.sites.schemas import AgentStatusOut, EventOut, RoomOut, SiteDetail, S
 
 
 class SiteNotFound(LookupError):
+    """No site has that code; the message says where to list them."""
+
     def __init__(self, code: str) -> None:
+        """`code`: the site code asked for, kept on the error."""
         super().__init__(f"no site {code!r}: GET /api/v1/sites lists the known codes")
         self.code = code
 

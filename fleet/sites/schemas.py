@@ -11,6 +11,9 @@ from fleet.devices.schemas import DeviceOut
 
 
 class AgentStatusOut(BaseModel):
+    """A site agent's last word as the sites API shows it: its id, state (online or offline),
+    version, boot, and when it was stamped, received and last heard."""
+
     model_config = ConfigDict(from_attributes=True)
 
     agent_id: str
@@ -23,6 +26,9 @@ class AgentStatusOut(BaseModel):
 
 
 class SiteSummary(BaseModel):
+    """One site at a glance, as `GET /api/v1/sites` and the overview page show it: its devices by
+    state, its agent, its newest report and its open alerts, within the caller's scope."""
+
     model_config = ConfigDict(from_attributes=True)
 
     code: str
@@ -39,6 +45,8 @@ class SiteSummary(BaseModel):
 
 
 class RoomOut(BaseModel):
+    """One room of a site with its devices."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: str
@@ -48,6 +56,8 @@ class RoomOut(BaseModel):
 
 
 class SiteDetail(SiteSummary):
+    """One site with its timetable, when its config was last synced, and its rooms and devices."""
+
     timetable: dict[str, Any]
     synced_at: datetime
     rooms: list[RoomOut]

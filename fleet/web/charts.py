@@ -28,12 +28,17 @@ TIME_STEPS = [
 
 @dataclass(frozen=True)
 class Point:
+    """One value of a line chart, at a time (UTC)."""
+
     ts: datetime
     value: float
 
 
 @dataclass(frozen=True)
 class Segment:
+    """A run of one power state (or unreachable) on a device's power band, from `start` to `end`
+    (UTC)."""
+
     start: datetime
     end: datetime
     label: str  # a power value, or "unreachable"
@@ -57,12 +62,16 @@ def downsample(points: Sequence[Point], limit: int = MAX_POINTS) -> list[Point]:
 
 
 def usual_interval(times: Sequence[datetime]) -> timedelta | None:
+    """The median gap between consecutive times, or None for fewer than two: what counts as a
+    pause in the line."""
     if len(times) < 2:
         return None
     return timedelta(seconds=median((b - a).total_seconds() for a, b in pairwise(times)))
 
 
 def nice_step(span: float, ticks: int = 4) -> float:
+    """A round step for the value axis (1, 2, 2.5 or 5 times a power of ten) giving about `ticks`
+    ticks over `span`."""
     raw = span / ticks if span > 0 else 1.0
     magnitude = 10 ** math.floor(math.log10(raw))
     for factor in (1, 2, 2.5, 5, 10):

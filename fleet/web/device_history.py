@@ -21,6 +21,10 @@ MIN_SPAN = timedelta(minutes=10)
 
 @dataclass
 class History:
+    """A device's samples in a window, for its page's charts: the window (UTC), how many samples
+    were read and whether MAX_SAMPLES cut them short, and the temperature, lamp-hours and power
+    series."""
+
     start: datetime
     end: datetime
     samples: int
@@ -32,6 +36,9 @@ class History:
 
 @dataclass(frozen=True)
 class FirmwareSeen:
+    """One firmware version a device reported: its first and last sample with it (UTC), and how
+    many samples had it."""
+
     version: str
     first_seen: datetime
     last_seen: datetime
@@ -93,6 +100,8 @@ def power_segments(samples: list[tuple[datetime, str]]) -> list[Segment]:
 
 
 def newest_sample_at(session: Session, device_id: str) -> datetime | None:
+    """When the device's newest kept sample was taken (UTC), or None when none is kept: where its
+    page's history window ends."""
     return session.exec(select(func.max(Sample.ts)).where(Sample.device_id == device_id)).one()
 
 

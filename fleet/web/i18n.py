@@ -33,6 +33,7 @@ SITE_ZONE = "site"  # the zone cookie's value for "each site's own time" (the de
 
 
 def catalog_path(lang: str) -> Path:
+    """Where language `lang`'s `.po` catalog is, whether or not one is shipped."""
     return LOCALE_DIR / lang / "LC_MESSAGES" / "messages.po"
 
 
@@ -91,6 +92,8 @@ def zone_choice(request: Request) -> ZoneInfo | None:
 
 @functools.lru_cache(maxsize=64)
 def babel_locale(lang: str) -> Locale:
+    """The Babel locale of `lang`, for formatting numbers and dates; English for a code Babel
+    cannot parse."""
     # Cached: Babel builds a new Locale on every parse, and a page formats a time or a number
     # a row.
     try:

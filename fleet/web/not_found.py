@@ -24,19 +24,26 @@ class PageRefused(HTTPException):
     HTTPException, so that the permission's audit records the post as failed 403."""
 
     def __init__(self, what: str) -> None:
+        """`what` is the reason the 403 page shows."""
         super().__init__(403, what)
 
 
 class PageNotFound(Exception):
+    """A page's own 404 (a site, device, alert or token that does not exist): the HTML 404 page
+    says what is missing and where to look instead."""
+
     status_code = 404  # how fleet.auth.permissions audits a post it refuses
 
     def __init__(self, what: str, hint: str = "") -> None:
+        """`what` says what is missing ("There is no site 'x'."), `hint` where to look instead,
+        or nothing."""
         super().__init__(what)
         self.what = what
         self.hint = hint
 
 
 async def page_not_found(request: Request, exc: Exception) -> Response:
+    """The exception handler for PageNotFound: the HTML 404 page with its `what` and `hint`."""
     assert isinstance(exc, PageNotFound)
     return render(request, "not_found.html", status_code=404, what=exc.what, hint=exc.hint)
 

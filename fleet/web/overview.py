@@ -35,6 +35,9 @@ LEVELS = ("critical", "warning", "silent", "ok")  # their badges: fleet.web.temp
 
 @dataclass
 class SiteRow:
+    """One site's row of the fleet overview: its summary, why it stands out, its unacknowledged
+    alerts, its latest programme milestone, and its status level."""
+
     site: SiteSummary
     problems: list[str] = field(default_factory=list)  # why it stands out, worst first
     open_alerts: OpenAlerts = field(default_factory=OpenAlerts)  # not yet acknowledged
@@ -49,6 +52,8 @@ class SiteRow:
 
     @property
     def never_reported(self) -> bool:
+        """Whether no reading has come from any of the site's devices and no agent state is
+        known."""
         return self.site.last_reported_at is None and self.site.agent is None
 
     @property
@@ -126,6 +131,8 @@ class SiteRow:
 
     @property
     def troubled_devices(self) -> int:
+        """How many of the site's devices are in PROBLEM_STATES: the overview sorts by it after
+        the level."""
         return sum(self.site.devices_by_state.get(s, 0) for s in PROBLEM_STATES)
 
 
@@ -236,6 +243,8 @@ def site_rows(
 
 
 def fleet_totals(rows: list[SiteRow]) -> dict[str, int]:
+    """Devices by state, summed over the rows, every state of STATE_ORDER present: the overview's
+    totals."""
     totals = dict.fromkeys(STATE_ORDER, 0)
     for row in rows:
         for state, count in row.site.devices_by_state.items():
@@ -244,5 +253,6 @@ def fleet_totals(rows: list[SiteRow]) -> dict[str, int]:
 
 
 def newest_report(rows: list[SiteRow]) -> datetime | None:
+    """The latest time any of the rows' sites reported (UTC), or None when none has."""
     seen = [r.site.last_reported_at for r in rows if r.site.last_reported_at is not None]
     return max(seen, default=None)

@@ -34,6 +34,8 @@ PAGE_SIZE = 100
 
 
 def last_month(today: date) -> tuple[date, date]:
+    """The first and last day of the calendar month before `today`'s: the period the on-demand
+    report form starts with."""
     end = today.replace(day=1) - timedelta(days=1)
     return end.replace(day=1), end
 

@@ -49,30 +49,38 @@ class Progress:
 
     @property
     def total(self) -> int:
+        """The devices counted here, in any update state."""
         return sum(self.counts.values())
 
     @property
     def succeeded(self) -> int:
+        """The devices here whose update succeeded."""
         return self.counts.get(DeviceUpdateState.succeeded.value, 0)
 
 
 @dataclass
 class RolloutView:
+    """A rollout as the rollouts page shows it: its figures and state, and its progress per wave
+    and per site (empty for an ended rollout listed without its tables)."""
+
     rollout: RolloutOut
     waves: list[Progress] = field(default_factory=list)
     sites: list[Progress] = field(default_factory=list)
 
     @property
     def targeted(self) -> int:
+        """The devices the rollout targets (its counts, without their `done` total)."""
         counts = self.rollout.counts
         return sum(counts.values()) - counts.get("done", 0)  # "done" sums the final states
 
     @property
     def succeeded(self) -> int:
+        """The devices whose update succeeded."""
         return self.rollout.counts.get(DeviceUpdateState.succeeded.value, 0)
 
     @property
     def failed(self) -> int:
+        """The devices that ended in a final state other than success."""
         counts = self.rollout.counts
         return sum(counts.get(s.value, 0) for s in FINAL if s != DeviceUpdateState.succeeded)
 
@@ -93,6 +101,8 @@ class RolloutView:
 
 
 def progress(detail: RolloutDetailOut) -> RolloutView:
+    """A rollout's detail as the page shows it: its devices counted by update state per wave
+    (numbered from 1) and per site, with the bytes each site has downloaded."""
     waves: dict[int, Progress] = {}
     sites: dict[str, Progress] = {}
     for device in detail.devices:

@@ -263,6 +263,8 @@ def epoch(value: datetime | None) -> int:
 
 
 def state_rank(state: str) -> int:
+    """A device state's place in STATE_ORDER, worst first, for sorting; a state not in it sorts
+    last."""
     return STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER)
 
 

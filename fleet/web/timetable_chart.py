@@ -20,12 +20,17 @@ DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 @dataclass(frozen=True)
 class LocalNow:
+    """Where a site is in its timetable now: its local time, whether a class is on, and a short
+    summary for its page."""
+
     at: datetime  # in the site's timezone
     in_class: bool
     summary: str  # "in class until 16:00" / "next class Tue 08:00" / "no classes this week"
 
 
 def local_now(timetable: Timetable, tz: ZoneInfo, now: datetime) -> LocalNow:
+    """`now` at a site in zone `tz`: whether a class is on, and if not, when the next one in the
+    coming week starts."""
     local = now.astimezone(tz)
     for period in timetable.periods_on(local.date()):
         if period.start <= local.time() < period.end:

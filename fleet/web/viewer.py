@@ -16,6 +16,9 @@ from fleet.auth.permissions import POLICY
 
 @dataclass(frozen=True)
 class Viewer:
+    """Who is looking at a page, as the templates and the page routes see it: name, role, and
+    scope (`sites`, `vendor`)."""
+
     name: str
     role: str  # "ops", "technician", "vendor", or "anonymous" on a public page
     sites: frozenset[str] | None = None  # None: every site
@@ -28,6 +31,8 @@ class Viewer:
 
     @property
     def scope(self) -> str:
+        """The viewer's scope in words, for a page's refusals: a vendor's devices, a technician's
+        sites, or every site."""
         if self.vendor is not None:
             return f"{self.vendor} devices"
         if self.sites is not None:

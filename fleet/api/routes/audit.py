@@ -21,6 +21,10 @@ router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
 
 class AuditOut(BaseModel):
+    """One audit log entry, for ops: who (`actor`, `role`) did what (`action`) to what
+    (`target`), when (`at`, UTC), with what outcome (`ok`, `denied` or `failed <status>`) and any
+    detail."""
+
     id: int
     at: datetime
     actor: str
@@ -32,6 +36,8 @@ class AuditOut(BaseModel):
 
 
 class AuditPage(BaseModel):
+    """A page of the audit log, for ops, newest first; the next page is `after=` its `next`."""
+
     items: list[AuditOut]  # newest first
     total: int  # entries that match, at the time of this page
     limit: int

@@ -27,6 +27,9 @@ router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 
 class TokenOut(BaseModel):
+    """A login's answer: the bearer token (also set as the dashboard's session cookie) and its
+    lifetime in seconds."""
+
     access_token: str
     token_type: str = "bearer"  # noqa: S105  (OAuth2's token type)
     expires_in: int
@@ -36,16 +39,24 @@ class TokenOut(BaseModel):
 
 
 class TotpOut(BaseModel):
+    """A new second factor, shown to the user this once: the TOTP secret, the otpauth:// URI for
+    an authenticator app, and the recovery codes."""
+
     secret: str
     otpauth_uri: str
     recovery_codes: list[str]
 
 
 class TotpConfirmIn(BaseModel):
+    """A current code from the authenticator app, which switches the new second factor on."""
+
     code: str = Field(min_length=6, max_length=16)
 
 
 class MeOut(BaseModel):
+    """Who the token or session belongs to: name, role and scope (a technician's `sites`, a
+    vendor user's `vendor`; null where the role is not limited by it)."""
+
     name: str
     role: str
     sites: list[str] | None

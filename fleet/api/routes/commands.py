@@ -31,6 +31,9 @@ router = APIRouter(prefix="/api/v1", tags=["commands"])
 
 
 class CommandOut(BaseModel):
+    """One power or input command, for ops and the site's technician: the device, what was asked
+    (`kind`, `value`), its state and the device's answer, who asked and why, and its times (UTC)."""
+
     model_config = ConfigDict(from_attributes=True)
 
     cmd_id: str

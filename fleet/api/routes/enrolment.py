@@ -40,11 +40,17 @@ router = APIRouter(prefix="/api/v1/enrolment", tags=["enrolment"])
 
 
 class EnrolmentTokenIn(BaseModel):
+    """Ops' or a technician's request for an agent enrolment token: the site, and a lifetime in
+    minutes, never longer than the controller's own (which applies when left out)."""
+
     site: SiteCode
     ttl_minutes: int | None = Field(default=None, ge=1, le=MAX_TTL_MINUTES)
 
 
 class EnrolmentTokenOut(BaseModel):
+    """A new one-time enrolment token, shown this once: its site, expiry (UTC), and the
+    `fleet-agent enroll` command a technician runs on site."""
+
     token: str
     site: str
     expires_at: datetime
@@ -52,10 +58,15 @@ class EnrolmentTokenOut(BaseModel):
 
 
 class EnrolIn(BaseModel):
+    """What a site agent sends to enrol: its one-time enrolment token."""
+
     token: str = Field(max_length=100)
 
 
 class MqttLogin(BaseModel):
+    """The broker login of an enrolled agent: the broker URL, its site's user and new password,
+    and the topic root."""
+
     url: str
     username: str
     password: str
@@ -63,6 +74,9 @@ class MqttLogin(BaseModel):
 
 
 class EnrolOut(BaseModel):
+    """What an agent gets for its token: its site config (YAML, each device secret replaced by a
+    `secret:NAME` reference), its broker login, and the names its secrets file must give."""
+
     site: str
     config_yaml: str
     mqtt: MqttLogin
@@ -98,6 +112,8 @@ def create_enrolment_token(
 
 
 class RevokedTokenOut(BaseModel):
+    """An enrolment token just revoked: its id, site, expiry (now, UTC) and state."""
+
     id: int
     site: str
     expires_at: datetime

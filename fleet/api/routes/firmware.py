@@ -32,6 +32,10 @@ router = APIRouter(prefix="/api/v1/firmware", tags=["firmware"])
 
 
 class ReleaseOut(Out):
+    """One firmware release of a model's profile, for ops: version, artifact (SHA-256, size in
+    bytes), update method, the versions it upgrades from, and whether the controller can serve
+    its artifact."""
+
     profile: str
     vendor: str
     model: str
@@ -46,6 +50,9 @@ class ReleaseOut(Out):
 
 
 class DownloadOut(Out):
+    """What one site has downloaded of one artifact, for ops watching metered links: bytes
+    served, requests (and how many were ranges), and the last one (UTC)."""
+
     site_code: str
     sha256: str
     bytes_served: int
