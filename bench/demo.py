@@ -55,6 +55,7 @@ class RunningDemo:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     url: str = ""
     token: str = ""
+    devices: int = 0  # how many `wait_all_fresh` awaited
     _handle: IO[bytes] | None = None
 
     def start(self) -> RunningDemo:
@@ -119,7 +120,7 @@ class RunningDemo:
         """Wait until every simulated device has a reading newer than the start in
         `/api/v1/devices`; the seconds from the start. TimeoutError names how many were
         fresh; RuntimeError if the demo exits first."""
-        expected = self.expected_devices()
+        expected = self.devices = self.expected_devices()
         seen: list[int] = [0, 0]
 
         def all_fresh() -> bool:

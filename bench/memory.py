@@ -22,7 +22,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from bench.targets import target
+from fleet.embedded_broker import free_port
 
 AGENT_LIMIT_MB = 100.0
 BIN = Path(sys.executable).parent
@@ -50,12 +50,6 @@ def rss_mb(pid: int) -> tuple[float, float]:
         if key in ("VmRSS", "VmHWM"):
             values[key] = int(rest.split()[0]) / 1024
     return values["VmRSS"], values["VmHWM"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str, token: str | None = None, timeout: float = 30) -> bytes:

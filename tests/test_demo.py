@@ -28,7 +28,7 @@ def test_demo_shows_every_device_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     try:
         demo.wait_url(HANG_S)
         fresh_s = demo.wait_all_fresh(HANG_S - demo.elapsed())
-        print(f"\n[demo] {demo.expected_devices()} devices fresh through the API {fresh_s:.1f} s")
+        print(f"\n[demo] {demo.devices} devices fresh through the API {fresh_s:.1f} s")
 
         def overdue() -> bool:
             query = f"kind=programme_overdue&site={EVENING_CODE}&state=open"
