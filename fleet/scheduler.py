@@ -8,11 +8,14 @@ settings. Add a job by adding one `Job` to `jobs()`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.job import Job as ScheduledJob
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import Gauge
 from sqlalchemy import Engine
@@ -121,6 +124,38 @@ def _guarded(job: Job, engine: Engine, leadership: Leadership | None = None) -> 
     return run
 
 
+class ClosingThreadPoolExecutor(ThreadPoolExecutor):
+    """APScheduler 3's thread-pool executor, closed to new runs before its pool shuts.
+
+    `BaseScheduler.shutdown` marks the scheduler stopped and shuts its executors, but a pass of
+    the scheduler thread's `_process_jobs` that began before it (it checks only for a pause,
+    then waits for the job stores' lock that shutdown holds) submits the jobs it found due once
+    shutdown lets go; the shut pool raises RuntimeError, which APScheduler logs as an error with
+    its traceback (agronholm/apscheduler#285; still so in 3.11). A run that falls due as the
+    controller stops is dropped here, logged at debug: its next run is the next controller's.
+    """
+
+    def __init__(self, max_workers: int = 10) -> None:
+        super().__init__(max_workers)
+        self._closing = threading.Lock()
+        self._closed = False
+
+    def submit_job(self, job: ScheduledJob, run_times: Sequence[datetime]) -> None:
+        """As APScheduler's, except that once `shutdown` began the run is dropped."""
+        # Held across the submission: shutdown cannot close the pool between check and submit.
+        with self._closing:
+            if self._closed:
+                log.debug("scheduler stopping: %s not run", job.id)
+                return
+            super().submit_job(job, run_times)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Refuses new runs, then shuts the pool (waiting for the running ones if `wait`)."""
+        with self._closing:
+            self._closed = True
+        super().shutdown(wait)
+
+
 def build_scheduler(
     engine: Engine,
     settings: Settings,
@@ -130,7 +165,9 @@ def build_scheduler(
 ) -> BackgroundScheduler:
     """Every job asks `leadership` first, so with several controller processes only the
     holder of the scheduler lock runs them (see fleet.leader)."""
-    scheduler = BackgroundScheduler(timezone=UTC)
+    scheduler = BackgroundScheduler(
+        timezone=UTC, executors={"default": ClosingThreadPoolExecutor()}
+    )
     leadership = leadership or Leadership(engine)
     # The rollout tick's job is kept in the database: a restarted controller finds it there
     # and carries a running rollout on (its state is in the database too).
