@@ -71,6 +71,15 @@ def still_running(proc: Proc) -> None:
         raise ProcessExited(f"{proc.name} exited ({proc.popen and proc.popen.returncode}):\n{tail}")
 
 
+def traceback_in(output: str, lines: int = 30) -> str | None:
+    """The first Python traceback in a process's output, with the `lines` lines from its
+    start (its innermost frame and the exception), or None if there is none."""
+    at = output.find("Traceback (most recent call last):")
+    if at < 0:
+        return None
+    return "\n".join(output[at:].splitlines()[:lines])
+
+
 class ProcessExited(AssertionError):
     """A process a test awaits ended instead."""
 
@@ -289,8 +298,20 @@ class Stack:
             since = wait_for(ran, timeout, f"run {n} of the {job} job", interval=0.05)
 
     def stop_all(self) -> None:
+        """Stops every process, the last started first; then fails if any of them printed a
+        Python traceback in its life. An exception that escaped a job, a handler or a thread,
+        or a race at shutdown (APScheduler submitting to its closed pool), is the product's
+        fault even where the test's own checks passed, and an operator reads it in the log."""
         for proc in reversed(self.procs):
             proc.stop()
+        printed = {
+            proc.log: excerpt
+            for proc in self.procs
+            if (excerpt := traceback_in(proc.output())) is not None
+        }
+        assert not printed, "a process printed a traceback:\n" + "\n".join(
+            f"--- {log} ---\n{excerpt}" for log, excerpt in printed.items()
+        )
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.output()[-4000:]}" for p in self.procs)
