@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,28 +22,54 @@ MQTT_PORT = 1883
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
+# The ports this process handed out lately, not handed out again: a server binds its port a
+# while after the choice (a test's controller seconds later, once it has migrated), and a
+# second choice meanwhile must not give the same one. Bounded: a long-lived process forgets.
+_RECENT = 1000
+_given: deque[int] = deque(maxlen=_RECENT)
+_given_lock = threading.Lock()
+# This process's part of the range, (index, parts): see `share_ports`.
+_share = (0, 1)
+
+
+def share_ports(index: int, parts: int) -> None:
+    """Confine this process's `free_port` choices to the `index`-th (from 0) of `parts`
+    equal, disjoint parts of its range, so that `parts` processes choosing ports side by side
+    (the test suite's parallel workers, whose servers bind seconds after the choice) never
+    choose the same port. Raises ValueError unless 0 <= index < parts."""
+    global _share
+    if not 0 <= index < parts:
+        raise ValueError(f"part {index} of {parts}: want 0 <= index < parts")
+    _share = (index, parts)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on `host` now, for a server to bind a moment later.
 
     Chosen below the kernel's ephemeral range (Linux's ip_local_port_range, 32768-60999 by
     default) when that can be read: a port from inside it, as `bind(0)` gives, may be taken
     meanwhile by any outgoing connection's local end (a busy host makes hundreds a second),
-    and the server then fails with EADDRINUSE. Never 1883, which a system broker may hold.
-    Falls back to the kernel's choice. IPv4 hosts only."""
+    and the server then fails with EADDRINUSE. Never 1883, which a system broker may hold;
+    never one of the last 1,000 this process gave; within this process's part of the range
+    (`share_ports`). Falls back to the kernel's choice. IPv4 hosts only."""
     try:
         low = int(EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 0
-    span = min(low - 1024, 12_000)
-    for _ in range(50 if span > 100 else 0):
-        port = low - 1 - secrets.randbelow(span)
-        if port == MQTT_PORT:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
+    index, parts = _share
+    part = min(low - 1024, 12_000) // parts
+    top = low - 1 - index * part
+    with _given_lock:
+        for _ in range(50 if part > 100 else 0):
+            port = top - secrets.randbelow(part)
+            if port == MQTT_PORT or port in _given:
                 continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _given.append(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

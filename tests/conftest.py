@@ -90,6 +90,17 @@ def need(what: str, reason: str) -> None:
     pytest.skip(f"{what} not available: {reason}")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """In a parallel worker, its servers' ports come from its own part of the range: a test
+    chooses a port seconds before its controller binds it, and another worker's choice
+    meanwhile must not be the same (fleet.embedded_broker.share_ports)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    if worker.startswith("gw"):
+        from fleet.embedded_broker import share_ports
+
+        share_ports(int(worker[2:]), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """What collection built (every test module, the product, Hypothesis, Schemathesis,
     Playwright) lives as long as the worker: frozen out of the collector's sight, and young

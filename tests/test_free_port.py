@@ -1,15 +1,27 @@
 """`free_port`, which the demo, the embedded broker and every test's server bind: a port no
-outgoing connection can take between the choice and the bind."""
+outgoing connection can take between the choice and the bind, which this process did not give
+lately, and which a process given another part of the range (`share_ports`) never gives."""
 
 from __future__ import annotations
 
 import socket
+from collections import deque
 from pathlib import Path
 
 import pytest
 
 import fleet.embedded_broker
-from fleet.embedded_broker import MQTT_PORT, free_port
+from fleet.embedded_broker import MQTT_PORT, free_port, share_ports
+
+
+@pytest.fixture(autouse=True)
+def whole_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test from the whole range and nothing given yet, as a lone process starts (this
+    test worker's own part and memory are put back afterwards)."""
+    monkeypatch.setattr(fleet.embedded_broker, "_share", (0, 1))
+    monkeypatch.setattr(
+        fleet.embedded_broker, "_given", deque(maxlen=fleet.embedded_broker._RECENT)
+    )
 
 
 def ranged(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str) -> None:
@@ -53,7 +65,7 @@ def test_a_port_taken_below_the_range_is_not_given(
 
 def test_never_the_mqtt_port(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # The choices are 1024-1884, 1883 among them; on 127.0.0.2, where no system broker holds
-    # it, 5,000 choices would take it about six times.
+    # it, the draws until all 860 others are given take it many times (then the kernel's).
     ranged(monkeypatch, tmp_path, "1885 60999")
     assert MQTT_PORT not in {free_port("127.0.0.2") for _ in range(5000)}
 
@@ -73,3 +85,36 @@ def test_no_such_file_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setattr(fleet.embedded_broker, "EPHEMERAL_RANGE", tmp_path / "missing")
     with socket.create_server(("127.0.0.1", free_port())):
         pass
+
+
+def test_ports_chosen_and_not_yet_bound_are_not_given_twice(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # 500 draws from 12,000 ports without that memory would repeat one about ten times.
+    ranged(monkeypatch, tmp_path, "32768 60999")
+    ports = [free_port() for _ in range(500)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_processes_sharing_the_range_never_choose_the_same_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Six test workers, as `make test` runs them, each choosing ports its servers bind
+    seconds later: a CI run failed when two chose 21281 (EADDRINUSE in one's controller)."""
+    ranged(monkeypatch, tmp_path, "32768 60999")
+    chosen: list[set[int]] = []
+    for worker in range(6):
+        share_ports(worker, 6)
+        monkeypatch.setattr(fleet.embedded_broker, "_given", deque(maxlen=1000))
+        chosen.append({free_port() for _ in range(300)})
+    for worker, ports in enumerate(chosen):
+        assert len(ports) == 300
+        assert all(20768 <= p < 32768 for p in ports)
+        for other in chosen[worker + 1 :]:
+            assert not ports & other
+
+
+@pytest.mark.parametrize(("index", "parts"), [(-1, 6), (6, 6), (0, 0)])
+def test_a_part_outside_the_parts_is_refused(index: int, parts: int) -> None:
+    with pytest.raises(ValueError, match="want 0 <= index < parts"):
+        share_ports(index, parts)
