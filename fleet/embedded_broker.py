@@ -43,8 +43,9 @@ def share_ports(index: int, parts: int) -> None:
     _share = (index, parts)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` now, for a server to bind a moment later.
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    """A TCP port (UDP with `kind=socket.SOCK_DGRAM`) free on `host` now, for a server to
+    bind a moment later.
 
     Chosen below the kernel's ephemeral range (Linux's ip_local_port_range, 32768-60999 by
     default) when that can be read: a port from inside it, as `bind(0)` gives, may be taken
@@ -64,14 +65,14 @@ def free_port(host: str = "127.0.0.1") -> int:
             port = top - secrets.randbelow(part)
             if port == MQTT_PORT or port in _given:
                 continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            with socket.socket(socket.AF_INET, kind) as s:
                 try:
                     s.bind((host, port))
                 except OSError:
                     continue
             _given.append(port)
             return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         chosen: int = s.getsockname()[1]
         return chosen

@@ -43,21 +43,25 @@ def test_free_ports_lie_below_the_ephemeral_range_and_bind(
             pass
 
 
+@pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM], ids=["tcp", "udp"])
 def test_a_port_taken_below_the_range_is_not_given(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: int
 ) -> None:
     ranged(monkeypatch, tmp_path, "32768 60999")
     taken = []
     try:
-        # Hold many of the ports it may give: what it gives is never one of them.
+        # Hold many of the ports it may give: what it gives is never one of them, even once
+        # it has forgotten giving them.
         for _ in range(300):
-            s = socket.socket()
-            s.bind(("127.0.0.1", free_port()))
-            s.listen()
+            s = socket.socket(socket.AF_INET, kind)
+            s.bind(("127.0.0.1", free_port(kind=kind)))
+            if kind == socket.SOCK_STREAM:
+                s.listen()
             taken.append(s)
         held = {s.getsockname()[1] for s in taken}
+        monkeypatch.setattr(fleet.embedded_broker, "_given", deque(maxlen=1000))
         for _ in range(100):
-            assert free_port() not in held
+            assert free_port(kind=kind) not in held
     finally:
         for s in taken:
             s.close()

@@ -26,6 +26,7 @@ from agent.collectors.reachability import ICMP_FIX, ReachabilityCollector
 from agent.simulator.behaviour import DeviceBehaviour
 from agent.simulator.maxhub_server import ReachableHost
 from fleet.devices.state import DeviceState, derive_state
+from fleet.embedded_broker import free_port
 from fleet.protocol.messages import Power, Reading
 from fleet.protocol.profiles import Profile, load_profile
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig
@@ -127,9 +128,9 @@ async def test_tcp_connect_to_a_listening_port_is_reachable() -> None:
 
 @aio
 async def test_tcp_connect_refused_is_unreachable_with_the_reason() -> None:
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    # A port nothing listens on: free a moment ago, and from this worker's own part of the
+    # range (free_port), where no other worker's server binds meanwhile.
+    port = free_port()
     reading = await poll(profile(tcp_port=port))
     assert not reading.reachable
     assert f"TCP connect to port {port} refused" in (reading.error or "")

@@ -13,6 +13,7 @@ import pytest
 
 from agent.collectors import target_for
 from agent.collectors.snmp import SnmpCollector
+from fleet.embedded_broker import free_port
 from fleet.protocol.messages import Power, Reading
 from fleet.protocol.profiles import PollSettings, SnmpObject, load_profiles
 from fleet.protocol.site_config import DEFAULT_PROFILES_DIR, DeviceConfig
@@ -25,17 +26,13 @@ SYS_NAME = "fleet-test-snmpd"
 SYS_LOCATION = "loopback test lab"
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def snmpd(tmp_path: Path) -> Iterator[tuple[str, int]]:
     if not Path(SNMPD).exists():
         need("snmpd", ".ci/run installs it")
-    port = free_udp_port()
+    # Not bind(0): from the ephemeral range, which other workers' SNMP clients' sockets take
+    # their local ports from, a port may be taken before snmpd binds it.
+    port = free_port(kind=socket.SOCK_DGRAM)
     conf = tmp_path / "snmpd.conf"
     conf.write_text(
         f"agentAddress udp:127.0.0.1:{port}\n"
