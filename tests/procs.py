@@ -71,13 +71,20 @@ def still_running(proc: Proc) -> None:
         raise ProcessExited(f"{proc.name} exited ({proc.popen and proc.popen.returncode}):\n{tail}")
 
 
-def traceback_in(output: str, lines: int = 30) -> str | None:
-    """The first Python traceback in a process's output, with the `lines` lines from its
-    start (its innermost frame and the exception), or None if there is none."""
+def traceback_in(output: str, limit: int = 30) -> str | None:
+    """The first Python traceback in a process's output, from its header to its exception's
+    line (a long one cut in the middle to `limit` lines, its innermost frames kept), or None
+    if there is none."""
     at = output.find("Traceback (most recent call last):")
     if at < 0:
         return None
-    return "\n".join(output[at:].splitlines()[:lines])
+    lines = output[at:].splitlines()
+    # Frames are indented; the exception's own line, which ends the traceback, is not.
+    end = next((i for i, line in enumerate(lines[1:], 1) if line[:1].strip()), len(lines) - 1)
+    block = lines[: end + 1]
+    if len(block) > limit:
+        block = [*block[:3], "  ...", *block[-(limit - 4) :]]
+    return "\n".join(block)
 
 
 class ProcessExited(AssertionError):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import Proc, Stack
+from tests.procs import Proc, Stack, traceback_in
 
 
 def _stack(tmp_path: Path, *programs: str) -> Stack:
@@ -39,3 +39,18 @@ def test_a_traceback_in_any_process_log_fails_the_stop(tmp_path: Path) -> None:
 
 def test_processes_that_printed_no_traceback_stop_cleanly(tmp_path: Path) -> None:
     _stack(tmp_path, "print('ok')", "import sys; sys.exit(3)").stop_all()
+
+
+def test_a_long_traceback_is_cut_in_the_middle_keeping_its_exception() -> None:
+    frames = [f'  File "m{n}.py", line {n}, in f{n}\n    f{n + 1}()' for n in range(40)]
+    output = "\n".join(
+        ["starting", "Traceback (most recent call last):", *frames, "ValueError: deep", "after"]
+    )
+    excerpt = traceback_in(output)
+    assert excerpt is not None
+    lines = excerpt.splitlines()
+    assert len(lines) == 30
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: deep" and "after" not in excerpt
+    assert 'File "m39.py"' in excerpt and "starting" not in excerpt
+    assert traceback_in("INFO all well\nERROR: no traceback here") is None
