@@ -21,6 +21,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from agent.streams import quiet_when_cancelled
+
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
@@ -175,7 +177,9 @@ class LocalArtifactServer:
 
     async def start(self) -> None:
         """Start listening; `port` then holds the port actually bound."""
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self._server = await asyncio.start_server(
+            quiet_when_cancelled(self._handle), self.host, self.port
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     def url(self, sha256: str) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agent.simulator.behaviour import DeviceBehaviour
+from agent.streams import quiet_when_cancelled
 from fleet.protocol.messages import Flag, Power
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,9 @@ class ProjectorServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> ProjectorServer:
         """Listen on `host`:`port` (0: a free port); `address` then holds where. Returns self."""
-        self._server = await asyncio.start_server(self._serve, host, port, limit=1024)
+        self._server = await asyncio.start_server(
+            quiet_when_cancelled(self._serve), host, port, limit=1024
+        )
         self.address = self._server.sockets[0].getsockname()[:2]
         return self
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from agent.simulator.behaviour import DeviceBehaviour
+from agent.streams import quiet_when_cancelled
 from fleet.protocol.messages import Power
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class SwitchedPort:
         want = want and booted
         if want and self._server is None:
             self._server = await asyncio.start_server(
-                self._accept, *self.address, reuse_address=True, limit=1024
+                quiet_when_cancelled(self._accept), *self.address, reuse_address=True, limit=1024
             )
             # One on before the simulator started came up long ago: not busy booting now.
             self.powered_at = now if self._on_since != LONG_AGO else LONG_AGO
