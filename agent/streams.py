@@ -15,7 +15,7 @@ def quiet_when_cancelled(handler: Handler) -> Handler:
 
     On Python 3.11 the stream protocol's done callback calls `task.exception()` on such a
     cancelled task, which raises, and the loop logs "Exception in callback" with a traceback
-    for every open connection (CPython gh-113538, fixed in 3.12 by closing the transport
+    for every open connection (CPython gh-113538, fixed in 3.12.2 by closing the transport
     instead, which is what this does). Any other exception is the handler's to deal with."""
 
     @functools.wraps(handler)
