@@ -187,10 +187,11 @@ def _check_site_config(answer: EnrolmentAnswer) -> None:
     """The config must be a site config of this very site: the agent will run it."""
     import yaml
 
+    from fleet.protocol.documents import parse_yaml
     from fleet.protocol.site_config import SiteConfig
 
     try:
-        data = yaml.safe_load(answer.config_yaml)
+        data = parse_yaml(answer.config_yaml)
         config = SiteConfig.model_validate(data)
     except (yaml.YAMLError, ValidationError) as exc:
         what = describe_validation_error(exc) if isinstance(exc, ValidationError) else exc

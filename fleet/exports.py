@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import quote
 
 from defusedcsv import csv as defused
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
 UTF8_BOM = "\ufeff"
 # What defusedcsv prefixes, and what it leaves to us.
@@ -69,6 +68,10 @@ def xlsx_append(sheet: Any, row: Sequence[Any]) -> None:
     """Append a row to an openpyxl worksheet with every text cell stored as text: openpyxl
     would store a string beginning with `=` as a formula. The cell is also marked
     quote-prefixed, so Excel keeps it text when someone edits it."""
+    # Imported here, not with the module: openpyxl's 180 modules took 120 ms of every
+    # controller's start (this module is imported for its CSV cells too), for the XLSX only.
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
     # A control character has no place in an XLSX (openpyxl refuses it): shown as U+FFFD.
     sheet.append([ILLEGAL_CHARACTERS_RE.sub("\ufffd", v) if isinstance(v, str) else v for v in row])
     for cell in sheet[sheet.max_row]:

@@ -9,7 +9,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from fleet.protocol import documents
 from fleet.protocol.errors import ConfigErrors
 from fleet.protocol.messages import MAX_BATCH_BYTES
 from fleet.protocol.profiles import load_profiles
@@ -132,6 +135,124 @@ def test_broken_yaml_gives_line_not_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, "upm.yaml", "site:\n  code: upm\n  name: [unclosed\n")
     [message] = errors_of(path)
     assert "not valid YAML at line" in message and "Fix:" in message
+
+
+def _pure(text: str) -> tuple[str, object]:
+    """What PyYAML's pure-Python safe loader makes of `text`: its data, or that it failed."""
+    try:
+        return "data", yaml.load(text, Loader=yaml.SafeLoader)
+    except Exception:
+        return "error", None
+
+
+# YAML's own syntax, whitespace, control and non-BMP characters, dates that do not exist, deep
+# nesting, and good site-config lines.
+YAMLISH = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                ": ",
+                "- ",
+                "\n",
+                "\t",
+                "  ",
+                "'",
+                '"',
+                "[",
+                "]",
+                "{",
+                "}",
+                "#",
+                "&a",
+                "*a",
+                "!!str ",
+                "!!timestamp ",
+                "!!binary ",
+                "---",
+                "...",
+                "|",
+                ">",
+                "? ",
+                "%YAML 1.1",
+                "\x00",
+                "\x1b",
+                "\ud7ff",
+                "\U0001f600",
+                "site:\n  code: upm\n",
+                "rooms:\n  - id: r1\n",
+                "planned: ",
+                "1e309",
+                "0x1F",
+                "2026-13-40",
+                "2026-02-30",
+                "2026-01-01 25:00:00",
+                "0000-01-01",
+                "yes",
+                "~",
+                "<<: *a",
+                "[" * 2000,
+            ]
+        ),
+        st.text(max_size=8),
+    ),
+    max_size=30,
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=YAMLISH)
+def test_any_text_is_read_as_pyyaml_reads_it_or_refused_as_yaml(text: str) -> None:
+    """Documents are read by documents.parse_yaml (libyaml's parser, for speed): any text,
+    hostile included, gives a YAML error or data, never another exception (PyYAML's own
+    loader raises ValueError for `2026-13-40`, AttributeError for `!!timestamp x`,
+    RecursionError for deep nesting); and where PyYAML's pure-Python safe loader reads data
+    too, the same data. (The two parsers differ at a few edges, each refusing some text the
+    other reads as a scalar, such as `&a<tab>` or 2,000 nested brackets, and they read byte
+    order marks after the first differently: left out here, and the first, as Windows'
+    Notepad writes it, has its own test.)"""
+    assert issubclass(documents.DocumentLoader, yaml.CSafeLoader)  # PyYAML's wheels: libyaml
+    try:
+        ours: tuple[str, object] = "data", documents.parse_yaml(text)
+    except yaml.YAMLError:
+        ours = "error", None
+    pure = _pure(text)
+    if ours[0] == "data" and pure[0] == "data":
+        assert ours == pure
+
+
+def test_a_site_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    text = (DEFAULT_SITES_DIR / "upm.yaml").read_text(encoding="utf-8")
+    sites = tmp_path / "site_configs"
+    sites.mkdir()
+    (sites / "upm.yaml").write_text("\ufeff" + text, encoding="utf-8")
+    assert load_site(sites / "upm.yaml", DEFAULT_PROFILES_DIR).config.code == "upm"
+
+
+@pytest.mark.parametrize(
+    ("value", "line"),
+    [("2026-13-40", 4), ("2026-02-30", 4), ("2026-01-01 25:00:00", 4), ("[" * 5000, 4)],
+)
+def test_an_impossible_date_or_deep_nesting_names_its_line(
+    tmp_path: Path, value: str, line: int
+) -> None:
+    """A site config's milestone date that does not exist is a ConfigError at its line, not a
+    traceback: PyYAML raises a bare ValueError for it."""
+    path = write(tmp_path, "upm.yaml", f"site:\n  code: upm\nprogramme:\n  - planned: {value}\n")
+    [message] = errors_of(path)
+    assert f"not valid YAML at line {line}" in message and "Fix:" in message, message
+
+
+def test_a_site_config_sent_to_an_agent_with_an_impossible_date_is_refused() -> None:
+    """`fleet-agent enrol` reads the config the controller sends with the same loader: a date
+    that does not exist is refused with the agent's own words, nothing written."""
+    from agent.enrol import EnrolError, _check_site_config
+    from fleet.protocol.enrolment import EnrolmentAnswer
+
+    answer = EnrolmentAnswer.model_construct(
+        site="upm", config_yaml="site:\n  code: upm\nprogramme:\n  - planned: 2026-13-40\n"
+    )
+    with pytest.raises(EnrolError, match="cannot read"):
+        _check_site_config(answer)
 
 
 def test_file_name_must_match_site_code(tmp_path: Path) -> None:

@@ -5,8 +5,6 @@ clients use their own random ones."""
 
 from __future__ import annotations
 
-from zxcvbn import zxcvbn
-
 MIN_LENGTH = 12
 MIN_SCORE = 3
 MAX_JUDGED = 72  # zxcvbn's own max_length
@@ -19,6 +17,10 @@ def password_problem(password: str, user_inputs: list[str]) -> str | None:
             f"the password has {len(password)} characters; at least {MIN_LENGTH} are needed. "
             "Fix: use a passphrase of a few uncommon words"
         )
+    # Imported here, not with the module: zxcvbn's dictionaries take 30 ms to load, which every
+    # controller and `fleet` command would pay at start for the few that set a password.
+    from zxcvbn import zxcvbn
+
     # zxcvbn refuses more than 72 characters (ValueError), and its cost grows with the
     # length: judged on the first 72, since what lies past them adds no doubt.
     verdict = zxcvbn(password[:MAX_JUDGED], user_inputs=user_inputs)
