@@ -32,7 +32,7 @@ TextEncoding = Annotated[str, AfterValidator(_text_encoding)]
 
 
 # libyaml's parser where PyYAML was built with it (its wheels are), the pure-Python one where
-# not: the same documents in a tenth of the time (a controller or an agent reads every site
+# not: the same documents in a sixth of the time (a controller or an agent reads every site
 # config and profile as it starts), and a nesting limit where the pure-Python one recurses
 # until Python stops it.
 _SAFE_BASE: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
