@@ -93,7 +93,7 @@ def fetch_enrolment(controller: str, token: str, ca_file: str | None = None) -> 
         raise EnrolError(f"the controller's answer at {url} is over 8 MiB: nothing was written")
     try:
         return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise EnrolError(
             f"the controller's answer at {url} is not JSON: is {controller} a classroom-fleet "
             "controller?"
@@ -104,7 +104,7 @@ def _detail(exc: urllib.error.HTTPError) -> str:
     """The controller's `detail`, made safe to print (no terminal control codes), capped."""
     try:
         text = str(json.loads(exc.read(64 * 1024)).get("detail", exc.reason))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         text = str(exc.reason)
     return CONTROL_RE.sub("?", text.replace("\n", " "))[:500]
 

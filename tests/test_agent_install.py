@@ -347,6 +347,9 @@ def files_under(path: Path) -> set[Path]:
         ({"secrets_needed": ["A\nB"]}, "secrets_needed"),
         ({"config_yaml": "site: {code: usthb}"}, "config"),
         ({"config_yaml": ": : not yaml ["}, "config"),
+        # Values PyYAML's own loader raised a bare ValueError or RecursionError for.
+        ({"config_yaml": "site: {code: upm}\nprogramme: [{planned: 2026-13-40}]"}, "config"),
+        ({"config_yaml": "[" * 5000}, "config"),
     ],
 )
 def test_hostile_answers_write_nothing(
@@ -371,7 +374,16 @@ def test_usthb_config_under_upm_is_refused(hostile: Hostile, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
-    "body", [b"<html>", b"\xff\xfe", b"[1, 2]", b"null", json.dumps({"site": "upm"}).encode()]
+    "body",
+    [
+        b"<html>",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b"null",
+        json.dumps({"site": "upm"}).encode(),
+        b"[" * 100_000,  # past the json module's recursion limit
+        b'{"a":' * 50_000,
+    ],
 )
 def test_answers_that_are_not_enrolments_are_refused(
     hostile: Hostile, tmp_path: Path, body: bytes

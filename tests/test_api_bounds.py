@@ -372,6 +372,9 @@ def _one_bounded(schema: dict[str, Any], description: str) -> bool:
 
 
 HEADER = "site,phase,phase_name,room,milestone,planned,actual,actual_end,reached,note,evidence,correction,recorded_by,recorded_at"  # noqa: E501
+# Evidence nested past the json module's recursion limit, within a cell's 10,000 characters.
+DEEP_LIST = ',"' + "[" * 5000 + '",false,ops'
+DEEP_OBJECT = ',"' + '{""a"":' * 2000 + '",false,ops'
 GOOD = "upm,7,Phase 7,,installed,2024-05-01,,,false,,,false,ops,2025-01-01T00:00:00+00:00"
 
 
@@ -385,6 +388,8 @@ GOOD = "upm,7,Phase 7,,installed,2024-05-01,,,false,,,false,ops,2025-01-01T00:00
         (GOOD.replace("upm,", "upm\x00,"), "site"),
         (GOOD.replace(",,false,ops", ',"{""a"": NaN}",false,ops'), "evidence"),
         (GOOD.replace(",,false,ops", ',"[1, 2]",false,ops'), "evidence"),
+        (GOOD.replace(",,false,ops", DEEP_LIST), "evidence"),
+        (GOOD.replace(",,false,ops", DEEP_OBJECT), "evidence"),
         (GOOD.replace("2025-01-01T00:00:00+00:00", "0001-01-01T00:00:00+14:00"), "recorded_at"),
         ("upm", "phase"),  # a short line: the cells it leaves out are empty
         (GOOD.replace("Phase 7", "x" * 200_000), "csv"),  # past the csv module's field limit

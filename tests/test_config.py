@@ -242,19 +242,6 @@ def test_an_impossible_date_or_deep_nesting_names_its_line(
     assert f"not valid YAML at line {line}" in message and "Fix:" in message, message
 
 
-def test_a_site_config_sent_to_an_agent_with_an_impossible_date_is_refused() -> None:
-    """`fleet-agent enrol` reads the config the controller sends with the same loader: a date
-    that does not exist is refused with the agent's own words, nothing written."""
-    from agent.enrol import EnrolError, _check_site_config
-    from fleet.protocol.enrolment import EnrolmentAnswer
-
-    answer = EnrolmentAnswer.model_construct(
-        site="upm", config_yaml="site:\n  code: upm\nprogramme:\n  - planned: 2026-13-40\n"
-    )
-    with pytest.raises(EnrolError, match="cannot read"):
-        _check_site_config(answer)
-
-
 def test_file_name_must_match_site_code(tmp_path: Path) -> None:
     [message] = errors_of(write(tmp_path, "upm-old.yaml", upm()))
     assert "site.code" in message and "differs from the file name" in message

@@ -210,7 +210,10 @@ def _day(text: str) -> date:
 
 
 def _evidence(text: str) -> dict[str, object]:
-    value = json.loads(text, parse_constant=_no_constant)
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:  # nesting past the json module's limit: a cell holds 10,000 chars
+        raise ValueError("it nests deeper than JSON evidence can") from None
     if not isinstance(value, dict):
         raise ValueError('write a JSON object, e.g. {"trained": 25}')
     return value
