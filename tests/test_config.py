@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
 import yaml
@@ -25,6 +25,7 @@ from fleet.protocol.site_config import (
     load_sites,
 )
 from fleet.protocol.timetable import Timetable
+from fleet.protocol.zones import UnknownZone, zone_named
 
 SITES_MD_SITES = {"upm", "tribhuvan", "tuit", "ugb", "usthb"}
 
@@ -77,6 +78,28 @@ def errors_of(path: Path) -> list[str]:
     with pytest.raises(ConfigErrors) as caught:
         load_site(path, DEFAULT_PROFILES_DIR)
     return [str(e) for e in caught.value.errors]
+
+
+@pytest.mark.parametrize(
+    "zone", ["Europe", "x" * 300, "zone.tab", "/etc/localtime", "Asia/Kuala Lumpur", "Mars/Base"]
+)
+def test_a_timezone_that_is_not_one_is_named_with_its_fix(tmp_path: Path, zone: str) -> None:
+    """A directory of tzdata (`Europe`) or a name too long for the file system made zoneinfo
+    raise OSError, a traceback rather than the config's error."""
+    data = upm()
+    data["site"]["timezone"] = zone
+    [message] = errors_of(write(tmp_path, "upm.yaml", data))
+    assert "site.timezone" in message and "IANA timezone" in message and "Fix:" in message
+
+
+@given(name=st.one_of(st.text(max_size=300), st.sampled_from(sorted(available_timezones()))))
+def test_any_text_is_a_zone_or_an_unknown_zone(name: str) -> None:
+    try:
+        zone = zone_named(name)
+    except UnknownZone as exc:
+        assert isinstance(exc, ValueError) and "is not an IANA time zone" in str(exc)
+    else:
+        assert isinstance(zone, ZoneInfo) and zone.key == name
 
 
 def test_unknown_profile_names_file_key_and_choices(tmp_path: Path) -> None:

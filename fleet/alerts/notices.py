@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, Select, Table, and_, func, insert, or_, select, text
 from sqlmodel import SQLModel
@@ -26,6 +26,7 @@ from fleet.alerts import models as _alert_models  # noqa: F401
 from fleet.alerts.models import RESOLVE_UNTOLD, AlertState, Severity
 from fleet.alerts.silences import SILENCES, Muted, active, covering
 from fleet.auth import models as _auth_models  # noqa: F401
+from fleet.protocol.zones import UnknownZone, zone_named
 
 ALERTS: Table = SQLModel.metadata.tables["alert"]
 SUBSCRIPTIONS: Table = SQLModel.metadata.tables["alert_subscription"]
@@ -307,8 +308,8 @@ def message(conn: Connection, policy: NoticePolicy, alert: Any, level: int) -> t
     ).one_or_none()
     name, zone = (site[0], site[1]) if site is not None else (alert["site_code"], "UTC")
     try:
-        tz = ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
+        tz = zone_named(zone)
+    except UnknownZone:
         tz, zone = ZoneInfo("UTC"), "UTC"
     opened = alert["opened_at"].astimezone(tz)
     what = alert["device_id"] or "the site"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -27,6 +27,7 @@ from fleet.protocol.messages import (
 from fleet.protocol.profiles import Profile, load_profiles
 from fleet.protocol.snmpv3 import SnmpV3Settings
 from fleet.protocol.timetable import Timetable
+from fleet.protocol.zones import UnknownZone, zone_named
 
 # fleet/protocol/ -> the folder holding fleet/, firmware_profiles/ and site_configs/: a source
 # checkout, or the site-packages of an installed wheel, which carries both as package data.
@@ -60,8 +61,8 @@ class SiteInfo(Strict):
     @classmethod
     def _known_timezone(cls, value: str) -> str:
         try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+            zone_named(value)
+        except UnknownZone:
             raise ValueError(
                 f"{value!r} is not an IANA timezone. Fix: use a name such as "
                 "'Asia/Kathmandu' or 'Africa/Dakar'"

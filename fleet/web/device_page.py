@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from babel.dates import format_timedelta
 from babel.numbers import format_decimal
@@ -26,6 +26,7 @@ from fleet.auth.permissions import Allow
 from fleet.commands.requested import control_problem, profiles, recent_commands
 from fleet.models import Device, Room, Site
 from fleet.protocol.messages import DEVICE_ID_PATTERN, CommandKind, utcnow
+from fleet.protocol.zones import UnknownZone, zone_named
 from fleet.web.charts import line_chart, power_band
 from fleet.web.device_history import (
     DEFAULT_WINDOW,
@@ -203,8 +204,8 @@ def _finite(value: Any) -> bool:
 
 def _zone(site: Site | None) -> ZoneInfo:
     try:
-        return ZoneInfo(site.timezone) if site is not None else ZoneInfo("UTC")
-    except (ZoneInfoNotFoundError, ValueError):
+        return zone_named(site.timezone) if site is not None else ZoneInfo("UTC")
+    except UnknownZone:
         return ZoneInfo("UTC")
 
 

@@ -13,13 +13,15 @@ import functools
 import gettext
 from io import BytesIO
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from babel import Locale, UnknownLocaleError
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
 from fastapi import Request
+
+from fleet.protocol.zones import UnknownZone, zone_named
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 # The languages of the sites (SITES.md): French in Senegal, Algeria and Morocco; Arabic in
@@ -85,8 +87,8 @@ def zone_choice(request: Request) -> ZoneInfo | None:
     if name == SITE_ZONE or not name:
         return None
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+        return zone_named(name)
+    except UnknownZone:
         return None  # a cookie from an older tzdata, or edited: the site's time
 
 

@@ -13,7 +13,7 @@ import re
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, cast
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from babel.dates import TIMEDELTA_UNITS, format_date, format_time, format_timedelta
 from babel.numbers import format_decimal
@@ -24,6 +24,7 @@ from jinja2.runtime import Context
 from markupsafe import Markup, escape
 
 from fleet.protocol.messages import utcnow
+from fleet.protocol.zones import UnknownZone, zone_named
 from fleet.web import words
 from fleet.web.i18n import (
     LANGUAGES,
@@ -116,8 +117,8 @@ def _zone_of(context: Context, zone: str | ZoneInfo | None) -> ZoneInfo:
             return candidate
         if isinstance(candidate, str) and candidate:
             try:
-                return ZoneInfo(candidate)
-            except (ZoneInfoNotFoundError, ValueError):
+                return zone_named(candidate)
+            except UnknownZone:
                 continue
     return ZoneInfo("UTC")
 
