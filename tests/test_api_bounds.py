@@ -450,3 +450,47 @@ def test_a_refused_change_that_wrote_first_is_audited_before_its_answer(
     with TestClient(app, headers=tokens.headers("ops")) as client:
         exported = client.get("/api/v1/programme.csv").text
     assert "Phase 7" not in exported  # all rows or none
+
+
+# JSON may escape a lone surrogate ("\ud800"): valid JSON, no valid UTF-8 text.
+SURROGATE = "\\ud800"
+PATH_VALUES = {"code": "upm", "device_id": "upm-sc1-pc", "milestone": "installed"}
+
+
+def _json_operations(app: FastAPI) -> list[tuple[str, str, list[str]]]:
+    """(method, path with its parameters filled, the body's top-level properties) of every
+    operation whose request body is JSON."""
+    schema = app.openapi()
+    found = []
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" not in content:
+                continue
+            body = content["application/json"]["schema"]
+            if "$ref" in body:
+                body = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+            filled = re.sub(r"\{(\w+)\}", lambda m: PATH_VALUES.get(m[1], "1"), path)
+            found.append((method.upper(), filled, sorted(body.get("properties", {}))))
+    return found
+
+
+def test_a_lone_surrogate_in_any_json_body_is_refused_not_a_500(client: TestClient) -> None:
+    """Every operation with a JSON body, sent each of its fields (and an unknown one) as a
+    lone surrogate, then as an object and a list holding them: a 4xx, never a 500 (FastAPI's
+    422 echoed the refused value, which cannot be written as UTF-8: every such route
+    answered 500)."""
+    operations = _json_operations(client.app)  # type: ignore[arg-type]
+    assert len(operations) >= 20, operations  # the schema's, not a list that could go stale
+    failed = []
+    for method, path, fields in operations:
+        for value in (f'"{SURROGATE}"', f'{{"{SURROGATE}": ["{SURROGATE}"]}}'):
+            body = "{" + ", ".join(f'"{f}": {value}' for f in [*fields, "extra"]) + "}"
+            answer = client.request(
+                method, path, content=body.encode(), headers={"Content-Type": "application/json"}
+            )
+            if answer.status_code >= 500:
+                failed.append(f"{method} {path} {value}: {answer.status_code}")
+            elif answer.status_code == 422:
+                json.loads(answer.text)  # the refusal is JSON a client can read
+    assert not failed, failed

@@ -3,15 +3,16 @@ JSON for the API."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import HTTPException, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import (
     http_exception_handler,
-    request_validation_exception_handler,
 )
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleet.web.templating import render
@@ -91,6 +92,20 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
+def _writable(value: Any) -> Any:
+    """`value` with every lone surrogate in its text (strings nested in lists, tuples and
+    dicts) as U+FFFD. A JSON body may escape one (`"\\ud800"`, valid JSON); pydantic refuses it
+    and FastAPI echoes the refused input in its 422, which then cannot be encoded as UTF-8:
+    the answer was a 500 for any route with a JSON body."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_writable(k): _writable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_writable(v) for v in value]
+    return value
+
+
 async def malformed_path(request: Request, exc: Exception) -> Response:
     """A page's URL with an id no row can have (`/silences/0/expire`, `/alerts/x/ack`, a
     device id out of pattern), edited by hand: the 404 page, as an id that does not exist,
@@ -98,7 +113,10 @@ async def malformed_path(request: Request, exc: Exception) -> Response:
     422 page naming each field and why. The API answers as before (422 JSON)."""
     assert isinstance(exc, RequestValidationError)
     if request.url.path.startswith(API_PREFIXES):
-        return await request_validation_exception_handler(request, exc)
+        # FastAPI's own answer, with each refused value it echoes made writable as UTF-8.
+        return JSONResponse(
+            status_code=422, content={"detail": jsonable_encoder(_writable(exc.errors()))}
+        )
     errors = exc.errors()
     in_path = bool(errors) and all(e.get("loc", ("",))[0] == "path" for e in errors)
     if not in_path:
