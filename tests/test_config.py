@@ -3,8 +3,10 @@ file, the key and the fix."""
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
@@ -78,6 +80,40 @@ def errors_of(path: Path) -> list[str]:
     with pytest.raises(ConfigErrors) as caught:
         load_site(path, DEFAULT_PROFILES_DIR)
     return [str(e) for e in caught.value.errors]
+
+
+@pytest.mark.parametrize(
+    ("where", "change"),
+    [
+        ("site.name", lambda d: d["site"].update(name="Universiti\x00Putra")),
+        ("site.institution", lambda d: d["site"].update(institution="UPM\x1b[2J")),
+        ("site.vendor", lambda d: d["site"].update(vendor="Seewo\x9b")),
+        ("rooms[0].name", lambda d: d["rooms"][0].update(name="Smart\x07Classroom")),
+        ("rooms[0].devices[0].name", lambda d: d["rooms"][0]["devices"][0].update(name="\x7f")),
+        (
+            "programme[0].milestones[1].note",
+            lambda d: d["programme"][0]["milestones"][1].update(note="\x00"),
+        ),
+    ],
+)
+def test_text_with_a_control_character_is_named_with_its_fix(
+    tmp_path: Path, where: str, change: Any
+) -> None:
+    """YAML writes control characters as escapes ("\\x00", "\\e"): a NUL in a site's name
+    stopped the controller on PostgreSQL, whose text cannot hold one, and an escape rewrote
+    the terminal of whoever printed it. Each is refused where it is, once, with its fix."""
+    data = upm()
+    change(data)
+    [message] = errors_of(write(tmp_path, "upm.yaml", data))
+    assert f"{where}: the text holds control character U+" in message, message
+    assert ".. Fix" not in message and "Fix: remove it" in message
+
+
+def test_tabs_and_line_breaks_are_text() -> None:
+    data = upm()
+    data["illustrative"] = "one line\nthe next\tand a tab\r\n"
+    data["rooms"][0]["name"] = "Smart\tClassroom"
+    assert load_site(write(Path(tempfile.mkdtemp()), "upm.yaml", data), DEFAULT_PROFILES_DIR)
 
 
 @pytest.mark.parametrize(

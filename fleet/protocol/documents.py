@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
 from fleet.protocol.errors import ConfigError, ConfigErrors
+from fleet.protocol.messages import control_character_problem
 
 # An SNMP object identifier in dotted form, as profiles write them (e.g. 1.3.6.1.2.1.1.5.0).
 OID_PATTERN = r"^1(\.\d+)+$"
@@ -66,9 +67,27 @@ def parse_yaml(text: str) -> object:
 
 class Strict(BaseModel):
     """A document section: unknown keys are errors (a misspelt key is never silently ignored),
-    and a loaded document is immutable."""
+    text holds no control character, and a loaded document is immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: object) -> object:
+        """Every text of a section, alone or in a list, without the control characters no
+        message may hold (fleet.protocol.messages.CONTROL_CHARACTERS): YAML writes them as
+        `"\\x00"` or `"\\e"`, and a NUL in a site's name stopped a controller on PostgreSQL,
+        whose text cannot hold one, while an escape rewrote the terminal of whoever ran
+        `fleet-agent check`."""
+        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        for text in texts:
+            problem = control_character_problem(text) if isinstance(text, str) else None
+            if problem:
+                raise ValueError(
+                    f"the {problem}. Fix: remove it (text pasted from a terminal or a "
+                    "document may carry one)"
+                )
+        return value
 
 
 def read_yaml(path: Path) -> object:

@@ -55,6 +55,7 @@ def config_errors_from_validation(path: Path | str, exc: ValidationError) -> lis
         fix = _FIXES.get(err["type"], "correct the value")
         if err["type"] == "value_error" and " Fix: " in msg:
             msg, fix = msg.split(" Fix: ", 1)
+            msg = msg.rstrip(".")  # the sentence's full stop is ConfigError's own
         out.append(ConfigError(path, key_path(loc), msg, fix))
     return out
 
