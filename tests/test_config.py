@@ -332,6 +332,57 @@ def test_profile_field_must_be_a_reading_field(tmp_path: Path) -> None:
     assert "temperature_c" in error.fix
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("snmp.objects[0].scale", float("nan")),  # YAML's .nan
+        ("snmp.objects[0].scale", float("inf")),
+        ("thresholds.temperature_c_max", float("nan")),
+        ("thresholds.lamp_hours_life", float("-inf")),
+    ],
+)
+def test_a_profile_number_that_is_not_finite_is_named(
+    tmp_path: Path, key: str, value: float
+) -> None:
+    """A NaN scale made every reading of the model one the controller refuses; a NaN
+    threshold compares false with everything, so its alert could never open."""
+    profiles = tmp_path / "firmware_profiles"
+    profiles.mkdir()
+    data = yaml.safe_load((DEFAULT_PROFILES_DIR / "snmp-projector.yaml").read_text())
+    section, _, field = key.partition(".")
+    if section == "snmp":
+        data["snmp"]["objects"][0]["scale"] = value
+    else:
+        data.setdefault("thresholds", {})[field] = value
+    (profiles / "snmp-projector.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigErrors) as caught:
+        load_profiles(profiles)
+    assert [e.key for e in caught.value.errors] == [key]
+    assert "finite" in str(caught.value.errors[0]), caught.value.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda d: d["programme"][0].update(phase=1000), "programme[0].phase"),
+        (lambda d: d["programme"][0].update(phase=2**70), "programme[0].phase"),
+        (
+            lambda d: d["programme"][0]["milestones"][1].update(trained_more_than=2**40),
+            "programme[0].milestones[1].trained_more_than",
+        ),
+    ],
+)
+def test_a_number_past_its_column_is_named(tmp_path: Path, change: Any, key: str) -> None:
+    """A phase number is bounded as the API bounds it (1 to 999: one past could be seeded
+    but never named by a path, and one past 64 bits failed the registry sync at the
+    controller's start); a head count fits a 32-bit integer."""A phase past 999 (the API's bound, in a 32-bit column) or a count past 32 bits failed
+    the controller's registry sync, a traceback at its start, rather than the config."""
+    data = upm()
+    change(data)
+    [message] = errors_of(write(tmp_path, "upm.yaml", data))
+    assert message.split(": ")[1] == key, message
+
+
 def test_timetable_in_site_local_time_kathmandu() -> None:
     kathmandu = ZoneInfo("Asia/Kathmandu")
     timetable = Timetable.model_validate({"weekly": {"mon": ["07:00-09:00"]}})

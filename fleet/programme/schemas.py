@@ -9,11 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.programme.milestones import MilestoneName
 from fleet.protocol.messages import DEVICE_ID_PATTERN, TEXT_PATTERN
+from fleet.protocol.site_config import MAX_PHASE_NUMBER
 from fleet.time_window import Day
 
-# A site's phases are numbered from 1; a programme has a handful. The bound keeps a number
-# inside the column (a 32-bit integer on PostgreSQL) and the path that names it.
-MAX_PHASE_NUMBER = 999
 # A note of up to 2,000 characters of text; line breaks are fine, other controls are not.
 Note = Annotated[str, Field(max_length=2000, pattern=TEXT_PATTERN)]
 

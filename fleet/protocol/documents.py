@@ -67,9 +67,11 @@ def parse_yaml(text: str) -> object:
 
 class Strict(BaseModel):
     """A document section: unknown keys are errors (a misspelt key is never silently ignored),
-    text holds no control character, and a loaded document is immutable."""
+    text holds no control character, a number is finite (YAML's `.nan` and `.inf` would
+    make a scale or a threshold that compares false with everything), and a loaded document
+    is immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="after")
     @classmethod

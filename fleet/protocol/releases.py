@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 
 from fleet.protocol.documents import OID_PATTERN, Strict
+from fleet.protocol.messages import INT64_MAX
 
 UpdateMethodName = Literal["agent", "vendor_cloud", "technician"]
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -31,7 +32,7 @@ class Release(Strict):
 
     version: str = Field(min_length=1, max_length=64)
     sha256: str = Field(pattern=SHA256_PATTERN)
-    size: int = Field(gt=0)
+    size: int = Field(gt=0, le=INT64_MAX)
     # A file name under the controller's artifacts folder (FLEET_ARTIFACTS_DIR), which the
     # controller serves to the agents; or an http(s) URL (a vendor's server), which each
     # site's agent downloads itself, once per site, resumably, and checks against sha256.

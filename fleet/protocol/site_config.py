@@ -29,6 +29,11 @@ from fleet.protocol.snmpv3 import SnmpV3Settings
 from fleet.protocol.timetable import Timetable
 from fleet.protocol.zones import UnknownZone, zone_named
 
+# A site's phases are numbered from 1; a programme has a handful. The bound keeps a number
+# inside the column (a 32-bit integer on PostgreSQL) and the API path that names it.
+MAX_PHASE_NUMBER = 999
+INT32_MAX = 2**31 - 1
+
 # fleet/protocol/ -> the folder holding fleet/, firmware_profiles/ and site_configs/: a source
 # checkout, or the site-packages of an installed wheel, which carries both as package data.
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,14 +176,14 @@ class Milestone(Strict):
     # Reached on a date the source does not give (e.g. "training for faculty").
     reached: bool = False
     # Evidence for training_done: the source's "over 70 faculty members and students".
-    trained_more_than: int | None = Field(default=None, ge=0)
+    trained_more_than: int | None = Field(default=None, ge=0, le=INT32_MAX)
     note: str = ""
 
 
 class PhaseConfig(Strict):
     """One installation phase of the site's `programme`: its number, rooms and milestones."""
 
-    phase: int = Field(ge=1)
+    phase: int = Field(ge=1, le=MAX_PHASE_NUMBER)
     rooms: list[str] = Field(default_factory=list)
     milestones: list[Milestone] = Field(default_factory=list)
 
