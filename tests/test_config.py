@@ -375,8 +375,7 @@ def test_a_profile_number_that_is_not_finite_is_named(
 def test_a_number_past_its_column_is_named(tmp_path: Path, change: Any, key: str) -> None:
     """A phase number is bounded as the API bounds it (1 to 999: one past could be seeded
     but never named by a path, and one past 64 bits failed the registry sync at the
-    controller's start); a head count fits a 32-bit integer."""A phase past 999 (the API's bound, in a 32-bit column) or a count past 32 bits failed
-    the controller's registry sync, a traceback at its start, rather than the config."""
+    controller's start); a head count fits a 32-bit integer."""
     data = upm()
     change(data)
     [message] = errors_of(write(tmp_path, "upm.yaml", data))
