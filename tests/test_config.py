@@ -266,9 +266,9 @@ def test_any_text_is_read_as_pyyaml_reads_it_or_refused_as_yaml(text: str) -> No
     loader raises ValueError for `2026-13-40`, AttributeError for `!!timestamp x`,
     RecursionError for deep nesting); and where PyYAML's pure-Python safe loader reads data
     too, the same data. (The two parsers differ at a few edges, each refusing some text the
-    other reads as a scalar, such as `&a<tab>` or 1,000 nested brackets, and they read byte
-    order marks after the first differently: left out here, and the first, as Windows'
-    Notepad writes it, has its own test.)"""
+    other reads, such as `&a<tab>` or 1,000 nested brackets, and they read byte order marks
+    after the first differently: left out here, and the first, as Windows' Notepad writes
+    it, has its own test.)"""
     assert issubclass(documents.DocumentLoader, yaml.CSafeLoader)  # PyYAML's wheels: libyaml
     try:
         ours: tuple[str, object] = "data", documents.parse_yaml(text)
