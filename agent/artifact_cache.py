@@ -132,9 +132,12 @@ class ArtifactCache:
             if ranged and response.status != 206:
                 out.truncate(0)  # the server sent the whole file: start over
                 have = 0
+            # What was asked for and no more: a server that sends past it (one ignoring the
+            # range, or a stream that never ends) would fill the site's disk.
+            wanted = size - have if response.status != 206 else last - have + 1
             started = time.monotonic()
             got = 0
-            while chunk := response.read(CHUNK):
+            while got < wanted and (chunk := response.read(min(CHUNK, wanted - got))):
                 if self._stopping.is_set():
                     raise OSError("the agent is stopping; the download resumes at its next start")
                 out.write(chunk)
@@ -147,6 +150,11 @@ class ArtifactCache:
                     if ahead > 0:
                         time.sleep(ahead)
             os.fsync(out.fileno())
+            if got == wanted and response.read(1):
+                raise OSError(
+                    f"{_server(full)} sent more than the {wanted} bytes asked for at {full}: "
+                    f"kept the first {wanted}; the next attempt resumes after them"
+                )
         if got == 0:
             raise OSError(f"{_server(full)} sent nothing for bytes {have}-{last} of {full}")
         return have + got
