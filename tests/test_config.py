@@ -361,6 +361,20 @@ def test_a_profile_number_that_is_not_finite_is_named(
     assert "finite" in str(caught.value.errors[0]), caught.value.errors[0]
 
 
+def test_a_value_map_with_a_control_character_is_named(tmp_path: Path) -> None:
+    """A value map's text (what a device's number reads as) is text of the profile too."""
+    profiles = tmp_path / "firmware_profiles"
+    profiles.mkdir()
+    data = yaml.safe_load((DEFAULT_PROFILES_DIR / "dazzleview-panel.yaml").read_text())
+    index, mapped = next((i, o) for i, o in enumerate(data["snmp"]["objects"]) if o.get("map"))
+    mapped["map"][next(iter(mapped["map"]))] = "on\x1b[8m"
+    (profiles / "dazzleview-panel.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigErrors) as caught:
+        load_profiles(profiles)
+    [error] = caught.value.errors
+    assert error.key == f"snmp.objects[{index}].map" and "U+001B" in error.problem
+
+
 @pytest.mark.parametrize(
     ("change", "key"),
     [
