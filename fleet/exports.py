@@ -12,6 +12,7 @@ and numeric text (`-12.5`) are left as they are.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -64,16 +65,19 @@ def csv_text(rows: Iterable[Sequence[Any]], *, bom: bool = False) -> str:
     return "".join(csv_rows(rows, bom=bom))
 
 
+# What XML 1.0 cannot hold (its Char production, https://www.w3.org/TR/xml/#charsets), so an
+# XLSX cannot either: the C0 controls but tab and line breaks, lone surrogates, U+FFFE and
+# U+FFFF. openpyxl refuses the first (IllegalCharacterError) and writes the others into XML
+# no parser reads: not even openpyxl's own load_workbook opens the file it saved.
+NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def xlsx_append(sheet: Any, row: Sequence[Any]) -> None:
     """Append a row to an openpyxl worksheet with every text cell stored as text: openpyxl
     would store a string beginning with `=` as a formula. The cell is also marked
-    quote-prefixed, so Excel keeps it text when someone edits it."""
-    # Imported here, not with the module: openpyxl's 180 modules took 120 ms of every
-    # controller's start (this module is imported for its CSV cells too), for the XLSX only.
-    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-
-    # A control character has no place in an XLSX (openpyxl refuses it): shown as U+FFFD.
-    sheet.append([ILLEGAL_CHARACTERS_RE.sub("\ufffd", v) if isinstance(v, str) else v for v in row])
+    quote-prefixed, so Excel keeps it text when someone edits it. A character XML cannot hold
+    (NOT_XML) is shown as U+FFFD."""
+    sheet.append([NOT_XML.sub("\ufffd", v) if isinstance(v, str) else v for v in row])
     for cell in sheet[sheet.max_row]:
         if isinstance(cell.value, str):
             cell.data_type = "s"

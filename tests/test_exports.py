@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import zipfile
 from collections.abc import Iterator
 from urllib.parse import unquote
 
@@ -81,6 +82,44 @@ def test_no_xlsx_text_cell_is_a_formula(row: list[str]) -> None:
     sheet = Workbook().active
     xlsx_append(sheet, row)
     assert all(cell.data_type != "f" for cell in sheet[1])
+
+
+# Joined by hand: st.text() never draws a surrogate or a noncharacter such as U+FFFF.
+HOSTILE_CELL = st.lists(
+    st.one_of(
+        st.sampled_from(["\ufffe", "\uffff", "\U0010ffff", "\ud800", "\udfff", "\x0b", "a"]),
+        st.characters(codec="utf-8", categories=["Cc", "Co", "Cn"]),
+    ),
+    max_size=20,
+).map("".join)
+
+
+@settings(deadline=None)
+@given(st.lists(HOSTILE_CELL, min_size=1, max_size=4))
+def test_any_text_makes_a_workbook_that_opens(row: list[str]) -> None:
+    """XML 1.0 holds no C0 control but tab and line breaks, no U+FFFE or U+FFFF and no lone
+    surrogate: a cell with one made a workbook no XML parser reads, openpyxl's own included.
+    Each is shown as U+FFFD, the rest of the cell kept."""
+    from xml.etree import ElementTree
+
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    xlsx_append(sheet, row)
+    raw = io.BytesIO()
+    book.save(raw)
+    with zipfile.ZipFile(raw) as archive:
+        ElementTree.fromstring(archive.read("xl/worksheets/sheet1.xml"))  # well-formed
+        shared = (
+            archive.read("xl/sharedStrings.xml")
+            if "xl/sharedStrings.xml" in archive.namelist()
+            else b"<x/>"
+        )
+        ElementTree.fromstring(shared)
+    read = [c.value or "" for c in load_workbook(raw)["Sheet"][1]]
+    assert [len(v) for v in read] == [len(v) for v in row]
 
 
 @given(st.text(min_size=1, max_size=80))
