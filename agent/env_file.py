@@ -122,5 +122,14 @@ def parse_env_text(text: str) -> dict[str, str]:
 
 def read_env_file(path: Path) -> dict[str, str]:
     """The assignments of the env file at `path` (see parse_env_text). Raises OSError when it
-    cannot be read, EnvFileError when it cannot be parsed."""
-    return parse_env_text(path.read_text(encoding="utf-8"))
+    cannot be read, EnvFileError when it cannot be parsed or is not UTF-8 (a file saved by an
+    editor in Latin-1 or Windows-1252, say, with an accented letter in a password)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise EnvFileError(
+            f"line {line} is not UTF-8 (byte 0x{raw[exc.start]:02x}): save the file as UTF-8"
+        ) from None
+    return parse_env_text(text)

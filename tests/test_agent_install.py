@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 
 from agent.enrol import EnrolError, enrol
 from agent.env_file import EnvFileError, env_line, parse_env_text, render_env_file
+from agent.secrets import SecretMissing, Secrets
 from bench.brokers import MosquittoMissing, OwnMosquitto
 from fleet.api.app import create_app
 from fleet.db import make_engine, migrate
@@ -413,15 +414,39 @@ def test_good_answer_is_written_quoted_and_reads_back(hostile: Hostile, tmp_path
     assert parse_env_text(text)["FLEET_MQTT_PASSWORD"] == password
 
 
-def test_an_env_file_it_cannot_read_is_left_as_it_is(hostile: Hostile, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        # A technician's hand edit leaves a quote open.
+        (b'PJLINK_PASSWORD="filled in by hand\n', "opens a quote it never closes"),
+        # An editor that saves Latin-1 (or Windows-1252): a password with an accented letter.
+        (
+            "PJLINK_PASSWORD=mot-de-passe-été\n".encode("latin-1"),
+            r"line \d+ is not UTF-8 \(byte 0xe9\): save the file as UTF-8",
+        ),
+    ],
+    ids=["open-quote", "latin-1"],
+)
+def test_an_env_file_it_cannot_read_is_left_as_it_is(
+    hostile: Hostile, tmp_path: Path, edit: bytes, says: str
+) -> None:
+    """Enrolling again must not drop the secrets a technician filled in by hand: an env file
+    it cannot read is named, with why, and left as it is."""
     hostile.answer = good_answer()
     done = enrol(hostile.url, WHOLE_TOKEN, tmp_path)
-    # A technician's hand edit leaves a quote open: enrolling again must not drop the secrets.
-    edited = done.env_path.read_text() + 'PJLINK_PASSWORD="filled in by hand\n'
-    done.env_path.write_text(edited)
-    with pytest.raises(EnrolError, match="cannot be read"):
+    edited = done.env_path.read_bytes() + edit
+    done.env_path.write_bytes(edited)
+    with pytest.raises(EnrolError, match=f"cannot be read \\(.*{says}"):
         enrol(hostile.url, WHOLE_TOKEN, tmp_path)
-    assert done.env_path.read_text() == edited
+    assert done.env_path.read_bytes() == edited
+
+
+def test_a_secrets_file_that_is_not_utf8_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """The running agent reads its device secrets from the same file."""
+    secrets_file = tmp_path / "upm.env"
+    secrets_file.write_bytes("# secrets\nPJLINK_PASSWORD=\xe9t\xe9\n".encode("latin-1"))
+    with pytest.raises(SecretMissing, match="line 2 is not UTF-8"):
+        Secrets(environ={}, file=secrets_file).resolve("secret:PJLINK_PASSWORD", "a password")
 
 
 def test_cli_refuses_a_truncated_token_before_the_network(tmp_path: Path) -> None:
