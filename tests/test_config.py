@@ -279,6 +279,20 @@ def test_any_text_is_read_as_pyyaml_reads_it_or_refused_as_yaml(text: str) -> No
         assert ours == pure
 
 
+def test_a_site_config_saved_in_latin1_names_its_line(tmp_path: Path) -> None:
+    """A French technician's editor saving Windows-1252: `Université` is not UTF-8. Named with
+    its line and the fix, not a UnicodeDecodeError traceback."""
+    text = (DEFAULT_SITES_DIR / "upm.yaml").read_text(encoding="utf-8")
+    text = text.replace("name: Universiti Putra Malaysia", "name: Université Putra Malaysia")
+    line = text.splitlines().index("  name: Université Putra Malaysia") + 1
+    path = write(tmp_path, "upm.yaml", "")
+    path.write_bytes(text.encode("cp1252"))
+    [message] = errors_of(path)
+    assert (
+        f"line {line} is not UTF-8 (byte 0xe9)" in message and "save the file as UTF-8" in message
+    )
+
+
 def test_a_site_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     text = (DEFAULT_SITES_DIR / "upm.yaml").read_text(encoding="utf-8")
     sites = tmp_path / "site_configs"

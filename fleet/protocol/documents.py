@@ -98,9 +98,9 @@ class Strict(BaseModel):
 
 def read_yaml(path: Path) -> object:
     """The mapping a YAML file holds. Raises ConfigErrors when the file cannot be read, is not
-    YAML (with the line and column), or is not a mapping."""
+    UTF-8 or not YAML (with the line and column), or is not a mapping."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigErrors(
             [
@@ -109,6 +109,21 @@ def read_yaml(path: Path) -> object:
                     "",
                     f"cannot read the file ({exc.strerror})",
                     "check the path and its permissions",
+                )
+            ]
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # An editor that saved Latin-1 or Windows-1252 (`Université` in a French name).
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    path,
+                    "",
+                    f"line {line} is not UTF-8 (byte 0x{raw[exc.start]:02x})",
+                    "save the file as UTF-8 (any editor's 'Save as' offers it)",
                 )
             ]
         ) from None

@@ -32,7 +32,8 @@ from fleet.auth.mqtt_auth import rotate_site_credential
 from fleet.auth.permissions import REFUSALS, Allow, Caller, require_scope
 from fleet.auth.tokens import TokenRefused, redeem_enrolment_token
 from fleet.models import Site
-from fleet.protocol.documents import parse_yaml
+from fleet.protocol.documents import read_yaml
+from fleet.protocol.errors import ConfigErrors
 from fleet.protocol.messages import SiteCode
 from fleet.protocol.secret_refs import redact_site_config
 from fleet.settings import Settings
@@ -201,10 +202,10 @@ def agent_broker_url(settings: Settings) -> str:
 
 def _site_config_for_agent(path: Path) -> tuple[str, list[str]]:
     try:
-        data = parse_yaml(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        data = read_yaml(path)
+    except ConfigErrors as exc:
         raise HTTPException(
-            500, f"cannot read the site config {path.name} ({type(exc).__name__}): tell ops"
+            500, f"cannot read the site config {path.name} ({exc.errors[0].problem}): tell ops"
         ) from None
     data, needed = redact_site_config(data)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True), needed
