@@ -76,12 +76,12 @@ class Strict(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _no_control_characters(cls, value: object) -> object:
-        """Every text of a section, alone, in a list or a mapping (a value map's keys and
-        values), without the control characters no
-        message may hold (fleet.protocol.messages.CONTROL_CHARACTERS): YAML writes them as
-        `"\\x00"` or `"\\e"`, and a NUL in a site's name stopped a controller on PostgreSQL,
-        whose text cannot hold one, while an escape rewrote the terminal of whoever ran
-        `fleet-agent check`."""
+        """Every text of a section, alone, in a list or in a mapping (a value map's keys and
+        values), without the control characters no message may hold
+        (fleet.protocol.messages.CONTROL_CHARACTERS): YAML writes them as `"\\x00"` or
+        `"\\e"`, and a NUL in a site's name stopped a controller on PostgreSQL, whose text
+        cannot hold one, while an escape rewrote the terminal of whoever ran `fleet-agent
+        check`."""
         if isinstance(value, dict):
             texts: list[object] = [*value.keys(), *value.values()]
         else:
