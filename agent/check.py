@@ -169,7 +169,18 @@ def check_clock(controller_url: str | None, max_skew_s: float = 30) -> CheckResu
         )
     if not date_header:
         return CheckResult("clock", "warn", "the controller sent no Date header to compare with")
-    theirs = email.utils.parsedate_to_datetime(date_header)
+    try:
+        theirs = email.utils.parsedate_to_datetime(date_header)
+    except (ValueError, TypeError, OverflowError):
+        # Not an HTTP date (RFC 9110 5.6.7): a proxy's or another server's, perhaps.
+        return CheckResult(
+            "clock",
+            "warn",
+            f"the controller's Date header {date_header[:60]!r} is not a date: cannot compare "
+            "clocks; check that --controller is the controller",
+        )
+    if theirs.tzinfo is None:
+        theirs = theirs.replace(tzinfo=UTC)  # RFC 5322's -0000: UTC, the sender's zone untold
     skew = (now - theirs).total_seconds()
     if abs(skew) > max_skew_s:
         return CheckResult(
