@@ -494,3 +494,50 @@ def test_a_lone_surrogate_in_any_json_body_is_refused_not_a_500(client: TestClie
             elif answer.status_code == 422:
                 json.loads(answer.text)  # the refusal is JSON a client can read
     assert not failed, failed
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/api/v1/silences", {"Content-Type": "application/json"}),
+        ("/api/v1/auth/token", {"Content-Type": "application/x-www-form-urlencoded"}),
+        ("/api/v1/enrolment", {"Content-Type": "application/json"}),  # anonymous, by token
+        ("/login", {"Content-Type": "application/x-www-form-urlencoded"}),
+    ],
+)
+def test_a_body_over_the_cap_is_413_before_it_is_read(
+    app: FastAPI, path: str, headers: dict[str, str], chunked: bool
+) -> None:
+    """Starlette reads a JSON or form body whole before a model can refuse it: without a cap,
+    one request of gigabytes, anonymous ones included, took the controller's memory."""
+    from fleet.api.body_limit import MAX_BODY_BYTES
+
+    big = b'{"x": "' + b"a" * MAX_BODY_BYTES + b'"}'
+
+    def pieces() -> Iterator[bytes]:  # no Content-Length: Transfer-Encoding: chunked
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    with TestClient(app, raise_server_exceptions=False) as anonymous:
+        answer = anonymous.post(
+            path, content=pieces() if chunked else big, headers={**headers, "Origin": ""}
+        )
+    assert answer.status_code == 413, (answer.status_code, answer.text[:200])
+    assert answer.json()["detail"].startswith(f"the request body is over {MAX_BODY_BYTES} bytes")
+
+
+def test_a_body_under_the_cap_reaches_its_route_whole(client: TestClient) -> None:
+    """Chunked, just under the cap: read, handed on whole, and judged by the route's model."""
+    from fleet.api.body_limit import MAX_BODY_BYTES
+
+    reason = "a" * (MAX_BODY_BYTES - 200)
+    body = json.dumps({"site": "upm", "reason": reason, "ends_at": "2099-01-01T00:00:00Z"})
+    answer = client.post(
+        "/api/v1/silences",
+        content=iter([body.encode()[:1000], body.encode()[1000:]]),
+        headers={"Content-Type": "application/json"},
+    )
+    # The reason is past its own bound (max_length): the model, not the cap, refuses it.
+    assert answer.status_code == 422, answer.text[:200]
+    assert locations(answer) == [["body", "reason"]]

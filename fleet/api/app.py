@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 import fleet
 from fleet import web
+from fleet.api.body_limit import BodyLimit
 from fleet.api.browser_policy import CrossSiteRefusal, SecurityHeaders
 from fleet.api.last_resort import LastResort
 from fleet.api.routes import (
@@ -113,6 +114,8 @@ def create_app(
     web.install(app)  # the dashboard pages at /, last: its 404 handler is for the pages
     app.add_middleware(CrossSiteRefusal)
     app.add_middleware(LastResort)
+    # Outside the last resort: a body over its cap is answered before anything reads it.
+    app.add_middleware(BodyLimit, limits={"/api/v1/programme.csv": programme.MAX_CSV_BYTES})
     # Outermost: the last resort's own 500 answer gets the headers too.
     app.add_middleware(SecurityHeaders)
     return app
