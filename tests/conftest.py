@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,39 @@ SPREAD = (
     "test_ingest.py",
     "test_programme_words.py",  # under 1 s
 )
+
+
+class _Unanswered(logging.Handler):
+    """Keeps the last resort's records: each is a request no handler answered (a 500)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_request_fails_unseen(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A controller running in the test's own process (TestClient) answers what no handler
+    answered with a 500 and logs it: a test that does not look at that status would pass
+    over it. Any such failure fails the test, but in a test marked `provokes_500`. (The
+    controllers the tests start as processes are checked by their logs: Stack.stop_all.)"""
+    logger = logging.getLogger("fleet.api.last_resort")
+    handler = _Unanswered()
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.records and request.node.get_closest_marker("provokes_500") is None:
+        first = handler.records[0]
+        cause = f": {first.exc_info[1]!r}" if first.exc_info else ""
+        pytest.fail(
+            f"{len(handler.records)} request(s) failed with a 500 the test did not expect: "
+            f"{first.getMessage()}{cause}"
+        )
 
 
 def need(what: str, reason: str) -> None:

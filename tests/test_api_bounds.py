@@ -318,6 +318,7 @@ def _refuse_constant(name: str) -> Any:
     raise AssertionError(f"the JSON holds {name}")
 
 
+@pytest.mark.provokes_500
 def test_an_unforeseen_failure_is_a_problem_with_a_request_id_and_no_internals(
     app: FastAPI, caplog: pytest.LogCaptureFixture
 ) -> None:

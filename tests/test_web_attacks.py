@@ -383,6 +383,7 @@ def test_every_response_carries_the_security_headers(
     assert not wrong, "\n".join(wrong)
 
 
+@pytest.mark.provokes_500
 def test_an_unhandled_failure_still_carries_the_headers(app: FastAPI) -> None:
     @app.get("/api/v1/boom", dependencies=[])
     def boom() -> None:
